@@ -1,0 +1,51 @@
+"""reva-plugins: Reva-style plugin drivers in isolated environments and processes."""
+
+from __future__ import annotations
+
+from ._config import Config, load_file
+from ._errors import (
+    CallTimeout,
+    ConfigError,
+    EnvBuildError,
+    HandshakeError,
+    InvalidArgument,
+    InvalidCredentials,
+    NotFound,
+    PermissionDenied,
+    PluginCrashed,
+    ProtocolError,
+    RemoteError,
+    RevaPluginError,
+    SourceError,
+)
+from ._hooks import hookimpl, hookspec
+from ._host import CheckResult, Host, ServiceProxy
+from .services import SERVICES, ServiceType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SERVICES",
+    "CallTimeout",
+    "CheckResult",
+    "Config",
+    "ConfigError",
+    "EnvBuildError",
+    "HandshakeError",
+    "Host",
+    "InvalidArgument",
+    "InvalidCredentials",
+    "NotFound",
+    "PermissionDenied",
+    "PluginCrashed",
+    "ProtocolError",
+    "RemoteError",
+    "RevaPluginError",
+    "ServiceProxy",
+    "ServiceType",
+    "SourceError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "load_file",
+]

@@ -1,0 +1,152 @@
+"""The exception tree. Every error the library raises derives from :class:`RevaPluginError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RevaPluginError(Exception):
+    """Base of every reva-plugins error.
+
+    ``exit_code`` is what the CLI exits with: 2 for a user mistake (usage, config, source),
+    1 for a failure of a plugin, a build or a remote call.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.plugin = plugin
+
+    def __str__(self) -> str:
+        if self.plugin and not self.message.startswith(self.plugin):
+            return f"{self.plugin}: {self.message}"
+        return self.message
+
+
+class ConfigError(RevaPluginError):
+    """The configuration file or a value in it is wrong; ``file`` and ``key`` say where."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+        where = ": ".join(part for part in (file, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.file = file
+        self.key = key
+
+
+class UsageError(RevaPluginError):
+    """The command line is wrong (arguments that are not what the command takes)."""
+
+    exit_code = 2
+
+
+class SourceError(RevaPluginError):
+    """A driver spec cannot be classified, resolved or fetched."""
+
+    exit_code = 2
+
+
+class EnvBuildError(RevaPluginError):
+    """Building a plugin's environment failed; carries the command and the output tail."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        command: list[str] | None = None,
+        returncode: int | None = None,
+        output_tail: str = "",
+    ) -> None:
+        if output_tail:
+            message = f"{message}\n{output_tail}"
+        super().__init__(message, plugin=plugin)
+        self.command = command or []
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class ProcessError(RevaPluginError):
+    """A plugin process misbehaved; carries its exit code and the tail of its stderr."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        returncode: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        if stderr_tail:
+            message = f"{message}\n--- plugin stderr (last lines) ---\n{stderr_tail}"
+        super().__init__(message, plugin=plugin)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class HandshakeError(ProcessError):
+    """The plugin did not start, or did not complete the handshake in time."""
+
+
+class PluginCrashed(ProcessError):
+    """The plugin process exited while calls were in flight, or is marked failed."""
+
+
+class ProtocolError(ProcessError):
+    """The plugin sent something that is not a valid protocol message."""
+
+
+class CallTimeout(RevaPluginError):
+    """A call did not complete within its deadline; it was cancelled in the plugin."""
+
+
+class RemoteError(RevaPluginError):
+    """The plugin raised an exception; ``type`` is its class name, ``traceback`` its text."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "RemoteError",  # noqa: A002 - the wire field's name
+        plugin: str | None = None,
+        code: int = -32000,
+        traceback: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.type = type
+        self.code = code
+        self.traceback = traceback
+        self.data = data or {}
+
+
+class NotFound(RemoteError):
+    """The requested user, group or resource does not exist."""
+
+
+class InvalidCredentials(RemoteError):
+    """Authentication failed."""
+
+
+class PermissionDenied(RemoteError):
+    """The caller may not do this."""
+
+
+class InvalidArgument(RemoteError):
+    """The call's arguments are wrong."""
+
+
+REMOTE_ERRORS: dict[str, type[RemoteError]] = {
+    cls.__name__: cls for cls in (NotFound, InvalidCredentials, PermissionDenied, InvalidArgument)
+}
+
+
+def remote_error(
+    message: str, *, type_name: str, plugin: str | None = None, **kwargs: Any
+) -> RemoteError:
+    """The typed exception for a remote error's ``data.type`` (``RemoteError`` if unknown)."""
+    cls = REMOTE_ERRORS.get(type_name, RemoteError)
+    return cls(message, type=type_name, plugin=plugin, **kwargs)

@@ -1,0 +1,371 @@
+"""The host: loads configured drivers and exposes each service as a proxy dispatched by pluggy."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import threading
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import pluggy
+
+from . import _config
+from ._errors import RemoteError, RevaPluginError, UsageError, remote_error
+from ._hooks import PROJECT, LifecycleSpec, hookimpl
+from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
+from ._process import PluginProcess, Supervisor
+from .services import SERVICES, ServiceType
+
+_call_options: contextvars.ContextVar[tuple[float | None, dict[str, Any] | None]] = (
+    contextvars.ContextVar("reva_call_options", default=(None, None))
+)
+
+
+class Driver(Protocol):
+    """What a proxy dispatches to: a driver in this process or in a plugin process."""
+
+    kind: str
+
+    def start(self) -> dict[str, Any]:
+        """Load or start the driver; return what it says about itself."""
+        ...
+
+    def invoke(
+        self, method: str, params: dict[str, Any], timeout: float | None, meta: dict[str, Any] | None
+    ) -> Any:
+        """Call one method with keyword params."""
+        ...
+
+    def ping(self) -> float:
+        """A health round trip, in milliseconds."""
+        ...
+
+    def close(self) -> None:
+        """Stop the driver."""
+        ...
+
+
+class InProcessDriver:
+    """An entry point loaded into the core; its exceptions are typed like remote ones."""
+
+    kind = "in-process"
+
+    def __init__(self, plan: InProcessPlan, label: str) -> None:
+        self.plan = plan
+        self.label = label
+        self._obj: Any = None
+        self._lock = threading.Lock()
+
+    def start(self) -> dict[str, Any]:
+        """Import the entry point, instantiate it and configure it once."""
+        with self._lock:
+            if self._obj is None:
+                ep = self.plan.entry_point
+                ep_obj = importlib_metadata.EntryPoint(ep.name, ep.value, self.plan.service.group)
+                try:
+                    target = ep_obj.load()
+                    obj = target() if callable(target) else target
+                    configure = getattr(obj, "configure", None)
+                    if callable(configure):
+                        configure(dict(self.plan.config))
+                except Exception as exc:
+                    raise _typed(exc, self.label) from exc
+                self._obj = obj
+        ep = self.plan.entry_point
+        return {"entry_point": ep.name, "distribution": ep.distribution, "version": ep.version}
+
+    def invoke(
+        self, method: str, params: dict[str, Any], timeout: float | None, meta: dict[str, Any] | None
+    ) -> Any:
+        """Call the method directly; ``timeout`` cannot interrupt in-process code."""
+        if self._obj is None:
+            self.start()
+        func = getattr(self._obj, method, None)
+        if not callable(func):
+            raise RemoteError(f"method not found: {method}", type="MethodNotFound", plugin=self.label)
+        try:
+            return func(**params)
+        except Exception as exc:
+            raise _typed(exc, self.label) from exc
+
+    def ping(self) -> float:
+        """Nothing to round-trip: the driver is loaded or not."""
+        self.start()
+        return 0.0
+
+    def close(self) -> None:
+        """Drop the object."""
+        self._obj = None
+
+
+def _typed(exc: Exception, label: str) -> RevaPluginError:
+    if isinstance(exc, RevaPluginError):
+        return exc
+    return remote_error(str(exc) or type(exc).__name__, type_name=type(exc).__name__, plugin=label)
+
+
+class IsolatedDriver:
+    """A plugin in its own venv and process, kept alive by a :class:`Supervisor`."""
+
+    def __init__(self, plan: IsolatedPlan, supervisor: Supervisor) -> None:
+        self.plan = plan
+        self.kind = plan.kind
+        self.supervisor = supervisor
+
+    def start(self) -> dict[str, Any]:
+        """Start the process (if not running) and return its handshake."""
+        return self.supervisor.process.handshake
+
+    def invoke(
+        self, method: str, params: dict[str, Any], timeout: float | None, meta: dict[str, Any] | None
+    ) -> Any:
+        """Send the call over the wire."""
+        return self.supervisor.call(method, params, timeout=timeout, meta=meta)
+
+    def ping(self) -> float:
+        """Round-trip ``$/ping``."""
+        return self.supervisor.process.ping()
+
+    def close(self) -> None:
+        """Shut the process down."""
+        self.supervisor.close()
+
+
+class ServiceProxy:
+    """A configured service: call its methods as attributes (``users.get_user(uid)``)."""
+
+    def __init__(self, service: ServiceType, driver: Driver, label: str) -> None:
+        self.service = service
+        self.driver = driver
+        self.label = label
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(service.spec)
+        self._pm.register(_forwarders(service, driver), name=label)
+        self._pm.check_pending()
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method not in self.service.signatures:
+            raise AttributeError(f"service {self.service.name} has no method {method!r}")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.call(method, self._bind(method, args, kwargs))
+
+        call.__name__ = method
+        call.__signature__ = self.service.signatures[method]  # type: ignore[attr-defined]
+        return call
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self.service.methods})
+
+    def _bind(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self.service.signatures[method].bind(*args, **kwargs)
+        except TypeError as exc:
+            raise UsageError(f"{self.service.name}.{method}: {exc}", plugin=self.label) from None
+        return dict(bound.arguments)
+
+    def call(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
+        """Call ``method`` with keyword ``params``; ``timeout`` and caller ``meta`` are optional."""
+        sig = self.service.signatures.get(method)
+        if sig is None:
+            raise UsageError(
+                f"service {self.service.name} has no method {method!r} "
+                f"(methods: {', '.join(self.service.methods)})",
+                plugin=self.label,
+            )
+        arguments = self._bind(method, (), dict(params))
+        for name, param in sig.parameters.items():
+            if name not in arguments and param.default is not inspect.Parameter.empty:
+                arguments[name] = param.default
+        token = _call_options.set((timeout, meta))
+        try:
+            return getattr(self._pm.hook, method)(**arguments)
+        finally:
+            _call_options.reset(token)
+
+
+def _forwarders(service: ServiceType, driver: Driver) -> types.SimpleNamespace:
+    """One pluggy hookimpl per service method, forwarding its arguments to ``driver``.
+
+    pluggy reads a hookimpl's argument names from its code object, so each forwarder is compiled
+    with the spec's parameter names (identifiers from our own service modules, never user input).
+    """
+
+    def invoke(method: str, params: dict[str, Any]) -> Any:
+        timeout, meta = _call_options.get()
+        return driver.invoke(method, params, timeout, meta)
+
+    impls: dict[str, Callable[..., Any]] = {}
+    for method, sig in service.signatures.items():
+        names = [name for name in sig.parameters if name.isidentifier()]
+        params = ", ".join(f"{name!r}: {name}" for name in names)
+        source = f"def {method}({', '.join(names)}):\n    return _invoke({method!r}, {{{params}}})\n"
+        namespace: dict[str, Any] = {"_invoke": invoke}
+        exec(compile(source, f"<reva forwarder {service.name}.{method}>", "exec"), namespace)  # noqa: S102
+        impls[method] = hookimpl(namespace[method])
+    return types.SimpleNamespace(**impls)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One row of ``reva-plugins check``."""
+
+    service: str
+    driver: str
+    kind: str
+    env: str
+    ok: bool
+    status: str
+    start_ms: float | None = None
+    ping_ms: float | None = None
+    built: bool = False
+
+
+class Host:
+    """Loads the drivers a configuration names and serves them as :class:`ServiceProxy` objects.
+
+    ``Host(config_dict, base_dir=...)`` or ``Host.from_file("revad.toml")``; use it as a context
+    manager, or call :meth:`close`, so no plugin process outlives it.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | _config.Config,
+        *,
+        base_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        installer: str | None = None,
+        offline: bool | None = None,
+        refresh: bool = False,
+    ) -> None:
+        if not isinstance(config, _config.Config):
+            config = _config.parse(config, base_dir=Path(base_dir or Path.cwd()).resolve())
+        self.config = config.with_overrides(
+            cache_dir=Path(cache_dir).resolve() if cache_dir else None,
+            installer=installer,
+            offline=offline or None,
+        )
+        self.hooks = pluggy.PluginManager(PROJECT)
+        self.hooks.add_hookspecs(LifecycleSpec)
+        self.loader = Loader(self.config, refresh=refresh)
+        self._proxies: dict[str, ServiceProxy] = {}
+        self._plans: dict[str, Plan] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> Host:
+        """A host for the TOML configuration at ``path``."""
+        return cls(_config.load_file(path), **options)
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register an object implementing lifecycle hooks (``plugin_started``, ``plugin_exited``)."""
+        self.hooks.register(plugin, name=name)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The names of the configured services."""
+        return tuple(svc.service for svc in self.config.services)
+
+    def service(self, name: str) -> ServiceProxy:
+        """The proxy for service ``name``, loading its driver (and building its env) if need be."""
+        with self._lock:
+            if self._closed:
+                raise RevaPluginError("the host is closed")
+            proxy = self._proxies.get(name)
+            if proxy is None:
+                proxy = self._proxies[name] = self._load(name)
+            return proxy
+
+    def _load(self, name: str) -> ServiceProxy:
+        svc = self.config.service(name)
+        plan = self.loader.plan(svc)
+        self._plans[name] = plan
+        label = f"{svc.service} ({svc.driver})"
+        driver: Driver
+        if isinstance(plan, InProcessPlan):
+            driver = InProcessDriver(plan, label)
+        else:
+            driver = IsolatedDriver(plan, self._supervisor(plan))
+        return ServiceProxy(SERVICES[svc.service], driver, label)
+
+    def _supervisor(self, plan: IsolatedPlan) -> Supervisor:
+        service = plan.launch.service
+
+        def started(process: PluginProcess) -> None:
+            self.hooks.hook.plugin_started(service=service, handshake=dict(process.handshake))
+
+        def exited(process: PluginProcess, returncode: int | None, expected: bool) -> None:
+            self.hooks.hook.plugin_exited(
+                service=service, pid=process.pid or 0, returncode=returncode, expected=expected
+            )
+
+        return Supervisor(plan.launch, on_start=started, on_exit=exited)
+
+    def check(self) -> list[CheckResult]:
+        """Load, start and ping every configured service; one result each (never raises)."""
+        return [self._check_one(svc) for svc in self.config.services]
+
+    def _check_one(self, svc: _config.ServiceConfig) -> CheckResult:
+        began = time.perf_counter()
+        try:
+            proxy = self.service(svc.service)
+            plan = self._plans[svc.service]
+            info = proxy.driver.start()
+            start_ms = (time.perf_counter() - began) * 1000
+            ping_ms = proxy.driver.ping()
+        except RevaPluginError as exc:
+            plan_or_none = self._plans.get(svc.service)
+            return CheckResult(
+                svc.service,
+                svc.driver,
+                plan_or_none.kind if plan_or_none else "-",
+                _env_key(plan_or_none),
+                ok=False,
+                status=str(exc).splitlines()[0],
+            )
+        version = f" {info.get('distribution', '')} {info.get('version', '')}".rstrip()
+        return CheckResult(
+            svc.service,
+            svc.driver,
+            plan.kind,
+            _env_key(plan),
+            ok=True,
+            status=f"ok{version}",
+            start_ms=round(start_ms, 1),
+            ping_ms=round(ping_ms, 3),
+            built=isinstance(plan, IsolatedPlan) and plan.built,
+        )
+
+    def close(self) -> None:
+        """Stop every plugin process; the host cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            proxies, self._proxies = list(self._proxies.values()), {}
+        for proxy in proxies:
+            proxy.driver.close()
+
+
+def _env_key(plan: Plan | None) -> str:
+    if isinstance(plan, IsolatedPlan):
+        return plan.env_key or "(prebuilt)"
+    return "-"

@@ -1,0 +1,279 @@
+"""From a configured driver to something runnable: an in-process object or a launch spec."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from . import _protocol, _python
+from ._config import Config, ServiceConfig
+from ._errors import EnvBuildError, SourceError
+from ._installers import InstallOptions, select
+from ._process import LaunchSpec
+from ._run import CommandFailed
+from ._sources import InProcess, PrebuiltVenv, Resolved, Source, classify
+from ._store import Env, Store, default_cache_dir, make_key
+from .services import SERVICES, ServiceType
+
+log = logging.getLogger("reva_plugins.loader")
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A plugin entry point: its name, ``module:attr`` value and distribution."""
+
+    name: str
+    value: str
+    distribution: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class InProcessPlan:
+    """Load ``entry_point`` into the core itself."""
+
+    service: ServiceType
+    entry_point: EntryPoint
+    config: dict[str, Any]
+    kind: str = "in-process"
+
+
+@dataclass(frozen=True)
+class IsolatedPlan:
+    """Run the plugin in ``env`` as a child process."""
+
+    launch: LaunchSpec
+    env_key: str | None
+    kind: str
+    built: bool = False
+    build_seconds: float = 0.0
+
+
+Plan = InProcessPlan | IsolatedPlan
+
+
+class Loader:
+    """Turns service configs into plans, building envs in the store as needed."""
+
+    def __init__(self, config: Config, *, refresh: bool = False) -> None:
+        self.config = config
+        self.settings = config.plugins
+        self.refresh = refresh
+        self.store = Store(self.settings.cache_dir or default_cache_dir())
+        self._interpreters = _python.InterpreterCache(self.store.root / "interpreters.json")
+
+    def plan(self, svc: ServiceConfig) -> Plan:
+        """What running ``svc``'s driver takes; builds its env if it is not cached."""
+        service = SERVICES[svc.service]
+        source = classify(
+            svc.driver,
+            base_dir=self.config.base_dir,
+            sha256=svc.plugin.sha256,
+            allowed=self.settings.allowed_sources,
+        )
+        if isinstance(source, InProcess):
+            ep = self._in_process_entry_point(service, source.name)
+            return InProcessPlan(service, ep, svc.driver_config(ep.name))
+        if isinstance(source, PrebuiltVenv):
+            entry_points = scan_entry_points(source.path)
+            ep = choose_entry_point(svc, service, entry_points.get(service.group, {}))
+            return IsolatedPlan(self.launch_spec(svc, service, source.python, ep), None, "venv")
+        env, built, seconds = self.env_for(svc, source)
+        entry_points = {
+            group: {name: EntryPoint(**fields) for name, fields in eps.items()}
+            for group, eps in env.metadata.get("entry_points", {}).items()
+        }
+        ep = choose_entry_point(svc, service, entry_points.get(service.group, {}))
+        launch = self.launch_spec(svc, service, env.python, ep)
+        return IsolatedPlan(launch, env.key, env.metadata.get("kind", source.kind), built, seconds)
+
+    def _in_process_entry_point(self, service: ServiceType, name: str) -> EntryPoint:
+        found = list(importlib_metadata.entry_points(group=service.group, name=name))
+        if not found:
+            installed = sorted(ep.name for ep in importlib_metadata.entry_points(group=service.group))
+            raise SourceError(
+                f"no driver named {name!r} is installed in the core's environment "
+                f"(entry points in {service.group}: {', '.join(installed) or 'none'})"
+            )
+        ep = found[0]
+        dist = ep.dist
+        return EntryPoint(ep.name, ep.value, dist.name if dist else "", dist.version if dist else "")
+
+    def launch_spec(
+        self, svc: ServiceConfig, service: ServiceType, python: Path, ep: EntryPoint
+    ) -> LaunchSpec:
+        """How to start ``ep`` from ``python`` with the timeouts and env of ``svc``."""
+        opts = svc.plugin
+        return LaunchSpec(
+            service=svc.service,
+            label=f"{svc.service} ({svc.driver})",
+            python=python,
+            entry={
+                "group": service.group,
+                "name": ep.name,
+                "value": ep.value,
+                "distribution": ep.distribution,
+                "version": ep.version,
+            },
+            env=opts.env,
+            cwd=self.config.base_dir,
+            start_timeout=opts.start_timeout or self.settings.start_timeout,
+            call_timeout=opts.call_timeout or self.settings.call_timeout,
+            restart=opts.restart,
+            max_concurrency=opts.max_concurrency,
+            config=svc.driver_config(ep.name, Path(svc.driver).name),
+        )
+
+    def install_options(self) -> InstallOptions:
+        """The package sources every build of this config uses."""
+        return InstallOptions(
+            index_url=self.settings.index_url,
+            find_links=self.settings.find_links,
+            offline=self.settings.offline,
+        )
+
+    def env_for(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
+        """The cached env for ``source`` (built now if missing); whether built; seconds taken."""
+        label = f"{svc.service} ({svc.driver})"
+        resolved = source.resolve()
+        interpreter = _python.find(
+            svc.plugin.python or self.settings.python,
+            self._interpreters,
+            key=f"{svc.key}.plugin.python" if svc.plugin.python else "plugins.python",
+        )
+        installer = select(self.settings.installer, app_data=self.store.root / "virtualenv")
+        options = self.install_options()
+        key = make_key(
+            {
+                "identity": resolved.identity,
+                "python": interpreter.identity,
+                "installer": installer.name,
+                "options": options.key_material(),
+                "protocol": list(_protocol.PROTOCOL_VERSIONS),
+            }
+        )
+        began = time.perf_counter()
+
+        def build(venv: Path) -> dict[str, Any]:
+            log.info("building env %s for %s with %s …", key, label, installer.name)
+            try:
+                installer.create(venv, interpreter)
+                installer.install(venv, resolved.install_args, options)
+            except CommandFailed as exc:
+                raise EnvBuildError(
+                    f"building the env failed: {' '.join(exc.argv[:3])} … exited with "
+                    f"{exc.returncode}",
+                    plugin=label,
+                    command=exc.argv,
+                    returncode=exc.returncode,
+                    output_tail=exc.tail,
+                ) from None
+            return env_metadata(venv, resolved, interpreter, installer.name, installer.version(), options)
+
+        env, built = self.store.get_or_build(key, build, label=label)
+        seconds = time.perf_counter() - began
+        if built:
+            log.info("built env %s for %s in %.2f s", key, label, seconds)
+        return env, built, seconds
+
+
+def env_metadata(
+    venv: Path,
+    resolved: Resolved,
+    interpreter: _python.Interpreter,
+    installer: str,
+    installer_version: str,
+    options: InstallOptions,
+) -> dict[str, Any]:
+    """What an env records about itself (written last, so its presence marks a complete env)."""
+    dists = list(importlib_metadata.distributions(path=[str(p) for p in site_packages(venv)]))
+    return {
+        "spec": resolved.spec,
+        "kind": resolved.kind,
+        "identity": resolved.identity,
+        "mutable": resolved.mutable,
+        "python": {
+            "implementation": interpreter.implementation,
+            "version": interpreter.version,
+            "executable": interpreter.executable,
+        },
+        "installer": {"name": installer, "version": installer_version},
+        "options": options.key_material(),
+        "protocol": list(_protocol.PROTOCOL_VERSIONS),
+        "distributions": sorted(
+            ({"name": d.metadata["Name"], "version": d.version, **_direct_url(d)} for d in dists),
+            key=lambda d: str(d["name"]).lower(),
+        ),
+        "entry_points": _entry_points(dists),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def site_packages(venv: Path) -> list[Path]:
+    """The venv's site-packages folders."""
+    return sorted(venv.glob("lib/python*/site-packages"))
+
+
+def scan_entry_points(venv: Path) -> dict[str, dict[str, EntryPoint]]:
+    """The reva entry points a venv's distributions declare, read from its files."""
+    dists = importlib_metadata.distributions(path=[str(p) for p in site_packages(venv)])
+    return {
+        group: {name: EntryPoint(**fields) for name, fields in eps.items()}
+        for group, eps in _entry_points(dists).items()
+    }
+
+
+def _entry_points(dists: Any) -> dict[str, dict[str, dict[str, str]]]:
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for dist in dists:
+        for ep in dist.entry_points:
+            if ep.group.startswith("reva."):
+                out.setdefault(ep.group, {})[ep.name] = {
+                    "name": ep.name,
+                    "value": ep.value,
+                    "distribution": dist.metadata["Name"],
+                    "version": dist.version,
+                }
+    return out
+
+
+def _direct_url(dist: importlib_metadata.Distribution) -> dict[str, Any]:
+    text = dist.read_text("direct_url.json")
+    if not text:
+        return {}
+    try:
+        return {"direct_url": json.loads(text)}
+    except ValueError:
+        return {}
+
+
+def choose_entry_point(
+    svc: ServiceConfig, service: ServiceType, found: dict[str, EntryPoint]
+) -> EntryPoint:
+    """The entry point ``svc`` uses: the one named in ``plugin.entry_point``, or the only one."""
+    names = ", ".join(sorted(found)) or "none"
+    wanted = svc.plugin.entry_point
+    if wanted:
+        if wanted not in found:
+            raise SourceError(
+                f"{svc.key}.plugin.entry_point: {wanted!r} is not declared in {service.group} "
+                f"by {svc.driver} (declared: {names})"
+            )
+        return found[wanted]
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise SourceError(
+            f"{svc.driver} declares no entry point in the group {service.group}; add "
+            f'[project.entry-points."{service.group}"] to its pyproject.toml'
+        )
+    raise SourceError(
+        f"{svc.driver} declares several entry points in {service.group} ({names}); choose one "
+        f"with {svc.key}.plugin.entry_point"
+    )

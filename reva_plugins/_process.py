@@ -1,0 +1,576 @@
+"""Plugin processes: spawn, handshake, multiplexed calls, logs, crashes, restarts and reaping."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import _protocol as wire
+from ._errors import (
+    CallTimeout,
+    HandshakeError,
+    PluginCrashed,
+    ProcessError,
+    ProtocolError,
+    RevaPluginError,
+)
+from ._run import spawn
+
+log = logging.getLogger("reva_plugins.process")
+
+SCRUBBED_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR")
+STDERR_TAIL = 40
+STDERR_LINE_LIMIT = 1024 * 1024
+SHUTDOWN_GRACE = 2.0
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one plugin process."""
+
+    service: str
+    label: str
+    python: Path
+    entry: Mapping[str, Any]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    start_timeout: float = 60.0
+    call_timeout: float = 30.0
+    restart: str = "on-failure"
+    max_concurrency: int = 8
+    max_line: int = wire.DEFAULT_MAX_LINE
+    protocol_versions: tuple[int, ...] = wire.PROTOCOL_VERSIONS
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def logger_name(self) -> str:
+        """The logger plugin log records are re-emitted on."""
+        return f"reva_plugins.plugin.{self.service}"
+
+
+def plugin_environment(spec: LaunchSpec, host_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``."""
+    host_env = os.environ if host_env is None else host_env
+    env = {k: v for k, v in host_env.items() if k in SCRUBBED_ENV or k.startswith("LC_")}
+    venv_bin = str(spec.python.parent)
+    env["PATH"] = os.pathsep.join(filter(None, [venv_bin, env.get("PATH", os.defpath)]))
+    env["VIRTUAL_ENV"] = str(spec.python.parent.parent)
+    env.update(spec.env)
+    env[wire.COOKIE_KEY] = wire.COOKIE_VALUE
+    env[wire.VERSIONS_ENV] = ",".join(map(str, spec.protocol_versions))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class _Slot:
+    """One call in flight: the waiter blocks on ``lock`` until the reader fills it."""
+
+    __slots__ = ("error", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def fill(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.lock.release()
+
+
+class PluginProcess:
+    """One running plugin: a child interpreter speaking line-delimited JSON-RPC over a socket."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        on_exit: Callable[[PluginProcess, int | None, bool], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.handshake: dict[str, Any] = {}
+        self.started_at = 0.0
+        self.start_ms = 0.0
+        self._on_exit = on_exit
+        self._log = logging.getLogger(spec.logger_name)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._pending: dict[int, _Slot] = {}
+        self._ids = iter(range(1, 1 << 62))
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._handshaken = threading.Event()
+        self._handshake_error: str | None = None
+        self._early_output: list[str] = []
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._threads: list[threading.Thread] = []
+        self._dead = threading.Event()
+        self._closing = False
+        self.returncode: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The plugin's process id, once started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs and its wire is open."""
+        return self._proc is not None and not self._dead.is_set()
+
+    def start(self) -> dict[str, Any]:
+        """Spawn, wait for the handshake, send ``configure``; return the handshake params."""
+        began = time.perf_counter()
+        parent, child = socket.socketpair()
+        try:
+            self._proc = spawn(
+                [self.spec.python, "-I", wire.BOOTSTRAP_FILE, self._bootstrap_arg()],
+                env=plugin_environment(self.spec),
+                cwd=self.spec.cwd,
+                stdin=child.fileno(),
+                stdout=child.fileno(),
+            )
+        except OSError as exc:
+            parent.close()
+            raise HandshakeError(f"cannot start plugin: {exc}", plugin=self.spec.label) from None
+        finally:
+            child.close()
+        self._sock = parent
+        self.started_at = time.time()
+        self._start_thread(self._read_stderr, "stderr")
+        self._start_thread(self._read_wire, "reader")
+        try:
+            self._await_handshake()
+            self.call("configure", {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout)
+        except BaseException:
+            self.close(grace=0)
+            raise
+        self.start_ms = (time.perf_counter() - began) * 1000
+        return self.handshake
+
+    def _bootstrap_arg(self) -> str:
+        level = logging.getLogger(self.spec.logger_name).getEffectiveLevel()
+        entry = dict(self.spec.entry)
+        entry.update(
+            service=self.spec.service,
+            max_concurrency=self.spec.max_concurrency,
+            max_line=self.spec.max_line,
+            log_level=logging.getLevelName(max(level, logging.DEBUG)).lower(),
+        )
+        return json.dumps(entry, separators=(",", ":"))
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(
+            target=target, name=f"reva-{self.spec.service}-{name}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _await_handshake(self) -> None:
+        timeout = self.spec.start_timeout
+        if not self._handshaken.wait(timeout):
+            self._fail_start(f"no handshake within {timeout:g} s (start_timeout)")
+        if self._handshake_error:
+            self._fail_start(self._handshake_error)
+        offered = self.spec.protocol_versions
+        chosen = self.handshake.get("core_protocol")
+        if chosen not in offered:
+            self._fail_start(
+                f"protocol version mismatch: the core speaks {list(offered)}, "
+                f"the plugin chose {chosen!r}"
+            )
+
+    def _fail_start(self, reason: str) -> None:
+        self._kill_group(signal.SIGKILL)
+        self._dead.wait(2)
+        self._join_stderr()
+        early = "\n".join(self._early_output[-10:])
+        if early:
+            reason = f"{reason}\n--- plugin wrote instead of a handshake ---\n{early}"
+        raise HandshakeError(
+            reason,
+            plugin=self.spec.label,
+            returncode=self.returncode,
+            stderr_tail=self.stderr_tail(),
+        )
+
+    def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Ask the plugin to shut down, then terminate and kill its whole process group."""
+        if self._proc is None:
+            return
+        self._closing = True
+        if self.alive and grace > 0:
+            with contextlib.suppress(OSError, RevaPluginError):
+                self._send(wire.encode_request(0, wire.SHUTDOWN, {}))
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+        try:
+            self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self._kill_group(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                self._kill_group(signal.SIGKILL)
+                self._proc.wait()
+        self._kill_group(signal.SIGKILL)  # grandchildren left in the plugin's group
+        self._dead.wait(2)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=2)
+        if self._sock is not None:
+            self._sock.close()
+        if self._proc.stderr:
+            self._proc.stderr.close()
+
+    def _kill_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
+        """Call ``method`` with keyword ``params``; raise the plugin's error, typed."""
+        timeout = self.spec.call_timeout if timeout is None else timeout
+        slot = _Slot()
+        with self._lock:
+            if self._dead.is_set():
+                raise self._crashed("plugin is not running")
+            call_id = next(self._ids)
+            self._pending[call_id] = slot
+        if meta is not None and timeout:
+            meta = {**meta, "deadline": time.time() + timeout}
+        self._send(wire.encode_request(call_id, method, params, meta))
+        if not slot.lock.acquire(timeout=timeout if timeout and timeout > 0 else -1):
+            with self._lock:
+                self._pending.pop(call_id, None)
+            with contextlib.suppress(OSError, RevaPluginError):
+                self._send(wire.encode_request(None, wire.CANCEL, {"id": call_id}))
+            raise CallTimeout(f"{method} timed out after {timeout:g} s", plugin=self.spec.label)
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip a ``$/ping``; return its time in milliseconds."""
+        began = time.perf_counter()
+        self.call(wire.PING, {}, timeout=timeout)
+        return (time.perf_counter() - began) * 1000
+
+    def _send(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise self._crashed("plugin is not running")
+        try:
+            with self._send_lock:
+                sock.sendall(data)
+        except OSError as exc:
+            raise self._crashed(f"cannot write to plugin: {exc}") from None
+
+    # -- reader threads --------------------------------------------------------------------
+
+    def _read_wire(self) -> None:
+        assert self._sock is not None
+        limit = self.spec.max_line
+        reader = self._sock.makefile("rb", buffering=65536)
+        try:
+            while True:
+                line = reader.readline(limit + 1)
+                if not line:
+                    break
+                if len(line) > limit and not line.endswith(b"\n"):
+                    self._oversized(line, reader)
+                    continue
+                self._dispatch(line)
+        except OSError:
+            pass
+        finally:
+            reader.close()
+            self._on_eof()
+
+    def _oversized(self, head: bytes, reader: IO[bytes]) -> None:
+        while True:
+            chunk = reader.readline(65536)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        self._protocol_error(head, f"message longer than {self.spec.max_line} bytes")
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            self._protocol_error(line, f"invalid JSON from plugin: {exc}")
+            return
+        if not isinstance(message, dict):
+            self._protocol_error(line, "message is not a JSON object")
+            return
+        if not self._handshaken.is_set():
+            self._on_handshake(message, line)
+            return
+        call_id = message.get("id")
+        if "method" in message:
+            self._log.debug("notification from plugin ignored: %s", message.get("method"))
+            return
+        with self._lock:
+            slot = self._pending.pop(call_id, None) if isinstance(call_id, int) else None
+        if slot is None:
+            if call_id != 0:  # 0 answers $/shutdown, which nobody waits for
+                log.warning("%s: reply for unknown call id %r dropped", self.spec.label, call_id)
+            return
+        if "error" in message and isinstance(message["error"], dict):
+            slot.fill(error=wire.error_to_exception(message["error"], plugin=self.spec.label))
+        elif "result" in message:
+            slot.fill(result=message["result"])
+        else:
+            slot.fill(error=ProtocolError("reply has neither result nor error", plugin=self.spec.label))
+
+    def _on_handshake(self, message: dict[str, Any], line: bytes) -> None:
+        params = message.get("params")
+        if message.get("method") == wire.HANDSHAKE and isinstance(params, dict):
+            self.handshake = params
+        else:
+            self._early_output.append(line.decode("utf-8", "replace").rstrip()[:2000])
+            self._handshake_error = "the plugin's first message is not a handshake"
+        self._handshaken.set()
+
+    def _protocol_error(self, line: bytes, reason: str) -> None:
+        if not self._handshaken.is_set():
+            self._early_output.append(line[:2000].decode("utf-8", "replace").rstrip())
+            self._handshake_error = f"the plugin's first message is not a handshake: {reason}"
+            self._handshaken.set()
+            return
+        call_id = wire.guess_id(line)
+        log.error("%s: protocol error: %s", self.spec.label, reason)
+        with self._lock:
+            slot = self._pending.pop(call_id, None) if call_id is not None else None
+        if slot is not None:
+            slot.fill(error=ProtocolError(reason, plugin=self.spec.label))
+
+    def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        stream = self._proc.stderr
+        try:
+            while True:
+                line = stream.readline(STDERR_LINE_LIMIT)
+                if not line:
+                    break
+                if not line.endswith(b"\n"):
+                    line += b" [truncated]"
+                    while (more := stream.readline(STDERR_LINE_LIMIT)) and not more.endswith(b"\n"):
+                        pass
+                self._emit_stderr(line.decode("utf-8", "replace").rstrip("\r\n"))
+        except (OSError, ValueError):
+            pass
+
+    def _emit_stderr(self, text: str) -> None:
+        if text.startswith('{"@level"'):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                self._emit_record(entry)
+                return
+        self._stderr_tail.append(text)
+        self._log.info("%s", text, extra={"plugin_stream": "stderr"})
+
+    def _emit_record(self, entry: dict[str, Any]) -> None:
+        level = _LEVELS.get(str(entry.pop("@level", "info")).lower(), logging.INFO)
+        message = str(entry.pop("@message", ""))
+        exc_text = entry.pop("@exception", None)
+        extra = {k: v for k, v in entry.items() if k not in _RESERVED and not k.startswith("@")}
+        extra["plugin_logger"] = entry.get("@module", "")
+        extra["plugin_fields"] = dict(extra)
+        if exc_text:
+            message = f"{message}\n{exc_text}"
+        if level >= logging.WARNING:
+            self._stderr_tail.append(message)
+        self._log.log(level, "%s", message, extra=extra)
+
+    def stderr_tail(self) -> str:
+        """The last lines the plugin wrote to stderr (logs of warning level and above included)."""
+        return "\n".join(self._stderr_tail)
+
+    def _join_stderr(self) -> None:
+        for thread in self._threads:
+            if thread.name.endswith("stderr"):
+                thread.join(timeout=1)
+
+    def _on_eof(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        try:
+            self.returncode = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self._kill_group(signal.SIGKILL)
+            self.returncode = proc.wait()
+        self._join_stderr()
+        expected = self._closing
+        with self._lock:
+            self._dead.set()
+            pending, self._pending = self._pending, {}
+        if not self._handshaken.is_set():
+            self._handshake_error = f"plugin exited with {_describe_exit(self.returncode)}"
+            self._handshaken.set()
+        if pending:
+            error = self._crashed(f"plugin exited with {_describe_exit(self.returncode)}")
+            for slot in pending.values():
+                slot.fill(error=error)
+        if not expected:
+            log.warning(
+                "%s: plugin exited unexpectedly with %s",
+                self.spec.label,
+                _describe_exit(self.returncode),
+            )
+        if self._on_exit is not None:
+            self._on_exit(self, self.returncode, expected)
+
+    def _crashed(self, message: str) -> PluginCrashed:
+        return PluginCrashed(
+            message,
+            plugin=self.spec.label,
+            returncode=self.returncode,
+            stderr_tail=self.stderr_tail(),
+        )
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "an unknown status"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class Supervisor:
+    """Keeps one plugin process running: starts it lazily, restarts it after a crash with
+    exponential backoff, and marks the service failed after too many crashes."""
+
+    MAX_CRASHES = 5
+    CRASH_WINDOW = 60.0
+    BACKOFF_FIRST = 0.1
+    BACKOFF_CAP = 5.0
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        *,
+        on_start: Callable[[PluginProcess], None] | None = None,
+        on_exit: Callable[[PluginProcess, int | None, bool], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._on_start = on_start
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._process: PluginProcess | None = None
+        self._crashes: collections.deque[float] = collections.deque(maxlen=self.MAX_CRASHES)
+        self._failed: ProcessError | None = None
+        self._closed = False
+
+    @property
+    def process(self) -> PluginProcess:
+        """The running process, started (or restarted) if need be."""
+        current = self._process
+        if current is not None and current.alive:
+            return current
+        with self._lock:
+            return self._ensure()
+
+    def _ensure(self) -> PluginProcess:
+        current = self._process
+        if current is not None and current.alive:
+            return current
+        if self._closed:
+            raise PluginCrashed("the host is closed", plugin=self.spec.label)
+        if self._failed is not None:
+            raise self._failed
+        if current is not None and self.spec.restart == "never":
+            raise current._crashed(  # noqa: SLF001 - same module
+                f"plugin exited with {_describe_exit(current.returncode)} and restart = 'never'"
+            )
+        self._wait_backoff()
+        process = PluginProcess(self.spec, on_exit=self._exited)
+        process.start()
+        self._process = process
+        if self._on_start is not None:
+            self._on_start(process)
+        return process
+
+    def _wait_backoff(self) -> None:
+        if not self._crashes:
+            return
+        delay = min(self.BACKOFF_FIRST * 2 ** (len(self._crashes) - 1), self.BACKOFF_CAP)
+        remaining = self._crashes[-1] + delay - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def _exited(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
+        if not expected:
+            now = time.monotonic()
+            self._crashes.append(now)
+            recent = [t for t in self._crashes if now - t <= self.CRASH_WINDOW]
+            if len(recent) >= self.MAX_CRASHES:
+                self._failed = PluginCrashed(
+                    f"crashed {len(recent)} times in {self.CRASH_WINDOW:g} s; the service is "
+                    "marked failed until the host is reloaded",
+                    plugin=self.spec.label,
+                    returncode=returncode,
+                    stderr_tail=process.stderr_tail(),
+                )
+        if self._on_exit is not None:
+            self._on_exit(process, returncode, expected)
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
+        """Call ``method`` in the plugin, starting it first if need be."""
+        return self.process.call(method, params, timeout=timeout, meta=meta)
+
+    def close(self) -> None:
+        """Shut the plugin down; later calls fail."""
+        with self._lock:
+            self._closed = True
+            process, self._process = self._process, None
+        if process is not None:
+            process.close()
