@@ -13,6 +13,10 @@ import os
 import sys
 import threading
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 COOKIE_KEY = "BASIC_PLUGIN"
 COOKIE_VALUE = "reva"
 PROTOCOL_VERSIONS = (1,)
@@ -65,7 +69,7 @@ class Wire:
             while view:
                 view = view[os.write(self.fd, view) :]
 
-    def lines(self):  # type: ignore[no-untyped-def]
+    def lines(self) -> Iterator[bytes | None]:
         """Yield each incoming line (bytes); an oversized line yields None."""
         readline = self.reader.readline
         limit = self.max_line
@@ -111,10 +115,12 @@ def _guard_stdio() -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)  # noqa: SIM115
-    sys.__stdout__ = sys.stdout
-    sys.__stdin__ = sys.stdin
+    sys.stdin = open(0, encoding="utf-8", closefd=False)
+    sys.stdout = open(
+        1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False
+    )
+    sys.__stdout__ = sys.stdout  # type: ignore[misc]
+    sys.__stdin__ = sys.stdin  # type: ignore[misc]
     return wire
 
 
@@ -152,7 +158,9 @@ def _install_logging(level: str) -> None:
                     entry["@exception"] = logging.Formatter().formatException(record.exc_info)
                 for key, value in vars(record).items():
                     if key not in self.reserved:
-                        entry[key] = value if isinstance(value, (str, int, float, bool)) else repr(value)
+                        entry[key] = (
+                            value if isinstance(value, (str, int, float, bool)) else repr(value)
+                        )
                 sys.stderr.write(_dumps(entry) + "\n")
                 sys.stderr.flush()
             except Exception:
@@ -224,7 +232,7 @@ class Plugin:
     def method(self, name: str) -> tuple[object, bool] | None:
         cached = self.methods.get(name)
         if cached is None:
-            if name.startswith("_") or name.startswith("$"):
+            if name.startswith(("_", "$")):
                 return None
             func = getattr(self.obj, name, None)
             if not callable(func):
@@ -368,7 +376,9 @@ def main(argv: list[str]) -> int:
     _install_logging(str(spec.get("log_level", "info")))
     wire = Wire(wire_fd, int(spec.get("max_line", 64 * 1024 * 1024)))
     obj, name, dist, dist_version = _load_entry_point(spec)
-    methods = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+    methods = sorted(
+        n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))
+    )
     wire.send(
         {
             "jsonrpc": "2.0",

@@ -67,18 +67,38 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger("reva_plugins.process").setLevel(logging.WARNING)
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache-dir", type=Path, help="env cache (default: $REVA_PLUGINS_CACHE_DIR or the user cache dir)")
-    common.add_argument("--installer", choices=_config.INSTALLERS, help="installer backend")
-    common.add_argument("--offline", action="store_true", default=None, help="never touch the network")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more output (tracebacks)")
-    common.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the command (only the top level sets defaults)."""
 
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default(None),
+        help="env cache (default: $REVA_PLUGINS_CACHE_DIR or the user cache dir)",
+    )
+    common.add_argument(
+        "--installer", choices=_config.INSTALLERS, default=default(None), help="installer backend"
+    )
+    common.add_argument(
+        "--offline", action="store_true", default=default(None), help="never touch the network"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="count", default=default(0), help="more output (tracebacks)"
+    )
+    common.add_argument("-q", "--quiet", action="count", default=default(0), help="less output")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _global_options(defaults=False)
     parser = argparse.ArgumentParser(
         prog="reva-plugins",
         description="Run Reva-style plugin drivers in isolated environments and processes.",
-        parents=[common],
+        parents=[_global_options(defaults=True)],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -111,19 +131,38 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps([vars(r) for r in results], indent=2))
     else:
         _print_table(results)
-        log.info("checked %d service(s) in %.2f s", len(results), time.perf_counter() - began)
-    return EXIT_OK if results and all(r.ok for r in results) else EXIT_FAILURE
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        print(f"reva-plugins: error: {result.service}: {result.status}", file=sys.stderr)
+    if not results:
+        print(f"reva-plugins: error: {args.config}: no service uses a driver", file=sys.stderr)
+        return EXIT_USAGE
+    if failed:
+        return max(r.exit_code for r in failed)
+    log.info("checked %d service(s) in %.2f s", len(results), time.perf_counter() - began)
+    return EXIT_OK
 
 
 def _print_table(results: list[CheckResult]) -> None:
     header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS")
     rows = [
-        (r.service, r.driver, r.kind, r.env, r.status, "-" if r.start_ms is None else f"{r.start_ms:.1f}")
+        (
+            r.service,
+            r.driver,
+            r.kind,
+            r.env,
+            r.status,
+            "-" if r.start_ms is None else f"{r.start_ms:.1f}",
+        )
         for r in results
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def cmd_call(args: argparse.Namespace) -> int:

@@ -154,13 +154,19 @@ class _Reader:
                 f"{key}.{unknown[0]}", f"unknown key (expected one of: {', '.join(allowed)})"
             )
 
-    def typed(self, table: Mapping[str, Any], key: str, name: str, kind: type | tuple[type, ...]) -> Any:
+    def typed(
+        self, table: Mapping[str, Any], key: str, name: str, kind: type | tuple[type, ...]
+    ) -> Any:
         value = table.get(name)
         if value is None:
             return None
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float, (int, float)))
+        ok = isinstance(value, kind) and not (
+            isinstance(value, bool) and kind in (int, float, (int, float))
+        )
         if not ok:
-            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            expected = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
             raise self.error(f"{key}.{name}", f"must be {expected}, not {type(value).__name__}")
         return value
 
@@ -170,7 +176,9 @@ class _Reader:
             raise self.error(f"{key}.{name}", "must be a positive number of seconds")
         return None if value is None else float(value)
 
-    def choice(self, table: Mapping[str, Any], key: str, name: str, choices: tuple[str, ...]) -> str | None:
+    def choice(
+        self, table: Mapping[str, Any], key: str, name: str, choices: tuple[str, ...]
+    ) -> str | None:
         value = self.typed(table, key, name, str)
         if value is not None and value not in choices:
             raise self.error(f"{key}.{name}", f"must be one of {', '.join(choices)}, not {value!r}")

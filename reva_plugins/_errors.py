@@ -110,7 +110,7 @@ class RemoteError(RevaPluginError):
         self,
         message: str,
         *,
-        type: str = "RemoteError",  # noqa: A002 - the wire field's name
+        type: str = "RemoteError",
         plugin: str | None = None,
         code: int = -32000,
         traceback: str = "",

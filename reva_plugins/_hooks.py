@@ -20,7 +20,5 @@ class LifecycleSpec:
         """A plugin process for ``service`` completed its handshake."""
 
     @hookspec
-    def plugin_exited(
-        self, service: str, pid: int, returncode: int | None, expected: bool
-    ) -> None:
+    def plugin_exited(self, service: str, pid: int, returncode: int | None, expected: bool) -> None:
         """A plugin process for ``service`` exited; ``expected`` is False for a crash."""

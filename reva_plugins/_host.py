@@ -37,7 +37,11 @@ class Driver(Protocol):
         ...
 
     def invoke(
-        self, method: str, params: dict[str, Any], timeout: float | None, meta: dict[str, Any] | None
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
     ) -> Any:
         """Call one method with keyword params."""
         ...
@@ -81,14 +85,20 @@ class InProcessDriver:
         return {"entry_point": ep.name, "distribution": ep.distribution, "version": ep.version}
 
     def invoke(
-        self, method: str, params: dict[str, Any], timeout: float | None, meta: dict[str, Any] | None
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
     ) -> Any:
         """Call the method directly; ``timeout`` cannot interrupt in-process code."""
         if self._obj is None:
             self.start()
         func = getattr(self._obj, method, None)
         if not callable(func):
-            raise RemoteError(f"method not found: {method}", type="MethodNotFound", plugin=self.label)
+            raise RemoteError(
+                f"method not found: {method}", type="MethodNotFound", plugin=self.label
+            )
         try:
             return func(**params)
         except Exception as exc:
@@ -123,7 +133,11 @@ class IsolatedDriver:
         return self.supervisor.process.handshake
 
     def invoke(
-        self, method: str, params: dict[str, Any], timeout: float | None, meta: dict[str, Any] | None
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
     ) -> Any:
         """Send the call over the wire."""
         return self.supervisor.call(method, params, timeout=timeout, meta=meta)
@@ -212,7 +226,9 @@ def _forwarders(service: ServiceType, driver: Driver) -> types.SimpleNamespace:
     for method, sig in service.signatures.items():
         names = [name for name in sig.parameters if name.isidentifier()]
         params = ", ".join(f"{name!r}: {name}" for name in names)
-        source = f"def {method}({', '.join(names)}):\n    return _invoke({method!r}, {{{params}}})\n"
+        source = (
+            f"def {method}({', '.join(names)}):\n    return _invoke({method!r}, {{{params}}})\n"
+        )
         namespace: dict[str, Any] = {"_invoke": invoke}
         exec(compile(source, f"<reva forwarder {service.name}.{method}>", "exec"), namespace)  # noqa: S102
         impls[method] = hookimpl(namespace[method])
@@ -232,6 +248,7 @@ class CheckResult:
     start_ms: float | None = None
     ping_ms: float | None = None
     built: bool = False
+    exit_code: int = 0
 
 
 class Host:
@@ -278,7 +295,7 @@ class Host:
         self.close()
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register an object implementing lifecycle hooks (``plugin_started``, ``plugin_exited``)."""
+        """Register an object implementing the lifecycle hooks (``plugin_started`` …)."""
         self.hooks.register(plugin, name=name)
 
     @property
@@ -342,6 +359,7 @@ class Host:
                 _env_key(plan_or_none),
                 ok=False,
                 status=str(exc).splitlines()[0],
+                exit_code=exc.exit_code,
             )
         version = f" {info.get('distribution', '')} {info.get('version', '')}".rstrip()
         return CheckResult(

@@ -76,10 +76,18 @@ class UvInstaller:
 
     def create(self, venv: Path, interpreter: Interpreter) -> None:
         """A relocatable venv (so the temp dir it is built in can be renamed)."""
-        run([
-            self.binary, "venv", "--quiet", "--no-project", "--relocatable",
-            "--python", interpreter.executable, str(venv),
-        ])
+        run(
+            [
+                self.binary,
+                "venv",
+                "--quiet",
+                "--no-project",
+                "--relocatable",
+                "--python",
+                interpreter.executable,
+                str(venv),
+            ]
+        )
 
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """Install into the venv's interpreter."""
@@ -109,17 +117,32 @@ class PipInstaller:
 
     def create(self, venv: Path, interpreter: Interpreter) -> None:
         """A virtualenv with pip only."""
-        run([
-            sys.executable, "-m", "virtualenv", "--quiet", "--no-setuptools",
-            "--no-periodic-update", "--app-data", str(self.app_data),
-            "--python", interpreter.executable, str(venv),
-        ])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "virtualenv",
+                "--quiet",
+                "--no-setuptools",
+                "--no-periodic-update",
+                "--app-data",
+                str(self.app_data),
+                "--python",
+                interpreter.executable,
+                str(venv),
+            ]
+        )
 
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """``python -m pip install`` inside the venv."""
         argv = [
-            str(venv_python(venv)), "-m", "pip", "install", "--quiet",
-            "--disable-pip-version-check", "--no-input",
+            str(venv_python(venv)),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
         ]
         if options.index_url:
             argv += ["--index-url", options.index_url]

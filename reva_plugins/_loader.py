@@ -96,14 +96,18 @@ class Loader:
     def _in_process_entry_point(self, service: ServiceType, name: str) -> EntryPoint:
         found = list(importlib_metadata.entry_points(group=service.group, name=name))
         if not found:
-            installed = sorted(ep.name for ep in importlib_metadata.entry_points(group=service.group))
+            installed = sorted(
+                ep.name for ep in importlib_metadata.entry_points(group=service.group)
+            )
             raise SourceError(
                 f"no driver named {name!r} is installed in the core's environment "
                 f"(entry points in {service.group}: {', '.join(installed) or 'none'})"
             )
         ep = found[0]
         dist = ep.dist
-        return EntryPoint(ep.name, ep.value, dist.name if dist else "", dist.version if dist else "")
+        return EntryPoint(
+            ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""
+        )
 
     def launch_spec(
         self, svc: ServiceConfig, service: ServiceType, python: Path, ep: EntryPoint
@@ -174,7 +178,9 @@ class Loader:
                     returncode=exc.returncode,
                     output_tail=exc.tail,
                 ) from None
-            return env_metadata(venv, resolved, interpreter, installer.name, installer.version(), options)
+            return env_metadata(
+                venv, resolved, interpreter, installer.name, installer.version(), options
+            )
 
         env, built = self.store.get_or_build(key, build, label=label)
         seconds = time.perf_counter() - began

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import _protocol as wire
 from ._errors import (
@@ -70,7 +71,9 @@ class LaunchSpec:
         return f"reva_plugins.plugin.{self.service}"
 
 
-def plugin_environment(spec: LaunchSpec, host_env: Mapping[str, str] | None = None) -> dict[str, str]:
+def plugin_environment(
+    spec: LaunchSpec, host_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``."""
     host_env = os.environ if host_env is None else host_env
     env = {k: v for k, v in host_env.items() if k in SCRUBBED_ENV or k.startswith("LC_")}
@@ -164,7 +167,9 @@ class PluginProcess:
         self._start_thread(self._read_wire, "reader")
         try:
             self._await_handshake()
-            self.call("configure", {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout)
+            self.call(
+                "configure", {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
+            )
         except BaseException:
             self.close(grace=0)
             raise
@@ -321,7 +326,7 @@ class PluginProcess:
             reader.close()
             self._on_eof()
 
-    def _oversized(self, head: bytes, reader: IO[bytes]) -> None:
+    def _oversized(self, head: bytes, reader: io.IOBase) -> None:
         while True:
             chunk = reader.readline(65536)
             if not chunk or chunk.endswith(b"\n"):
@@ -355,7 +360,9 @@ class PluginProcess:
         elif "result" in message:
             slot.fill(result=message["result"])
         else:
-            slot.fill(error=ProtocolError("reply has neither result nor error", plugin=self.spec.label))
+            slot.fill(
+                error=ProtocolError("reply has neither result nor error", plugin=self.spec.label)
+            )
 
     def _on_handshake(self, message: dict[str, Any], line: bytes) -> None:
         params = message.get("params")
@@ -380,8 +387,9 @@ class PluginProcess:
             slot.fill(error=ProtocolError(reason, plugin=self.spec.label))
 
     def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
         stream = self._proc.stderr
+        assert stream is not None
         try:
             while True:
                 line = stream.readline(STDERR_LINE_LIMIT)
@@ -521,7 +529,7 @@ class Supervisor:
         if self._failed is not None:
             raise self._failed
         if current is not None and self.spec.restart == "never":
-            raise current._crashed(  # noqa: SLF001 - same module
+            raise current._crashed(
                 f"plugin exited with {_describe_exit(current.returncode)} and restart = 'never'"
             )
         self._wait_backoff()

@@ -15,6 +15,7 @@ from ._errors import RemoteError, remote_error
 
 COOKIE_KEY = "BASIC_PLUGIN"
 COOKIE_VALUE = "reva"
+HUMAN_MESSAGE = "This is a reva plugin bootstrap; it is started by the core, not by hand."
 PROTOCOL_VERSIONS = (1,)
 VERSIONS_ENV = "REVA_PLUGIN_PROTOCOL_VERSIONS"
 HANDSHAKE = "$/handshake"

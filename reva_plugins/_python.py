@@ -103,11 +103,13 @@ def pyenv_root() -> Path:
     return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
 
 
-def find(request: str | None, cache: InterpreterCache | None = None, *, key: str = "python") -> Interpreter:
-    """The interpreter for ``request``: None (the core's own), a version such as ``3.12``, or a path.
+def find(
+    request: str | None, cache: InterpreterCache | None = None, *, key: str = "python"
+) -> Interpreter:
+    """The interpreter for ``request``: None (the core's own), a version (``3.12``) or a path.
 
-    Versions are looked up as ``python3.X`` on PATH and in pyenv's versions folder; a pyenv shim that
-    cannot run the version is skipped. A :class:`ConfigError` names ``key`` when nothing fits.
+    Versions are looked up as ``python3.X`` on PATH and in pyenv's versions folder; a pyenv shim
+    that cannot run the version is skipped. A :class:`ConfigError` names ``key`` if nothing fits.
     """
     if request is None:
         return current()

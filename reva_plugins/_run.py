@@ -64,7 +64,9 @@ def run(
         out = (exc.output or b"").decode("utf-8", "replace")
         raise CommandFailed(args, None, f"{out}\ntimed out after {timeout} s") from None
     output = proc.stdout.decode("utf-8", "replace")
-    log.debug("run: %s exited %s in %.3f s", args[0], proc.returncode, time.perf_counter() - started)
+    log.debug(
+        "run: %s exited %s in %.3f s", args[0], proc.returncode, time.perf_counter() - started
+    )
     if proc.returncode != 0:
         raise CommandFailed(args, proc.returncode, output)
     return output

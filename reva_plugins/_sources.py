@@ -14,8 +14,21 @@ from ._errors import SourceError
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")
 _SKIP_DIRS = frozenset(
     {
-        ".git", ".hg", ".svn", "__pycache__", "build", "dist", ".venv", "venv", ".nox", ".tox",
-        ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules", ".eggs",
+        ".git",
+        ".hg",
+        ".svn",
+        "__pycache__",
+        "build",
+        "dist",
+        ".venv",
+        "venv",
+        ".nox",
+        ".tox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        "node_modules",
+        ".eggs",
     }
 )
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -35,8 +48,15 @@ class Resolved:
 class Source(Protocol):
     """One kind of driver spec (folder, wheel, git URL …)."""
 
-    kind: str
-    spec: str
+    @property
+    def kind(self) -> str:
+        """A short name of the kind, shown by ``check``."""
+        ...
+
+    @property
+    def spec(self) -> str:
+        """The spec as written (credentials stripped)."""
+        ...
 
     def resolve(self) -> Resolved:
         """Pin the source to its content; may read files or ask a remote."""

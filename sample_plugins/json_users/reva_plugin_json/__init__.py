@@ -59,7 +59,9 @@ class JSONUserProvider:
                 return user
         raise NotFound(f"user {opaque!r} not found")
 
-    def get_user(self, user_id: dict[str, Any], skip_fetching_groups: bool = False) -> dict[str, Any]:
+    def get_user(
+        self, user_id: dict[str, Any], skip_fetching_groups: bool = False
+    ) -> dict[str, Any]:
         """The user with this id (opaque id or username, and idp if given)."""
         return _public(self._find(user_id), skip_fetching_groups)
 

@@ -1,0 +1,101 @@
+"""Shared fixtures: every test runs with its caches in temp dirs, never in the user's home."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SAMPLES = ROOT / "sample_plugins"
+
+
+@pytest.fixture(scope="session")
+def session_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Caches shared by the whole session (installer caches, a warm plugin env cache)."""
+    base = tmp_path_factory.mktemp("session")
+    dirs = {name: base / name for name in ("home", "uv", "pip", "reva", "xdg")}
+    for path in dirs.values():
+        path.mkdir()
+    return dirs
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(session_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(session_dirs["home"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(session_dirs["xdg"]))
+    monkeypatch.setenv("UV_CACHE_DIR", str(session_dirs["uv"]))
+    monkeypatch.setenv("PIP_CACHE_DIR", str(session_dirs["pip"]))
+    monkeypatch.setenv("REVA_PLUGINS_CACHE_DIR", str(session_dirs["reva"]))
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "reva tests")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@example.org")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "reva tests")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "tests@example.org")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty env cache for this test only."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REVA_PLUGINS_CACHE_DIR", str(cache))
+    return cache
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
+    import time
+
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m reva_plugins ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "reva_plugins", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+WriteConfig = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> WriteConfig:
+    """Write a TOML config into the test's temp dir and return its path."""
+
+    def write(text: str, name: str = "revad.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,25 @@
+"""The README's set-up commands stay true: CI runs the very test command it shows."""
+
+from __future__ import annotations
+
+import re
+
+from .conftest import ROOT
+
+
+def _commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.+?)\n```", setup, flags=re.DOTALL)
+
+
+def test_readme_has_exactly_two_setup_commands() -> None:
+    commands = _commands()
+    assert len(commands) == 2
+    assert "reva-plugins call examples/revad.toml authprovider authenticate" in commands[0]
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert _commands()[1] in ci.splitlines()
