@@ -14,6 +14,9 @@ from typing import Any
 from . import _config
 from ._errors import RemoteError, RevaPluginError, UsageError
 from ._host import CheckResult, Host
+from ._loader import Loader
+from ._sources import InProcess, PrebuiltVenv, classify
+from ._store import Store, default_cache_dir, dir_size
 
 log = logging.getLogger("reva_plugins.cli")
 
@@ -114,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("params", nargs="?", default="{}", metavar="PARAMS_JSON")
     call.add_argument("--timeout", type=float, help="seconds for this call")
     call.set_defaults(handler=cmd_call, json_errors=True)
+    _add_env_commands(sub, common)
     return parser
 
 
@@ -143,6 +147,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
 def _print_table(results: list[CheckResult]) -> None:
     header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS")
     rows = [
@@ -156,13 +166,7 @@ def _print_table(results: list[CheckResult]) -> None:
         )
         for r in results
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
+    _print_rows(header, rows)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -180,3 +184,130 @@ def cmd_call(args: argparse.Namespace) -> int:
         result = host.service(args.service).call(args.method, params, timeout=args.timeout)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _add_env_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    env = sub.add_parser("env", parents=[common], help="build, list, remove and prune plugin envs")
+    env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
+
+    build = env_sub.add_parser("build", parents=[common], help="build envs for configs or specs")
+    build.add_argument("targets", nargs="+", metavar="CONFIG|SPEC")
+    build.add_argument("--python", help="interpreter for specs given directly (a version or path)")
+    build.add_argument("--refresh", action="store_true", help="rebuild even if cached")
+    build.set_defaults(handler=cmd_env_build)
+
+    listing = env_sub.add_parser("list", parents=[common], help="list the cached envs")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=cmd_env_list)
+
+    remove = env_sub.add_parser("remove", parents=[common], help="remove envs by key (or prefix)")
+    remove.add_argument("keys", nargs="+", metavar="KEY")
+    remove.set_defaults(handler=cmd_env_remove)
+
+    prune = env_sub.add_parser("prune", parents=[common], help="remove envs not used lately")
+    prune.add_argument("--unused-days", type=float, default=30.0, metavar="N")
+    prune.set_defaults(handler=cmd_env_prune)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "cache_dir": args.cache_dir.resolve() if args.cache_dir else None,
+        "installer": args.installer,
+        "offline": args.offline,
+    }
+
+
+def _store(args: argparse.Namespace) -> Store:
+    settings = _config.Config(base_dir=Path.cwd()).with_overrides(**_overrides(args)).plugins
+    return Store(settings.cache_dir or default_cache_dir())
+
+
+def cmd_env_build(args: argparse.Namespace) -> int:
+    """``env build CONFIG|SPEC…``: build what is missing and print one env key per line."""
+    for target in args.targets:
+        path = Path(target)
+        if path.suffix == ".toml" and path.is_file():
+            config = _config.load_file(path).with_overrides(**_overrides(args))
+            services = config.services
+        else:
+            config = _config.Config(base_dir=Path.cwd()).with_overrides(**_overrides(args))
+            options = _config.PluginOptions(python=args.python)
+            services = (_config.ServiceConfig("env", target, options, {}),)
+        loader = Loader(config, refresh=args.refresh)
+        for svc in services:
+            source = classify(svc.driver, base_dir=config.base_dir, sha256=svc.plugin.sha256)
+            if isinstance(source, (InProcess, PrebuiltVenv)):
+                print(f"{svc.driver}\t(nothing to build: {source.kind})")
+                continue
+            env, built, seconds = loader.env_for(svc, source)
+            state = f"built in {seconds:.2f} s" if built else "cached"
+            print(f"{env.key}\t{svc.driver}\t{state}")
+    return EXIT_OK
+
+
+def cmd_env_list(args: argparse.Namespace) -> int:
+    """``env list``: every cached env with its source, identity, python, size and health."""
+    store = _store(args)
+    rows = []
+    for env in store.all():
+        meta = env.metadata
+        pins = meta.get("resolved") or {}
+        rows.append(
+            {
+                "key": env.key,
+                "kind": meta.get("kind", "?"),
+                "source": meta.get("spec", "?"),
+                "identity": pins.get("commit") or pins.get("sha256") or meta.get("identity", ""),
+                "version": pins.get("version", ""),
+                "python": meta.get("python", {}).get("version", "?"),
+                "installer": meta.get("installer", {}).get("name", "?"),
+                "size": dir_size(env.path),
+                "created": meta.get("created", ""),
+                "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(store.last_used(env))),
+                "health": env.health() or "ok",
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    header = ("KEY", "KIND", "SOURCE", "IDENTITY", "PYTHON", "SIZE", "LAST USED", "HEALTH")
+    table = [
+        (
+            r["key"],
+            r["kind"],
+            r["source"],
+            str(r["identity"]).split(":")[-1][:12],
+            r["python"],
+            _human_size(int(r["size"])),
+            r["last_used"],
+            r["health"],
+        )
+        for r in rows
+    ]
+    _print_rows(header, table)
+    return EXIT_OK
+
+
+def cmd_env_remove(args: argparse.Namespace) -> int:
+    """``env remove KEY…``: delete envs (unique key prefixes accepted)."""
+    store = _store(args)
+    envs = [store.find(key) for key in args.keys]
+    for env in envs:
+        store.remove(env.key)
+        print(f"removed {env.key}")
+    return EXIT_OK
+
+
+def cmd_env_prune(args: argparse.Namespace) -> int:
+    """``env prune``: delete envs unused for N days."""
+    for env in _store(args).prune(args.unused_days):
+        print(f"removed {env.key}\t{env.metadata.get('spec', '')}")
+    return EXIT_OK
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"

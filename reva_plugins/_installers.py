@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ._errors import ConfigError
+from ._errors import ConfigError, SourceError
 from ._python import Interpreter
-from ._run import run
+from ._run import CommandFailed, run
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Installer(Protocol):
 
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """Install ``args`` (paths, URLs, requirements) into ``venv``."""
+        ...
+
+    def find_version(
+        self, requirement: str, interpreter: Interpreter, options: InstallOptions
+    ) -> str:
+        """The newest version of ``requirement`` the index offers for ``interpreter``."""
         ...
 
 
@@ -92,13 +100,22 @@ class UvInstaller:
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """Install into the venv's interpreter."""
         argv = [self.binary, "pip", "install", "--quiet", "--python", str(venv_python(venv))]
-        if options.index_url:
-            argv += ["--index-url", options.index_url]
-        for link in options.find_links:
-            argv += ["--find-links", link]
-        if options.offline:
-            argv.append("--offline")
-        run([*argv, *args])
+        run([*argv, *_index_args(options, offline_flag="--offline"), *args])
+
+    def find_version(
+        self, requirement: str, interpreter: Interpreter, options: InstallOptions
+    ) -> str:
+        """``uv pip compile --no-deps`` of the one requirement."""
+        with tempfile.TemporaryDirectory(prefix="reva-req-") as tmp:
+            req_file = Path(tmp) / "requirements.in"
+            req_file.write_text(requirement + "\n", encoding="utf-8")
+            argv = [
+                self.binary, "pip", "compile", "--quiet", "--no-deps", "--no-header",
+                "--no-annotate", "--python", interpreter.executable, str(req_file),
+                *_index_args(options, offline_flag="--offline"),
+            ]  # fmt: skip
+            out = _run_resolution(argv, requirement)
+        return _pinned_version(out, requirement)
 
 
 class PipInstaller:
@@ -135,22 +152,55 @@ class PipInstaller:
 
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """``python -m pip install`` inside the venv."""
+        argv = [str(venv_python(venv)), "-m", "pip", "install", *_PIP_QUIET]
+        run([*argv, *_index_args(options, offline_flag="--no-index"), *args])
+
+    def find_version(
+        self, requirement: str, interpreter: Interpreter, options: InstallOptions
+    ) -> str:
+        """A dry-run ``pip install --report`` of the one requirement, with the core's pip."""
         argv = [
-            str(venv_python(venv)),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-        ]
-        if options.index_url:
-            argv += ["--index-url", options.index_url]
-        for link in options.find_links:
-            argv += ["--find-links", link]
-        if options.offline:
-            argv.append("--no-index")
-        run([*argv, *args])
+            sys.executable, "-m", "pip", "--python", interpreter.executable, "install",
+            "--dry-run", "--no-deps", "--ignore-installed", "--report", "-", *_PIP_QUIET,
+            *_index_args(options, offline_flag="--no-index"), requirement,
+        ]  # fmt: skip
+        out = _run_resolution(argv, requirement)
+        try:
+            report = json.loads(out[out.index("{") :])
+            return str(report["install"][0]["metadata"]["version"])
+        except (ValueError, KeyError, IndexError):
+            raise SourceError(f"cannot read pip's resolution of {requirement!r}") from None
+
+
+_PIP_QUIET = ("--quiet", "--disable-pip-version-check", "--no-input")
+
+
+def _index_args(options: InstallOptions, *, offline_flag: str) -> list[str]:
+    argv: list[str] = []
+    if options.index_url:
+        argv += ["--index-url", options.index_url]
+    for link in options.find_links:
+        argv += ["--find-links", link]
+    if options.offline:
+        argv.append(offline_flag)
+    return argv
+
+
+def _run_resolution(argv: list[str], requirement: str) -> str:
+    try:
+        return run(argv, timeout=300)
+    except CommandFailed as exc:
+        raise SourceError(
+            f"no version of {requirement!r} found on the package index:\n{exc.tail}"
+        ) from None
+
+
+def _pinned_version(out: str, requirement: str) -> str:
+    for line in out.splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep and name and not line.startswith("#"):
+            return version.split(";")[0].strip()
+    raise SourceError(f"the installer found no version of {requirement!r}")
 
 
 def select(name: str, *, app_data: Path) -> Installer:

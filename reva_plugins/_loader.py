@@ -11,13 +11,24 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from packaging import tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from . import _protocol, _python
 from ._config import Config, ServiceConfig
 from ._errors import EnvBuildError, SourceError
 from ._installers import InstallOptions, select
 from ._process import LaunchSpec
 from ._run import CommandFailed
-from ._sources import InProcess, PrebuiltVenv, Resolved, Source, classify
+from ._sources import (
+    InProcess,
+    NeedsNetwork,
+    PrebuiltVenv,
+    ResolveContext,
+    Resolved,
+    Source,
+    classify,
+)
 from ._store import Env, Store, default_cache_dir, make_key
 from .services import SERVICES, ServiceType
 
@@ -101,7 +112,8 @@ class Loader:
             )
             raise SourceError(
                 f"no driver named {name!r} is installed in the core's environment "
-                f"(entry points in {service.group}: {', '.join(installed) or 'none'})"
+                f"(entry points in {service.group}: {', '.join(installed) or 'none'}); to install "
+                f"a plugin from the package index give a version, e.g. '{name}>=0'"
             )
         ep = found[0]
         dist = ep.dist
@@ -145,7 +157,6 @@ class Loader:
     def env_for(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
         """The cached env for ``source`` (built now if missing); whether built; seconds taken."""
         label = f"{svc.service} ({svc.driver})"
-        resolved = source.resolve()
         interpreter = _python.find(
             svc.plugin.python or self.settings.python,
             self._interpreters,
@@ -153,6 +164,16 @@ class Loader:
         )
         installer = select(self.settings.installer, app_data=self.store.root / "virtualenv")
         options = self.install_options()
+        ctx = ResolveContext(
+            offline=self.settings.offline,
+            downloads=self.store.root / "downloads",
+            find_version=lambda req: installer.find_version(req, interpreter, options),
+        )
+        try:
+            resolved = source.resolve(ctx)
+        except NeedsNetwork as exc:
+            return self._newest_cached(source, interpreter, exc), False, 0.0
+        check_wheel(resolved, interpreter)
         key = make_key(
             {
                 "identity": resolved.identity,
@@ -182,11 +203,58 @@ class Loader:
                 venv, resolved, interpreter, installer.name, installer.version(), options
             )
 
-        env, built = self.store.get_or_build(key, build, label=label)
+        env, built = self.store.get_or_build(key, build, label=label, force=self.refresh)
         seconds = time.perf_counter() - began
         if built:
             log.info("built env %s for %s in %.2f s", key, label, seconds)
         return env, built, seconds
+
+    def _newest_cached(
+        self, source: Source, interpreter: _python.Interpreter, why: NeedsNetwork
+    ) -> Env:
+        """Offline and the source moves: the newest env built from the same spec, if any."""
+        for env in self.store.all():
+            meta = env.metadata
+            if (
+                meta.get("spec") == source.spec
+                and meta.get("python", {}).get("executable") == interpreter.executable
+                and env.health() is None
+            ):
+                log.info(
+                    "offline: using env %s built %s for %s",
+                    env.key,
+                    meta.get("created"),
+                    source.spec,
+                )
+                self.store.touch(env)
+                return env
+        raise SourceError(
+            f"offline, and no env for {source.spec} is cached ({why}); run once online, or pin "
+            "a commit, sha256 or exact version"
+        )
+
+
+def check_wheel(resolved: Resolved, interpreter: _python.Interpreter) -> None:
+    """Refuse early (exit 2) a wheel whose tags do not fit the plugin's interpreter."""
+    if not resolved.kind.startswith("wheel") or interpreter.implementation != "CPython":
+        return
+    filename = Path(resolved.install_args[0]).name
+    try:
+        _name, _version, _build, wheel_tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        raise SourceError(f"{resolved.spec}: {exc}") from None
+    major, minor = (int(p) for p in interpreter.version.split(".")[:2])
+    platforms = list(tags.platform_tags())
+    supported = {
+        *tags.cpython_tags((major, minor), platforms=platforms),
+        *tags.compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=platforms),
+    }
+    if not wheel_tags & supported:
+        shown = ", ".join(sorted(str(t) for t in wheel_tags))
+        raise SourceError(
+            f"wheel {filename} does not fit Python {interpreter.version} ({shown}); build it for "
+            "that Python or set plugin.python"
+        )
 
 
 def env_metadata(
@@ -199,11 +267,13 @@ def env_metadata(
 ) -> dict[str, Any]:
     """What an env records about itself (written last, so its presence marks a complete env)."""
     dists = list(importlib_metadata.distributions(path=[str(p) for p in site_packages(venv)]))
+    recorded = [{"name": d.metadata["Name"], "version": d.version, **_direct_url(d)} for d in dists]
     return {
         "spec": resolved.spec,
         "kind": resolved.kind,
         "identity": resolved.identity,
         "mutable": resolved.mutable,
+        "resolved": cross_check(resolved, recorded),
         "python": {
             "implementation": interpreter.implementation,
             "version": interpreter.version,
@@ -212,13 +282,31 @@ def env_metadata(
         "installer": {"name": installer, "version": installer_version},
         "options": options.key_material(),
         "protocol": list(_protocol.PROTOCOL_VERSIONS),
-        "distributions": sorted(
-            ({"name": d.metadata["Name"], "version": d.version, **_direct_url(d)} for d in dists),
-            key=lambda d: str(d["name"]).lower(),
-        ),
+        "distributions": sorted(recorded, key=lambda d: str(d["name"]).lower()),
         "entry_points": _entry_points(dists),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def cross_check(resolved: Resolved, dists: list[dict[str, Any]]) -> dict[str, str]:
+    """The pins of ``resolved``, checked against what PEP 610 ``direct_url.json`` recorded."""
+    pins = dict(resolved.pins)
+    for dist in dists:
+        direct = dist.get("direct_url") or {}
+        commit = direct.get("vcs_info", {}).get("commit_id")
+        if commit and "commit" in pins:
+            if commit != pins["commit"]:
+                raise EnvBuildError(
+                    f"the installer checked out {commit}, not the resolved {pins['commit']}",
+                    plugin=resolved.spec,
+                )
+            pins.setdefault("version", dist["version"])
+        archive = direct.get("archive_info", {})
+        if archive and "sha256" in pins:
+            recorded = archive.get("hashes", {}).get("sha256") or archive.get("hash", "")
+            if recorded.removeprefix("sha256=") == pins["sha256"]:
+                pins.setdefault("version", dist["version"])
+    return pins
 
 
 def site_packages(venv: Path) -> list[Path]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import filelock
 
-from ._errors import EnvBuildError
+from ._errors import EnvBuildError, UsageError
 
 log = logging.getLogger("reva_plugins.store")
 
@@ -134,19 +134,19 @@ class Store:
             pass
 
     def get_or_build(
-        self, key: str, build: Callable[[Path], dict[str, Any]], *, label: str
+        self, key: str, build: Callable[[Path], dict[str, Any]], *, label: str, force: bool = False
     ) -> tuple[Env, bool]:
         """The env for ``key``, building it with ``build(tmp_dir) -> metadata`` if need be.
 
         Check, lock, check again, build in a temp dir, write the metadata last, rename into place.
         Returns the env and whether this call built it.
         """
-        env = self._usable(key)
+        env = None if force else self._usable(key)
         if env is not None:
             return env, False
         self.ensure()
         with self._locked(key, label):
-            env = self._usable(key, warn=True)
+            env = None if force else self._usable(key, warn=True)
             if env is not None:
                 return env, False
             self._clean_stale(key)
@@ -240,6 +240,28 @@ class Store:
             if path.exists():
                 self._discard(path)
         return True
+
+    def find(self, prefix: str) -> Env:
+        """The env whose key is ``prefix`` or starts with it (it must be unique)."""
+        matches = [env for env in self.all() if env.key.startswith(prefix)] if prefix else []
+        if len(matches) != 1:
+            known = "several envs" if matches else "no env"
+            raise UsageError(
+                f"{known} in {self.envs} match {prefix!r} (see 'reva-plugins env list')"
+            )
+        return matches[0]
+
+    def prune(self, unused_days: float) -> list[Env]:
+        """Remove envs not used for ``unused_days`` and leftovers of interrupted builds."""
+        cutoff = time.time() - unused_days * 86400
+        removed = [env for env in self.all() if self.last_used(env) < cutoff]
+        for env in removed:
+            self.remove(env.key)
+        if self.tmp.is_dir():
+            for leftover in self.tmp.iterdir():
+                if leftover.stat().st_mtime < time.time() - 3600:
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return removed
 
 
 def _read_owner(owner: Path) -> str:

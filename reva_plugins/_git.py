@@ -1,0 +1,170 @@
+"""Git: parse pip-style VCS URLs and resolve refs to commits without prompting or odd transports."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+
+from ._errors import SourceError
+from ._run import CommandFailed, run
+
+SCHEMES = ("git+https", "git+ssh", "git+file", "git+http")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}$")
+_GITHUB = re.compile(
+    r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/#?]+?)(?:\.git)?"
+    r"(?:/tree/(?P<ref>[^/]+)(?:/(?P<subdir>.+?))?)?/?$"
+)
+
+
+def git_env() -> dict[str, str]:
+    """git never prompts for credentials and speaks only the transports we allow."""
+    env = dict(os.environ)
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ALLOW_PROTOCOL="file:https:http:ssh",
+        GIT_ASKPASS="",
+        SSH_ASKPASS="",
+        GCM_INTERACTIVE="never",
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class GitURL:
+    """``git+<url>[@ref][#subdirectory=…]`` split into its parts."""
+
+    url: str
+    ref: str | None = None
+    subdirectory: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """A full commit hash: never re-resolved, never asks the remote."""
+        return bool(self.ref and _FULL_SHA.match(self.ref))
+
+    def with_commit(self, commit: str) -> str:
+        """The pip-style URL pinned to ``commit``."""
+        text = f"git+{self.url}@{commit}"
+        if self.subdirectory:
+            text += f"#subdirectory={self.subdirectory}"
+        return text
+
+    def display(self) -> str:
+        """The spec with any credentials removed."""
+        text = f"git+{strip_credentials(self.url)}"
+        if self.ref:
+            text += f"@{self.ref}"
+        if self.subdirectory:
+            text += f"#subdirectory={self.subdirectory}"
+        return text
+
+
+def strip_credentials(url: str) -> str:
+    """``https://user:token@host/x`` → ``https://***@host/x``."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc or (parts.scheme == "ssh" and ":" not in parts.netloc.split("@")[0]):
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def is_git_spec(spec: str) -> bool:
+    """True for ``git+…`` URLs and plain GitHub repository URLs."""
+    return spec.startswith("git+") or bool(_GITHUB.match(spec))
+
+
+def parse(spec: str) -> GitURL:
+    """Parse a pip-style VCS URL (or a GitHub web URL) into a :class:`GitURL`."""
+    github = _GITHUB.match(spec)
+    if github and not spec.startswith("git+"):
+        return GitURL(
+            f"https://github.com/{github['org']}/{github['repo']}.git",
+            github["ref"],
+            github["subdir"],
+        )
+    scheme = spec.split("://", 1)[0]
+    if scheme not in SCHEMES:
+        raise SourceError(
+            f"unsupported VCS scheme in {strip_credentials(spec)!r}: use one of "
+            f"{', '.join(s + '://' for s in SCHEMES)}"
+        )
+    url, _, fragment = spec[len("git+") :].partition("#")
+    subdirectory = None
+    for item in filter(None, fragment.split("&")):
+        name, _, value = item.partition("=")
+        if name == "subdirectory" and value:
+            subdirectory = value.strip("/")
+        elif name not in ("egg", "sha256"):
+            raise SourceError(f"unknown fragment {item!r} in {strip_credentials(spec)!r}")
+    split = urllib.parse.urlsplit(url)
+    path, at, ref = split.path.rpartition("@")
+    if at:
+        url = urllib.parse.urlunsplit(split._replace(path=path))
+    else:
+        ref = ""
+    if subdirectory and (".." in subdirectory.split("/") or subdirectory.startswith("/")):
+        raise SourceError(f"subdirectory {subdirectory!r} must stay inside the repository")
+    return GitURL(url, ref or None, subdirectory)
+
+
+def resolve(git: GitURL) -> str:
+    """The commit ``git.ref`` (or HEAD) points at, asking the remote with ``git ls-remote``."""
+    if git.pinned:
+        assert git.ref is not None
+        return git.ref
+    ref = git.ref or "HEAD"
+    try:
+        out = run(
+            ["git", "ls-remote", "--", git.url, ref, f"{ref}^{{}}"], env=git_env(), timeout=120
+        )
+    except CommandFailed as exc:
+        raise SourceError(f"cannot reach {strip_credentials(git.url)}: {exc.tail or exc}") from None
+    refs: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        refs[name.strip()] = sha.strip()
+    for name in (f"{ref}^{{}}", f"refs/tags/{ref}^{{}}"):
+        if name in refs:
+            return refs[name]
+    for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
+        if name in refs:
+            return refs[name]
+    if _SHORT_SHA.match(ref):
+        return _expand_short_sha(git, ref)
+    raise SourceError(f"ref {ref!r} does not exist in {strip_credentials(git.url)}")
+
+
+def _expand_short_sha(git: GitURL, short: str) -> str:
+    """A short commit hash needs the history: fetch it (no blobs) into a temp repo."""
+    with tempfile.TemporaryDirectory(prefix="reva-git-") as tmp:
+        try:
+            run(["git", "init", "-q", "--bare", tmp], env=git_env())
+            run(
+                [
+                    "git",
+                    "-C",
+                    tmp,
+                    "fetch",
+                    "-q",
+                    "--filter=blob:none",
+                    "--",
+                    git.url,
+                    "+refs/heads/*:refs/heads/*",
+                    "+refs/tags/*:refs/tags/*",
+                ],
+                env=git_env(),
+                timeout=300,
+            )
+            out = run(
+                ["git", "-C", tmp, "rev-parse", "--verify", "-q", f"{short}^{{commit}}"],
+                env=git_env(),
+            )
+        except CommandFailed:
+            raise SourceError(
+                f"ref {short!r} does not exist in {strip_credentials(git.url)}"
+            ) from None
+    return out.strip()
