@@ -343,10 +343,10 @@ class Host:
         return [self._check_one(svc) for svc in self.config.services]
 
     def _check_one(self, svc: _config.ServiceConfig) -> CheckResult:
-        began = time.perf_counter()
         try:
             proxy = self.service(svc.service)
             plan = self._plans[svc.service]
+            began = time.perf_counter()
             info = proxy.driver.start()
             start_ms = (time.perf_counter() - began) * 1000
             ping_ms = proxy.driver.ping()

@@ -219,3 +219,12 @@ def test_installed_sample_answers_in_process_by_bare_name(core_venv: Path, tmp_p
     )
     assert check.returncode == 0, check.stderr
     assert {row["kind"] for row in json.loads(check.stdout)} == {"in-process"}
+
+
+def test_clashing_pins_samples_coexist_in_one_host() -> None:
+    with Host.from_file(EXAMPLES / "clashing.toml") as host:
+        old = host.service("userprovider").get_user({"idp": "local", "opaque_id": "packaging"})
+        new = host.service("authprovider").authenticate("packaging", "version")["user"]
+    assert old["display_name"] == "packaging 21.3"
+    assert new["display_name"].startswith("packaging 2")
+    assert new["display_name"] != old["display_name"]
