@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import threading
 
@@ -28,6 +29,8 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 APPLICATION_ERROR = -32000
+
+WIRE_FD = -1  # the private protocol fd, once taken (fault-injection tests write to it)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
@@ -222,12 +225,11 @@ class Plugin:
             self.max_concurrency = 1
         self.contexts: dict[object, CallContext] = {}
         self.methods: dict[str, tuple[object, bool]] = {}
-        self.queue: list[dict[str, object]] = []
-        self.cond = threading.Condition(threading.Lock())
-        self.idle = 0
+        self.jobs: queue.SimpleQueue[dict[str, object]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
         self.workers = 0
         self.in_flight = 0
-        self.shutting_down = False
 
     def method(self, name: str) -> tuple[object, bool] | None:
         cached = self.methods.get(name)
@@ -241,29 +243,25 @@ class Plugin:
         return cached
 
     def submit(self, request: dict[str, object]) -> None:
-        with self.cond:
-            self.queue.append(request)
+        """Queue a call; start another worker while calls outnumber workers (up to the limit)."""
+        with self.lock:
             self.in_flight += 1
-            if self.idle:
-                self.cond.notify()
-            elif self.workers < self.max_concurrency:
+            if self.in_flight > self.workers and self.workers < self.max_concurrency:
                 self.workers += 1
                 threading.Thread(target=self.work, daemon=True, name=f"call-{self.workers}").start()
+        self.jobs.put(request)
 
     def work(self) -> None:
+        get = self.jobs.get
         while True:
-            with self.cond:
-                while not self.queue:
-                    self.idle += 1
-                    self.cond.wait()
-                    self.idle -= 1
-                request = self.queue.pop(0)
+            request = get()
             try:
                 self.wire.send(self.execute(request))
             finally:
-                with self.cond:
+                with self.lock:
                     self.in_flight -= 1
-                    self.cond.notify_all()
+                    if not self.in_flight:
+                        self.idle.notify_all()
 
     def execute(self, request: dict[str, object]) -> dict[str, object]:
         call_id = request.get("id")
@@ -299,8 +297,8 @@ class Plugin:
         return {"jsonrpc": "2.0", "id": call_id, "result": result}
 
     def drain(self, timeout: float) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.in_flight == 0, timeout)
+        with self.lock:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout)
 
 
 def _bad_arguments(func: object, params: dict[str, object]) -> bool:
@@ -370,8 +368,9 @@ def main(argv: list[str]) -> int:
     if os.environ.get(COOKIE_KEY) != COOKIE_VALUE or len(argv) < 2:
         sys.stderr.write(HUMAN_MESSAGE + "\n")
         return 1
+    global WIRE_FD
     spec = _loads(argv[1])
-    wire_fd = _guard_stdio()
+    wire_fd = WIRE_FD = _guard_stdio()
     version = _negotiate()
     _install_logging(str(spec.get("log_level", "info")))
     wire = Wire(wire_fd, int(spec.get("max_line", 64 * 1024 * 1024)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import inspect
 import threading
 import time
@@ -209,6 +211,18 @@ class ServiceProxy:
             return getattr(self._pm.hook, method)(**arguments)
         finally:
             _call_options.reset(token)
+
+    async def acall(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
+        """:meth:`call` for asyncio code: awaits the reply without blocking the event loop."""
+        call = functools.partial(self.call, method, params, timeout=timeout, meta=meta)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _forwarders(service: ServiceType, driver: Driver) -> types.SimpleNamespace:

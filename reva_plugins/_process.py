@@ -451,7 +451,10 @@ class PluginProcess:
             self._dead.set()
             pending, self._pending = self._pending, {}
         if not self._handshaken.is_set():
-            self._handshake_error = f"plugin exited with {_describe_exit(self.returncode)}"
+            self._handshake_error = (
+                f"plugin exited with {_describe_exit(self.returncode)} before the handshake "
+                f"(the core offers protocol versions {list(self.spec.protocol_versions)})"
+            )
             self._handshaken.set()
         if pending:
             error = self._crashed(f"plugin exited with {_describe_exit(self.returncode)}")

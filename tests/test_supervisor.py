@@ -1,0 +1,415 @@
+"""The supervisor with real processes: handshake, stdout discipline, logs, multiplexing,
+deadlines, crashes and restarts, shutdown and orphans, scrubbed environment, robust reader."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reva_plugins import (
+    CallTimeout,
+    HandshakeError,
+    Host,
+    NotFound,
+    PluginCrashed,
+    ProtocolError,
+    RemoteError,
+)
+from reva_plugins._loader import IsolatedPlan
+from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor
+
+from .conftest import pid_alive, wait_until
+
+FAULT = Path(__file__).parent / "plugins" / "fault"
+
+
+def fault_config(**plugin: Any) -> dict[str, Any]:
+    plugin.setdefault("max_concurrency", 16)
+    return {"grpc": {"services": {"userprovider": {"driver": str(FAULT), "plugin": plugin}}}}
+
+
+@pytest.fixture(scope="module")
+def fault_spec(
+    tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, Path]
+) -> LaunchSpec:
+    """The launch spec of the fault plugin (its env is built once for the module)."""
+    os.environ["REVA_PLUGINS_CACHE_DIR"] = str(session_dirs["reva"])
+    os.environ["UV_CACHE_DIR"] = str(session_dirs["uv"])
+    host = Host(fault_config(), base_dir=tmp_path_factory.mktemp("fault"))
+    plan = host.loader.plan(host.config.service("userprovider"))
+    assert isinstance(plan, IsolatedPlan)
+    return plan.launch
+
+
+@pytest.fixture
+def start(fault_spec: LaunchSpec) -> Iterator[Any]:
+    started: list[PluginProcess] = []
+
+    def start_process(**changes: Any) -> PluginProcess:
+        spec = dataclasses.replace(fault_spec, **changes)
+        process = PluginProcess(spec)
+        started.append(process)
+        process.start()
+        return process
+
+    yield start_process
+    for process in started:
+        process.close()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    with Host(fault_config(), base_dir=tmp_path) as h:
+        yield h
+
+
+# -- handshake ---------------------------------------------------------------------------------
+
+
+def test_printing_to_stdout_everywhere_breaks_nothing(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reva_plugins.plugin")
+    users = host.service("userprovider")
+    assert users.get_user({"idp": "t", "opaque_id": "fault"})["username"] == "fault"
+    with pytest.raises(NotFound):
+        users.get_user({"idp": "t", "opaque_id": "other"})
+    wanted = {
+        "print at import",
+        "os.write(1) at import",
+        "print in configure",
+        "os.write(1) in configure",
+        "print in a call",
+        "os.write(1) in a call",
+    }
+    assert wait_until(lambda: wanted <= {r.getMessage() for r in caplog.records})
+
+
+def test_never_handshaking_fails_at_start_timeout_with_the_output(start: Any) -> None:
+    with pytest.raises(HandshakeError) as info:
+        start(env={"FAULT_MODE": "hang_before_handshake"}, start_timeout=1.5)
+    message = str(info.value)
+    assert "no handshake within 1.5 s" in message
+    assert "about to hang before the handshake" in message
+    assert "print at import" in message
+
+
+def test_dying_before_the_handshake_reports_exit_code_and_stderr(start: Any) -> None:
+    with pytest.raises(HandshakeError) as info:
+        start(env={"FAULT_MODE": "die_before_handshake"})
+    assert info.value.returncode == 3
+    assert "dying before the handshake" in str(info.value)
+
+
+def test_protocol_version_mismatch_names_both_sides(start: Any) -> None:
+    with pytest.raises(HandshakeError) as info:
+        start(protocol_versions=(98, 99))
+    message = str(info.value)
+    assert "[98, 99]" in message
+    assert "speaks 1" in message
+
+
+def test_bootstrap_refuses_without_the_cookie(fault_spec: LaunchSpec) -> None:
+    from reva_plugins._protocol import BOOTSTRAP_FILE, HUMAN_MESSAGE
+
+    result = subprocess.run(
+        [str(fault_spec.python), "-I", str(BOOTSTRAP_FILE), "{}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        check=False,
+    )
+    assert (result.returncode, result.stderr.strip()) == (1, HUMAN_MESSAGE)
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+def test_plugin_log_records_arrive_on_the_service_logger(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="reva_plugins.plugin")
+    supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+    supervisor.call(
+        "log",
+        {"level": "warning", "message": "disk almost full", "user": "einstein", "percent": 93},
+    )
+    supervisor.call("log", {"level": "debug", "message": "details"})
+    supervisor.call("log", {"level": "error", "message": "it broke"})
+
+    def record(message: str) -> logging.LogRecord | None:
+        return next((r for r in caplog.records if r.getMessage() == message), None)
+
+    assert wait_until(lambda: record("it broke") is not None)
+    warning = record("disk almost full")
+    assert warning is not None
+    assert warning.name == "reva_plugins.plugin.userprovider"
+    assert warning.levelno == logging.WARNING
+    assert warning.plugin_logger == "fault"  # type: ignore[attr-defined]
+    assert (warning.user, warning.percent) == ("einstein", 93)  # type: ignore[attr-defined]
+    assert record("details").levelno == logging.DEBUG  # type: ignore[union-attr]
+    assert record("it broke").levelno == logging.ERROR  # type: ignore[union-attr]
+
+
+def test_a_huge_stderr_line_is_truncated_not_fatal(
+    start: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reva_plugins.plugin")
+    process = start()
+    assert process.call("big_stderr", {"size": 3 * 1024 * 1024}) is True
+    assert wait_until(lambda: any(r.getMessage() == "after the big line" for r in caplog.records))
+    big = [r.getMessage() for r in caplog.records if r.getMessage().startswith("BBBB")]
+    assert big
+    assert big[0].endswith("[truncated]")
+    assert process.call("echo", {"value": 1}) == 1
+
+
+# -- multiplexing ------------------------------------------------------------------------------
+
+
+def test_a_thousand_concurrent_calls_from_16_threads_get_their_own_answers(start: Any) -> None:
+    process = start(max_concurrency=8)
+
+    def one(i: int) -> tuple[int, Any]:
+        return i, process.call(
+            "echo", {"value": {"n": i, "s": "x" * (i % 50)}, "delay": 0.001 * (i % 5)}
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(1000)))
+    assert all(value == {"n": i, "s": "x" * (i % 50)} for i, value in results)
+    assert 1 < process.call("peak", {}) <= 8
+
+
+def test_a_single_threaded_plugin_runs_one_call_at_a_time(start: Any) -> None:
+    process = start(max_concurrency=1)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: process.call("echo", {"value": i, "delay": 0.01}), range(16)))
+    assert process.call("peak", {}) == 1
+
+
+def test_replies_come_back_out_of_order(start: Any) -> None:
+    process = start()
+    done: list[str] = []
+    slow = threading.Thread(
+        target=lambda: done.append(process.call("echo", {"value": "slow", "delay": 1.0}))
+    )
+    slow.start()
+    assert wait_until(lambda: len(process._pending) == 1)
+    assert process.call("echo", {"value": "fast"}) == "fast"
+    done.append("fast")
+    slow.join()
+    assert done == ["fast", "slow"]
+
+
+def test_async_calls(host: Host) -> None:
+    import asyncio
+
+    users = host.service("userprovider")
+
+    async def main() -> list[Any]:
+        uid = {"idp": "t", "opaque_id": "fault"}
+        return list(
+            await asyncio.gather(*(users.acall("get_user", {"user_id": uid}) for _ in range(20)))
+        )
+
+    assert {u["username"] for u in asyncio.run(main())} == {"fault"}
+
+
+# -- deadlines and cancellation ----------------------------------------------------------------
+
+
+def test_a_hung_call_times_out_and_the_plugin_sees_the_cancellation(
+    start: Any, tmp_path: Path
+) -> None:
+    process = start()
+    marker = tmp_path / "cancelled.txt"
+    with pytest.raises(CallTimeout, match=r"timed out after 0\.5 s"):
+        process.call("hang", {"marker": str(marker)}, timeout=0.5)
+    assert wait_until(marker.exists, timeout=10)
+    assert marker.read_text() == "cancelled"
+    assert process.call("echo", {"value": "still alive"}) == "still alive"
+
+
+def test_meta_reaches_plugins_that_take_a_context(start: Any) -> None:
+    process = start()
+    before = time.time()
+    answer = process.call("meta", {}, timeout=5, meta={"user": "einstein", "trace_id": "abc"})
+    assert answer["meta"]["user"] == "einstein"
+    assert answer["meta"]["trace_id"] == "abc"
+    assert before + 4 < answer["deadline"] < time.time() + 6
+
+
+def test_call_timeout_from_config(tmp_path: Path) -> None:
+    with Host(fault_config(call_timeout=0.3), base_dir=tmp_path) as host:
+        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        with pytest.raises(CallTimeout):
+            supervisor.call("sleep", {"seconds": 5})
+
+
+# -- crashes and restarts ----------------------------------------------------------------------
+
+
+def test_a_crash_fails_all_in_flight_calls_then_the_next_call_restarts(host: Host) -> None:
+    exits: list[tuple[int | None, bool]] = []
+    from reva_plugins import hookimpl
+
+    class Watch:
+        @hookimpl
+        def plugin_exited(
+            self, service: str, pid: int, returncode: int | None, expected: bool
+        ) -> None:
+            exits.append((returncode, expected))
+
+    host.register(Watch())
+    users = host.service("userprovider")
+    supervisor = users.driver.supervisor  # type: ignore[attr-defined]
+    first_pid = supervisor.process.pid
+    errors: list[BaseException] = []
+
+    def sleeper() -> None:
+        try:
+            supervisor.call("sleep", {"seconds": 20})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sleeper) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(supervisor.process._pending) == 8)
+    with pytest.raises(PluginCrashed) as crash:
+        supervisor.call("crash", {"code": 7, "delay": 0.1})
+    for t in threads:
+        t.join(timeout=10)
+    assert len(errors) == 8
+    assert all(isinstance(e, PluginCrashed) for e in errors)
+    assert crash.value.returncode == 7
+    assert "crashing on purpose" in crash.value.stderr_tail
+    assert wait_until(lambda: exits == [(7, False)])
+    user = users.get_user({"idp": "t", "opaque_id": "fault"})
+    assert user["pid"] != first_pid
+
+
+def test_too_many_crashes_mark_the_service_failed(tmp_path: Path) -> None:
+    with Host(fault_config(), base_dir=tmp_path) as host:
+        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        for _ in range(Supervisor.MAX_CRASHES):
+            with pytest.raises(PluginCrashed):
+                supervisor.call("crash", {"code": 1})
+        with pytest.raises(PluginCrashed, match="marked failed"):
+            supervisor.call("echo", {"value": 1})
+
+
+def test_restart_never_keeps_it_down(tmp_path: Path) -> None:
+    with Host(fault_config(restart="never"), base_dir=tmp_path) as host:
+        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        with pytest.raises(PluginCrashed):
+            supervisor.call("crash", {"code": 1})
+        with pytest.raises(PluginCrashed, match="restart = 'never'"):
+            supervisor.call("echo", {"value": 1})
+
+
+# -- shutdown, orphans, environment -------------------------------------------------------------
+
+
+def test_close_takes_grandchildren_too(tmp_path: Path) -> None:
+    host = Host(fault_config(), base_dir=tmp_path)
+    supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+    grandchild = supervisor.call("spawn_grandchild", {})
+    plugin = supervisor.process.pid
+    assert pid_alive(grandchild)
+    host.close()
+    assert wait_until(lambda: not pid_alive(grandchild) and not pid_alive(plugin), timeout=5)
+
+
+def test_sigkill_of_the_core_leaves_no_plugin_behind(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import json, sys, time
+        from reva_plugins import Host
+        host = Host({fault_config()!r}, base_dir={str(tmp_path)!r})
+        sup = host.service("userprovider").driver.supervisor
+        print(json.dumps([sup.process.pid, sup.call("spawn_grandchild", {{}})]), flush=True)
+        time.sleep(300)
+        """
+    )
+    core = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert core.stdout is not None
+    plugin, grandchild = json.loads(core.stdout.readline())
+    assert pid_alive(plugin)
+    assert pid_alive(grandchild)
+    core.send_signal(signal.SIGKILL)
+    core.wait()
+    assert wait_until(lambda: not pid_alive(plugin) and not pid_alive(grandchild), timeout=2.5)
+
+
+def test_the_host_environment_does_not_leak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    with Host(fault_config(env={"PASSED_IN": "yes"}), base_dir=tmp_path) as host:
+        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        assert supervisor.call("getenv", {"name": "SECRET_TOKEN"}) is None
+        assert supervisor.call("getenv", {"name": "PASSED_IN"}) == "yes"
+        assert supervisor.call("getenv", {"name": "BASIC_PLUGIN"}) == "reva"
+        assert supervisor.call("getenv", {"name": "HOME"}) == os.environ["HOME"]
+
+
+# -- robust reader -------------------------------------------------------------------------------
+
+
+def test_garbage_on_the_wire_is_logged_and_survived(
+    start: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="reva_plugins.process")
+    process = start()
+    assert process.call("garbage", {}) == "after garbage"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("invalid JSON" in m for m in messages)
+    assert any("unknown call id 999999" in m for m in messages)
+    assert any("not a JSON object" in m for m in messages)
+    assert process.call("echo", {"value": 2}) == 2
+
+
+def test_a_reply_with_neither_result_nor_error_fails_that_call(start: Any) -> None:
+    process = start()
+    with pytest.raises(ProtocolError, match="neither result nor error"):
+        process.call("empty_reply", {})
+    assert process.call("echo", {"value": 3}) == 3
+
+
+def test_an_oversized_reply_fails_that_call_only(start: Any) -> None:
+    process = start(max_line=4096)
+    with pytest.raises(ProtocolError, match="longer than 4096"):
+        process.call("big_result", {"size": 100_000})
+    assert process.call("echo", {"value": 4}) == 4
+
+
+def test_unknown_methods_and_bad_params_are_jsonrpc_errors(start: Any) -> None:
+    process = start()
+    with pytest.raises(RemoteError) as missing:
+        process.call("no_such_method", {})
+    assert (missing.value.code, missing.value.type) == (-32601, "MethodNotFound")
+    with pytest.raises(RemoteError) as bad:
+        process.call("echo", {"wrong": 1})
+    assert bad.value.code == -32602
+
+
+def test_ping_reports_a_round_trip(start: Any) -> None:
+    process = start()
+    assert process.ping() > 0
+    assert process.start_ms > 0
