@@ -24,8 +24,9 @@ from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
 from ._process import PluginProcess, Supervisor
 from .services import SERVICES, ServiceType
 
+_NO_OPTIONS: tuple[float | None, dict[str, Any] | None] = (None, None)
 _call_options: contextvars.ContextVar[tuple[float | None, dict[str, Any] | None]] = (
-    contextvars.ContextVar("reva_call_options", default=(None, None))
+    contextvars.ContextVar("reva_call_options", default=_NO_OPTIONS)
 )
 
 
@@ -153,6 +154,40 @@ class IsolatedDriver:
         self.supervisor.close()
 
 
+class _Binder:
+    """Binds call arguments to a service method's parameters (a lean ``Signature.bind``)."""
+
+    __slots__ = ("defaults", "names", "qualname")
+
+    def __init__(self, qualname: str, sig: inspect.Signature) -> None:
+        self.qualname = qualname
+        self.names = tuple(sig.parameters)
+        self.defaults = {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        names = self.names
+        if len(args) > len(names):
+            raise TypeError(f"{self.qualname}() takes {len(names)} arguments, {len(args)} given")
+        out = dict(zip(names, args, strict=False)) if args else {}
+        for name, value in kwargs.items():
+            if name not in self.names:
+                raise TypeError(f"{self.qualname}() got an unexpected argument {name!r}")
+            if name in out:
+                raise TypeError(f"{self.qualname}() got multiple values for {name!r}")
+            out[name] = value
+        if len(out) < len(names):
+            for name in names:
+                if name not in out:
+                    if name not in self.defaults:
+                        raise TypeError(f"{self.qualname}() is missing the argument {name!r}")
+                    out[name] = self.defaults[name]
+        return out
+
+
 class ServiceProxy:
     """A configured service: call its methods as attributes (``users.get_user(uid)``)."""
 
@@ -164,27 +199,52 @@ class ServiceProxy:
         self._pm.add_hookspecs(service.spec)
         self._pm.register(_forwarders(service, driver), name=label)
         self._pm.check_pending()
+        self._binders = {
+            name: _Binder(f"{service.name}.{name}", sig) for name, sig in service.signatures.items()
+        }
+        self._hooks: dict[str, Callable[..., Any]] = {
+            name: getattr(self._pm.hook, name) for name in service.methods
+        }
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method not in self.service.signatures:
+        if method.startswith("_") or method not in self.service.signatures:
             raise AttributeError(f"service {self.service.name} has no method {method!r}")
+        binder, hook = self._binders[method], self._hooks[method]
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self.call(method, self._bind(method, args, kwargs))
+            return self._dispatch(hook, self._bind(binder, args, kwargs), None, None)
 
         call.__name__ = method
+        call.__doc__ = getattr(self.service.spec, method).__doc__
         call.__signature__ = self.service.signatures[method]  # type: ignore[attr-defined]
+        self.__dict__[method] = call  # later lookups skip __getattr__
         return call
 
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *self.service.methods})
 
-    def _bind(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _bind(
+        self, binder: _Binder, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
         try:
-            bound = self.service.signatures[method].bind(*args, **kwargs)
+            return binder.bind(args, kwargs)
         except TypeError as exc:
-            raise UsageError(f"{self.service.name}.{method}: {exc}", plugin=self.label) from None
-        return dict(bound.arguments)
+            raise UsageError(str(exc), plugin=self.label) from None
+
+    @staticmethod
+    def _dispatch(
+        hook: Callable[..., Any],
+        arguments: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
+    ) -> Any:
+        if timeout is None and meta is None and _call_options.get() is _NO_OPTIONS:
+            return hook(**arguments)
+        token = _call_options.set((timeout, meta))
+        try:
+            return hook(**arguments)
+        finally:
+            _call_options.reset(token)
 
     def call(
         self,
@@ -195,22 +255,14 @@ class ServiceProxy:
         meta: dict[str, Any] | None = None,
     ) -> Any:
         """Call ``method`` with keyword ``params``; ``timeout`` and caller ``meta`` are optional."""
-        sig = self.service.signatures.get(method)
-        if sig is None:
+        binder = self._binders.get(method)
+        if binder is None:
             raise UsageError(
                 f"service {self.service.name} has no method {method!r} "
                 f"(methods: {', '.join(self.service.methods)})",
                 plugin=self.label,
             )
-        arguments = self._bind(method, (), dict(params))
-        for name, param in sig.parameters.items():
-            if name not in arguments and param.default is not inspect.Parameter.empty:
-                arguments[name] = param.default
-        token = _call_options.set((timeout, meta))
-        try:
-            return getattr(self._pm.hook, method)(**arguments)
-        finally:
-            _call_options.reset(token)
+        return self._dispatch(self._hooks[method], self._bind(binder, (), params), timeout, meta)
 
     async def acall(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import json
 import logging
 import os
@@ -16,17 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _protocol as wire
-from ._errors import (
-    CallTimeout,
-    HandshakeError,
-    PluginCrashed,
-    ProcessError,
-    ProtocolError,
-    RevaPluginError,
-)
+from ._client import Client
+from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
 from ._run import spawn
 
 log = logging.getLogger("reva_plugins.process")
@@ -87,22 +80,6 @@ def plugin_environment(
     return env
 
 
-class _Slot:
-    """One call in flight: the waiter blocks on ``lock`` until the reader fills it."""
-
-    __slots__ = ("error", "lock", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def fill(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
-        self.lock.release()
-
-
 class PluginProcess:
     """One running plugin: a child interpreter speaking line-delimited JSON-RPC over a socket."""
 
@@ -115,22 +92,15 @@ class PluginProcess:
         self.handshake: dict[str, Any] = {}
         self.started_at = 0.0
         self.start_ms = 0.0
+        self.returncode: int | None = None
         self._on_exit = on_exit
         self._log = logging.getLogger(spec.logger_name)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._pending: dict[int, _Slot] = {}
-        self._ids = iter(range(1, 1 << 62))
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._handshaken = threading.Event()
-        self._handshake_error: str | None = None
-        self._early_output: list[str] = []
+        self._client: Client | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._threads: list[threading.Thread] = []
-        self._dead = threading.Event()
+        self._exited = threading.Event()
         self._closing = False
-        self.returncode: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,7 +112,9 @@ class PluginProcess:
     @property
     def alive(self) -> bool:
         """True while the process runs and its wire is open."""
-        return self._proc is not None and not self._dead.is_set()
+        return (
+            self._client is not None and self._client.closed is None and not self._exited.is_set()
+        )
 
     def start(self) -> dict[str, Any]:
         """Spawn, wait for the handshake, send ``configure``; return the handshake params."""
@@ -161,12 +133,14 @@ class PluginProcess:
             raise HandshakeError(f"cannot start plugin: {exc}", plugin=self.spec.label) from None
         finally:
             child.close()
-        self._sock = parent
         self.started_at = time.time()
+        self._client = Client(
+            parent, label=self.spec.label, max_line=self.spec.max_line, on_eof=self._on_eof
+        )
         self._start_thread(self._read_stderr, "stderr")
-        self._start_thread(self._read_wire, "reader")
+        self._start_thread(self._watch, "watch")
         try:
-            self._await_handshake()
+            self._handshake()
             self.call(
                 "configure", {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
             )
@@ -194,27 +168,37 @@ class PluginProcess:
         thread.start()
         self._threads.append(thread)
 
-    def _await_handshake(self) -> None:
+    def _handshake(self) -> None:
+        assert self._client is not None
         timeout = self.spec.start_timeout
-        if not self._handshaken.wait(timeout):
-            self._fail_start(f"no handshake within {timeout:g} s (start_timeout)")
-        if self._handshake_error:
-            self._fail_start(self._handshake_error)
-        offered = self.spec.protocol_versions
-        chosen = self.handshake.get("core_protocol")
-        if chosen not in offered:
+        params, instead = self._client.first_message(timeout)
+        if params is None:
+            if self._client.eof or self._exited.wait(0.5):
+                self._exited.wait(2)
+                reason = (
+                    f"plugin exited with {_describe_exit(self.returncode)} before the handshake "
+                    f"(the core offers protocol versions {list(self.spec.protocol_versions)})"
+                )
+            elif instead:
+                reason = "the plugin's first message is not a handshake"
+            else:
+                reason = f"no handshake within {timeout:g} s (start_timeout)"
+            self._fail_start(reason, instead)
+        assert params is not None
+        self.handshake = params
+        chosen = params.get("core_protocol")
+        if chosen not in self.spec.protocol_versions:
             self._fail_start(
-                f"protocol version mismatch: the core speaks {list(offered)}, "
+                f"protocol version mismatch: the core speaks {list(self.spec.protocol_versions)}, "
                 f"the plugin chose {chosen!r}"
             )
 
-    def _fail_start(self, reason: str) -> None:
+    def _fail_start(self, reason: str, instead: str = "") -> NoReturn:
         self._kill_group(signal.SIGKILL)
-        self._dead.wait(2)
+        self._exited.wait(2)
         self._join_stderr()
-        early = "\n".join(self._early_output[-10:])
-        if early:
-            reason = f"{reason}\n--- plugin wrote instead of a handshake ---\n{early}"
+        if instead:
+            reason = f"{reason}\n--- plugin wrote instead of a handshake ---\n{instead}"
         raise HandshakeError(
             reason,
             plugin=self.spec.label,
@@ -227,12 +211,13 @@ class PluginProcess:
         if self._proc is None:
             return
         self._closing = True
-        if self.alive and grace > 0:
-            with contextlib.suppress(OSError, RevaPluginError):
-                self._send(wire.encode_request(0, wire.SHUTDOWN, {}))
-        if self._sock is not None:
+        client = self._client
+        if client is not None and self.alive and grace > 0:
+            with contextlib.suppress(RevaPluginError):
+                client.send(wire.encode_request(0, wire.SHUTDOWN, {}))
+        if client is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
+                client.sock.shutdown(socket.SHUT_WR)
         try:
             self._proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -243,12 +228,12 @@ class PluginProcess:
                 self._kill_group(signal.SIGKILL)
                 self._proc.wait()
         self._kill_group(signal.SIGKILL)  # grandchildren left in the plugin's group
-        self._dead.wait(2)
+        self._exited.wait(2)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2)
-        if self._sock is not None:
-            self._sock.close()
+        if client is not None:
+            client.sock.close()
         if self._proc.stderr:
             self._proc.stderr.close()
 
@@ -269,25 +254,13 @@ class PluginProcess:
         meta: dict[str, Any] | None = None,
     ) -> Any:
         """Call ``method`` with keyword ``params``; raise the plugin's error, typed."""
+        client = self._client
+        if client is None:
+            raise self._crashed("plugin is not running")
         timeout = self.spec.call_timeout if timeout is None else timeout
-        slot = _Slot()
-        with self._lock:
-            if self._dead.is_set():
-                raise self._crashed("plugin is not running")
-            call_id = next(self._ids)
-            self._pending[call_id] = slot
         if meta is not None and timeout:
             meta = {**meta, "deadline": time.time() + timeout}
-        self._send(wire.encode_request(call_id, method, params, meta))
-        if not slot.lock.acquire(timeout=timeout if timeout and timeout > 0 else -1):
-            with self._lock:
-                self._pending.pop(call_id, None)
-            with contextlib.suppress(OSError, RevaPluginError):
-                self._send(wire.encode_request(None, wire.CANCEL, {"id": call_id}))
-            raise CallTimeout(f"{method} timed out after {timeout:g} s", plugin=self.spec.label)
-        if slot.error is not None:
-            raise slot.error
-        return slot.result
+        return client.call(method, params, timeout, meta)
 
     def ping(self, timeout: float = 5.0) -> float:
         """Round-trip a ``$/ping``; return its time in milliseconds."""
@@ -295,96 +268,32 @@ class PluginProcess:
         self.call(wire.PING, {}, timeout=timeout)
         return (time.perf_counter() - began) * 1000
 
-    def _send(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            raise self._crashed("plugin is not running")
-        try:
-            with self._send_lock:
-                sock.sendall(data)
-        except OSError as exc:
-            raise self._crashed(f"cannot write to plugin: {exc}") from None
+    # -- watching --------------------------------------------------------------------------
 
-    # -- reader threads --------------------------------------------------------------------
+    def _on_eof(self) -> None:
+        """The wire closed: the process should be exiting; make sure it does."""
+        timer = threading.Timer(2.0, self._kill_group, (signal.SIGKILL,))
+        timer.daemon = True
+        timer.start()
 
-    def _read_wire(self) -> None:
-        assert self._sock is not None
-        limit = self.spec.max_line
-        reader = self._sock.makefile("rb", buffering=65536)
-        try:
-            while True:
-                line = reader.readline(limit + 1)
-                if not line:
-                    break
-                if len(line) > limit and not line.endswith(b"\n"):
-                    self._oversized(line, reader)
-                    continue
-                self._dispatch(line)
-        except OSError:
-            pass
-        finally:
-            reader.close()
-            self._on_eof()
-
-    def _oversized(self, head: bytes, reader: io.IOBase) -> None:
-        while True:
-            chunk = reader.readline(65536)
-            if not chunk or chunk.endswith(b"\n"):
-                break
-        self._protocol_error(head, f"message longer than {self.spec.max_line} bytes")
-
-    def _dispatch(self, line: bytes) -> None:
-        try:
-            message = json.loads(line)
-        except ValueError as exc:
-            self._protocol_error(line, f"invalid JSON from plugin: {exc}")
-            return
-        if not isinstance(message, dict):
-            self._protocol_error(line, "message is not a JSON object")
-            return
-        if not self._handshaken.is_set():
-            self._on_handshake(message, line)
-            return
-        call_id = message.get("id")
-        if "method" in message:
-            self._log.debug("notification from plugin ignored: %s", message.get("method"))
-            return
-        with self._lock:
-            slot = self._pending.pop(call_id, None) if isinstance(call_id, int) else None
-        if slot is None:
-            if call_id != 0:  # 0 answers $/shutdown, which nobody waits for
-                log.warning("%s: reply for unknown call id %r dropped", self.spec.label, call_id)
-            return
-        if "error" in message and isinstance(message["error"], dict):
-            slot.fill(error=wire.error_to_exception(message["error"], plugin=self.spec.label))
-        elif "result" in message:
-            slot.fill(result=message["result"])
-        else:
-            slot.fill(
-                error=ProtocolError("reply has neither result nor error", plugin=self.spec.label)
+    def _watch(self) -> None:
+        """Wait for the process to exit, then fail what is in flight and tell the supervisor."""
+        proc = self._proc
+        assert proc is not None
+        assert self._client is not None
+        self.returncode = proc.wait()
+        self._join_stderr()
+        expected = self._closing
+        self._client.close(self._crashed(f"plugin exited with {_describe_exit(self.returncode)}"))
+        self._exited.set()
+        if not expected:
+            log.warning(
+                "%s: plugin exited unexpectedly with %s",
+                self.spec.label,
+                _describe_exit(self.returncode),
             )
-
-    def _on_handshake(self, message: dict[str, Any], line: bytes) -> None:
-        params = message.get("params")
-        if message.get("method") == wire.HANDSHAKE and isinstance(params, dict):
-            self.handshake = params
-        else:
-            self._early_output.append(line.decode("utf-8", "replace").rstrip()[:2000])
-            self._handshake_error = "the plugin's first message is not a handshake"
-        self._handshaken.set()
-
-    def _protocol_error(self, line: bytes, reason: str) -> None:
-        if not self._handshaken.is_set():
-            self._early_output.append(line[:2000].decode("utf-8", "replace").rstrip())
-            self._handshake_error = f"the plugin's first message is not a handshake: {reason}"
-            self._handshaken.set()
-            return
-        call_id = wire.guess_id(line)
-        log.error("%s: protocol error: %s", self.spec.label, reason)
-        with self._lock:
-            slot = self._pending.pop(call_id, None) if call_id is not None else None
-        if slot is not None:
-            slot.fill(error=ProtocolError(reason, plugin=self.spec.label))
+        if self._on_exit is not None:
+            self._on_exit(self, self.returncode, expected)
 
     def _read_stderr(self) -> None:
         assert self._proc is not None
@@ -434,40 +343,8 @@ class PluginProcess:
 
     def _join_stderr(self) -> None:
         for thread in self._threads:
-            if thread.name.endswith("stderr"):
+            if thread.name.endswith("stderr") and thread is not threading.current_thread():
                 thread.join(timeout=1)
-
-    def _on_eof(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        try:
-            self.returncode = proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self._kill_group(signal.SIGKILL)
-            self.returncode = proc.wait()
-        self._join_stderr()
-        expected = self._closing
-        with self._lock:
-            self._dead.set()
-            pending, self._pending = self._pending, {}
-        if not self._handshaken.is_set():
-            self._handshake_error = (
-                f"plugin exited with {_describe_exit(self.returncode)} before the handshake "
-                f"(the core offers protocol versions {list(self.spec.protocol_versions)})"
-            )
-            self._handshaken.set()
-        if pending:
-            error = self._crashed(f"plugin exited with {_describe_exit(self.returncode)}")
-            for slot in pending.values():
-                slot.fill(error=error)
-        if not expected:
-            log.warning(
-                "%s: plugin exited unexpectedly with %s",
-                self.spec.label,
-                _describe_exit(self.returncode),
-            )
-        if self._on_exit is not None:
-            self._on_exit(self, self.returncode, expected)
 
     def _crashed(self, message: str) -> PluginCrashed:
         return PluginCrashed(

@@ -1,35 +1,45 @@
 """The wire protocol, core side: JSON-RPC 2.0 messages, one per line, and their error codes.
 
-The bootstrap (which cannot import this module) keeps its own copy of the constants; a test holds
-the two in step.
+The constants and the JSON codec live in the bootstrap (which cannot import the core) and are
+shared from there.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ._bootstrap import (
+    APPLICATION_ERROR,
+    COOKIE_KEY,
+    COOKIE_VALUE,
+    HUMAN_MESSAGE,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    PROTOCOL_VERSIONS,
+    dumps,
+    loads,
+)
 from ._errors import RemoteError, remote_error
 
-COOKIE_KEY = "BASIC_PLUGIN"
-COOKIE_VALUE = "reva"
-HUMAN_MESSAGE = "This is a reva plugin bootstrap; it is started by the core, not by hand."
-PROTOCOL_VERSIONS = (1,)
+__all__ = [
+    "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "COOKIE_KEY", "COOKIE_VALUE",
+    "DEFAULT_MAX_LINE", "HANDSHAKE", "HUMAN_MESSAGE", "INTERNAL_ERROR", "INVALID_PARAMS",
+    "INVALID_REQUEST", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
+    "VERSIONS_ENV", "Response", "dumps", "encode_request", "error_to_exception", "guess_id",
+    "loads",
+]  # fmt: skip
+
 VERSIONS_ENV = "REVA_PLUGIN_PROTOCOL_VERSIONS"
 HANDSHAKE = "$/handshake"
 PING = "$/ping"
 CANCEL = "$/cancel"
 SHUTDOWN = "$/shutdown"
 DEFAULT_MAX_LINE = 64 * 1024 * 1024
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-APPLICATION_ERROR = -32000
 
 _STANDARD_TYPES = {
     PARSE_ERROR: "ParseError",
@@ -41,7 +51,6 @@ _STANDARD_TYPES = {
 
 BOOTSTRAP_FILE = Path(__file__).with_name("_bootstrap.py")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _ID_RE = re.compile(rb'"id"\s*:\s*(\d+)')
 
 
@@ -62,7 +71,7 @@ def encode_request(
         message["id"] = call_id
     if meta:
         message["meta"] = meta
-    return _dumps(message).encode("utf-8", "surrogatepass") + b"\n"
+    return dumps(message).encode("utf-8", "surrogatepass") + b"\n"
 
 
 def guess_id(line: bytes) -> int | None:

@@ -209,7 +209,7 @@ def test_replies_come_back_out_of_order(start: Any) -> None:
         target=lambda: done.append(process.call("echo", {"value": "slow", "delay": 1.0}))
     )
     slow.start()
-    assert wait_until(lambda: len(process._pending) == 1)
+    assert wait_until(lambda: len(process._client.pending) == 1)
     assert process.call("echo", {"value": "fast"}) == "fast"
     done.append("fast")
     slow.join()
@@ -290,7 +290,7 @@ def test_a_crash_fails_all_in_flight_calls_then_the_next_call_restarts(host: Hos
     threads = [threading.Thread(target=sleeper) for _ in range(8)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: len(supervisor.process._pending) == 8)
+    assert wait_until(lambda: len(supervisor.process._client.pending) == 8)
     with pytest.raises(PluginCrashed) as crash:
         supervisor.call("crash", {"code": 7, "delay": 0.1})
     for t in threads:

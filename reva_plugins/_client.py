@@ -1,0 +1,335 @@
+"""The core's side of one plugin wire: multiplexed JSON-RPC calls from many threads.
+
+Leader/follower: there is no reader thread. A caller that is waiting for its reply reads the
+socket itself (it is the leader) and hands other callers their replies; when its own reply
+arrives it passes the reading on to another waiting caller. A lone caller so pays no thread
+hand-off at all; with many callers, replies are matched by id and may arrive in any order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from . import _protocol as wire
+from ._errors import CallTimeout, ProtocolError, RevaPluginError
+
+log = logging.getLogger("reva_plugins.process")
+
+_TIMEOUT: Final = object()
+_loads = wire.loads
+
+
+class _Oversized(Exception):
+    def __init__(self, head: bytes) -> None:
+        super().__init__("oversized line")
+        self.head = head
+
+
+class LineReader:
+    """Lines from a socket with an optional timeout per read and a size limit per line."""
+
+    #: reads wake up this often to check the caller's deadline: one syscall per message in the
+    #: common case, instead of a poll before every read.
+    TICK = 0.05
+
+    def __init__(self, sock: socket.socket, max_line: int) -> None:
+        self.sock = sock
+        self.max_line = max_line
+        self.buf = bytearray()
+        self.chunk = bytearray(65536)
+        self.view = memoryview(self.chunk)
+        self.scanned = 0
+        self.skipping = False
+        usec = int(self.TICK * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
+
+    def readline(self, timeout: float | None) -> bytes | object:
+        """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit."""
+        buf = self.buf
+        while True:
+            end = buf.find(b"\n", self.scanned)
+            if end >= 0:
+                line = bytes(buf[: end + 1])
+                del buf[: end + 1]
+                self.scanned = 0
+                if not self.skipping:
+                    return line
+                self.skipping = False
+                continue
+            if self.skipping:
+                buf.clear()
+            elif len(buf) > self.max_line:
+                head = bytes(buf[:4096])
+                buf.clear()
+                self.skipping = True
+                self.scanned = 0
+                raise _Oversized(head)
+            self.scanned = len(buf)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    size = self.sock.recv_into(self.chunk)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return _TIMEOUT
+                except OSError:
+                    size = 0
+                    break
+            if not size:
+                return b""
+            buf += self.view[:size]
+
+
+class _Slot:
+    """One call in flight. Its owner blocks on ``lock`` (held from birth) until it is filled or
+    asked to take over the reading; ``signalled`` keeps the lock from being released twice."""
+
+    __slots__ = ("done", "error", "lock", "result", "signalled", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.done = False
+        self.waiting = False
+        self.signalled = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Client:
+    """Thread-safe, multiplexed calls over one socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        label: str,
+        max_line: int,
+        on_eof: Callable[[], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.label = label
+        self.reader = LineReader(sock, max_line)
+        self.on_eof = on_eof
+        self.pending: dict[int, _Slot] = {}
+        self.ids = itertools.count(1)
+        self.lock = threading.Lock()
+        self.send_lock = threading.Lock()
+        self.read_lock = threading.Lock()
+        self.eof = False
+        self.closed: RevaPluginError | None = None
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write one message; a broken wire raises the error the process was closed with."""
+        try:
+            with self.send_lock:
+                self.sock.sendall(data)
+        except OSError as exc:
+            raise self.closed or ProtocolError(
+                f"cannot write to plugin: {exc}", plugin=self.label
+            ) from None
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        """A notification (no reply); errors are ignored."""
+        with contextlib.suppress(RevaPluginError):
+            self.send(wire.encode_request(None, method, params))
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send a request and wait for its reply, reading the wire ourselves if nobody is."""
+        slot = _Slot()
+        with self.lock:
+            if self.closed is not None:
+                raise self.closed
+            call_id = next(self.ids)
+            self.pending[call_id] = slot
+        deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+        try:
+            self.send(wire.encode_request(call_id, method, params, meta))
+        except RevaPluginError:
+            with self.lock:
+                self.pending.pop(call_id, None)
+            raise
+        while not slot.done:
+            if not self.eof and self.read_lock.acquire(blocking=False):
+                try:
+                    self._lead(slot, deadline)
+                finally:
+                    self.read_lock.release()
+                    self._promote()
+            else:
+                self._follow(slot, deadline)
+            if not slot.done and deadline is not None and time.monotonic() >= deadline:
+                with self.lock:
+                    if not slot.done:
+                        del self.pending[call_id]
+                        slot.done = True
+                        slot.error = CallTimeout(
+                            f"{method} timed out after {timeout:g} s", plugin=self.label
+                        )
+                        cancel = True
+                    else:
+                        cancel = False
+                if cancel:
+                    self.notify(wire.CANCEL, {"id": call_id})
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _lead(self, slot: _Slot, deadline: float | None) -> None:
+        reader = self.reader
+        while not slot.done:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            try:
+                line = reader.readline(remaining)
+            except _Oversized as exc:
+                self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
+                continue
+            if line is _TIMEOUT:
+                return
+            if not line:
+                self.eof = True
+                if self.on_eof is not None:
+                    self.on_eof()
+                return
+            assert isinstance(line, bytes)
+            self._dispatch(line)
+
+    def _follow(self, slot: _Slot, deadline: float | None) -> None:
+        with self.lock:
+            if slot.done:
+                return
+            slot.waiting = True
+            if not self.eof and not self.read_lock.locked():
+                slot.waiting = False
+                return
+        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        woken = slot.lock.acquire(timeout=remaining)
+        with self.lock:
+            slot.waiting = False
+            if woken:
+                slot.signalled = False
+
+    def _signal(self, slot: _Slot) -> None:
+        """Wake ``slot``'s owner (call with ``self.lock`` held)."""
+        if not slot.signalled:
+            slot.signalled = True
+            slot.lock.release()
+
+    def _promote(self) -> None:
+        """Hand the reading on to a caller that is still waiting."""
+        with self.lock:
+            for slot in self.pending.values():
+                if slot.waiting and not slot.done:
+                    self._signal(slot)
+                    return
+
+    def _fill(self, call_id: Any, result: Any = None, error: BaseException | None = None) -> bool:
+        with self.lock:
+            slot = self.pending.pop(call_id, None) if isinstance(call_id, int) else None
+            if slot is None:
+                return False
+            slot.result, slot.error, slot.done = result, error, True
+            self._signal(slot)
+        return True
+
+    # -- incoming messages -----------------------------------------------------------------
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            message = _loads(line)
+        except ValueError as exc:
+            self._protocol_error(line, f"invalid JSON from plugin: {exc}")
+            return
+        if type(message) is not dict:
+            self._protocol_error(line, "message is not a JSON object")
+            return
+        call_id = message.get("id")
+        if "result" in message:
+            found = self._fill(call_id, message["result"])
+        elif "error" in message and isinstance(message["error"], dict):
+            found = self._fill(
+                call_id, error=wire.error_to_exception(message["error"], plugin=self.label)
+            )
+        elif "method" in message:
+            log.debug("%s: notification %s ignored", self.label, message.get("method"))
+            return
+        else:
+            error = ProtocolError("reply has neither result nor error", plugin=self.label)
+            found = self._fill(call_id, error=error)
+            log.error(
+                "%s: protocol error: reply %r has neither result nor error", self.label, call_id
+            )
+        if not found and call_id != 0:  # id 0 answers $/shutdown, which nobody waits for
+            log.warning("%s: reply for unknown call id %r dropped", self.label, call_id)
+
+    def _protocol_error(self, line: bytes, reason: str) -> None:
+        log.error("%s: protocol error: %s", self.label, reason)
+        call_id = wire.guess_id(line)
+        if call_id is not None:
+            self._fill(call_id, error=ProtocolError(reason, plugin=self.label))
+
+    def first_message(self, timeout: float) -> tuple[dict[str, Any] | None, str]:
+        """The first message (the handshake), or None and what came instead (b"" at EOF)."""
+        with self.read_lock:
+            try:
+                line = self.reader.readline(timeout)
+            except _Oversized as exc:
+                return None, exc.head.decode("utf-8", "replace")[:2000]
+            if line is _TIMEOUT:
+                return None, ""
+            assert isinstance(line, bytes)
+            if not line:
+                self.eof = True
+                return None, ""
+            try:
+                message = _loads(line)
+            except ValueError:
+                message = None
+            if isinstance(message, dict) and message.get("method") == wire.HANDSHAKE:
+                params = message.get("params")
+                if isinstance(params, dict):
+                    return params, ""
+            return None, line.decode("utf-8", "replace").rstrip()[:2000]
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def close(self, error: RevaPluginError) -> None:
+        """The process is gone: read what it still sent, then fail the calls left with ``error``."""
+        with self.read_lock:
+            while not self.eof:
+                try:
+                    line = self.reader.readline(0.2)
+                except _Oversized:
+                    continue
+                if line is _TIMEOUT or not line:
+                    break
+                assert isinstance(line, bytes)
+                self._dispatch(line)
+            self.eof = True
+            with self.lock:
+                self.closed = error
+                pending, self.pending = self.pending, {}
+                for slot in pending.values():
+                    slot.error, slot.done = error, True
+                    self._signal(slot)
