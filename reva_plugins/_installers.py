@@ -55,14 +55,18 @@ class Installer(Protocol):
 
 
 @functools.cache
-def find_uv() -> str | None:
-    """The uv binary: from the ``uv`` package if installed, else on PATH."""
+def _packaged_uv() -> str | None:
     try:
         import uv  # noqa: PLC0415 - optional dependency
 
         return str(uv.find_uv_bin())
     except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
+        return None
+
+
+def find_uv() -> str | None:
+    """The uv binary: from the ``uv`` package if installed, else on PATH."""
+    return _packaged_uv() or shutil.which("uv")
 
 
 def venv_python(venv: Path) -> Path:
@@ -79,7 +83,11 @@ class UvInstaller:
         self.binary = binary
 
     def version(self) -> str:
-        """``uv --version``, without the program name."""
+        """uv's version: from the ``uv`` package if the binary is its own, else ``uv --version``."""
+        if self.binary == _packaged_uv():
+            from importlib.metadata import version  # noqa: PLC0415
+
+            return version("uv")
         return run([self.binary, "--version"]).strip().removeprefix("uv ").strip()
 
     def create(self, venv: Path, interpreter: Interpreter) -> None:

@@ -87,8 +87,13 @@ class PluginProcess:
         self,
         spec: LaunchSpec,
         on_exit: Callable[[PluginProcess, int | None, bool], None] | None = None,
+        *,
+        on_death: Callable[[PluginProcess, int | None, bool], None] | None = None,
     ) -> None:
+        """``on_death`` runs as soon as the process is gone, before in-flight calls fail (keep
+        it quick); ``on_exit`` runs after them (lifecycle hooks)."""
         self.spec = spec
+        self._on_death = on_death
         self.handshake: dict[str, Any] = {}
         self.started_at = 0.0
         self.start_ms = 0.0
@@ -284,6 +289,8 @@ class PluginProcess:
         self.returncode = proc.wait()
         self._join_stderr()
         expected = self._closing
+        if self._on_death is not None:
+            self._on_death(self, self.returncode, expected)
         self._client.close(self._crashed(f"plugin exited with {_describe_exit(self.returncode)}"))
         self._exited.set()
         if not expected:
@@ -413,7 +420,7 @@ class Supervisor:
                 f"plugin exited with {_describe_exit(current.returncode)} and restart = 'never'"
             )
         self._wait_backoff()
-        process = PluginProcess(self.spec, on_exit=self._exited)
+        process = PluginProcess(self.spec, on_exit=self._exited, on_death=self._count_crash)
         process.start()
         self._process = process
         if self._on_start is not None:
@@ -428,7 +435,7 @@ class Supervisor:
         if remaining > 0:
             time.sleep(remaining)
 
-    def _exited(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
+    def _count_crash(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
         if not expected:
             now = time.monotonic()
             self._crashes.append(now)
@@ -441,6 +448,8 @@ class Supervisor:
                     returncode=returncode,
                     stderr_tail=process.stderr_tail(),
                 )
+
+    def _exited(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
         if self._on_exit is not None:
             self._on_exit(process, returncode, expected)
 

@@ -23,3 +23,35 @@ def test_readme_has_exactly_two_setup_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert _commands()[1] in ci.splitlines()
+
+
+def test_benchmark_smoke_run_prints_every_figure() -> None:
+    """``python -m benchmarks --quick``: tiny counts, so the benchmark code cannot rot."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for name in (
+        "warm_start",
+        "latency_one_cpu",
+        "latency_two_cpus",
+        "throughput",
+        "memory",
+        "provisioning",
+        "scale",
+    ):
+        assert name in figures, name
+    assert figures["latency_one_cpu"]["ours"]["p50_us"] > 0
+    assert figures["latency_one_cpu"]["baseline_raw_pipe_echo"]["p50_us"] > 0
+    assert figures["provisioning"]["pip_folder_cold_s"] > 0
+    assert "figure" in result.stderr

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time; a plugin process pays it on every start
+    from typing import Any
 
 __all__ = ["InvalidCredentials", "JSONAuthProvider", "JSONUserProvider", "NotFound"]
 
@@ -24,8 +27,9 @@ class InvalidArgument(Exception):
 
 
 def _load_users(config: dict[str, Any]) -> list[dict[str, Any]]:
-    path = Path(config.get("users", "users.demo.json")).expanduser()
-    data = json.loads(path.read_text(encoding="utf-8"))
+    path = os.path.expanduser(config.get("users", "users.demo.json"))
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
     if not isinstance(data, list):
         raise InvalidArgument(f"{path}: expected a JSON list of users")
     return data

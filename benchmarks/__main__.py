@@ -1,0 +1,350 @@
+"""``python -m benchmarks [--quick] [--out FILE]``: every figure beside a same-run baseline.
+
+Prints one JSON object on stdout (and a short table on stderr). ``--quick`` uses tiny iteration
+counts: the smoke test runs it so the benchmark cannot rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from reva_plugins import Host
+from reva_plugins._host import InProcessDriver, ServiceProxy
+from reva_plugins._loader import EntryPoint, InProcessPlan, IsolatedPlan
+from reva_plugins._process import LaunchSpec, PluginProcess
+from reva_plugins.services import SERVICES
+
+from . import _peers
+from ._stats import latencies, median_ms, memory_of, ratio
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_plugins" / "json_users"
+USERS = ROOT / "examples" / "users.demo.json"
+UID = {"idp": "http://localhost:20080", "opaque_id": "einstein"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Iteration counts (full run vs ``--quick``)."""
+
+    starts: int
+    calls: int
+    throughput: int
+    builds: int
+    plugins: int
+
+
+FULL = Sizes(starts=25, calls=20_000, throughput=40_000, builds=3, plugins=50)
+QUICK = Sizes(starts=2, calls=200, throughput=400, builds=1, plugins=3)
+
+
+def config(driver: str, **plugins: Any) -> dict[str, Any]:
+    """The sample wired as the user provider."""
+    table = {
+        "driver": driver,
+        "drivers": {"json": {"users": str(USERS)}},
+        "plugin": {"max_concurrency": 16},
+    }
+    return {"plugins": plugins, "grpc": {"services": {"userprovider": table}}}
+
+
+@contextlib.contextmanager
+def host_for(driver: str, **plugins: Any) -> Iterator[Host]:
+    with Host(config(driver, **plugins), base_dir=ROOT) as host:
+        yield host
+
+
+def launch_spec(host: Host) -> LaunchSpec:
+    plan = host.loader.plan(host.config.service("userprovider"))
+    assert isinstance(plan, IsolatedPlan)
+    return plan.launch
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def warm_start(spec: LaunchSpec, n: int) -> dict[str, Any]:
+    """spawn → handshake → configure → first reply, against ``python -I -c pass``."""
+
+    def once() -> None:
+        process = PluginProcess(spec)
+        process.start()
+        process.call("get_user", {"user_id": UID})
+        process.close()
+
+    ours = median_ms(once, n)
+    floor = _peers.bare_interpreter_start(str(spec.python), n)["p50_us"] / 1000
+    return {
+        "ours_ms": ours,
+        "baseline_python_pass_ms": round(floor, 2),
+        "ratio": ratio(ours, floor),
+    }
+
+
+def in_process_proxy(spec: LaunchSpec) -> ServiceProxy:
+    """The same driver loaded into this process and called through pluggy."""
+    site = next(spec.python.parent.parent.glob("lib/python*/site-packages"))
+    sys.path.insert(0, str(site))
+    service = SERVICES["userprovider"]
+    plan = InProcessPlan(
+        service, EntryPoint("json", str(spec.entry["value"])), {"users": str(USERS)}
+    )
+    return ServiceProxy(service, InProcessDriver(plan, "in-process"), "in-process")
+
+
+def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
+    """Sequential get_user through Host, both processes pinned as ``cpus``."""
+    users = host.service("userprovider")
+    users.get_user(UID)
+    pid = host.service("userprovider").driver.supervisor.process.pid  # type: ignore[attr-defined]
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    os.sched_setaffinity(pid, {cpus[1]})
+    try:
+        ours = latencies(lambda: users.get_user(UID), n)
+    finally:
+        os.sched_setaffinity(0, before)
+        os.sched_setaffinity(pid, before)
+    python = str(spec.python)
+    raw = _peers.raw_echo(python, n, cpus)
+    os.sched_setaffinity(0, before)
+    execnet = _peers.execnet_latency(python, n, cpus)
+    os.sched_setaffinity(0, before)
+    return {
+        "ours": ours,
+        "baseline_raw_pipe_echo": raw,
+        "baseline_execnet": execnet,
+        "ratio_to_raw_echo": ratio(ours["p50_us"], raw["p50_us"]),
+        "speedup_over_execnet": ratio(execnet["p50_us"], ours["p50_us"]) if execnet else None,
+    }
+
+
+def throughput(host: Host, spec: LaunchSpec, n: int) -> dict[str, Any]:
+    """calls/s into one plugin from 1, 4 and 16 threads."""
+    users = host.service("userprovider")
+    out: dict[str, Any] = {}
+    for threads in (1, 4, 16):
+        per = max(1, n // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            began = time.perf_counter()
+            list(
+                pool.map(lambda count: [users.get_user(UID) for _ in range(count)], [per] * threads)
+            )
+            out[f"ours_{threads}_threads_per_s"] = round(
+                per * threads / (time.perf_counter() - began)
+            )
+    python = str(spec.python)
+    out["baseline_json_lines_pipelined_per_s"] = round(_peers.json_lines_throughput(python, n))
+    execnet = _peers.execnet_throughput(python, n, threads=8)
+    out["baseline_execnet_8_threads_per_s"] = round(execnet) if execnet else None
+    out["ratio_16_threads_to_execnet"] = ratio(out["ours_16_threads_per_s"], execnet)
+    return out
+
+
+def memory(host: Host, spec: LaunchSpec) -> dict[str, Any]:
+    """Idle RSS/PSS of the plugin process against a bare interpreter."""
+    pid = host.service("userprovider").driver.supervisor.process.pid  # type: ignore[attr-defined]
+    time.sleep(0.2)
+    ours = memory_of(pid)
+    bare = _peers.idle_interpreter_memory(str(spec.python))
+    return {
+        "ours": ours,
+        "baseline_bare_interpreter": bare,
+        "ratio_rss": ratio(ours["rss_mib"], bare["rss_mib"]),
+    }
+
+
+def provisioning(n: int, wheel: Path) -> dict[str, Any]:
+    """Cold builds (folder, wheel) and a cached reload, with uv and pip, against bare tools."""
+    uv = _peers.which_uv()
+    out: dict[str, Any] = {}
+    for installer in ("uv", "pip"):
+        if installer == "uv" and uv is None:
+            continue
+        for kind, target in (("folder", str(SAMPLE)), ("wheel", str(wheel))):
+            samples = []
+            for _ in range(n):
+                with tempfile.TemporaryDirectory() as cache:
+                    began = time.perf_counter()
+                    with host_for(target, cache_dir=cache, installer=installer) as host:
+                        launch_spec(host)
+                    samples.append(time.perf_counter() - began)
+            out[f"{installer}_{kind}_cold_s"] = round(sorted(samples)[len(samples) // 2], 3)
+        with (
+            tempfile.TemporaryDirectory() as cache,
+            host_for(str(SAMPLE), cache_dir=cache, installer=installer) as host,
+        ):
+            launch_spec(host)
+            reload_ms = median_ms(
+                lambda: host.loader.plan(host.config.service("userprovider")), max(3, n * 5)
+            )
+            out[f"{installer}_cached_reload_ms"] = reload_ms
+    python = sys.executable
+    if uv is not None:
+        for kind, target in (("folder", str(SAMPLE)), ("wheel", str(wheel))):
+            bare = sorted(_peers.bare_uv_build(uv, python, target) for _ in range(n))
+            out[f"baseline_bare_uv_{kind}_s"] = round(bare[len(bare) // 2], 3)
+            out[f"ratio_uv_{kind}"] = ratio(
+                out[f"uv_{kind}_cold_s"], out[f"baseline_bare_uv_{kind}_s"]
+            )
+    bare_pip = _peers.bare_venv_pip_build(python, str(SAMPLE))
+    out["baseline_venv_pip_folder_s"] = round(bare_pip, 3)
+    out["ratio_pip_folder"] = ratio(out["pip_folder_cold_s"], bare_pip)
+    return out
+
+
+def scale(spec: LaunchSpec, count: int) -> dict[str, Any]:
+    """``count`` plugins warm-started at once, and the host's memory with them loaded."""
+    processes = [PluginProcess(dataclasses.replace(spec)) for _ in range(count)]
+
+    def start(process: PluginProcess) -> None:
+        process.start()
+        process.call("get_user", {"user_id": UID})
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(start, processes))
+    elapsed = time.perf_counter() - began
+    host_mem = memory_of(os.getpid())
+    plugins_rss = sum(memory_of(p.pid or 0)["rss_mib"] for p in processes)
+    plugins_pss = sum(memory_of(p.pid or 0)["pss_mib"] for p in processes)
+    threads = threading.active_count()
+    for process in processes:
+        process.close(grace=0.5)
+    return {
+        "plugins": count,
+        "warm_start_all_s": round(elapsed, 3),
+        "host_rss_mib": host_mem["rss_mib"],
+        "plugins_rss_total_mib": round(plugins_rss, 1),
+        "plugins_pss_total_mib": round(plugins_pss, 1),
+        "host_threads": threads,
+    }
+
+
+def build_wheel(outdir: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), str(SAMPLE)],
+        check=True,
+        capture_output=True,
+    )
+    return next(outdir.glob("*.whl"))
+
+
+def run(sizes: Sizes) -> dict[str, Any]:
+    results: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["REVA_PLUGINS_CACHE_DIR"] = str(Path(tmp) / "cache")
+        wheel = build_wheel(Path(tmp) / "dist")
+        with host_for(str(SAMPLE)) as host:
+            spec = launch_spec(host)
+            results["warm_start"] = warm_start(spec, sizes.starts)
+            two = (0, 1) if (os.cpu_count() or 1) > 1 else (0, 0)
+            results["latency_one_cpu"] = call_latency(host, spec, sizes.calls, (0, 0))
+            results["latency_two_cpus"] = call_latency(host, spec, sizes.calls, two)
+            proxy = in_process_proxy(spec)
+            results["latency_in_process_pluggy"] = latencies(
+                lambda: proxy.get_user(UID), sizes.calls
+            )
+            results["throughput"] = throughput(host, spec, sizes.throughput)
+            results["memory"] = memory(host, spec)
+            results["scale"] = scale(spec, sizes.plugins)
+        results["provisioning"] = provisioning(sizes.builds, wheel)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """A short human summary."""
+    lat1, lat2 = results["latency_one_cpu"], results["latency_two_cpus"]
+    tp, mem, prov, sc = (
+        results["throughput"],
+        results["memory"],
+        results["provisioning"],
+        results["scale"],
+    )
+    ws = results["warm_start"]
+    rows = [
+        ("warm start (ms)", ws["ours_ms"], ws["baseline_python_pass_ms"], ws["ratio"]),
+        (
+            "call p50, 1 CPU (us)",
+            lat1["ours"]["p50_us"],
+            lat1["baseline_raw_pipe_echo"]["p50_us"],
+            lat1["ratio_to_raw_echo"],
+        ),
+        (
+            "call p50, 2 CPUs (us)",
+            lat2["ours"]["p50_us"],
+            lat2["baseline_raw_pipe_echo"]["p50_us"],
+            lat2["ratio_to_raw_echo"],
+        ),
+        (
+            "16 threads (calls/s) vs execnet 8",
+            tp["ours_16_threads_per_s"],
+            tp["baseline_execnet_8_threads_per_s"],
+            tp["ratio_16_threads_to_execnet"],
+        ),
+        (
+            "idle RSS (MiB)",
+            mem["ours"]["rss_mib"],
+            mem["baseline_bare_interpreter"]["rss_mib"],
+            mem["ratio_rss"],
+        ),
+        (
+            "cold build, folder, uv (s)",
+            prov.get("uv_folder_cold_s"),
+            prov.get("baseline_bare_uv_folder_s"),
+            prov.get("ratio_uv_folder"),
+        ),
+        (
+            "cold build, wheel, uv (s)",
+            prov.get("uv_wheel_cold_s"),
+            prov.get("baseline_bare_uv_wheel_s"),
+            prov.get("ratio_uv_wheel"),
+        ),
+        (
+            "cold build, folder, pip (s)",
+            prov.get("pip_folder_cold_s"),
+            prov.get("baseline_venv_pip_folder_s"),
+            prov.get("ratio_pip_folder"),
+        ),
+        (f"{sc['plugins']} plugins warm start (s)", sc["warm_start_all_s"], None, None),
+    ]
+    lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
+    lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny iteration counts (smoke test)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    results = run(QUICK if args.quick else FULL)
+    results["seconds"] = round(time.perf_counter() - began, 1)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(table(results), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Baselines measured in the same run: raw pipe echo, stdlib JSON lines, execnet, bare builds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ._stats import latencies
+
+ECHO_CHILD = """
+import os, sys
+mode = sys.argv[1]
+if mode == "raw":
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        os.write(1, data)
+else:
+    import json
+    out = os.fdopen(1, "wb", buffering=0)
+    for line in os.fdopen(0, "rb"):
+        msg = json.loads(line)
+        out.write((json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": msg["params"]}) + "\\n").encode())
+"""
+
+
+def _pin(pid: int, cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, {cpu})
+
+
+def _echo_child(python: str, mode: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [python, "-I", "-c", ECHO_CHILD, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+def raw_echo(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[str, float]:
+    """A few bytes round-tripped through a pipe by a second Python process."""
+    child = _echo_child(python, "raw")
+    assert child.stdin is not None and child.stdout is not None
+    _pin(0, cpus[0])
+    _pin(child.pid, cpus[1])
+    w, r = child.stdin.fileno(), child.stdout.fileno()
+
+    def once() -> None:
+        os.write(w, b"ping\n")
+        os.read(r, 65536)
+
+    try:
+        return latencies(once, n)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def json_lines_throughput(python: str, n: int) -> float:
+    """Pipelined stdlib JSON lines: one writer thread, one reader, calls/s."""
+    child = _echo_child(python, "json")
+    assert child.stdin is not None and child.stdout is not None
+    import json
+
+    stdin, stdout = child.stdin, child.stdout
+
+    def writer() -> None:
+        for i in range(n):
+            stdin.write(
+                (
+                    json.dumps({"jsonrpc": "2.0", "id": i, "method": "echo", "params": {"i": i}})
+                    + "\n"
+                ).encode()
+            )
+        stdin.flush()
+
+    began = time.perf_counter()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    for _ in range(n):
+        json.loads(stdout.readline())
+    elapsed = time.perf_counter() - began
+    thread.join()
+    child.kill()
+    child.wait()
+    return n / elapsed
+
+
+def _execnet_gateway(python: str) -> Any:
+    import execnet
+
+    return execnet.makegateway(f"popen//python={python}")
+
+
+def execnet_latency(
+    python: str, n: int, cpus: tuple[int | None, int | None]
+) -> dict[str, float] | None:
+    """execnet's channel round trip (a peer that runs code in another interpreter)."""
+    try:
+        gw = _execnet_gateway(python)
+    except ImportError:
+        return None
+    try:
+        channel = gw.remote_exec("while 1:\n    channel.send(channel.receive())")
+        pid = gw.remote_exec("import os; channel.send(os.getpid())").receive()
+        _pin(0, cpus[0])
+        _pin(pid, cpus[1])
+
+        def once() -> None:
+            channel.send({"user_id": {"idp": "x", "opaque_id": "einstein"}})
+            channel.receive()
+
+        return latencies(once, n)
+    finally:
+        gw.exit()
+
+
+def execnet_throughput(python: str, n: int, threads: int = 8) -> float | None:
+    """execnet with ``threads`` threads, each on its own channel of one gateway; calls/s."""
+    try:
+        gw = _execnet_gateway(python)
+    except ImportError:
+        return None
+    try:
+        channels = [
+            gw.remote_exec("while 1:\n    channel.send(channel.receive())") for _ in range(threads)
+        ]
+        per = max(1, n // threads)
+
+        def work(channel: Any) -> None:
+            for i in range(per):
+                channel.send(i)
+                channel.receive()
+
+        workers = [threading.Thread(target=work, args=(c,)) for c in channels]
+        began = time.perf_counter()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        return per * threads / (time.perf_counter() - began)
+    finally:
+        gw.exit()
+
+
+def bare_uv_build(uv: str, python: str, target: str) -> float:
+    """``uv venv && uv pip install TARGET`` into a temp dir; seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        venv = Path(tmp) / "venv"
+        began = time.perf_counter()
+        subprocess.run([uv, "venv", "-q", "--python", python, str(venv)], check=True)
+        subprocess.run(
+            [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), target],
+            check=True,
+        )
+        return time.perf_counter() - began
+
+
+def bare_venv_pip_build(python: str, target: str) -> float:
+    """``python -m venv && pip install TARGET`` into a temp dir; seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        venv = Path(tmp) / "venv"
+        began = time.perf_counter()
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                target,
+            ],
+            check=True,
+        )
+        return time.perf_counter() - began
+
+
+def bare_interpreter_start(python: str, n: int) -> dict[str, float]:
+    """``python -I -c pass``: the floor of any plugin start."""
+    return latencies(lambda: subprocess.run([python, "-I", "-c", "pass"], check=True), n)
+
+
+def idle_interpreter_memory(python: str) -> dict[str, float]:
+    """RSS/PSS of a bare interpreter doing nothing."""
+    from ._stats import memory_of
+
+    child = subprocess.Popen(
+        [python, "-I", "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        time.sleep(0.3)
+        return memory_of(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def which_uv() -> str | None:
+    """The uv binary, if any."""
+    try:
+        import uv
+
+        return str(uv.find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def python_for(venv_python: Path) -> str:
+    """The venv's interpreter as a string (execnet and subprocess want one)."""
+    return str(venv_python) if venv_python.exists() else sys.executable
