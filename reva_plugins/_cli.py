@@ -15,8 +15,11 @@ from . import _config
 from ._errors import RemoteError, RevaPluginError, UsageError
 from ._host import CheckResult, Host
 from ._loader import Loader
+from ._scaffold import scaffold
 from ._sources import InProcess, PrebuiltVenv, classify
 from ._store import Store, default_cache_dir, dir_size
+from .services import SERVICES
+from .testing import format_report, run_conformance
 
 log = logging.getLogger("reva_plugins.cli")
 
@@ -118,6 +121,25 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, help="seconds for this call")
     call.set_defaults(handler=cmd_call, json_errors=True)
     _add_env_commands(sub, common)
+
+    conf = sub.add_parser(
+        "conformance", parents=[common], help="check a plugin against its service contract"
+    )
+    conf.add_argument("spec", metavar="SPEC", help="a driver spec (folder, wheel, git URL …)")
+    conf.add_argument("--service", required=True, choices=sorted(SERVICES))
+    conf.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file with the driver's config table"
+    )
+    conf.add_argument("--credentials", metavar="ID:SECRET", help="valid credentials (authprovider)")
+    conf.add_argument("--python", help="interpreter for the plugin's env (a version or path)")
+    conf.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    conf.set_defaults(handler=cmd_conformance)
+
+    new = sub.add_parser("new", parents=[common], help="scaffold a plugin distribution")
+    new.add_argument("path", type=Path, metavar="PATH")
+    new.add_argument("--service", required=True, choices=sorted(SERVICES))
+    new.add_argument("--name", help="distribution name (default: reva-plugin-<folder name>)")
+    new.set_defaults(handler=cmd_new)
     return parser
 
 
@@ -311,3 +333,47 @@ def _human_size(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GB"
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """``conformance SPEC --service S``: a pass/fail table; exit 0 if every check passes."""
+    config: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if args.config:
+        config = _config.load_driver_table(args.config)
+        base_dir = args.config.resolve().parent
+    credentials = None
+    if args.credentials:
+        client_id, sep, secret = args.credentials.partition(":")
+        if not sep:
+            raise UsageError("--credentials must be ID:SECRET")
+        credentials = (client_id, secret)
+    plugins = {"python": args.python} if args.python else {}
+    report = run_conformance(
+        args.spec
+        if "://" in args.spec or not Path(args.spec).exists()
+        else str(Path(args.spec).resolve()),
+        args.service,
+        config=config,
+        base_dir=base_dir,
+        credentials=credentials,
+        plugins=plugins,
+        **_overrides(args),
+    )
+    if args.json:
+        print(json.dumps({"ok": report.ok, "checks": [vars(c) for c in report.checks]}, indent=2))
+    else:
+        print(format_report(report))
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """``new PATH --service S``: write a ready plugin distribution."""
+    written = scaffold(args.path, args.service, name=args.name)
+    for path in written:
+        print(path)
+    print(
+        f"created a {args.service} plugin in {args.path}; next: cd {args.path} && nox",
+        file=sys.stderr,
+    )
+    return EXIT_OK

@@ -120,6 +120,20 @@ def load_file(path: str | Path) -> Config:
     return parse(data, base_dir=path.resolve().parent, file=path)
 
 
+def load_driver_table(path: str | Path) -> dict[str, Any]:
+    """A TOML file holding one driver's own config table (for ``conformance --config``)."""
+    path = Path(path)
+    try:
+        table: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=str(path)) from None
+    return table
+
+
 def parse(data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None) -> Config:
     """Validate a configuration already read into a dict."""
     reader = _Reader(str(file) if file else "<config>", base_dir)

@@ -85,7 +85,15 @@ class InProcessDriver:
                     raise _typed(exc, self.label) from exc
                 self._obj = obj
         ep = self.plan.entry_point
-        return {"entry_point": ep.name, "distribution": ep.distribution, "version": ep.version}
+        methods = sorted(
+            n for n in dir(self._obj) if not n.startswith("_") and callable(getattr(self._obj, n))
+        )
+        return {
+            "entry_point": ep.name,
+            "distribution": ep.distribution,
+            "version": ep.version,
+            "methods": methods,
+        }
 
     def invoke(
         self,

@@ -1,0 +1,158 @@
+"""Helpers for testing plugins: the conformance suite for pytest, and a nox session helper.
+
+In a plugin's own tests::
+
+    from reva_plugins.testing import assert_conforms
+
+    def test_conforms(tmp_path):
+        assert_conforms(".", "userprovider", cache_dir=tmp_path)
+
+In a plugin's ``noxfile.py`` (a matrix of source kinds and installers on several Pythons)::
+
+    import nox
+    from reva_plugins.testing import KINDS, INSTALLERS, conformance_session
+
+    @nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+    @nox.parametrize("kind", KINDS)
+    @nox.parametrize("installer", INSTALLERS)
+    def conformance(session, kind, installer):
+        session.install("reva-plugins[uv]", "build")
+        conformance_session(session, service="userprovider", kind=kind, installer=installer)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ._conformance import Check, Report, run_conformance, user_problems
+
+__all__ = [
+    "INSTALLERS",
+    "KINDS",
+    "Check",
+    "Report",
+    "assert_conforms",
+    "conformance_session",
+    "format_report",
+    "prepare_source",
+    "run_conformance",
+    "user_problems",
+]
+
+KINDS = ("folder", "sdist", "wheel", "git")
+INSTALLERS = ("uv", "pip")
+
+
+def format_report(report: Report) -> str:
+    """A pass/fail table, one check a line, with the reason for each failure or skip."""
+    width = max((len(c.name) for c in report.checks), default=10)
+    lines = [f"conformance of {report.spec} as {report.service}:"]
+    for check in report.checks:
+        reason = f"  {check.reason}" if check.reason else ""
+        lines.append(f"  {check.status.upper():<5} {check.name:<{width}}{reason}")
+    verdict = "PASSED" if report.ok else f"FAILED ({len(report.failures())} failing)"
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def assert_conforms(
+    spec: str | Path,
+    service: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    credentials: tuple[str, str] | None = None,
+    cache_dir: str | Path | None = None,
+    **options: Any,
+) -> Report:
+    """Run the conformance suite on ``spec``; raise ``AssertionError`` with the table if it fails.
+
+    Give ``cache_dir`` (e.g. pytest's ``tmp_path``) so tests never touch the user's cache.
+    """
+    report = run_conformance(
+        str(spec), service, config=config, credentials=credentials, cache_dir=cache_dir, **options
+    )
+    if not report.ok:
+        raise AssertionError(format_report(report))
+    return report
+
+
+def prepare_source(path: str | Path, kind: str, workdir: str | Path) -> str:
+    """A driver spec of ``kind`` for the package folder at ``path``: the folder itself, an
+    sdist or wheel built with pypa/build, or a ``git+file://`` URL of a fresh commit."""
+    path = Path(path).resolve()
+    workdir = Path(workdir)
+    if kind == "folder":
+        return str(path)
+    if kind in ("sdist", "wheel"):
+        out = workdir / "dist"
+        subprocess.run(
+            [sys.executable, "-m", "build", f"--{kind}", "--outdir", str(out), str(path)],
+            check=True,
+            capture_output=True,
+        )
+        return str(next(out.glob("*.whl" if kind == "wheel" else "*.tar.gz")))
+    if kind == "git":
+        repo = workdir / "repo"
+        subprocess.run(
+            ["git", "clone", "-q", "--no-hardlinks", str(path), str(repo)],
+            check=False,
+            capture_output=True,
+        )
+        if not (repo / ".git").exists():
+            import shutil  # noqa: PLC0415
+
+            shutil.copytree(
+                path, repo, ignore=shutil.ignore_patterns(".git", "dist", "build", ".nox")
+            )
+            _git(repo, "init", "-q")
+        _git(repo, "add", "-A")
+        _git(
+            repo,
+            "-c",
+            "user.name=reva",
+            "-c",
+            "user.email=reva@localhost",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "conformance",
+        )
+        commit = _git(repo, "rev-parse", "HEAD")
+        return f"git+file://{repo}@{commit}"
+    raise ValueError(f"unknown source kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+def _git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    )
+    return result.stdout.strip()
+
+
+def conformance_session(
+    session: Any,
+    *,
+    service: str,
+    path: str | Path = ".",
+    kind: str = "folder",
+    installer: str = "uv",
+    credentials: str | None = None,
+    config: str | Path | None = None,
+) -> None:
+    """Inside a nox session: turn ``path`` into a source of ``kind`` and run
+    ``reva-plugins conformance`` on it with ``installer``, in a throw-away cache."""
+    with tempfile.TemporaryDirectory(prefix="reva-conformance-") as tmp:
+        spec = prepare_source(path, kind, tmp)
+        args = ["reva-plugins", "--cache-dir", str(Path(tmp) / "cache"), "--installer", installer]
+        args += ["conformance", spec, "--service", service]
+        if credentials:
+            args += ["--credentials", credentials]
+        if config:
+            args += ["--config", str(config)]
+        session.run(*args)
