@@ -43,6 +43,45 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+# name: (folder in sample_plugins/, service, credentials); each folder has a conformance.toml.
+SAMPLES = {
+    "json_users": ("json_users", "userprovider", None),
+    "json_auth": ("json_users", "authprovider", "einstein:relativity"),
+    "sqlite_users": ("sqlite_users", "userprovider", None),
+    "logging_users": ("logging_users", "userprovider", None),
+    "hashed_auth": ("hashed_auth", "authprovider", "einstein:relativity"),
+}
+KINDS = ("folder", "sdist", "wheel", "git")
+INSTALLERS = ("uv", "pip")
+MATRIX = [(sample, kind, inst) for sample in SAMPLES for kind in KINDS for inst in INSTALLERS]
+
+
+@nox.session(python=list(WANTED))
+@nox.parametrize(
+    ("sample", "kind", "installer"), MATRIX, ids=[f"{s}-{k}-{i}" for s, k, i in MATRIX]
+)
+def plugins(session: nox.Session, sample: str, kind: str, installer: str) -> None:
+    """The conformance suite on one sample, from one source kind, with one installer.
+
+    nox -s plugins                                  # the whole matrix
+    nox -s plugins -k "json_users and git and uv"   # a slice
+    """
+    from reva_plugins.testing import conformance_session
+
+    session.install("-e", ".[uv]", "build", "hatchling")
+    name, service, credentials = SAMPLES[sample]
+    folder = Path("sample_plugins") / name
+    conformance_session(
+        session,
+        service=service,
+        path=folder,
+        kind=kind,
+        installer=installer,
+        credentials=credentials,
+        config=folder / "conformance.toml",
+    )
+
+
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict."""
