@@ -66,7 +66,7 @@ def plugins(session: nox.Session, sample: str, kind: str, installer: str) -> Non
     nox -s plugins                                  # the whole matrix
     nox -s plugins -k "json_users and git and uv"   # a slice
     """
-    from reva_plugins.testing import conformance_session
+    from reva_plugins.testing import conformance_session  # noqa: PLC0415 - needs the core installed
 
     session.install("-e", ".[uv]", "build", "hatchling")
     name, service, credentials = SAMPLES[sample]
