@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,8 +57,49 @@ def _report(args: argparse.Namespace, exc: RevaPluginError) -> int:
     return exc.exit_code
 
 
+class _ProgressHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines on stderr; while an installer runs, a ticking elapsed time (on a terminal)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self._stop: threading.Event | None = None
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        progress = getattr(record, "progress", None)
+        if progress == "end":
+            self._stop_ticker()
+        shown = super().handle(record)
+        if progress == "start" and self.stream.isatty():
+            self._start_ticker(str(getattr(record, "progress_label", "plugin")))
+        return shown
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._stop is not None:
+            self.stream.write("\r\033[K")
+        super().emit(record)
+
+    def _start_ticker(self, label: str) -> None:
+        self._stop_ticker()
+        stop = self._stop = threading.Event()
+        began = time.monotonic()
+
+        def tick() -> None:
+            while not stop.wait(0.25):
+                self.stream.write(f"\r  building {label} … {time.monotonic() - began:.1f} s")
+                self.stream.flush()
+
+        threading.Thread(target=tick, daemon=True).start()
+
+    def _stop_ticker(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
 def _setup_logging(verbosity: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ProgressHandler()
     handler.setFormatter(logging.Formatter("reva-plugins: %(message)s"))
     root = logging.getLogger("reva_plugins")
     root.handlers[:] = [handler]

@@ -186,7 +186,10 @@ class Loader:
         began = time.perf_counter()
 
         def build(venv: Path) -> dict[str, Any]:
-            log.info("building env %s for %s with %s …", key, label, installer.name)
+            log.info(
+                "building env %s for %s with %s …", key, label, installer.name,
+                extra={"progress": "start", "progress_label": label},
+            )  # fmt: skip
             try:
                 installer.create(venv, interpreter)
                 installer.install(venv, resolved.install_args, options)
@@ -199,6 +202,8 @@ class Loader:
                     returncode=exc.returncode,
                     output_tail=exc.tail,
                 ) from None
+            finally:
+                log.debug("installer done for %s", label, extra={"progress": "end"})
             return env_metadata(
                 venv, resolved, interpreter, installer.name, installer.version(), options
             )
