@@ -168,7 +168,7 @@ class PipInstaller:
     ) -> str:
         """A dry-run ``pip install --report`` of the one requirement, with the core's pip."""
         argv = [
-            sys.executable, "-m", "pip", "--python", interpreter.executable, "install",
+            *_core_pip(), "--python", interpreter.executable, "install",
             "--dry-run", "--no-deps", "--ignore-installed", "--report", "-", *_PIP_QUIET,
             *_index_args(options, offline_flag="--no-index"), requirement,
         ]  # fmt: skip
@@ -181,6 +181,23 @@ class PipInstaller:
 
 
 _PIP_QUIET = ("--quiet", "--disable-pip-version-check", "--no-input")
+
+
+@functools.cache
+def _core_pip() -> tuple[str, ...]:
+    """A pip the core can run: its own, or (in a uv-made env without pip) the wheel that
+    virtualenv embeds, run straight from the wheel."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("pip") is not None:
+        return (sys.executable, "-m", "pip")
+    from virtualenv.seed.wheels.embed import get_embed_wheel  # noqa: PLC0415
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wheel = get_embed_wheel("pip", version)
+    if wheel is None:
+        raise SourceError("no pip is available to resolve requirements; install pip or use uv")
+    return (sys.executable, str(Path(wheel.path) / "pip"))
 
 
 def _index_args(options: InstallOptions, *, offline_flag: str) -> list[str]:
