@@ -90,14 +90,14 @@ class LineReader:
 
 
 class _Slot:
-    """One call in flight. Its owner blocks on ``lock`` (held from birth) until it is filled or
-    asked to take over the reading; ``signalled`` keeps the lock from being released twice."""
+    """One call in flight. Its owner, when it has to wait, blocks on ``lock`` until the slot is
+    filled or it is asked to take over the reading; ``signalled`` keeps the lock from being
+    released twice. The lock is made only when needed: a lone caller never waits on it."""
 
     __slots__ = ("done", "error", "lock", "result", "signalled", "waiting")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        self.lock: threading.Lock | None = None
         self.done = False
         self.waiting = False
         self.signalled = False
@@ -122,6 +122,7 @@ class Client:
         self.on_eof = on_eof
         self.pending: dict[int, _Slot] = {}
         self.ids = itertools.count(1)
+        self.waiters = 0
         self.lock = threading.Lock()
         self.send_lock = threading.Lock()
         self.read_lock = threading.Lock()
@@ -162,19 +163,25 @@ class Client:
             call_id = next(self.ids)
             self.pending[call_id] = slot
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+        data = wire.encode_request(call_id, method, params, meta)
         try:
-            self.send(wire.encode_request(call_id, method, params, meta))
-        except RevaPluginError:
+            with self.send_lock:
+                self.sock.sendall(data)
+        except OSError as exc:
             with self.lock:
                 self.pending.pop(call_id, None)
-            raise
+            raise self.closed or ProtocolError(
+                f"cannot write to plugin: {exc}", plugin=self.label
+            ) from None
+        read_lock = self.read_lock
         while not slot.done:
-            if not self.eof and self.read_lock.acquire(blocking=False):
+            if not self.eof and read_lock.acquire(blocking=False):
                 try:
                     self._lead(slot, deadline)
                 finally:
-                    self.read_lock.release()
-                    self._promote()
+                    read_lock.release()
+                    if self.waiters:
+                        self._promote()
             else:
                 self._follow(slot, deadline)
             if not slot.done and deadline is not None and time.monotonic() >= deadline:
@@ -196,43 +203,57 @@ class Client:
 
     def _lead(self, slot: _Slot, deadline: float | None) -> None:
         reader = self.reader
+        buf = reader.buf
+        dispatch = self._dispatch
         while not slot.done:
+            if not reader.skipping:
+                end = buf.find(b"\n", reader.scanned)
+                if end >= 0:  # a whole line is already buffered
+                    line = bytes(buf[: end + 1])
+                    del buf[: end + 1]
+                    reader.scanned = 0
+                    dispatch(line)
+                    continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             try:
-                line = reader.readline(remaining)
+                got = reader.readline(remaining)
             except _Oversized as exc:
                 self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
                 continue
-            if line is _TIMEOUT:
+            if got is _TIMEOUT:
                 return
-            if not line:
+            if not got:
                 self.eof = True
                 if self.on_eof is not None:
                     self.on_eof()
                 return
-            assert isinstance(line, bytes)
-            self._dispatch(line)
+            assert isinstance(got, bytes)
+            dispatch(got)
 
     def _follow(self, slot: _Slot, deadline: float | None) -> None:
         with self.lock:
             if slot.done:
                 return
-            slot.waiting = True
             if not self.eof and not self.read_lock.locked():
-                slot.waiting = False
                 return
+            if slot.lock is None:
+                slot.lock = threading.Lock()
+                slot.lock.acquire()
+            slot.waiting = True
+            self.waiters += 1
         remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         woken = slot.lock.acquire(timeout=remaining)
         with self.lock:
             slot.waiting = False
+            self.waiters -= 1
             if woken:
                 slot.signalled = False
 
     def _signal(self, slot: _Slot) -> None:
-        """Wake ``slot``'s owner (call with ``self.lock`` held)."""
-        if not slot.signalled:
+        """Wake ``slot``'s owner if it waits (call with ``self.lock`` held)."""
+        if slot.waiting and not slot.signalled and slot.lock is not None:
             slot.signalled = True
             slot.lock.release()
 
