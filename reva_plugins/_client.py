@@ -163,16 +163,12 @@ class Client:
             call_id = next(self.ids)
             self.pending[call_id] = slot
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
-        data = wire.encode_request(call_id, method, params, meta)
         try:
-            with self.send_lock:
-                self.sock.sendall(data)
-        except OSError as exc:
+            self.send(wire.encode_request(call_id, method, params, meta))
+        except RevaPluginError:
             with self.lock:
                 self.pending.pop(call_id, None)
-            raise self.closed or ProtocolError(
-                f"cannot write to plugin: {exc}", plugin=self.label
-            ) from None
+            raise
         read_lock = self.read_lock
         while not slot.done:
             if not self.eof and read_lock.acquire(blocking=False):

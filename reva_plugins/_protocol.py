@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ._bootstrap import (
     APPLICATION_ERROR,
@@ -30,7 +30,7 @@ __all__ = [
     "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "COOKIE_KEY", "COOKIE_VALUE",
     "DEFAULT_MAX_LINE", "HANDSHAKE", "HUMAN_MESSAGE", "INTERNAL_ERROR", "INVALID_PARAMS",
     "INVALID_REQUEST", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
-    "VERSIONS_ENV", "Response", "dumps", "encode_request", "error_to_exception", "guess_id",
+    "VERSIONS_ENV", "dumps", "encode_request", "error_to_exception", "guess_id",
     "loads",
 ]  # fmt: skip
 
@@ -52,14 +52,6 @@ _STANDARD_TYPES = {
 BOOTSTRAP_FILE = Path(__file__).with_name("_bootstrap.py")
 
 _ID_RE = re.compile(rb'"id"\s*:\s*(\d+)')
-
-
-class Response(NamedTuple):
-    """A decoded reply: either ``result`` or ``error`` (a JSON-RPC error object)."""
-
-    id: int | None
-    result: Any
-    error: dict[str, Any] | None
 
 
 def encode_request(
