@@ -121,11 +121,14 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
     python = str(spec.python)
     raw = _peers.raw_echo(python, n, cpus)
     os.sched_setaffinity(0, before)
+    raw_socket = _peers.raw_socketpair_echo(python, n, cpus)
+    os.sched_setaffinity(0, before)
     execnet = _peers.execnet_latency(python, n, cpus)
     os.sched_setaffinity(0, before)
     return {
         "ours": ours,
         "baseline_raw_pipe_echo": raw,
+        "baseline_raw_socketpair_echo": raw_socket,
         "baseline_execnet": execnet,
         "ratio_to_raw_echo": ratio(ours["p50_us"], raw["p50_us"]),
         "speedup_over_execnet": ratio(execnet["p50_us"], ours["p50_us"]) if execnet else None,

@@ -64,6 +64,31 @@ def raw_echo(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[s
         child.wait()
 
 
+def raw_socketpair_echo(
+    python: str, n: int, cpus: tuple[int | None, int | None]
+) -> dict[str, float]:
+    """The same echo over a socketpair (the transport the core uses)."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen([python, "-I", "-c", ECHO_CHILD, "raw"], stdin=theirs, stdout=theirs)
+    theirs.close()
+    _pin(0, cpus[0])
+    _pin(child.pid, cpus[1])
+    fd = ours.fileno()
+
+    def once() -> None:
+        os.write(fd, b"ping\n")
+        os.read(fd, 65536)
+
+    try:
+        return latencies(once, n)
+    finally:
+        ours.close()
+        child.kill()
+        child.wait()
+
+
 def json_lines_throughput(python: str, n: int) -> float:
     """Pipelined stdlib JSON lines: one writer thread, one reader, calls/s."""
     child = _echo_child(python, "json")
