@@ -71,7 +71,9 @@ def raw_socketpair_echo(
     import socket
 
     ours, theirs = socket.socketpair()
-    child = subprocess.Popen([python, "-I", "-c", ECHO_CHILD, "raw"], stdin=theirs, stdout=theirs)
+    child = subprocess.Popen(
+        [python, "-I", "-c", ECHO_CHILD, "raw"], stdin=theirs.fileno(), stdout=theirs.fileno()
+    )
     theirs.close()
     _pin(0, cpus[0])
     _pin(child.pid, cpus[1])
