@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,28 +15,38 @@ EXAMPLES = ROOT / "examples"
 SAMPLES = ROOT / "sample_plugins"
 
 
-@pytest.fixture(scope="session")
-def session_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Caches shared by the whole session (installer caches, a warm plugin env cache)."""
+@pytest.fixture(scope="session", autouse=True)
+def session_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Caches shared by the whole session (installer caches, a warm plugin env cache).
+
+    Set for the whole session before any fixture runs, so even session- and module-scoped
+    fixtures never write to the user's home; each test then re-applies them (see below).
+    """
     base = tmp_path_factory.mktemp("session")
     dirs = {name: base / name for name in ("home", "uv", "pip", "reva", "xdg")}
     for path in dirs.values():
         path.mkdir()
-    return dirs
+    with pytest.MonkeyPatch.context() as patch:
+        _point_caches_at(patch, dirs)
+        yield dirs
+
+
+def _point_caches_at(patch: pytest.MonkeyPatch, dirs: dict[str, Path]) -> None:
+    patch.setenv("HOME", str(dirs["home"]))
+    patch.setenv("XDG_CACHE_HOME", str(dirs["xdg"]))
+    patch.setenv("UV_CACHE_DIR", str(dirs["uv"]))
+    patch.setenv("PIP_CACHE_DIR", str(dirs["pip"]))
+    patch.setenv("REVA_PLUGINS_CACHE_DIR", str(dirs["reva"]))
+    patch.setenv("GIT_AUTHOR_NAME", "reva tests")
+    patch.setenv("GIT_AUTHOR_EMAIL", "tests@example.org")
+    patch.setenv("GIT_COMMITTER_NAME", "reva tests")
+    patch.setenv("GIT_COMMITTER_EMAIL", "tests@example.org")
+    patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_caches(session_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(session_dirs["home"]))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(session_dirs["xdg"]))
-    monkeypatch.setenv("UV_CACHE_DIR", str(session_dirs["uv"]))
-    monkeypatch.setenv("PIP_CACHE_DIR", str(session_dirs["pip"]))
-    monkeypatch.setenv("REVA_PLUGINS_CACHE_DIR", str(session_dirs["reva"]))
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "reva tests")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@example.org")
-    monkeypatch.setenv("GIT_COMMITTER_NAME", "reva tests")
-    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "tests@example.org")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    _point_caches_at(monkeypatch, session_dirs)
 
 
 @pytest.fixture

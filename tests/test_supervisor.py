@@ -47,8 +47,6 @@ def fault_spec(
     tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, Path]
 ) -> LaunchSpec:
     """The launch spec of the fault plugin (its env is built once for the module)."""
-    os.environ["REVA_PLUGINS_CACHE_DIR"] = str(session_dirs["reva"])
-    os.environ["UV_CACHE_DIR"] = str(session_dirs["uv"])
     host = Host(fault_config(), base_dir=tmp_path_factory.mktemp("fault"))
     plan = host.loader.plan(host.config.service("userprovider"))
     assert isinstance(plan, IsolatedPlan)
