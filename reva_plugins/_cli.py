@@ -218,7 +218,7 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def _print_table(results: list[CheckResult]) -> None:
-    header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS")
+    header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS", "PING MS")
     rows = [
         (
             r.service,
@@ -227,6 +227,7 @@ def _print_table(results: list[CheckResult]) -> None:
             r.env,
             r.status,
             "-" if r.start_ms is None else f"{r.start_ms:.1f}",
+            "-" if r.ping_ms is None else f"{r.ping_ms:.2f}",
         )
         for r in results
     ]
