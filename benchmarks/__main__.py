@@ -123,7 +123,7 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
     python = str(spec.python)
     raw = _peers.raw_echo(python, n, cpus)
     os.sched_setaffinity(0, before)
-    raw_socket = _peers.raw_socketpair_echo(python, n, cpus)
+    raw_socket = _peers.raw_echo(python, n, cpus, transport="socketpair")
     os.sched_setaffinity(0, before)
     execnet = _peers.execnet_latency(python, n, cpus)
     os.sched_setaffinity(0, before)

@@ -45,13 +45,28 @@ def _echo_child(python: str, mode: str) -> subprocess.Popen[bytes]:
     )
 
 
-def raw_echo(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[str, float]:
-    """A few bytes round-tripped through a pipe by a second Python process."""
-    child = _echo_child(python, "raw")
-    assert child.stdin is not None and child.stdout is not None
+def raw_echo(
+    python: str, n: int, cpus: tuple[int | None, int | None], *, transport: str = "pipe"
+) -> dict[str, float]:
+    """A few bytes round-tripped by a second Python process, through a pipe or a socketpair
+    (the transport the core uses)."""
+    import socket
+
+    closers = []
+    if transport == "pipe":
+        child = _echo_child(python, "raw")
+        assert child.stdin is not None and child.stdout is not None
+        w, r = child.stdin.fileno(), child.stdout.fileno()
+    else:
+        ours, theirs = socket.socketpair()
+        child = subprocess.Popen(
+            [python, "-I", "-c", ECHO_CHILD, "raw"], stdin=theirs.fileno(), stdout=theirs.fileno()
+        )
+        theirs.close()
+        closers.append(ours)
+        w = r = ours.fileno()
     _pin(0, cpus[0])
     _pin(child.pid, cpus[1])
-    w, r = child.stdin.fileno(), child.stdout.fileno()
 
     def once() -> None:
         os.write(w, b"ping\n")
@@ -60,33 +75,8 @@ def raw_echo(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[s
     try:
         return latencies(once, n)
     finally:
-        child.kill()
-        child.wait()
-
-
-def raw_socketpair_echo(
-    python: str, n: int, cpus: tuple[int | None, int | None]
-) -> dict[str, float]:
-    """The same echo over a socketpair (the transport the core uses)."""
-    import socket
-
-    ours, theirs = socket.socketpair()
-    child = subprocess.Popen(
-        [python, "-I", "-c", ECHO_CHILD, "raw"], stdin=theirs.fileno(), stdout=theirs.fileno()
-    )
-    theirs.close()
-    _pin(0, cpus[0])
-    _pin(child.pid, cpus[1])
-    fd = ours.fileno()
-
-    def once() -> None:
-        os.write(fd, b"ping\n")
-        os.read(fd, 65536)
-
-    try:
-        return latencies(once, n)
-    finally:
-        ours.close()
+        for sock in closers:
+            sock.close()
         child.kill()
         child.wait()
 

@@ -141,10 +141,7 @@ class Wire:
 
 
 def _error_line(call_id: object, code: int, message: str, data: object = None) -> bytes:
-    error: dict[str, object] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return (_dumps({"jsonrpc": "2.0", "id": call_id, "error": error}) + "\n").encode()
+    return (_dumps(_error(call_id, code, message, data)) + "\n").encode()
 
 
 def _error(call_id: object, code: int, message: str, data: object = None) -> dict[str, object]:

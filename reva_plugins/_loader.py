@@ -96,10 +96,7 @@ class Loader:
             ep = choose_entry_point(svc, service, entry_points.get(service.group, {}))
             return IsolatedPlan(self.launch_spec(svc, service, source.python, ep), None, "venv")
         env, built, seconds = self.env_for(svc, source)
-        entry_points = {
-            group: {name: EntryPoint(**fields) for name, fields in eps.items()}
-            for group, eps in env.metadata.get("entry_points", {}).items()
-        }
+        entry_points = _as_entry_points(env.metadata.get("entry_points", {}))
         ep = choose_entry_point(svc, service, entry_points.get(service.group, {}))
         launch = self.launch_spec(svc, service, env.python, ep)
         return IsolatedPlan(launch, env.key, env.metadata.get("kind", source.kind), built, seconds)
@@ -322,9 +319,15 @@ def site_packages(venv: Path) -> list[Path]:
 def scan_entry_points(venv: Path) -> dict[str, dict[str, EntryPoint]]:
     """The reva entry points a venv's distributions declare, read from its files."""
     dists = importlib_metadata.distributions(path=[str(p) for p in site_packages(venv)])
+    return _as_entry_points(_entry_points(dists))
+
+
+def _as_entry_points(
+    recorded: dict[str, dict[str, dict[str, str]]],
+) -> dict[str, dict[str, EntryPoint]]:
     return {
         group: {name: EntryPoint(**fields) for name, fields in eps.items()}
-        for group, eps in _entry_points(dists).items()
+        for group, eps in recorded.items()
     }
 
 
