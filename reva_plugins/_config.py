@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
+from ._protocol import ResourceLimits
 from .services import SERVICES
 
 if sys.version_info >= (3, 11):
@@ -48,6 +49,15 @@ class PluginOptions:
     restart: str = "on-failure"
     start_timeout: float | None = None
     call_timeout: float | None = None
+    memory_mb: int | None = None
+    cpu_seconds: int | None = None
+    open_files: int | None = None
+    network: bool = True
+
+    @property
+    def limits(self) -> ResourceLimits:
+        """The resource limits the plugin's process runs under."""
+        return ResourceLimits(self.memory_mb, self.cpu_seconds, self.open_files, self.network)
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,12 @@ class _Reader:
             raise self.error(f"{key}.{name}", "must be a positive number of seconds")
         return None if value is None else float(value)
 
+    def bounded_int(self, table: Mapping[str, Any], key: str, name: str, high: int) -> int | None:
+        value = self.typed(table, key, name, int)
+        if value is not None and not 1 <= value <= high:
+            raise self.error(f"{key}.{name}", f"must be a whole number from 1 to {high}")
+        return value  # type: ignore[no-any-return]
+
     def choice(
         self, table: Mapping[str, Any], key: str, name: str, choices: tuple[str, ...]
     ) -> str | None:
@@ -268,6 +284,15 @@ class _Reader:
         concurrency = self.typed(table, key, "max_concurrency", int)
         if concurrency is not None and concurrency < 1:
             raise self.error(f"{key}.max_concurrency", "must be at least 1")
+        limits = {
+            name: self.bounded_int(table, key, name, high)
+            for name, high in (
+                ("memory_mb", 1 << 30),
+                ("cpu_seconds", 1 << 31),
+                ("open_files", 1 << 20),
+            )
+        }
+        network = self.typed(table, key, "network", bool)
         sha256 = self.typed(table, key, "sha256", str)
         if sha256 is not None and not _is_sha256(sha256):
             raise self.error(f"{key}.sha256", "must be 64 hexadecimal digits")
@@ -280,6 +305,8 @@ class _Reader:
             restart=self.choice(table, key, "restart", RESTART_POLICIES) or "on-failure",
             start_timeout=self.timeout(table, key, "start_timeout"),
             call_timeout=self.timeout(table, key, "call_timeout"),
+            network=True if network is None else network,
+            **limits,
         )
 
 

@@ -141,6 +141,7 @@ class Loader:
             restart=opts.restart,
             max_concurrency=opts.max_concurrency,
             config=svc.driver_config(ep.name, Path(svc.driver).name),
+            limits=opts.limits,
         )
 
     def install_options(self) -> InstallOptions:

@@ -57,6 +57,7 @@ class LaunchSpec:
     max_line: int = wire.DEFAULT_MAX_LINE
     protocol_versions: tuple[int, ...] = wire.PROTOCOL_VERSIONS
     config: Mapping[str, Any] = field(default_factory=dict)
+    limits: wire.ResourceLimits = field(default_factory=wire.ResourceLimits)
 
     @property
     def logger_name(self) -> str:

@@ -7,6 +7,7 @@ shared from there.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ __all__ = [
     "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "COOKIE_KEY", "COOKIE_VALUE",
     "DEFAULT_MAX_LINE", "HANDSHAKE", "HUMAN_MESSAGE", "INTERNAL_ERROR", "INVALID_PARAMS",
     "INVALID_REQUEST", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
-    "VERSIONS_ENV", "dumps", "encode_request", "error_to_exception", "guess_id",
+    "VERSIONS_ENV", "ResourceLimits", "dumps", "encode_request", "error_to_exception", "guess_id",
     "loads",
 ]  # fmt: skip
 
@@ -40,6 +41,36 @@ PING = "$/ping"
 CANCEL = "$/cancel"
 SHUTDOWN = "$/shutdown"
 DEFAULT_MAX_LINE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Per-plugin limits the bootstrap sets on itself before the plugin is imported.
+
+    ``None`` leaves a limit as inherited. ``network=False`` asks for a private network namespace
+    (no interfaces but loopback) where the kernel allows an unprivileged one.
+    """
+
+    memory_mb: int | None = None
+    cpu_seconds: int | None = None
+    open_files: int | None = None
+    network: bool = True
+
+    def as_bootstrap_input(self) -> dict[str, int | bool]:
+        """The ``limits`` member of the bootstrap's input (only what is set)."""
+        out: dict[str, int | bool] = {
+            name: value
+            for name, value in (
+                ("memory_mb", self.memory_mb),
+                ("cpu_seconds", self.cpu_seconds),
+                ("open_files", self.open_files),
+            )
+            if value is not None
+        }
+        if not self.network:
+            out["network"] = False
+        return out
+
 
 _STANDARD_TYPES = {
     PARSE_ERROR: "ParseError",
