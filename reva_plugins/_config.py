@@ -35,6 +35,8 @@ class LoaderSettings:
     offline: bool = False
     index_url: str | None = None
     find_links: tuple[str, ...] = ()
+    max_download_mb: int = 1024
+    allow_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,9 @@ class _Reader:
             find_links=tuple(
                 link if "://" in link else str(self.path(link)) for link in find_links
             ),
+            max_download_mb=self.bounded_int(table, key, "max_download_mb", 1 << 20)
+            or defaults.max_download_mb,
+            allow_http=bool(self.typed(table, key, "allow_http", bool)),
         )
 
     def service(self, name: str, raw: Any) -> ServiceConfig:
