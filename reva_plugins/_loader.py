@@ -19,6 +19,7 @@ from ._config import Config, ServiceConfig
 from ._errors import EnvBuildError, SourceError
 from ._installers import InstallOptions, select
 from ._process import LaunchSpec
+from ._redact import redact
 from ._run import CommandFailed
 from ._sources import (
     InProcess,
@@ -125,7 +126,7 @@ class Loader:
         opts = svc.plugin
         return LaunchSpec(
             service=svc.service,
-            label=f"{svc.service} ({svc.driver})",
+            label=f"{svc.service} ({redact(svc.driver)})",
             python=python,
             entry={
                 "group": service.group,
@@ -154,7 +155,7 @@ class Loader:
 
     def env_for(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
         """The cached env for ``source`` (built now if missing); whether built; seconds taken."""
-        label = f"{svc.service} ({svc.driver})"
+        label = f"{svc.service} ({redact(svc.driver)})"
         interpreter = _python.find(
             svc.plugin.python or self.settings.python,
             self._interpreters,
