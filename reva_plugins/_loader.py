@@ -367,17 +367,17 @@ def choose_entry_point(
         if wanted not in found:
             raise SourceError(
                 f"{svc.key}.plugin.entry_point: {wanted!r} is not declared in {service.group} "
-                f"by {svc.driver} (declared: {names})"
+                f"by {redact(svc.driver)} (declared: {names})"
             )
         return found[wanted]
     if len(found) == 1:
         return next(iter(found.values()))
     if not found:
         raise SourceError(
-            f"{svc.driver} declares no entry point in the group {service.group}; add "
+            f"{redact(svc.driver)} declares no entry point in the group {service.group}; add "
             f'[project.entry-points."{service.group}"] to its pyproject.toml'
         )
     raise SourceError(
-        f"{svc.driver} declares several entry points in {service.group} ({names}); choose one "
-        f"with {svc.key}.plugin.entry_point"
+        f"{redact(svc.driver)} declares several entry points in {service.group} ({names}); "
+        f"choose one with {svc.key}.plugin.entry_point"
     )

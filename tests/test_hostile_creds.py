@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from reva_plugins import _auth, _environ
-from reva_plugins._installers import find_uv
+from reva_plugins._installers import InstallOptions, _index_args, find_uv
 
 from .conftest import WriteConfig, cli
 from .factory import build_dists, git, make_plugin, make_repo
@@ -231,9 +231,22 @@ def test_index_url_with_credentials_installs_and_is_never_on_a_command_line(
     _creds_assert_hidden(listed.stdout)
 
 
-def test_index_credentials_do_not_change_the_env_key() -> None:
-    from reva_plugins._installers import InstallOptions
+def test_index_and_find_links_credentials_go_to_the_environment_not_argv() -> None:
+    secret_link = f"https://{_creds_USER}:{_creds_TOKEN}@example.org/wheels/"
+    options = InstallOptions(
+        index_url=f"https://{_creds_TOKEN}@example.org/simple/",
+        find_links=("/opt/local wheels", secret_link),
+    )
+    uv_argv, uv_env = _index_args(options, "uv", offline_flag="--offline")
+    pip_argv, pip_env = _index_args(options, "pip", offline_flag="--no-index")
+    _creds_assert_hidden(" ".join(uv_argv), " ".join(pip_argv))
+    assert uv_env["UV_INDEX_URL"] == pip_env["PIP_INDEX_URL"] == options.index_url
+    assert uv_env["UV_FIND_LINKS"] == f"/opt/local wheels,{secret_link}"
+    assert pip_env["PIP_FIND_LINKS"].endswith(secret_link)
+    assert pip_argv == ["--find-links", "/opt/local wheels"]
 
+
+def test_index_credentials_do_not_change_the_env_key() -> None:
     plain = InstallOptions(index_url="https://example.org/simple/", find_links=("/w",))
     secret = InstallOptions(
         index_url=f"https://{_creds_USER}:{_creds_TOKEN}@example.org/simple/", find_links=("/w",)
