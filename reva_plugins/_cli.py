@@ -16,6 +16,7 @@ from . import _config
 from ._errors import RemoteError, RevaPluginError, UsageError
 from ._host import CheckResult, Host
 from ._loader import Loader
+from ._redact import redact
 from ._scaffold import scaffold
 from ._sources import InProcess, PrebuiltVenv, classify
 from ._store import Store, default_cache_dir, dir_size
@@ -46,14 +47,14 @@ def _report(args: argparse.Namespace, exc: RevaPluginError) -> int:
     if args.verbose:
         log.exception("%s failed", args.command)
     if getattr(args, "json_errors", False):
-        error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+        error: dict[str, Any] = {"type": type(exc).__name__, "message": redact(str(exc))}
         if isinstance(exc, RemoteError):
             error["type"] = exc.type
         if exc.plugin:
-            error["plugin"] = exc.plugin
+            error["plugin"] = redact(exc.plugin)
         print(json.dumps({"error": error}), file=sys.stderr)
     else:
-        print(f"reva-plugins: error: {exc}", file=sys.stderr)
+        print(f"reva-plugins: error: {redact(str(exc))}", file=sys.stderr)
     return exc.exit_code
 
 
@@ -72,6 +73,10 @@ class _ProgressHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if progress == "start" and self.stream.isatty():
             self._start_ticker(str(getattr(record, "progress_label", "plugin")))
         return shown
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Every log line (tracebacks of ``-v`` included) with URL credentials redacted."""
+        return redact(super().format(record))
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._stop is not None:
@@ -302,11 +307,11 @@ def cmd_env_build(args: argparse.Namespace) -> int:
         for svc in services:
             source = classify(svc.driver, base_dir=config.base_dir, sha256=svc.plugin.sha256)
             if isinstance(source, (InProcess, PrebuiltVenv)):
-                print(f"{svc.driver}\t(nothing to build: {source.kind})")
+                print(f"{redact(svc.driver)}\t(nothing to build: {source.kind})")
                 continue
             env, built, seconds = loader.env_for(svc, source)
             state = f"built in {seconds:.2f} s" if built else "cached"
-            print(f"{env.key}\t{svc.driver}\t{state}")
+            print(f"{env.key}\t{redact(svc.driver)}\t{state}")
     return EXIT_OK
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
 
+from . import _auth
+from ._environ import build_environment
 from ._errors import SourceError
+from ._redact import redact
 from ._run import CommandFailed, run
 
 SCHEMES = ("git+https", "git+ssh", "git+file", "git+http")
@@ -20,17 +22,20 @@ _GITHUB = re.compile(
 )
 
 
-def git_env() -> dict[str, str]:
-    """git never prompts for credentials and speaks only the transports we allow."""
-    env = dict(os.environ)
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL="file:https:http:ssh",
-        GIT_ASKPASS="",
-        SSH_ASKPASS="",
-        GCM_INTERACTIVE="never",
-    )
-    return env
+# git never prompts for credentials and speaks only the transports we allow.
+GIT_SAFETY = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ALLOW_PROTOCOL": "file:https:http:ssh",
+    "GIT_ASKPASS": "",
+    "SSH_ASKPASS": "",
+    "GCM_INTERACTIVE": "never",
+}
+
+
+def git_env(*urls: str) -> dict[str, str]:
+    """The build environment plus git's safety settings, and the credentials of ``urls`` as git
+    configuration in the environment (so they are never on a command line)."""
+    return build_environment(extra={**GIT_SAFETY, **_auth.git_auth_env(urls)})
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,14 @@ class GitURL:
             text += f"#subdirectory={self.subdirectory}"
         return text
 
+    @property
+    def bare_url(self) -> str:
+        """The repository URL without credentials: what git is given and the env is keyed on."""
+        return _auth.without_credentials(self.url)
+
     def display(self) -> str:
-        """The spec with any credentials removed."""
-        text = f"git+{strip_credentials(self.url)}"
+        """The spec with any credentials redacted."""
+        text = f"git+{redact(self.url)}"
         if self.ref:
             text += f"@{self.ref}"
         if self.subdirectory:
@@ -63,13 +73,8 @@ class GitURL:
         return text
 
 
-def strip_credentials(url: str) -> str:
-    """``https://user:token@host/x`` → ``https://***@host/x``."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc or (parts.scheme == "ssh" and ":" not in parts.netloc.split("@")[0]):
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+# The one redaction helper, under its old name.
+strip_credentials = redact
 
 
 def is_git_spec(spec: str) -> bool:
@@ -119,7 +124,9 @@ def resolve(git: GitURL) -> str:
     ref = git.ref or "HEAD"
     try:
         out = run(
-            ["git", "ls-remote", "--", git.url, ref, f"{ref}^{{}}"], env=git_env(), timeout=120
+            ["git", "ls-remote", "--", git.bare_url, ref, f"{ref}^{{}}"],
+            env=git_env(git.url),
+            timeout=120,
         )
     except CommandFailed as exc:
         raise SourceError(f"cannot reach {strip_credentials(git.url)}: {exc.tail or exc}") from None
@@ -152,11 +159,11 @@ def _expand_short_sha(git: GitURL, short: str) -> str:
                     "-q",
                     "--filter=blob:none",
                     "--",
-                    git.url,
+                    git.bare_url,
                     "+refs/heads/*:refs/heads/*",
                     "+refs/tags/*:refs/tags/*",
                 ],
-                env=git_env(),
+                env=git_env(git.url),
                 timeout=300,
             )
             out = run(

@@ -22,6 +22,7 @@ from ._errors import RemoteError, RevaPluginError, UsageError, remote_error
 from ._hooks import PROJECT, LifecycleSpec, hookimpl
 from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
 from ._process import PluginProcess, Supervisor
+from ._redact import redact
 from .services import SERVICES, ServiceType
 
 _NO_OPTIONS: tuple[float | None, dict[str, Any] | None] = (None, None)
@@ -391,7 +392,7 @@ class Host:
         svc = self.config.service(name)
         plan = self.loader.plan(svc)
         self._plans[name] = plan
-        label = f"{svc.service} ({svc.driver})"
+        label = f"{svc.service} ({redact(svc.driver)})"
         driver: Driver
         if isinstance(plan, InProcessPlan):
             driver = InProcessDriver(plan, label)
@@ -428,17 +429,17 @@ class Host:
             plan_or_none = self._plans.get(svc.service)
             return CheckResult(
                 svc.service,
-                svc.driver,
+                redact(svc.driver),
                 plan_or_none.kind if plan_or_none else "-",
                 _env_key(plan_or_none),
                 ok=False,
-                status=str(exc).splitlines()[0],
+                status=redact(str(exc).splitlines()[0]),
                 exit_code=exc.exit_code,
             )
         version = f" {info.get('distribution', '')} {info.get('version', '')}".rstrip()
         return CheckResult(
             svc.service,
-            svc.driver,
+            redact(svc.driver),
             plan.kind,
             _env_key(plan),
             ok=True,

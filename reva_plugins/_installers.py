@@ -10,8 +10,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
+from . import _auth, _git
+from ._environ import build_environment
 from ._errors import ConfigError, SourceError
 from ._python import Interpreter
 from ._run import CommandFailed, run
@@ -26,8 +28,12 @@ class InstallOptions:
     offline: bool = False
 
     def key_material(self) -> dict[str, object]:
-        """What about these options changes what gets installed (offline does not)."""
-        return {"index_url": self.index_url, "find_links": list(self.find_links)}
+        """What about these options changes what gets installed (offline and credentials do
+        not): also what env metadata records, so it never holds a credential."""
+        return {
+            "index_url": _auth.without_credentials(self.index_url) if self.index_url else None,
+            "find_links": [_auth.without_credentials(link) for link in self.find_links],
+        }
 
 
 class Installer(Protocol):
@@ -102,13 +108,16 @@ class UvInstaller:
                 "--python",
                 interpreter.executable,
                 str(venv),
-            ]
+            ],
+            env=_git.git_env(),
         )
 
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """Install into the venv's interpreter."""
         argv = [self.binary, "pip", "install", "--quiet", "--python", str(venv_python(venv))]
-        run([*argv, *_index_args(options, offline_flag="--offline"), *args])
+        index_argv, env = _index_args(options, "uv", offline_flag="--offline")
+        bare_args, git_urls = _without_credentials(args)
+        run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
 
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
@@ -117,12 +126,12 @@ class UvInstaller:
         with tempfile.TemporaryDirectory(prefix="reva-req-") as tmp:
             req_file = Path(tmp) / "requirements.in"
             req_file.write_text(requirement + "\n", encoding="utf-8")
+            index_argv, env = _index_args(options, "uv", offline_flag="--offline")
             argv = [
                 self.binary, "pip", "compile", "--quiet", "--no-deps", "--no-header",
-                "--no-annotate", "--python", interpreter.executable, str(req_file),
-                *_index_args(options, offline_flag="--offline"),
+                "--no-annotate", "--python", interpreter.executable, str(req_file), *index_argv,
             ]  # fmt: skip
-            out = _run_resolution(argv, requirement)
+            out = _run_resolution(argv, requirement, env)
         return _pinned_version(out, requirement)
 
 
@@ -155,24 +164,28 @@ class PipInstaller:
                 "--python",
                 interpreter.executable,
                 str(venv),
-            ]
+            ],
+            env=_git.git_env(),
         )
 
     def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
         """``python -m pip install`` inside the venv."""
         argv = [str(venv_python(venv)), "-m", "pip", "install", *_PIP_QUIET]
-        run([*argv, *_index_args(options, offline_flag="--no-index"), *args])
+        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+        bare_args, git_urls = _without_credentials(args)
+        run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
 
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
     ) -> str:
         """A dry-run ``pip install --report`` of the one requirement, with the core's pip."""
+        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
         argv = [
             *_core_pip(), "--python", interpreter.executable, "install",
             "--dry-run", "--no-deps", "--ignore-installed", "--report", "-", *_PIP_QUIET,
-            *_index_args(options, offline_flag="--no-index"), requirement,
+            *index_argv, requirement,
         ]  # fmt: skip
-        out = _run_resolution(argv, requirement)
+        out = _run_resolution(argv, requirement, env)
         try:
             report = json.loads(out[out.index("{") :])
             return str(report["install"][0]["metadata"]["version"])
@@ -200,20 +213,62 @@ def _core_pip() -> tuple[str, ...]:
     return (sys.executable, str(Path(wheel.path) / "pip"))
 
 
-def _index_args(options: InstallOptions, *, offline_flag: str) -> list[str]:
+def _index_args(
+    options: InstallOptions, installer: Literal["uv", "pip"], *, offline_flag: str
+) -> tuple[list[str], dict[str, str]]:
+    """The installer's index options: ``(argv, environment)``.
+
+    A URL with credentials goes into the installer's environment variable for that option (the
+    same setting as the flag, but not readable by other users through ``ps``); the rest stays on
+    the command line. uv ignores ``UV_FIND_LINKS`` once ``--find-links`` is given, so for uv all
+    links move together; pip adds ``--find-links`` to ``PIP_FIND_LINKS``, so only the secret
+    ones move (joined to what the operator's ``PIP_FIND_LINKS`` already lists).
+    """
     argv: list[str] = []
-    if options.index_url:
+    env: dict[str, str] = {}
+    prefix = installer.upper()
+    if options.index_url and _has_credentials(options.index_url):
+        env[f"{prefix}_INDEX_URL"] = options.index_url
+    elif options.index_url:
         argv += ["--index-url", options.index_url]
-    for link in options.find_links:
-        argv += ["--find-links", link]
+    secret = [link for link in options.find_links if _has_credentials(link)]
+    if installer == "uv" and secret:
+        env["UV_FIND_LINKS"] = ",".join(options.find_links)
+    else:
+        if secret:
+            env["PIP_FIND_LINKS"] = " ".join(
+                filter(None, [*build_environment().get("PIP_FIND_LINKS", "").split(), *secret])
+            )
+        for link in options.find_links:
+            if link not in secret:
+                argv += ["--find-links", link]
     if options.offline:
         argv.append(offline_flag)
-    return argv
+    return argv, env
 
 
-def _run_resolution(argv: list[str], requirement: str) -> str:
+def _has_credentials(url: str) -> bool:
+    return _auth.without_credentials(url) != url
+
+
+def _without_credentials(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``args`` with credentials taken out of ``git+`` URLs, and the URLs that had them (whose
+    credentials git then gets through its environment)."""
+    bare: list[str] = []
+    secret: list[str] = []
+    for arg in args:
+        if arg.startswith("git+") and _has_credentials(arg):
+            git = _git.parse(arg)
+            bare.append(arg.replace(git.url, git.bare_url, 1))
+            secret.append(git.url)
+        else:
+            bare.append(arg)
+    return bare, secret
+
+
+def _run_resolution(argv: list[str], requirement: str, env: dict[str, str]) -> str:
     try:
-        return run(argv, timeout=300)
+        return run(argv, env={**_git.git_env(), **env}, timeout=300)
     except CommandFailed as exc:
         raise SourceError(
             f"no version of {requirement!r} found on the package index:\n{exc.tail}"

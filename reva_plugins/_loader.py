@@ -19,6 +19,7 @@ from ._config import Config, ServiceConfig
 from ._errors import EnvBuildError, SourceError
 from ._installers import InstallOptions, select
 from ._process import LaunchSpec
+from ._redact import redact
 from ._run import CommandFailed
 from ._sources import (
     InProcess,
@@ -125,7 +126,7 @@ class Loader:
         opts = svc.plugin
         return LaunchSpec(
             service=svc.service,
-            label=f"{svc.service} ({svc.driver})",
+            label=f"{svc.service} ({redact(svc.driver)})",
             python=python,
             entry={
                 "group": service.group,
@@ -154,7 +155,7 @@ class Loader:
 
     def env_for(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
         """The cached env for ``source`` (built now if missing); whether built; seconds taken."""
-        label = f"{svc.service} ({svc.driver})"
+        label = f"{svc.service} ({redact(svc.driver)})"
         interpreter = _python.find(
             svc.plugin.python or self.settings.python,
             self._interpreters,
@@ -366,17 +367,17 @@ def choose_entry_point(
         if wanted not in found:
             raise SourceError(
                 f"{svc.key}.plugin.entry_point: {wanted!r} is not declared in {service.group} "
-                f"by {svc.driver} (declared: {names})"
+                f"by {redact(svc.driver)} (declared: {names})"
             )
         return found[wanted]
     if len(found) == 1:
         return next(iter(found.values()))
     if not found:
         raise SourceError(
-            f"{svc.driver} declares no entry point in the group {service.group}; add "
+            f"{redact(svc.driver)} declares no entry point in the group {service.group}; add "
             f'[project.entry-points."{service.group}"] to its pyproject.toml'
         )
     raise SourceError(
-        f"{svc.driver} declares several entry points in {service.group} ({names}); choose one "
-        f"with {svc.key}.plugin.entry_point"
+        f"{redact(svc.driver)} declares several entry points in {service.group} ({names}); "
+        f"choose one with {svc.key}.plugin.entry_point"
     )

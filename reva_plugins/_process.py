@@ -19,12 +19,12 @@ from typing import Any, NoReturn
 
 from . import _protocol as wire
 from ._client import Client
+from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
 from ._run import spawn
 
 log = logging.getLogger("reva_plugins.process")
 
-SCRUBBED_ENV = ("PATH", "HOME", "LANG", "TZ", "TMPDIR")
 STDERR_TAIL = 40
 STDERR_LINE_LIMIT = 1024 * 1024
 SHUTDOWN_GRACE = 2.0
@@ -70,7 +70,7 @@ def plugin_environment(
 ) -> dict[str, str]:
     """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``."""
     host_env = os.environ if host_env is None else host_env
-    env = {k: v for k, v in host_env.items() if k in SCRUBBED_ENV or k.startswith("LC_")}
+    env = scrubbed(host_env)
     venv_bin = str(spec.python.parent)
     env["PATH"] = os.pathsep.join(filter(None, [venv_bin, env.get("PATH", os.defpath)]))
     env["VIRTUAL_ENV"] = str(spec.python.parent.parent)

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ._redact import redact
+
 log = logging.getLogger("reva_plugins.run")
 
 TAIL_LINES = 25
@@ -45,7 +47,7 @@ def run(
 ) -> str:
     """Run ``argv`` to completion and return its stdout+stderr; raise :class:`CommandFailed`."""
     args = [os.fspath(a) for a in argv]
-    log.debug("run: %s", args)
+    log.debug("run: %s", [redact(a) for a in args])
     started = time.perf_counter()
     try:
         proc = subprocess.run(

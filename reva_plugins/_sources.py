@@ -18,7 +18,7 @@ from typing import Protocol
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from . import _git
+from . import _auth, _git
 from ._errors import SourceError
 
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")
@@ -183,7 +183,7 @@ class GitSource:
         return Resolved(
             self.kind,
             self.spec,
-            f"git:{_git.strip_credentials(self.git.url)}@{commit}#{self.git.subdirectory or ''}",
+            f"git:{self.git.bare_url}@{commit}#{self.git.subdirectory or ''}",
             (self.git.with_commit(commit),),
             mutable=not self.git.pinned,
             pins={"commit": commit},
@@ -294,7 +294,7 @@ def download(url: str, downloads: Path, filename: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="dl-", dir=downloads))
     target = folder / filename
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, target.open("wb") as out:  # noqa: S310 - scheme checked by classify
+        with _auth.urlopen(url, timeout=60) as response, target.open("wb") as out:
             shutil.copyfileobj(response, out, 1 << 20)
     except (OSError, ValueError) as exc:
         shutil.rmtree(folder, ignore_errors=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._conformance import Check, Report, run_conformance, user_problems
+from ._redact import redact
 
 __all__ = [
     "INSTALLERS",
@@ -51,7 +52,7 @@ INSTALLERS = ("uv", "pip")
 def format_report(report: Report) -> str:
     """A pass/fail table, one check a line, with the reason for each failure or skip."""
     width = max((len(c.name) for c in report.checks), default=10)
-    lines = [f"conformance of {report.spec} as {report.service}:"]
+    lines = [f"conformance of {redact(str(report.spec))} as {report.service}:"]
     for check in report.checks:
         reason = f"  {check.reason}" if check.reason else ""
         lines.append(f"  {check.status.upper():<5} {check.name:<{width}}{reason}")

@@ -1,0 +1,119 @@
+"""Credentials in URLs: taken out of every URL a child sees and passed some other way.
+
+A command line is readable by every user of the machine (``ps``, ``/proc/PID/cmdline``), so git,
+uv and pip get credential-free URLs and their credentials through the environment (readable
+only by the same user): an ``Authorization`` header in git's config for that URL, the index URL
+in ``UV_INDEX_URL``/``PIP_INDEX_URL``. Downloads send an ``Authorization: Basic`` header that is
+never forwarded to another origin on a redirect.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ._redact import split_credentials
+
+__all__ = ["Credential", "git_auth_env", "split", "urlopen", "without_credentials"]
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A user and password (or a lone token as the user) taken from a URL."""
+
+    user: str
+    password: str
+
+    def basic(self) -> str:
+        """The value of an ``Authorization: Basic`` header."""
+        raw = f"{self.user}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def split(url: str) -> tuple[str, Credential | None]:
+    """``(url without credentials, credential)``.
+
+    An ssh URL keeps its user name (``git@host``: the account to log in as, not a secret) and
+    loses any password; other URLs lose their whole userinfo.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    bare, user, password = split_credentials(url)
+    if user is None and password is None:
+        return url, None
+    if scheme.endswith("ssh"):
+        parts = urllib.parse.urlsplit(bare)
+        host = f"{urllib.parse.quote(user or '', safe='')}@{parts.netloc}" if user else parts.netloc
+        return urllib.parse.urlunsplit(parts._replace(netloc=host)), None
+    return bare, Credential(user or "", password or "")
+
+
+def without_credentials(url: str) -> str:
+    """The URL an env is keyed on and recorded with: credentials do not change content."""
+    return split(url)[0]
+
+
+def git_auth_env(urls: Iterable[str]) -> dict[str, str]:
+    """git configuration (through ``GIT_CONFIG_COUNT``/``_KEY_n``/``_VALUE_n``, never argv)
+    that sends each URL's credential as an ``Authorization`` header to that URL's origin only.
+
+    Keyed on the origin (scheme, host, port), not the path: the installers may spell the
+    repository path differently (with or without ``.git``) from the spec.
+    """
+    env: dict[str, str] = {}
+    count = 0
+    for url in urls:
+        bare, credential = split(url.removeprefix("git+"))
+        if credential is None:
+            continue
+        parts = urllib.parse.urlsplit(bare)
+        origin = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+        env[f"GIT_CONFIG_KEY_{count}"] = f"http.{origin}.extraHeader"
+        env[f"GIT_CONFIG_VALUE_{count}"] = f"Authorization: {credential.basic()}"
+        count += 1
+    if count:
+        env["GIT_CONFIG_COUNT"] = str(count)
+    return env
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "") + f":{parts.port or ''}"
+
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Re-sends the ``Authorization`` header after a redirect only to the same origin."""
+
+    def __init__(self, url: str, header: str) -> None:
+        self.origin = _origin(url)
+        self.header = header
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) == self.origin:
+            new.add_unredirected_header("Authorization", self.header)
+        return new
+
+
+def urlopen(url: str, *, timeout: float, headers: Mapping[str, str] | None = None) -> Any:
+    """Open ``url`` with urllib; credentials in it become a Basic auth header (same origin only)."""
+    bare, credential = split(url)
+    request = urllib.request.Request(bare, headers=dict(headers or {}))  # noqa: S310 - scheme checked by the caller
+    handlers: list[urllib.request.BaseHandler] = []
+    if credential is not None:
+        # An unredirected header is not copied onto a redirect; _SameOriginAuth re-adds it
+        # when the redirect stays on the same scheme, host and port.
+        request.add_unredirected_header("Authorization", credential.basic())
+        handlers.append(_SameOriginAuth(bare, credential.basic()))
+    return urllib.request.build_opener(*handlers).open(request, timeout=timeout)
