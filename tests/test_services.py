@@ -69,6 +69,16 @@ def checks(ctx):
     yield "unknown users raise NotFound", unknown
 
 
+class InProcessQuota:
+    """A driver the host application ships itself, run in the core's process."""
+
+    def get_quota(self, user_id, resource="home"):
+        return {"resource": resource, "used": 0, "total": 1}
+
+    def list_resources(self):
+        return ["home"]
+
+
 SERVICE = ServiceType(
     "quotaprovider",
     QuotaSpec,
@@ -143,6 +153,7 @@ def _host_app(site: Path, extra_entry_points: str = "") -> Path:
         "Metadata-Version: 2.1\nName: hostapp\nVersion: 1.0\n", encoding="utf-8"
     )
     (info / "entry_points.txt").write_text(
+        "[reva.quotaprovider]\nbuiltin = hostapp:InProcessQuota\n\n"
         f"[reva_plugins.services]\nquotaprovider = hostapp\n{extra_entry_points}",
         encoding="utf-8",
     )
@@ -179,6 +190,27 @@ def test_builtin_service_types_are_read_only_and_complete() -> None:
         SERVICES["x"] = SERVICES["userprovider"]  # type: ignore[index]
     with pytest.raises(UsageError, match="built-in"):
         register_service(ServiceType("userprovider", SERVICES["userprovider"].spec))
+
+
+def test_builtin_result_validation() -> None:
+    groups, users = SERVICES["groupprovider"], SERVICES["userprovider"]
+    assert groups.validate_result("has_member", "yes") == [
+        "has_member() must return a bool, got str"
+    ]
+    assert groups.validate_result("get_members", [{"idp": "i", "opaque_id": 7}]) == [
+        "get_members()[0].opaque_id must be a string, got 7"
+    ]
+    group = json.loads((EXAMPLES / "groups.demo.json").read_text())[0]
+    assert groups.validate_result("get_group", group) == []
+    assert groups.validate_result("find_groups", [group | {"gid_number": "1"}]) == [
+        "find_groups()[0]: gid_number must be int, got str"
+    ]
+    assert users.validate_result("get_user", {"secret": "x"})[0] == (
+        "get_user(): returns the user's secret"
+    )
+    assert SERVICES["authprovider"].validate_result("authenticate", {}) == [
+        "authenticate must return {'user': User, 'scopes': {...}}"
+    ]
 
 
 def test_a_service_type_is_validated_when_defined() -> None:
@@ -294,6 +326,14 @@ def test_service_type_from_an_entry_point_works_in_every_command(
     )
     assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout)["total"] == 100
+    in_core = write_config('[grpc.services.quotaprovider]\ndriver = "builtin"\n', "in.toml")
+    called = cli("call", str(in_core), "quotaprovider", "list_resources", env=env)
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == ["home"]
+
+    built = cli("env", "build", str(config), env=env)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.split("\t")[2].strip() == "cached"
 
     conformance = cli("conformance", str(plugin), "--service", "quotaprovider", "--json", env=env)
     assert conformance.returncode == 0, conformance.stdout + conformance.stderr
