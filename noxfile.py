@@ -47,6 +47,7 @@ def tests(session: nox.Session) -> None:
 SAMPLES = {
     "json_users": ("json_users", "userprovider", None),
     "json_auth": ("json_users", "authprovider", "einstein:relativity"),
+    "json_groups": ("json_users", "groupprovider", None),
     "sqlite_users": ("sqlite_users", "userprovider", None),
     "logging_users": ("logging_users", "userprovider", None),
     "hashed_auth": ("hashed_auth", "authprovider", "einstein:relativity"),

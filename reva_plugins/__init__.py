@@ -20,7 +20,7 @@ from ._errors import (
 )
 from ._hooks import hookimpl, hookspec
 from ._host import CheckResult, Host, ServiceProxy
-from .services import SERVICES, ServiceType
+from .services import SERVICES, ServiceType, register_service
 
 __version__ = "0.1.0"
 
@@ -48,4 +48,5 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_file",
+    "register_service",
 ]

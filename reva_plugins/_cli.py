@@ -20,8 +20,15 @@ from ._redact import redact
 from ._scaffold import scaffold
 from ._sources import InProcess, PrebuiltVenv, classify
 from ._store import Store, default_cache_dir, dir_size
-from .services import SERVICES
+from .services import BUILTIN
 from .testing import format_report, run_conformance
+
+# Checked when the command runs (after logging is set up), not here: reading the registry loads
+# other packages' service types, and a broken one is logged, not fatal.
+SERVICE_HELP = (
+    f"the service type: {', '.join(BUILTIN)}, or one an installed package registers "
+    "(entry point group reva_plugins.services)"
+)
 
 log = logging.getLogger("reva_plugins.cli")
 
@@ -173,18 +180,22 @@ def _parser() -> argparse.ArgumentParser:
         "conformance", parents=[common], help="check a plugin against its service contract"
     )
     conf.add_argument("spec", metavar="SPEC", help="a driver spec (folder, wheel, git URL …)")
-    conf.add_argument("--service", required=True, choices=sorted(SERVICES))
+    conf.add_argument("--service", required=True, help=SERVICE_HELP)
     conf.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML file with the driver's config table"
     )
-    conf.add_argument("--credentials", metavar="ID:SECRET", help="valid credentials (authprovider)")
+    conf.add_argument(
+        "--credentials",
+        metavar="ID:SECRET",
+        help="valid credentials, for services whose checks need some (authprovider)",
+    )
     conf.add_argument("--python", help="interpreter for the plugin's env (a version or path)")
     conf.add_argument("--json", action="store_true", help="print JSON instead of a table")
     conf.set_defaults(handler=cmd_conformance)
 
     new = sub.add_parser("new", parents=[common], help="scaffold a plugin distribution")
     new.add_argument("path", type=Path, metavar="PATH")
-    new.add_argument("--service", required=True, choices=sorted(SERVICES))
+    new.add_argument("--service", required=True, help=SERVICE_HELP)
     new.add_argument("--name", help="distribution name (default: reva-plugin-<folder name>)")
     new.set_defaults(handler=cmd_new)
     return parser

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, UsageError
 from ._protocol import ResourceLimits
-from .services import SERVICES
+from .services import SERVICES, get_service
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -261,9 +261,10 @@ class _Reader:
     def service(self, name: str, raw: Any) -> ServiceConfig:
         key = f"grpc.services.{name}"
         table = self.table(raw, key)
-        if name not in SERVICES:
-            known = ", ".join(sorted(SERVICES))
-            raise self.error(key, f"unknown service {name!r} (known: {known})")
+        try:
+            get_service(name)
+        except UsageError as exc:
+            raise self.error(key, exc.message) from None
         driver = table.get("driver")
         if driver is None:
             raise self.error(key, "missing key 'driver' (a driver name, path, URL or requirement)")

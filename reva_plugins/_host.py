@@ -19,7 +19,7 @@ import pluggy
 
 from . import _config
 from ._errors import RemoteError, RevaPluginError, UsageError, remote_error
-from ._hooks import PROJECT, LifecycleSpec, hookimpl
+from ._hooks import PROJECT, LifecycleSpec, hookimpl, hookspec
 from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
 from ._process import PluginProcess, Supervisor
 from ._redact import redact
@@ -205,7 +205,7 @@ class ServiceProxy:
         self.driver = driver
         self.label = label
         self._pm = pluggy.PluginManager(PROJECT)
-        self._pm.add_hookspecs(service.spec)
+        self._pm.add_hookspecs(_hookspecs(service))
         self._pm.register(_forwarders(service, driver), name=label)
         self._pm.check_pending()
         self._binders = {
@@ -224,7 +224,7 @@ class ServiceProxy:
             return self._dispatch(hook, self._bind(binder, args, kwargs), None, None)
 
         call.__name__ = method
-        call.__doc__ = getattr(self.service.spec, method).__doc__
+        call.__doc__ = self.service.doc(method)
         call.__signature__ = self.service.signatures[method]  # type: ignore[attr-defined]
         self.__dict__[method] = call  # later lookups skip __getattr__
         return call
@@ -284,6 +284,17 @@ class ServiceProxy:
         """:meth:`call` for asyncio code: awaits the reply without blocking the event loop."""
         call = functools.partial(self.call, method, params, timeout=timeout, meta=meta)
         return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+def _hookspecs(service: ServiceType) -> type:
+    """pluggy hookspecs for ``service``'s methods; its spec is a plain class without markers."""
+    marked: dict[str, Any] = {}
+    for method in service.methods:
+        stub = getattr(service.spec, method)
+        clone = types.FunctionType(stub.__code__, stub.__globals__, method, stub.__defaults__)
+        clone.__qualname__ = f"{service.spec.__name__}.{method}"
+        marked[method] = hookspec(firstresult=True)(clone)
+    return type(f"{service.spec.__name__}Hooks", (), marked)
 
 
 def _forwarders(service: ServiceType, driver: Driver) -> types.SimpleNamespace:

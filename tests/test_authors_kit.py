@@ -124,6 +124,7 @@ def test_a_broken_plugin_fails_with_precise_reasons(tmp_path: Path) -> None:
     [
         ("json_users", "userprovider", None),
         ("json_users", "authprovider", ("einstein", "relativity")),
+        ("json_users", "groupprovider", None),
         ("sqlite_users", "userprovider", None),
         ("logging_users", "userprovider", None),
         ("hashed_auth", "authprovider", ("einstein", "relativity")),

@@ -71,12 +71,12 @@ def test_check_prints_one_row_per_service_then_reuses_the_env(fresh_cache: Path)
     first = cli("check", CONFIG, "--json")
     assert first.returncode == 0, first.stderr
     rows = json.loads(first.stdout)
-    assert [r["service"] for r in rows] == ["userprovider", "authprovider"]
+    assert [r["service"] for r in rows] == ["userprovider", "authprovider", "groupprovider"]
     assert all(r["ok"] and r["kind"] == "folder" for r in rows)
     assert rows[0]["built"] is True
     second = cli("check", CONFIG, "--json")
     again = json.loads(second.stdout)
-    assert [r["built"] for r in again] == [False, False]
+    assert [r["built"] for r in again] == [False, False, False]
     assert again[0]["env"] == rows[0]["env"]
     assert "building env" not in second.stderr
     assert (fresh_cache / "CACHEDIR.TAG").is_file()
@@ -85,7 +85,7 @@ def test_check_prints_one_row_per_service_then_reuses_the_env(fresh_cache: Path)
     assert table.returncode == 0
     lines = table.stdout.strip().splitlines()
     assert lines[0].split()[:5] == ["SERVICE", "DRIVER", "KIND", "ENV", "STATUS"]
-    assert len(lines) == 3
+    assert len(lines) == 4
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def test_host_from_file_answers_through_proxies() -> None:
             users.get_user({"idp": "x", "opaque_id": "nobody"})
         with pytest.raises(RevaPluginError, match="no method"):
             users.call("delete_user", {})
-        assert host.services == ("userprovider", "authprovider")
+        assert host.services == ("userprovider", "authprovider", "groupprovider")
 
 
 def test_close_leaves_no_process_behind() -> None:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypedDict
 
-from .._hooks import hookspec
+from .._errors import NotFound, RevaPluginError
+from ._base import (
+    Check,
+    CheckFailed,
+    CheckSkipped,
+    ConformanceContext,
+    ScaffoldTemplate,
+    ServiceType,
+)
 
 NAME = "userprovider"
 CLAIMS = ("mail", "username", "uid", "gid")
+
+USER_FIELDS: dict[str, type] = {
+    "username": str,
+    "mail": str,
+    "display_name": str,
+    "groups": list,
+    "uid_number": int,
+    "gid_number": int,
+}
 
 
 class _UserIdBase(TypedDict):
@@ -36,20 +56,310 @@ class User(TypedDict, total=False):
 class Spec:
     """The methods of a user provider."""
 
-    @hookspec(firstresult=True)
     def get_user(self, user_id: UserId, skip_fetching_groups: bool = False) -> User:  # type: ignore[empty-body]
         """The user with this id; raises ``NotFound``."""
 
-    @hookspec(firstresult=True)
     def get_user_by_claim(  # type: ignore[empty-body]
         self, claim: str, value: str, skip_fetching_groups: bool = False
     ) -> User:
         """The user whose ``claim`` (mail, username, uid, gid) equals ``value``."""
 
-    @hookspec(firstresult=True)
     def get_user_groups(self, user_id: UserId) -> list[str]:  # type: ignore[empty-body]
         """The groups of the user with this id."""
 
-    @hookspec(firstresult=True)
     def find_users(self, query: str, skip_fetching_groups: bool = False) -> list[User]:  # type: ignore[empty-body]
         """Users whose username, display name, mail or id contain ``query``."""
+
+
+def user_id_problems(uid: object, where: str) -> list[str]:
+    """What is wrong with a UserId value; empty if nothing."""
+    if not isinstance(uid, dict):
+        return [f"{where}: a UserId must be an object with idp and opaque_id"]
+    problems = [
+        f"{where}.{key} must be a string, got {uid.get(key)!r}"
+        for key in ("idp", "opaque_id")
+        if not isinstance(uid.get(key), str)
+    ]
+    if "type" in uid and (not isinstance(uid["type"], int) or isinstance(uid["type"], bool)):
+        problems.append(f"{where}.type must be an integer")
+    return problems
+
+
+def user_problems(user: object, where: str) -> list[str]:
+    """What is wrong with a User value (SPEC §2 shapes); empty if nothing."""
+    if not isinstance(user, dict):
+        return [f"{where}: a User must be an object, got {type(user).__name__}"]
+    problems = []
+    if "secret" in user:
+        problems.append(f"{where}: returns the user's secret")
+    if not isinstance(user.get("id"), dict):
+        problems.append(f"{where}: 'id' must be an object with idp and opaque_id")
+    else:
+        problems += user_id_problems(user["id"], f"{where}: id")
+    for key, kind in USER_FIELDS.items():
+        value = user.get(key)
+        if value is None:
+            problems.append(f"{where}: missing field {key!r}")
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            problems.append(f"{where}: {key} must be {kind.__name__}, got {type(value).__name__}")
+    groups = user.get("groups")
+    if isinstance(groups, list) and not all(isinstance(g, str) for g in groups):
+        problems.append(f"{where}: groups must be strings")
+    return problems
+
+
+def validate_result(method: str, value: object) -> list[str]:
+    """What is wrong with a result of ``method`` (User, list of Users, list of group names)."""
+    if method in ("get_user", "get_user_by_claim"):
+        return user_problems(value, f"{method}()")
+    if method == "find_users":
+        if not isinstance(value, list):
+            return [f"find_users() must return a list, got {type(value).__name__}"]
+        return [p for i, u in enumerate(value) for p in user_problems(u, f"find_users()[{i}]")]
+    if method == "get_user_groups" and (
+        not isinstance(value, list) or not all(isinstance(g, str) for g in value)
+    ):
+        return ["get_user_groups() must return a list of strings"]
+    return []
+
+
+def expect_not_found(calls: Iterable[tuple[str, Callable[[], object]]], what: str) -> None:
+    """Each call must raise ``NotFound``; a :class:`CheckFailed` naming the first that does not."""
+    for label, call in calls:
+        try:
+            call()
+        except NotFound:
+            continue
+        except RevaPluginError as exc:
+            raise CheckFailed(
+                f"{label} of {what} raised {type(exc).__name__}, not NotFound"
+            ) from None
+        raise CheckFailed(f"{label} of {what} returned instead of raising NotFound")
+
+
+def fail_on(problems: list[str]) -> None:
+    """Raise :class:`CheckFailed` with the first few ``problems``, if any."""
+    if problems:
+        raise CheckFailed("; ".join(problems[:5]))
+
+
+def parallel_consistency(
+    call: Callable[[int], object], count: int, label: Callable[[int], str]
+) -> None:
+    """8 threads repeat ``call(k)`` for ``k`` in ``range(count)``; every answer must equal the
+    serial one (``label(k)`` names the call in the failure)."""
+    expected = [call(k) for k in range(count)]
+    errors: list[str] = []
+
+    def worker(offset: int) -> None:
+        for i in range(20):
+            k = (offset + i) % count
+            if call(k) != expected[k]:
+                errors.append(f"{label(k)} answered differently under 8 parallel callers")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise CheckFailed(errors[0])
+
+
+def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
+    """Shapes, NotFound for unknown ids, claims, groups agree, skip_fetching_groups, parallel."""
+    proxy = ctx.proxy
+    cache: list[list[dict[str, Any]]] = []
+
+    def users() -> list[dict[str, Any]]:
+        if not cache:
+            found = proxy.find_users("")
+            if not isinstance(found, list):
+                raise CheckFailed(f"find_users must return a list, got {type(found).__name__}")
+            cache.append(
+                [u for u in found if isinstance(u, dict) and isinstance(u.get("id"), dict)]
+            )
+        if not cache[0]:
+            raise CheckSkipped("find_users('') returned no users to check against")
+        return cache[0]
+
+    def find_users_shapes() -> None:
+        fail_on(
+            [p for i, u in enumerate(users()) for p in user_problems(u, f"find_users('')[{i}]")]
+        )
+
+    def get_user_shapes() -> None:
+        for user in users():
+            got = proxy.get_user(user["id"])
+            fail_on(user_problems(got, f"get_user({user['id'].get('opaque_id')!r})"))
+            if got.get("id", {}).get("opaque_id") != user["id"].get("opaque_id"):
+                raise CheckFailed(f"get_user({user['id']}) returned another user: {got.get('id')}")
+
+    def unknown_user() -> None:
+        ghost = {"idp": "conformance.invalid", "opaque_id": f"nobody-{secrets.token_hex(6)}"}
+        expect_not_found(
+            (
+                ("get_user", lambda: proxy.get_user(ghost)),
+                ("get_user_groups", lambda: proxy.get_user_groups(ghost)),
+                (
+                    "get_user_by_claim",
+                    lambda: proxy.get_user_by_claim("username", ghost["opaque_id"]),
+                ),
+            ),
+            "an unknown user",
+        )
+
+    def groups_agree() -> None:
+        for user in users():
+            full = proxy.get_user(user["id"])
+            groups = proxy.get_user_groups(user["id"])
+            if sorted(groups) != sorted(full.get("groups", [])):
+                name = user.get("username")
+                raise CheckFailed(
+                    f"get_user_groups({name!r}) = {groups} but get_user says {full.get('groups')}"
+                )
+
+    def claims() -> None:
+        user = users()[0]
+        for claim, field_name in (
+            ("username", "username"),
+            ("mail", "mail"),
+            ("uid", "uid_number"),
+        ):
+            value = str(user.get(field_name))
+            got = proxy.get_user_by_claim(claim, value)
+            if got.get("id", {}).get("opaque_id") != user["id"].get("opaque_id"):
+                raise CheckFailed(
+                    f"get_user_by_claim({claim!r}, {value!r}) returned {got.get('username')!r}"
+                )
+
+    def skip_groups() -> None:
+        got = proxy.get_user(users()[0]["id"], skip_fetching_groups=True)
+        fail_on(user_problems(got, "get_user(skip_fetching_groups=True)"))
+
+    def parallel() -> None:
+        ids = [u["id"] for u in users()]
+        parallel_consistency(
+            lambda k: proxy.get_user(ids[k]), len(ids), lambda k: f"get_user({ids[k]})"
+        )
+
+    yield "find_users returns Users", find_users_shapes
+    yield "get_user returns the User asked for", get_user_shapes
+    yield "unknown ids raise NotFound", unknown_user
+    yield "get_user_groups agrees with get_user", groups_agree
+    yield "claims username, mail, uid", claims
+    yield "skip_fetching_groups still returns a User", skip_groups
+    yield "parallel calls answer consistently", parallel
+
+
+SCAFFOLD = ScaffoldTemplate(
+    module='''\
+"""{dist}: a reva user provider.
+
+It needs nothing from reva-plugins at run time: errors are its own classes, and the core maps
+them to its typed exceptions by class name (``NotFound``, ``InvalidArgument``).
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # imported for annotations only: a plugin process pays imports at every start
+    from typing import Any
+
+#: A tiny demo data set, used when the driver's config has no ``users`` list.
+DEMO_USERS: list[dict[str, Any]] = [
+    {{
+        "id": {{"idp": "https://demo.example.org", "opaque_id": "alice", "type": 1}},
+        "username": "alice",
+        "mail": "alice@example.org",
+        "display_name": "Alice Demo",
+        "groups": ["demo"],
+        "uid_number": 1001,
+        "gid_number": 1000,
+    }},
+    {{
+        "id": {{"idp": "https://demo.example.org", "opaque_id": "bob", "type": 1}},
+        "username": "bob",
+        "mail": "bob@example.org",
+        "display_name": "Bob Demo",
+        "groups": ["demo", "admins"],
+        "uid_number": 1002,
+        "gid_number": 1000,
+    }},
+]
+CLAIMS = {{"mail": "mail", "username": "username", "uid": "uid_number", "gid": "gid_number"}}
+
+
+class NotFound(Exception):
+    """No such user."""
+
+
+class InvalidArgument(Exception):
+    """A claim this provider does not know."""
+
+
+class {cls}:
+    """Reva's ``user.Manager``: look users up by id, claim or query."""
+
+    def __init__(self) -> None:
+        self.users: list[dict[str, Any]] = []
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Called once, with the driver's config table, before any other method."""
+        self.users = list(config.get("users") or DEMO_USERS)
+
+    def _find(self, user_id: dict[str, Any]) -> dict[str, Any]:
+        for user in self.users:
+            if user["id"]["opaque_id"] == user_id.get("opaque_id"):
+                return user
+        raise NotFound(f"user {{user_id.get('opaque_id')!r}} not found")
+
+    @staticmethod
+    def _public(user: dict[str, Any], skip_fetching_groups: bool = False) -> dict[str, Any]:
+        out = {{k: v for k, v in user.items() if k != "secret"}}
+        if skip_fetching_groups:
+            out["groups"] = []
+        return out
+
+    def get_user(
+        self, user_id: dict[str, Any], skip_fetching_groups: bool = False
+    ) -> dict[str, Any]:
+        """The user with this id; raises ``NotFound``."""
+        return self._public(self._find(user_id), skip_fetching_groups)
+
+    def get_user_by_claim(
+        self, claim: str, value: str, skip_fetching_groups: bool = False
+    ) -> dict[str, Any]:
+        """The user whose ``claim`` (mail, username, uid, gid) equals ``value``."""
+        field = CLAIMS.get(claim)
+        if field is None:
+            raise InvalidArgument(f"unsupported claim {{claim!r}}")
+        for user in self.users:
+            if str(user.get(field)) == str(value):
+                return self._public(user, skip_fetching_groups)
+        raise NotFound(f"no user with {{claim}} {{value!r}}")
+
+    def get_user_groups(self, user_id: dict[str, Any]) -> list[str]:
+        """The groups of the user with this id."""
+        return list(self._find(user_id).get("groups", []))
+
+    def find_users(self, query: str, skip_fetching_groups: bool = False) -> list[dict[str, Any]]:
+        """Users whose username, display name, mail or id contain ``query`` (any case)."""
+        needle = query.lower()
+
+        def matches(user: dict[str, Any]) -> bool:
+            values = (user["username"], user["display_name"], user["mail"], user["id"]["opaque_id"])
+            return any(needle in str(value).lower() for value in values)
+
+        return [self._public(u, skip_fetching_groups) for u in self.users if matches(u)]
+'''
+)
+
+SERVICE = ServiceType(
+    NAME,
+    Spec,
+    validate_result=validate_result,
+    conformance_checks=conformance_checks,
+    scaffold=SCAFFOLD,
+    errors=("NotFound", "InvalidArgument"),
+)
