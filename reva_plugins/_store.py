@@ -403,18 +403,25 @@ class Store:
 
     def ensure(self) -> None:
         """Create the layout and the ``CACHEDIR.TAG``; a cache dir that cannot be is exit 2."""
+        if os.path.lexists(self.root) and not self.root.is_dir():
+            raise ConfigError(f"cache dir {self.root} exists and is not a folder")
         try:
-            if self.root.exists() and not self.root.is_dir():
-                raise ConfigError(f"cache dir {self.root} is a file, not a folder")
-            for folder in (self.envs, self.locks, self.tmp):
-                folder.mkdir(parents=True, exist_ok=True)
-                if not os.access(folder, os.W_OK | os.X_OK):
-                    raise ConfigError(f"cache dir {self.root}: {folder.name} is not writable")
-            tag = self.root / "CACHEDIR.TAG"
-            if not tag.exists():
-                tag.write_text(CACHEDIR_TAG, encoding="utf-8")
+            self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cache dir {self.root} cannot be used: {_why(exc)}") from None
+            raise ConfigError(f"cache dir {self.root} cannot be created: {_why(exc)}") from None
+        for folder in (self.envs, self.locks, self.tmp):
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cache dir {self.root}: {folder.name}/ cannot be created: {_why(exc)}"
+                ) from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(f"cache dir {self.root}: {folder.name}/ is not writable")
+        tag = self.root / "CACHEDIR.TAG"
+        if not os.path.lexists(tag):
+            with contextlib.suppress(OSError):
+                tag.write_text(CACHEDIR_TAG, encoding="utf-8")
 
     # -- reading ----------------------------------------------------------------------------------
 
