@@ -23,6 +23,7 @@ from ._errors import HandshakeError, RemoteError, RevaPluginError, UsageError, r
 from ._hooks import PROJECT, LifecycleSpec, hookimpl
 from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
 from ._process import PluginProcess, Supervisor
+from ._redact import redact
 from ._store import resolve_cache_dir
 from .services import SERVICES, ServiceType
 
@@ -159,13 +160,14 @@ class IsolatedDriver:
         try:
             return supervisor.process
         except HandshakeError:
-            if self._rebuild is None or self.plan.launch.python.exists():
+            gone = self.plan.env_key is not None and not self.plan.launch.python.exists()
+            if self._rebuild is None or not gone:
                 raise
         with self._rebuild_lock:
             if self.supervisor is supervisor:  # not already rebuilt by another thread
                 log.warning(
                     "%s: its env %s is gone from the cache; rebuilding it",
-                    self.plan.launch.label,
+                    redact(self.plan.launch.label),
                     self.plan.env_key,
                 )
                 self.plan, self.supervisor = self._rebuild()

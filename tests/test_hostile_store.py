@@ -274,7 +274,9 @@ def test_store_prune_and_remove_spare_an_env_a_running_host_uses(fresh_cache: Pa
     assert os.listdir(fresh_cache / "envs") == []
 
 
-def test_store_host_rebuilds_an_env_removed_under_it(fresh_cache: Path) -> None:
+def test_store_host_rebuilds_an_env_removed_under_it(
+    fresh_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with Host(_store_json_config(SAMPLES / "json_users")) as host:
         users = host.service("userprovider")
         assert users.get_user(_store_EINSTEIN)["username"] == "einstein"
@@ -289,8 +291,10 @@ def test_store_host_rebuilds_an_env_removed_under_it(fresh_cache: Path) -> None:
             lambda: not users.driver.supervisor._process.alive,  # type: ignore[attr-defined]
             timeout=10,
         )
-        assert users.get_user(_store_EINSTEIN)["username"] == "einstein"
+        with caplog.at_level(logging.WARNING, logger="reva_plugins"):
+            assert users.get_user(_store_EINSTEIN)["username"] == "einstein"
         assert (fresh_cache / "envs" / key / "bin" / "python").exists()
+        assert f"its env {key} is gone from the cache; rebuilding it" in caplog.text
 
 
 def test_store_prune_collects_unused_downloads_and_leftovers(
