@@ -19,7 +19,7 @@ from ._loader import Loader
 from ._redact import redact
 from ._scaffold import scaffold
 from ._sources import InProcess, PrebuiltVenv, classify
-from ._store import Store, default_cache_dir, dir_size
+from ._store import Env, Store, default_cache_dir, dir_size, resolve_cache_dir
 from .services import BUILTIN
 from .testing import format_report, run_conformance
 
@@ -292,7 +292,7 @@ def _add_env_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "cache_dir": args.cache_dir.resolve() if args.cache_dir else None,
+        "cache_dir": resolve_cache_dir(args.cache_dir) if args.cache_dir else None,
         "installer": args.installer,
         "offline": args.offline,
     }
@@ -300,7 +300,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _store(args: argparse.Namespace) -> Store:
     settings = _config.Config(base_dir=Path.cwd()).with_overrides(**_overrides(args)).plugins
-    return Store(settings.cache_dir or default_cache_dir())
+    store = Store(settings.cache_dir or default_cache_dir())
+    store.ensure()
+    return store
 
 
 def cmd_env_build(args: argparse.Namespace) -> int:
@@ -327,27 +329,38 @@ def cmd_env_build(args: argparse.Namespace) -> int:
 
 
 def cmd_env_list(args: argparse.Namespace) -> int:
-    """``env list``: every cached env with its source, identity, python, size and health."""
+    """``env list``: every cached env with its source, identity, python, size and health.
+
+    A broken entry (invalid metadata, a file or symlink in ``envs/``) is listed with its reason.
+    """
     store = _store(args)
     rows = []
-    for env in store.all():
-        meta = env.metadata
-        pins = meta.get("resolved") or {}
-        rows.append(
-            {
-                "key": env.key,
-                "kind": meta.get("kind", "?"),
-                "source": meta.get("spec", "?"),
-                "identity": pins.get("commit") or pins.get("sha256") or meta.get("identity", ""),
-                "version": pins.get("version", ""),
-                "python": meta.get("python", {}).get("version", "?"),
-                "installer": meta.get("installer", {}).get("name", "?"),
-                "size": dir_size(env.path),
-                "created": meta.get("created", ""),
-                "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(store.last_used(env))),
-                "health": env.health() or "ok",
-            }
-        )
+    for entry in store.scan():
+        row: dict[str, Any] = {
+            "key": _shown(entry.key),
+            "kind": "?",
+            "source": "?",
+            "identity": "",
+            "version": "",
+            "python": "?",
+            "installer": "?",
+            "size": dir_size(entry.path),
+            "created": "",
+            "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(store.last_used(entry))),
+            "health": _shown(entry.health() or "ok"),
+        }
+        if isinstance(entry, Env):
+            meta, pins = entry.meta, entry.meta.resolved
+            row.update(
+                kind=meta.kind,
+                source=redact(meta.spec),
+                identity=pins.get("commit") or pins.get("sha256") or meta.identity,
+                version=pins.get("version", ""),
+                python=meta.python.version,
+                installer=meta.installer.name,
+                created=meta.created,
+            )
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -355,10 +368,10 @@ def cmd_env_list(args: argparse.Namespace) -> int:
     table = [
         (
             r["key"],
-            r["kind"],
-            r["source"],
-            str(r["identity"]).split(":")[-1][:12],
-            r["python"],
+            _shown(r["kind"]),
+            _shown(r["source"]),
+            _shown(str(r["identity"]).split(":")[-1][:12]),
+            _shown(r["python"]),
             _human_size(int(r["size"])),
             r["last_used"],
             r["health"],
@@ -369,20 +382,32 @@ def cmd_env_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shown(text: str) -> str:
+    """``text`` safe for one table cell: control characters and undecodable bytes escaped."""
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
 def cmd_env_remove(args: argparse.Namespace) -> int:
-    """``env remove KEY…``: delete envs (unique key prefixes accepted)."""
+    """``env remove KEY…``: delete envs (unique key prefixes accepted); refuse one in use."""
     store = _store(args)
-    envs = [store.find(key) for key in args.keys]
-    for env in envs:
-        store.remove(env.key)
-        print(f"removed {env.key}")
+    entries = [store.find(key) for key in args.keys]
+    for entry in entries:
+        store.remove(entry.key)
+        print(f"removed {_shown(entry.key)}")
     return EXIT_OK
 
 
 def cmd_env_prune(args: argparse.Namespace) -> int:
-    """``env prune``: delete envs unused for N days."""
-    for env in _store(args).prune(args.unused_days):
-        print(f"removed {env.key}\t{env.metadata.get('spec', '')}")
+    """``env prune``: delete envs unused for N days (not those in use), unused downloads as old,
+    and leftovers of interrupted builds."""
+    pruned = _store(args).prune(args.unused_days)
+    for entry in pruned.envs:
+        spec = redact(entry.meta.spec) if isinstance(entry, Env) else entry.health()
+        print(f"removed {_shown(entry.key)}\t{_shown(spec)}")
+    for digest in pruned.downloads:
+        print(f"removed download {digest}")
+    for key in pruned.in_use:
+        print(f"reva-plugins: kept env {key}: a running host uses it", file=sys.stderr)
     return EXIT_OK
 
 

@@ -69,6 +69,10 @@ class EnvBuildError(RevaPluginError):
         self.output_tail = output_tail
 
 
+class EnvInUse(RevaPluginError):
+    """An env cannot be removed now: a running host uses it."""
+
+
 class ProcessError(RevaPluginError):
     """A plugin process misbehaved; carries its exit code and the tail of its stderr."""
 

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import threading
 import time
 import types
@@ -18,12 +19,15 @@ from typing import Any, Protocol
 import pluggy
 
 from . import _config
-from ._errors import RemoteError, RevaPluginError, UsageError, remote_error
+from ._errors import HandshakeError, RemoteError, RevaPluginError, UsageError, remote_error
 from ._hooks import PROJECT, LifecycleSpec, hookimpl, hookspec
 from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
 from ._process import PluginProcess, Supervisor
 from ._redact import redact
+from ._store import resolve_cache_dir
 from .services import SERVICES, ServiceType
+
+log = logging.getLogger("reva_plugins.host")
 
 _NO_OPTIONS: tuple[float | None, dict[str, Any] | None] = (None, None)
 _call_options: contextvars.ContextVar[tuple[float | None, dict[str, Any] | None]] = (
@@ -133,16 +137,46 @@ def _typed(exc: Exception, label: str) -> RevaPluginError:
 
 
 class IsolatedDriver:
-    """A plugin in its own venv and process, kept alive by a :class:`Supervisor`."""
+    """A plugin in its own venv and process, kept alive by a :class:`Supervisor`.
 
-    def __init__(self, plan: IsolatedPlan, supervisor: Supervisor) -> None:
+    ``rebuild`` re-plans the service (building its env again) and returns a new supervisor; it
+    is used once per failed start whose cause is the env's interpreter gone from the cache.
+    """
+
+    def __init__(
+        self,
+        plan: IsolatedPlan,
+        supervisor: Supervisor,
+        rebuild: Callable[[], tuple[IsolatedPlan, Supervisor]] | None = None,
+    ) -> None:
         self.plan = plan
         self.kind = plan.kind
         self.supervisor = supervisor
+        self._rebuild = rebuild
+        self._rebuild_lock = threading.Lock()
+
+    def _process(self) -> PluginProcess:
+        supervisor = self.supervisor
+        try:
+            return supervisor.process
+        except HandshakeError:
+            gone = self.plan.env_key is not None and not self.plan.launch.python.exists()
+            if self._rebuild is None or not gone:
+                raise
+        with self._rebuild_lock:
+            if self.supervisor is supervisor:  # not already rebuilt by another thread
+                log.warning(
+                    "%s: its env %s is gone from the cache; rebuilding it",
+                    redact(self.plan.launch.label),
+                    self.plan.env_key,
+                )
+                self.plan, self.supervisor = self._rebuild()
+                supervisor.close()
+        return self.supervisor.process
 
     def start(self) -> dict[str, Any]:
         """Start the process (if not running) and return its handshake."""
-        return self.supervisor.process.handshake
+        return self._process().handshake
 
     def invoke(
         self,
@@ -152,11 +186,11 @@ class IsolatedDriver:
         meta: dict[str, Any] | None,
     ) -> Any:
         """Send the call over the wire."""
-        return self.supervisor.call(method, params, timeout=timeout, meta=meta)
+        return self._process().call(method, params, timeout=timeout, meta=meta)
 
     def ping(self) -> float:
         """Round-trip ``$/ping``."""
-        return self.supervisor.process.ping()
+        return self._process().ping()
 
     def close(self) -> None:
         """Shut the process down."""
@@ -357,7 +391,7 @@ class Host:
         if not isinstance(config, _config.Config):
             config = _config.parse(config, base_dir=Path(base_dir or Path.cwd()).resolve())
         self.config = config.with_overrides(
-            cache_dir=Path(cache_dir).resolve() if cache_dir else None,
+            cache_dir=resolve_cache_dir(cache_dir) if cache_dir else None,
             installer=installer,
             offline=offline or None,
         )
@@ -408,8 +442,15 @@ class Host:
         if isinstance(plan, InProcessPlan):
             driver = InProcessDriver(plan, label)
         else:
-            driver = IsolatedDriver(plan, self._supervisor(plan))
+            driver = IsolatedDriver(plan, self._supervisor(plan), lambda: self._replan(name))
         return ServiceProxy(SERVICES[svc.service], driver, label)
+
+    def _replan(self, name: str) -> tuple[IsolatedPlan, Supervisor]:
+        """Plan ``name`` again (its env vanished from the cache) and supervise the new plan."""
+        plan = self.loader.plan(self.config.service(name))
+        assert isinstance(plan, IsolatedPlan)
+        self._plans[name] = plan
+        return plan, self._supervisor(plan)
 
     def _supervisor(self, plan: IsolatedPlan) -> Supervisor:
         service = plan.launch.service
@@ -467,6 +508,7 @@ class Host:
             proxies, self._proxies = list(self._proxies.values()), {}
         for proxy in proxies:
             proxy.driver.close()
+        self.loader.close()
 
 
 def _env_key(plan: Plan | None) -> str:

@@ -78,7 +78,12 @@ class Loader:
         self.settings = config.plugins
         self.refresh = refresh
         self.store = Store(self.settings.cache_dir or default_cache_dir())
+        self.store.ensure()
         self._interpreters = _python.InterpreterCache(self.store.root / "interpreters.json")
+
+    def close(self) -> None:
+        """Stop marking the envs this loader handed out as in use."""
+        self.store.close()
 
     def plan(self, svc: ServiceConfig) -> Plan:
         """What running ``svc``'s driver takes; builds its env if it is not cached."""
@@ -230,7 +235,7 @@ class Loader:
                     meta.get("created"),
                     source.spec,
                 )
-                self.store.touch(env)
+                self.store.use(env.key)
                 return env
         raise SourceError(
             f"offline, and no env for {source.spec} is cached ({why}); run once online, or pin "

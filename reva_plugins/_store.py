@@ -1,25 +1,35 @@
-"""The env cache: one venv per content key, built atomically under a per-key file lock."""
+"""The env cache: one venv per content key, built atomically under a per-key file lock.
+
+Layout under the cache root: ``envs/<key>`` (venvs, each with its ``reva-env.json`` written last),
+``locks/`` (``<key>.lock`` for builds, ``<key>.inuse`` held shared by every running host that uses
+the env), ``tmp/`` (builds in progress) and ``downloads/<sha256>/`` (fetched archives).
+Everything this module deletes goes through :func:`reva_plugins._fs.remove_tree`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
+import re
 import socket
-import sys
+import stat
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import filelock
+import platformdirs
 
-from ._errors import EnvBuildError, UsageError
+from ._errors import ConfigError, EnvBuildError, EnvInUse, UsageError
+from ._fs import is_inside, remove_tree
 
 log = logging.getLogger("reva_plugins.store")
 
@@ -27,36 +37,302 @@ CACHE_ENV = "REVA_PLUGINS_CACHE_DIR"
 METADATA = "reva-env.json"
 LAST_USED = "reva-env.last-used"
 KEY_SCHEMA = 1
+KEY_LENGTH = 24
+MAX_METADATA_BYTES = 16 << 20
+TMP_GRACE_SECONDS = 3600.0
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by reva-plugins.\n"
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
+_KEY = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def resolve_cache_dir(value: str | os.PathLike[str]) -> Path:
+    """``value`` as an absolute path, resolved once where the cache dir is chosen.
+
+    A relative cache dir would otherwise name a different folder (or none) once a plugin is
+    started from its own working directory.
+    """
+    try:
+        return Path(value).expanduser().resolve()
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ConfigError(f"cache dir {str(value)!r} is not a usable path: {exc}") from None
 
 
 def default_cache_dir() -> Path:
-    """``$REVA_PLUGINS_CACHE_DIR``, else the platform's user cache dir."""
+    """``$REVA_PLUGINS_CACHE_DIR``, else the platform's user cache dir (absolute)."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "reva-plugins"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "reva-plugins"
+        return resolve_cache_dir(os.environ[CACHE_ENV])
+    return resolve_cache_dir(platformdirs.user_cache_dir("reva-plugins"))
 
 
 def make_key(material: dict[str, Any]) -> str:
     """A short, stable hash of everything that decides an env's content."""
     blob = json.dumps({"schema": KEY_SCHEMA, **material}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def is_key(name: str) -> bool:
+    """True for a well-formed env key (lowercase hex of the expected length)."""
+    return _KEY.fullmatch(name) is not None
+
+
+# -- the metadata record ------------------------------------------------------------------------
+
+
+class MetadataError(ValueError):
+    """An env's metadata is missing, unreadable or not of the expected shape."""
+
+
+_T = TypeVar("_T")
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type[_T], where: str) -> _T:
+    if name not in data:
+        raise MetadataError(f"{where}{name} is missing")
+    value = data[name]
+    # bool is an int subclass: an int field must not accept true/false, nor the reverse.
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise MetadataError(f"{where}{name} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MetadataError(f"{where} must be an object, not {type(value).__name__}")
+    return value
+
+
+def _strings(value: Any, where: str) -> dict[str, str]:
+    table = _object(value, where)
+    for name, item in table.items():
+        if not isinstance(item, str):
+            raise MetadataError(f"{where}.{name} must be str, not {type(item).__name__}")
+    return dict(table)
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    """The interpreter an env was built for."""
+
+    implementation: str
+    version: str
+    executable: str
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "python.") -> PythonInfo:
+        """Validate and convert; raises :class:`MetadataError`."""
+        table = _object(data, where.rstrip("."))
+        return cls(
+            *(_field(table, n, str, where) for n in ("implementation", "version", "executable"))
+        )
+
+
+@dataclass(frozen=True)
+class InstallerInfo:
+    """The installer that built an env."""
+
+    name: str
+    version: str
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "installer.") -> InstallerInfo:
+        """Validate and convert; raises :class:`MetadataError`."""
+        table = _object(data, where.rstrip("."))
+        return cls(_field(table, "name", str, where), _field(table, "version", str, where))
+
+
+@dataclass(frozen=True)
+class EntryPointInfo:
+    """One ``reva.*`` entry point an env's distributions declare."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> EntryPointInfo:
+        """Validate and convert; raises :class:`MetadataError`."""
+        table = _object(data, where.rstrip("."))
+        names = ("name", "value", "distribution", "version")
+        return cls(*(_field(table, n, str, where) for n in names))
+
+    def to_json(self) -> dict[str, str]:
+        """The JSON object written to the metadata file."""
+        return {
+            "name": self.name,
+            "value": self.value,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class DistributionInfo:
+    """One distribution installed in an env (``direct_url`` is PEP 610's record, if any)."""
+
+    name: str
+    version: str
+    direct_url: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> DistributionInfo:
+        """Validate and convert; raises :class:`MetadataError`."""
+        table = _object(data, where.rstrip("."))
+        direct = table.get("direct_url")
+        return cls(
+            _field(table, "name", str, where),
+            _field(table, "version", str, where),
+            None if direct is None else _object(direct, f"{where}direct_url"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to the metadata file."""
+        out: dict[str, Any] = {"name": self.name, "version": self.version}
+        if self.direct_url is not None:
+            out["direct_url"] = dict(self.direct_url)
+        return out
+
+
+@dataclass(frozen=True)
+class EnvMetadata:
+    """What an env records about itself (``reva-env.json``), validated field by field."""
+
+    key: str
+    spec: str
+    kind: str
+    identity: str
+    mutable: bool
+    resolved: Mapping[str, str]
+    python: PythonInfo
+    installer: InstallerInfo
+    options: Mapping[str, Any]
+    protocol: tuple[int, ...]
+    distributions: tuple[DistributionInfo, ...]
+    entry_points: Mapping[str, Mapping[str, EntryPointInfo]]
+    created: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> EnvMetadata:
+        """Validate every field of a decoded metadata file; raises :class:`MetadataError`."""
+        table = _object(data, "the metadata")
+        key = _field(table, "key", str, "")
+        if not is_key(key):
+            raise MetadataError(f"key {key!r} is not an env key")
+        protocol = _field(table, "protocol", list, "")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in protocol):
+            raise MetadataError("protocol must be a list of integers")
+        dists = _field(table, "distributions", list, "")
+        groups = _object(_field(table, "entry_points", dict, ""), "entry_points")
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(
+            key=key,
+            spec=_field(table, "spec", str, ""),
+            kind=_field(table, "kind", str, ""),
+            identity=_field(table, "identity", str, ""),
+            mutable=_field(table, "mutable", bool, ""),
+            resolved=_strings(_field(table, "resolved", dict, ""), "resolved"),
+            python=PythonInfo.from_json(table.get("python"), "python."),
+            installer=InstallerInfo.from_json(table.get("installer"), "installer."),
+            options=dict(_field(table, "options", dict, "")),
+            protocol=tuple(protocol),
+            distributions=tuple(
+                DistributionInfo.from_json(d, f"distributions[{i}].") for i, d in enumerate(dists)
+            ),
+            entry_points={
+                group: {
+                    name: EntryPointInfo.from_json(ep, f"entry_points.{group}.{name}.")
+                    for name, ep in _object(eps, f"entry_points.{group}").items()
+                }
+                for group, eps in groups.items()
+            },
+            created=_field(table, "created", str, ""),
+            extra={k: v for k, v in table.items() if k not in known},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to (and read back from) the metadata file."""
+        return {
+            **self.extra,
+            "key": self.key,
+            "spec": self.spec,
+            "kind": self.kind,
+            "identity": self.identity,
+            "mutable": self.mutable,
+            "resolved": dict(self.resolved),
+            "python": {
+                "implementation": self.python.implementation,
+                "version": self.python.version,
+                "executable": self.python.executable,
+            },
+            "installer": {"name": self.installer.name, "version": self.installer.version},
+            "options": dict(self.options),
+            "protocol": list(self.protocol),
+            "distributions": [d.to_json() for d in self.distributions],
+            "entry_points": {
+                group: {name: ep.to_json() for name, ep in eps.items()}
+                for group, eps in self.entry_points.items()
+            },
+            "created": self.created,
+        }
+
+    def references(self, sha256: str) -> bool:
+        """True when this env was built from the download with digest ``sha256``."""
+        return self.resolved.get("sha256") == sha256 or self.identity == f"sha256:{sha256}"
+
+
+def read_metadata(path: Path) -> EnvMetadata:
+    """The validated metadata of the env folder ``path``; raises :class:`MetadataError`.
+
+    Only a regular file of bounded size is read: a FIFO or a device there must not hang or
+    exhaust the reader.
+    """
+    file = path / METADATA
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        raise MetadataError(f"{METADATA} is missing") from None
+    except OSError as exc:
+        raise MetadataError(f"cannot read {METADATA}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise MetadataError(f"{METADATA} is not a regular file")
+    if info.st_size > MAX_METADATA_BYTES:
+        raise MetadataError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise MetadataError(f"cannot read {METADATA}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise MetadataError(f"{METADATA} is not valid JSON ({type(exc).__name__})") from None
+    metadata = EnvMetadata.from_json(data)
+    if metadata.key != path.name:
+        raise MetadataError(f"{METADATA} is for env {metadata.key}, not {path.name}")
+    return metadata
+
+
+# -- envs ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Env:
-    """A built plugin environment and its metadata."""
+    """A built plugin environment and its validated metadata."""
 
     key: str
     path: Path
-    metadata: dict[str, Any]
+    meta: EnvMetadata
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The metadata as a JSON object (read through :class:`EnvMetadata`, so valid)."""
+        return self.meta.to_json()
 
     @property
     def python(self) -> Path:
@@ -65,7 +341,20 @@ class Env:
 
     def health(self) -> str | None:
         """None when the env is usable; otherwise why not."""
-        return env_health(self.path, self.metadata.get("python", {}).get("version"))
+        return env_health(self.path, self.meta.python.version)
+
+
+@dataclass(frozen=True)
+class BrokenEnv:
+    """An entry of ``envs/`` that is not a usable env: ``why`` says what is wrong with it."""
+
+    key: str
+    path: Path
+    why: str
+
+    def health(self) -> str:
+        """Always broken."""
+        return f"broken: {self.why}"
 
 
 def env_health(path: Path, expected_version: str | None) -> str | None:
@@ -75,7 +364,7 @@ def env_health(path: Path, expected_version: str | None) -> str | None:
         return f"interpreter {python} is missing"
     try:
         cfg = read_pyvenv_cfg(path)
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return "pyvenv.cfg is missing"
     version = cfg.get("version_info") or cfg.get("version") or ""
     if expected_version and not version.startswith(expected_version):
@@ -97,54 +386,200 @@ def read_pyvenv_cfg(path: Path) -> dict[str, str]:
 
 
 class Store:
-    """The cache dir: ``envs/<key>`` (venvs), ``locks/`` and ``tmp/`` (builds in progress)."""
+    """The cache dir: ``envs/<key>`` (venvs), ``locks/``, ``tmp/`` and ``downloads/``.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.envs = root / "envs"
-        self.locks = root / "locks"
-        self.tmp = root / "tmp"
+    A store also marks the envs it hands out as in use (a shared lock on ``locks/<key>.inuse``)
+    until :meth:`close`, so ``prune`` and ``remove`` in other processes leave them alone.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = resolve_cache_dir(root)
+        self.envs = self.root / "envs"
+        self.locks = self.root / "locks"
+        self.tmp = self.root / "tmp"
+        self.downloads = self.root / "downloads"
+        self._held: dict[str, int] = {}
+        self._mutex = threading.Lock()
 
     def ensure(self) -> None:
-        """Create the layout and the ``CACHEDIR.TAG``."""
+        """Create the layout and the ``CACHEDIR.TAG``; a cache dir that cannot be is exit 2."""
+        if os.path.lexists(self.root) and not self.root.is_dir():
+            raise ConfigError(f"cache dir {self.root} exists and is not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cache dir {self.root} cannot be created: {_why(exc)}") from None
         for folder in (self.envs, self.locks, self.tmp):
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cache dir {self.root}: {folder.name}/ cannot be created: {_why(exc)}"
+                ) from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(f"cache dir {self.root}: {folder.name}/ is not writable")
         tag = self.root / "CACHEDIR.TAG"
-        if not tag.exists():
-            tag.write_text(CACHEDIR_TAG, encoding="utf-8")
+        if not os.path.lexists(tag):
+            with contextlib.suppress(OSError):
+                tag.write_text(CACHEDIR_TAG, encoding="utf-8")
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def entry(self, name: str) -> Env | BrokenEnv | None:
+        """What ``envs/<name>`` holds: an env, a broken entry (and why), or None if nothing."""
+        path = self._entry_path(name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return BrokenEnv(name, path, f"cannot stat it: {_why(exc)}")
+        if stat.S_ISLNK(info.st_mode):
+            with contextlib.suppress(OSError):
+                return BrokenEnv(name, path, f"a symlink to {os.readlink(path)}, not an env folder")
+            return BrokenEnv(name, path, "a symlink, not an env folder")
+        if not stat.S_ISDIR(info.st_mode):
+            return BrokenEnv(name, path, "a file, not an env folder")
+        if not is_key(name):
+            return BrokenEnv(name, path, f"not an env key ({KEY_LENGTH} hex digits)")
+        try:
+            return Env(name, path, read_metadata(path))
+        except MetadataError as exc:
+            return BrokenEnv(name, path, str(exc))
 
     def lookup(self, key: str) -> Env | None:
-        """The env for ``key`` if it is complete (its metadata is written last)."""
-        path = self.envs / key
+        """The env for ``key`` if it is complete and its metadata valid."""
+        found = self.entry(key) if is_key(key) else None
+        return found if isinstance(found, Env) else None
+
+    def scan(self) -> list[Env | BrokenEnv]:
+        """Every entry of ``envs/``: envs newest first, then broken entries by name."""
         try:
-            metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return Env(key, path, metadata)
+            names = sorted(os.listdir(self.envs))
+        except OSError:
+            return []
+        found = [entry for name in names if (entry := self.entry(name)) is not None]
+        envs = sorted(
+            (e for e in found if isinstance(e, Env)), key=lambda e: e.meta.created, reverse=True
+        )
+        return [*envs, *(e for e in found if isinstance(e, BrokenEnv))]
+
+    def all(self) -> list[Env]:
+        """Every usable-looking env in the cache (valid metadata), newest first."""
+        return [env for env in self.scan() if isinstance(env, Env)]
+
+    def find(self, prefix: str) -> Env | BrokenEnv:
+        """The entry whose key is ``prefix`` or starts with it (it must be unique)."""
+        entries = self.scan() if prefix else []
+        exact = [e for e in entries if e.key == prefix]
+        matches = exact or [e for e in entries if e.key.startswith(prefix)]
+        if len(matches) != 1:
+            known = "several envs" if matches else "no env"
+            raise UsageError(
+                f"{known} in {self.envs} match {prefix!r} (see 'reva-plugins env list')"
+            )
+        return matches[0]
+
+    def last_used(self, env: Env | BrokenEnv) -> float:
+        """When ``env`` was last loaded (seconds since the epoch; 0 if never recorded)."""
+        try:
+            used = os.lstat(env.path / LAST_USED).st_mtime
+        except OSError:
+            used = 0.0
+        if isinstance(env, BrokenEnv):
+            # A broken entry may have no stamp: its own age stands in for it.
+            with contextlib.suppress(OSError):
+                used = max(used, os.lstat(env.path).st_mtime)
+        return used
+
+    # -- in use -----------------------------------------------------------------------------------
+
+    def use(self, key: str) -> None:
+        """Mark env ``key`` in use by this store (a shared lock) until :meth:`close`.
+
+        Taken before the env is looked up or built, so a ``prune`` or ``remove`` in another
+        process either finished before or skips the env.
+        """
+        self._check_key(key)
+        with self._mutex:
+            if key in self._held:
+                return
+            try:
+                fd = os.open(self.locks / f"{key}.inuse", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
+            except OSError as exc:
+                log.warning("cannot mark env %s in use: %s", key, _why(exc))
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as exc:
+                os.close(fd)
+                log.warning("cannot mark env %s in use: %s", key, _why(exc))
+                return
+            self._held[key] = fd
+        self._stamp(self.envs / key)
+
+    def in_use(self) -> tuple[str, ...]:
+        """The keys this store holds in use."""
+        with self._mutex:
+            return tuple(self._held)
+
+    def close(self) -> None:
+        """Record the envs held as used now and release them."""
+        with self._mutex:
+            held, self._held = self._held, {}
+        for key, fd in held.items():
+            self._stamp(self.envs / key)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _unused(self, key: str) -> Iterator[bool]:
+        """Hold ``key`` exclusively if no host uses it; yields whether that worked."""
+        try:
+            fd = os.open(self.locks / f"{key}.inuse", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
+        except OSError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    # -- building ---------------------------------------------------------------------------------
 
     def touch(self, env: Env) -> None:
         """Record that ``env`` was used now."""
-        stamp = env.path / LAST_USED
-        try:
-            os.utime(stamp)
-        except FileNotFoundError:
-            with contextlib.suppress(OSError):
-                stamp.touch()
-        except OSError:
-            pass
+        self._stamp(env.path)
+
+    @staticmethod
+    def _stamp(folder: Path) -> None:
+        # O_NOFOLLOW: a planted symlink must not make us create or touch a file elsewhere.
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(folder).st_mode):
+                fd = os.open(folder / LAST_USED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                try:
+                    os.utime(fd)
+                finally:
+                    os.close(fd)
 
     def get_or_build(
         self, key: str, build: Callable[[Path], dict[str, Any]], *, label: str, force: bool = False
     ) -> tuple[Env, bool]:
         """The env for ``key``, building it with ``build(tmp_dir) -> metadata`` if need be.
 
-        Check, lock, check again, build in a temp dir, write the metadata last, rename into place.
-        Returns the env and whether this call built it.
+        Mark in use, check, lock, check again, build in a temp dir, write the metadata last,
+        rename into place. Returns the env and whether this call built it.
         """
+        self._check_key(key)
+        self.ensure()
+        self.use(key)
         env = None if force else self._usable(key)
         if env is not None:
             return env, False
-        self.ensure()
         with self._locked(key, label):
             env = None if force else self._usable(key, warn=True)
             if env is not None:
@@ -153,13 +588,13 @@ class Store:
             return self._build(key, build, label), True
 
     def _usable(self, key: str, *, warn: bool = False) -> Env | None:
-        env = self.lookup(key)
-        if env is None:
+        entry = self.entry(key)
+        if entry is None:
             return None
-        problem = env.health()
-        if problem is None:
-            self.touch(env)
-            return env
+        problem = entry.why if isinstance(entry, BrokenEnv) else entry.health()
+        if problem is None and isinstance(entry, Env):
+            self.touch(entry)
+            return entry
         if warn:
             log.warning("env %s is broken (%s); rebuilding it", key, problem)
         return None
@@ -182,97 +617,206 @@ class Store:
                 )
             yield
         finally:
-            with contextlib.suppress(OSError):
-                owner.unlink()
+            with contextlib.suppress(OSError, ValueError):
+                remove_tree(owner, within=self.locks)
             lock.release()
 
     def _clean_stale(self, key: str) -> None:
         """Remove what an interrupted build of ``key`` left (we hold its lock)."""
         for leftover in self.tmp.glob(f"{key}-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        if (self.envs / key).exists():
+            remove_tree(leftover, within=self.tmp)
+        if os.path.lexists(self.envs / key):
             self._discard(self.envs / key)
 
     def _discard(self, path: Path) -> None:
-        trash = Path(tempfile.mkdtemp(prefix=f"{path.name}-old-", dir=self.tmp))
-        os.replace(path, trash / "env")
-        shutil.rmtree(trash, ignore_errors=True)
+        """Move ``envs/<name>`` into ``tmp/`` first (so no half-deleted env is ever visible),
+        then delete it there."""
+        if not is_inside(path, self.envs):
+            raise ValueError(f"refusing to discard {path}: it is not inside {self.envs}")
+        trash = Path(tempfile.mkdtemp(prefix=f"{path.name[:KEY_LENGTH]}-old-", dir=self.tmp))
+        try:
+            os.replace(path, trash / "env")  # renames a symlink itself, never its target
+        finally:
+            remove_tree(trash, within=self.tmp)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any]], label: str) -> Env:
         work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.tmp))
         venv = work / "env"
+        target = self.envs / key
         try:
-            metadata = build(venv)
-            metadata = {"key": key, **metadata}
-            problem = env_health(venv, metadata.get("python", {}).get("version"))
+            try:
+                meta = EnvMetadata.from_json({**build(venv), "key": key})
+            except MetadataError as exc:
+                raise EnvBuildError(
+                    f"the new env's metadata is invalid: {exc}", plugin=label
+                ) from None
+            problem = env_health(venv, meta.python.version)
             if problem:
                 raise EnvBuildError(f"the new env is not healthy: {problem}", plugin=label)
-            (venv / METADATA).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+            (venv / METADATA).write_text(json.dumps(meta.to_json(), indent=2), encoding="utf-8")
             (venv / LAST_USED).touch()
-            os.replace(venv, self.envs / key)
+            os.replace(venv, target)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-        env = self.lookup(key)
-        assert env is not None
-        return env
+            remove_tree(work, within=self.tmp)
+        return Env(key, target, meta)
 
-    def all(self) -> list[Env]:
-        """Every complete env in the cache, newest first."""
-        if not self.envs.is_dir():
-            return []
-        found = [env for p in self.envs.iterdir() if (env := self.lookup(p.name)) is not None]
-        return sorted(found, key=lambda e: str(e.metadata.get("created", "")), reverse=True)
+    # -- removing ---------------------------------------------------------------------------------
 
-    def last_used(self, env: Env) -> float:
-        """When ``env`` was last loaded (seconds since the epoch)."""
-        try:
-            return (env.path / LAST_USED).stat().st_mtime
-        except OSError:
-            return 0.0
+    def remove(self, name: str) -> bool:
+        """Delete one env (or broken entry) of ``envs/``; False if there is none.
 
-    def remove(self, key: str) -> bool:
-        """Delete one env under its lock; False if there is none."""
-        path = self.envs / key
-        if not path.exists():
+        Raises :class:`EnvInUse` when a running host holds it.
+        """
+        path = self._entry_path(name)
+        if not os.path.lexists(path):
             return False
+        if not is_key(name):
+            # Never built by us, so no build lock or in-use mark can exist for it.
+            remove_tree(path, within=self.envs)
+            return True
         self.ensure()
-        with self._locked(key, "removal"):
-            if path.exists():
-                self._discard(path)
+        with self._unused(name) as free:
+            if not free:
+                raise EnvInUse(f"env {name} is in use by a running host; stop the host first")
+            with self._locked(name, "removal"):
+                if os.path.lexists(path):
+                    self._discard(path)
         return True
 
-    def find(self, prefix: str) -> Env:
-        """The env whose key is ``prefix`` or starts with it (it must be unique)."""
-        matches = [env for env in self.all() if env.key.startswith(prefix)] if prefix else []
-        if len(matches) != 1:
-            known = "several envs" if matches else "no env"
-            raise UsageError(
-                f"{known} in {self.envs} match {prefix!r} (see 'reva-plugins env list')"
-            )
-        return matches[0]
+    def prune(self, unused_days: float) -> Pruned:
+        """Remove envs not used for ``unused_days`` (skipping those in use), downloads no env
+        refers to that are as old, and leftovers of interrupted builds and downloads."""
+        if not (isinstance(unused_days, (int, float)) and 0 <= unused_days < 1e6):
+            raise UsageError(f"--unused-days must be a number of days >= 0, not {unused_days!r}")
+        now = time.time()
+        cutoff = now - unused_days * 86400
+        result = Pruned()
+        for entry in self.scan():
+            if self.last_used(entry) >= cutoff:
+                continue
+            try:
+                if self.remove(entry.key):
+                    result.envs.append(entry)
+            except EnvInUse:
+                log.info("kept env %s: a running host uses it", entry.key)
+                result.in_use.append(entry.key)
+        result.downloads.extend(self._prune_downloads(cutoff, now))
+        result.leftovers.extend(self._prune_tmp(now))
+        return result
 
-    def prune(self, unused_days: float) -> list[Env]:
-        """Remove envs not used for ``unused_days`` and leftovers of interrupted builds."""
-        cutoff = time.time() - unused_days * 86400
-        removed = [env for env in self.all() if self.last_used(env) < cutoff]
-        for env in removed:
-            self.remove(env.key)
-        if self.tmp.is_dir():
-            for leftover in self.tmp.iterdir():
-                if leftover.stat().st_mtime < time.time() - 3600:
-                    shutil.rmtree(leftover, ignore_errors=True)
+    def _prune_downloads(self, cutoff: float, now: float) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.downloads))
+        except OSError:
+            return []
+        envs = self.all()
+        removed = []
+        for name in names:
+            path = self.downloads / name
+            if _SHA256.fullmatch(name):
+                if any(env.meta.references(name) for env in envs) or _newest(path) >= cutoff:
+                    continue
+            elif not (name.startswith("dl-") and _newest(path) < now - TMP_GRACE_SECONDS):
+                continue
+            remove_tree(path, within=self.downloads)
+            removed.append(name)
         return removed
+
+    def _prune_tmp(self, now: float) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.tmp))
+        except OSError:
+            return []
+        removed = []
+        for name in names:
+            path = self.tmp / name
+            if _newest(path) >= now - TMP_GRACE_SECONDS:
+                continue
+            key = name[:KEY_LENGTH]
+            if is_key(key) and name[KEY_LENGTH : KEY_LENGTH + 1] == "-":
+                # A long build still running holds its key's lock: leave its folder alone.
+                lock = filelock.FileLock(str(self.locks / f"{key}.lock"))
+                try:
+                    lock.acquire(timeout=0)
+                except (filelock.Timeout, OSError):
+                    continue
+                try:
+                    remove_tree(path, within=self.tmp)
+                finally:
+                    lock.release()
+            else:
+                remove_tree(path, within=self.tmp)
+            removed.append(name)
+        return removed
+
+    # -- paths ------------------------------------------------------------------------------------
+
+    def _entry_path(self, name: str) -> Path:
+        """``envs/<name>`` for a single, plain path component ``name`` (never ``..`` or a path)."""
+        if (
+            not name
+            or name in (".", "..")
+            or "/" in name
+            or "\0" in name
+            or (os.sep != "/" and os.sep in name)
+        ):
+            raise UsageError(f"{name!r} is not an env key")
+        return self.envs / name
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if not is_key(key):
+            raise UsageError(f"{key!r} is not an env key ({KEY_LENGTH} hex digits)")
+
+
+@dataclass
+class Pruned:
+    """What :meth:`Store.prune` removed, and the envs it kept because a host uses them."""
+
+    envs: list[Env | BrokenEnv] = field(default_factory=list)
+    in_use: list[str] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+
+
+def _newest(path: Path) -> float:
+    """The newest mtime of ``path`` and (for a real folder) what it directly holds."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return 0.0
+    newest = info.st_mtime
+    if stat.S_ISDIR(info.st_mode):
+        with contextlib.suppress(OSError), os.scandir(path) as it:
+            for item in it:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, item.stat(follow_symlinks=False).st_mtime)
+    return newest
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, NotADirectoryError):
+        return "a part of the path is a file, not a folder"
+    if isinstance(exc, FileExistsError):
+        return "it exists and is not a folder"
+    return (exc.strerror or str(exc)).lower()
 
 
 def _read_owner(owner: Path) -> str:
     try:
         return owner.read_text(encoding="utf-8")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return "another process holds its lock"
 
 
 def dir_size(path: Path) -> int:
-    """Bytes used by the files under ``path``."""
+    """Bytes used by the files under ``path`` (a symlink or file counts as itself)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
