@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -9,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import InvalidCredentials, NotFound, RevaPluginError
+from ._errors import InvalidCredentials, NotFound, RemoteError, RevaPluginError
 from ._host import Host, ServiceProxy
 from ._loader import IsolatedPlan
+from ._redact import REDACTED
 from .services import SERVICES
 
 USER_FIELDS: dict[str, type] = {
@@ -64,13 +67,62 @@ class _Skipped(Exception):
     pass
 
 
+#: Words that name a secret when they end a key (``password``, ``bind_password``,
+#: ``userPassword``, ``client-secret``, ``password_hash``, ``accessToken`` …), in any case.
+SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "passphrase", "secret", "token", "hash", "credential",
+     "credentials", "apikey", "privatekey"}
+)  # fmt: skip
+#: A secret echoed in a string is searched as a substring only from this length on; a shorter
+#: one is flagged only as a whole value (short secrets occur in ordinary words by chance).
+ECHO_MIN_LENGTH = 6
+
+
+def is_secret_key(key: str) -> bool:
+    """True if ``key`` names a secret: its last word (split at ``_``, ``-``, ``.``, camelCase) or
+    its whole text, without separators, is one of :data:`SECRET_WORDS`."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
+    if not words:
+        return False
+    return words[-1] in SECRET_WORDS or "".join(words) in SECRET_WORDS
+
+
+def secret_leaks(value: object, where: str, secret: str | None = None) -> list[str]:
+    """Secret-like keys anywhere in ``value`` (at any depth), and strings echoing ``secret``."""
+    problems: list[str] = []
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{path}.{key}" if path else str(key)
+                if is_secret_key(str(key)):
+                    problems.append(f"{where}: returns a secret ({child_path})")
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str) and secret is not None and echoes(item, secret):
+            problems.append(f"{where}: echoes the client secret (in {path or 'the result'})")
+    return sorted(problems)
+
+
+def echoes(text: str, secret: str) -> bool:
+    """True if ``text`` shows ``secret`` (see :data:`ECHO_MIN_LENGTH`)."""
+    if not secret:
+        return False
+    return text == secret or (len(secret) >= ECHO_MIN_LENGTH and secret in text)
+
+
 def user_problems(user: object, where: str) -> list[str]:
-    """What is wrong with a User value (SPEC §2 shapes); empty if nothing."""
+    """What is wrong with a User value (SPEC §2 shape; no secret at any depth); empty if none."""
+    return secret_leaks(user, where) + user_shape_problems(user, where)
+
+
+def user_shape_problems(user: object, where: str) -> list[str]:
+    """What is wrong with the shape of a User value (SPEC §2); empty if nothing."""
     if not isinstance(user, dict):
         return [f"{where}: a User must be an object, got {type(user).__name__}"]
     problems = []
-    if "secret" in user:
-        problems.append(f"{where}: returns the user's secret")
     uid = user.get("id")
     if not isinstance(uid, dict):
         problems.append(f"{where}: 'id' must be an object with idp and opaque_id")
@@ -112,9 +164,10 @@ class _Suite:
         except _Failed as exc:
             self.checks.append(Check(name, "fail", str(exc)))
         except RevaPluginError as exc:
-            self.checks.append(
-                Check(name, "fail", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-            )
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            if self.credentials and echoes(message, self.credentials[1]):
+                message = message.replace(self.credentials[1], REDACTED)  # never shown
+            self.checks.append(Check(name, "fail", f"{type(exc).__name__}: {message}"))
         else:
             self.checks.append(Check(name, "pass"))
 
@@ -231,34 +284,38 @@ class _Suite:
 
     # -- authprovider --------------------------------------------------------------------
 
-    def bad_credentials(self) -> None:
+    def rejects(self, client_id: str, secret: str, what: str) -> None:
+        """``authenticate(client_id, secret)`` raises InvalidCredentials and does not echo it."""
         try:
-            self.proxy.authenticate(f"nobody-{secrets.token_hex(4)}", secrets.token_hex(8))
-        except InvalidCredentials:
-            return
+            result = self.proxy.authenticate(client_id, secret)
         except RevaPluginError as exc:
-            raise _Failed(
-                f"bad credentials raised {type(exc).__name__}, not InvalidCredentials"
-            ) from None
-        raise _Failed("bad credentials were accepted")
+            if echoes(_everything_shown(exc), secret):
+                raise _Failed(f"the error for {what} echoes the client secret") from None
+            if not isinstance(exc, InvalidCredentials):
+                raise _Failed(
+                    f"{what} raised {type(exc).__name__}, not InvalidCredentials"
+                ) from None
+            return
+        leaks = secret_leaks(result, "authenticate()", secret)
+        raise _Failed("; ".join([f"{what}: accepted, not refused", *leaks[:4]]))
+
+    def bad_credentials(self) -> None:
+        self.rejects(f"nobody-{secrets.token_hex(4)}", _random_secret(), "bad credentials")
 
     def good_credentials(self) -> None:
         if self.credentials is None:
             raise _Skipped("no credentials given (--credentials ID:SECRET)")
-        result = self.proxy.authenticate(*self.credentials)
+        client_id, secret = self.credentials
+        result = self.proxy.authenticate(client_id, secret)
         if not isinstance(result, dict) or "user" not in result or "scopes" not in result:
             raise _Failed("authenticate must return {'user': User, 'scopes': {...}}")
-        problems = user_problems(result["user"], "authenticate().user")
+        problems = secret_leaks(result, "authenticate()", secret)
+        problems += user_shape_problems(result["user"], "authenticate().user")
         if not isinstance(result["scopes"], dict):
             problems.append("authenticate().scopes must be an object keyed by scope name")
         if problems:
             raise _Failed("; ".join(problems[:5]))
-        wrong = self.credentials[1] + "-wrong"
-        try:
-            self.proxy.authenticate(self.credentials[0], wrong)
-        except InvalidCredentials:
-            return
-        raise _Failed("a wrong secret for a known client id was accepted")
+        self.rejects(client_id, _random_secret(), "a wrong secret for a known client id")
 
     def checks_for(self, service: str) -> Iterator[tuple[str, Callable[[], None]]]:
         yield "handshake lists every method", self.methods_listed
@@ -273,6 +330,18 @@ class _Suite:
         elif service == "authprovider":
             yield "bad credentials raise InvalidCredentials", self.bad_credentials
             yield "good credentials return a User and scopes", self.good_credentials
+
+
+def _everything_shown(exc: RevaPluginError) -> str:
+    """All an error carries that reaches a person: message, remote traceback and data."""
+    if isinstance(exc, RemoteError):
+        return "\n".join((str(exc), exc.traceback, json.dumps(exc.data, default=str)))
+    return str(exc)
+
+
+def _random_secret() -> str:
+    """A secret no plugin can know, long enough to be recognised when echoed."""
+    return f"conformance-{secrets.token_urlsafe(12)}"
 
 
 def run_conformance(
