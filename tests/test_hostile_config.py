@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import resource
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +368,20 @@ def test_usage_mistakes_are_one_line(args: list[str]) -> None:
     assert "\x1b" not in line
 
 
+@pytest.fixture
+def config_cli_logging() -> Iterator[None]:
+    """``main()`` in-process points the package's loggers at this test's stderr: undo that."""
+    names = ("reva_plugins", "reva_plugins.plugin", "reva_plugins.process")
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(list(lg.handlers), lg.propagate, lg.level) for lg in loggers]
+    yield
+    for logger, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("config_cli_logging")
 def test_an_internal_error_is_one_line_and_visible_as_a_bug(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
