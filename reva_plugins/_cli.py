@@ -49,11 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             log.exception("%s failed", args.command)
         first = (str(exc).splitlines() or [""])[0]
-        print(
-            f"reva-plugins: internal error: {type(exc).__name__}: {redact(first)} "
-            "(a bug in reva-plugins; run with -v for the traceback)",
-            file=sys.stderr,
+        message = (
+            f"internal error: {type(exc).__name__}: {redact(first)} "
+            "(a bug in reva-plugins; run with -v for the traceback)"
         )
+        if getattr(args, "json_errors", False):
+            error = {"type": "InternalError", "message": message}
+            print(json.dumps({"error": error}), file=sys.stderr)
+        else:
+            print(f"reva-plugins: {message}", file=sys.stderr)
         return EXIT_FAILURE
 
 

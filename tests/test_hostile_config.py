@@ -398,6 +398,11 @@ def test_an_internal_error_is_one_line_and_visible_as_a_bug(
     assert "Traceback" not in err
     assert cli_module.main(["-v", "check", str(tmp_path / "c.toml")]) == 1
     assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setattr(cli_module, "cmd_call", broken)
+    assert cli_module.main(["call", str(tmp_path / "c.toml"), "userprovider", "get_user"]) == 1
+    error = json.loads(capsys.readouterr().err)["error"]  # call's errors stay JSON
+    assert error["type"] == "InternalError"
+    assert "s3cret-token" not in error["message"]
 
 
 # -- 3. keys in a service table: the guide's shape is driver config, typos are errors ---------
