@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _config
 from ._errors import RemoteError, RevaPluginError, UsageError
@@ -48,6 +49,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last resort: user mistakes never get here
+        # Every user mistake is a RevaPluginError raised where it is detected; anything else is
+        # a bug in the core. It stays visible as one: named "internal error", exit 1, and the
+        # traceback with -v (never for a mistake the user can fix, and never a secret unredacted).
+        if args.verbose:
+            log.exception("%s failed", args.command)
+        first = (str(exc).splitlines() or [""])[0]
+        message = (
+            f"internal error: {type(exc).__name__}: {redact(first)} "
+            "(a bug in reva-plugins; run with -v for the traceback)"
+        )
+        if getattr(args, "json_errors", False):
+            error = {"type": "InternalError", "message": message}
+            print(json.dumps({"error": error}), file=sys.stderr)
+        else:
+            print(f"reva-plugins: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit 2), like every other mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def _number(bounds: tuple[float, float], unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number within ``bounds`` (the config's own bounds)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        problem = _config.number_problem(value, bounds, unit)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    """An argparse type: a non-empty argument without control characters."""
+    problem = _config.text_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _path(text: str) -> Path:
+    """An argparse type: a path (see :func:`_text`)."""
+    return Path(_text(text))
+
+
+def _credentials(text: str) -> tuple[str, str]:
+    """An argparse type for ``ID:SECRET`` (the secret is never echoed)."""
+    client_id, sep, secret = text.partition(":")
+    if not sep or not client_id:
+        raise argparse.ArgumentTypeError("must be ID:SECRET (a client id, a colon, the secret)")
+    return client_id, secret
 
 
 def _report(args: argparse.Namespace, exc: RevaPluginError) -> int:
@@ -127,16 +189,16 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger("reva_plugins.process").setLevel(logging.WARNING)
 
 
-def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
+def _global_options(*, defaults: bool) -> _Parser:
     """Options accepted before and after the command (only the top level sets defaults)."""
 
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--cache-dir",
-        type=Path,
+        type=_path,
         default=default(None),
         help="env cache (default: $REVA_PLUGINS_CACHE_DIR or the user cache dir)",
     )
@@ -153,9 +215,9 @@ def _global_options(*, defaults: bool) -> argparse.ArgumentParser:
     return common
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     common = _global_options(defaults=False)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reva-plugins",
         description="Run Reva-style plugin drivers in isolated environments and processes.",
         parents=[_global_options(defaults=True)],
@@ -163,40 +225,51 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", parents=[common], help="build, start and ping every driver")
-    check.add_argument("config", type=Path, metavar="CONFIG")
+    check.add_argument("config", type=_path, metavar="CONFIG")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check.set_defaults(handler=cmd_check)
 
     call = sub.add_parser("call", parents=[common], help="call one method of a service")
-    call.add_argument("config", type=Path, metavar="CONFIG")
+    call.add_argument("config", type=_path, metavar="CONFIG")
     call.add_argument("service", metavar="SERVICE")
     call.add_argument("method", metavar="METHOD")
     call.add_argument("params", nargs="?", default="{}", metavar="PARAMS_JSON")
-    call.add_argument("--timeout", type=float, help="seconds for this call")
+    call.add_argument(
+        "--timeout",
+        type=_number(_config.TIMEOUT_SECONDS, "seconds"),
+        help="seconds for this call",
+    )
     call.set_defaults(handler=cmd_call, json_errors=True)
     _add_env_commands(sub, common)
 
     conf = sub.add_parser(
         "conformance", parents=[common], help="check a plugin against its service contract"
     )
-    conf.add_argument("spec", metavar="SPEC", help="a driver spec (folder, wheel, git URL …)")
-    conf.add_argument("--service", required=True, help=SERVICE_HELP)
     conf.add_argument(
-        "--config", type=Path, metavar="FILE", help="TOML file with the driver's config table"
+        "spec", type=_text, metavar="SPEC", help="a driver spec (folder, wheel, git URL …)"
+    )
+    conf.add_argument("--service", required=True, type=_text, help=SERVICE_HELP)
+    conf.add_argument(
+        "--config", type=_path, metavar="FILE", help="TOML file with the driver's config table"
     )
     conf.add_argument(
         "--credentials",
+        type=_credentials,
         metavar="ID:SECRET",
         help="valid credentials, for services whose checks need some (authprovider)",
     )
-    conf.add_argument("--python", help="interpreter for the plugin's env (a version or path)")
+    conf.add_argument(
+        "--python", type=_text, help="interpreter for the plugin's env (a version or path)"
+    )
     conf.add_argument("--json", action="store_true", help="print JSON instead of a table")
     conf.set_defaults(handler=cmd_conformance)
 
     new = sub.add_parser("new", parents=[common], help="scaffold a plugin distribution")
-    new.add_argument("path", type=Path, metavar="PATH")
-    new.add_argument("--service", required=True, help=SERVICE_HELP)
-    new.add_argument("--name", help="distribution name (default: reva-plugin-<folder name>)")
+    new.add_argument("path", type=_path, metavar="PATH")
+    new.add_argument("--service", required=True, type=_text, help=SERVICE_HELP)
+    new.add_argument(
+        "--name", type=_text, help="distribution name (default: reva-plugin-<folder name>)"
+    )
     new.set_defaults(handler=cmd_new)
     return parser
 
@@ -252,10 +325,7 @@ def _print_table(results: list[CheckResult]) -> None:
 
 def cmd_call(args: argparse.Namespace) -> int:
     """``call CONFIG SERVICE METHOD [PARAMS_JSON]``: the JSON result on stdout."""
-    try:
-        params = json.loads(args.params)
-    except ValueError as exc:
-        raise UsageError(f"PARAMS_JSON is not valid JSON: {exc}") from None
+    params = _params(args.params)
     if not isinstance(params, dict):
         raise UsageError(
             "PARAMS_JSON must be a JSON object of keyword arguments, e.g. "
@@ -267,13 +337,41 @@ def cmd_call(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_env_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+def _params(text: str) -> Any:
+    """PARAMS_JSON decoded; what the plugin wire refuses (NaN, Infinity, deep nesting) too."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):
+            refuse(number)
+        return value
+
+    try:
+        params = json.loads(text, parse_constant=refuse, parse_float=finite)
+    except RecursionError:
+        params = None
+        deep = True
+    except ValueError as exc:
+        raise UsageError(f"PARAMS_JSON is not valid JSON: {exc}") from None
+    else:
+        deep = _config.nesting_exceeds(params)
+    if deep:
+        raise UsageError(f"PARAMS_JSON nests deeper than {_config.MAX_NESTING} levels")
+    return params
+
+
+def _add_env_commands(sub: Any, common: _Parser) -> None:
     env = sub.add_parser("env", parents=[common], help="build, list, remove and prune plugin envs")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
 
     build = env_sub.add_parser("build", parents=[common], help="build envs for configs or specs")
-    build.add_argument("targets", nargs="+", metavar="CONFIG|SPEC")
-    build.add_argument("--python", help="interpreter for specs given directly (a version or path)")
+    build.add_argument("targets", nargs="+", type=_text, metavar="CONFIG|SPEC")
+    build.add_argument(
+        "--python", type=_text, help="interpreter for specs given directly (a version or path)"
+    )
     build.add_argument("--refresh", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=cmd_env_build)
 
@@ -282,11 +380,13 @@ def _add_env_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.set_defaults(handler=cmd_env_list)
 
     remove = env_sub.add_parser("remove", parents=[common], help="remove envs by key (or prefix)")
-    remove.add_argument("keys", nargs="+", metavar="KEY")
+    remove.add_argument("keys", nargs="+", type=_text, metavar="KEY")
     remove.set_defaults(handler=cmd_env_remove)
 
     prune = env_sub.add_parser("prune", parents=[common], help="remove envs not used lately")
-    prune.add_argument("--unused-days", type=float, default=30.0, metavar="N")
+    prune.add_argument(
+        "--unused-days", type=_number(_config.UNUSED_DAYS, "days"), default=30.0, metavar="N"
+    )
     prune.set_defaults(handler=cmd_env_prune)
 
 
@@ -426,12 +526,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     if args.config:
         config = _config.load_driver_table(args.config)
         base_dir = args.config.resolve().parent
-    credentials = None
-    if args.credentials:
-        client_id, sep, secret = args.credentials.partition(":")
-        if not sep:
-            raise UsageError("--credentials must be ID:SECRET")
-        credentials = (client_id, secret)
+    credentials: tuple[str, str] | None = args.credentials
     plugins = {"python": args.python} if args.python else {}
     report = run_conformance(
         args.spec

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import stat
 import sys
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,25 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 INSTALLERS = ("auto", "uv", "pip")
 RESTART_POLICIES = ("on-failure", "never")
+
+# -- Bounds: every number and every nesting a user writes (config file, Python API or command line)
+# -- is checked against these, and only these.
+
+#: Seconds any timeout may be (``start_timeout``, ``call_timeout``, ``call --timeout``). Below a
+#: millisecond not even a ping round trip completes, so a smaller value is a mistake; above a day
+#: a timeout bounds nothing a caller could wait for, and huge values break the waits themselves
+#: (``inf`` overflows ``Lock.acquire``; ``nan`` compares false and so would mean "never").
+TIMEOUT_SECONDS: tuple[float, float] = (0.001, 86_400.0)
+#: Calls in flight inside one plugin (each is a thread in the plugin process).
+MAX_CONCURRENCY: tuple[int, int] = (1, 1024)
+#: ``env prune --unused-days``: 0 prunes every env not in use; 100 years is as good as "never".
+UNUSED_DAYS: tuple[float, float] = (0.0, 36_500.0)
+#: How deeply tables and arrays in a config file (or ``call``'s PARAMS_JSON) may nest. Real
+#: configs use a handful of levels; the bound keeps every recursive reader (tomllib, json, the
+#: plugin's decoder) far from Python's recursion limit.
+MAX_NESTING = 64
+#: The largest config file read, in bytes: a config is text a person wrote, never megabytes.
+MAX_CONFIG_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -70,18 +93,21 @@ class ServiceConfig:
     driver: str
     plugin: PluginOptions
     drivers: Mapping[str, Mapping[str, Any]]
+    #: The driver's keys written beside ``driver`` (the shape of Reva's plugin guide).
+    beside: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """The TOML key of this service's table, for messages."""
-        return f"grpc.services.{self.service}"
+        return f"grpc.services.{_show(self.service)}"
 
     def driver_config(self, *names: str) -> dict[str, Any]:
-        """The driver's own config table: the first of ``names`` present in ``drivers``."""
+        """The driver's own config: the keys beside ``driver``, overridden by the first of
+        ``names`` present in ``drivers``."""
         for name in names:
             if name in self.drivers:
-                return dict(self.drivers[name])
-        return {}
+                return {**self.beside, **self.drivers[name]}
+        return dict(self.beside)
 
 
 @dataclass(frozen=True)
@@ -117,47 +143,134 @@ class Config:
 def load_file(path: str | Path) -> Config:
     """Read and validate a TOML configuration file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a config file", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file: {exc}", file=str(path)) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=str(path)) from None
+    data = _read_toml(path)
     return parse(data, base_dir=path.resolve().parent, file=path)
 
 
 def load_driver_table(path: str | Path) -> dict[str, Any]:
     """A TOML file holding one driver's own config table (for ``conformance --config``)."""
-    path = Path(path)
-    try:
-        table: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file: {exc}", file=str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=str(path)) from None
-    return table
+    return _read_toml(Path(path))
 
 
 def parse(data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None) -> Config:
     """Validate a configuration already read into a dict."""
-    reader = _Reader(str(file) if file else "<config>", base_dir)
+    reader = _Reader(_printable(str(file)) if file else "<config>", base_dir)
+    reader.check_nesting(data)
     plugins = reader.loader_settings(data.get("plugins", {}))
     grpc = reader.table(data.get("grpc", {}), "grpc")
     services = reader.table(grpc.get("services", {}), "grpc.services")
     parsed = tuple(
         reader.service(name, table)
         for name, table in services.items()
-        if name in SERVICES or "driver" in reader.table(table, f"grpc.services.{name}")
+        if name in SERVICES or "driver" in reader.table(table, _key("grpc.services", name))
     )
     return Config(base_dir=base_dir, plugins=plugins, services=parsed, file=file)
+
+
+def number_problem(value: float, bounds: tuple[float, float], unit: str) -> str | None:
+    """Why ``value`` is not a finite number of ``unit`` within ``bounds``; None if it is."""
+    low, high = bounds
+    if low <= value <= high:  # false for nan; exact for ints of any size
+        return None
+    return f"must be a finite number of {unit} from {low:g} to {high:g}"
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` is no usable setting (empty, or with control characters); None if it is."""
+    if not value.strip():
+        return "must not be empty"
+    bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        return f"must not contain control characters (found U+{ord(bad):04X})"
+    return None
+
+
+def nesting_exceeds(value: object, limit: int = MAX_NESTING) -> bool:
+    """True if tables/arrays (dicts/lists) in ``value`` nest deeper than ``limit`` levels."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:  # iterative: the point is to never recurse on hostile input
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's table; every way it can be wrong is a :class:`ConfigError` naming it."""
+    shown = _printable(str(path))
+    if text_problem(str(path)):
+        raise ConfigError("the path must not be empty or contain control characters", file=shown)
+    # Non-blocking, so that opening a FIFO does not wait for a writer; what it is comes next.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=shown) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=shown) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError("is a directory, not a config file", file=shown)
+        if not stat.S_ISREG(mode):
+            raise ConfigError("is not a regular file (a FIFO, device or socket)", file=shown)
+        with open(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=shown) from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file", file=shown
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=shown) from None
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=shown) from None
+    except RecursionError:  # the TOML parser recurses once per nested array or inline table
+        raise ConfigError(_too_deep(), file=shown) from None
+    if nesting_exceeds(data):
+        raise ConfigError(_too_deep(), file=shown)
+    return data
+
+
+def _too_deep() -> str:
+    return f"tables and arrays nest deeper than {MAX_NESTING} levels"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (as TOML escapes them), so a message stays one
+    line and puts nothing on a terminal but text."""
+    return "".join(f"\\u{ord(c):04X}" if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def _show(name: object) -> str:
+    """A TOML key as written in a dotted key: bare if it can be, else quoted and escaped."""
+    text = str(name)
+    if text and all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
+        return text
+    return '"' + _printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _key(table: str, name: object) -> str:
+    return f"{table}.{_show(name)}"
+
+
+#: The keys of a service table the core reads; every other key there is the driver's own.
+SERVICE_KEYS = ("driver", "drivers", "plugin")
+_PLUGIN_OPTIONS = tuple(f.name for f in dataclasses.fields(PluginOptions))
 
 
 @dataclass(frozen=True)
@@ -168,16 +281,20 @@ class _Reader:
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(message, file=self.file, key=key)
 
+    def check_nesting(self, data: Mapping[str, Any]) -> None:
+        if nesting_exceeds(data):
+            raise ConfigError(_too_deep(), file=self.file)
+
     def table(self, value: Any, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.error(key, f"must be a table, not {type(value).__name__}")
         return value
 
     def check_keys(self, table: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
-        unknown = sorted(set(table) - set(allowed))
+        unknown = sorted((str(k) for k in set(table) - set(allowed)), key=str)
         if unknown:
             raise self.error(
-                f"{key}.{unknown[0]}", f"unknown key (expected one of: {', '.join(allowed)})"
+                _key(key, unknown[0]), f"unknown key (expected one of: {', '.join(allowed)})"
             )
 
     def typed(
@@ -196,24 +313,39 @@ class _Reader:
             raise self.error(f"{key}.{name}", f"must be {expected}, not {type(value).__name__}")
         return value
 
+    def text(self, table: Mapping[str, Any], key: str, name: str) -> str | None:
+        """A string setting: present and non-empty, without control characters."""
+        value: str | None = self.typed(table, key, name, str)
+        problem = None if value is None else text_problem(value)
+        if problem:
+            raise self.error(f"{key}.{name}", problem)
+        return value
+
     def timeout(self, table: Mapping[str, Any], key: str, name: str) -> float | None:
         value = self.typed(table, key, name, (int, float))
-        if value is not None and value <= 0:
-            raise self.error(f"{key}.{name}", "must be a positive number of seconds")
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        problem = number_problem(value, TIMEOUT_SECONDS, "seconds")
+        if problem:
+            raise self.error(f"{key}.{name}", problem)
+        return float(value)
 
-    def bounded_int(self, table: Mapping[str, Any], key: str, name: str, high: int) -> int | None:
-        value = self.typed(table, key, name, int)
-        if value is not None and not 1 <= value <= high:
-            raise self.error(f"{key}.{name}", f"must be a whole number from 1 to {high}")
-        return value  # type: ignore[no-any-return]
+    def bounded_int(
+        self, table: Mapping[str, Any], key: str, name: str, bounds: tuple[int, int]
+    ) -> int | None:
+        value: int | None = self.typed(table, key, name, int)
+        low, high = bounds
+        if value is not None and not low <= value <= high:
+            raise self.error(f"{key}.{name}", f"must be a whole number from {low} to {high}")
+        return value
 
     def choice(
         self, table: Mapping[str, Any], key: str, name: str, choices: tuple[str, ...]
     ) -> str | None:
         value = self.typed(table, key, name, str)
         if value is not None and value not in choices:
-            raise self.error(f"{key}.{name}", f"must be one of {', '.join(choices)}, not {value!r}")
+            shown = _printable(repr(value[:40]))
+            raise self.error(f"{key}.{name}", f"must be one of {', '.join(choices)}, not {shown}")
         return value  # type: ignore[no-any-return]
 
     def strings(self, table: Mapping[str, Any], key: str, name: str) -> tuple[str, ...] | None:
@@ -222,15 +354,23 @@ class _Reader:
             return None
         if not all(isinstance(item, str) for item in value):
             raise self.error(f"{key}.{name}", "must be a list of strings")
+        for index, item in enumerate(value):
+            problem = text_problem(item)
+            if problem:
+                raise self.error(f"{key}.{name}[{index}]", problem)
         return tuple(value)
 
-    def path(self, value: str) -> Path:
-        return (self.base_dir / Path(value).expanduser()).resolve()
+    def path(self, key: str, value: str) -> Path:
+        try:
+            return (self.base_dir / Path(value).expanduser()).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # ~nosuchuser, symlink loops
+            raise self.error(key, f"cannot resolve this path: {exc}") from None
 
-    def python(self, value: str | None) -> str | None:
+    def python(self, table: Mapping[str, Any], key: str) -> str | None:
+        value = self.text(table, key, "python")
         if value is None or "/" not in value:
             return value
-        return str(self.path(value))
+        return str(self.path(f"{key}.python", value))
 
     def loader_settings(self, raw: Any) -> LoaderSettings:
         key = "plugins"
@@ -238,60 +378,94 @@ class _Reader:
         fields = tuple(f.name for f in dataclasses.fields(LoaderSettings))
         self.check_keys(table, key, fields)
         defaults = LoaderSettings()
-        cache_dir = self.typed(table, key, "cache_dir", str)
+        cache_dir = self.text(table, key, "cache_dir")
         find_links = self.strings(table, key, "find_links") or ()
         allowed = self.strings(table, key, "allowed_sources")
         return LoaderSettings(
-            cache_dir=self.path(cache_dir) if cache_dir else None,
+            cache_dir=None if cache_dir is None else self.path(f"{key}.cache_dir", cache_dir),
             installer=self.choice(table, key, "installer", INSTALLERS) or defaults.installer,
-            python=self.python(self.typed(table, key, "python", str)),
+            python=self.python(table, key),
             start_timeout=self.timeout(table, key, "start_timeout") or defaults.start_timeout,
             call_timeout=self.timeout(table, key, "call_timeout") or defaults.call_timeout,
             allowed_sources=defaults.allowed_sources if allowed is None else allowed,
             offline=bool(self.typed(table, key, "offline", bool)),
-            index_url=self.typed(table, key, "index_url", str),
+            index_url=self.text(table, key, "index_url"),
             find_links=tuple(
-                link if "://" in link else str(self.path(link)) for link in find_links
+                link if "://" in link else str(self.path(f"{key}.find_links[{i}]", link))
+                for i, link in enumerate(find_links)
             ),
-            max_download_mb=self.bounded_int(table, key, "max_download_mb", 1 << 20)
+            max_download_mb=self.bounded_int(table, key, "max_download_mb", (1, 1 << 20))
             or defaults.max_download_mb,
             allow_http=bool(self.typed(table, key, "allow_http", bool)),
         )
 
     def service(self, name: str, raw: Any) -> ServiceConfig:
-        key = f"grpc.services.{name}"
+        key = _key("grpc.services", name)
         table = self.table(raw, key)
         try:
             get_service(name)
         except UsageError as exc:
-            raise self.error(key, exc.message) from None
-        driver = table.get("driver")
-        if driver is None:
+            raise self.error(key, _printable(exc.message)) from None
+        if "driver" not in table:
             raise self.error(key, "missing key 'driver' (a driver name, path, URL or requirement)")
-        if not isinstance(driver, str) or not driver.strip():
-            raise self.error(f"{key}.driver", "must be a non-empty string")
+        driver = table["driver"]
+        if not isinstance(driver, str) or text_problem(driver):
+            raise self.error(
+                f"{key}.driver", "must be a non-empty string without control characters"
+            )
         drivers = self.table(table.get("drivers", {}), f"{key}.drivers")
         for dname, dtable in drivers.items():
-            self.table(dtable, f"{key}.drivers.{dname}")
+            self.table(dtable, _key(f"{key}.drivers", dname))
+        beside = {
+            k: self.beside_driver(key, k, v) for k, v in table.items() if k not in SERVICE_KEYS
+        }
         return ServiceConfig(
             service=name,
             driver=driver.strip(),
             plugin=self.plugin_options(table.get("plugin", {}), f"{key}.plugin"),
             drivers=drivers,
+            beside=beside,
         )
+
+    def beside_driver(self, key: str, name: str, value: Any) -> Any:
+        """A key beside ``driver``: the driver's own config, unless it can only be a mistake.
+
+        Reva's plugin guide writes the driver's keys beside ``driver``, so any key may be one.
+        Refused are only keys no driver config should have there: a near-miss of a key the core
+        reads (``dirvers``), a ``[…plugin]`` option (``sha256`` there would pin nothing), and a
+        table of tables (a misplaced ``[….drivers.<name>]``). All fit in ``drivers.<name>``.
+        """
+        where = _key(key, name)
+        own = f"(a key the driver itself reads goes in [{key}.drivers.<name>])"
+        near = difflib.get_close_matches(str(name).lower(), SERVICE_KEYS, n=1, cutoff=0.75)
+        if near:
+            raise self.error(where, f"unknown key; did you mean {near[0]!r}? {own}")
+        if name in _PLUGIN_OPTIONS:
+            raise self.error(where, f"a plugin option: put it in [{key}.plugin] {own}")
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            raise self.error(
+                where, f"a table of tables is neither a key the core reads nor driver config {own}"
+            )
+        return value
 
     def plugin_options(self, raw: Any, key: str) -> PluginOptions:
         table = self.table(raw, key)
-        self.check_keys(table, key, tuple(f.name for f in dataclasses.fields(PluginOptions)))
+        self.check_keys(table, key, _PLUGIN_OPTIONS)
         env = self.table(table.get("env", {}), f"{key}.env")
         for name, value in env.items():
+            where = _key(f"{key}.env", name)
+            if not str(name) or "=" in str(name) or text_problem(str(name)):
+                raise self.error(where, "not a valid environment variable name")
             if not isinstance(value, str):
-                raise self.error(f"{key}.env.{name}", "must be a string")
-        concurrency = self.typed(table, key, "max_concurrency", int)
-        if concurrency is not None and concurrency < 1:
-            raise self.error(f"{key}.max_concurrency", "must be at least 1")
+                raise self.error(where, "must be a string")
+            # Multi-line values (a PEM key) are fine; other control characters are not.
+            if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
+                raise self.error(
+                    where, "must not contain control characters (other than tabs and newlines)"
+                )
+        concurrency = self.bounded_int(table, key, "max_concurrency", MAX_CONCURRENCY)
         limits = {
-            name: self.bounded_int(table, key, name, high)
+            name: self.bounded_int(table, key, name, (1, high))
             for name, high in (
                 ("memory_mb", 1 << 30),
                 ("cpu_seconds", 1 << 31),
@@ -303,8 +477,8 @@ class _Reader:
         if sha256 is not None and not _is_sha256(sha256):
             raise self.error(f"{key}.sha256", "must be 64 hexadecimal digits")
         return PluginOptions(
-            entry_point=self.typed(table, key, "entry_point", str),
-            python=self.python(self.typed(table, key, "python", str)),
+            entry_point=self.text(table, key, "entry_point"),
+            python=self.python(table, key),
             sha256=sha256.lower() if sha256 else None,
             env=dict(env),
             max_concurrency=concurrency or PluginOptions.max_concurrency,

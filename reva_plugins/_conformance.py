@@ -11,7 +11,9 @@ from typing import Any
 from ._errors import RevaPluginError
 from ._host import Host
 from ._loader import IsolatedPlan
+from ._redact import REDACTED
 from .services import CheckFailed, CheckSkipped, ConformanceContext, get_service
+from .services._base import echoes
 from .services.userprovider import user_problems
 
 __all__ = ["Check", "Report", "run_conformance", "user_problems"]
@@ -49,18 +51,28 @@ class Report:
         return [check for check in self.checks if not check.ok]
 
 
-def _run_check(name: str, check: Callable[[], None]) -> Check:
-    """One check's outcome; an error in the check itself is that check's failure, not the run's."""
+def _run_check(name: str, check: Callable[[], None], secret: str | None = None) -> Check:
+    """One check's outcome; an error in the check itself is that check's failure, not the run's.
+
+    A reason never shows ``secret`` (the operator's ``--credentials``), whatever the plugin echoed.
+    """
+
+    def failed(reason: str) -> Check:
+        if secret and echoes(reason, secret):
+            reason = reason.replace(secret, REDACTED)
+        return Check(name, "fail", reason)
+
     try:
         check()
     except CheckSkipped as exc:
         return Check(name, "skip", str(exc))
     except (CheckFailed, AssertionError) as exc:
-        return Check(name, "fail", str(exc) or type(exc).__name__)
+        return failed(str(exc) or type(exc).__name__)
     except RevaPluginError as exc:
-        return Check(name, "fail", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return failed(f"{type(exc).__name__}: {first}")
     except Exception as exc:  # noqa: BLE001 - a buggy check (or its service module) fails alone
-        return Check(name, "fail", f"the check raised {type(exc).__name__}: {exc}")
+        return failed(f"the check raised {type(exc).__name__}: {exc}")
     return Check(name, "pass")
 
 
@@ -122,6 +134,7 @@ def run_conformance(
             return Report(spec, service, tuple(checks))
         checks.append(Check("starts and accepts its config", "pass"))
         ctx = ConformanceContext(service_type, proxy, handshake, credentials)
+        secret = credentials[1] if credentials else None
         for name, check in itertools.chain(_generic_checks(ctx), _service_checks(ctx)):
-            checks.append(_run_check(name, check))
+            checks.append(_run_check(name, check, secret))
     return Report(spec, service, tuple(checks))

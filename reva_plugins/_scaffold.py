@@ -132,11 +132,23 @@ Then point a config at `{dist}==0.1.0` (with `[plugins] index_url` for a private
 """
 
 
+#: A distribution name as the core packaging specs define it (PEP 508; case-insensitive).
+_DIST_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+
+
 def scaffold(path: Path, service: str, *, name: str | None = None) -> list[Path]:
-    """Write a plugin distribution for ``service`` into ``path`` (which must be new or empty)."""
+    """Write a plugin distribution for ``service`` into ``path`` (which must be new or empty).
+
+    Nothing that exists is ever overwritten: every file is created exclusively.
+    """
     service_type = get_service(service)
-    if path.exists() and any(path.iterdir()):
-        raise UsageError(f"{path} exists and is not empty; choose a new folder")
+    _check_target(path)
+    if name is not None and not _DIST_NAME.match(name):
+        raise UsageError(
+            f"--name {name!r} is not a valid distribution name (letters, digits and . _ -, "
+            "starting and ending with a letter or digit)"
+        )
+    # PEP 503 normalisation for a given name; a folder name is only a hint, so it is mangled.
     stem = re.sub(r"[^a-z0-9]+", "-", (name or path.resolve().name).lower()).strip("-") or "plugin"
     dist = stem if stem.startswith("reva-plugin") else f"reva-plugin-{stem}"
     module = dist.replace("-", "_")
@@ -145,6 +157,8 @@ def scaffold(path: Path, service: str, *, name: str | None = None) -> list[Path]
         raise UsageError(f"{dist!r} does not make a valid module name; pass --name")
     words = [*entry.split("_"), *service.split("_")]
     cls = "".join(part.title() for part in words).replace("provider", "Provider")
+    if not cls.isidentifier():  # an entry name starting with a digit
+        cls = f"Reva{cls}"
     credentials = service_type.scaffold.credentials if service_type.scaffold else None
     values = {
         "dist": dist,
@@ -165,12 +179,32 @@ def scaffold(path: Path, service: str, *, name: str | None = None) -> list[Path]
         ".gitignore": "dist/\nbuild/\n.nox/\n__pycache__/\n*.egg-info/\n",
     }
     written = []
-    for rel, text in files.items():
-        target = path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        written.append(target)
+    try:
+        for rel, text in files.items():
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("x", encoding="utf-8") as f:  # "x": never overwrite
+                f.write(text)
+            written.append(target)
+    except OSError as exc:
+        raise UsageError(f"cannot write the plugin into {path}: {exc.strerror or exc}") from None
     return written
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a target that is anything but a new path or an empty folder."""
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link; choose a new folder")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UsageError(f"{path} exists and is not a folder; choose a new folder")
+    try:
+        empty = next(path.iterdir(), None) is None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not empty:
+        raise UsageError(f"{path} exists and is not empty; choose a new folder")
 
 
 def _module_source(service: ServiceType, values: dict[str, str]) -> str:

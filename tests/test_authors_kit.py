@@ -111,7 +111,7 @@ def test_a_broken_plugin_fails_with_precise_reasons(tmp_path: Path) -> None:
     assert not report.ok
     reasons = {c.name: c.reason for c in report.failures()}
     assert "get_user_groups" in reasons["handshake lists every method"]
-    assert "returns the user's secret" in reasons["find_users returns Users"]
+    assert "[0]: returns a secret (secret)" in reasons["find_users returns Users"]
     assert "uid_number must be int, got str" in reasons["find_users returns Users"]
     assert "returned instead of raising NotFound" in reasons["unknown ids raise NotFound"]
     result = cli("conformance", str(project), "--service", "userprovider")

@@ -7,12 +7,14 @@ scaffold read these fields and never switch on a service's name.
 from __future__ import annotations
 
 import inspect
+import json
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._errors import REMOTE_ERRORS
+from .._errors import REMOTE_ERRORS, RemoteError, RevaPluginError
 
 if TYPE_CHECKING:  # a cycle at run time: the host serves services
     from .._host import ServiceProxy
@@ -23,6 +25,67 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 Check = Callable[[], None]
 """One conformance check: returns if the plugin passes, raises :class:`CheckFailed` (or
 ``AssertionError``) if it does not, :class:`CheckSkipped` if it cannot tell."""
+
+
+#: Words that name a secret when they end a key (``password``, ``bind_password``,
+#: ``userPassword``, ``client-secret``, ``password_hash``, ``accessToken`` …), in any case.
+SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "passphrase", "secret", "token", "hash", "credential",
+     "credentials", "apikey", "privatekey"}
+)  # fmt: skip
+#: A secret echoed in a string is searched as a substring only from this length on; a shorter
+#: one is flagged only as a whole value (short secrets occur in ordinary words by chance).
+ECHO_MIN_LENGTH = 6
+
+
+def is_secret_key(key: str) -> bool:
+    """True if ``key`` names a secret: its last word (split at ``_``, ``-``, ``.``, camelCase) or
+    its whole text, without separators, is one of :data:`SECRET_WORDS`."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
+    if not words:
+        return False
+    return words[-1] in SECRET_WORDS or "".join(words) in SECRET_WORDS
+
+
+def secret_leaks(value: object, where: str, secret: str | None = None) -> list[str]:
+    """Secret-like keys anywhere in ``value`` (at any depth), and strings echoing ``secret``.
+
+    Every service's result validation starts with this: no service returns a secret.
+    """
+    problems: list[str] = []
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{path}.{key}" if path else str(key)
+                if is_secret_key(str(key)):
+                    problems.append(f"{where}: returns a secret ({child_path})")
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str) and secret is not None and echoes(item, secret):
+            problems.append(f"{where}: echoes the client secret (in {path or 'the result'})")
+    return sorted(problems)
+
+
+def echoes(text: str, secret: str) -> bool:
+    """True if ``text`` shows ``secret`` (see :data:`ECHO_MIN_LENGTH`)."""
+    if not secret:
+        return False
+    return text == secret or (len(secret) >= ECHO_MIN_LENGTH and secret in text)
+
+
+def everything_shown(exc: RevaPluginError) -> str:
+    """All an error carries that reaches a person: message, remote traceback and data."""
+    if isinstance(exc, RemoteError):
+        return "\n".join((str(exc), exc.traceback, json.dumps(exc.data, default=str)))
+    return str(exc)
+
+
+def random_secret() -> str:
+    """A secret no plugin can know, long enough to be recognised when echoed."""
+    return f"conformance-{secrets.token_urlsafe(12)}"
 
 
 class CheckFailed(Exception):

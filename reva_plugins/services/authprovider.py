@@ -14,6 +14,10 @@ from ._base import (
     ConformanceContext,
     ScaffoldTemplate,
     ServiceType,
+    echoes,
+    everything_shown,
+    random_secret,
+    secret_leaks,
 )
 from .userprovider import User, user_problems
 
@@ -47,32 +51,38 @@ def validate_result(method: str, value: object) -> list[str]:
 
 
 def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
-    """Bad credentials are refused; good ones (``--credentials``) give a User and scopes."""
+    """Bad credentials are refused; good ones (``--credentials``) give a User and scopes; no
+    result or error ever shows the secret it was given."""
     proxy = ctx.proxy
 
-    def bad_credentials() -> None:
+    def rejects(client_id: str, secret: str, what: str) -> None:
+        """``authenticate(client_id, secret)`` raises InvalidCredentials and does not echo it."""
         try:
-            proxy.authenticate(f"nobody-{secrets.token_hex(4)}", secrets.token_hex(8))
-        except InvalidCredentials:
-            return
+            result = proxy.authenticate(client_id, secret)
         except RevaPluginError as exc:
-            raise CheckFailed(
-                f"bad credentials raised {type(exc).__name__}, not InvalidCredentials"
-            ) from None
-        raise CheckFailed("bad credentials were accepted")
+            if echoes(everything_shown(exc), secret):
+                raise CheckFailed(f"the error for {what} echoes the client secret") from None
+            if not isinstance(exc, InvalidCredentials):
+                raise CheckFailed(
+                    f"{what} raised {type(exc).__name__}, not InvalidCredentials"
+                ) from None
+            return
+        leaks = secret_leaks(result, "authenticate()", secret)
+        raise CheckFailed("; ".join([f"{what}: accepted, not refused", *leaks[:4]]))
+
+    def bad_credentials() -> None:
+        rejects(f"nobody-{secrets.token_hex(4)}", random_secret(), "bad credentials")
 
     def good_credentials() -> None:
         if ctx.credentials is None:
             raise CheckSkipped("no credentials given (--credentials ID:SECRET)")
         client_id, secret = ctx.credentials
-        problems = validate_result("authenticate", proxy.authenticate(client_id, secret))
+        result = proxy.authenticate(client_id, secret)
+        problems = secret_leaks(result, "authenticate()", secret)
+        problems += [p for p in validate_result("authenticate", result) if p not in problems]
         if problems:
             raise CheckFailed("; ".join(problems[:5]))
-        try:
-            proxy.authenticate(client_id, secret + "-wrong")
-        except InvalidCredentials:
-            return
-        raise CheckFailed("a wrong secret for a known client id was accepted")
+        rejects(client_id, random_secret(), "a wrong secret for a known client id")
 
     yield "bad credentials raise InvalidCredentials", bad_credentials
     yield "good credentials return a User and scopes", good_credentials

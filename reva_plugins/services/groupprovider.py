@@ -13,6 +13,7 @@ from ._base import (
     ConformanceContext,
     ScaffoldTemplate,
     ServiceType,
+    secret_leaks,
 )
 from .userprovider import (
     UserId,
@@ -77,7 +78,7 @@ def group_problems(group: object, where: str) -> list[str]:
     """What is wrong with a Group value (SPEC §2 shapes); empty if nothing."""
     if not isinstance(group, dict):
         return [f"{where}: a Group must be an object, got {type(group).__name__}"]
-    problems: list[str] = []
+    problems = secret_leaks(group, where)
     gid = group.get("id")
     if not isinstance(gid, dict):
         problems.append(f"{where}: 'id' must be an object with idp and opaque_id")

@@ -15,6 +15,7 @@ from ._base import (
     ConformanceContext,
     ScaffoldTemplate,
     ServiceType,
+    secret_leaks,
 )
 
 NAME = "userprovider"
@@ -89,9 +90,7 @@ def user_problems(user: object, where: str) -> list[str]:
     """What is wrong with a User value (SPEC §2 shapes); empty if nothing."""
     if not isinstance(user, dict):
         return [f"{where}: a User must be an object, got {type(user).__name__}"]
-    problems = []
-    if "secret" in user:
-        problems.append(f"{where}: returns the user's secret")
+    problems = secret_leaks(user, where)
     if not isinstance(user.get("id"), dict):
         problems.append(f"{where}: 'id' must be an object with idp and opaque_id")
     else:
