@@ -206,7 +206,7 @@ def test_builtin_result_validation() -> None:
         "find_groups()[0]: gid_number must be int, got str"
     ]
     assert users.validate_result("get_user", {"secret": "x"})[0] == (
-        "get_user(): returns the user's secret"
+        "get_user(): returns a secret (secret)"
     )
     assert SERVICES["authprovider"].validate_result("authenticate", {}) == [
         "authenticate must return {'user': User, 'scopes': {...}}"
