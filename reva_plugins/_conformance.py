@@ -11,7 +11,6 @@ from typing import Any
 
 from ._errors import InvalidCredentials, NotFound, RevaPluginError
 from ._host import Host, ServiceProxy
-from ._loader import IsolatedPlan
 from .services import SERVICES
 
 USER_FIELDS: dict[str, type] = {
@@ -299,8 +298,7 @@ def run_conformance(
     whole = {"plugins": dict(plugins or {}), "grpc": {"services": {service: table}}}
     with Host(whole, base_dir=base, **host_options) as probe:
         plan = probe.loader.plan(probe.config.service(service))
-    name = plan.launch.entry["name"] if isinstance(plan, IsolatedPlan) else plan.entry_point.name
-    table["drivers"] = {str(name): dict(config or {})}
+    table["drivers"] = {plan.entry_name: dict(config or {})}
     checks: list[Check] = []
     with Host(whole, base_dir=base, **host_options) as host:
         try:
