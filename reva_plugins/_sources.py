@@ -548,15 +548,16 @@ class _RedirectGuard(urllib.request.HTTPRedirectHandler):
     def __init__(self, allow_http: bool) -> None:
         self.schemes = ("https", "http") if allow_http else ("https",)
 
-    def redirect_request(
+    def http_error_302(
         self,
         req: urllib.request.Request,
         fp: IO[bytes],
         code: int,
         msg: str,
         headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
+    ) -> IO[bytes] | None:
+        location = headers.get("location") or headers.get("uri") or ""
+        newurl = urllib.parse.urljoin(req.full_url, location)
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
         if scheme not in self.schemes:
             fp.close()
@@ -564,7 +565,9 @@ class _RedirectGuard(urllib.request.HTTPRedirectHandler):
                 f"cannot download {redact(req.full_url)}: it redirects to {redact(newurl)!r}; "
                 f"only {' or '.join(s + '://' for s in self.schemes)} is followed"
             )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool) -> str:
@@ -823,10 +826,14 @@ def tree_digest(
     """A sha256 over the relative paths, modes and contents of a source tree.
 
     Hashes regular files (path, executable bits, length, content) and symlinks (path and target
-    text; never followed). Sockets, FIFOs and devices are skipped with a debug log; a file is
-    opened without blocking and checked to be regular before it is read. Skips VCS data,
-    caches, build outputs, ``*.egg-info`` and venvs. A tree holding more than ``max_bytes`` of
-    file content or ``max_entries`` entries is a :class:`SourceError` naming the folder.
+    text; never followed, never read through). A file is opened without blocking and checked to
+    be regular before it is read. Skips VCS data, caches, build outputs, ``*.egg-info`` and
+    venvs, and (with a debug log) what cannot be read.
+
+    A FIFO, socket or device, or a symlink to one, is a :class:`SourceError` naming it: the
+    build backend would open it and block (or read ``/dev/zero`` for ever), so skipping it here
+    would only move the hang into the build. So is a tree holding more than ``max_bytes`` of file
+    content or ``max_entries`` entries.
     """
     digest = hashlib.sha256()
     budget = max_bytes
@@ -852,8 +859,8 @@ def tree_digest(
             rel = os.path.join(rel_dir, entry.name)
             try:
                 if entry.is_symlink():
-                    target = os.readlink(entry.path)
-                    digest.update(os.fsencode(f"{rel}\0link\0{target}\0"))
+                    _check_link_target(entry.path, rel, root)
+                    digest.update(os.fsencode(f"{rel}\0link\0{os.readlink(entry.path)}\0"))
                 elif entry.is_dir(follow_symlinks=False):
                     if _walks_into(entry):
                         subdirs.append(rel)
@@ -861,12 +868,40 @@ def tree_digest(
                     if not entry.name.endswith(_SKIP_SUFFIXES):
                         budget = _digest_file(digest.update, entry.path, rel, budget, too_large)
                 else:
-                    log.debug("tree digest: skipping %s (not a file, folder or symlink)", rel)
+                    raise _special_file(root, rel, entry.stat(follow_symlinks=False).st_mode)
             except OSError as exc:
                 log.debug("tree digest: skipping %s: %s", rel, exc)
         # Depth first, in name order: the same order (and digest) as the os.walk it replaces.
         pending.extend(reversed(subdirs))
     return digest.hexdigest()
+
+
+def _check_link_target(path: str, rel: str, root: Path) -> None:
+    """Refuse a symlink to a FIFO, socket or device (``stat`` follows it without opening)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        log.debug("tree digest: %s is a dangling or looping symlink: %s", rel, exc)
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise _special_file(root, rel, mode, link=True)
+
+
+def _special_file(root: Path, rel: str, mode: int, *, link: bool = False) -> SourceError:
+    what = (
+        "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a special file"
+    )
+    via = "a symlink to " if link else ""
+    return SourceError(
+        f"package folder {root}: {rel} is {via}{what}; a build would block on it (remove it, "
+        "or move it out of the folder)"
+    )
 
 
 def _walks_into(entry: os.DirEntry[str]) -> bool:
