@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 import unicodedata
 import urllib.error
 import urllib.parse
@@ -39,6 +40,8 @@ MAX_SPEC_LENGTH = 8192
 _MAX_NAME_BYTES = 255
 _CHUNK = 1 << 20
 _DOWNLOAD_TIMEOUT = 60.0
+MAX_DOWNLOAD_SECONDS = 3600.0
+"""How long one download may take in all (a server dripping bytes never hangs a load)."""
 _SKIP_DIRS = frozenset(
     {
         ".git",
@@ -506,12 +509,14 @@ def download(
     expected_sha256: str | None = None,
     max_bytes: int = 1024 << 20,
     allow_http: bool = False,
+    max_seconds: float = MAX_DOWNLOAD_SECONDS,
 ) -> tuple[Path, str]:
     """Fetch ``url`` to ``root/<sha256>/<filename>``; return that path and the sha256.
 
     The body is streamed into a fresh temp folder the core creates under ``root``, hashed on the
     way, checked against ``expected_sha256`` and renamed into place. At most ``max_bytes`` are
-    read; a body shorter than its ``Content-Length`` is refused; a redirect may lead only to
+    read, within ``max_seconds`` in all (each read waits at most a minute); a body shorter than its
+    ``Content-Length`` is refused; a redirect may lead only to
     ``https://`` (or ``http://`` with ``allow_http``). Whatever happens, the temp folder and only
     it is removed. Failures of the remote are a :class:`FetchError` (exit 1).
     """
@@ -524,7 +529,8 @@ def download(
         raise SourceError(f"cannot create a download folder in {root}: {exc}") from None
     try:
         target = folder / filename
-        digest = _fetch(url, target, max_bytes=max_bytes, allow_http=allow_http)
+        deadline = time.monotonic() + max_seconds
+        digest = _fetch(url, target, max_bytes=max_bytes, allow_http=allow_http, deadline=deadline)
         check_sha256(redact(url), expected_sha256, digest)
         final = root / digest / filename
         try:
@@ -570,7 +576,7 @@ class _RedirectGuard(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool) -> str:
+def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool, deadline: float) -> str:
     shown = redact(url)
     if urllib.parse.urlsplit(url).scheme.lower() == "file":
         return _copy_local(url, target, max_bytes)
@@ -581,7 +587,7 @@ def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool) -> str:
             if length is not None and length > max_bytes:
                 raise _too_large(shown, max_bytes)
             with target.open("xb") as out:
-                digest, total = _copy(response, out, max_bytes, shown)
+                digest, total = _copy(response, out, max_bytes, shown, deadline)
     except urllib.error.HTTPError as exc:
         exc.close()
         raise FetchError(f"cannot download {shown}: HTTP {exc.code} {exc.reason}") from None
@@ -601,25 +607,31 @@ def _copy_local(url: str, target: Path, max_bytes: int) -> str:
     parts = _urls.split(url)
     if parts.netloc not in ("", "localhost"):
         raise SourceError(f"archive URL {redact(url)!r}: a file: URL must name a local file")
-    path = urllib.request.url2pathname(urllib.parse.unquote(parts.path))
+    path = urllib.request.url2pathname(parts.path)
     try:
         with _open_regular(path) as src:
             if os.fstat(src.fileno()).st_size > max_bytes:
                 raise _too_large(url, max_bytes, local=True)
             with target.open("xb") as out:
-                digest, _ = _copy(src, out, max_bytes, url)
+                digest, _ = _copy(src, out, max_bytes, url, None)
     except OSError as exc:
         raise SourceError(f"cannot read {url}: {exc.strerror or exc}") from None
     return digest
 
 
-def _copy(src: IO[bytes], out: IO[bytes], max_bytes: int, shown: str) -> tuple[str, int]:
+def _copy(
+    src: IO[bytes], out: IO[bytes], max_bytes: int, shown: str, deadline: float | None
+) -> tuple[str, int]:
     digest = hashlib.sha256()
     total = 0
-    while chunk := src.read(_CHUNK):
+    # read1: whatever has arrived, so the deadline is checked while a slow server drips.
+    read = getattr(src, "read1", src.read)
+    while chunk := read(_CHUNK):
         total += len(chunk)
         if total > max_bytes:
             raise _too_large(shown, max_bytes)
+        if deadline is not None and time.monotonic() > deadline:
+            raise FetchError(f"cannot download {shown}: it did not finish in time")
         digest.update(chunk)
         out.write(chunk)
     return digest.hexdigest(), total

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reva_plugins import RevaPluginError, SourceError
+from reva_plugins._errors import FetchError
 from reva_plugins._git import parse as _sources_git_parse
 from reva_plugins._loader import classify_driver
 from reva_plugins._sources import (
     ArchiveURL,
+    ResolveContext,
     SourcePolicy,
     archive_filename,
+    download,
     tree_digest,
 )
 from reva_plugins.testing import run_conformance
@@ -72,6 +76,12 @@ class _SourcesHandler(http.server.BaseHTTPRequestHandler):
         elif mode == "short":
             self._headers(len(wheel))
             self.wfile.write(wheel[: len(wheel) // 2])
+        elif mode == "drip":
+            self._headers(len(wheel))
+            for byte in wheel[:50]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.05)
         elif mode == "badlen":
             self.send_response(200)
             self.send_header("Content-Length", "lots")
@@ -271,6 +281,13 @@ def test_misbehaving_download_servers_give_one_line_and_leave_nothing(
     _sources_downloads_empty(fresh_cache)
 
 
+def test_a_dripping_server_is_cut_off_at_the_deadline(tmp_path: Path, sources_server: str) -> None:
+    root = tmp_path / "downloads"
+    with pytest.raises(FetchError, match="did not finish in time"):
+        download(f"{sources_server}/drip/{_SOURCES_WHEEL}", root, _SOURCES_WHEEL, max_seconds=0.2)
+    assert list(root.iterdir()) == []
+
+
 def test_a_failed_pin_leaves_no_partial_download(
     tmp_path: Path, fresh_cache: Path, sources_server: str
 ) -> None:
@@ -300,6 +317,34 @@ def test_plain_http_needs_a_pin_or_allow_http_and_a_cache_hit_refreshes_the_mtim
     assert cached.stat().st_mtime > 1_000_000
     allowed = cli("env", "build", str(_sources_config(tmp_path, "ok", url, "allow_http = true")))
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_file_archive_urls_read_only_regular_files_within_the_cap(
+    tmp_path: Path, sources_wheel: Path
+) -> None:
+    downloads = tmp_path / "cache" / "downloads"
+    ctx = ResolveContext(downloads=downloads)
+    folder = tmp_path / "served"
+    folder.mkdir()
+    wheel = folder / _SOURCES_WHEEL
+    wheel.write_bytes(sources_wheel.read_bytes())
+    resolved = ArchiveURL(wheel.as_uri()).resolve(ctx)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert resolved.identity == f"sha256:{digest}"
+    with pytest.raises(SourceError, match="max_download_mb"):
+        ArchiveURL(wheel.as_uri()).resolve(
+            ResolveContext(downloads=downloads, max_download_bytes=10)
+        )
+    for special in ("fifo", "zero"):
+        path = tmp_path / special / _SOURCES_WHEEL
+        path.parent.mkdir()
+        if special == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+        with pytest.raises(SourceError, match="not a regular file"):
+            ArchiveURL(path.as_uri()).resolve(ctx)
+    assert sorted(p.name for p in downloads.iterdir()) == [digest]
 
 
 # -- allowed_sources: matched on what the spec resolves to, in every command ------------------
