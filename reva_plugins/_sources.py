@@ -515,10 +515,10 @@ def download(
 
     The body is streamed into a fresh temp folder the core creates under ``root``, hashed on the
     way, checked against ``expected_sha256`` and renamed into place. At most ``max_bytes`` are
-    read, within ``max_seconds`` in all (each read waits at most a minute); a body shorter than its
-    ``Content-Length`` is refused; a redirect may lead only to
-    ``https://`` (or ``http://`` with ``allow_http``). Whatever happens, the temp folder and only
-    it is removed. Failures of the remote are a :class:`FetchError` (exit 1).
+    read, within ``max_seconds`` in all (each read waits at most a minute); a body shorter than
+    its ``Content-Length`` is refused; a redirect may lead only to ``https://`` (or ``http://``
+    with ``allow_http``). Whatever happens, the temp folder and only it is removed. Failures of
+    the remote are a :class:`FetchError` (exit 1). The request is made by :func:`request_for`.
     """
     if filename != os.path.basename(filename) or filename in ("", ".", ".."):
         raise SourceError(f"refusing to download {redact(url)} as {filename!r}")
