@@ -4,6 +4,7 @@ and property tests of spec classification. Real HTTP servers on 127.0.0.1, real 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -34,6 +35,8 @@ from reva_plugins._sources import (
     download,
     tree_digest,
 )
+from reva_plugins._urls import check_url as _sources_check_url
+from reva_plugins._urls import origin as _sources_url_origin
 from reva_plugins.testing import run_conformance
 
 from .conftest import ROOT, cli
@@ -596,3 +599,18 @@ def test_classification_raises_only_the_projects_errors(
         if subdirectory:
             assert ".." not in subdirectory.split("/")
             assert not subdirectory.startswith("/")
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_SOURCES_SPECS)
+def test_url_and_git_parsers_raise_only_the_projects_errors(text: str) -> None:
+    for parser in (_sources_check_url, _sources_url_origin, archive_filename, _sources_git_parse):
+        with contextlib.suppress(RevaPluginError):
+            parser(text)
+    try:
+        name = archive_filename(text)
+    except RevaPluginError:
+        return
+    assert name == os.path.basename(name)
+    assert name not in ("", ".", "..")
+    assert "\x00" not in name
