@@ -10,13 +10,15 @@ never forwarded to another origin on a redirect.
 from __future__ import annotations
 
 import base64
+import http.client
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ._redact import split_credentials
+from ._errors import FetchError
+from ._redact import redact, split_credentials
 
 __all__ = ["Credential", "git_auth_env", "split", "urlopen", "without_credentials"]
 
@@ -84,12 +86,35 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), (parts.hostname or "") + f":{parts.port or ''}"
 
 
-class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
-    """Re-sends the ``Authorization`` header after a redirect only to the same origin."""
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to ``schemes`` (never ftp, file or data), and re-sends the
+    ``Authorization`` header only when it stays on the same origin."""
 
-    def __init__(self, url: str, header: str) -> None:
+    def __init__(self, url: str, header: str | None, schemes: tuple[str, ...]) -> None:
         self.origin = _origin(url)
         self.header = header
+        self.schemes = schemes
+
+    def http_error_302(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+    ) -> IO[bytes] | None:
+        # Checked before urllib's own handling, whose error would echo the Location unredacted.
+        location = headers.get("location") or headers.get("uri") or ""
+        newurl = urllib.parse.urljoin(req.full_url, location)
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in self.schemes:
+            fp.close()
+            raise FetchError(
+                f"cannot download {redact(req.full_url)}: it redirects to {redact(newurl)!r}; "
+                f"only {' or '.join(s + '://' for s in self.schemes)} is followed"
+            )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
     def redirect_request(
         self,
@@ -101,19 +126,26 @@ class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and _origin(new.full_url) == self.origin:
+        if new is not None and self.header and _origin(new.full_url) == self.origin:
             new.add_unredirected_header("Authorization", self.header)
         return new
 
 
-def urlopen(url: str, *, timeout: float, headers: Mapping[str, str] | None = None) -> Any:
-    """Open ``url`` with urllib; credentials in it become a Basic auth header (same origin only)."""
+def urlopen(
+    url: str,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    schemes: tuple[str, ...] = ("https", "http"),
+) -> Any:
+    """Open ``url`` with urllib; credentials in it become a Basic auth header (same origin only);
+    redirects are followed only to ``schemes``."""
     bare, credential = split(url)
     request = urllib.request.Request(bare, headers=dict(headers or {}))  # noqa: S310 - scheme checked by the caller
-    handlers: list[urllib.request.BaseHandler] = []
-    if credential is not None:
-        # An unredirected header is not copied onto a redirect; _SameOriginAuth re-adds it
-        # when the redirect stays on the same scheme, host and port.
-        request.add_unredirected_header("Authorization", credential.basic())
-        handlers.append(_SameOriginAuth(bare, credential.basic()))
-    return urllib.request.build_opener(*handlers).open(request, timeout=timeout)
+    header = credential.basic() if credential is not None else None
+    if header is not None:
+        # An unredirected header is not copied onto a redirect; _Redirects re-adds it when the
+        # redirect stays on the same scheme, host and port.
+        request.add_unredirected_header("Authorization", header)
+    opener = urllib.request.build_opener(_Redirects(bare, header, schemes))
+    return opener.open(request, timeout=timeout)

@@ -16,10 +16,9 @@ from typing import Any, NoReturn
 from . import _config
 from ._errors import RemoteError, RevaPluginError, UsageError
 from ._host import CheckResult, Host
-from ._loader import Loader
+from ._loader import Loader, absolute_spec
 from ._redact import redact
 from ._scaffold import scaffold
-from ._sources import InProcess, PrebuiltVenv, classify
 from ._store import Env, Store, default_cache_dir, dir_size, resolve_cache_dir
 from .services import BUILTIN
 from .testing import format_report, run_conformance
@@ -406,7 +405,12 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def cmd_env_build(args: argparse.Namespace) -> int:
-    """``env build CONFIG|SPEC…``: build what is missing and print one env key per line."""
+    """``env build CONFIG|SPEC…``: build what is missing and print one env key per line.
+
+    A config is planned like ``check`` plans it, under its ``[plugins] allowed_sources``. Specs
+    given directly are the operator's own choice: no config, so no allow-list applies (as with
+    ``conformance``); relative paths resolve against the working directory.
+    """
     for target in args.targets:
         path = Path(target)
         if path.suffix == ".toml" and path.is_file():
@@ -418,13 +422,13 @@ def cmd_env_build(args: argparse.Namespace) -> int:
             services = (_config.ServiceConfig("env", target, options, {}),)
         loader = Loader(config, refresh=args.refresh)
         for svc in services:
-            source = classify(svc.driver, base_dir=config.base_dir, sha256=svc.plugin.sha256)
-            if isinstance(source, (InProcess, PrebuiltVenv)):
-                print(f"{redact(svc.driver)}\t(nothing to build: {source.kind})")
+            done = loader.prepare(svc)
+            shown = redact(svc.driver)
+            if done.env_key is None:
+                print(f"{shown}\t(nothing to build: {done.kind})")
                 continue
-            env, built, seconds = loader.env_for(svc, source)
-            state = f"built in {seconds:.2f} s" if built else "cached"
-            print(f"{env.key}\t{redact(svc.driver)}\t{state}")
+            state = f"built in {done.seconds:.2f} s" if done.built else "cached"
+            print(f"{done.env_key}\t{shown}\t{state}")
     return EXIT_OK
 
 
@@ -529,9 +533,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     credentials: tuple[str, str] | None = args.credentials
     plugins = {"python": args.python} if args.python else {}
     report = run_conformance(
-        args.spec
-        if "://" in args.spec or not Path(args.spec).exists()
-        else str(Path(args.spec).resolve()),
+        absolute_spec(args.spec, Path.cwd()),
         args.service,
         config=config,
         base_dir=base_dir,

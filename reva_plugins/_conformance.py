@@ -10,7 +10,6 @@ from typing import Any
 
 from ._errors import RevaPluginError
 from ._host import Host
-from ._loader import IsolatedPlan
 from ._redact import REDACTED
 from .services import CheckFailed, CheckSkipped, ConformanceContext, get_service
 from .services._base import echoes
@@ -122,8 +121,7 @@ def run_conformance(
     whole = {"plugins": dict(plugins or {}), "grpc": {"services": {service: table}}}
     with Host(whole, base_dir=base, **host_options) as probe:
         plan = probe.loader.plan(probe.config.service(service))
-    name = plan.launch.entry["name"] if isinstance(plan, IsolatedPlan) else plan.entry_point.name
-    table["drivers"] = {str(name): dict(config or {})}
+    table["drivers"] = {plan.entry_name: dict(config or {})}
     checks: list[Check] = []
     with Host(whole, base_dir=base, **host_options) as host:
         try:

@@ -49,6 +49,13 @@ class SourceError(RevaPluginError):
     exit_code = 2
 
 
+class FetchError(SourceError):
+    """A remote source failed to arrive: a network or HTTP error, a truncated or over-large
+    download, a refused redirect. A remote failure, so exit code 1."""
+
+    exit_code = 1
+
+
 class EnvBuildError(RevaPluginError):
     """Building a plugin's environment failed; carries the command and the output tail."""
 

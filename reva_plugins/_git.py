@@ -12,6 +12,7 @@ from ._environ import build_environment
 from ._errors import SourceError
 from ._redact import redact
 from ._run import CommandFailed, run
+from ._urls import check_url, origin
 
 SCHEMES = ("git+https", "git+ssh", "git+file", "git+http")
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -55,13 +56,18 @@ class GitURL:
         """The pip-style URL pinned to ``commit``."""
         text = f"git+{self.url}@{commit}"
         if self.subdirectory:
-            text += f"#subdirectory={self.subdirectory}"
+            text += f"#subdirectory={urllib.parse.quote(self.subdirectory)}"
         return text
 
     @property
     def bare_url(self) -> str:
         """The repository URL without credentials: what git is given and the env is keyed on."""
         return _auth.without_credentials(self.url)
+
+    def origin(self) -> str:
+        """What ``allowed_sources`` matches: ``git+`` and the repository URL normalised (see
+        :func:`._urls.origin`), without credentials, ``@ref`` or fragment."""
+        return f"git+{origin(self.url)}"
 
     def display(self) -> str:
         """The spec with any credentials redacted."""
@@ -83,18 +89,23 @@ def is_git_spec(spec: str) -> bool:
 
 
 def parse(spec: str) -> GitURL:
-    """Parse a pip-style VCS URL (or a GitHub web URL) into a :class:`GitURL`."""
+    """Parse a pip-style VCS URL (or a GitHub web URL) into a :class:`GitURL`.
+
+    Both forms go through the same checks: the URL may not be ambiguous (see
+    :func:`._urls.check_url`) and the subdirectory must stay inside the repository.
+    """
     github = _GITHUB.match(spec)
     if github and not spec.startswith("git+"):
+        check_url(spec)
         return GitURL(
             f"https://github.com/{github['org']}/{github['repo']}.git",
             github["ref"],
-            github["subdir"],
+            check_subdirectory(github["subdir"], spec),
         )
     scheme = spec.split("://", 1)[0]
     if scheme not in SCHEMES:
         raise SourceError(
-            f"unsupported VCS scheme in {strip_credentials(spec)!r}: use one of "
+            f"unsupported VCS scheme in {redact(spec)!r}: use one of "
             f"{', '.join(s + '://' for s in SCHEMES)}"
         )
     url, _, fragment = spec[len("git+") :].partition("#")
@@ -102,18 +113,36 @@ def parse(spec: str) -> GitURL:
     for item in filter(None, fragment.split("&")):
         name, _, value = item.partition("=")
         if name == "subdirectory" and value:
-            subdirectory = value.strip("/")
+            subdirectory = value
         elif name not in ("egg", "sha256"):
-            raise SourceError(f"unknown fragment {item!r} in {strip_credentials(spec)!r}")
-    split = urllib.parse.urlsplit(url)
+            raise SourceError(f"unknown fragment {item!r} in {redact(spec)!r}")
+    split = check_url(url)
     path, at, ref = split.path.rpartition("@")
     if at:
         url = urllib.parse.urlunsplit(split._replace(path=path))
     else:
         ref = ""
-    if subdirectory and (".." in subdirectory.split("/") or subdirectory.startswith("/")):
-        raise SourceError(f"subdirectory {subdirectory!r} must stay inside the repository")
-    return GitURL(url, ref or None, subdirectory)
+    return GitURL(url, ref or None, check_subdirectory(subdirectory, spec))
+
+
+def check_subdirectory(subdirectory: str | None, spec: str) -> str | None:
+    """The subdirectory of a git spec (``#subdirectory=`` or a GitHub ``/tree/REF/SUBDIR``),
+    percent-decoded as pip reads it; it must name a folder inside the repository."""
+    if subdirectory is None:
+        return None
+    try:
+        decoded = urllib.parse.unquote(subdirectory, errors="strict").strip("/")
+    except UnicodeDecodeError:
+        raise SourceError(f"subdirectory in {redact(spec)!r} is not UTF-8") from None
+    parts = decoded.split("/")
+    if not decoded or "\\" in decoded or any(p in ("", ".", "..") for p in parts):
+        raise SourceError(
+            f"subdirectory {decoded!r} in {redact(spec)!r} must be a relative path inside the "
+            "repository (no '.', '..', empty parts or backslashes)"
+        )
+    if any(not c.isprintable() for c in decoded):
+        raise SourceError(f"subdirectory {decoded!r} in {redact(spec)!r} has a control character")
+    return decoded
 
 
 def resolve(git: GitURL) -> str:

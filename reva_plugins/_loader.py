@@ -22,12 +22,16 @@ from ._process import LaunchSpec
 from ._redact import redact
 from ._run import CommandFailed
 from ._sources import (
+    Classified,
     InProcess,
+    LocalFile,
+    LocalFolder,
     NeedsNetwork,
     PrebuiltVenv,
     ResolveContext,
     Resolved,
     Source,
+    SourcePolicy,
     classify,
 )
 from ._store import Env, Store, default_cache_dir, make_key
@@ -55,6 +59,11 @@ class InProcessPlan:
     config: dict[str, Any]
     kind: str = "in-process"
 
+    @property
+    def entry_name(self) -> str:
+        """The name of the entry point the plan loads."""
+        return self.entry_point.name
+
 
 @dataclass(frozen=True)
 class IsolatedPlan:
@@ -66,8 +75,49 @@ class IsolatedPlan:
     built: bool = False
     build_seconds: float = 0.0
 
+    @property
+    def entry_name(self) -> str:
+        """The name of the entry point the plan starts."""
+        return str(self.launch.entry["name"])
+
 
 Plan = InProcessPlan | IsolatedPlan
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preparing one driver did (``env build``): its env key, or None when there is
+    nothing to build (an in-process driver or a prebuilt venv)."""
+
+    kind: str
+    env_key: str | None
+    built: bool = False
+    seconds: float = 0.0
+
+
+def classify_driver(
+    driver: str, *, base_dir: Path, sha256: str | None = None, allowed: tuple[str, ...] = ("*",)
+) -> Classified:
+    """The one way from a driver spec to a source: classify it, then apply ``allowed_sources``
+    to its normalised origin (see :class:`SourcePolicy` for what each kind is matched on).
+
+    Every command and the testing kit plan through here (by way of :class:`Loader`); nothing
+    else classifies a spec or switches on source kinds.
+    """
+    source = classify(driver, base_dir=base_dir, sha256=sha256)
+    SourcePolicy(allowed, base_dir).check(driver, source)
+    return source
+
+
+def absolute_spec(spec: str, base_dir: Path) -> str:
+    """``spec`` with a relative path made absolute against ``base_dir``; any other kind as is.
+
+    For specs given on a command line (relative to the working directory) that are then planned
+    against another folder (``conformance --config``)."""
+    source = classify(spec, base_dir=base_dir)
+    if isinstance(source, (LocalFolder, LocalFile, PrebuiltVenv)):
+        return str(source.path)
+    return spec
 
 
 class Loader:
@@ -85,15 +135,27 @@ class Loader:
         """Stop marking the envs this loader handed out as in use."""
         self.store.close()
 
-    def plan(self, svc: ServiceConfig) -> Plan:
-        """What running ``svc``'s driver takes; builds its env if it is not cached."""
-        service = SERVICES[svc.service]
-        source = classify(
+    def source(self, svc: ServiceConfig) -> Classified:
+        """``svc``'s driver classified and checked against ``allowed_sources``."""
+        return classify_driver(
             svc.driver,
             base_dir=self.config.base_dir,
             sha256=svc.plugin.sha256,
             allowed=self.settings.allowed_sources,
         )
+
+    def prepare(self, svc: ServiceConfig) -> Prepared:
+        """Build ``svc``'s env if it is missing (``env build``); start nothing."""
+        source = self.source(svc)
+        if isinstance(source, (InProcess, PrebuiltVenv)):
+            return Prepared(source.kind, None)
+        env, built, seconds = self.env_for(svc, source)
+        return Prepared(str(env.metadata.get("kind", source.kind)), env.key, built, seconds)
+
+    def plan(self, svc: ServiceConfig) -> Plan:
+        """What running ``svc``'s driver takes; builds its env if it is not cached."""
+        service = SERVICES[svc.service]
+        source = self.source(svc)
         if isinstance(source, InProcess):
             ep = self._in_process_entry_point(service, source.name)
             return InProcessPlan(service, ep, svc.driver_config(ep.name))
@@ -172,6 +234,8 @@ class Loader:
             offline=self.settings.offline,
             downloads=self.store.root / "downloads",
             find_version=lambda req: installer.find_version(req, interpreter, options),
+            max_download_bytes=self.settings.max_download_mb << 20,
+            allow_http=self.settings.allow_http,
         )
         try:
             resolved = source.resolve(ctx)

@@ -1,0 +1,71 @@
+"""URLs in driver specs: refuse the ambiguous ones, and give each its normalised origin.
+
+A URL is ambiguous when a server, git or a person could read its path differently from us: a
+backslash (a separator to WHATWG parsers), a percent-encoded separator or control character
+(``%2F``, ``%5C``, ``%00``), or a ``.``/``..`` segment (also written ``%2e%2e``), which one side
+may collapse and the other not. Those are refused, so the path we check is the path fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+
+from ._errors import SourceError
+from ._redact import redact
+
+__all__ = ["check_url", "origin", "split"]
+
+_BAD_ESCAPE = re.compile(r"%(?:2f|5c|[01][0-9a-f]|7f)", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ssh": 22}
+
+
+def split(url: str) -> urllib.parse.SplitResult:
+    """``urlsplit`` whose failures (a bad IPv6 host, a port that is not a number) are a
+    :class:`SourceError`."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise SourceError(f"invalid URL {redact(url)!r}: {exc}") from None
+    return parts
+
+
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """Refuse an ambiguous URL (see the module docstring); return its parts."""
+    parts = split(url)
+    shown = redact(url)
+    if "\\" in url:
+        raise SourceError(f"ambiguous URL {shown!r}: a backslash is read as '/' by some parsers")
+    if _BAD_ESCAPE.search(parts.path):
+        raise SourceError(
+            f"ambiguous URL {shown!r}: its path percent-encodes a separator or control character"
+        )
+    try:
+        segments = urllib.parse.unquote(parts.path, errors="strict").split("/")
+    except UnicodeDecodeError:
+        raise SourceError(f"invalid URL {shown!r}: its path is not UTF-8") from None
+    if any(segment in (".", "..") for segment in segments):
+        raise SourceError(
+            f"ambiguous URL {shown!r}: its path has a '.' or '..' segment; write the path it means"
+        )
+    return parts
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]/path`` of a checked URL: scheme and host lower-cased, a default
+    port dropped, no credentials, query or fragment; a ``file:`` path is resolved (symlinks
+    followed)."""
+    parts = split(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        path = os.path.realpath(urllib.parse.unquote(parts.path))
+        return f"{scheme}://{urllib.parse.quote(path)}"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path or '/'}"
