@@ -106,8 +106,11 @@ def encode_request(
 
 
 def guess_id(line: bytes) -> int | None:
-    """The id a broken message seems to answer, so only that call fails."""
+    """The id a broken message seems to answer, so only that call fails: the first ``"id"`` near
+    its start, else the last near its end (where an encoder that writes ``id`` last puts it)."""
     match = _ID_RE.search(line[:4096])
+    if match is None:
+        match = next(reversed(list(_ID_RE.finditer(line[-4096:]))), None)
     return int(match.group(1)) if match else None
 
 

@@ -187,6 +187,14 @@ def test_a_deeply_nested_reply_fails_only_its_own_call(wire_start: Any) -> None:
     assert process.call("echo", {"value": "still fine"}) == "still fine"
 
 
+def test_a_deeply_nested_reply_with_its_id_last_fails_its_call(wire_start: Any) -> None:
+    process = wire_start()
+    deep = '{"jsonrpc":"2.0","result":' + "[" * _wire_DEEP + ',"id":{id}}\n'
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        process.call("raw", {"data": deep}, timeout=60)
+    assert process.call("echo", {"value": 1}) == 1
+
+
 def test_a_deeply_nested_handshake_is_a_handshake_error(wire_start: Any) -> None:
     with pytest.raises(HandshakeError, match=r"not a handshake: invalid JSON.*nested too deeply"):
         wire_start(env={"HOSTILE_MODE": "deep_handshake"}, start_timeout=10)
