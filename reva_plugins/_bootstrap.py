@@ -43,7 +43,6 @@ class _ScanContext:
     strict = True
     object_hook = None
     object_pairs_hook = None
-    parse_float = float
     parse_int = int
     memo: dict[str, str]
 
@@ -54,9 +53,41 @@ class _ScanContext:
     def parse_constant(name: str) -> float:
         return _refuse_constant(name)
 
+    @staticmethod
+    def parse_float(text: str) -> float:
+        return _finite_float(text)
+
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400 would become Infinity
+        raise ValueError(f"number {text[:40]} is out of range (not valid JSON)")
+    return value
+
+
+def _refuse_surrogates(text: str, obj: object) -> object:
+    """``obj`` if no string in it holds a lone surrogate (only a ``\\udXXX`` escape in ``text``
+    makes one): such a string cannot be encoded as UTF-8, so nothing could print or send it on."""
+    if "\\ud" not in text and "\\uD" not in text:
+        return obj
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("lone surrogate escape in a string (not UTF-8)") from None
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+    return obj
 
 
 def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
@@ -65,7 +96,8 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
     start-up.
 
     Both ways refuse ``NaN``/``Infinity`` (not JSON: the other side, or ``call``'s output,
-    could not parse them). Decoding raises ``ValueError`` and nothing else for any bad input
+    could not parse them; numbers such as ``1e400`` included) and strings that are not UTF-8
+    (lone surrogates). Decoding raises ``ValueError`` and nothing else for any bad input
     (invalid UTF-8, nesting too deep for the parser included), so a reader needs one handler.
     """
     try:
@@ -77,7 +109,9 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
 
         def fallback(data: bytes | str) -> Any:
             try:
-                return json.loads(data, parse_constant=_refuse_constant)
+                text = data.decode("utf-8") if isinstance(data, bytes) else data
+                obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+                return _refuse_surrogates(text, obj)
             except RecursionError:
                 raise ValueError("JSON nested too deeply") from None
 
@@ -105,8 +139,8 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
                 import json
 
                 # raises the precise error (or copes with leading space)
-                return json.loads(text, parse_constant=_refuse_constant)
-            return obj
+                obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+            return _refuse_surrogates(text, obj)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
 

@@ -29,6 +29,7 @@ from reva_plugins._process import LaunchSpec, PluginProcess, plugin_environment
 from reva_plugins._protocol import (
     BOOTSTRAP_FILE,
     PARSE_ERROR,
+    dumps,
     encode_request,
     error_to_exception,
     guess_id,
@@ -267,6 +268,7 @@ def wire_bootstrap(wire_spec: LaunchSpec) -> Iterator[_WireBootstrap]:
         b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"value":-Infinity}}\n',
         b"\xff\xfe garbage\n",
         b'"\xed\xa0\x80"\n',
+        b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"value":"\\ud800"}}\n',
     ],
 )
 def test_the_bootstrap_answers_bad_json_with_a_parse_error(
@@ -300,10 +302,21 @@ def test_a_nan_result_is_refused_by_the_plugin_naming_the_method(
     assert process.call("echo", {"value": 1}) == 1
 
 
-@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
-def test_nan_tokens_from_the_plugin_are_a_protocol_error(wire_start: Any, token: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("NaN", "NaN is not valid JSON"),
+        ("Infinity", "Infinity is not valid JSON"),
+        ("[-Infinity]", "-Infinity is not valid JSON"),
+        ('{"k":"\\udc00"}', "lone surrogate"),
+        ("1e400", "not valid JSON"),
+    ],
+)
+def test_non_json_values_from_the_plugin_are_a_protocol_error(
+    wire_start: Any, token: str, reason: str
+) -> None:
     process = wire_start()
-    with pytest.raises(ProtocolError, match=f"{token} is not valid JSON"):
+    with pytest.raises(ProtocolError, match=reason):
         process.call("raw", {"data": '{"jsonrpc":"2.0","id":{id},"result":' + token + "}\n"})
     assert process.call("echo", {"value": 1}) == 1
 
@@ -326,6 +339,8 @@ def test_call_prints_only_strict_json(wire_project: Path, write_config: WriteCon
         {"opaque_id": "nan"},
         {"opaque_id": "inf"},
         {"opaque_id": "raw", "data": nan_reply},
+        {"opaque_id": "raw", "data": nan_reply.replace("NaN", '"\\ud800"')},
+        {"opaque_id": "raw", "data": nan_reply.replace("NaN", "1e999")},
         {"opaque_id": float("nan")},
         {"opaque_id": [1.5, "x"]},
     ]:
@@ -482,10 +497,17 @@ _wire_finite_json = st.recursive(
     | st.integers(1, 300_000).map(lambda n: b"[" * n)
     | st.integers(1, 300_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n)
     | st.sampled_from([b"NaN", b"[Infinity]", b"-Infinity", b'"\xed\xa0\x80"', b"1e999999"])
+    | st.from_regex(
+        rb'\A\[(-?[0-9]{1,400}(\.[0-9]{1,5})?([eE][-+]?[0-9]{1,4})?|"(\\u[dD][0-9a-fA-F]{3}|x)+")\]\Z'
+    )
 )
 def test_loads_raises_only_value_error(data: bytes) -> None:
-    with contextlib.suppress(ValueError):
-        loads(data)
+    try:
+        value = loads(data)
+    except ValueError:
+        return
+    if len(data) < 1000:  # what the wire decodes, it can encode again: strict JSON, UTF-8
+        assert loads(dumps(value).encode("utf-8")) == value
 
 
 @settings(max_examples=300, deadline=None)
