@@ -127,11 +127,11 @@ class PluginProcess:
         """Spawn, wait for the handshake, send ``configure``; return the handshake params."""
         began = time.perf_counter()
         parent, child = socket.socketpair()
-        # The wire is an extra fd (>= 3 even if the core runs without stdio), never stdin/stdout:
-        # whatever runs before the bootstrap (a .pth file) and prints goes to the stderr pipe.
-        wire_fd = fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
-        child.close()
+        wire_fd = -1
         try:
+            # The wire is an extra fd (>= 3 even if the core runs without stdio), never stdin or
+            # stdout: whatever runs before the bootstrap (a .pth file) and prints goes to stderr.
+            wire_fd = fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
             self._proc = spawn(
                 [self.spec.python, "-I", wire.BOOTSTRAP_FILE, self._bootstrap_arg(wire_fd)],
                 env=plugin_environment(self.spec),
@@ -144,7 +144,9 @@ class PluginProcess:
             parent.close()
             raise HandshakeError(f"cannot start plugin: {exc}", plugin=self.spec.label) from None
         finally:
-            os.close(wire_fd)
+            child.close()
+            if wire_fd >= 0:
+                os.close(wire_fd)
         self.started_at = time.time()
         self._client = Client(
             parent, label=self.spec.label, max_line=self.spec.max_line, on_eof=self._on_eof

@@ -330,6 +330,11 @@ def test_nan_in_params_is_a_usage_error(wire_start: Any, value: Any) -> None:
     assert process.call("echo", {"value": 2}) == 2
 
 
+def test_nan_in_a_driver_config_is_a_usage_error_at_start(wire_start: Any) -> None:
+    with pytest.raises(UsageError, match="params of 'configure' are not valid JSON"):
+        wire_start(config={"limit": float("inf")})
+
+
 def test_call_prints_only_strict_json(wire_project: Path, write_config: WriteConfig) -> None:
     config = write_config(
         f'[grpc.services.userprovider]\ndriver = "{wire_project}"\n', name="wire.toml"
