@@ -1,9 +1,11 @@
 """reva plugin bootstrap: runs inside a plugin's venv as ``<python> -I _bootstrap.py '<json>'``.
 
 Standard library only, and only what a call needs at start: the plugin's venv holds nothing of
-the core. Its stdin and stdout are the core's wire (a socket); before any plugin code is imported
-the wire moves to a private fd, fd 0 becomes /dev/null and fd 1 becomes stderr, so a plugin (or a
-C extension) that prints cannot corrupt the protocol.
+the core. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
+JSON argument); stdin is /dev/null and stdout is the stderr pipe from the first byte the
+interpreter runs, so nothing (a ``.pth`` file, a plugin, a C extension) that prints can corrupt
+the protocol. Before the plugin is imported fd 0/1 and ``sys.stdin``/``sys.stdout`` are pointed
+at /dev/null and stderr once more, whatever started us.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ class _ScanContext:
     strict = True
     object_hook = None
     object_pairs_hook = None
-    parse_float = float
     parse_int = int
     memo: dict[str, str]
 
@@ -50,25 +51,77 @@ class _ScanContext:
 
     @staticmethod
     def parse_constant(name: str) -> float:
-        return {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[name]
+        return _refuse_constant(name)
+
+    @staticmethod
+    def parse_float(text: str) -> float:
+        return _finite_float(text)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400 would become Infinity
+        raise ValueError(f"number {text[:40]} is out of range (not valid JSON)")
+    return value
+
+
+def _refuse_surrogates(text: str, obj: object) -> object:
+    """``obj`` if no string in it holds a lone surrogate (only a ``\\udXXX`` escape in ``text``
+    makes one): such a string cannot be encoded as UTF-8, so nothing could print or send it on."""
+    if "\\ud" not in text and "\\uD" not in text:
+        return obj
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("lone surrogate escape in a string (not UTF-8)") from None
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+    return obj
 
 
 def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
-    """Compact JSON straight through the ``_json`` C accelerator: twice as fast per message as
-    ``json.dumps``/``json.loads``, and without importing ``json`` (and ``re``) at start-up."""
+    """Compact, strict JSON straight through the ``_json`` C accelerator: twice as fast per
+    message as ``json.dumps``/``json.loads``, and without importing ``json`` (and ``re``) at
+    start-up.
+
+    Both ways refuse ``NaN``/``Infinity`` (not JSON: the other side, or ``call``'s output,
+    could not parse them; numbers such as ``1e400`` included) and strings that are not UTF-8
+    (lone surrogates). Decoding raises ``ValueError`` and nothing else for any bad input
+    (invalid UTF-8, nesting too deep for the parser included), so a reader needs one handler.
+    """
     try:
         import _json
     except ImportError:  # pragma: no cover - interpreters without the accelerator
         import json
 
-        encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-        return encoder.encode, json.loads
+        encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+        def fallback(data: bytes | str) -> Any:
+            try:
+                text = data.decode("utf-8") if isinstance(data, bytes) else data
+                obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+                return _refuse_surrogates(text, obj)
+            except RecursionError:
+                raise ValueError("JSON nested too deeply") from None
+
+        return encoder.encode, fallback
 
     def default(obj: object) -> object:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
     iterencode = _json.make_encoder(
-        None, default, _json.encode_basestring, None, ":", ",", False, False, True
+        None, default, _json.encode_basestring, None, ":", ",", False, False, False
     )
     scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
 
@@ -76,16 +129,20 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
         return "".join(iterencode(obj, 0))
 
     def decode(data: bytes | str) -> Any:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
         try:
-            obj, end = scan(text, 0)
-        except StopIteration:
-            obj, end = None, -1
-        if end < 0 or (end != len(text) and text[end:].strip()):
-            import json
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            try:
+                obj, end = scan(text, 0)
+            except StopIteration:
+                obj, end = None, -1
+            if end < 0 or (end != len(text) and text[end:].strip()):
+                import json
 
-            return json.loads(text)  # raises the precise error (or copes with leading space)
-        return obj
+                # raises the precise error (or copes with leading space)
+                obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+            return _refuse_surrogates(text, obj)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
     return encode, decode
 
@@ -120,11 +177,17 @@ class Wire:
         self.max_line = max_line
         self.lock = threading.Lock()
 
-    def send(self, message: dict[str, object]) -> None:
+    def send(self, message: dict[str, object], method: object = None) -> None:
+        """Write one message; one that cannot be encoded is answered with an error instead
+        (``method`` names the call in it)."""
         try:
-            data = _dumps(message).encode("utf-8", "surrogatepass") + b"\n"
+            data = _dumps(message).encode("utf-8") + b"\n"
         except (TypeError, ValueError, RecursionError) as exc:
-            data = _error_line(message.get("id"), INTERNAL_ERROR, f"result is not JSON: {exc}")
+            what = "result" if "result" in message else "error"
+            reason = f"{method}: {what} is not valid JSON: {exc}" if method else f"{exc}"
+            # the reason may quote the offending text (a lone surrogate): keep it encodable
+            reason = reason.encode("utf-8", "replace").decode("utf-8")[:2000]
+            data = _error_line(message.get("id"), INTERNAL_ERROR, reason)
         view = memoryview(data)
         with self.lock:
             while view:
@@ -140,8 +203,10 @@ class Wire:
         return line
 
 
-def _error_line(call_id: object, code: int, message: str, data: object = None) -> bytes:
-    return (_dumps(_error(call_id, code, message, data)) + "\n").encode()
+def _error_line(call_id: object, code: int, message: str) -> bytes:
+    if not isinstance(call_id, (int, str)) or isinstance(call_id, bool):
+        call_id = None  # an id the core never sends; keeps this line encodable
+    return (_dumps(_error(call_id, code, message)) + "\n").encode("utf-8")
 
 
 def _error(call_id: object, code: int, message: str, data: object = None) -> dict[str, object]:
@@ -159,9 +224,9 @@ def _exception_error(call_id: object, exc: BaseException) -> dict[str, object]:
     return _error(call_id, APPLICATION_ERROR, str(exc) or type(exc).__name__, data)
 
 
-def _guard_stdio() -> int:
-    """Move the wire off fds 0/1 and point them at /dev/null and stderr; return the wire fd."""
-    wire = os.dup(0)
+def _guard_stdio(wire: int) -> int:
+    """Keep the wire fd from the plugin's children and point fds 0/1 at /dev/null and stderr
+    (the core already does at spawn; this holds whatever started us); return the wire fd."""
     os.set_inheritable(wire, False)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -386,7 +451,7 @@ class Plugin:
     def finish(self, request: dict[str, object]) -> None:
         began = _clock()
         try:
-            self.wire.send(self.execute(request))
+            self.wire.send(self.execute(request), request["method"])
         finally:
             took = _clock() - began
             method = request["method"]
@@ -417,7 +482,7 @@ class Plugin:
                 call_id = request.get("id") if isinstance(request, dict) else None
                 wire.send(_error(call_id, INVALID_REQUEST, "not a JSON-RPC request"))
                 continue
-            if request["method"][0] == "$":
+            if request["method"].startswith("$"):
                 self.control(request)
             elif "id" in request:
                 return request
@@ -508,7 +573,7 @@ def main(argv: list[str]) -> int:
         return 1
     global WIRE_FD
     spec = _loads(argv[1])
-    wire_fd = WIRE_FD = _guard_stdio()
+    wire_fd = WIRE_FD = _guard_stdio(int(spec["wire_fd"]))
     version = _negotiate()
     _hook_logging(str(spec.get("log_level", "info")))
     wire = Wire(wire_fd, int(spec.get("max_line", 64 * 1024 * 1024)))

@@ -25,12 +25,28 @@ log = logging.getLogger("reva_plugins.process")
 
 _TIMEOUT: Final = object()
 _loads = wire.loads
+#: how long a failed write waits for the process's exit to be recorded (see ``Client.send``)
+_EXIT_GRACE = 5.0
+
+
+def _decode(line: bytes) -> tuple[Any, str]:
+    """A line's message, or ``None`` and why it is not one. Nothing escapes: a plugin controls
+    these bytes, and whatever the decoder raises on them must become a protocol error."""
+    try:
+        return _loads(line), ""
+    except Exception as exc:  # noqa: BLE001 - every decode failure is the plugin's protocol error
+        return None, f"invalid JSON from plugin: {exc or type(exc).__name__}"
 
 
 class _Oversized(Exception):
     def __init__(self, head: bytes) -> None:
         super().__init__("oversized line")
         self.head = head
+
+
+def _shown(value: object) -> object:
+    """A plugin-sent value safe to log (``repr`` of a deeply nested one would recurse)."""
+    return value if isinstance(value, (str, int, float, type(None))) else type(value).__name__
 
 
 class LineReader:
@@ -128,6 +144,7 @@ class Client:
         self.read_lock = threading.Lock()
         self.eof = False
         self.closed: RevaPluginError | None = None
+        self.gone = threading.Event()  # set once ``closed`` is
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -137,6 +154,9 @@ class Client:
             with self.send_lock:
                 self.sock.sendall(data)
         except OSError as exc:
+            # The wire breaks because the process is dying: its watcher records the exit a moment
+            # later, and the caller must learn that (PluginCrashed, exit code, stderr), not errno.
+            self.gone.wait(_EXIT_GRACE)
             raise self.closed or ProtocolError(
                 f"cannot write to plugin: {exc}", plugin=self.label
             ) from None
@@ -263,7 +283,8 @@ class Client:
 
     def _fill(self, call_id: Any, result: Any = None, error: BaseException | None = None) -> bool:
         with self.lock:
-            slot = self.pending.pop(call_id, None) if isinstance(call_id, int) else None
+            # type(): true == 1 as a key, and a reply with id true must not fill call 1
+            slot = self.pending.pop(call_id, None) if type(call_id) is int else None
             if slot is None:
                 return False
             slot.result, slot.error, slot.done = result, error, True
@@ -273,10 +294,9 @@ class Client:
     # -- incoming messages -----------------------------------------------------------------
 
     def _dispatch(self, line: bytes) -> None:
-        try:
-            message = _loads(line)
-        except ValueError as exc:
-            self._protocol_error(line, f"invalid JSON from plugin: {exc}")
+        message, problem = _decode(line)
+        if problem:
+            self._protocol_error(line, problem)
             return
         if type(message) is not dict:
             self._protocol_error(line, "message is not a JSON object")
@@ -289,16 +309,18 @@ class Client:
                 call_id, error=wire.error_to_exception(message["error"], plugin=self.label)
             )
         elif "method" in message:
-            log.debug("%s: notification %s ignored", self.label, message.get("method"))
+            log.debug("%s: notification %.200r ignored", self.label, _shown(message["method"]))
             return
         else:
             error = ProtocolError("reply has neither result nor error", plugin=self.label)
             found = self._fill(call_id, error=error)
             log.error(
-                "%s: protocol error: reply %r has neither result nor error", self.label, call_id
+                "%s: protocol error: reply %.200r has neither result nor error",
+                self.label,
+                _shown(call_id),
             )
         if not found and call_id != 0:  # id 0 answers $/shutdown, which nobody waits for
-            log.warning("%s: reply for unknown call id %r dropped", self.label, call_id)
+            log.warning("%s: reply for unknown call id %.200r dropped", self.label, _shown(call_id))
 
     def _protocol_error(self, line: bytes, reason: str) -> None:
         log.error("%s: protocol error: %s", self.label, reason)
@@ -306,28 +328,31 @@ class Client:
         if call_id is not None:
             self._fill(call_id, error=ProtocolError(reason, plugin=self.label))
 
-    def first_message(self, timeout: float) -> tuple[dict[str, Any] | None, str]:
-        """The first message (the handshake), or None and what came instead (b"" at EOF)."""
+    def first_message(self, timeout: float) -> tuple[dict[str, Any] | None, str, str]:
+        """The first message (the handshake); else None, what came instead and why it is not a
+        handshake (both empty at EOF or timeout)."""
         with self.read_lock:
             try:
                 line = self.reader.readline(timeout)
             except _Oversized as exc:
-                return None, exc.head.decode("utf-8", "replace")[:2000]
+                head = exc.head.decode("utf-8", "replace")[:2000]
+                return None, head, f"message longer than {self.reader.max_line} bytes"
             if line is _TIMEOUT:
-                return None, ""
+                return None, "", ""
             assert isinstance(line, bytes)
             if not line:
                 self.eof = True
-                return None, ""
-            try:
-                message = _loads(line)
-            except ValueError:
-                message = None
-            if isinstance(message, dict) and message.get("method") == wire.HANDSHAKE:
-                params = message.get("params")
-                if isinstance(params, dict):
-                    return params, ""
-            return None, line.decode("utf-8", "replace").rstrip()[:2000]
+                return None, "", ""
+            instead = line.decode("utf-8", "replace").rstrip()[:2000]
+            message, problem = _decode(line)
+            if problem:
+                return None, instead, problem
+            if not isinstance(message, dict) or message.get("method") != wire.HANDSHAKE:
+                return None, instead, "not a $/handshake notification"
+            params = message.get("params")
+            if not isinstance(params, dict):
+                return None, instead, "its params are not an object"
+            return params, "", ""
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -346,6 +371,7 @@ class Client:
             self.eof = True
             with self.lock:
                 self.closed = error
+                self.gone.set()
                 pending, self.pending = self.pending, {}
                 for slot in pending.values():
                     slot.error, slot.done = error, True

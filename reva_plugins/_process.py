@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -126,19 +127,26 @@ class PluginProcess:
         """Spawn, wait for the handshake, send ``configure``; return the handshake params."""
         began = time.perf_counter()
         parent, child = socket.socketpair()
+        wire_fd = -1
         try:
+            # The wire is an extra fd (>= 3 even if the core runs without stdio), never stdin or
+            # stdout: whatever runs before the bootstrap (a .pth file) and prints goes to stderr.
+            wire_fd = fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
             self._proc = spawn(
-                [self.spec.python, "-I", wire.BOOTSTRAP_FILE, self._bootstrap_arg()],
+                [self.spec.python, "-I", wire.BOOTSTRAP_FILE, self._bootstrap_arg(wire_fd)],
                 env=plugin_environment(self.spec),
                 cwd=self.spec.cwd,
-                stdin=child.fileno(),
-                stdout=child.fileno(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.STDOUT,
+                pass_fds=(wire_fd,),
             )
         except OSError as exc:
             parent.close()
             raise HandshakeError(f"cannot start plugin: {exc}", plugin=self.spec.label) from None
         finally:
             child.close()
+            if wire_fd >= 0:
+                os.close(wire_fd)
         self.started_at = time.time()
         self._client = Client(
             parent, label=self.spec.label, max_line=self.spec.max_line, on_eof=self._on_eof
@@ -156,10 +164,11 @@ class PluginProcess:
         self.start_ms = (time.perf_counter() - began) * 1000
         return self.handshake
 
-    def _bootstrap_arg(self) -> str:
+    def _bootstrap_arg(self, wire_fd: int) -> str:
         level = logging.getLogger(self.spec.logger_name).getEffectiveLevel()
         entry = dict(self.spec.entry)
         entry.update(
+            wire_fd=wire_fd,
             service=self.spec.service,
             max_concurrency=self.spec.max_concurrency,
             max_line=self.spec.max_line,
@@ -177,7 +186,7 @@ class PluginProcess:
     def _handshake(self) -> None:
         assert self._client is not None
         timeout = self.spec.start_timeout
-        params, instead = self._client.first_message(timeout)
+        params, instead, problem = self._client.first_message(timeout)
         if params is None:
             if self._client.eof or self._exited.wait(0.5):
                 self._exited.wait(2)
@@ -186,7 +195,7 @@ class PluginProcess:
                     f"(the core offers protocol versions {list(self.spec.protocol_versions)})"
                 )
             elif instead:
-                reason = "the plugin's first message is not a handshake"
+                reason = f"the plugin's first message is not a handshake: {problem}"
             else:
                 reason = f"no handshake within {timeout:g} s (start_timeout)"
             self._fail_start(reason, instead)

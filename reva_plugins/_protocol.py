@@ -25,7 +25,7 @@ from ._bootstrap import (
     dumps,
     loads,
 )
-from ._errors import RemoteError, remote_error
+from ._errors import RemoteError, UsageError, remote_error
 
 __all__ = [
     "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "COOKIE_KEY", "COOKIE_VALUE",
@@ -82,39 +82,59 @@ _STANDARD_TYPES = {
 
 BOOTSTRAP_FILE = Path(__file__).with_name("_bootstrap.py")
 
-_ID_RE = re.compile(rb'"id"\s*:\s*(\d+)')
+_ID_RE = re.compile(rb'"id"\s*:\s*(\d{1,18})\b')
 
 
 def encode_request(
     call_id: int | None, method: str, params: dict[str, Any], meta: dict[str, Any] | None = None
 ) -> bytes:
-    """One request (or, without an id, a notification) as a line of bytes."""
+    """One request (or, without an id, a notification) as a line of bytes.
+
+    Raises :class:`UsageError` for params (or meta) that are not strict JSON: NaN or infinity,
+    objects JSON has no type for, lone surrogates, cycles.
+    """
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
     if call_id is not None:
         message["id"] = call_id
     if meta:
         message["meta"] = meta
-    return dumps(message).encode("utf-8", "surrogatepass") + b"\n"
+    try:
+        return dumps(message).encode("utf-8") + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = str(exc).encode("utf-8", "replace").decode("utf-8")
+        raise UsageError(f"params of {method!r} are not valid JSON: {reason}") from None
 
 
 def guess_id(line: bytes) -> int | None:
-    """The id a broken message seems to answer, so only that call fails."""
+    """The id a broken message seems to answer, so only that call fails: the first ``"id"`` near
+    its start, else the last near its end (where an encoder that writes ``id`` last puts it)."""
     match = _ID_RE.search(line[:4096])
+    if match is None:
+        match = next(reversed(list(_ID_RE.finditer(line[-4096:]))), None)
     return int(match.group(1)) if match else None
 
 
+def _text(value: object) -> str:
+    """A string field of a plugin's error as text (anything else is not trusted to ``str``)."""
+    return value if isinstance(value, str) else ""
+
+
 def error_to_exception(error: dict[str, Any], *, plugin: str) -> RemoteError:
-    """The typed exception for a JSON-RPC error object."""
-    code = error.get("code", APPLICATION_ERROR)
-    data = error.get("data") if isinstance(error.get("data"), dict) else {}
-    assert isinstance(data, dict)
-    type_name = str(data.get("type") or _STANDARD_TYPES.get(code, "RemoteError"))
-    message = str(error.get("message") or type_name)
+    """The typed exception for a JSON-RPC error object (any shape: fields of the wrong type
+    are ignored)."""
+    code = error.get("code")
+    if type(code) is not int:
+        code = APPLICATION_ERROR
+    data = error.get("data")
+    if not isinstance(data, dict):
+        data = {}
+    type_name = _text(data.get("type")) or _STANDARD_TYPES.get(code, "RemoteError")
+    message = _text(error.get("message")) or type_name
     return remote_error(
         message,
         type_name=type_name,
         plugin=plugin,
-        code=code if isinstance(code, int) else APPLICATION_ERROR,
-        traceback=str(data.get("traceback") or ""),
+        code=code,
+        traceback=_text(data.get("traceback")),
         data=data,
     )

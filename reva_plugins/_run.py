@@ -83,17 +83,34 @@ def spawn(
     stdout: int | IO[Any],
     pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running child in its own session (so its process group can be reaped)."""
+    """Start a long-running child in its own session (so its process group can be reaped).
+
+    Its stderr is a pipe (``.stderr``); ``stdout=subprocess.STDOUT`` sends its stdout there too.
+    """
     args = [os.fspath(a) for a in argv]
     log.debug("spawn: %s", args)
-    return subprocess.Popen(
-        args,
-        env=dict(env),
-        cwd=cwd,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        pass_fds=tuple(pass_fds),
-        close_fds=True,
-    )
+    read_end = write_end = None
+    if stdout == subprocess.STDOUT:  # Popen has no such option: share one pipe ourselves
+        read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout if write_end is None else write_end,
+            stderr=subprocess.PIPE if write_end is None else write_end,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+            close_fds=True,
+        )
+    except BaseException:
+        if read_end is not None:
+            os.close(read_end)
+        raise
+    finally:
+        if write_end is not None:
+            os.close(write_end)
+    if read_end is not None:
+        proc.stderr = open(read_end, "rb")  # noqa: SIM115 - owned by the caller, like Popen's
+    return proc
