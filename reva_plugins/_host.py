@@ -32,6 +32,7 @@ from .services import SERVICES, ServiceType
 if TYPE_CHECKING:
     from pluggy import HookCaller
 
+
 @dataclass(frozen=True)
 class ServiceInfo:
     """What runs a service now (``ServiceProxy.info()``): a snapshot, for status pages,
