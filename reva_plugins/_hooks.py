@@ -12,7 +12,8 @@ a process watcher's): keep them quick and do not call the service from them.
 - ``env_built(service, env_key, seconds)``: an environment was built for ``service`` (not when a
   cached one was reused).
 - ``plugin_started(service, pid, handshake, seconds, restarts)``: a plugin process completed its
-  handshake and configure in ``seconds``; ``restarts`` counts the starts before it that crashed.
+  handshake and configure in ``seconds``; ``restarts`` is how often the service's plugin was
+  restarted after a crash (0 for the first start).
 - ``plugin_exited(service, pid, returncode, expected)``: a plugin process exited; ``expected`` is
   False for a crash.
 - ``plugin_restarting(service, restarts, delay)``: the supervisor restarts a crashed plugin (this
