@@ -262,6 +262,50 @@ def test_acall_keeps_the_callers_context_for_wrappers(inproc_host: Host) -> None
     assert seen == ["request-42"]
 
 
+_TRACED_PLUGIN = """
+class Traced:
+    def get_user(self, user_id, skip_fetching_groups=False, context=None):
+        return {"username": "traced", "display_name": context.meta.get("traceparent", "")}
+
+    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
+        return {}
+
+    def get_user_groups(self, user_id):
+        return []
+
+    def find_users(self, query, skip_fetching_groups=False):
+        return []
+"""
+
+
+def test_a_tracing_wrapper_can_send_context_to_the_plugin(tmp_path: Path) -> None:
+    project = tmp_path / "traced"
+    (project / "reva_traced").mkdir(parents=True)
+    (project / "reva_traced" / "__init__.py").write_text(_TRACED_PLUGIN, encoding="utf-8")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "reva-traced"\nversion = "1.0"\n\n'
+        '[project.entry-points."reva.userprovider"]\ntraced = "reva_traced:Traced"\n',
+        encoding="utf-8",
+    )
+
+    class Tracer:
+        @hookimpl(wrapper=True)
+        def service_call(self, meta: dict[str, Any]) -> Generator[None, Any, Any]:
+            meta["traceparent"] = "00-trace-span-01"
+            return (yield)
+
+    config = {"grpc": {"services": {"userprovider": {"driver": str(project)}}}}
+    with Host(config, base_dir=tmp_path) as host:
+        users = host.service("userprovider")
+        assert users.get_user({"opaque_id": "x"})["display_name"] == ""
+        host.register(Tracer())
+        assert users.get_user({"opaque_id": "x"})["display_name"] == "00-trace-span-01"
+        caller_meta = {"user": "einstein"}
+        users.call("get_user", {"user_id": {"opaque_id": "x"}}, meta=caller_meta)
+        assert caller_meta == {"user": "einstein"}  # the caller's dict is not changed
+
+
 # -- info() and explicit start -------------------------------------------------------------------
 
 
