@@ -451,6 +451,25 @@ class CheckResult:
     exit_code: int = 0
 
 
+class _HookManager(pluggy.PluginManager):
+    """The host's plugin manager: tells the host when implementations come or go, however they
+    were registered (``host.register``, ``host.hooks.register``, entry points)."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        super().__init__(PROJECT)
+        self._changed = changed
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        result = super().register(plugin, name)
+        self._changed()
+        return result
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        result = super().unregister(plugin, name)
+        self._changed()
+        return result
+
+
 class _Slot:
     """One service's place in the host: its own lock, so loading (and building) one service
     never waits for another."""
@@ -487,18 +506,17 @@ class Host:
             installer=installer,
             offline=offline or None,
         )
-        #: the host's extension points (see ``reva_plugins._hooks``); register through
-        #: :meth:`register` so calls pick up ``service_call`` wrappers
-        self.hooks = pluggy.PluginManager(PROJECT)
-        self.hooks.add_hookspecs(HostSpec)
-        self._invoke = _Invoke()
-        self.hooks.register(self._invoke, name="reva-plugins.invoke")
-        self._call_hook: HookCaller | None = None
         self.loader = Loader(self.config, refresh=refresh)
         self._slots: dict[str, _Slot] = {}
         self._plans: dict[str, Plan] = {}
         self._lock = threading.Lock()  # guards _slots and _closed; never held while loading
         self._closed = False
+        self._call_hook: HookCaller | None = None
+        self._invoke = _Invoke()
+        #: the host's extension points (see ``reva_plugins._hooks``)
+        self.hooks: pluggy.PluginManager = _HookManager(self._refresh_call_hook)
+        self.hooks.add_hookspecs(HostSpec)
+        self.hooks.register(self._invoke, name="reva-plugins.invoke")
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Host:
@@ -515,12 +533,10 @@ class Host:
         """Register an object implementing host hooks (``plugin_started``, ``service_call`` …,
         see ``reva_plugins._hooks``); they apply to every service, loaded or not."""
         self.hooks.register(plugin, name=name)
-        self._refresh_call_hook()
 
     def unregister(self, plugin: object) -> None:
         """Undo :meth:`register`."""
         self.hooks.unregister(plugin)
-        self._refresh_call_hook()
 
     def _refresh_call_hook(self) -> None:
         # Decided here, once per (un)registration, so a call without wrappers skips pluggy.

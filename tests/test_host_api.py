@@ -217,10 +217,11 @@ def test_without_call_hooks_a_call_never_enters_pluggy(inproc_host: Host) -> Non
         users.call("get_user", {"user_id": {"opaque_id": "demo"}})
         assert "service_call" not in seen
         metrics = _Metrics()
-        inproc_host.register(metrics)
+        inproc_host.hooks.register(metrics)  # straight on the plugin manager works too
         users.get_user({"opaque_id": "demo"})
         assert seen.count("service_call") == 1
-        inproc_host.unregister(metrics)
+        assert len(metrics.calls) == 1
+        inproc_host.hooks.unregister(metrics)
         users.get_user({"opaque_id": "demo"})
         assert seen.count("service_call") == 1
     finally:
