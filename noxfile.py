@@ -43,6 +43,22 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+# The floors in pyproject.toml are proven here: each direct dependency at its lowest declared
+# version. The tests that exercise what the floors are about (hooks, host, CLI, env builds).
+LOWEST_TESTS = ("tests/test_host.py", "tests/test_host_api.py", "tests/test_cli.py")
+
+
+@nox.session(python="3.11", venv_backend="uv")
+def lowest(session: nox.Session) -> None:
+    """The tests with every dependency at the lowest version pyproject.toml declares.
+
+    nox -s lowest                      # the host, hook and CLI tests
+    nox -s lowest -- tests/            # everything
+    """
+    session.install("--resolution", "lowest-direct", "-e", ".[test]")  # uv pip install
+    session.run("pytest", "-p", "no:cacheprovider", *(session.posargs or LOWEST_TESTS))
+
+
 # name: (folder in sample_plugins/, service, credentials); each folder has a conformance.toml.
 SAMPLES = {
     "json_users": ("json_users", "userprovider", None),

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +98,62 @@ def warm_start(spec: LaunchSpec, n: int) -> dict[str, Any]:
     }
 
 
-def in_process_proxy(spec: LaunchSpec) -> ServiceProxy:
-    """The same driver loaded into this process and called through pluggy."""
+def in_process_pair(spec: LaunchSpec) -> tuple[ServiceProxy, Any]:
+    """The sample's user provider loaded into this process twice: behind a ``ServiceProxy``, and
+    as the bare driver object (instantiated and configured the same way)."""
     site = next(spec.python.parent.parent.glob("lib/python*/site-packages"))
     sys.path.insert(0, str(site))
     service = SERVICES["userprovider"]
-    plan = InProcessPlan(
-        service, EntryPoint("json", str(spec.entry["value"])), {"users": str(USERS)}
-    )
-    return ServiceProxy(service, InProcessDriver(plan, "in-process"), "in-process")
+    value = str(spec.entry["value"])
+    plan = InProcessPlan(service, EntryPoint("json", value), {"users": str(USERS)})
+    proxy = ServiceProxy(service, InProcessDriver(plan, "in-process"), "in-process")
+    proxy.start()
+    driver = importlib_metadata.EntryPoint("json", value, service.group).load()()
+    driver.configure({"users": str(USERS)})
+    return proxy, driver
+
+
+def in_process_overhead(spec: LaunchSpec, n: int, rounds: int = 15) -> dict[str, Any]:
+    """What the proxy adds to an in-process call: ``proxy.get_user(uid)`` against the driver's
+    own ``get_user(uid)``, per call, measured in the same run.
+
+    Batches of ``n // rounds`` calls, the two alternating so both see the same machine load;
+    each figure is the median of its batches' per-call means (timing one call at a time would
+    add the clock's own cost to both)."""
+    proxy, driver = in_process_pair(spec)
+    assert proxy.get_user(UID) == driver.get_user(UID)
+    batch = max(1, n // rounds)
+    clock = time.perf_counter
+
+    def per_call(func: Any) -> float:
+        began = clock()
+        for _ in range(batch):
+            func(UID)
+        return (clock() - began) / batch
+
+    proxied, direct = [], []
+    per_call(proxy.get_user)  # warm-up
+    per_call(driver.get_user)
+    for _ in range(rounds):
+        direct.append(per_call(driver.get_user))
+        proxied.append(per_call(proxy.get_user))
+    proxy_us = statistics.median(proxied) * 1e6
+    direct_us = statistics.median(direct) * 1e6
+    return {
+        "proxy_us": round(proxy_us, 2),
+        "baseline_direct_method_us": round(direct_us, 2),
+        "overhead_us": round(proxy_us - direct_us, 2),
+        "ratio": ratio(proxy_us, direct_us),
+        "calls": batch * rounds,
+    }
 
 
 def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
     """Sequential get_user through Host, both processes pinned as ``cpus``."""
     users = host.service("userprovider")
     users.get_user(UID)
-    pid = host.service("userprovider").driver.supervisor.process.pid  # type: ignore[attr-defined]
+    pid = users.info().pid
+    assert pid is not None
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpus[0]})
     os.sched_setaffinity(pid, {cpus[1]})
@@ -161,7 +203,8 @@ def throughput(host: Host, spec: LaunchSpec, n: int) -> dict[str, Any]:
 
 def memory(host: Host, spec: LaunchSpec) -> dict[str, Any]:
     """Idle RSS/PSS of the plugin process against a bare interpreter."""
-    pid = host.service("userprovider").driver.supervisor.process.pid  # type: ignore[attr-defined]
+    pid = host.service("userprovider").start().pid
+    assert pid is not None
     time.sleep(0.2)
     ours = memory_of(pid)
     bare = _peers.idle_interpreter_memory(str(spec.python))
@@ -259,10 +302,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             two = (0, 1) if (os.cpu_count() or 1) > 1 else (0, 0)
             results["latency_one_cpu"] = call_latency(host, spec, sizes.calls, (0, 0))
             results["latency_two_cpus"] = call_latency(host, spec, sizes.calls, two)
-            proxy = in_process_proxy(spec)
-            results["latency_in_process_pluggy"] = latencies(
-                lambda: proxy.get_user(UID), sizes.calls
-            )
+            results["in_process_overhead"] = in_process_overhead(spec, sizes.calls * 10)
             results["throughput"] = throughput(host, spec, sizes.throughput)
             results["memory"] = memory(host, spec)
             results["scale"] = scale(spec, sizes.plugins)
@@ -279,9 +319,16 @@ def table(results: dict[str, Any]) -> str:
         results["provisioning"],
         results["scale"],
     )
-    ws = results["warm_start"]
+    ws, inp = results["warm_start"], results["in_process_overhead"]
     rows = [
         ("warm start (ms)", ws["ours_ms"], ws["baseline_python_pass_ms"], ws["ratio"]),
+        (
+            "in-process call via proxy vs method (us)",
+            inp["proxy_us"],
+            inp["baseline_direct_method_us"],
+            inp["ratio"],
+        ),
+        ("in-process proxy overhead (us)", inp["overhead_us"], None, None),
         (
             "call p50, 1 CPU (us)",
             lat1["ours"]["p50_us"],

@@ -13,13 +13,16 @@ from ._errors import (
     NotFound,
     PermissionDenied,
     PluginCrashed,
+    ProcessError,
     ProtocolError,
     RemoteError,
     RevaPluginError,
     SourceError,
+    UsageError,
 )
 from ._hooks import hookimpl, hookspec
-from ._host import CheckResult, Host, ServiceProxy
+from ._host import CheckResult, Host, ServiceInfo, ServiceProxy
+from ._process import ServiceState
 from .services import SERVICES, ServiceType, register_service
 
 __version__ = "0.1.0"
@@ -38,12 +41,16 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PluginCrashed",
+    "ProcessError",
     "ProtocolError",
     "RemoteError",
     "RevaPluginError",
+    "ServiceInfo",
     "ServiceProxy",
+    "ServiceState",
     "ServiceType",
     "SourceError",
+    "UsageError",
     "__version__",
     "hookimpl",
     "hookspec",

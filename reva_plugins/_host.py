@@ -1,38 +1,67 @@
-"""The host: loads configured drivers and exposes each service as a proxy dispatched by pluggy."""
+"""The host: loads configured drivers and serves each service as a :class:`ServiceProxy`.
+
+A call is a plain method call: ``proxy.get_user(uid)`` binds the arguments to the service's
+signature and calls ``driver.invoke`` (in this process, or over the wire to a plugin process).
+pluggy carries only the host's extension points (``_hooks``): lifecycle hooks, and the
+``service_call`` hook that wraps calls when an application registered one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
+import collections
 import inspect
 import logging
+import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pluggy
 
 from . import _config
 from ._errors import HandshakeError, RemoteError, RevaPluginError, UsageError, remote_error
-from ._hooks import PROJECT, LifecycleSpec, hookimpl, hookspec
+from ._hooks import PROJECT, HostSpec, hookimpl
 from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
-from ._process import PluginProcess, Supervisor
+from ._process import PluginProcess, ServiceState, Supervisor
 from ._redact import redact
 from ._store import resolve_cache_dir
 from .services import SERVICES, ServiceType
 
+if TYPE_CHECKING:
+    from pluggy import HookCaller
+
 log = logging.getLogger("reva_plugins.host")
 
-_NO_OPTIONS: tuple[float | None, dict[str, Any] | None] = (None, None)
-_call_options: contextvars.ContextVar[tuple[float | None, dict[str, Any] | None]] = (
-    contextvars.ContextVar("reva_call_options", default=_NO_OPTIONS)
-)
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What runs a service now (``ServiceProxy.info()``): a snapshot, for status pages,
+    metrics and tests."""
+
+    service: str
+    #: ``in-process``, or the source kind of the plugin's env (``folder``, ``wheel``, ``venv`` …)
+    kind: str
+    state: ServiceState
+    #: the plugin process's id while it runs; None in-process or when no process runs
+    pid: int | None
+    #: the env in the cache (None in-process and for a prebuilt venv)
+    env_key: str | None
+    #: the interpreter the driver runs on
+    python: str
+    #: the entry point, and the distribution and version that declare it
+    entry_point: str
+    distribution: str
+    version: str
+    #: seconds since the running process started (in-process: since the driver loaded)
+    uptime: float | None
+    #: how many times the plugin was restarted after a crash
+    restarts: int
+    calls_in_flight: int
 
 
 class Driver(Protocol):
@@ -41,7 +70,8 @@ class Driver(Protocol):
     kind: str
 
     def start(self) -> dict[str, Any]:
-        """Load or start the driver; return what it says about itself."""
+        """Load or start the driver unless it runs (idempotent); return what it says about
+        itself (the handshake)."""
         ...
 
     def invoke(
@@ -51,11 +81,15 @@ class Driver(Protocol):
         timeout: float | None,
         meta: dict[str, Any] | None,
     ) -> Any:
-        """Call one method with keyword params."""
+        """Call one method with keyword params, starting the driver first if need be."""
         ...
 
     def ping(self) -> float:
         """A health round trip, in milliseconds."""
+        ...
+
+    def info(self) -> ServiceInfo:
+        """What runs now; never starts anything."""
         ...
 
     def close(self) -> None:
@@ -72,7 +106,11 @@ class InProcessDriver:
         self.plan = plan
         self.label = label
         self._obj: Any = None
+        self._methods: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
+        self._loaded_at: float | None = None
+        # one item per call in flight: deque appends and pops are atomic, a counter is not
+        self._active: collections.deque[None] = collections.deque()
 
     def start(self) -> dict[str, Any]:
         """Import the entry point, instantiate it and configure it once."""
@@ -89,6 +127,7 @@ class InProcessDriver:
                 except Exception as exc:
                     raise _typed(exc, self.label) from exc
                 self._obj = obj
+                self._loaded_at = time.time()
         ep = self.plan.entry_point
         methods = sorted(
             n for n in dir(self._obj) if not n.startswith("_") and callable(getattr(self._obj, n))
@@ -108,26 +147,56 @@ class InProcessDriver:
         meta: dict[str, Any] | None,
     ) -> Any:
         """Call the method directly; ``timeout`` cannot interrupt in-process code."""
-        if self._obj is None:
-            self.start()
-        func = getattr(self._obj, method, None)
-        if not callable(func):
-            raise RemoteError(
-                f"method not found: {method}", type="MethodNotFound", plugin=self.label
-            )
+        func = self._methods.get(method) or self._method(method)
+        active = self._active
+        active.append(None)
         try:
             return func(**params)
         except Exception as exc:
             raise _typed(exc, self.label) from exc
+        finally:
+            active.pop()
+
+    def _method(self, method: str) -> Callable[..., Any]:
+        if self._obj is None:
+            self.start()
+        func: Callable[..., Any] | None = getattr(self._obj, method, None)
+        if not callable(func):
+            raise RemoteError(
+                f"method not found: {method}", type="MethodNotFound", plugin=self.label
+            )
+        self._methods[method] = func
+        return func
 
     def ping(self) -> float:
         """Nothing to round-trip: the driver is loaded or not."""
         self.start()
         return 0.0
 
+    def info(self) -> ServiceInfo:
+        """The driver runs in this process, on this interpreter."""
+        ep = self.plan.entry_point
+        loaded = self._loaded_at
+        return ServiceInfo(
+            service=self.plan.service.name,
+            kind=self.kind,
+            state="running" if self._obj is not None else "stopped",
+            pid=None,
+            env_key=None,
+            python=sys.executable,
+            entry_point=ep.name,
+            distribution=ep.distribution,
+            version=ep.version,
+            uptime=None if loaded is None or self._obj is None else time.time() - loaded,
+            restarts=0,
+            calls_in_flight=len(self._active),
+        )
+
     def close(self) -> None:
         """Drop the object."""
-        self._obj = None
+        with self._lock:
+            self._obj = None
+            self._methods = {}
 
 
 def _typed(exc: Exception, label: str) -> RevaPluginError:
@@ -155,10 +224,11 @@ class IsolatedDriver:
         self._rebuild = rebuild
         self._rebuild_lock = threading.Lock()
 
-    def _process(self) -> PluginProcess:
+    def _started(self) -> PluginProcess:
+        """The running process, started (or restarted) if need be; rebuilt if its env is gone."""
         supervisor = self.supervisor
         try:
-            return supervisor.process
+            return supervisor.start()
         except HandshakeError:
             gone = self.plan.env_key is not None and not self.plan.launch.python.exists()
             if self._rebuild is None or not gone:
@@ -172,11 +242,11 @@ class IsolatedDriver:
                 )
                 self.plan, self.supervisor = self._rebuild()
                 supervisor.close()
-        return self.supervisor.process
+        return self.supervisor.start()
 
     def start(self) -> dict[str, Any]:
         """Start the process (if not running) and return its handshake."""
-        return self._process().handshake
+        return self._started().handshake
 
     def invoke(
         self,
@@ -186,11 +256,33 @@ class IsolatedDriver:
         meta: dict[str, Any] | None,
     ) -> Any:
         """Send the call over the wire."""
-        return self._process().call(method, params, timeout=timeout, meta=meta)
+        return self._started().call(method, params, timeout=timeout, meta=meta)
 
     def ping(self) -> float:
         """Round-trip ``$/ping``."""
-        return self._process().ping()
+        return self._started().ping()
+
+    def info(self) -> ServiceInfo:
+        """The supervisor's state and its current process."""
+        launch = self.plan.launch
+        supervisor = self.supervisor
+        process = supervisor.process
+        running = process is not None and process.alive
+        handshake = process.handshake if process is not None else {}
+        return ServiceInfo(
+            service=launch.service,
+            kind=self.kind,
+            state=supervisor.state,
+            pid=process.pid if running and process is not None else None,
+            env_key=self.plan.env_key,
+            python=str(launch.python),
+            entry_point=str(launch.entry.get("name") or handshake.get("entry_point", "")),
+            distribution=str(launch.entry.get("distribution") or handshake.get("distribution", "")),
+            version=str(launch.entry.get("version") or handshake.get("version", "")),
+            uptime=time.time() - process.started_at if running and process is not None else None,
+            restarts=supervisor.restarts,
+            calls_in_flight=process.calls_in_flight if running and process is not None else 0,
+        )
 
     def close(self) -> None:
         """Shut the process down."""
@@ -200,62 +292,103 @@ class IsolatedDriver:
 class _Binder:
     """Binds call arguments to a service method's parameters (a lean ``Signature.bind``)."""
 
-    __slots__ = ("defaults", "names", "qualname")
+    __slots__ = ("defaults", "label", "names", "nameset", "qualname", "tails")
 
-    def __init__(self, qualname: str, sig: inspect.Signature) -> None:
+    def __init__(self, qualname: str, sig: inspect.Signature, label: str) -> None:
         self.qualname = qualname
+        self.label = label
         self.names = tuple(sig.parameters)
+        self.nameset = frozenset(self.names)
         self.defaults = {
             n: p.default
             for n, p in sig.parameters.items()
             if p.default is not inspect.Parameter.empty
         }
+        # tails[k]: the defaults of the parameters after k positional arguments (None when one
+        # of them has no default), so a positional call binds with one dict update.
+        self.tails: tuple[dict[str, Any] | None, ...] = tuple(
+            None
+            if any(n not in self.defaults for n in self.names[k:])
+            else {n: self.defaults[n] for n in self.names[k:]}
+            for k in range(len(self.names) + 1)
+        )
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """``args`` and ``kwargs`` by parameter name, defaults filled in; UsageError if they do
+        not fit the signature."""
+        if not kwargs:
+            if len(args) < len(self.tails) and (tail := self.tails[len(args)]) is not None:
+                out = dict(zip(self.names, args, strict=False))
+                out.update(tail)
+                return out
+        elif not args:
+            out = {**self.defaults, **kwargs}
+            if len(out) == len(self.names) and out.keys() <= self.nameset:
+                return out
+        return self._bind_or_fail(args, kwargs)
+
+    def _bind_or_fail(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         names = self.names
         if len(args) > len(names):
-            raise TypeError(f"{self.qualname}() takes {len(names)} arguments, {len(args)} given")
-        out = dict(zip(names, args, strict=False)) if args else {}
+            self._fail(f"takes {len(names)} arguments, {len(args)} given")
+        out = dict(zip(names, args, strict=False))
         for name, value in kwargs.items():
-            if name not in self.names:
-                raise TypeError(f"{self.qualname}() got an unexpected argument {name!r}")
+            if name not in self.nameset:
+                self._fail(f"got an unexpected argument {name!r}")
             if name in out:
-                raise TypeError(f"{self.qualname}() got multiple values for {name!r}")
+                self._fail(f"got multiple values for {name!r}")
             out[name] = value
-        if len(out) < len(names):
-            for name in names:
-                if name not in out:
-                    if name not in self.defaults:
-                        raise TypeError(f"{self.qualname}() is missing the argument {name!r}")
-                    out[name] = self.defaults[name]
+        for name in names:
+            if name not in out:
+                if name not in self.defaults:
+                    self._fail(f"is missing the argument {name!r}")
+                out[name] = self.defaults[name]
         return out
+
+    def _fail(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.qualname}() {message}", plugin=self.label)
 
 
 class ServiceProxy:
-    """A configured service: call its methods as attributes (``users.get_user(uid)``)."""
+    """A configured service: call its methods as attributes (``users.get_user(uid)``).
 
-    def __init__(self, service: ServiceType, driver: Driver, label: str) -> None:
+    A call binds its arguments to the service method's signature and hands them to the driver
+    (``driver.invoke``); when the host has ``service_call`` hooks registered, they wrap it.
+    """
+
+    def __init__(
+        self,
+        service: ServiceType,
+        driver: Driver,
+        label: str,
+        *,
+        call_hook: HookCaller | None = None,
+    ) -> None:
         self.service = service
         self.driver = driver
         self.label = label
-        self._pm = pluggy.PluginManager(PROJECT)
-        self._pm.add_hookspecs(_hookspecs(service))
-        self._pm.register(_forwarders(service, driver), name=label)
-        self._pm.check_pending()
+        self._call_hook = call_hook
         self._binders = {
-            name: _Binder(f"{service.name}.{name}", sig) for name, sig in service.signatures.items()
-        }
-        self._hooks: dict[str, Callable[..., Any]] = {
-            name: getattr(self._pm.hook, name) for name in service.methods
+            name: _Binder(f"{service.name}.{name}", sig, label)
+            for name, sig in service.signatures.items()
         }
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_") or method not in self.service.signatures:
             raise AttributeError(f"service {self.service.name} has no method {method!r}")
-        binder, hook = self._binders[method], self._hooks[method]
+        bind = self._binders[method].bind
+        invoke = self.driver.invoke
+        name = self.service.name
+        proxy = self
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return self._dispatch(hook, self._bind(binder, args, kwargs), None, None)
+            params = bind(args, kwargs)
+            hook = proxy._call_hook
+            if hook is None:
+                return invoke(method, params, None, None)
+            return hook(
+                service=name, method=method, params=params, meta={}, timeout=None, proxy=proxy
+            )
 
         call.__name__ = method
         call.__doc__ = self.service.doc(method)
@@ -265,29 +398,6 @@ class ServiceProxy:
 
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *self.service.methods})
-
-    def _bind(
-        self, binder: _Binder, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        try:
-            return binder.bind(args, kwargs)
-        except TypeError as exc:
-            raise UsageError(str(exc), plugin=self.label) from None
-
-    @staticmethod
-    def _dispatch(
-        hook: Callable[..., Any],
-        arguments: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-    ) -> Any:
-        if timeout is None and meta is None and _call_options.get() is _NO_OPTIONS:
-            return hook(**arguments)
-        token = _call_options.set((timeout, meta))
-        try:
-            return hook(**arguments)
-        finally:
-            _call_options.reset(token)
 
     def call(
         self,
@@ -305,7 +415,18 @@ class ServiceProxy:
                 f"(methods: {', '.join(self.service.methods)})",
                 plugin=self.label,
             )
-        return self._dispatch(self._hooks[method], self._bind(binder, (), params), timeout, meta)
+        arguments = binder.bind((), params)
+        hook = self._call_hook
+        if hook is None:
+            return self.driver.invoke(method, arguments, timeout, meta or None)
+        return hook(
+            service=self.service.name,
+            method=method,
+            params=arguments,
+            meta=dict(meta) if meta else {},
+            timeout=timeout,
+            proxy=self,
+        )
 
     async def acall(
         self,
@@ -315,44 +436,39 @@ class ServiceProxy:
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Any:
-        """:meth:`call` for asyncio code: awaits the reply without blocking the event loop."""
-        call = functools.partial(self.call, method, params, timeout=timeout, meta=meta)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        """:meth:`call` for asyncio code: awaits the reply without blocking the event loop (in a
+        worker thread that sees the caller's context variables, e.g. a tracing span)."""
+        return await asyncio.to_thread(self.call, method, params, timeout=timeout, meta=meta)
+
+    def start(self) -> ServiceInfo:
+        """Start the driver unless it runs: import it (in-process) or spawn its plugin process and
+        wait for the handshake (up to ``start_timeout``). Idempotent; a call does it implicitly.
+        Raises what starting raised (e.g. :class:`HandshakeError`)."""
+        self.driver.start()
+        return self.driver.info()
+
+    def ping(self) -> float:
+        """A health round trip to the driver (starting it if need be), in milliseconds."""
+        return self.driver.ping()
+
+    def info(self) -> ServiceInfo:
+        """What runs this service now; never starts anything."""
+        return self.driver.info()
 
 
-def _hookspecs(service: ServiceType) -> type:
-    """pluggy hookspecs for ``service``'s methods; its spec is a plain class without markers."""
-    marked: dict[str, Any] = {}
-    for method in service.methods:
-        stub = getattr(service.spec, method)
-        clone = types.FunctionType(stub.__code__, stub.__globals__, method, stub.__defaults__)
-        clone.__qualname__ = f"{service.spec.__name__}.{method}"
-        marked[method] = hookspec(firstresult=True)(clone)
-    return type(f"{service.spec.__name__}Hooks", (), marked)
+class _Invoke:
+    """The innermost ``service_call`` implementation: the call itself."""
 
-
-def _forwarders(service: ServiceType, driver: Driver) -> types.SimpleNamespace:
-    """One pluggy hookimpl per service method, forwarding its arguments to ``driver``.
-
-    pluggy reads a hookimpl's argument names from its code object, so each forwarder is compiled
-    with the spec's parameter names (identifiers from our own service modules, never user input).
-    """
-
-    def invoke(method: str, params: dict[str, Any]) -> Any:
-        timeout, meta = _call_options.get()
-        return driver.invoke(method, params, timeout, meta)
-
-    impls: dict[str, Callable[..., Any]] = {}
-    for method, sig in service.signatures.items():
-        names = [name for name in sig.parameters if name.isidentifier()]
-        params = ", ".join(f"{name!r}: {name}" for name in names)
-        source = (
-            f"def {method}({', '.join(names)}):\n    return _invoke({method!r}, {{{params}}})\n"
-        )
-        namespace: dict[str, Any] = {"_invoke": invoke}
-        exec(compile(source, f"<reva forwarder {service.name}.{method}>", "exec"), namespace)  # noqa: S102
-        impls[method] = hookimpl(namespace[method])
-    return types.SimpleNamespace(**impls)
+    @hookimpl(trylast=True)
+    def service_call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        meta: dict[str, Any],
+        timeout: float | None,
+        proxy: ServiceProxy,
+    ) -> Any:
+        return proxy.driver.invoke(method, params, timeout, meta or None)
 
 
 @dataclass(frozen=True)
@@ -371,11 +487,42 @@ class CheckResult:
     exit_code: int = 0
 
 
+class _HookManager(pluggy.PluginManager):
+    """The host's plugin manager: tells the host when implementations come or go, however they
+    were registered (``host.register``, ``host.hooks.register``, entry points)."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        super().__init__(PROJECT)
+        self._changed = changed
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        result = super().register(plugin, name)
+        self._changed()
+        return result
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        result = super().unregister(plugin, name)
+        self._changed()
+        return result
+
+
+class _Slot:
+    """One service's place in the host: its own lock, so loading (and building) one service
+    never waits for another."""
+
+    __slots__ = ("lock", "proxy")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proxy: ServiceProxy | None = None
+
+
 class Host:
     """Loads the drivers a configuration names and serves them as :class:`ServiceProxy` objects.
 
     ``Host(config_dict, base_dir=...)`` or ``Host.from_file("revad.toml")``; use it as a context
-    manager, or call :meth:`close`, so no plugin process outlives it.
+    manager, or call :meth:`close`, so no plugin process outlives it. Thread-safe: each service
+    loads under its own lock, so a slow env build delays only that service.
     """
 
     def __init__(
@@ -395,13 +542,17 @@ class Host:
             installer=installer,
             offline=offline or None,
         )
-        self.hooks = pluggy.PluginManager(PROJECT)
-        self.hooks.add_hookspecs(LifecycleSpec)
         self.loader = Loader(self.config, refresh=refresh)
-        self._proxies: dict[str, ServiceProxy] = {}
+        self._slots: dict[str, _Slot] = {}
         self._plans: dict[str, Plan] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _slots and _closed; never held while loading
         self._closed = False
+        self._call_hook: HookCaller | None = None
+        self._invoke = _Invoke()
+        #: the host's extension points (see ``reva_plugins._hooks``)
+        self.hooks: pluggy.PluginManager = _HookManager(self._refresh_call_hook)
+        self.hooks.add_hookspecs(HostSpec)
+        self.hooks.register(self._invoke, name="reva-plugins.invoke")
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Host:
@@ -415,8 +566,23 @@ class Host:
         self.close()
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register an object implementing the lifecycle hooks (``plugin_started`` …)."""
+        """Register an object implementing host hooks (``plugin_started``, ``service_call`` …,
+        see ``reva_plugins._hooks``); they apply to every service, loaded or not."""
         self.hooks.register(plugin, name=name)
+
+    def unregister(self, plugin: object) -> None:
+        """Undo :meth:`register`."""
+        self.hooks.unregister(plugin)
+
+    def _refresh_call_hook(self) -> None:
+        # Decided here, once per (un)registration, so a call without wrappers skips pluggy.
+        caller = self.hooks.hook.service_call
+        wrapped = any(impl.plugin is not self._invoke for impl in caller.get_hookimpls())
+        with self._lock:
+            self._call_hook = caller if wrapped else None
+            for slot in self._slots.values():
+                if slot.proxy is not None:
+                    slot.proxy._call_hook = self._call_hook
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -424,24 +590,47 @@ class Host:
         return tuple(svc.service for svc in self.config.services)
 
     def service(self, name: str) -> ServiceProxy:
-        """The proxy for service ``name``, loading its driver (and building its env) if need be."""
-        with self._lock:
-            if self._closed:
-                raise RevaPluginError("the host is closed")
-            proxy = self._proxies.get(name)
-            if proxy is None:
-                proxy = self._proxies[name] = self._load(name)
-            return proxy
+        """The proxy for service ``name``, loading its driver (and building its env) if need be.
 
-    def _load(self, name: str) -> ServiceProxy:
+        Loading does not start a plugin process: the first call (or ``proxy.start()``) does.
+        """
         svc = self.config.service(name)
+        with self._lock:
+            self._check_open()
+            slot = self._slots.get(name)
+            if slot is None:
+                slot = self._slots[name] = _Slot()
+            if slot.proxy is not None:
+                return slot.proxy
+        with slot.lock:
+            if slot.proxy is None:
+                self._check_open()
+                proxy = self._load(svc)
+                with self._lock:
+                    if self._closed:  # closed while building: never start what was built
+                        proxy.driver.close()
+                        self._check_open()
+                    proxy._call_hook = self._call_hook
+                    slot.proxy = proxy
+            return slot.proxy
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RevaPluginError("the host is closed")
+
+    def _load(self, svc: _config.ServiceConfig) -> ServiceProxy:
         plan = self.loader.plan(svc)
-        self._plans[name] = plan
+        self._plans[svc.service] = plan
+        if isinstance(plan, IsolatedPlan) and plan.built and plan.env_key:
+            self.hooks.hook.env_built(
+                service=svc.service, env_key=plan.env_key, seconds=plan.build_seconds
+            )
         label = f"{svc.service} ({redact(svc.driver)})"
         driver: Driver
         if isinstance(plan, InProcessPlan):
             driver = InProcessDriver(plan, label)
         else:
+            name = svc.service
             driver = IsolatedDriver(plan, self._supervisor(plan), lambda: self._replan(name))
         return ServiceProxy(SERVICES[svc.service], driver, label)
 
@@ -454,16 +643,32 @@ class Host:
 
     def _supervisor(self, plan: IsolatedPlan) -> Supervisor:
         service = plan.launch.service
+        hook = self.hooks.hook
 
         def started(process: PluginProcess) -> None:
-            self.hooks.hook.plugin_started(service=service, handshake=dict(process.handshake))
-
-        def exited(process: PluginProcess, returncode: int | None, expected: bool) -> None:
-            self.hooks.hook.plugin_exited(
-                service=service, pid=process.pid or 0, returncode=returncode, expected=expected
+            hook.plugin_started(
+                service=service,
+                pid=process.pid or 0,
+                handshake=dict(process.handshake),
+                seconds=process.start_ms / 1000,
+                restarts=supervisor.restarts,
             )
 
-        return Supervisor(plan.launch, on_start=started, on_exit=exited)
+        def exited(process: PluginProcess, returncode: int | None, expected: bool) -> None:
+            hook.plugin_exited(
+                service=service, pid=process.pid or 0, returncode=returncode, expected=expected
+            )
+            failure = supervisor.failure
+            if not expected and failure is not None:
+                hook.service_failed(service=service, error=failure)
+
+        def restarting(restarts: int, delay: float) -> None:
+            hook.plugin_restarting(service=service, restarts=restarts, delay=delay)
+
+        supervisor = Supervisor(
+            plan.launch, on_start=started, on_exit=exited, on_restart=restarting
+        )
+        return supervisor
 
     def check(self) -> list[CheckResult]:
         """Load, start and ping every configured service; one result each (never raises)."""
@@ -474,9 +679,9 @@ class Host:
             proxy = self.service(svc.service)
             plan = self._plans[svc.service]
             began = time.perf_counter()
-            info = proxy.driver.start()
+            info = proxy.start()
             start_ms = (time.perf_counter() - began) * 1000
-            ping_ms = proxy.driver.ping()
+            ping_ms = proxy.ping()
         except RevaPluginError as exc:
             plan_or_none = self._plans.get(svc.service)
             return CheckResult(
@@ -488,7 +693,7 @@ class Host:
                 status=redact(str(exc).splitlines()[0]),
                 exit_code=exc.exit_code,
             )
-        version = f" {info.get('distribution', '')} {info.get('version', '')}".rstrip()
+        version = f" {info.distribution} {info.version}".rstrip()
         return CheckResult(
             svc.service,
             redact(svc.driver),
@@ -502,10 +707,15 @@ class Host:
         )
 
     def close(self) -> None:
-        """Stop every plugin process; the host cannot be used afterwards."""
+        """Stop every plugin process; the host cannot be used afterwards.
+
+        Does not wait for a service that is still loading (building its env): that load ends
+        with "the host is closed" and starts nothing.
+        """
         with self._lock:
             self._closed = True
-            proxies, self._proxies = list(self._proxies.values()), {}
+            proxies = [slot.proxy for slot in self._slots.values() if slot.proxy is not None]
+            self._slots = {}
         for proxy in proxies:
             proxy.driver.close()
         self.loader.close()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from . import _protocol as wire
 from ._client import Client
@@ -122,6 +122,11 @@ class PluginProcess:
         return (
             self._client is not None and self._client.closed is None and not self._exited.is_set()
         )
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls sent and not answered yet."""
+        return len(self._client.pending) if self._client is not None else 0
 
     def start(self) -> dict[str, Any]:
         """Spawn, wait for the handshake, send ``configure``; return the handshake params."""
@@ -383,9 +388,17 @@ def _describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
+ServiceState = Literal["stopped", "starting", "running", "restarting", "failed"]
+
+
 class Supervisor:
-    """Keeps one plugin process running: starts it lazily, restarts it after a crash with
-    exponential backoff, and marks the service failed after too many crashes."""
+    """Keeps one plugin process running: starts it, restarts it after a crash with exponential
+    backoff, and marks the service failed after too many crashes.
+
+    Starting is explicit, as go-plugin's ``Start()``: :meth:`start` spawns the process unless one
+    is running, and is idempotent and thread-safe. :meth:`call` calls it first, so a plugin nobody
+    started starts on its first call, and a crashed one restarts on the next call.
+    """
 
     MAX_CRASHES = 5
     CRASH_WINDOW = 60.0
@@ -398,19 +411,57 @@ class Supervisor:
         *,
         on_start: Callable[[PluginProcess], None] | None = None,
         on_exit: Callable[[PluginProcess, int | None, bool], None] | None = None,
+        on_restart: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_restart(restarts, delay)`` runs before a crashed plugin is started again."""
         self.spec = spec
         self._on_start = on_start
         self._on_exit = on_exit
+        self._on_restart = on_restart
         self._lock = threading.Lock()
         self._process: PluginProcess | None = None
         self._crashes: collections.deque[float] = collections.deque(maxlen=self.MAX_CRASHES)
         self._failed: ProcessError | None = None
         self._closed = False
+        self._starting = False
+        self.restarts = 0
 
     @property
-    def process(self) -> PluginProcess:
-        """The running process, started (or restarted) if need be."""
+    def process(self) -> PluginProcess | None:
+        """The current process (it may have exited), None before the first start; never
+        starts one (:meth:`start` does)."""
+        return self._process
+
+    @property
+    def failure(self) -> ProcessError | None:
+        """Why the service is marked failed (it crashed too often), or None."""
+        return self._failed
+
+    @property
+    def state(self) -> ServiceState:
+        """Where the plugin is in its life; ``restarting`` also when a crashed plugin waits for
+        the next call to restart it."""
+        if self._failed is not None:
+            return "failed"
+        if self._closed:
+            return "stopped"
+        current = self._process
+        if self._starting:
+            return "starting" if current is None else "restarting"
+        if current is None:
+            return "stopped"
+        if current.alive:
+            return "running"
+        return "failed" if self.spec.restart == "never" else "restarting"
+
+    def start(self) -> PluginProcess:
+        """Start the plugin unless it is running; return the running process.
+
+        Idempotent: while the process runs this returns it at once; concurrent callers wait for
+        one start. After a crash it starts a new process (after the backoff) unless
+        ``restart = 'never'`` or the service is marked failed; after :meth:`close` it raises.
+        Waits up to ``start_timeout`` for the handshake.
+        """
         current = self._process
         if current is not None and current.alive:
             return current
@@ -429,19 +480,30 @@ class Supervisor:
             raise current._crashed(
                 f"plugin exited with {_describe_exit(current.returncode)} and restart = 'never'"
             )
-        self._wait_backoff()
-        process = PluginProcess(self.spec, on_exit=self._exited, on_death=self._count_crash)
-        process.start()
-        self._process = process
+        self._starting = True
+        try:
+            if current is not None:
+                self.restarts += 1
+                if self._on_restart is not None:
+                    self._on_restart(self.restarts, self._backoff_delay())
+            self._wait_backoff()
+            process = PluginProcess(self.spec, on_exit=self._exited, on_death=self._count_crash)
+            process.start()
+            self._process = process
+        finally:
+            self._starting = False
         if self._on_start is not None:
             self._on_start(process)
         return process
 
-    def _wait_backoff(self) -> None:
+    def _backoff_delay(self) -> float:
         if not self._crashes:
-            return
-        delay = min(self.BACKOFF_FIRST * 2 ** (len(self._crashes) - 1), self.BACKOFF_CAP)
-        remaining = self._crashes[-1] + delay - time.monotonic()
+            return 0.0
+        delay = min(self.BACKOFF_FIRST * 2.0 ** (len(self._crashes) - 1), self.BACKOFF_CAP)
+        return max(0.0, self._crashes[-1] + delay - time.monotonic())
+
+    def _wait_backoff(self) -> None:
+        remaining = self._backoff_delay()
         if remaining > 0:
             time.sleep(remaining)
 
@@ -472,7 +534,7 @@ class Supervisor:
         meta: dict[str, Any] | None = None,
     ) -> Any:
         """Call ``method`` in the plugin, starting it first if need be."""
-        return self.process.call(method, params, timeout=timeout, meta=meta)
+        return self.start().call(method, params, timeout=timeout, meta=meta)
 
     def close(self) -> None:
         """Shut the plugin down; later calls fail."""

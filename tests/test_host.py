@@ -53,8 +53,7 @@ def test_host_from_file_answers_through_proxies() -> None:
 def test_close_leaves_no_process_behind() -> None:
     host = Host(json_config("../sample_plugins/json_users"), base_dir=EXAMPLES)
     host.service("authprovider").authenticate("einstein", "relativity")
-    driver = host.service("authprovider").driver
-    pid = driver.supervisor.process.pid  # type: ignore[attr-defined]
+    pid = host.service("authprovider").info().pid
     assert pid is not None
     assert pid_alive(pid)
     host.close()

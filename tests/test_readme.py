@@ -45,6 +45,7 @@ def test_benchmark_smoke_run_prints_every_figure() -> None:
         "warm_start",
         "latency_one_cpu",
         "latency_two_cpus",
+        "in_process_overhead",
         "throughput",
         "memory",
         "provisioning",
@@ -54,4 +55,7 @@ def test_benchmark_smoke_run_prints_every_figure() -> None:
     assert figures["latency_one_cpu"]["ours"]["p50_us"] > 0
     assert figures["latency_one_cpu"]["baseline_raw_pipe_echo"]["p50_us"] > 0
     assert figures["provisioning"]["pip_folder_cold_s"] > 0
+    overhead = figures["in_process_overhead"]
+    assert overhead["proxy_us"] > 0
+    assert overhead["baseline_direct_method_us"] > 0
     assert "figure" in result.stderr

@@ -29,6 +29,7 @@ from reva_plugins import (
     ProtocolError,
     RemoteError,
 )
+from reva_plugins._host import IsolatedDriver
 from reva_plugins._loader import IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor
 
@@ -40,6 +41,14 @@ FAULT = Path(__file__).parent / "plugins" / "fault"
 def fault_config(**plugin: Any) -> dict[str, Any]:
     plugin.setdefault("max_concurrency", 16)
     return {"grpc": {"services": {"userprovider": {"driver": str(FAULT), "plugin": plugin}}}}
+
+
+def _supervisor(host: Host) -> Supervisor:
+    """The supervisor behind the user provider: these tests call the fault plugin's own methods
+    (crash, sleep, log …), which are not part of the service."""
+    driver = host.service("userprovider").driver
+    assert isinstance(driver, IsolatedDriver)
+    return driver.supervisor
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +150,7 @@ def test_plugin_log_records_arrive_on_the_service_logger(
     host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="reva_plugins.plugin")
-    supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+    supervisor = _supervisor(host)
     supervisor.call(
         "log",
         {"level": "warning", "message": "disk almost full", "user": "einstein", "percent": 93},
@@ -254,7 +263,7 @@ def test_meta_reaches_plugins_that_take_a_context(start: Any) -> None:
 
 def test_call_timeout_from_config(tmp_path: Path) -> None:
     with Host(fault_config(call_timeout=0.3), base_dir=tmp_path) as host:
-        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        supervisor = _supervisor(host)
         with pytest.raises(CallTimeout):
             supervisor.call("sleep", {"seconds": 5})
 
@@ -275,8 +284,8 @@ def test_a_crash_fails_all_in_flight_calls_then_the_next_call_restarts(host: Hos
 
     host.register(Watch())
     users = host.service("userprovider")
-    supervisor = users.driver.supervisor  # type: ignore[attr-defined]
-    first_pid = supervisor.process.pid
+    supervisor = _supervisor(host)
+    first_pid = users.start().pid
     errors: list[BaseException] = []
 
     def sleeper() -> None:
@@ -288,7 +297,7 @@ def test_a_crash_fails_all_in_flight_calls_then_the_next_call_restarts(host: Hos
     threads = [threading.Thread(target=sleeper) for _ in range(8)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: len(supervisor.process._client.pending) == 8)
+    assert wait_until(lambda: users.info().calls_in_flight == 8)
     with pytest.raises(PluginCrashed) as crash:
         supervisor.call("crash", {"code": 7, "delay": 0.1})
     for t in threads:
@@ -304,7 +313,7 @@ def test_a_crash_fails_all_in_flight_calls_then_the_next_call_restarts(host: Hos
 
 def test_too_many_crashes_mark_the_service_failed(tmp_path: Path) -> None:
     with Host(fault_config(), base_dir=tmp_path) as host:
-        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        supervisor = _supervisor(host)
         for _ in range(Supervisor.MAX_CRASHES):
             with pytest.raises(PluginCrashed):
                 supervisor.call("crash", {"code": 1})
@@ -314,7 +323,7 @@ def test_too_many_crashes_mark_the_service_failed(tmp_path: Path) -> None:
 
 def test_restart_never_keeps_it_down(tmp_path: Path) -> None:
     with Host(fault_config(restart="never"), base_dir=tmp_path) as host:
-        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        supervisor = _supervisor(host)
         with pytest.raises(PluginCrashed):
             supervisor.call("crash", {"code": 1})
         with pytest.raises(PluginCrashed, match="restart = 'never'"):
@@ -326,9 +335,10 @@ def test_restart_never_keeps_it_down(tmp_path: Path) -> None:
 
 def test_close_takes_grandchildren_too(tmp_path: Path) -> None:
     host = Host(fault_config(), base_dir=tmp_path)
-    supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+    supervisor = _supervisor(host)
     grandchild = supervisor.call("spawn_grandchild", {})
-    plugin = supervisor.process.pid
+    plugin = host.service("userprovider").info().pid
+    assert plugin is not None
     assert pid_alive(grandchild)
     host.close()
     assert wait_until(lambda: not pid_alive(grandchild) and not pid_alive(plugin), timeout=5)
@@ -340,8 +350,9 @@ def test_sigkill_of_the_core_leaves_no_plugin_behind(tmp_path: Path) -> None:
         import json, sys, time
         from reva_plugins import Host
         host = Host({fault_config()!r}, base_dir={str(tmp_path)!r})
-        sup = host.service("userprovider").driver.supervisor
-        print(json.dumps([sup.process.pid, sup.call("spawn_grandchild", {{}})]), flush=True)
+        users = host.service("userprovider")
+        pid = users.start().pid
+        print(json.dumps([pid, users.driver.invoke("spawn_grandchild", {{}}, None, None)]), flush=True)
         time.sleep(300)
         """
     )
@@ -360,7 +371,7 @@ def test_the_host_environment_does_not_leak(
 ) -> None:
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     with Host(fault_config(env={"PASSED_IN": "yes"}), base_dir=tmp_path) as host:
-        supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        supervisor = _supervisor(host)
         assert supervisor.call("getenv", {"name": "SECRET_TOKEN"}) is None
         assert supervisor.call("getenv", {"name": "PASSED_IN"}) == "yes"
         assert supervisor.call("getenv", {"name": "BASIC_PLUGIN"}) == "reva"

@@ -1,0 +1,570 @@
+"""The host's public surface: hooks (lifecycle and call wrappers), ``ServiceProxy.info()``,
+explicit start, per-service locking, and what ``reva_plugins`` exports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import reva_plugins
+from reva_plugins import (
+    Host,
+    NotFound,
+    PluginCrashed,
+    RevaPluginError,
+    ServiceInfo,
+    UsageError,
+    hookimpl,
+)
+from reva_plugins import _errors as errors_module
+
+from .conftest import pid_alive, wait_until
+
+FAULT = Path(__file__).parent / "plugins" / "fault"
+FAULT_ID = {"idp": "t", "opaque_id": "fault"}
+
+
+def _fault_config(**plugin: Any) -> dict[str, Any]:
+    return {"grpc": {"services": {"userprovider": {"driver": str(FAULT), "plugin": plugin}}}}
+
+
+class _Recorder:
+    """Every host hook, recorded as (name, arguments)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [args for event, args in self.events if event == name]
+
+    @hookimpl
+    def env_built(self, service: str, env_key: str, seconds: float) -> None:
+        self.events.append(("env_built", {"service": service, "key": env_key, "s": seconds}))
+
+    @hookimpl
+    def plugin_started(
+        self, service: str, pid: int, handshake: dict[str, Any], seconds: float, restarts: int
+    ) -> None:
+        self.events.append(
+            (
+                "plugin_started",
+                {"service": service, "pid": pid, "s": seconds, "restarts": restarts,
+                 "distribution": handshake["distribution"]},
+            )
+        )  # fmt: skip
+
+    @hookimpl
+    def plugin_exited(self, service: str, pid: int, returncode: int | None, expected: bool) -> None:
+        self.events.append(("plugin_exited", {"service": service, "pid": pid, "ok": expected}))
+
+    @hookimpl
+    def plugin_restarting(self, service: str, restarts: int, delay: float) -> None:
+        self.events.append(("plugin_restarting", {"service": service, "restarts": restarts}))
+
+    @hookimpl
+    def service_failed(self, service: str, error: RevaPluginError) -> None:
+        self.events.append(("service_failed", {"service": service, "error": error}))
+
+
+class _Metrics:
+    """What a Prometheus exporter would do, as a new-style pluggy wrapper."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, float]] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    @hookimpl(wrapper=True)
+    def service_call(self, service: str, method: str) -> Generator[None, Any, Any]:
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        began = time.perf_counter()
+        outcome = "ok"
+        try:
+            return (yield)
+        except RevaPluginError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                self.calls.append((service, method, outcome, time.perf_counter() - began))
+
+
+# -- an in-process driver: a real distribution (dist-info with entry points) on sys.path --------
+
+_INPROC_MODULE = """
+import threading
+
+GATE = threading.Event()
+
+
+class NotFound(Exception):
+    pass
+
+
+class Provider:
+    def configure(self, config):
+        self.config = config
+
+    def get_user(self, user_id, skip_fetching_groups=False):
+        if user_id.get("opaque_id") == "wait":
+            GATE.wait(30)
+        if user_id.get("opaque_id") not in ("demo", "wait"):
+            raise NotFound(user_id.get("opaque_id"))
+        return {"id": {"idp": "t", "opaque_id": "demo"}, "username": self.config["name"]}
+
+    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
+        raise NotFound(value)
+
+    def get_user_groups(self, user_id):
+        return []
+
+    def find_users(self, query, skip_fetching_groups=False):
+        return []
+"""
+
+
+@pytest.fixture
+def inproc_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    """A host whose user provider is the entry point ``hostapi`` installed in the core."""
+    site = tmp_path / "site"
+    dist = site / "hostapi_inproc_demo-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: hostapi-inproc-demo\nVersion: 1.0\n", encoding="utf-8"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[reva.userprovider]\nhostapi = hostapi_inproc:Provider\n", encoding="utf-8"
+    )
+    (site / "hostapi_inproc.py").write_text(_INPROC_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "hostapi_inproc", raising=False)
+    table = {"driver": "hostapi", "drivers": {"hostapi": {"name": "in-process demo"}}}
+    with Host({"grpc": {"services": {"userprovider": table}}}, base_dir=tmp_path) as host:
+        yield host
+
+
+# -- call hooks ----------------------------------------------------------------------------------
+
+
+def test_a_registered_wrapper_sees_every_call_with_outcome_and_duration(
+    inproc_host: Host,
+) -> None:
+    users = inproc_host.service("userprovider")
+    users.get_user({"opaque_id": "demo"})  # before registering: not seen
+    metrics = _Metrics()
+    inproc_host.register(metrics)
+    assert users.get_user({"opaque_id": "demo"})["username"] == "in-process demo"
+    with pytest.raises(NotFound):
+        users.get_user({"opaque_id": "nobody"})
+    assert users.call("find_users", {"query": "x"}, meta={"trace": "1"}) == []
+    with pytest.raises(UsageError):
+        users.get_user()  # a binding mistake is the caller's: it never reaches the hooks
+    assert [(s, m, o) for s, m, o, _ in metrics.calls] == [
+        ("userprovider", "get_user", "ok"),
+        ("userprovider", "get_user", "NotFound"),
+        ("userprovider", "find_users", "ok"),
+    ]
+    assert all(seconds > 0 for *_, seconds in metrics.calls)
+    assert metrics.in_flight == 0
+    inproc_host.unregister(metrics)
+    users.get_user({"opaque_id": "demo"})
+    assert len(metrics.calls) == 3
+
+
+def test_wrappers_see_calls_in_flight(inproc_host: Host) -> None:
+    import hostapi_inproc  # type: ignore[import-not-found]
+
+    metrics = _Metrics()
+    inproc_host.register(metrics)
+    users = inproc_host.service("userprovider")
+    waiting = [threading.Thread(target=users.get_user, args=({"opaque_id": "wait"},))]
+    waiting.append(threading.Thread(target=users.get_user, args=({"opaque_id": "wait"},)))
+    for thread in waiting:
+        thread.start()
+    try:
+        assert wait_until(lambda: users.info().calls_in_flight == 2)
+        assert metrics.in_flight == 2
+    finally:
+        hostapi_inproc.GATE.set()
+        for thread in waiting:
+            thread.join(10)
+    assert (metrics.in_flight, metrics.peak, users.info().calls_in_flight) == (0, 2, 0)
+
+
+def test_without_call_hooks_a_call_never_enters_pluggy(inproc_host: Host) -> None:
+    seen: list[str] = []
+    undo = inproc_host.hooks.add_hookcall_monitoring(
+        lambda name, impls, kwargs: seen.append(name), lambda *_: None
+    )
+    try:
+        users = inproc_host.service("userprovider")
+        inproc_host.register(_Recorder())  # lifecycle hooks only
+        users.get_user({"opaque_id": "demo"})
+        users.call("get_user", {"user_id": {"opaque_id": "demo"}})
+        assert "service_call" not in seen
+        metrics = _Metrics()
+        inproc_host.hooks.register(metrics)  # straight on the plugin manager works too
+        users.get_user({"opaque_id": "demo"})
+        assert seen.count("service_call") == 1
+        assert len(metrics.calls) == 1
+        inproc_host.hooks.unregister(metrics)
+        users.get_user({"opaque_id": "demo"})
+        assert seen.count("service_call") == 1
+    finally:
+        undo()
+
+
+def test_a_plain_hook_implementation_can_answer_instead_of_the_driver(inproc_host: Host) -> None:
+    class Double:
+        @hookimpl
+        def service_call(self, method: str, params: dict[str, Any]) -> Any:
+            if method == "get_user" and params["user_id"]["opaque_id"] == "double":
+                return {"username": "double"}
+            return None
+
+    inproc_host.register(Double())
+    users = inproc_host.service("userprovider")
+    assert users.get_user({"opaque_id": "double"}) == {"username": "double"}
+    assert users.get_user({"opaque_id": "demo"})["username"] == "in-process demo"
+
+
+def test_acall_keeps_the_callers_context_for_wrappers(inproc_host: Host) -> None:
+    span: contextvars.ContextVar[str] = contextvars.ContextVar("span", default="none")
+    seen: list[str] = []
+
+    class Tracer:
+        @hookimpl(wrapper=True)
+        def service_call(self) -> Generator[None, Any, Any]:
+            seen.append(span.get())
+            return (yield)
+
+    inproc_host.register(Tracer())
+    users = inproc_host.service("userprovider")
+
+    async def main() -> Any:
+        span.set("request-42")
+        return await users.acall("get_user", {"user_id": {"opaque_id": "demo"}})
+
+    assert asyncio.run(main())["username"] == "in-process demo"
+    assert seen == ["request-42"]
+
+
+_TRACED_PLUGIN = """
+class Traced:
+    def get_user(self, user_id, skip_fetching_groups=False, context=None):
+        return {"username": "traced", "display_name": context.meta.get("traceparent", "")}
+
+    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
+        return {}
+
+    def get_user_groups(self, user_id):
+        return []
+
+    def find_users(self, query, skip_fetching_groups=False):
+        return []
+"""
+
+
+def test_a_tracing_wrapper_can_send_context_to_the_plugin(tmp_path: Path) -> None:
+    project = tmp_path / "traced"
+    (project / "reva_traced").mkdir(parents=True)
+    (project / "reva_traced" / "__init__.py").write_text(_TRACED_PLUGIN, encoding="utf-8")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "reva-traced"\nversion = "1.0"\n\n'
+        '[project.entry-points."reva.userprovider"]\ntraced = "reva_traced:Traced"\n',
+        encoding="utf-8",
+    )
+
+    class Tracer:
+        @hookimpl(wrapper=True)
+        def service_call(self, meta: dict[str, Any]) -> Generator[None, Any, Any]:
+            meta["traceparent"] = "00-trace-span-01"
+            return (yield)
+
+    config = {"grpc": {"services": {"userprovider": {"driver": str(project)}}}}
+    with Host(config, base_dir=tmp_path) as host:
+        users = host.service("userprovider")
+        assert users.get_user({"opaque_id": "x"})["display_name"] == ""
+        host.register(Tracer())
+        assert users.get_user({"opaque_id": "x"})["display_name"] == "00-trace-span-01"
+        caller_meta = {"user": "einstein"}
+        users.call("get_user", {"user_id": {"opaque_id": "x"}}, meta=caller_meta)
+        assert caller_meta == {"user": "einstein"}  # the caller's dict is not changed
+
+
+# -- info() and explicit start -------------------------------------------------------------------
+
+
+def test_info_of_an_in_process_driver(inproc_host: Host) -> None:
+    users = inproc_host.service("userprovider")
+    before = users.info()
+    assert isinstance(before, ServiceInfo)
+    assert (before.state, before.uptime, before.pid, before.calls_in_flight) == (
+        "stopped",
+        None,
+        None,
+        0,
+    )
+    info = users.start()
+    assert users.start().uptime is not None  # idempotent
+    assert info.service == "userprovider"
+    assert info.kind == "in-process"
+    assert info.state == "running"
+    assert info.pid is None  # it runs in the core
+    assert info.env_key is None
+    assert info.python == sys.executable
+    assert (info.entry_point, info.distribution, info.version) == (
+        "hostapi",
+        "hostapi-inproc-demo",
+        "1.0",
+    )
+    assert info.uptime is not None
+    assert info.uptime >= 0
+    assert (info.restarts, info.calls_in_flight) == (0, 0)
+    with pytest.raises(AttributeError):
+        info.state = "failed"  # type: ignore[misc]
+
+
+def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
+    recorder = _Recorder()
+    with Host(_fault_config(), base_dir=tmp_path) as host:
+        host.register(recorder)
+        users = host.service("userprovider")
+        before = users.info()
+        assert (before.state, before.pid, before.uptime) == ("stopped", None, None)
+        assert recorder.named("plugin_started") == []  # loading starts nothing
+        with_threads: list[ServiceInfo] = []
+        threads = [threading.Thread(target=lambda: with_threads.append(users.start()))]
+        threads += [threading.Thread(target=lambda: with_threads.append(users.start()))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        info = users.start()
+        assert {i.pid for i in with_threads} == {info.pid}
+        assert len(recorder.named("plugin_started")) == 1  # idempotent: one process
+        assert info.pid is not None
+        assert pid_alive(info.pid)
+        assert users.get_user(FAULT_ID)["pid"] == info.pid
+        assert info.service == "userprovider"
+        assert info.kind == "folder"
+        assert info.state == "running"
+        assert info.env_key
+        assert Path(info.python).is_file()
+        assert Path(info.python) != Path(sys.executable)
+        assert (info.entry_point, info.distribution, info.version) == (
+            "fault",
+            "reva-fault-plugin",
+            "0.1",
+        )
+        assert info.uptime is not None
+        assert info.uptime >= 0
+        assert (info.restarts, info.calls_in_flight) == (0, 0)
+        started = recorder.named("plugin_started")[0]
+        assert started["pid"] == info.pid
+        assert started["s"] > 0
+        assert started["restarts"] == 0
+        assert started["distribution"] == "reva-fault-plugin"
+
+        sleeper = threading.Thread(
+            target=users.driver.invoke, args=("sleep", {"seconds": 1}, None, None)
+        )
+        sleeper.start()
+        assert wait_until(lambda: users.info().calls_in_flight == 1)
+        sleeper.join(30)
+        assert users.info().calls_in_flight == 0
+    assert users.info().state == "stopped"
+    assert users.info().pid is None
+    assert not pid_alive(info.pid) or wait_until(lambda: not pid_alive(info.pid))
+
+
+def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
+    from reva_plugins._process import Supervisor
+
+    recorder = _Recorder()
+    with Host(_fault_config(), base_dir=tmp_path) as host:
+        host.register(recorder)
+        users = host.service("userprovider")
+        first = users.start().pid
+        with pytest.raises(PluginCrashed):
+            users.driver.invoke("crash", {"code": 3}, None, None)
+        assert wait_until(lambda: users.info().state == "restarting")
+        assert users.info().pid is None
+        second = users.start()
+        assert second.pid != first
+        assert (second.state, second.restarts) == ("running", 1)
+        assert recorder.named("plugin_restarting") == [{"service": "userprovider", "restarts": 1}]
+        assert [e["restarts"] for e in recorder.named("plugin_started")] == [0, 1]
+        assert {"service": "userprovider", "pid": first, "ok": False} in recorder.named(
+            "plugin_exited"
+        )
+        for _ in range(Supervisor.MAX_CRASHES - 1):
+            with pytest.raises(PluginCrashed):
+                users.driver.invoke("crash", {"code": 3}, None, None)
+        assert wait_until(lambda: len(recorder.named("service_failed")) == 1)
+        failed = recorder.named("service_failed")[0]
+        assert failed["service"] == "userprovider"
+        assert isinstance(failed["error"], PluginCrashed)
+        assert users.info().state == "failed"
+        with pytest.raises(PluginCrashed, match="marked failed"):
+            users.start()
+
+
+def test_restart_never_reads_as_failed(tmp_path: Path) -> None:
+    with Host(_fault_config(restart="never"), base_dir=tmp_path) as host:
+        users = host.service("userprovider")
+        with pytest.raises(PluginCrashed):
+            users.driver.invoke("crash", {"code": 3}, None, None)
+        assert wait_until(lambda: users.info().state == "failed")
+        with pytest.raises(PluginCrashed, match="restart = 'never'"):
+            users.start()
+
+
+# -- one lock per service ------------------------------------------------------------------------
+
+_SLOW_BACKEND = '''
+"""A build backend that waits at import until the test opens the gate."""
+import os
+import time
+from pathlib import Path
+
+STARTED = Path({started!r})
+GATE = Path({gate!r})
+STARTED.touch()
+deadline = time.monotonic() + 120
+while not GATE.exists() and time.monotonic() < deadline:
+    time.sleep(0.02)
+
+from hatchling.build import *  # noqa: E402,F401,F403
+'''
+
+_SLOW_PLUGIN = """
+class Auth:
+    def configure(self, config):
+        pass
+
+    def authenticate(self, client_id, client_secret):
+        return {"user": {"username": client_id}, "scopes": {}}
+"""
+
+
+def _slow_plugin(root: Path) -> tuple[Path, Path, Path]:
+    """A folder plugin whose build blocks until ``gate`` exists; ``started`` marks the wait."""
+    project, started, gate = root / "slow", root / "build-started", root / "gate"
+    (project / "reva_slow_auth").mkdir(parents=True)
+    (project / "reva_slow_auth" / "__init__.py").write_text(_SLOW_PLUGIN, encoding="utf-8")
+    (project / "slow_backend.py").write_text(
+        _SLOW_BACKEND.format(started=str(started), gate=str(gate)), encoding="utf-8"
+    )
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [build-system]
+            requires = ["hatchling"]
+            build-backend = "slow_backend"
+            backend-path = ["."]
+
+            [project]
+            name = "reva-slow-auth"
+            version = "1.0"
+
+            [project.entry-points."reva.authprovider"]
+            slow = "reva_slow_auth:Auth"
+
+            [tool.hatch.build.targets.wheel]
+            packages = ["reva_slow_auth"]
+            """
+        ),
+        encoding="utf-8",
+    )
+    return project, started, gate
+
+
+def test_a_slow_build_blocks_neither_other_services_nor_close(tmp_path: Path) -> None:
+    project, started, gate = _slow_plugin(tmp_path)
+    config = _fault_config()
+    config["grpc"]["services"]["authprovider"] = {"driver": str(project)}
+    recorder = _Recorder()
+    host = Host(config, base_dir=tmp_path)
+    host.register(recorder)
+    try:
+        users = host.service("userprovider")
+        pid = users.start().pid
+        assert pid is not None
+        outcome: list[BaseException | object] = []
+
+        def load_slow() -> None:
+            try:
+                outcome.append(host.service("authprovider"))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        loader = threading.Thread(target=load_slow)
+        loader.start()
+        assert wait_until(started.exists, timeout=120), "the slow build never started"
+        # the build is held at the gate: everything below must not wait for it
+        assert users.get_user(FAULT_ID)["username"] == "fault"
+        assert host.service("userprovider") is users
+        host.close()
+        assert wait_until(lambda: not pid_alive(pid))
+        assert loader.is_alive()
+        assert not gate.exists()
+    finally:
+        gate.touch()
+        host.close()
+    loader.join(180)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RevaPluginError)
+    assert "closed" in str(outcome[0])
+    # the env was built (and said so), but no plugin was started from it after close
+    assert [e["service"] for e in recorder.named("env_built")] == ["authprovider"]
+    assert recorder.named("env_built")[0]["s"] > 0
+    assert [e["service"] for e in recorder.named("plugin_started")] == ["userprovider"]
+    with pytest.raises(RevaPluginError, match="closed"):
+        host.service("authprovider")
+
+
+# -- the public surface --------------------------------------------------------------------------
+
+
+def test_every_public_exception_is_exported() -> None:
+    classes = {
+        name
+        for name, obj in vars(errors_module).items()
+        if inspect.isclass(obj) and issubclass(obj, Exception) and not name.startswith("_")
+    }
+    assert classes <= set(reva_plugins.__all__)
+    for name in reva_plugins.__all__:
+        assert getattr(reva_plugins, name) is not None
+
+
+def test_every_dependency_declares_the_floor_the_lowest_session_installs() -> None:
+    """``nox -s lowest`` installs each dependency at its declared floor and runs these tests
+    (the wrapper tests above need pluggy's new-style wrappers), so every dependency needs one."""
+    from packaging.requirements import Requirement
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        floors = [spec for spec in requirement.specifier if spec.operator == ">="]
+        assert floors, f"{requirement.name} has no lower bound"
