@@ -121,7 +121,7 @@ packages = ["reva_hostile_process"]
 
 
 @pytest.fixture(scope="module")
-def _process_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def process_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hostile-process") / "plugin"
     (root / "reva_hostile_process").mkdir(parents=True)
     (root / "pyproject.toml").write_text(_process_PYPROJECT)
@@ -135,11 +135,11 @@ def _process_config(plugin: Path, **settings: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def _process_host(_process_plugin: Path, tmp_path: Path) -> Iterator[Any]:
+def process_host(process_plugin: Path, tmp_path: Path) -> Iterator[Any]:
     hosts: list[Host] = []
 
     def make(**settings: Any) -> Any:
-        host = Host(_process_config(_process_plugin, **settings), base_dir=tmp_path)
+        host = Host(_process_config(process_plugin, **settings), base_dir=tmp_path)
         hosts.append(host)
         return host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
 
@@ -168,8 +168,8 @@ def _process_core(
 # -- orphans -----------------------------------------------------------------------------------
 
 
-def test_a_setsid_grandchild_dies_with_host_close(_process_plugin: Path, tmp_path: Path) -> None:
-    host = Host(_process_config(_process_plugin), base_dir=tmp_path)
+def test_a_setsid_grandchild_dies_with_host_close(process_plugin: Path, tmp_path: Path) -> None:
+    host = Host(_process_config(process_plugin), base_dir=tmp_path)
     supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
     grandchild = supervisor.call("detach", {"pidfile": str(tmp_path / "gc")})
     plugin = supervisor.process.pid
@@ -180,10 +180,10 @@ def test_a_setsid_grandchild_dies_with_host_close(_process_plugin: Path, tmp_pat
 
 
 def test_a_setsid_grandchild_dies_when_the_core_is_killed(
-    _process_plugin: Path, tmp_path: Path
+    process_plugin: Path, tmp_path: Path
 ) -> None:
     core = _process_core(
-        _process_plugin,
+        process_plugin,
         tmp_path,
         f"""
         grandchild = sup.call("detach", {{"pidfile": {str(tmp_path / "gc")!r}}})
@@ -193,18 +193,19 @@ def test_a_setsid_grandchild_dies_when_the_core_is_killed(
     )
     assert core.stdout is not None
     plugin, grandchild = json.loads(core.stdout.readline())
-    assert pid_alive(plugin) and pid_alive(grandchild)
+    assert pid_alive(plugin)
+    assert pid_alive(grandchild)
     core.kill()
     core.wait()
     assert wait_until(lambda: not pid_alive(plugin) and not pid_alive(grandchild), timeout=10)
 
 
 def test_a_plugin_still_importing_dies_with_a_killed_core(
-    _process_plugin: Path, tmp_path: Path
+    process_plugin: Path, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "importing"
     core = _process_core(
-        _process_plugin,
+        process_plugin,
         tmp_path,
         'sup.call("detach", {"pidfile": "unused"})\n',
         env={"HP_IMPORT_SLEEP": str(pidfile)},
@@ -212,26 +213,27 @@ def test_a_plugin_still_importing_dies_with_a_killed_core(
     assert wait_until(pidfile.exists, timeout=60)
     plugin = int(pidfile.read_text())
     grandchild = int(Path(f"{pidfile}.grandchild").read_text())
-    assert pid_alive(plugin) and pid_alive(grandchild)
+    assert pid_alive(plugin)
+    assert pid_alive(grandchild)
     core.kill()
     core.wait()
     assert wait_until(lambda: not pid_alive(plugin) and not pid_alive(grandchild), timeout=10)
 
 
 def test_a_plugin_killed_while_importing_takes_its_descendants(
-    _process_host: Any, tmp_path: Path
+    process_host: Any, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "importing"
     with pytest.raises(HandshakeError, match="no handshake within"):
-        _process_host(env={"HP_IMPORT_SLEEP": str(pidfile)}, start_timeout=3).call("busy", {})
+        process_host(env={"HP_IMPORT_SLEEP": str(pidfile)}, start_timeout=3).call("busy", {})
     grandchild = int(Path(f"{pidfile}.grandchild").read_text())
     assert wait_until(lambda: not pid_alive(grandchild), timeout=10)
 
 
 def test_the_plugin_has_its_own_process_group_but_not_its_own_session(
-    _process_host: Any,
+    process_host: Any,
 ) -> None:
-    supervisor = _process_host()
+    supervisor = process_host()
     supervisor.call("stderr", {"text": "up"})
     pid = supervisor.process.pid
     assert os.getpgid(pid) == pid
@@ -241,36 +243,36 @@ def test_the_plugin_has_its_own_process_group_but_not_its_own_session(
 # -- resource limits ---------------------------------------------------------------------------
 
 
-def test_cpu_seconds_kills_a_busy_loop_and_says_so(_process_host: Any) -> None:
-    supervisor = _process_host(cpu_seconds=1, call_timeout=120)
+def test_cpu_seconds_kills_a_busy_loop_and_says_so(process_host: Any) -> None:
+    supervisor = process_host(cpu_seconds=1, call_timeout=120)
     with pytest.raises(PluginCrashed, match=r"plugin exceeded cpu_seconds=1 \(") as info:
         supervisor.call("busy", {})
     assert info.value.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
 
 
-def test_memory_mb_stops_a_big_allocation_and_names_the_limit(_process_host: Any) -> None:
-    limited = _process_host(memory_mb=128)
+def test_memory_mb_stops_a_big_allocation_and_names_the_limit(process_host: Any) -> None:
+    limited = process_host(memory_mb=128)
     with pytest.raises(RemoteError, match=r"plugin exceeded memory_mb=128") as info:
         limited.call("allocate", {"mb": 500})
     assert info.value.type == "MemoryError"
     assert limited.call("allocate", {"mb": 8}) == 8 * 1024 * 1024  # it survived
-    assert _process_host().call("allocate", {"mb": 500}) == 500 * 1024 * 1024
+    assert process_host().call("allocate", {"mb": 500}) == 500 * 1024 * 1024
 
 
-def test_a_crash_under_memory_mb_names_the_limit(_process_host: Any) -> None:
-    supervisor = _process_host(memory_mb=256)
+def test_a_crash_under_memory_mb_names_the_limit(process_host: Any) -> None:
+    supervisor = process_host(memory_mb=256)
     with pytest.raises(PluginCrashed, match=r"plugin exceeded memory_mb=256"):
         supervisor.call("crash", {"text": "MemoryError"})
 
 
-def test_open_files_limits_descriptors_and_names_the_limit(_process_host: Any) -> None:
+def test_open_files_limits_descriptors_and_names_the_limit(process_host: Any) -> None:
     with pytest.raises(RemoteError, match=r"plugin exceeded open_files=32: .*Too many open"):
-        _process_host(open_files=32).call("open_many", {"n": 100})
-    assert _process_host().call("open_many", {"n": 100}) == 100
+        process_host(open_files=32).call("open_many", {"n": 100})
+    assert process_host().call("open_many", {"n": 100}) == 100
 
 
 @pytest.fixture
-def _process_server() -> Iterator[int]:
+def process_server() -> Iterator[int]:
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -291,11 +293,11 @@ def _process_server() -> Iterator[int]:
     server.close()
 
 
-def test_network_false_cuts_the_plugin_off(_process_host: Any, _process_server: int) -> None:
-    assert _process_host().call("connect", {"port": _process_server}) == "connected"
-    isolated = _process_host(network=False)
+def test_network_false_cuts_the_plugin_off(process_host: Any, process_server: int) -> None:
+    assert process_host().call("connect", {"port": process_server}) == "connected"
+    isolated = process_host(network=False)
     with pytest.raises(RemoteError) as info:
-        isolated.call("connect", {"port": _process_server})
+        isolated.call("connect", {"port": process_server})
     assert info.value.type in ("ConnectionRefusedError", "OSError")
     assert isolated.call("stderr", {"text": "the wire still works"}) is True
 
@@ -314,7 +316,7 @@ with open("/proc/sys/user/max_user_namespaces", "w") as f:  # this namespace's o
 
 
 def test_network_false_where_the_kernel_refuses_fails_the_start_clearly(
-    _process_plugin: Path, tmp_path: Path
+    process_plugin: Path, tmp_path: Path
 ) -> None:
     # The core runs as a non-root user inside a user namespace that may hold no more user
     # namespaces: the bootstrap cannot get its private network there.
@@ -324,7 +326,7 @@ def test_network_false_where_the_kernel_refuses_fails_the_start_clearly(
     if probe.returncode != 0:
         pytest.skip(f"cannot make a user namespace here: {probe.stderr.strip()[-200:]}")
     core = _process_core(
-        _process_plugin,
+        process_plugin,
         tmp_path,
         """
         try:
@@ -353,10 +355,10 @@ def _process_plugin_records(caplog: pytest.LogCaptureFixture) -> list[logging.Lo
 
 
 def test_plugin_text_cannot_forge_core_lines_or_drive_the_terminal(
-    _process_host: Any, caplog: pytest.LogCaptureFixture
+    process_host: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="reva_plugins.plugin")
-    supervisor = _process_host()
+    supervisor = process_host()
     forged = "ok\rreva-plugins: error: forged\n\x1b[2Jreva-plugins: all good\x1b]0;title\x07"
     supervisor.call("stderr", {"text": forged})
     supervisor.call("log", {"message": forged, "field": "\x1b[31mred\r\n"})
@@ -372,8 +374,8 @@ def test_plugin_text_cannot_forge_core_lines_or_drive_the_terminal(
     assert logged[-1].field == "\\x1b[31mred\\r\\n"  # type: ignore[attr-defined]
 
 
-def test_the_stderr_tail_in_a_crash_is_escaped_and_bounded(_process_host: Any) -> None:
-    supervisor = _process_host()
+def test_the_stderr_tail_in_a_crash_is_escaped_and_bounded(process_host: Any) -> None:
+    supervisor = process_host()
     with pytest.raises(PluginCrashed) as info:
         supervisor.call("crash", {"text": "\x1b[2J" + "x" * 100_000})
     tail = info.value.stderr_tail
@@ -383,10 +385,10 @@ def test_the_stderr_tail_in_a_crash_is_escaped_and_bounded(_process_host: Any) -
 
 
 def test_a_log_flood_is_dropped_counted_and_never_blocks_the_plugin(
-    _process_host: Any, caplog: pytest.LogCaptureFixture
+    process_host: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="reva_plugins.plugin")
-    supervisor = _process_host()
+    supervisor = process_host()
     process = supervisor.process
     total = 200_000
     assert supervisor.call("flood", {"n": total}) == total
