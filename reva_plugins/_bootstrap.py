@@ -221,7 +221,11 @@ def _exception_error(call_id: object, exc: BaseException) -> dict[str, object]:
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     data = {"type": type(exc).__name__, "traceback": tb}
-    return _error(call_id, APPLICATION_ERROR, str(exc) or type(exc).__name__, data)
+    message = str(exc) or type(exc).__name__
+    limit = _limit_hit(exc)
+    if limit:
+        message = f"plugin exceeded {limit}: {message}"
+    return _error(call_id, APPLICATION_ERROR, message, data)
 
 
 def _guard_stdio(wire: int) -> int:
@@ -510,9 +514,10 @@ class Plugin:
             self.wire.send(_error(call_id, METHOD_NOT_FOUND, f"method not found: {method}"))
 
     def end(self, *, asked: bool) -> NoReturn:
-        """Exit the process: cleanly when the core asked, else (the core is gone) with the
-        whole process group, so no grandchild outlives the plugin."""
+        """Exit the process, taking every descendant with it: cleanly when the core asked,
+        else (the core is gone) with the whole process group too."""
         sys.stderr.flush()
+        _reap_descendants()
         if not asked:
             _reap_group()
         os._exit(0)
@@ -573,6 +578,7 @@ def main(argv: list[str]) -> int:
         return 1
     global WIRE_FD
     spec = _loads(argv[1])
+    _contain(spec)  # before anything of the plugin runs
     wire_fd = WIRE_FD = _guard_stdio(int(spec["wire_fd"]))
     version = _negotiate()
     _hook_logging(str(spec.get("log_level", "info")))
@@ -609,6 +615,187 @@ def _reap_group() -> None:
         os.killpg(os.getpgid(0), 9)
     except OSError:
         pass
+
+
+# -- containment: runs before the plugin is imported -------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+SIGTERM = 15
+_LIMITS: dict[str, object] = {}  # the limits in force, to name the one a failure hit
+
+
+def _contain(spec: dict[str, object]) -> None:
+    """Tie this process's life to the core's and bound it, before any plugin code runs.
+
+    - Its own process group (a Python 3.10 core cannot ask for one at spawn without a
+      ``preexec_fn``, which is unsafe in the core's threaded process), so the core reaps it
+      with ``killpg`` and a terminal's Ctrl-C does not reach it.
+    - Linux: ``PR_SET_PDEATHSIG`` sends SIGTERM when the core dies (even ``kill -9``, even while
+      the plugin is still importing); ``PR_SET_CHILD_SUBREAPER`` makes descendants that detach
+      (double fork, ``setsid()``) re-parent here, so that they are found and killed when the
+      plugin ends (EOF from the core, ``$/shutdown``, SIGTERM or the parent-death signal).
+    - rlimits ``memory_mb`` (RLIMIT_AS), ``cpu_seconds`` (RLIMIT_CPU), ``open_files``
+      (RLIMIT_NOFILE), and ``network = false`` (a private network namespace, Linux only).
+
+    Elsewhere (macOS) only the process group, the EOF rule and the rlimits hold: a descendant
+    that calls ``setsid()`` can outlive the plugin, and a plugin killed while importing (before
+    it reads the wire) outlives a core killed with SIGKILL. A plugin can undo any of this
+    itself (its own code runs with the same rights); it bounds careless plugins, not hostile
+    ones (run those in a container).
+    """
+    if os.getpgrp() != os.getpid():
+        os.setpgid(0, 0)
+    import signal
+
+    signal.signal(SIGTERM, _terminated)
+    limits = spec.get("limits")
+    if isinstance(limits, dict):
+        _LIMITS.update(limits)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if os.getppid() != spec.get("parent", os.getppid()):  # the core died before prctl
+            _terminated(SIGTERM, None)
+        if _LIMITS.get("network") is False:
+            _unshare_network(libc)
+    elif _LIMITS.get("network") is False:
+        raise SystemExit(
+            f"reva plugin bootstrap: network = false is not supported here: {sys.platform} "
+            "has no network namespaces"
+        )
+    if any(key in _LIMITS for key in ("memory_mb", "cpu_seconds", "open_files")):
+        _set_rlimits()
+
+
+def _set_rlimits() -> None:
+    import resource
+
+    for key, kind, unit in (
+        ("memory_mb", resource.RLIMIT_AS, 1024 * 1024),
+        ("cpu_seconds", resource.RLIMIT_CPU, 1),
+        ("open_files", resource.RLIMIT_NOFILE, 1),
+    ):
+        value = _LIMITS.get(key)
+        if not isinstance(value, int):
+            continue
+        soft = value * unit
+        hard = soft + 1 if key == "cpu_seconds" else soft  # then SIGXCPU becomes SIGKILL
+        inherited = resource.getrlimit(kind)[1]
+        if inherited != resource.RLIM_INFINITY:
+            soft, hard = min(soft, inherited), min(hard, inherited)
+        resource.setrlimit(kind, (soft, hard))
+
+
+def _unshare_network(libc: Any) -> None:
+    """A private network namespace (only a loopback): as root directly, else inside a new
+    user namespace that maps this user onto itself."""
+    uid, gid = os.geteuid(), os.getegid()
+    flags = CLONE_NEWNET if uid == 0 else CLONE_NEWUSER | CLONE_NEWNET
+    if libc.unshare(flags) != 0:
+        import ctypes
+
+        errno = ctypes.get_errno()
+        names = "CLONE_NEWNET" if uid == 0 else "CLONE_NEWUSER|CLONE_NEWNET"
+        raise SystemExit(
+            "reva plugin bootstrap: network = false is not supported here: "
+            f"unshare({names}) failed: [Errno {errno}] {os.strerror(errno)}"
+        )
+    if uid != 0:
+        for name, text in (
+            ("uid_map", f"{uid} {uid} 1"),
+            ("setgroups", "deny"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    _loopback_up(libc)
+
+
+def _loopback_up(libc: Any) -> None:
+    """Bring ``lo`` up (SIOCSIFFLAGS), so the plugin can still talk to itself on 127.0.0.1."""
+    import ctypes
+
+    sock = libc.socket(2, 2, 0)  # AF_INET, SOCK_DGRAM
+    if sock < 0:
+        return
+    request = ctypes.create_string_buffer(b"lo", 40)  # struct ifreq: name[16], flags
+    ctypes.c_short.from_buffer(request, 16).value = 0x1 | 0x8 | 0x40  # UP|LOOPBACK|RUNNING
+    libc.ioctl(sock, 0x8914, request)
+    libc.close(sock)
+
+
+def _limit_hit(exc: BaseException) -> str:
+    """The limit (``"memory_mb=64"``) an exception escaping a call shows was hit, or ""."""
+    if isinstance(exc, MemoryError) and "memory_mb" in _LIMITS:
+        return f"memory_mb={_LIMITS['memory_mb']}"
+    if isinstance(exc, OSError) and exc.errno == 24 and "open_files" in _LIMITS:  # EMFILE
+        return f"open_files={_LIMITS['open_files']}"
+    return ""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (from the core, or the parent-death signal): take every descendant along,
+    then die of the signal."""
+    import signal
+
+    _reap_descendants()
+    sys.stderr.flush()
+    signal.signal(SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), SIGTERM)
+    os._exit(128 + SIGTERM)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``; empty elsewhere), parents first."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _reap_descendants() -> None:
+    """Kill every descendant, however it detached: as their subreaper this process inherits
+    the orphans of those it kills, so repeat until none is left (bounded)."""
+    me = os.getpid()
+    for _ in range(100):
+        found = descendants(me)
+        if not found:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(0.005)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from . import _protocol as wire
+from ._bootstrap import descendants
 from ._client import Client
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
@@ -27,7 +28,10 @@ from ._run import spawn
 log = logging.getLogger("reva_plugins.process")
 
 STDERR_TAIL = 40
+STDERR_TAIL_LINE = 2000  # characters of one line kept in the tail
 STDERR_LINE_LIMIT = 1024 * 1024
+LOG_RATE = 100.0  # plugin log lines per second, sustained; more are dropped (and counted)
+LOG_BURST = 1000
 SHUTDOWN_GRACE = 2.0
 _LEVELS = {
     "trace": logging.DEBUG,
@@ -108,6 +112,9 @@ class PluginProcess:
         self._threads: list[threading.Thread] = []
         self._exited = threading.Event()
         self._closing = False
+        self.exit_reason = ""
+        self._dropped = 0
+        self._flood = _TokenBucket(LOG_RATE, LOG_BURST)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,6 +186,7 @@ class PluginProcess:
             max_line=self.spec.max_line,
             log_level=logging.getLevelName(max(level, logging.DEBUG)).lower(),
         )
+        entry.update(limits=self.spec.limits.as_bootstrap_input(), parent=os.getpid())
         return json.dumps(entry, separators=(",", ":"))
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
@@ -258,10 +266,21 @@ class PluginProcess:
             self._proc.stderr.close()
 
     def _kill_group(self, sig: int) -> None:
-        if self._proc is None:
+        """Signal the plugin's process group; with SIGKILL also every descendant that left the
+        group (``setsid()``), found while the plugin (their subreaper) still holds them."""
+        proc = self._proc
+        if proc is None:
             return
+        running = proc.returncode is None
+        found = descendants(proc.pid) if running and sig == signal.SIGKILL else []
+        if running:  # on a Python 3.10 core the bootstrap may not have made its group yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, sig)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+            os.killpg(proc.pid, sig)
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -301,19 +320,19 @@ class PluginProcess:
         proc = self._proc
         assert proc is not None
         assert self._client is not None
+        cpu = _cpu_seconds_at_exit(proc.pid)
         self.returncode = proc.wait()
         self._join_stderr()
         expected = self._closing
+        self.exit_reason = _exit_reason(
+            self.returncode, self.spec.limits, cpu, "\n".join(self._stderr_tail)
+        )
         if self._on_death is not None:
             self._on_death(self, self.returncode, expected)
-        self._client.close(self._crashed(f"plugin exited with {_describe_exit(self.returncode)}"))
+        self._client.close(self._crashed(self.exit_reason))
         self._exited.set()
         if not expected:
-            log.warning(
-                "%s: plugin exited unexpectedly with %s",
-                self.spec.label,
-                _describe_exit(self.returncode),
-            )
+            log.warning("%s: %s", self.spec.label, self.exit_reason)
         if self._on_exit is not None:
             self._on_exit(self, self.returncode, expected)
 
@@ -333,9 +352,21 @@ class PluginProcess:
                 self._emit_stderr(line.decode("utf-8", "replace").rstrip("\r\n"))
         except (OSError, ValueError):
             pass
+        finally:
+            self._report_dropped(force=True)
+
+    @property
+    def _prefix(self) -> str:
+        """What marks a line as this plugin's: ``[userprovider pid 123]``."""
+        return f"[{self.spec.service} pid {self.pid}]"
 
     def _emit_stderr(self, text: str) -> None:
+        """One stderr line: a JSON log record or plain text. Never blocks (the pipe must keep
+        draining): past the rate limit lines are only counted, and the tail still kept."""
         if text.startswith('{"@level"'):
+            if not self._flood.take():
+                self._dropped += 1
+                return
             try:
                 entry = json.loads(text)
             except ValueError:
@@ -343,21 +374,54 @@ class PluginProcess:
             if isinstance(entry, dict):
                 self._emit_record(entry)
                 return
-        self._stderr_tail.append(text)
-        self._log.info("%s", text, extra={"plugin_stream": "stderr"})
+        elif not self._flood.take():
+            self._dropped += 1
+            self._keep_tail(text)
+            return
+        self._report_dropped()
+        self._keep_tail(text)
+        text = escape(text)
+        self._log.info(
+            "%s %s", self._prefix, text, extra={"plugin_stream": "stderr", "plugin_message": text}
+        )
 
     def _emit_record(self, entry: dict[str, Any]) -> None:
+        self._report_dropped()
         level = _LEVELS.get(str(entry.pop("@level", "info")).lower(), logging.INFO)
-        message = str(entry.pop("@message", ""))
+        message = escape(str(entry.pop("@message", "")))
         exc_text = entry.pop("@exception", None)
-        extra = {k: v for k, v in entry.items() if k not in _RESERVED and not k.startswith("@")}
-        extra["plugin_logger"] = entry.get("@module", "")
+        extra = {
+            k: escape(v) if isinstance(v, str) else v
+            for k, v in entry.items()
+            if k not in _RESERVED and not k.startswith("@")
+        }
+        extra["plugin_logger"] = escape(str(entry.get("@module", "")))
         extra["plugin_fields"] = dict(extra)
         if exc_text:
-            message = f"{message}\n{exc_text}"
+            # a traceback keeps its lines, each escaped and indented under the plugin's marker
+            lines = str(exc_text).splitlines()
+            message = "\n    | ".join([message, *(escape(line) for line in lines)])
         if level >= logging.WARNING:
-            self._stderr_tail.append(message)
-        self._log.log(level, "%s", message, extra=extra)
+            self._keep_tail(message)
+        extra["plugin_message"] = message
+        self._log.log(level, "%s %s", self._prefix, message, extra=extra)
+
+    def _keep_tail(self, text: str) -> None:
+        if len(text) > STDERR_TAIL_LINE:
+            text = text[:STDERR_TAIL_LINE] + " [truncated]"
+        self._stderr_tail.append(escape(text, keep_newlines=True))
+
+    def _report_dropped(self, *, force: bool = False) -> None:
+        if self._dropped and (force or self._flood.since_report() >= 1.0):
+            self._log.warning(
+                "%s dropped %d lines from plugin (more than %g lines/s)",
+                self._prefix,
+                self._dropped,
+                LOG_RATE,
+                extra={"plugin_dropped": self._dropped},
+            )
+            self._dropped = 0
+            self._flood.reported()
 
     def stderr_tail(self) -> str:
         """The last lines the plugin wrote to stderr (logs of warning level and above included)."""
@@ -375,6 +439,83 @@ class PluginProcess:
             returncode=self.returncode,
             stderr_tail=self.stderr_tail(),
         )
+
+
+_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09},
+    **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+_ESCAPES_KEEP_NEWLINES = {**_ESCAPES, ord("\n"): "\n"}
+
+
+def escape(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` from a plugin, safe to show: control characters (ESC, CR, NUL, C1...) but tab,
+    and line and bidi separators escaped, so it can neither forge a line nor drive the
+    terminal; newlines too unless ``keep_newlines``."""
+    return text.translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
+
+
+class _TokenBucket:
+    """At most ``rate`` events a second, sustained, after a ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = self.last_report = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def since_report(self) -> float:
+        return time.monotonic() - self.last_report
+
+    def reported(self) -> None:
+        self.last_report = time.monotonic()
+
+
+def _cpu_seconds_at_exit(pid: int) -> float | None:
+    """The CPU time a child used, read once it has exited but before it is reaped (Linux)."""
+    if not hasattr(os, "waitid"):
+        return None
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
+
+
+def _exit_reason(
+    returncode: int | None, limits: wire.ResourceLimits, cpu: float | None, tail: str
+) -> str:
+    """Why the plugin exited, naming the resource limit it exceeded if it was one."""
+    described = f"plugin exited with {_describe_exit(returncode)}"
+    if returncode is None or returncode == 0:
+        return described
+    exceeded = ""
+    if limits.cpu_seconds is not None and (
+        returncode == -signal.SIGXCPU
+        or (returncode == -signal.SIGKILL and cpu is not None and cpu >= limits.cpu_seconds)
+    ):
+        exceeded = f"cpu_seconds={limits.cpu_seconds}"
+    elif limits.memory_mb is not None and any(sign in tail for sign in _MEMORY_SIGNS):
+        exceeded = f"memory_mb={limits.memory_mb}"
+    elif limits.open_files is not None and "Too many open files" in tail:
+        exceeded = f"open_files={limits.open_files}"
+    return f"plugin exceeded {exceeded} ({described})" if exceeded else described
 
 
 def _describe_exit(returncode: int | None) -> str:
@@ -477,9 +618,7 @@ class Supervisor:
         if self._failed is not None:
             raise self._failed
         if current is not None and self.spec.restart == "never":
-            raise current._crashed(
-                f"plugin exited with {_describe_exit(current.returncode)} and restart = 'never'"
-            )
+            raise current._crashed(f"{current.exit_reason} and restart = 'never'")
         self._starting = True
         try:
             if current is not None:

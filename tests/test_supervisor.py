@@ -103,7 +103,7 @@ def test_printing_to_stdout_everywhere_breaks_nothing(
         "print in a call",
         "os.write(1) in a call",
     }
-    assert wait_until(lambda: wanted <= {r.getMessage() for r in caplog.records})
+    assert wait_until(lambda: wanted <= {getattr(r, "plugin_message", "") for r in caplog.records})
 
 
 def test_never_handshaking_fails_at_start_timeout_with_the_output(start: Any) -> None:
@@ -159,7 +159,9 @@ def test_plugin_log_records_arrive_on_the_service_logger(
     supervisor.call("log", {"level": "error", "message": "it broke"})
 
     def record(message: str) -> logging.LogRecord | None:
-        return next((r for r in caplog.records if r.getMessage() == message), None)
+        return next(
+            (r for r in caplog.records if getattr(r, "plugin_message", "") == message), None
+        )
 
     assert wait_until(lambda: record("it broke") is not None)
     warning = record("disk almost full")
@@ -178,8 +180,12 @@ def test_a_huge_stderr_line_is_truncated_not_fatal(
     caplog.set_level(logging.INFO, logger="reva_plugins.plugin")
     process = start()
     assert process.call("big_stderr", {"size": 3 * 1024 * 1024}) is True
-    assert wait_until(lambda: any(r.getMessage() == "after the big line" for r in caplog.records))
-    big = [r.getMessage() for r in caplog.records if r.getMessage().startswith("BBBB")]
+    assert wait_until(
+        lambda: any(
+            getattr(r, "plugin_message", "") == "after the big line" for r in caplog.records
+        )
+    )
+    big = [m for r in caplog.records if (m := getattr(r, "plugin_message", "")).startswith("BBBB")]
     assert big
     assert big[0].endswith("[truncated]")
     assert process.call("echo", {"value": 1}) == 1
