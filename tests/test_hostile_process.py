@@ -389,7 +389,7 @@ def test_a_log_flood_is_dropped_counted_and_never_blocks_the_plugin(
 ) -> None:
     caplog.set_level(logging.INFO, logger="reva_plugins.plugin")
     supervisor = process_host()
-    process = supervisor.process
+    process = supervisor.start()
     total = 200_000
     assert supervisor.call("flood", {"n": total}) == total
     assert supervisor.call("stderr", {"text": "still answering"}) is True

@@ -283,7 +283,7 @@ def test_store_host_rebuilds_an_env_removed_under_it(
         (key,) = os.listdir(fresh_cache / "envs")
         # Removed by hand (no lock taken), then the plugin dies: the restart must rebuild.
         shutil.rmtree(fresh_cache / "envs" / key)
-        pid = users.driver.supervisor.process.pid  # type: ignore[attr-defined]
+        pid = users.info().pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         assert wait_until(lambda: not pid_alive(pid), timeout=10)
