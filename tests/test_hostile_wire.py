@@ -384,7 +384,9 @@ def test_pth_files_that_write_to_stdout_cannot_touch_the_wire(
     finally:
         for pth in pths:
             pth.unlink()
-    assert wait_until(lambda: "garbage" in {r.getMessage() for r in caplog.records})
+    assert wait_until(
+        lambda: "garbage" in {getattr(r, "plugin_message", None) for r in caplog.records}
+    )
 
 
 # -- a crash under load ------------------------------------------------------------------------
