@@ -379,9 +379,11 @@ class Server:
                     self.request_reload()
             log.info("%s received", signal.Signals(received[0]).name if received else "stop")
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.stop()
+            try:
+                self.stop()  # a second SIGTERM while draining changes nothing
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
