@@ -69,7 +69,7 @@ groups = "{EXAMPLES / "groups.demo.json"}"
 """
 
 # A user provider whose answers depend on the opaque id asked for: crash, hang, slow, demo.
-CHAOS_PLUGIN = '''
+CHAOS_PLUGIN = """
 import os, time
 
 MARKER = {marker!r}
@@ -117,7 +117,7 @@ class Provider:
 
     def find_users(self, query, skip_fetching_groups=False):
         return []
-'''
+"""
 
 
 class Served:
@@ -128,7 +128,16 @@ class Served:
         self.pidfile = config.with_suffix(".pid")
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reva_plugins", "serve", str(config), "--pidfile", str(self.pidfile), *extra],
+            [
+                sys.executable,
+                "-m",
+                "reva_plugins",
+                "serve",
+                str(config),
+                "--pidfile",
+                str(self.pidfile),
+                *extra,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -163,7 +172,9 @@ class Served:
                 if match:
                     return match
             if self.proc.poll() is not None and not self._reader.is_alive():
-                raise AssertionError(f"serve exited {self.proc.returncode}:\n" + "\n".join(self.lines))
+                raise AssertionError(
+                    f"serve exited {self.proc.returncode}:\n" + "\n".join(self.lines)
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines))
             time.sleep(0.02)
@@ -235,17 +246,24 @@ def test_user_api(served: Served) -> None:
         "einstein@example.org",
         "Albert Einstein",
     )
-    assert (user.id.idp, user.id.opaque_id, user.id.type) == (IDP, EINSTEIN, user_res.USER_TYPE_PRIMARY)
+    assert (user.id.idp, user.id.opaque_id, user.id.type) == (
+        IDP,
+        EINSTEIN,
+        user_res.USER_TYPE_PRIMARY,
+    )
     assert (user.uid_number, user.gid_number) == (123, 987)
     assert list(user.groups) == ["sailing-lovers", "violin-haters", "physics-lovers"]
 
     skipped = served.users.GetUser(
         user_api.GetUserRequest(user_id=uid(EINSTEIN), skip_fetching_user_groups=True)
     )
-    assert skipped.status.code == OK and list(skipped.user.groups) == []
+    assert skipped.status.code == OK
+    assert list(skipped.user.groups) == []
 
     for claim, value in (("mail", "marie@example.org"), ("username", "marie"), ("uid", "456")):
-        by_claim = served.users.GetUserByClaim(user_api.GetUserByClaimRequest(claim=claim, value=value))
+        by_claim = served.users.GetUserByClaim(
+            user_api.GetUserByClaimRequest(claim=claim, value=value)
+        )
         assert by_claim.status.code == OK, claim
         assert by_claim.user.id.opaque_id == MARIE
 
@@ -260,8 +278,15 @@ def test_user_api(served: Served) -> None:
     both = served.users.FindUsers(user_api.FindUsersRequest(filters=[query("ar"), query("curie")]))
     assert [u.username for u in both.users] == ["marie"]
     by_type = user_api.Filter(type=user_api.Filter.TYPE_USERTYPE, usertype=user_res.USER_TYPE_GUEST)
-    assert list(served.users.FindUsers(user_api.FindUsersRequest(filters=[query("ar"), by_type])).users) == []
-    primary = user_api.Filter(type=user_api.Filter.TYPE_USERTYPE, usertype=user_res.USER_TYPE_PRIMARY)
+    assert (
+        list(
+            served.users.FindUsers(user_api.FindUsersRequest(filters=[query("ar"), by_type])).users
+        )
+        == []
+    )
+    primary = user_api.Filter(
+        type=user_api.Filter.TYPE_USERTYPE, usertype=user_res.USER_TYPE_PRIMARY
+    )
     assert len(served.users.FindUsers(user_api.FindUsersRequest(filters=[primary])).users) == 3
 
 
@@ -270,7 +295,8 @@ def test_auth_api(served: Served) -> None:
         auth_api.AuthenticateRequest(client_id="einstein", client_secret="relativity")
     )
     assert reply.status.code == OK
-    assert reply.user.username == "einstein" and reply.user.id.opaque_id == EINSTEIN
+    assert reply.user.username == "einstein"
+    assert reply.user.id.opaque_id == EINSTEIN
     scope = reply.token_scope["user"]
     assert (scope.resource.decoder, scope.resource.value, scope.role) == ("json", b"*", 1)
 
@@ -287,29 +313,42 @@ def test_group_api(served: Served) -> None:
     claim = served.groups.GetGroupByClaim(
         group_api.GetGroupByClaimRequest(claim="group_name", value="violin-haters")
     )
-    assert claim.status.code == OK and claim.group.gid_number == 2345
+    assert claim.status.code == OK
+    assert claim.group.gid_number == 2345
     members = served.groups.GetMembers(group_api.GetMembersRequest(group_id=gid("sailing-lovers")))
     assert members.status.code == OK
     assert [m.opaque_id for m in members.members] == [EINSTEIN]
     assert members.members[0].type == user_res.USER_TYPE_PRIMARY
-    has = served.groups.HasMember(group_api.HasMemberRequest(group_id=gid("sailing-lovers"), user_id=uid(EINSTEIN)))
-    assert has.status.code == OK and has.ok is True
-    hasnt = served.groups.HasMember(group_api.HasMemberRequest(group_id=gid("sailing-lovers"), user_id=uid(MARIE)))
-    assert hasnt.status.code == OK and hasnt.ok is False
+    has = served.groups.HasMember(
+        group_api.HasMemberRequest(group_id=gid("sailing-lovers"), user_id=uid(EINSTEIN))
+    )
+    assert has.status.code == OK
+    assert has.ok is True
+    hasnt = served.groups.HasMember(
+        group_api.HasMemberRequest(group_id=gid("sailing-lovers"), user_id=uid(MARIE))
+    )
+    assert hasnt.status.code == OK
+    assert hasnt.ok is False
     found = served.groups.FindGroups(
         group_api.FindGroupsRequest(
             filters=[group_api.Filter(type=group_api.Filter.TYPE_QUERY, query="lovers")]
         )
     )
     names = [g.group_name for g in found.groups]
-    assert names == sorted(names) and "physics-lovers" in names and "violin-haters" not in names
+    assert names == sorted(names)
+    assert "physics-lovers" in names
+    assert "violin-haters" not in names
 
 
 def test_errors_have_revas_status_codes(served: Served) -> None:
     """As Reva's own services: NotFound where they check it, a wrong password is
     PERMISSION_DENIED, and the rest INTERNAL; no message carries the client's secret."""
     cases: list[tuple[Any, int, str]] = [
-        (served.users.GetUser(user_api.GetUserRequest(user_id=uid("nobody"))), code_pb2.CODE_NOT_FOUND, "user not found"),
+        (
+            served.users.GetUser(user_api.GetUserRequest(user_id=uid("nobody"))),
+            code_pb2.CODE_NOT_FOUND,
+            "user not found",
+        ),
         (
             served.users.GetUserByClaim(user_api.GetUserByClaimRequest(claim="mail", value="x@y")),
             code_pb2.CODE_NOT_FOUND,
@@ -321,11 +360,17 @@ def test_errors_have_revas_status_codes(served: Served) -> None:
             "error getting user groups",
         ),
         (
-            served.users.GetUserByClaim(user_api.GetUserByClaimRequest(claim="shoe-size", value="42")),
+            served.users.GetUserByClaim(
+                user_api.GetUserByClaimRequest(claim="shoe-size", value="42")
+            ),
             code_pb2.CODE_INTERNAL,
             "error getting user by claim",
         ),
-        (served.groups.GetGroup(group_api.GetGroupRequest(group_id=gid("nope"))), code_pb2.CODE_NOT_FOUND, "group not found"),
+        (
+            served.groups.GetGroup(group_api.GetGroupRequest(group_id=gid("nope"))),
+            code_pb2.CODE_NOT_FOUND,
+            "group not found",
+        ),
         (
             served.groups.GetMembers(group_api.GetMembersRequest(group_id=gid("nope"))),
             code_pb2.CODE_INTERNAL,
@@ -336,7 +381,9 @@ def test_errors_have_revas_status_codes(served: Served) -> None:
         assert (reply.status.code, reply.status.message) == (code, message)
     secret = "s3cret-canary-" + "x" * 8
     for client in ("einstein", "nobody"):
-        reply = served.auth.Authenticate(auth_api.AuthenticateRequest(client_id=client, client_secret=secret))
+        reply = served.auth.Authenticate(
+            auth_api.AuthenticateRequest(client_id=client, client_secret=secret)
+        )
         assert reply.status.code == code_pb2.CODE_PERMISSION_DENIED
         assert reply.status.message == "wrong password"
         assert not reply.HasField("user")
@@ -350,10 +397,21 @@ def test_hostile_requests(served: Served) -> None:
     long = "x" * 5000
     for reply, where in (
         (served.users.GetUser(user_api.GetUserRequest(user_id=uid(long))), "user_id.opaque_id"),
-        (served.users.GetUserByClaim(user_api.GetUserByClaimRequest(claim="mail", value=long)), "value"),
-        (served.auth.Authenticate(auth_api.AuthenticateRequest(client_id=long, client_secret="x")), "client_id"),
+        (
+            served.users.GetUserByClaim(user_api.GetUserByClaimRequest(claim="mail", value=long)),
+            "value",
+        ),
+        (
+            served.auth.Authenticate(
+                auth_api.AuthenticateRequest(client_id=long, client_secret="x")
+            ),
+            "client_id",
+        ),
         (served.users.GetUser(user_api.GetUserRequest()), "user_id.opaque_id is empty"),
-        (served.groups.HasMember(group_api.HasMemberRequest(group_id=gid("x"))), "user_id.opaque_id is empty"),
+        (
+            served.groups.HasMember(group_api.HasMemberRequest(group_id=gid("x"))),
+            "user_id.opaque_id is empty",
+        ),
         (served.users.FindUsers(user_api.FindUsersRequest(filters=[query("a")] * 17)), "filters"),
     ):
         assert reply.status.code == code_pb2.CODE_INVALID_ARGUMENT, where
@@ -365,7 +423,9 @@ def test_hostile_requests(served: Served) -> None:
     assert odd_text.status.code == code_pb2.CODE_NOT_FOUND
 
     with pytest.raises(grpc.RpcError) as too_big:
-        served.users.GetUserByClaim(user_api.GetUserByClaimRequest(claim="mail", value="y" * (2 << 20)))
+        served.users.GetUserByClaim(
+            user_api.GetUserByClaimRequest(claim="mail", value="y" * (2 << 20))
+        )
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     raw = served.channel.unary_unary(f"/{USER_API}/GetUser")
     with pytest.raises(grpc.RpcError) as garbage:
@@ -386,7 +446,9 @@ def test_health_and_reflection(served: Served) -> None:
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
     stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {USER_API, AUTH_API, GROUP_API, "grpc.health.v1.Health"} <= names
 
@@ -411,7 +473,9 @@ def test_metrics_count_the_calls_made(served: Served) -> None:
         served.users.GetUser(user_api.GetUserRequest(user_id=uid(EINSTEIN)))
     for _ in range(3):
         served.users.GetUser(user_api.GetUserRequest(user_id=uid("nobody")))
-    served.auth.Authenticate(auth_api.AuthenticateRequest(client_id="marie", client_secret="radioactivity"))
+    served.auth.Authenticate(
+        auth_api.AuthenticateRequest(client_id="marie", client_secret="radioactivity")
+    )
     after = served.metrics()
 
     def delta(name: str, **labels: str) -> float:
@@ -434,8 +498,11 @@ def test_metrics_count_the_calls_made(served: Served) -> None:
     status = cli("status", f"127.0.0.1:{served.metrics_port}")
     assert status.returncode == 0, status.stderr
     line = next(
-        row for row in status.stdout.splitlines()
-        if row.startswith("reva_plugins_calls_total{method=GetUser,outcome=CODE_OK,service=userprovider}")
+        row
+        for row in status.stdout.splitlines()
+        if row.startswith(
+            "reva_plugins_calls_total{method=GetUser,outcome=CODE_OK,service=userprovider}"
+        )
     )
     assert int(line.split()[-1]) >= 7
 
@@ -443,7 +510,9 @@ def test_metrics_count_the_calls_made(served: Served) -> None:
 def test_access_log_has_one_line_per_rpc(served: Served) -> None:
     start = len(served.lines)
     served.groups.GetGroup(group_api.GetGroupRequest(group_id=gid("violin-haters")))
-    line = served.wait_for(r"service=cs3\.identity\.group\.v1beta1\.GroupAPI method=GetGroup .*", start=start).group(0)
+    line = served.wait_for(
+        r"service=cs3\.identity\.group\.v1beta1\.GroupAPI method=GetGroup .*", start=start
+    ).group(0)
     fields = dict(item.split("=", 1) for item in line.split())
     assert fields["status"] == "CODE_OK"
     assert float(fields["duration_ms"]) > 0
@@ -480,9 +549,11 @@ def test_revas_own_plugin_example_is_served_unchanged(tmp_path: Path) -> None:
     server = Served(config)
     try:
         reply = server.users.GetUser(user_api.GetUserRequest(user_id=uid("einstein", idp="")))
-        assert reply.status.code == OK and reply.user.id.opaque_id == EINSTEIN
+        assert reply.status.code == OK
+        assert reply.user.id.opaque_id == EINSTEIN
         gateway = [line for line in server.lines if "gateway" in line]
-        assert len(gateway) == 1 and "skipped" in gateway[0]
+        assert len(gateway) == 1
+        assert "skipped" in gateway[0]
         auth = server.health.Check(health_pb2.HealthCheckRequest(service=AUTH_API), timeout=10)
         assert auth.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     finally:
@@ -513,7 +584,8 @@ def test_hostile_serve_settings(tmp_path: Path, table: str, key: str, message: s
     result = cli("serve", str(config))
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert key in result.stderr and message in result.stderr
+    assert key in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -538,7 +610,9 @@ def test_hostile_command_lines(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_without_the_extra_serve_says_what_to_install(tmp_path: Path, write_config: Callable[..., Path]) -> None:
+def test_without_the_extra_serve_says_what_to_install(
+    tmp_path: Path, write_config: Callable[..., Path]
+) -> None:
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "grpc.py").write_text("raise ImportError('no grpc here')\n", encoding="utf-8")
@@ -584,7 +658,9 @@ dir = "{state}"
 
 def _chaos_plugin(root: Path, marker: str = "v1") -> Path:
     make_plugin(root, name="reva-chaos-plugin", entry_points={"reva.userprovider": "demo"})
-    (root / "reva_chaos_plugin" / "__init__.py").write_text(CHAOS_PLUGIN.format(marker=marker), encoding="utf-8")
+    (root / "reva_chaos_plugin" / "__init__.py").write_text(
+        CHAOS_PLUGIN.format(marker=marker), encoding="utf-8"
+    )
     return root
 
 
@@ -600,7 +676,9 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Pa
 
 
 def _get(server: Served, opaque: str, timeout: float = 30) -> Any:
-    return server.users.GetUser(user_api.GetUserRequest(user_id=uid(opaque, idp="test")), timeout=timeout)
+    return server.users.GetUser(
+        user_api.GetUserRequest(user_id=uid(opaque, idp="test")), timeout=timeout
+    )
 
 
 def test_a_crashing_plugin_is_unavailable_then_restarts_with_health_following(
@@ -630,13 +708,18 @@ def test_a_crashing_plugin_is_unavailable_then_restarts_with_health_following(
     assert _get(server, "demo").status.code == OK
     assert wait_until(lambda: server.plugin_pids().get("userprovider", pid) != pid)
     assert not pid_alive(pid)
-    assert _sample(server.metrics(), "reva_plugins_plugin_restarts_total", service="userprovider") >= 1
+    assert (
+        _sample(server.metrics(), "reva_plugins_plugin_restarts_total", service="userprovider") >= 1
+    )
 
 
 def test_plugin_errors_and_bad_results_name_no_secret(chaos: tuple[Served, Path]) -> None:
     server, _ = chaos
     leaky = _get(server, "leaky")
-    assert (leaky.status.code, leaky.status.message) == (code_pb2.CODE_INTERNAL, "error getting user")
+    assert (leaky.status.code, leaky.status.message) == (
+        code_pb2.CODE_INTERNAL,
+        "error getting user",
+    )
     bad = _get(server, "bad")
     assert bad.status.code == code_pb2.CODE_INTERNAL
     assert bad.status.message == "userprovider plugin returned a malformed result"
@@ -648,10 +731,12 @@ def test_a_hung_plugin_call_is_cancelled_at_the_deadline(chaos: tuple[Served, Pa
     with pytest.raises(grpc.RpcError) as late:
         _get(server, "hang", timeout=0.5)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_until(lambda: (state / "cancelled").exists(), timeout=30)  # $/cancel arrived
+    assert wait_until((state / "cancelled").exists, timeout=30)  # $/cancel arrived
     assert _get(server, "demo").status.code == OK
     assert wait_until(
-        lambda: _sample(server.metrics(), "reva_plugins_calls_in_flight", service="userprovider") == 0
+        lambda: (
+            _sample(server.metrics(), "reva_plugins_calls_in_flight", service="userprovider") == 0
+        )
     )
 
 
@@ -766,7 +851,9 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
     )  # fmt: skip
     config = tmp_path / "tls.toml"
     config.write_text(
-        SAMPLES_CONFIG.replace("workers = 8", 'workers = 8\ntls_cert = "cert.pem"\ntls_key = "key.pem"'),
+        SAMPLES_CONFIG.replace(
+            "workers = 8", 'workers = 8\ntls_cert = "cert.pem"\ntls_key = "key.pem"'
+        ),
         encoding="utf-8",
     )
     server = Served(config)
@@ -775,9 +862,11 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         creds = grpc.ssl_channel_credentials(root_certificates=(tmp_path / "cert.pem").read_bytes())
         with grpc.secure_channel(server.address, creds) as channel:
             reply = auth_grpc.ProviderAPIStub(channel).Authenticate(
-                auth_api.AuthenticateRequest(client_id="richard", client_secret="superfluidity"), timeout=30
+                auth_api.AuthenticateRequest(client_id="richard", client_secret="superfluidity"),
+                timeout=30,
             )
-        assert reply.status.code == OK and reply.user.username == "richard"
+        assert reply.status.code == OK
+        assert reply.user.username == "richard"
         with pytest.raises(grpc.RpcError):  # plaintext to a TLS port
             server.users.GetUser(user_api.GetUserRequest(user_id=uid(EINSTEIN)), timeout=5)
     finally:
@@ -789,10 +878,13 @@ def test_tls_files_that_are_not_pem_are_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "key.pem").mkdir()
     config = tmp_path / "tls.toml"
     config.write_text(
-        SAMPLES_CONFIG.replace("workers = 8", 'workers = 8\ntls_cert = "cert.pem"\ntls_key = "key.pem"'),
+        SAMPLES_CONFIG.replace(
+            "workers = 8", 'workers = 8\ntls_cert = "cert.pem"\ntls_key = "key.pem"'
+        ),
         encoding="utf-8",
     )
     result = cli("serve", str(config))
     assert result.returncode == 2, result.stderr
-    assert "grpc.tls_cert" in result.stderr and "not a PEM file" in result.stderr
+    assert "grpc.tls_cert" in result.stderr
+    assert "not a PEM file" in result.stderr
     assert "Traceback" not in result.stderr

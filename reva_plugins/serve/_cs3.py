@@ -207,14 +207,17 @@ def user_id_pb(raw: object) -> user_res.UserId:
     """A plugin's UserId dict as a CS3 UserId."""
     if not isinstance(raw, Mapping):
         raise BadResult("a UserId must be an object")
-    return user_res.UserId(
+    uid = user_res.UserId(
         idp=raw.get("idp", ""),
         opaque_id=raw.get("opaque_id", ""),
         type=_enum(raw.get("type", 0), user_res.UserType),
-        tenant_id=raw.get("tenant_id", ""),
     )
+    if raw.get("tenant_id") and _HAS_TENANT:  # newer CS3 APIs only
+        uid.tenant_id = raw["tenant_id"]
+    return uid
 
 
+_HAS_TENANT = "tenant_id" in user_res.UserId.DESCRIPTOR.fields_by_name
 _USER_SCALARS = ("username", "mail", "mail_verified", "display_name", "uid_number", "gid_number")
 
 

@@ -90,7 +90,7 @@ class Metrics:
             "reva_plugins_reloads", "configuration reloads, by result", ["result"], registry=r
         )
         self._pids: dict[str, int] = {}
-        self._crashed: set[str] = set()
+        self._children: dict[object, Any] = {}
         self._lock = threading.Lock()
         r.register(_RssCollector(self))
 
@@ -98,13 +98,26 @@ class Metrics:
 
     def call_started(self, service: str, method: str) -> None:
         """Count an RPC in flight."""
-        self.in_flight.labels(service).inc()
+        gauge = self._children.get(service)
+        if gauge is None:
+            gauge = self._children[service] = self.in_flight.labels(service)
+        gauge.inc()
 
     def call_finished(self, service: str, method: str, outcome: str, seconds: float) -> None:
         """Count it done, with its outcome and latency."""
-        self.in_flight.labels(service).dec()
-        self.calls.labels(service, method, outcome).inc()
-        self.latency.labels(service, method).observe(seconds)
+        # Label lookups take a lock and build a key each time; the children are cached instead.
+        children = self._children
+        children[service].dec()
+        counter = children.get((service, method, outcome))
+        if counter is None:
+            counter = children[(service, method, outcome)] = self.calls.labels(
+                service, method, outcome
+            )
+        counter.inc()
+        histogram = children.get((service, method))
+        if histogram is None:
+            histogram = children[(service, method)] = self.latency.labels(service, method)
+        histogram.observe(seconds)
 
     # -- lifecycle -------------------------------------------------------------------------
 

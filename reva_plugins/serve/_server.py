@@ -3,14 +3,17 @@ reflection, metrics, an access log, graceful shutdown and zero-downtime reload."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import stat
 import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import grpc
 from cs3.rpc.v1beta1 import code_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client.exposition import MetricsHandler
 
 from .. import _config
 from .._errors import ConfigError, RevaPluginError
@@ -137,9 +140,16 @@ class Server:
         for name in set(old.proxies) - set(new.proxies):
             self.metrics.plugin_pid(name, None)
         self._set_all_health(new)
-        self._configure_access_log(new.config.serve.access_log)
-        if new.config.serve.address != old.config.serve.address:
-            log.warning("reload: [grpc] address changed; it applies after a restart")
+        now, was = new.config.serve, self.settings
+        fixed = ("address", "workers", "tls_cert", "tls_key", "metrics_address")
+        for name in fixed:
+            if getattr(now, name) != getattr(was, name):
+                key = "metrics.address" if name == "metrics_address" else f"grpc.{name}"
+                log.warning("reload: %s changed; it applies after a restart", key)
+        self.settings = dataclasses.replace(
+            was, access_log=now.access_log, shutdown_grace=now.shutdown_grace
+        )
+        self._configure_access_log(now.access_log)
         self.metrics.reloads.labels("swapped").inc()
 
     def _grace(self) -> float:
@@ -314,16 +324,18 @@ class Server:
 
     def _start_metrics(self, address: str) -> None:
         host, _, port = address.rpartition(":")
+        bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 (as the operator wrote it)
+        handler = MetricsHandler.factory(self.metrics.registry)
         try:
-            server, _thread = start_http_server(
-                int(port),
-                addr=host.strip("[]") or "0.0.0.0",  # noqa: S104 (as the operator wrote)
-                registry=self.metrics.registry,
+            server = (_HTTPServer6 if ":" in bind else ThreadingHTTPServer)(
+                (bind, int(port)), handler
             )
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {address}: {exc.strerror}", key="metrics.address"
             ) from None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._metrics_server = server
         self.metrics_port = int(server.server_address[1])
         log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
@@ -384,6 +396,10 @@ class Server:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+
+class _HTTPServer6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
