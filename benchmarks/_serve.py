@@ -133,6 +133,25 @@ def _load(address: str, clients: int, calls: int) -> dict[str, float]:
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children (the plugins), from ``/proc``."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
     """Both servers, each level of concurrency; ratios of throughput and p50 differences."""
     results: dict[str, Any] = {"workers": WORKERS, "calls_per_level": calls}
@@ -180,8 +199,16 @@ users = "{USERS}"
             bare_port = _wait_port(bare, lambda: port_file.exists() and port_file.read_text())
             ours_port = _wait_port(serve, serve_port)
             for clients in CLIENTS:
+                cpu = _cpu_seconds(bare.pid)
                 base = _load(f"127.0.0.1:{bare_port}", clients, calls)
+                base["server_cpu_us_per_call"] = round(
+                    (_cpu_seconds(bare.pid) - cpu) / (calls + 50) * 1e6, 1
+                )
+                cpu = _cpu_seconds(serve.pid)
                 ours = _load(f"127.0.0.1:{ours_port}", clients, calls)
+                ours["server_cpu_us_per_call"] = round(
+                    (_cpu_seconds(serve.pid) - cpu) / (calls + 50) * 1e6, 1
+                )
                 results[f"{clients}_clients"] = {
                     "ours": ours,
                     "baseline_bare_grpcio_dict": base,

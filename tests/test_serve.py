@@ -888,3 +888,68 @@ def test_tls_files_that_are_not_pem_are_a_config_error(tmp_path: Path) -> None:
     assert "grpc.tls_cert" in result.stderr
     assert "not a PEM file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_revads_own_grpc_keys_are_left_alone() -> None:
+    """revad's [grpc] keys serve does not read (network, interceptors …) are no error."""
+    from reva_plugins import _config
+
+    config = _config.parse(
+        {
+            "grpc": {
+                "network": "tcp",
+                "address": "0.0.0.0:19000",
+                "shutdown_deadline": 10,
+                "enable_reflection": True,
+                "interceptors": {"auth": {"token_manager": "jwt"}},
+            }
+        },
+        base_dir=ROOT,
+    )
+    assert config.serve.address == "0.0.0.0:19000"
+    assert config.serve.tls_cert is None
+    assert config.serve.shutdown_grace == 30
+
+
+def test_hostile_pidfile_and_busy_ports(tmp_path: Path) -> None:
+    """A pid file that is a folder or a symlink (to someone else's file), and ports already
+    taken: each a one-line error (exit 2), the symlink's target untouched, no plugin left."""
+    import socket
+
+    config = tmp_path / "revad.toml"
+    config.write_text(SAMPLES_CONFIG, encoding="utf-8")
+    (tmp_path / "dir.pid").mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious", encoding="utf-8")
+    (tmp_path / "link.pid").symlink_to(victim)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        grpc_busy = tmp_path / "grpc-busy.toml"
+        grpc_busy.write_text(
+            SAMPLES_CONFIG.replace(
+                'address = "127.0.0.1:0"\nshutdown', f'address = "127.0.0.1:{port}"\nshutdown'
+            ),
+            encoding="utf-8",
+        )
+        metrics_busy = tmp_path / "metrics-busy.toml"
+        metrics_busy.write_text(
+            SAMPLES_CONFIG.replace(
+                '[metrics]\naddress = "127.0.0.1:0"', f'[metrics]\naddress = "127.0.0.1:{port}"'
+            ),
+            encoding="utf-8",
+        )
+        for args, text in (
+            (["serve", str(config), "--pidfile", str(tmp_path / "dir.pid")], "--pidfile"),
+            (["serve", str(config), "--pidfile", str(tmp_path / "link.pid")], "--pidfile"),
+            (["serve", str(grpc_busy)], "grpc.address"),
+            (["serve", str(metrics_busy)], "metrics.address"),
+        ):
+            result = cli(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            errors = [line for line in result.stderr.splitlines() if "error" in line]
+            assert len(errors) == 1, result.stderr
+            assert text in errors[0]
+            assert "Traceback" not in result.stderr
+    assert victim.read_text(encoding="utf-8") == "precious"

@@ -193,13 +193,19 @@ def _opaque(raw: object) -> types_pb2.Opaque | None:
     return types_pb2.Opaque(map={str(k): _entry(v) for k, v in entries.items()})
 
 
+_ENUM_NUMBERS: dict[str, frozenset[int]] = {}
+
+
 def _enum(value: object, enum: Any) -> int:
     """An enum field from a plugin's number or name; unknown values are the zero value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        numbers = _ENUM_NUMBERS.get(enum.DESCRIPTOR.full_name)
+        if numbers is None:
+            numbers = _ENUM_NUMBERS[enum.DESCRIPTOR.full_name] = frozenset(enum.values())
+        return value if value in numbers else 0
     if isinstance(value, str):
         names = enum.keys()  # a protobuf enum wrapper: ``in`` needs its key list
         return int(enum.Value(value)) if value in names else 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if value in enum.values() else 0
     return 0
 
 
@@ -225,10 +231,10 @@ def user_pb(raw: object) -> user_res.User:
     """A plugin's User dict as a CS3 User (``secret`` and unknown keys never leave)."""
     if not isinstance(raw, Mapping):
         raise BadResult("a User must be an object")
-    user = user_res.User(**{k: raw[k] for k in _USER_SCALARS if raw.get(k) is not None})
+    fields = {k: raw[k] for k in _USER_SCALARS if raw.get(k) is not None}
     if raw.get("id") is not None:
-        user.id.CopyFrom(user_id_pb(raw["id"]))
-    user.groups.extend(raw.get("groups") or [])
+        fields["id"] = user_id_pb(raw["id"])
+    user = user_res.User(groups=raw.get("groups") or (), **fields)
     opaque = _opaque(raw.get("opaque"))
     if opaque is not None:
         user.opaque.CopyFrom(opaque)

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client.exposition import MetricsHandler
 
 from .. import _config
-from .._errors import ConfigError, RevaPluginError
+from .._errors import ConfigError, RevaPluginError, UsageError
 from .._hooks import hookimpl
 from .._host import Host
 from .._redact import redact
@@ -312,7 +312,7 @@ class Server:
             "TLS" if credentials else "plaintext",
         )
         if self.pidfile is not None:
-            self.pidfile.write_text(f"{os.getpid()}\n", encoding="ascii")
+            _write_pidfile(self.pidfile)
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
@@ -364,7 +364,7 @@ class Server:
         if gen is not None:
             gen.host.close()
         if self.pidfile is not None:
-            self.pidfile.unlink(missing_ok=True)
+            _remove_pidfile(self.pidfile)
         log.info("stopped")
 
     def run(self) -> None:
@@ -403,6 +403,32 @@ class _HTTPServer6(ThreadingHTTPServer):
 
 
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
+
+
+def _write_pidfile(path: Path) -> None:
+    """Write our pid; never through a symlink (someone else's file) or into a non-file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        raise UsageError(f"--pidfile {path}: cannot write it: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"--pidfile {path}: not a regular file")
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def _remove_pidfile(path: Path) -> None:
+    """Remove the pid file if it is still ours (another server may have taken the name)."""
+    try:
+        with open(path, "rb") as f:
+            ours = f.read(64).strip() == str(os.getpid()).encode("ascii")
+        if ours:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _read_pem(path: Path, key: str, config: Path) -> bytes:
