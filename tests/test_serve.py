@@ -953,3 +953,14 @@ def test_hostile_pidfile_and_busy_ports(tmp_path: Path) -> None:
             assert text in errors[0]
             assert "Traceback" not in result.stderr
     assert victim.read_text(encoding="utf-8") == "precious"
+
+
+def test_a_config_with_nothing_to_serve_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[grpc.services.gateway]\nuserprovidersvc = "localhost:19000"\n', encoding="utf-8"
+    )
+    result = cli("serve", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "no service to serve" in result.stderr
+    assert "Traceback" not in result.stderr

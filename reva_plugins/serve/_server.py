@@ -270,6 +270,11 @@ class Server:
         assert gen is not None
         for name in unserved_tables(gen.config):
             log.info("[grpc.services.%s]: no CS3 API served by reva-plugins; skipped", name)
+        if not gen.proxies:
+            raise ConfigError(
+                f"no service to serve (configure one of: {', '.join(_cs3.APIS)})",
+                file=str(self.path),
+            )
         settings = self.settings
         executor = futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="rpc"
