@@ -592,15 +592,19 @@ def test_hostile_serve_settings(tmp_path: Path, table: str, key: str, message: s
 def test_hostile_command_lines(tmp_path: Path) -> None:
     config = tmp_path / "revad.toml"
     config.write_text('[grpc.services.userprovider]\ndriver = "json"\n', encoding="utf-8")
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    gone = exited.pid  # a pid that no longer runs
     for args, code, text in (
         (["serve", str(config), "--address", "nowhere"], 2, "HOST:PORT"),
         (["serve", str(config), "--address", "1.2.3.4:99999"], 2, "HOST:PORT"),
         (["reload"], 2, "PIDFILE or --pid"),
         (["reload", "--pid", "0"], 2, "not a server's pid"),
         (["reload", "--pid", "-1"], 2, "not a server's pid"),
+        (["reload", "--pid", "99999999999999999999999"], 2, "not a server's pid"),
         (["reload", str(config)], 2, "not a pid file"),
         (["reload", str(tmp_path / "missing.pid")], 2, "cannot read"),
-        (["reload", "--pid", "999999999"], 1, "no process"),
+        (["reload", "--pid", str(gone)], 1, "no process"),
         (["status", "127.0.0.1:1"], 1, "cannot read metrics"),
         (["status", "not an address"], 2, "HOST:PORT"),
     ):

@@ -17,6 +17,8 @@ from .._errors import RevaPluginError, UsageError
 #: What the ``serve`` extra installs, by the module each command imports.
 EXTRA_MODULES = ("grpc", "cs3", "grpc_health", "grpc_reflection", "prometheus_client")
 INSTALL_HINT = "pip install 'reva-plugins[serve]'"
+#: The largest pid Linux hands out (``pid_max`` is at most 2**22).
+MAX_PID = 1 << 22
 #: The largest metrics page read by ``status``.
 MAX_METRICS_BYTES = 8 << 20
 
@@ -99,7 +101,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if (args.pid is None) == (args.pidfile is None):
         raise UsageError("give either PIDFILE or --pid N")
     pid = args.pid if args.pid is not None else _read_pidfile(args.pidfile)
-    if pid < 2:  # 0 and 1 (and negatives) would signal a process group or init
+    if not 2 <= pid <= MAX_PID:  # 0, 1 and negatives would signal a process group or init
         raise UsageError(f"pid {pid} is not a server's pid")
     try:
         os.kill(pid, signal.SIGHUP)
