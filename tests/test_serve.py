@@ -968,3 +968,39 @@ def test_a_config_with_nothing_to_serve_is_a_config_error(tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     assert "no service to serve" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_reload_that_drops_a_service(tmp_path: Path) -> None:
+    """The new config has no authprovider: after the swap its API is UNAVAILABLE and unknown to
+    health, while the user provider keeps serving."""
+    config = tmp_path / "revad.toml"
+    config.write_text(SAMPLES_CONFIG, encoding="utf-8")
+    server = Served(config)
+    try:
+        ok = server.auth.Authenticate(
+            auth_api.AuthenticateRequest(client_id="marie", client_secret="radioactivity")
+        )
+        assert ok.status.code == OK
+        auth_pid = server.plugin_pids()["authprovider"]
+        config.write_text(
+            SAMPLES_CONFIG.split("[grpc.services.authprovider]", maxsplit=1)[0], encoding="utf-8"
+        )
+        start = len(server.lines)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        server.wait_for(r"generation 2 serving", start=start)
+        gone = server.auth.Authenticate(
+            auth_api.AuthenticateRequest(client_id="marie", client_secret="radioactivity")
+        )
+        assert (gone.status.code, gone.status.message) == (
+            code_pb2.CODE_UNAVAILABLE,
+            "authprovider is no longer served",
+        )
+        health = server.health.Check(health_pb2.HealthCheckRequest(service=AUTH_API), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        assert (
+            server.users.GetUser(user_api.GetUserRequest(user_id=uid(EINSTEIN))).status.code == OK
+        )
+        assert wait_until(lambda: not pid_alive(auth_pid))
+        assert "authprovider" not in server.plugin_pids()
+    finally:
+        assert server.stop() == 0

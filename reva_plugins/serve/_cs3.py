@@ -61,6 +61,10 @@ class BadRequest(Exception):
     """The request cannot be a valid call (an empty id, an oversized field)."""
 
 
+class Unserved(Exception):
+    """The service is no longer configured (a reload dropped it); its API is going away."""
+
+
 class BadResult(Exception):
     """The plugin answered with something that does not fit the CS3 message."""
 
@@ -102,6 +106,8 @@ def error_status(rpc: Rpc, exc: BaseException) -> tuple[int, str]:
     """The CS3 code and message for ``exc`` raised while serving ``rpc`` (no plugin text)."""
     if isinstance(exc, BadRequest):
         return code_pb2.CODE_INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, Unserved):
+        return code_pb2.CODE_UNAVAILABLE, f"{rpc.service} is no longer served"
     if isinstance(exc, ProcessError):  # crashed, failed to start, or marked failed
         return code_pb2.CODE_UNAVAILABLE, f"{rpc.service} plugin unavailable"
     if isinstance(exc, CallTimeout):

@@ -188,7 +188,7 @@ class Server:
             try:
                 proxy = gen.proxies.get(rpc.service)
                 if proxy is None:  # a reload dropped the service; this API is going away
-                    raise _cs3.BadRequest(f"{rpc.service} is no longer configured")
+                    raise _cs3.Unserved(rpc.service)
 
                 def invoke(method: str, params: dict[str, Any]) -> Any:
                     remaining = context.time_remaining()
