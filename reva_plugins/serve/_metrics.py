@@ -149,7 +149,6 @@ class MetricsHooks:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.current = True  # False once its host is replaced by a reload
         self._crashed: set[str] = set()
 
     @hookimpl
@@ -161,7 +160,7 @@ class MetricsHooks:
             self._crashed.discard(service)
             m.restarts.labels(service).inc()
         pid = handshake.get("pid")
-        if self.current and isinstance(pid, int):
+        if isinstance(pid, int):  # a reload's new process replaces the old one here
             m.plugin_pid(service, pid)
 
     @hookimpl
@@ -170,7 +169,7 @@ class MetricsHooks:
         self.metrics.exits.labels(service, "true" if expected else "false").inc()
         if not expected:
             self._crashed.add(service)
-        if self.current and self.metrics.pids().get(service) == pid:
+        if self.metrics.pids().get(service) == pid:  # not if a newer process replaced it
             self.metrics.plugin_pid(service, None)
 
 
