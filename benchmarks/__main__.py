@@ -29,7 +29,7 @@ from reva_plugins._loader import EntryPoint, InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins.services import SERVICES
 
-from . import _peers
+from . import _peers, _serve
 from ._stats import latencies, median_ms, memory_of, ratio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +47,11 @@ class Sizes:
     throughput: int
     builds: int
     plugins: int
+    serve: int
 
 
-FULL = Sizes(starts=25, calls=20_000, throughput=40_000, builds=3, plugins=50)
-QUICK = Sizes(starts=2, calls=200, throughput=400, builds=1, plugins=3)
+FULL = Sizes(starts=25, calls=20_000, throughput=40_000, builds=3, plugins=50, serve=4_000)
+QUICK = Sizes(starts=2, calls=200, throughput=400, builds=1, plugins=3, serve=64)
 
 
 def config(driver: str, **plugins: Any) -> dict[str, Any]:
@@ -306,6 +307,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             results["throughput"] = throughput(host, spec, sizes.throughput)
             results["memory"] = memory(host, spec)
             results["scale"] = scale(spec, sizes.plugins)
+            results["serve"] = _serve.measure(sizes.serve)
         results["provisioning"] = provisioning(sizes.builds, wheel)
     return results
 
@@ -372,10 +374,30 @@ def table(results: dict[str, Any]) -> str:
             prov.get("ratio_pip_folder"),
         ),
         (f"{sc['plugins']} plugins warm start (s)", sc["warm_start_all_s"], None, None),
+        *_serve_rows(results["serve"]),
     ]
     lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
     lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
     return "\n".join(lines)
+
+
+def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    rows: list[tuple[str, Any, Any, Any]] = []
+    for clients in _serve.CLIENTS:
+        level = serve[f"{clients}_clients"]
+        ours, bare = level["ours"], level["baseline_bare_grpcio_dict"]
+        rows.append(
+            (
+                f"serve GetUser, {clients} clients (calls/s)",
+                ours["calls_per_s"],
+                bare["calls_per_s"],
+                level["ratio_throughput"],
+            )
+        )
+        rows.append(
+            (f"serve GetUser, {clients} clients p50 (ms)", ours["p50_ms"], bare["p50_ms"], None)
+        )
+    return rows
 
 
 def _fmt(value: Any) -> str:

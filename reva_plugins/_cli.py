@@ -270,7 +270,41 @@ def _parser() -> _Parser:
         "--name", type=_text, help="distribution name (default: reva-plugin-<folder name>)"
     )
     new.set_defaults(handler=cmd_new)
+    _serve_parsers(sub, common)
     return parser
+
+
+def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``serve``, ``status`` and ``reload``; their code (and grpc) is imported only when run."""
+
+    def lazy(name: str) -> Callable[[argparse.Namespace], int]:
+        def handler(args: argparse.Namespace) -> int:
+            from .serve import _commands  # noqa: PLC0415 (grpc only for these commands)
+
+            command: Callable[[argparse.Namespace], int] = getattr(_commands, name)
+            return command(args)
+
+        return handler
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="serve the config's services over CS3 gRPC (SIGHUP reloads)"
+    )
+    serve.add_argument("config", type=_path, metavar="CONFIG")
+    serve.add_argument("--address", type=_text, help="HOST:PORT (default: [grpc] address)")
+    serve.add_argument("--pidfile", type=_path, help="write the server's pid here (for reload)")
+    serve.set_defaults(handler=lazy("cmd_serve"))
+    status = sub.add_parser(
+        "status", parents=[common], help="the counters of a running server ([metrics] address)"
+    )
+    status.add_argument("address", type=_text, metavar="ADDRESS", help="its [metrics] address")
+    status.add_argument(
+        "--timeout", type=_number(_config.TIMEOUT_SECONDS, "seconds"), default=5.0, help="seconds"
+    )
+    status.set_defaults(handler=lazy("cmd_status"))
+    reload = sub.add_parser("reload", parents=[common], help="make a running server reload")
+    reload.add_argument("pidfile", type=_path, nargs="?", metavar="PIDFILE", help="serve --pidfile")
+    reload.add_argument("--pid", type=int, help="the server's process id")
+    reload.set_defaults(handler=lazy("cmd_reload"))
 
 
 def _host(args: argparse.Namespace) -> Host:

@@ -110,6 +110,41 @@ class ServiceConfig:
         return dict(self.beside)
 
 
+# -- serve: the [grpc] and [metrics] tables `reva-plugins serve` reads -------------------------
+
+#: Seconds ``[grpc] shutdown_grace`` may be: in-flight RPCs get this long to finish on SIGTERM.
+SHUTDOWN_GRACE_SECONDS: tuple[float, float] = (0.0, 3_600.0)
+#: ``[grpc] workers``: threads serving RPCs (each holds one call in flight).
+SERVE_WORKERS: tuple[int, int] = (1, 1024)
+ACCESS_LOG_LEVELS = ("debug", "info", "warning", "off")
+#: The ``[grpc]`` keys serve reads; revad's other keys there (``network``, ``interceptors`` …)
+#: are left alone, so a revad config is served unchanged.
+GRPC_KEYS = ("address", "tls_cert", "tls_key", "shutdown_grace", "workers", "access_log")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The ``[grpc]`` and ``[metrics]`` tables: where and how ``serve`` listens."""
+
+    address: str = "0.0.0.0:19000"  # revad's default
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    shutdown_grace: float = 30.0
+    workers: int = 16
+    access_log: str = "info"
+    metrics_address: str | None = None
+
+
+def address_problem(value: str) -> str | None:
+    """Why ``value`` is no ``HOST:PORT`` to listen on (port 0 to 65535); None if it is."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        return "must be HOST:PORT with a port from 0 to 65535 (e.g. 0.0.0.0:19000)"
+    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
+        return "must be HOST:PORT (an IPv6 host in brackets: [::1]:19000)"
+    return None
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole configuration: loader settings and the services that use plugins."""
@@ -118,6 +153,7 @@ class Config:
     plugins: LoaderSettings = LoaderSettings()
     services: tuple[ServiceConfig, ...] = ()
     file: Path | None = None
+    serve: ServeSettings = ServeSettings()
 
     @property
     def source_name(self) -> str:
@@ -164,7 +200,8 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None) 
         for name, table in services.items()
         if name in SERVICES or "driver" in reader.table(table, _key("grpc.services", name))
     )
-    return Config(base_dir=base_dir, plugins=plugins, services=parsed, file=file)
+    serve = reader.serve_settings(grpc, data.get("metrics", {}))
+    return Config(base_dir=base_dir, plugins=plugins, services=parsed, file=file, serve=serve)
 
 
 def number_problem(value: float, bounds: tuple[float, float], unit: str) -> str | None:
@@ -397,6 +434,36 @@ class _Reader:
             max_download_mb=self.bounded_int(table, key, "max_download_mb", (1, 1 << 20))
             or defaults.max_download_mb,
             allow_http=bool(self.typed(table, key, "allow_http", bool)),
+        )
+
+    def serve_settings(self, grpc: Mapping[str, Any], raw_metrics: Any) -> ServeSettings:
+        metrics = self.table(raw_metrics, "metrics")
+        self.check_keys(metrics, "metrics", ("address",))
+        addresses = {"grpc": self.text(grpc, "grpc", "address")}
+        addresses["metrics"] = self.text(metrics, "metrics", "address")
+        for table, value in addresses.items():
+            problem = None if value is None else address_problem(value)
+            if problem:
+                raise self.error(f"{table}.address", problem)
+        tls = {name: self.text(grpc, "grpc", name) for name in ("tls_cert", "tls_key")}
+        if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+            raise self.error("grpc.tls_cert", "tls_cert and tls_key go together (or neither)")
+        grace = self.typed(grpc, "grpc", "shutdown_grace", (int, float))
+        problem = (
+            None if grace is None else number_problem(grace, SHUTDOWN_GRACE_SECONDS, "seconds")
+        )
+        if problem:
+            raise self.error("grpc.shutdown_grace", problem)
+        defaults = ServeSettings()
+        return ServeSettings(
+            address=addresses["grpc"] or defaults.address,
+            tls_cert=self.path("grpc.tls_cert", tls["tls_cert"]) if tls["tls_cert"] else None,
+            tls_key=self.path("grpc.tls_key", tls["tls_key"]) if tls["tls_key"] else None,
+            shutdown_grace=defaults.shutdown_grace if grace is None else float(grace),
+            workers=self.bounded_int(grpc, "grpc", "workers", SERVE_WORKERS) or defaults.workers,
+            access_log=self.choice(grpc, "grpc", "access_log", ACCESS_LOG_LEVELS)
+            or defaults.access_log,
+            metrics_address=addresses["metrics"],
         )
 
     def service(self, name: str, raw: Any) -> ServiceConfig:

@@ -1,0 +1,236 @@
+"""GetUser through ``reva-plugins serve`` vs a bare grpcio server answering from a dict.
+
+Both servers run in their own process with the same flavour (``grpc.server`` on a thread pool of
+the same size); the clients run in the benchmark process, 1, 4 and 16 threads on one channel.
+``python -m benchmarks._serve bare PORT_FILE WORKERS`` is the baseline server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_plugins" / "json_users"
+USERS = ROOT / "examples" / "users.demo.json"
+IDP = "http://localhost:20080"
+WORKERS = 16
+CLIENTS = (1, 4, 16)
+
+
+def _user_dict() -> dict[str, Any]:
+    import json
+
+    users = json.loads(USERS.read_text(encoding="utf-8"))
+    return {u["username"]: u for u in users}
+
+
+def bare_server(port_file: Path, workers: int) -> None:
+    """The baseline: GetUser answered from an in-memory dict, nothing else."""
+    import grpc
+    from cs3.identity.user.v1beta1 import resources_pb2 as res
+    from cs3.identity.user.v1beta1 import user_api_pb2 as api
+    from cs3.rpc.v1beta1 import code_pb2, status_pb2
+
+    users = _user_dict()
+
+    def get_user(request: Any, context: Any) -> Any:
+        user = users.get(request.user_id.opaque_id)
+        if user is None:
+            return api.GetUserResponse(status=status_pb2.Status(code=code_pb2.CODE_NOT_FOUND))
+        pb = res.User(
+            id=res.UserId(**user["id"]),
+            username=user["username"],
+            mail=user["mail"],
+            display_name=user["display_name"],
+            groups=user["groups"],
+            uid_number=user["uid_number"],
+            gid_number=user["gid_number"],
+        )
+        return api.GetUserResponse(status=status_pb2.Status(code=code_pb2.CODE_OK), user=pb)
+
+    handler = grpc.method_handlers_generic_handler(
+        "cs3.identity.user.v1beta1.UserAPI",
+        {
+            "GetUser": grpc.unary_unary_rpc_method_handler(
+                get_user,
+                request_deserializer=api.GetUserRequest.FromString,
+                response_serializer=api.GetUserResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        handlers=[handler],
+        options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0)],
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port_file.write_text(str(port), encoding="ascii")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1).wait()
+
+
+def _wait_port(proc: subprocess.Popen[str], find: Any, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        port = find()
+        if port:
+            return int(port)
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def _load(address: str, clients: int, calls: int) -> dict[str, float]:
+    """``calls`` GetUser in total from ``clients`` threads on one channel: calls/s, p50, p99."""
+    import grpc
+    from cs3.identity.user.v1beta1 import resources_pb2 as res
+    from cs3.identity.user.v1beta1 import user_api_pb2 as api
+    from cs3.identity.user.v1beta1 import user_api_pb2_grpc as stubs
+
+    request = api.GetUserRequest(user_id=res.UserId(idp=IDP, opaque_id="einstein"))
+    with grpc.insecure_channel(address) as channel:
+        stub = stubs.UserAPIStub(channel)
+        for _ in range(50):  # warm up: connection, plugin, caches
+            assert stub.GetUser(request, timeout=30).status.code == 1
+        per_thread = max(1, calls // clients)
+        samples: list[list[float]] = [[] for _ in range(clients)]
+
+        def client(index: int) -> None:
+            clock = time.perf_counter
+            out = samples[index]
+            for _ in range(per_thread):
+                began = clock()
+                reply = stub.GetUser(request, timeout=30)
+                out.append(clock() - began)
+                assert reply.status.code == 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - began
+    flat = sorted(s for batch in samples for s in batch)
+    return {
+        "calls_per_s": round(len(flat) / elapsed, 1),
+        "p50_ms": round(flat[len(flat) // 2] * 1000, 3),
+        "p99_ms": round(flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1000, 3),
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children (the plugins), from ``/proc``."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
+    """Both servers, each level of concurrency; ratios of throughput and p50 differences."""
+    results: dict[str, Any] = {"workers": WORKERS, "calls_per_level": calls}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        port_file = tmpdir / "port"
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._serve", "bare", str(port_file), str(WORKERS)],
+            cwd=ROOT,
+            text=True,
+        )
+        config = tmpdir / "revad.toml"
+        config.write_text(
+            f"""
+[grpc]
+address = "127.0.0.1:0"
+workers = {WORKERS}
+access_log = "{access_log}"
+
+[grpc.services.userprovider]
+driver = "{SAMPLE}"
+[grpc.services.userprovider.plugin]
+max_concurrency = 16
+[grpc.services.userprovider.drivers.json]
+users = "{USERS}"
+""",
+            encoding="utf-8",
+        )
+        lines: list[str] = []
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "reva_plugins", "serve", str(config)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        reader = threading.Thread(target=lambda: lines.extend(serve.stderr or []), daemon=True)
+        reader.start()
+
+        def serve_port() -> str | None:
+            found = [re.search(r" on 127\.0\.0\.1:(\d+) ", line) for line in lines]
+            return next((m.group(1) for m in found if m), None)
+
+        try:
+            bare_port = _wait_port(bare, lambda: port_file.exists() and port_file.read_text())
+            ours_port = _wait_port(serve, serve_port)
+            for clients in CLIENTS:
+                cpu = _cpu_seconds(bare.pid)
+                base = _load(f"127.0.0.1:{bare_port}", clients, calls)
+                base["server_cpu_us_per_call"] = round(
+                    (_cpu_seconds(bare.pid) - cpu) / (calls + 50) * 1e6, 1
+                )
+                cpu = _cpu_seconds(serve.pid)
+                ours = _load(f"127.0.0.1:{ours_port}", clients, calls)
+                ours["server_cpu_us_per_call"] = round(
+                    (_cpu_seconds(serve.pid) - cpu) / (calls + 50) * 1e6, 1
+                )
+                results[f"{clients}_clients"] = {
+                    "ours": ours,
+                    "baseline_bare_grpcio_dict": base,
+                    "ratio_throughput": round(ours["calls_per_s"] / base["calls_per_s"], 2),
+                    "p50_added_ms": round(ours["p50_ms"] - base["p50_ms"], 3),
+                }
+        finally:
+            for proc in (bare, serve):
+                proc.send_signal(signal.SIGTERM)
+            for proc in (bare, serve):
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "bare":
+        os.environ.pop("GRPC_VERBOSITY", None)
+        bare_server(Path(sys.argv[2]), int(sys.argv[3]))
+    else:
+        import json
+
+        print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000), indent=2))
