@@ -357,7 +357,7 @@ def env_metadata(
         "protocol": list(_protocol.PROTOCOL_VERSIONS),
         "distributions": sorted(recorded, key=lambda d: str(d["name"]).lower()),
         "entry_points": _entry_points(dists),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
     }
 
 

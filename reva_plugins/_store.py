@@ -9,6 +9,7 @@ Everything this module deletes goes through :func:`reva_plugins._fs.remove_tree`
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -459,9 +460,7 @@ class Store:
         except OSError:
             return []
         found = [entry for name in names if (entry := self.entry(name)) is not None]
-        envs = sorted(
-            (e for e in found if isinstance(e, Env)), key=lambda e: e.meta.created, reverse=True
-        )
+        envs = sorted((e for e in found if isinstance(e, Env)), key=_created_at, reverse=True)
         return [*envs, *(e for e in found if isinstance(e, BrokenEnv))]
 
     def all(self) -> list[Env]:
@@ -807,6 +806,17 @@ def _read_owner(owner: Path) -> str:
         return owner.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return "another process holds its lock"
+
+
+def _created_at(env: Env) -> datetime.datetime:
+    """When ``env`` was built, to the microsecond (two builds in one second must still order)."""
+    try:
+        created = datetime.datetime.fromisoformat(env.meta.created)
+    except ValueError:
+        return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=datetime.timezone.utc)
+    return created
 
 
 def dir_size(path: Path) -> int:
