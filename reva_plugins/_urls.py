@@ -60,8 +60,11 @@ def origin(url: str) -> str:
     parts = split(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
-        path = os.path.realpath(urllib.parse.unquote(parts.path))
-        return f"{scheme}://{urllib.parse.quote(path)}"
+        try:
+            path = os.path.realpath(urllib.parse.unquote(parts.path, errors="strict"))
+            return f"{scheme}://{urllib.parse.quote(path)}"
+        except (UnicodeError, ValueError):  # a lone surrogate, a NUL: no file has that name
+            raise SourceError(f"invalid URL {redact(url)!r}: not a file path") from None
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
