@@ -209,6 +209,9 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> 
                 break
             out.write(chunk)
             left -= len(chunk)
+        out.flush()
+        # The member's own time, not the extraction's, so two hosts hold equal files.
+        os.utime(out.fileno(), (member.mtime, member.mtime))
 
 
 def _read_manifest(root: Path, source: Path) -> dict[str, str]:
