@@ -54,6 +54,8 @@ LOCK_FORMAT = 1
 MAX_LOCK_BYTES = 16 << 20
 LOCAL_KINDS = ("folder", "sdist", "git", "sdist-url")
 """Kinds whose plugin is built to a wheel when locked (a wheel source is its own wheel)."""
+KINDS = ("folder", "sdist", "wheel", "git", "wheel-url", "sdist-url", "requirement")
+"""The source kinds a lock entry may have (in-process drivers and prebuilt venvs are not locked)."""
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -214,21 +216,60 @@ def _entry(service: str, table: Any, shown: str) -> LockEntry:
     wheel = text("wheel", required=False)
     wheel_sha256 = text("wheel_sha256", required=False)
     if wheel and (
-        "/" in wheel or not wheel.endswith(".whl") or not re.fullmatch("[0-9a-f]{64}", wheel_sha256)
+        not re.fullmatch(r"[A-Za-z0-9_.+!-]+\.whl", wheel)
+        or not re.fullmatch("[0-9a-f]{64}", wheel_sha256)
+        or not _is_wheel_name(wheel)
     ):
         raise ConfigError("wheel must be a wheel file name with its sha256", file=shown, key=key)
+    spec, plugin, python, kind = text("spec"), text("plugin"), text("python"), text("kind")
+    # Names, versions and pins end up in requirement files and on command lines: a lock
+    # written by someone else must not smuggle options (`x --index-url …`) in through them.
+    if not _NAME.match(plugin):
+        raise ConfigError("is not a distribution name", file=shown, key=f"{key}.plugin")
+    if not re.fullmatch(r"\d+\.\d+", python):
+        raise ConfigError("must be a Python version such as 3.12", file=shown, key=f"{key}.python")
+    if kind not in KINDS:
+        raise ConfigError(f"must be one of {', '.join(KINDS)}", file=shown, key=f"{key}.kind")
+    problem = _pins_problem(pins)
+    if problem:
+        raise ConfigError(problem, file=shown, key=f"{key}.pins")
     return LockEntry(
         service=service,
-        spec=text("spec"),
-        kind=text("kind"),
+        spec=spec,
+        kind=kind,
         identity=text("identity"),
-        python=text("python"),
-        plugin=text("plugin"),
+        python=python,
+        plugin=plugin,
         wheel=wheel,
         wheel_sha256=wheel_sha256,
         pins=dict(pins),
         packages=tuple(packages),
     )
+
+
+def _pins_problem(pins: Mapping[str, str]) -> str | None:
+    patterns = {
+        "commit": "[0-9a-f]{40}|[0-9a-f]{64}",
+        "sha256": "[0-9a-f]{64}",
+        "version": None,
+        "url": r"[^\s\x00-\x1f\x7f]+",
+    }
+    for name, value in pins.items():
+        if name not in patterns:
+            return f"unknown pin {name!r} (expected: {', '.join(patterns)})"
+        pattern = patterns[name]
+        valid = _is_version(value) if pattern is None else re.fullmatch(pattern, value)
+        if not valid:
+            return f"{name} = {value[:80]!r} is not a valid {name}"
+    return None
+
+
+def _is_wheel_name(name: str) -> bool:
+    try:
+        parse_wheel_filename(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_version(text: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import EXAMPLES, SAMPLES, cli
-from .factory import build_dists, make_plugin, make_repo
+from .factory import build_dists, commit_marker, make_plugin, make_repo
 
 USERS = EXAMPLES / "users.demo.json"
 CALL_DEMO = ("userprovider", "get_user", '{"user_id": {"opaque_id": "demo"}}')
@@ -178,6 +178,10 @@ def test_requirement_from_a_local_index_imports_offline_and_drift_is_named(
     assert json.loads(reply)["user"]["username"] == "einstein"
     ok(cli("check", str(config_b), "--cache-dir", str(cache_b), "--offline"))
 
+    # Host A, a fresh cache, the index up: the lock's hashes, checked by the installer.
+    reply = ok(cli("call", str(config), *CALL_EINSTEIN, "--cache-dir", str(tmp_path / "a2")))
+    assert json.loads(reply)["user"]["username"] == "einstein"
+
     # Drift: the config now asks for a version the lock does not pin.
     config_b.write_text(config_b.read_text().replace(">=1,<2", ">=2"))
     result = cli("check", str(config_b), "--cache-dir", str(cache_b))
@@ -211,6 +215,40 @@ def test_folder_drift_check_and_relock(tmp_path: Path) -> None:
     ok(cli("lock", "--check", str(config), "--cache-dir", str(cache)))
     reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
     assert json.loads(reply)["display_name"] == "edited"
+
+
+def test_a_locked_branch_stays_put_until_upgraded(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", marker="first")
+    spec = f"git+file://{repo}@main#subdirectory=plugins/demo"
+    config = host_config(
+        tmp_path / "revad.toml", f'[grpc.services.userprovider]\ndriver = "{spec}"\n'
+    )
+    cache = tmp_path / "cache"
+    ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    first = (tmp_path / "revad.toml.lock").read_text()
+    commit_marker(repo, "plugins/demo", "second")
+    out = ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    assert "unchanged" in out
+    assert (tmp_path / "revad.toml.lock").read_text() == first
+    reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
+    assert json.loads(reply)["display_name"] == "first"
+    out = ok(cli("lock", str(config), "--upgrade", "userprovider", "--cache-dir", str(cache)))
+    assert "locked" in out
+    reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
+    assert json.loads(reply)["display_name"] == "second"
+    result = cli("lock", str(config), "--upgrade", "nosuch", "--cache-dir", str(cache))
+    assert result.returncode == 2
+    assert "--upgrade nosuch" in result.stderr
+
+
+def test_lock_check_without_a_lock_is_stale(tmp_path: Path) -> None:
+    config = host_config(
+        tmp_path / "revad.toml",
+        f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n',
+    )
+    result = cli("lock", "--check", str(config), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 1
+    assert "there is no lock file" in result.stderr
 
 
 @pytest.fixture
@@ -331,6 +369,12 @@ def test_a_bundle_with_files_outside_its_manifest_is_refused(
     assert "wheels/extra-1.0-py3-none-any.whl is not in the manifest" in result.stderr
 
 
+_ENTRY = (
+    'version = 1\n[services.userprovider]\nspec = "x"\nkind = "folder"\nidentity = "tree:x"\n'
+    'python = "3.11"\nplugin = "{plugin}"\n{pins}\n'
+)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -345,6 +389,14 @@ def test_a_bundle_with_files_outside_its_manifest_is_refused(
             "hashes must be sha256",
         ),
         ("\x00", "not valid TOML"),
+        (_ENTRY.format(plugin="p --index-url http://evil", pins=""), "is not a distribution name"),
+        (_ENTRY.format(plugin="p", pins='pins = { version = "1 --pre" }'), "not a valid version"),
+        (_ENTRY.format(plugin="p", pins='pins = { commit = "main" }'), "not a valid commit"),
+        (_ENTRY.format(plugin="p", pins='pins = { evil = "x" }'), "unknown pin 'evil'"),
+        (
+            _ENTRY.format(plugin="p", pins='wheel = "../x.whl"\nwheel_sha256 = "' + "0" * 64 + '"'),
+            "wheel must be a wheel file name",
+        ),
     ],
 )
 def test_a_broken_lock_file_is_a_config_error(text: str, message: str, tmp_path: Path) -> None:
