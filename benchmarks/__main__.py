@@ -27,7 +27,7 @@ from reva_plugins._loader import EntryPoint, InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins.services import SERVICES
 
-from . import _peers
+from . import _fleets, _peers
 from ._stats import latencies, median_ms, memory_of, ratio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,6 +267,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             results["memory"] = memory(host, spec)
             results["scale"] = scale(spec, sizes.plugins)
         results["provisioning"] = provisioning(sizes.builds, wheel)
+        results["bundle_import"] = _fleets.bundle_import(sizes.builds)
     return results
 
 
@@ -325,6 +326,7 @@ def table(results: dict[str, Any]) -> str:
             prov.get("ratio_pip_folder"),
         ),
         (f"{sc['plugins']} plugins warm start (s)", sc["warm_start_all_s"], None, None),
+        _fleets.row(results["bundle_import"]),
     ]
     lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
     lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
