@@ -327,9 +327,6 @@ def _add_plugin_wheel(entry: _lock.LockEntry, locker: _lock.Locker, wheels: Path
     if not entry.wheel:
         return
     wheel = locker.cached_wheel(entry)
-    if wheel is None and entry.kind.startswith("wheel"):
-        candidate = Path(entry.spec)
-        wheel = candidate if candidate.is_file() else None
     if wheel is None:
         raise SourceError(
             f"{entry.service}: the wheel the lock pins ({entry.wheel}) is not in this cache; run "

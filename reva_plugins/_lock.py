@@ -56,6 +56,7 @@ LOCAL_KINDS = ("folder", "sdist", "git", "sdist-url")
 """Kinds whose plugin is built to a wheel when locked (a wheel source is its own wheel)."""
 KINDS = ("folder", "sdist", "wheel", "git", "wheel-url", "sdist-url", "requirement")
 """The source kinds a lock entry may have (in-process drivers and prebuilt venvs are not locked)."""
+PATH_KINDS = ("folder", "sdist", "wheel")
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -520,7 +521,9 @@ class Locker:
             packages = [p for p in packages if canonicalize_name(p.name) != plugin]
         return LockEntry(
             service=svc.service,
-            spec=resolved.spec,
+            # A path as the config writes it (relative to the config), so a lock made on one
+            # machine reads the same on another.
+            spec=redact(svc.driver) if resolved.kind in PATH_KINDS else resolved.spec,
             kind=resolved.kind,
             identity=resolved.identity,
             python=interpreter.short_version,
@@ -534,12 +537,13 @@ class Locker:
     def wheel_of(self, resolved: Resolved, interpreter: _python.Interpreter, label: str) -> Path:
         """The plugin as a wheel: the file itself, or built once into the wheel cache."""
         arg = resolved.install_args[0]
-        if resolved.kind.startswith("wheel"):
-            return Path(arg)
         self.wheel_cache.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkdtemp(prefix="build-", dir=self.wheel_cache))
         try:
-            build_wheel(arg, out, interpreter, self.options, label)
+            if resolved.kind.startswith("wheel"):
+                shutil.copyfile(arg, out / Path(arg).name)
+            else:
+                build_wheel(arg, out, interpreter, self.options, label)
             built = sorted(out.glob("*.whl"))
             if len(built) != 1:
                 raise EnvBuildError(f"building {arg} gave {len(built)} wheels", plugin=label)
