@@ -11,6 +11,7 @@ wheel a driver installs must carry a hash its lock entry pins.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -123,18 +124,23 @@ def open_bundle(path: Path, cache_root: Path) -> Bundle:
     digest = file_digest(path)
     bundles = cache_root / "bundles"
     target = bundles / digest[:24]
-    if not os.path.lexists(target):
-        tmp_root = cache_root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        bundles.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="bundle-", dir=tmp_root))
+    if os.path.lexists(target):
+        return _verify(target, path)
+    tmp_root = cache_root / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    bundles.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bundle-", dir=tmp_root))
+    try:
+        _extract(path, work / "b")
+        # Checked before it moves into place: a refused bundle leaves nothing in the cache.
+        bundle = _verify(work / "b", path)
         try:
-            _extract(path, work / "b")
-            with contextlib.suppress(FileExistsError, OSError):
-                os.rename(work / "b", target)
-        finally:
-            remove_tree(work, within=tmp_root)
-    return _verify(target, path)
+            os.rename(work / "b", target)
+        except OSError:  # another process extracted the same bundle first
+            return _verify(target, path)
+        return dataclasses.replace(bundle, root=target)
+    finally:
+        remove_tree(work, within=tmp_root)
 
 
 def _refuse(source: Path, why: str) -> SourceError:

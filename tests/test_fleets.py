@@ -6,6 +6,8 @@ import functools
 import hashlib
 import http.server
 import json
+import re
+import shlex
 import shutil
 import socket
 import tarfile
@@ -442,3 +444,87 @@ def test_export_without_a_lock_and_to_an_existing_path_are_usage_errors(tmp_path
     assert result.returncode == 2
     assert "exists" in result.stderr
     assert (tmp_path / "b.tar").read_text() == "mine"
+
+
+def test_import_and_check_with_pip(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    config, bundle = exported
+    cache = tmp_path / "pip-cache"
+    ok(cli("env", "import", str(bundle), "--installer", "pip", "--cache-dir", str(cache)))
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(f"{config}.lock", host / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    config_b = host_config(
+        host / "revad.toml", config.read_text().split("\n", 2)[2], index_url=dead, offline=True
+    )
+    out = ok(cli("check", str(config_b), "--installer", "pip", "--cache-dir", str(cache)))
+    assert "ok reva-plugin-pinned-old" in out
+    assert len(list(cache.glob("envs/*"))) == 1  # check found the imported env
+
+
+def test_a_tampered_tar_leaves_nothing_in_the_cache(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _config, bundle = exported
+    wheel = next((bundle / "wheels").glob("pyparsing-*.whl"))
+    wheel.write_bytes(wheel.read_bytes()[:-1])
+    tar = tmp_path / "tampered.tar"
+    with tarfile.open(tar, "w") as out:
+        for path in sorted(bundle.rglob("*")):
+            out.add(path, arcname=str(path.relative_to(bundle)), recursive=False)
+    cache = tmp_path / "c"
+    result = cli("env", "import", str(tar), "--cache-dir", str(cache))
+    assert result.returncode == 2
+    assert f"wheels/{wheel.name} does not match the sha256" in result.stderr
+    assert not list(cache.glob("bundles/*"))
+    assert not list(cache.glob("envs/*"))
+
+
+def _recipe_commands() -> list[str]:
+    """The ``reva-plugins`` commands of docs/deploy.md's CI block and Dockerfile, in order."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    commands = []
+    for block in re.findall(r"```(?:sh|dockerfile)\n(.*?)```", text, re.DOTALL):
+        for raw in block.splitlines():
+            line = raw.split("#", 1)[0].strip().removesuffix("\\").strip()
+            line = line.removeprefix("RUN ").removeprefix("&& ").strip()
+            if line.startswith("reva-plugins ") and "pip install" not in line:
+                commands.append(line)
+    return commands
+
+
+def test_the_deploy_recipe_runs_offline(tmp_path: Path) -> None:
+    """docs/deploy.md's build steps, run as written (paths mapped into the test's temp dir)."""
+    commands = _recipe_commands()
+    assert commands == [
+        "reva-plugins lock --check deploy/revad.toml",
+        "reva-plugins env export deploy/revad.toml -o build/plugins.tar",
+        "reva-plugins lock --check deploy/revad.toml",
+        "reva-plugins env export deploy/revad.toml -o /plugins.tar",
+        "reva-plugins env import /opt/reva/plugins.tar --offline",
+        "reva-plugins check /etc/reva/revad.toml --offline",
+    ]
+    src, etc = tmp_path / "src", tmp_path / "etc"
+    services = '[grpc.services.userprovider]\ndriver = "../plugins/demo"\n'
+    for root in (src, etc):
+        make_plugin(root / "plugins" / "demo", marker="deployed")
+    (src / "deploy").mkdir()
+    host_config(src / "deploy" / "revad.toml", services)
+    ok(cli("lock", "deploy/revad.toml", "--cache-dir", str(tmp_path / "ci"), cwd=src))
+    (etc / "reva").mkdir()
+    shutil.copy(src / "deploy" / "revad.toml.lock", etc / "reva" / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    host_config(etc / "reva" / "revad.toml", services, index_url=dead)
+    paths = {
+        "build/plugins.tar": str(tmp_path / "ci.tar"),
+        "/plugins.tar": str(tmp_path / "plugins.tar"),
+        "/opt/reva/plugins.tar": str(tmp_path / "plugins.tar"),
+        "/etc/reva/revad.toml": str(etc / "reva" / "revad.toml"),
+    }
+    for index, command in enumerate(commands):
+        args = [paths.get(arg, arg) for arg in shlex.split(command)[1:]]
+        cache = tmp_path / ("ci" if index < 4 else "image")
+        ok(cli(*args, "--cache-dir", str(cache), cwd=src))
+    reply = ok(cli("call", paths["/etc/reva/revad.toml"], *CALL_DEMO, "--cache-dir",
+                   str(tmp_path / "image"), "--offline"))  # fmt: skip
+    assert json.loads(reply)["display_name"] == "deployed"
