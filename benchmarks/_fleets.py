@@ -62,7 +62,8 @@ def timed_bare(uv: str, bundle: Path) -> float:
         subprocess.run(["tar", "-xf", str(bundle), "-C", tmp], check=True)
         lock = _lock.loads((Path(tmp) / "lock.toml").read_bytes())
         began = time.perf_counter()
-        for name, entry in lock.entries.items():
+        for name, locked in lock.services.items():
+            entry = locked.entries()[0]
             venv = Path(tmp) / name
             subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
             reqs = [f"{p.name}=={p.version}" for p in entry.packages]

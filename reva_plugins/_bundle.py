@@ -302,9 +302,10 @@ def export(
         wheels = staging / WHEELS
         wheels.mkdir()
         (staging / LOCK).write_bytes(lock_text)
-        for entry in lock.entries.values():
-            _add_plugin_wheel(entry, locker, wheels)
-            _download(entry, locker.options, wheels)
+        for locked in lock.services.values():
+            _add_plugin_wheel(locked, locker, wheels)
+            for entry in locked.entries():
+                _download(entry, locker.options, wheels)
         files = {
             p.relative_to(staging).as_posix(): file_digest(p)
             for p in sorted(staging.rglob("*"))
@@ -313,8 +314,9 @@ def export(
         manifest = {"format": BUNDLE_FORMAT, "files": dict(sorted(files.items()))}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         bundle = _verify(staging, out)
-        for entry in lock.entries.values():
-            bundle.check(entry)
+        for locked in lock.services.values():
+            for entry in locked.entries():
+                bundle.check(entry)
         if fmt == "dir":
             if out.is_dir():
                 out.rmdir()
@@ -329,7 +331,7 @@ def export(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _add_plugin_wheel(entry: _lock.LockEntry, locker: _lock.Locker, wheels: Path) -> None:
+def _add_plugin_wheel(entry: _lock.LockedService, locker: _lock.Locker, wheels: Path) -> None:
     if not entry.wheel:
         return
     wheel = locker.cached_wheel(entry)

@@ -420,6 +420,13 @@ def _add_lock_command(sub: Any, common: _Parser) -> None:
         metavar="DRIVER",
         help="re-resolve every driver, or only DRIVER (a service or plugin name)",
     )
+    lock.add_argument(
+        "--python",
+        action="append",
+        type=_text,
+        metavar="X.Y",
+        help="lock for this Python version (repeat for several; default: each driver's own)",
+    )
     lock.set_defaults(handler=cmd_lock)
 
 
@@ -435,11 +442,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
             for problem in problems:
                 print(f"reva-plugins: stale: {redact(problem)}", file=sys.stderr)
             return EXIT_FAILURE if problems else EXIT_OK
-        written, changed = _fleet.lock(loader, args.upgrade)
+        written, changed = _fleet.lock(loader, args.upgrade, args.python or ())
     finally:
         loader.close()
-    for name in sorted(written.entries):
-        entry = written.entries[name]
+    for name in sorted(written.services):
+        entry = written.services[name]
         state = "locked" if name in changed else "unchanged"
         print(f"{name}\t{redact(entry.spec)}\t{entry.identity}\t{state}")
     log.info("wrote %s", written.path)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import _bundle, _lock
 from ._config import Config
-from ._errors import ConfigError
+from ._errors import ConfigError, UsageError
 from ._loader import Loader, Prepared, check_wheel
 from ._sources import InProcess, PrebuiltVenv, Source
 
@@ -29,26 +31,33 @@ def _isolated(loader: Loader) -> list[tuple[str, Source]]:
     return out
 
 
-def lock(loader: Loader, upgrade: str | None = None) -> tuple[_lock.LockFile, list[str]]:
+def lock(
+    loader: Loader, upgrade: str | None = None, pythons: Sequence[str] = ()
+) -> tuple[_lock.LockFile, list[str]]:
     """Resolve the config's drivers into a lock; return it and the services (re-)resolved.
 
     Entries of an existing lock that still match the config are kept (a branch or a range is
     not moved) unless ``upgrade`` names them (a service or plugin name; ``*`` for all).
+    ``pythons``: the Python versions to lock each driver's dependencies for (default: the
+    version of the interpreter the driver runs on).
     """
     config = loader.config
     path = _lock.lock_path(config)
     if path is None:
         raise ConfigError("locking needs a config file")
+    for python in pythons:
+        if not re.fullmatch(r"\d+\.\d+", python):
+            raise UsageError(f"--python {python!r}: give a version such as 3.12")
     old = _lock.read(path) if path.exists() and upgrade != "*" else None
     loader.use_lock = False
     locker = _lock.Locker(loader.install_options(), loader.store.root / "wheels")
-    entries: dict[str, _lock.LockEntry] = {}
-    done: dict[tuple[str, str], _lock.LockEntry] = {}
+    services: dict[str, _lock.LockedService] = {}
+    done: dict[tuple[str, str, tuple[str, ...]], _lock.LockedService] = {}
     changed = []
     if (
         upgrade not in (None, "*")
         and not any(upgrade == s.service for s in config.services)
-        and not (old and any(_lock.matches(e, [str(upgrade)]) for e in old.entries.values()))
+        and not (old and any(_lock.matches(e, [str(upgrade)]) for e in old.services.values()))
     ):
         raise ConfigError(f"--upgrade {upgrade}: no service or locked plugin has this name")
     installer = loader.installer()
@@ -58,25 +67,28 @@ def lock(loader: Loader, upgrade: str | None = None) -> tuple[_lock.LockFile, li
         if isinstance(source, (InProcess, PrebuiltVenv)):
             continue
         interpreter = loader.interpreter(svc)
+        targets = tuple(dict.fromkeys(pythons)) or (interpreter.short_version,)
         ctx = loader.resolve_context(installer, interpreter, options)
-        prev = old.entries.get(svc.service) if old else None
+        prev = old.services.get(svc.service) if old else None
         wanted = upgrade is not None and prev is not None and _lock.matches(prev, [upgrade])
-        if prev is not None and not wanted and _lock.drift(prev, source, ctx, interpreter) is None:
-            entries[svc.service] = prev
-            continue
+        if prev is not None and not wanted and set(prev.targets) == set(targets):
+            view = prev.at(targets[0])
+            if view is not None and _lock.drift(view, source, ctx, view.python) is None:
+                services[svc.service] = prev
+                continue
         resolved = source.resolve(ctx)
         check_wheel(resolved, interpreter)
-        memo = (resolved.identity, interpreter.identity)
+        memo = (resolved.identity, interpreter.identity, targets)
         if memo in done:
-            entry = dataclasses.replace(done[memo], service=svc.service)
+            locked = dataclasses.replace(done[memo], service=svc.service)
         else:
             log.info("locking %s …", svc.key)
-            entry = locker.lock(svc, resolved, interpreter)
-        done[memo] = entry
-        entries[svc.service] = entry
-        if prev is None or prev.digest() != entry.digest() or prev.spec != entry.spec:
+            locked = locker.lock(svc, resolved, interpreter, targets)
+        done[memo] = locked
+        services[svc.service] = locked
+        if prev != locked:
             changed.append(svc.service)
-    result = _lock.LockFile(entries, path)
+    result = _lock.LockFile(services, path)
     _lock.write(result, path, Path(str(config.file)).name)
     return result, changed
 
@@ -91,20 +103,24 @@ def stale(loader: Loader) -> list[str]:
     problems = []
     installer = loader.installer()
     options = loader.install_options()
-    services = set()
+    seen = set()
     for name, source in _isolated(loader):
         svc = config.service(name)
-        services.add(name)
-        entry = current.entries.get(name)
-        if entry is None:
+        seen.add(name)
+        locked = current.services.get(name)
+        if locked is None:
             problems.append(f"{svc.key}: the lock has no entry for this service")
             continue
         interpreter = loader.interpreter(svc)
+        entry = locked.at(interpreter.short_version)
+        if entry is None:
+            problems.append(f"{svc.key}: {_lock.python_drift(locked, interpreter)}")
+            continue
         ctx = loader.resolve_context(installer, interpreter, options)
-        why = _lock.drift(entry, source, ctx, interpreter)
+        why = _lock.drift(entry, source, ctx, entry.python)
         if why:
             problems.append(f"{svc.key}: {why}")
-    for name in sorted(set(current.entries) - services):
+    for name in sorted(set(current.services) - seen):
         problems.append(f"{path}: services.{name} is locked but no longer configured")
     return problems
 
@@ -134,8 +150,8 @@ def import_bundle(
         current = loader.lock()
         assert current is not None
         return [
-            (name, loader.prepare_locked(entry, python))
-            for name, entry in sorted(current.entries.items())
+            (name, loader.prepare_locked(locked, python))
+            for name, locked in sorted(current.services.items())
         ]
     finally:
         loader.close()

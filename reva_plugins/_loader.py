@@ -248,7 +248,7 @@ class Loader:
         options = self.install_options()
         ctx = self.resolve_context(installer, interpreter, options)
         lock = self.lock()
-        entry = _lock.entry_for(lock, svc) if lock is not None else None
+        entry = _lock.entry_for(lock, svc, interpreter) if lock is not None else None
         try:
             if lock is not None and entry is not None:
                 fetch = self.settings.bundle is None
@@ -284,9 +284,10 @@ class Loader:
             allow_http=self.settings.allow_http,
         )
 
-    def prepare_locked(self, entry: _lock.LockEntry, python: str | None = None) -> Prepared:
-        """Build the env ``entry`` pins without a config (``env import``)."""
-        interpreter = _python.find(python or entry.python, self._interpreters, key="--python")
+    def prepare_locked(self, locked: _lock.LockedService, python: str | None = None) -> Prepared:
+        """Build the env a lock's service table pins without a config (``env import``), for
+        ``python`` or the first of its target Pythons found here."""
+        interpreter, entry = _lock.interpreter_for(locked, python, self._interpreters)
         installer = select(self.settings.installer, app_data=self.store.root / "virtualenv")
         label = f"{entry.service} ({redact(entry.spec)})"
         env, built, seconds = self._env(

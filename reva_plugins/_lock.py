@@ -114,10 +114,49 @@ class LockEntry:
 
 
 @dataclass(frozen=True)
-class LockFile:
-    """A whole lock file: one entry per service that runs an isolated driver."""
+class LockedService:
+    """One service's table of a lock: its driver's pins, and per target Python (``3.12``) every
+    distribution its env installs."""
 
-    entries: Mapping[str, LockEntry]
+    service: str
+    spec: str
+    kind: str
+    identity: str
+    plugin: str
+    wheel: str = ""
+    wheel_sha256: str = ""
+    pins: Mapping[str, str] = field(default_factory=dict)
+    targets: Mapping[str, tuple[LockedPackage, ...]] = field(default_factory=dict)
+
+    def at(self, python: str) -> LockEntry | None:
+        """What the driver installs on Python ``python`` (None if it is not a target)."""
+        packages = self.targets.get(python)
+        if packages is None:
+            return None
+        return LockEntry(
+            self.service, self.spec, self.kind, self.identity, python, self.plugin,
+            self.wheel, self.wheel_sha256, self.pins, packages,
+        )  # fmt: skip
+
+    def entries(self) -> list[LockEntry]:
+        """One entry per target Python."""
+        return [e for python in sorted(self.targets) if (e := self.at(python)) is not None]
+
+    @classmethod
+    def of(cls, entries: Sequence[LockEntry]) -> LockedService:
+        """The service table of per-Python entries of one driver."""
+        first = entries[0]
+        return cls(
+            first.service, first.spec, first.kind, first.identity, first.plugin, first.wheel,
+            first.wheel_sha256, first.pins, {e.python: e.packages for e in entries},
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LockFile:
+    """A whole lock file: one table per service that runs an isolated driver."""
+
+    services: Mapping[str, LockedService]
     path: Path | None = None
 
     @property
@@ -176,11 +215,46 @@ def loads(raw: bytes, path: Path | None = None) -> LockFile:
     services = data.get("services", {})
     if not isinstance(services, dict):
         raise ConfigError("must be a table", file=shown, key="services")
-    entries = {name: _entry(name, table, shown) for name, table in services.items()}
-    return LockFile(entries, path)
+    parsed = {name: _service(name, table, shown) for name, table in services.items()}
+    return LockFile(parsed, path)
 
 
-def _entry(service: str, table: Any, shown: str) -> LockEntry:
+def _packages(raw_packages: Any, key: str, shown: str) -> tuple[LockedPackage, ...]:
+    if not isinstance(raw_packages, list):
+        raise ConfigError("must be an array", file=shown, key=key)
+    packages = []
+    for index, item in enumerate(raw_packages):
+        where = f"{key}[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError("must be a table", file=shown, key=where)
+        name, version, hashes = item.get("name"), item.get("version"), item.get("hashes")
+        if not (isinstance(name, str) and _NAME.match(name)):
+            raise ConfigError("name is not a distribution name", file=shown, key=where)
+        if not isinstance(version, str) or not _is_version(version):
+            raise ConfigError("version is not a version", file=shown, key=where)
+        if not (
+            isinstance(hashes, list) and hashes and all(_HASH.fullmatch(str(h)) for h in hashes)
+        ):
+            raise ConfigError("hashes must be sha256:<64 hex> strings", file=shown, key=where)
+        packages.append(LockedPackage(name, version, tuple(hashes)))
+    return tuple(packages)
+
+
+def _targets(raw: Any, key: str, shown: str) -> dict[str, tuple[LockedPackage, ...]]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("must be a table of Python versions", file=shown, key=key)
+    out = {}
+    for python, table in raw.items():
+        where = f"{key}.{_toml(python)}"
+        if not re.fullmatch(r"\d+\.\d+", python):
+            raise ConfigError("must be a Python version such as 3.12", file=shown, key=where)
+        if not isinstance(table, dict) or set(table) != {"packages"}:
+            raise ConfigError("must hold packages = [...] only", file=shown, key=where)
+        out[python] = _packages(table["packages"], f"{where}.packages", shown)
+    return out
+
+
+def _service(service: str, table: Any, shown: str) -> LockedService:
     key = f"services.{service}"
 
     def text(name: str, *, required: bool = True) -> str:
@@ -196,24 +270,6 @@ def _entry(service: str, table: Any, shown: str) -> LockEntry:
     pins = table.get("pins", {})
     if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
         raise ConfigError("must be a table of strings", file=shown, key=f"{key}.pins")
-    raw_packages = table.get("packages", [])
-    if not isinstance(raw_packages, list):
-        raise ConfigError("must be an array", file=shown, key=f"{key}.packages")
-    packages = []
-    for index, item in enumerate(raw_packages):
-        where = f"{key}.packages[{index}]"
-        if not isinstance(item, dict):
-            raise ConfigError("must be a table", file=shown, key=where)
-        name, version, hashes = item.get("name"), item.get("version"), item.get("hashes")
-        if not (isinstance(name, str) and _NAME.match(name)):
-            raise ConfigError("name is not a distribution name", file=shown, key=where)
-        if not isinstance(version, str) or not _is_version(version):
-            raise ConfigError("version is not a version", file=shown, key=where)
-        if not (
-            isinstance(hashes, list) and hashes and all(_HASH.fullmatch(str(h)) for h in hashes)
-        ):
-            raise ConfigError("hashes must be sha256:<64 hex> strings", file=shown, key=where)
-        packages.append(LockedPackage(name, version, tuple(hashes)))
     wheel = text("wheel", required=False)
     wheel_sha256 = text("wheel_sha256", required=False)
     if wheel and (
@@ -222,29 +278,26 @@ def _entry(service: str, table: Any, shown: str) -> LockEntry:
         or not _is_wheel_name(wheel)
     ):
         raise ConfigError("wheel must be a wheel file name with its sha256", file=shown, key=key)
-    spec, plugin, python, kind = text("spec"), text("plugin"), text("python"), text("kind")
+    spec, plugin, kind = text("spec"), text("plugin"), text("kind")
     # Names, versions and pins end up in requirement files and on command lines: a lock
     # written by someone else must not smuggle options (`x --index-url …`) in through them.
     if not _NAME.match(plugin):
         raise ConfigError("is not a distribution name", file=shown, key=f"{key}.plugin")
-    if not re.fullmatch(r"\d+\.\d+", python):
-        raise ConfigError("must be a Python version such as 3.12", file=shown, key=f"{key}.python")
     if kind not in KINDS:
         raise ConfigError(f"must be one of {', '.join(KINDS)}", file=shown, key=f"{key}.kind")
     problem = _pins_problem(pins)
     if problem:
         raise ConfigError(problem, file=shown, key=f"{key}.pins")
-    return LockEntry(
+    return LockedService(
         service=service,
         spec=spec,
         kind=kind,
         identity=text("identity"),
-        python=python,
         plugin=plugin,
         wheel=wheel,
         wheel_sha256=wheel_sha256,
         pins=dict(pins),
-        packages=tuple(packages),
+        targets=_targets(table.get("python"), f"{key}.python", shown),
     )
 
 
@@ -281,6 +334,10 @@ def _is_version(text: str) -> bool:
     return True
 
 
+def _version_key(python: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in python.split("."))
+
+
 def _toml(value: str) -> str:
     # A JSON string with ASCII escapes is also a valid TOML basic string.
     return json.dumps(value, ensure_ascii=True)
@@ -293,27 +350,30 @@ def dumps(lock: LockFile, config_name: str) -> str:
         "# Every command run with the config builds exactly this; see docs/lock.md.",
         f"version = {LOCK_FORMAT}",
     ]
-    for service in sorted(lock.entries):
-        entry = lock.entries[service]
+    for service in sorted(lock.services):
+        locked = lock.services[service]
         out += ["", f"[services.{_toml(service)}]"]
-        for name in ("spec", "kind", "identity", "python", "plugin", "wheel", "wheel_sha256"):
-            value = getattr(entry, name)
+        for name in ("spec", "kind", "identity", "plugin", "wheel", "wheel_sha256"):
+            value = getattr(locked, name)
             if value:
                 out.append(f"{name} = {_toml(value)}")
-        if entry.pins:
-            pins = ", ".join(f"{k} = {_toml(v)}" for k, v in sorted(entry.pins.items()))
+        if locked.pins:
+            pins = ", ".join(f"{k} = {_toml(v)}" for k, v in sorted(locked.pins.items()))
             out.append(f"pins = {{ {pins} }}")
-        if not entry.packages:
-            out.append("packages = []")
-            continue
-        out.append("packages = [")
-        for pkg in entry.packages:
-            hashes = ", ".join(_toml(h) for h in pkg.hashes)
-            out.append(
-                f"  {{ name = {_toml(pkg.name)}, version = {_toml(pkg.version)}, "
-                f"hashes = [{hashes}] }},"
-            )
-        out.append("]")
+        for python in sorted(locked.targets, key=_version_key):
+            out += ["", f"[services.{_toml(service)}.python.{_toml(python)}]"]
+            packages = locked.targets[python]
+            if not packages:
+                out.append("packages = []")
+                continue
+            out.append("packages = [")
+            for pkg in packages:
+                hashes = ", ".join(_toml(h) for h in pkg.hashes)
+                out.append(
+                    f"  {{ name = {_toml(pkg.name)}, version = {_toml(pkg.version)}, "
+                    f"hashes = [{hashes}] }},"
+                )
+            out.append("]")
     return "\n".join(out) + "\n"
 
 
@@ -339,12 +399,51 @@ def drift_error(lock: LockFile, svc: ServiceConfig, why: str) -> ConfigError:
     )
 
 
-def entry_for(lock: LockFile, svc: ServiceConfig) -> LockEntry:
-    """``svc``'s entry; a drift error when the lock has none."""
-    entry = lock.entries.get(svc.service)
-    if entry is None:
+def entry_for(lock: LockFile, svc: ServiceConfig, interpreter: _python.Interpreter) -> LockEntry:
+    """``svc``'s entry for ``interpreter``'s Python; a drift error when the lock has none."""
+    locked = lock.services.get(svc.service)
+    if locked is None:
         raise drift_error(lock, svc, "the lock has no entry for this service")
+    entry = locked.at(interpreter.short_version)
+    if entry is None:
+        raise drift_error(lock, svc, python_drift(locked, interpreter))
     return entry
+
+
+def interpreter_for(
+    locked: LockedService, request: str | None, cache: _python.InterpreterCache
+) -> tuple[_python.Interpreter, LockEntry]:
+    """The interpreter to build ``locked`` with, and its entry: ``request`` (a version or path),
+    else the core's own Python if it is a target, else the newest target found here."""
+    if request is not None:
+        interpreter = _python.find(request, cache, key="--python")
+        entry = locked.at(interpreter.short_version)
+        if entry is None:
+            raise ConfigError(f"{locked.service}: {python_drift(locked, interpreter)}")
+        return interpreter, entry
+    own = _python.current().short_version
+    versions = sorted(locked.targets, key=lambda v: (v == own, _version_key(v)), reverse=True)
+    for version in versions:
+        try:
+            interpreter = _python.find(version, cache, key="--python")
+        except ConfigError:
+            continue
+        entry = locked.at(version)
+        assert entry is not None
+        return interpreter, entry
+    raise ConfigError(
+        f"{locked.service}: the lock targets Python {', '.join(versions)}; none is installed "
+        "here (give --python)"
+    )
+
+
+def python_drift(locked: LockedService, interpreter: _python.Interpreter) -> str:
+    """The reason of a driver running on a Python the lock has no packages for."""
+    pythons = ", ".join(sorted(locked.targets, key=_version_key))
+    return (
+        f"the lock was made for Python {pythons}, the driver now runs on "
+        f"{interpreter.short_version} (lock --python {interpreter.short_version} adds it)"
+    )
 
 
 def pinned(
@@ -360,7 +459,7 @@ def pinned(
     """What ``source`` resolves to under the lock: the lock's pins, after checking that the
     config still asks for them. Never asks a remote (a git branch or a version range is not
     re-resolved). Raises a drift error (exit 2) that says which driver and why."""
-    why = drift(entry, source, ctx, interpreter)
+    why = drift(entry, source, ctx, interpreter.short_version)
     if why:
         raise drift_error(lock, svc, why)
     if isinstance(source, GitSource):
@@ -374,17 +473,12 @@ def pinned(
     return source.resolve(ctx)
 
 
-def drift(
-    entry: LockEntry, source: Source, ctx: ResolveContext, interpreter: _python.Interpreter
-) -> str | None:
-    """Why ``source`` no longer matches ``entry`` (None when it does)."""
+def drift(entry: LockEntry, source: Source, ctx: ResolveContext, python: str) -> str | None:
+    """Why ``source``, run on Python ``python``, no longer matches ``entry`` (None if it does)."""
     if source.kind != entry.kind:
         return f"the lock pins a {entry.kind} source, the config now gives a {source.kind}"
-    if interpreter.short_version != entry.python:
-        return (
-            f"the lock was made for Python {entry.python}, the driver now runs on "
-            f"{interpreter.short_version}"
-        )
+    if python != entry.python:
+        return f"the lock entry is for Python {entry.python}, the driver runs on {python}"
     if isinstance(source, RequirementSource):
         name = canonicalize_name(source.requirement.name)
         version = entry.pins.get("version", "")
@@ -503,9 +597,14 @@ class Locker:
     wheel_cache: Path
 
     def lock(
-        self, svc: ServiceConfig, resolved: Resolved, interpreter: _python.Interpreter
-    ) -> LockEntry:
-        """The entry for ``svc`` whose source resolved to ``resolved``."""
+        self,
+        svc: ServiceConfig,
+        resolved: Resolved,
+        interpreter: _python.Interpreter,
+        pythons: Sequence[str] = (),
+    ) -> LockedService:
+        """The lock table of ``svc`` whose source resolved to ``resolved``, for each Python of
+        ``pythons`` (default: ``interpreter``'s)."""
         label = f"{svc.key} ({redact(svc.driver)})"
         wheel, wheel_sha256 = "", ""
         if resolved.kind in LOCAL_KINDS or resolved.kind.startswith("wheel"):
@@ -516,22 +615,25 @@ class Locker:
         else:
             plugin = canonicalize_name(Requirement(resolved.install_args[0]).name)
             compile_input = resolved.install_args[0]
-        packages = compile_hashes(compile_input, interpreter, self.options, label)
-        if resolved.kind != "requirement":
-            packages = [p for p in packages if canonicalize_name(p.name) != plugin]
-        return LockEntry(
+        targets = {}
+        for python in pythons or (interpreter.short_version,):
+            other = None if python == interpreter.short_version else python
+            packages = compile_hashes(compile_input, interpreter, self.options, label, other)
+            if resolved.kind != "requirement":
+                packages = [p for p in packages if canonicalize_name(p.name) != plugin]
+            targets[python] = tuple(sorted(packages, key=lambda p: canonicalize_name(p.name)))
+        return LockedService(
             service=svc.service,
             # A path as the config writes it (relative to the config), so a lock made on one
             # machine reads the same on another.
             spec=redact(svc.driver) if resolved.kind in PATH_KINDS else resolved.spec,
             kind=resolved.kind,
             identity=resolved.identity,
-            python=interpreter.short_version,
             plugin=plugin,
             wheel=wheel,
             wheel_sha256=wheel_sha256,
             pins=dict(resolved.pins),
-            packages=tuple(sorted(packages, key=lambda p: canonicalize_name(p.name))),
+            targets=targets,
         )
 
     def wheel_of(self, resolved: Resolved, interpreter: _python.Interpreter, label: str) -> Path:
@@ -555,7 +657,7 @@ class Locker:
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
-    def cached_wheel(self, entry: LockEntry) -> Path | None:
+    def cached_wheel(self, entry: LockEntry | LockedService) -> Path | None:
         """The wheel ``entry`` pins, if this cache built it."""
         path = self.wheel_cache / entry.wheel_sha256 / entry.wheel
         return path if entry.wheel and path.is_file() else None
@@ -592,11 +694,21 @@ def build_wheel(
 
 
 def compile_hashes(
-    requirement: str, interpreter: _python.Interpreter, options: InstallOptions, label: str
+    requirement: str,
+    interpreter: _python.Interpreter,
+    options: InstallOptions,
+    label: str,
+    python_version: str | None = None,
 ) -> list[LockedPackage]:
     """Every distribution ``requirement`` installs, exact versions and hashes, for
-    ``interpreter`` (``uv pip compile --generate-hashes``, else pip's ``--report``)."""
+    ``interpreter`` or another ``python_version`` (``uv pip compile --generate-hashes``, else
+    pip's ``--report``, which knows the running interpreter only)."""
     uv = find_uv()
+    target = ["--python", interpreter.executable]
+    if python_version is not None:
+        if not uv:
+            raise SourceError(f"{label}: locking for Python {python_version} needs uv")
+        target = ["--python-version", python_version]
     with tempfile.TemporaryDirectory(prefix="reva-lock-") as tmp:
         try:
             if uv:
@@ -605,7 +717,7 @@ def compile_hashes(
                 index_argv, env = _index_args(options, "uv", offline_flag="--offline")
                 out = run(
                     [uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-                     "--no-annotate", "--python", interpreter.executable, *index_argv, str(req)],
+                     "--no-annotate", *target, *index_argv, str(req)],
                     env={**_git.git_env(), **env}, timeout=600,
                 )  # fmt: skip
                 return parse_compiled(out)
@@ -654,7 +766,7 @@ def parse_report(text: str) -> list[LockedPackage]:
         raise SourceError("cannot read pip's dependency report") from None
 
 
-def matches(entry: LockEntry, wanted: Sequence[str]) -> bool:
+def matches(entry: LockEntry | LockedService, wanted: Sequence[str]) -> bool:
     """True when ``entry``'s service or plugin is one of ``wanted``."""
     return entry.service in wanted or canonicalize_name(entry.plugin) in {
         canonicalize_name(w) for w in wanted

@@ -373,8 +373,9 @@ def test_a_bundle_with_files_outside_its_manifest_is_refused(
 
 _ENTRY = (
     'version = 1\n[services.userprovider]\nspec = "x"\nkind = "folder"\nidentity = "tree:x"\n'
-    'python = "3.11"\nplugin = "{plugin}"\n{pins}\n'
+    'plugin = "{plugin}"\n{pins}\n[services.userprovider.python."3.11"]\n{packages}\n'
 )
+_NO_PACKAGES = "packages = []"
 
 
 @pytest.mark.parametrize(
@@ -383,20 +384,44 @@ _ENTRY = (
         ("version = 2\n", "lock format 2 is not 1"),
         ("version = 1\n[services.userprovider]\nspec = 1\n", "services.userprovider.spec"),
         (
-            (
-                'version = 1\n[services.userprovider]\nspec = "x"\nkind = "folder"\n'
-                'identity = "tree:x"\npython = "3.11"\nplugin = "p"\n'
-                'packages = [{ name = "p", version = "1", hashes = ["md5:x"] }]\n'
+            _ENTRY.format(
+                plugin="p",
+                pins="",
+                packages='packages = [{ name = "p", version = "1", hashes = ["md5:x"] }]',
             ),
             "hashes must be sha256",
         ),
-        ("\x00", "not valid TOML"),
-        (_ENTRY.format(plugin="p --index-url http://evil", pins=""), "is not a distribution name"),
-        (_ENTRY.format(plugin="p", pins='pins = { version = "1 --pre" }'), "not a valid version"),
-        (_ENTRY.format(plugin="p", pins='pins = { commit = "main" }'), "not a valid commit"),
-        (_ENTRY.format(plugin="p", pins='pins = { evil = "x" }'), "unknown pin 'evil'"),
         (
-            _ENTRY.format(plugin="p", pins='wheel = "../x.whl"\nwheel_sha256 = "' + "0" * 64 + '"'),
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES).replace('"3.11"', '"3.x"'),
+            "must be a Python version",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES + '\nextra = "--pre"'),
+            "must hold packages = [...] only",
+        ),
+        ("\x00", "not valid TOML"),
+        (
+            _ENTRY.format(plugin="p --index-url http://evil", pins="", packages=_NO_PACKAGES),
+            "is not a distribution name",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins='pins = { version = "1 --pre" }', packages=_NO_PACKAGES),
+            "not a valid version",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins='pins = { commit = "main" }', packages=_NO_PACKAGES),
+            "not a valid commit",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins='pins = { evil = "x" }', packages=_NO_PACKAGES),
+            "unknown pin 'evil'",
+        ),
+        (
+            _ENTRY.format(
+                plugin="p",
+                pins='wheel = "../x.whl"\nwheel_sha256 = "' + "0" * 64 + '"',
+                packages=_NO_PACKAGES,
+            ),
             "wheel must be a wheel file name",
         ),
     ],
@@ -528,3 +553,52 @@ def test_the_deploy_recipe_runs_offline(tmp_path: Path) -> None:
     reply = ok(cli("call", paths["/etc/reva/revad.toml"], *CALL_DEMO, "--cache-dir",
                    str(tmp_path / "image"), "--offline"))  # fmt: skip
     assert json.loads(reply)["display_name"] == "deployed"
+
+
+def test_one_lock_for_two_pythons(tmp_path: Path) -> None:
+    from reva_plugins._errors import ConfigError
+    from reva_plugins._python import current, find
+
+    try:
+        other = find("3.12" if not current().version.startswith("3.12") else "3.11")
+    except ConfigError:
+        pytest.skip("no second Python here")
+    own = current().short_version
+    project = plugin_project(tmp_path, dependencies=("packaging==21.3",))
+    services = f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache_a = tmp_path / "cache-a"
+    args = ("--python", own, "--python", other.short_version, "--cache-dir", str(cache_a))
+    ok(cli("lock", str(config), *args))
+    lock = (tmp_path / "revad.toml.lock").read_text()
+    assert f'[services."userprovider".python."{own}"]' in lock
+    assert f'[services."userprovider".python."{other.short_version}"]' in lock
+    bundle = tmp_path / "bundle.tar"
+    ok(cli("env", "export", str(config), "-o", str(bundle), "--cache-dir", str(cache_a)))
+
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    config_b = host_config(
+        host / "revad.toml", services, index_url=dead, offline=True, python=other.short_version
+    )
+    cache_b = tmp_path / "cache-b"
+    ok(cli("env", "import", str(bundle), "--python", other.short_version, "--cache-dir",
+           str(cache_b)))  # fmt: skip
+    ok(cli("check", str(config_b), "--cache-dir", str(cache_b)))
+    assert len(list(cache_b.glob("envs/*"))) == 1
+    reply = ok(cli("call", str(config_b), *CALL_DEMO, "--cache-dir", str(cache_b)))
+    assert json.loads(reply)["display_name"] == "locked"
+
+    # Locked for one Python only, run on the other: drift, named.
+    ok(cli("lock", str(config), "--python", own, "--cache-dir", str(cache_a)))
+    shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
+    result = cli("check", str(config_b), "--cache-dir", str(cache_b))
+    assert result.returncode == 2
+    assert (
+        f"grpc.services.userprovider: the lock was made for Python {own}, the driver now runs "
+        f"on {other.short_version}" in result.stderr
+    )
+    result = cli("env", "import", str(bundle), "--python", "2.7", "--cache-dir", str(cache_b))
+    assert result.returncode == 2
