@@ -297,7 +297,10 @@ def export(
     if os.path.lexists(out) and not (fmt == "dir" and out.is_dir() and not any(out.iterdir())):
         raise SourceError(f"{out} exists; give a new path to export to")
     parent = out.resolve().parent
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=parent))
+    except OSError as exc:
+        raise SourceError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         wheels = staging / WHEELS
         wheels.mkdir()

@@ -182,19 +182,23 @@ def beside(config: Config) -> LockFile | None:
 
 
 def read(path: Path) -> LockFile:
-    """Read and validate a lock file (a regular file of bounded size); ConfigError names it."""
+    """Read and validate a lock file (a regular file of bounded size); ConfigError names it.
+
+    A symlink is followed, as for the config itself (Kubernetes mounts ConfigMap files as
+    symlinks); what it points at must be a regular file, checked on the open descriptor.
+    """
     shown = str(path)
     try:
-        info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError("the lock file is not a regular file", file=shown)
-        if info.st_size > MAX_LOCK_BYTES:
-            raise ConfigError(f"the lock file is larger than {MAX_LOCK_BYTES} bytes", file=shown)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError("the lock file is not a regular file", file=shown)
             raw = f.read(MAX_LOCK_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the lock file: {exc.strerror or exc}", file=shown) from None
+    if len(raw) > MAX_LOCK_BYTES:
+        raise ConfigError(f"the lock file is larger than {MAX_LOCK_BYTES} bytes", file=shown)
     return loads(raw, path)
 
 
@@ -379,13 +383,22 @@ def dumps(lock: LockFile, config_name: str) -> str:
 
 def write(lock: LockFile, path: Path, config_name: str) -> None:
     """Write the lock atomically (a reader never sees half a lock)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the lock file: {exc.strerror or exc}", file=str(path)
+        ) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(dumps(lock, config_name))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ConfigError(
+                f"cannot write the lock file: {exc.strerror or exc}", file=str(path)
+            ) from None
         raise
 
 

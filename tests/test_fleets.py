@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import re
 import shlex
 import shutil
@@ -602,3 +603,32 @@ def test_one_lock_for_two_pythons(tmp_path: Path) -> None:
     )
     result = cli("env", "import", str(bundle), "--python", "2.7", "--cache-dir", str(cache_b))
     assert result.returncode == 2
+
+
+def test_a_lock_file_is_followed_through_a_symlink_but_must_be_a_file(tmp_path: Path) -> None:
+    services = f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    lock = tmp_path / "revad.toml.lock"
+    mounted = tmp_path / "configmap"
+    mounted.mkdir()
+    lock.rename(mounted / "revad.toml.lock")
+    lock.symlink_to(mounted / "revad.toml.lock")  # how Kubernetes mounts a ConfigMap
+    ok(cli("lock", "--check", str(config), "--cache-dir", cache))
+    lock.unlink()
+    os.mkfifo(lock)
+    result = cli("check", str(config), "--cache-dir", cache)
+    assert result.returncode == 2
+    assert "the lock file is not a regular file" in result.stderr
+
+
+def test_export_into_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
+    services = f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    out = tmp_path / "missing" / "b.tar"
+    result = cli("env", "export", str(config), "-o", str(out), "--cache-dir", cache)
+    assert result.returncode == 2
+    assert f"cannot write {out}" in result.stderr
