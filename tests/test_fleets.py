@@ -13,7 +13,7 @@ import shutil
 import socket
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +73,27 @@ def plugin_project(tmp_path: Path, **kwargs: Any) -> Path:
     return make_plugin(tmp_path / "plugin", marker="locked", **kwargs)
 
 
-def driver_for(kind: str, tmp_path: Path) -> tuple[str, Path | None]:
-    """A driver spec of ``kind`` and what the test deletes before import (a git server)."""
+def driver_for(kind: str, tmp_path: Path) -> tuple[str, Callable[[], None]]:
+    """A driver spec of ``kind``, and how to take its server away (git repo, HTTP server)."""
     if kind == "folder":
-        return str(plugin_project(tmp_path, dependencies=("packaging==21.3",))), None
+        return str(plugin_project(tmp_path, dependencies=("packaging==21.3",))), lambda: None
     if kind in ("wheel", "sdist"):
         dists = build_dists(plugin_project(tmp_path), tmp_path / "dist")
-        return str(dists[kind]), None
+        return str(dists[kind]), lambda: None
+    if kind == "sdist-url":
+        dists = build_dists(plugin_project(tmp_path), tmp_path / "dist")
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "dist"))
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return f"http://127.0.0.1:{server.server_address[1]}/{dists['sdist'].name}", stop
     repo = make_repo(tmp_path / "repo", marker="locked")
-    return f"git+file://{repo}@main#subdirectory=plugins/demo", repo
+    return f"git+file://{repo}@main#subdirectory=plugins/demo", lambda: shutil.rmtree(repo)
 
 
 def host_config(path: Path, services: str, **plugins: Any) -> Path:
@@ -118,11 +130,11 @@ def installed_files(cache: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["folder", "sdist", "wheel", "git"])
+@pytest.mark.parametrize("kind", ["folder", "sdist", "wheel", "git", "sdist-url"])
 def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
-    spec, server = driver_for(kind, tmp_path)
+    spec, take_server_away = driver_for(kind, tmp_path)
     services = f'[grpc.services.userprovider]\ndriver = "{spec}"\n'
-    config = host_config(tmp_path / "revad.toml", services)
+    config = host_config(tmp_path / "revad.toml", services, allow_http=True)
     cache_a = tmp_path / "cache-a"
     ok(cli("lock", str(config), "--cache-dir", str(cache_a)))
     lock = (tmp_path / "revad.toml.lock").read_text()
@@ -136,13 +148,14 @@ def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.tar"
     ok(cli("env", "export", str(config), "-o", str(bundle), "--cache-dir", str(cache_a)))
 
-    if server is not None:
-        shutil.rmtree(server)  # the git server is gone
+    take_server_away()
     host = tmp_path / "host-b"
     host.mkdir()
     shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
     dead = f"http://127.0.0.1:{closed_port()}/simple/"
-    config_b = host_config(host / "revad.toml", services, index_url=dead, offline=True)
+    config_b = host_config(
+        host / "revad.toml", services, index_url=dead, offline=True, allow_http=True
+    )
     cache_b = tmp_path / "cache-b"
     out = ok(cli("env", "import", str(bundle), "--cache-dir", str(cache_b)))
     assert "userprovider" in out
