@@ -331,7 +331,7 @@ def export(
         return sum(1 for rel in files if rel.endswith(".whl"))
     finally:
         if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, within=parent)
 
 
 def _add_plugin_wheel(entry: _lock.LockedService, locker: _lock.Locker, wheels: Path) -> None:

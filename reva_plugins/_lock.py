@@ -28,6 +28,7 @@ from packaging.version import InvalidVersion, Version
 from . import _git, _protocol, _python
 from ._config import Config, ServiceConfig
 from ._errors import ConfigError, EnvBuildError, SourceError
+from ._fs import remove_tree
 from ._installers import Installer, InstallOptions, _core_pip, _index_args, find_uv
 from ._redact import redact
 from ._run import CommandFailed, run
@@ -394,7 +395,7 @@ def write(lock: LockFile, path: Path, config_name: str) -> None:
             f.write(dumps(lock, config_name))
         os.replace(tmp, path)
     except BaseException as exc:
-        os.unlink(tmp)
+        remove_tree(Path(tmp), within=path.parent)
         if isinstance(exc, OSError):
             raise ConfigError(
                 f"cannot write the lock file: {exc.strerror or exc}", file=str(path)
@@ -577,25 +578,22 @@ def install(
     the plugin installs from it by hash like everything else, else from its source (pinned by
     its identity) without dependencies.
     """
-    work = Path(tempfile.mkdtemp(prefix="reva-lock-"))
-    try:
-        plugin_wheel = wheels is not None and entry.wheel and (wheels / entry.wheel).is_file()
-        if plugin_wheel and wheels is not None:
-            options = InstallOptions(
-                index_url=options.index_url,
-                find_links=(str(wheels), *options.find_links),
-                offline=options.offline,
-                no_index=options.no_index,
-            )
-        elif entry.kind != "requirement":
-            installer.install(venv, ["--no-deps", *resolved.install_args], options)
-        lines = requirements(entry, with_plugin=bool(plugin_wheel))
-        if lines:
-            req = work / "locked-requirements.txt"
-            req.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            installer.install(venv, ["--no-deps", "--require-hashes", "-r", str(req)], options)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    plugin_wheel = wheels is not None and entry.wheel and (wheels / entry.wheel).is_file()
+    if plugin_wheel and wheels is not None:
+        options = InstallOptions(
+            index_url=options.index_url,
+            find_links=(str(wheels), *options.find_links),
+            offline=options.offline,
+            no_index=options.no_index,
+        )
+    elif entry.kind != "requirement":
+        installer.install(venv, ["--no-deps", *resolved.install_args], options)
+    lines = requirements(entry, with_plugin=bool(plugin_wheel))
+    if lines:
+        # Beside the venv, in the store's build folder (removed with it).
+        req = venv.parent / "locked-requirements.txt"
+        req.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        installer.install(venv, ["--no-deps", "--require-hashes", "-r", str(req)], options)
 
 
 # -- locking: resolving a driver to an entry ------------------------------------------------------
@@ -668,7 +666,7 @@ class Locker:
             os.replace(built[0], final / built[0].name)
             return final / built[0].name
         finally:
-            shutil.rmtree(out, ignore_errors=True)
+            remove_tree(out, within=self.wheel_cache)
 
     def cached_wheel(self, entry: LockEntry | LockedService) -> Path | None:
         """The wheel ``entry`` pins, if this cache built it."""
