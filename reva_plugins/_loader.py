@@ -22,6 +22,7 @@ from ._process import LaunchSpec
 from ._redact import redact
 from ._run import CommandFailed
 from ._sources import (
+    ArchiveURL,
     Classified,
     InProcess,
     LocalFile,
@@ -251,8 +252,7 @@ class Loader:
         entry = _lock.entry_for(lock, svc, interpreter) if lock is not None else None
         try:
             if lock is not None and entry is not None:
-                fetch = self.settings.bundle is None
-                resolved = _lock.pinned(lock, entry, svc, source, ctx, interpreter, fetch=fetch)
+                resolved = _lock.pinned(lock, entry, svc, source, ctx, interpreter)
             else:
                 resolved = source.resolve(ctx)
         except NeedsNetwork as exc:
@@ -366,7 +366,17 @@ class Loader:
             offline = InstallOptions(find_links=(str(bundle.wheels),), offline=True, no_index=True)
             _lock.install(installer, venv, entry, resolved, offline, wheels=bundle.wheels)
             return
-        wheels = self.store.root / "wheels" / entry.wheel_sha256 if entry.wheel else None
+        wheels = self.store.root / "wheels" / entry.wheel_sha256
+        if resolved.kind.endswith("-url") and not (wheels / entry.wheel).is_file():
+            # Not built here: the archive itself, fetched now (the lock pins its sha256).
+            ctx = ResolveContext(
+                offline=self.settings.offline,
+                downloads=self.store.root / "downloads",
+                max_download_bytes=self.settings.max_download_mb << 20,
+                allow_http=self.settings.allow_http,
+            )
+            archive = ArchiveURL(resolved.install_args[0], sha256=entry.pins["sha256"])
+            resolved = archive.resolve(ctx)
         _lock.install(installer, venv, entry, resolved, options, wheels=wheels)
 
     def _newest_cached(

@@ -467,8 +467,6 @@ def pinned(
     source: Source,
     ctx: ResolveContext,
     interpreter: _python.Interpreter,
-    *,
-    fetch: bool = True,
 ) -> Resolved:
     """What ``source`` resolves to under the lock: the lock's pins, after checking that the
     config still asks for them. Never asks a remote (a git branch or a version range is not
@@ -480,10 +478,8 @@ def pinned(
         return entry.resolved((source.git.with_commit(entry.pins["commit"]),))
     if isinstance(source, RequirementSource):
         return entry.resolved((f"{entry.plugin}=={entry.pins['version']}",))
-    if isinstance(source, ArchiveURL):
-        if not fetch:  # a bundle holds its wheel
-            return entry.resolved((source.url,))
-        return ArchiveURL(source.url, sha256=entry.pins["sha256"]).resolve(ctx)
+    if isinstance(source, ArchiveURL):  # fetched only if an env must be built without its wheel
+        return entry.resolved((source.url,))
     return source.resolve(ctx)
 
 

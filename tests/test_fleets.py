@@ -148,6 +148,9 @@ def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.tar"
     ok(cli("env", "export", str(config), "-o", str(bundle), "--cache-dir", str(cache_a)))
 
+    # Another online host (no wheel cache): the plugin from its pinned source, the rest hashed.
+    ok(cli("check", str(config), "--cache-dir", str(tmp_path / "cache-a2")))
+
     take_server_away()
     host = tmp_path / "host-b"
     host.mkdir()
@@ -157,6 +160,10 @@ def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
         host / "revad.toml", services, index_url=dead, offline=True, allow_http=True
     )
     cache_b = tmp_path / "cache-b"
+    if kind == "sdist-url":  # offline, not imported yet: an error, never an unlocked env
+        result = cli("check", str(config_b), "--cache-dir", str(cache_b))
+        assert result.returncode == 2
+        assert "downloading the archive needs the network" in result.stderr
     out = ok(cli("env", "import", str(bundle), "--cache-dir", str(cache_b)))
     assert "userprovider" in out
     assert "built" in out
