@@ -29,7 +29,7 @@ from reva_plugins._loader import EntryPoint, InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins.services import SERVICES
 
-from . import _peers, _serve
+from . import _fleets, _peers, _serve
 from ._stats import latencies, median_ms, memory_of, ratio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,6 +309,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             results["scale"] = scale(spec, sizes.plugins)
             results["serve"] = _serve.measure(sizes.serve)
         results["provisioning"] = provisioning(sizes.builds, wheel)
+        results["bundle_import"] = _fleets.bundle_import(sizes.builds)
     return results
 
 
@@ -375,6 +376,7 @@ def table(results: dict[str, Any]) -> str:
         ),
         (f"{sc['plugins']} plugins warm start (s)", sc["warm_start_all_s"], None, None),
         *_serve_rows(results["serve"]),
+        _fleets.row(results["bundle_import"]),
     ]
     lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
     lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]

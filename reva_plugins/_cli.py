@@ -240,6 +240,7 @@ def _parser() -> _Parser:
     )
     call.set_defaults(handler=cmd_call, json_errors=True)
     _add_env_commands(sub, common)
+    _add_lock_command(sub, common)
 
     conf = sub.add_parser(
         "conformance", parents=[common], help="check a plugin against its service contract"
@@ -421,6 +422,94 @@ def _add_env_commands(sub: Any, common: _Parser) -> None:
         "--unused-days", type=_number(_config.UNUSED_DAYS, "days"), default=30.0, metavar="N"
     )
     prune.set_defaults(handler=cmd_env_prune)
+
+    export = env_sub.add_parser(
+        "export", parents=[common], help="bundle every wheel a locked config needs"
+    )
+    export.add_argument("config", type=_path, metavar="CONFIG")
+    export.add_argument("-o", "--output", type=_path, required=True, metavar="OUT")
+    export.add_argument("--format", choices=("tar", "dir"), default="tar", help="default: tar")
+    export.set_defaults(handler=cmd_env_export)
+
+    imp = env_sub.add_parser(
+        "import", parents=[common], help="build the envs of a bundle, with no network"
+    )
+    imp.add_argument("bundle", type=_path, metavar="BUNDLE")
+    imp.add_argument("--python", type=_text, help="interpreter (default: the lock's version)")
+    imp.set_defaults(handler=cmd_env_import)
+
+
+def _add_lock_command(sub: Any, common: _Parser) -> None:
+    lock = sub.add_parser(
+        "lock", parents=[common], help="pin what a config's drivers resolve to (CONFIG.lock)"
+    )
+    lock.add_argument("config", type=_path, metavar="CONFIG")
+    mode = lock.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if the lock is stale")
+    mode.add_argument(
+        "--upgrade",
+        nargs="?",
+        const="*",
+        type=_text,
+        metavar="DRIVER",
+        help="re-resolve every driver, or only DRIVER (a service or plugin name)",
+    )
+    lock.add_argument(
+        "--python",
+        action="append",
+        type=_text,
+        metavar="X.Y",
+        help="lock for this Python version (repeat for several; default: each driver's own)",
+    )
+    lock.set_defaults(handler=cmd_lock)
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    """``lock CONFIG``: write CONFIG.lock; ``--check``: exit 1 when it is stale."""
+    from . import _fleet  # noqa: PLC0415 - only these commands need it
+
+    config = _config.load_file(args.config).with_overrides(**_overrides(args))
+    loader = Loader(config)
+    try:
+        if args.check:
+            problems = _fleet.stale(loader)
+            for problem in problems:
+                print(f"reva-plugins: stale: {redact(problem)}", file=sys.stderr)
+            return EXIT_FAILURE if problems else EXIT_OK
+        written, changed = _fleet.lock(loader, args.upgrade, args.python or ())
+    finally:
+        loader.close()
+    for name in sorted(written.services):
+        entry = written.services[name]
+        state = "locked" if name in changed else "unchanged"
+        print(f"{name}\t{redact(entry.spec)}\t{entry.identity}\t{state}")
+    log.info("wrote %s", written.path)
+    return EXIT_OK
+
+
+def cmd_env_export(args: argparse.Namespace) -> int:
+    """``env export CONFIG -o OUT``: a bundle of the lock and every wheel it pins."""
+    from . import _fleet  # noqa: PLC0415
+
+    config = _config.load_file(args.config).with_overrides(**_overrides(args))
+    loader = Loader(config)
+    try:
+        count = _fleet.export(loader, args.output, args.format)
+    finally:
+        loader.close()
+    print(f"{args.output}\t{count} wheels")
+    return EXIT_OK
+
+
+def cmd_env_import(args: argparse.Namespace) -> int:
+    """``env import BUNDLE``: build every env the bundle's lock pins, offline."""
+    from . import _fleet  # noqa: PLC0415
+
+    config = _config.Config(base_dir=Path.cwd()).with_overrides(**_overrides(args))
+    for service, done in _fleet.import_bundle(config, args.bundle.resolve(), args.python):
+        state = f"built in {done.seconds:.2f} s" if done.built else "cached"
+        print(f"{done.env_key}\t{service}\t{state}")
+    return EXIT_OK
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class LoaderSettings:
     find_links: tuple[str, ...] = ()
     max_download_mb: int = 1024
     allow_http: bool = False
+    #: A bundle (``env export``'s tar file or folder) to build locked envs from, offline.
+    bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,7 @@ class _Reader:
         cache_dir = self.text(table, key, "cache_dir")
         find_links = self.strings(table, key, "find_links") or ()
         allowed = self.strings(table, key, "allowed_sources")
+        bundle = self.text(table, key, "bundle")
         return LoaderSettings(
             cache_dir=None if cache_dir is None else self.path(f"{key}.cache_dir", cache_dir),
             installer=self.choice(table, key, "installer", INSTALLERS) or defaults.installer,
@@ -434,6 +437,7 @@ class _Reader:
             max_download_mb=self.bounded_int(table, key, "max_download_mb", (1, 1 << 20))
             or defaults.max_download_mb,
             allow_http=bool(self.typed(table, key, "allow_http", bool)),
+            bundle=None if bundle is None else self.path(f"{key}.bundle", bundle),
         )
 
     def serve_settings(self, grpc: Mapping[str, Any], raw_metrics: Any) -> ServeSettings:

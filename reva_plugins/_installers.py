@@ -26,6 +26,8 @@ class InstallOptions:
     index_url: str | None = None
     find_links: tuple[str, ...] = ()
     offline: bool = False
+    #: Never ask an index (a bundle's wheels through ``find_links`` only).
+    no_index: bool = False
 
     def key_material(self) -> dict[str, object]:
         """What about these options changes what gets installed (offline and credentials do
@@ -244,6 +246,8 @@ def _index_args(
                 argv += ["--find-links", link]
     if options.offline:
         argv.append(offline_flag)
+    if options.no_index and "--no-index" not in argv:
+        argv.append("--no-index")
     return argv, env
 
 

@@ -14,14 +14,15 @@ from typing import Any
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from . import _protocol, _python
+from . import _bundle, _lock, _protocol, _python
 from ._config import Config, ServiceConfig
 from ._errors import EnvBuildError, SourceError
-from ._installers import InstallOptions, select
+from ._installers import Installer, InstallOptions, select
 from ._process import LaunchSpec
 from ._redact import redact
 from ._run import CommandFailed
 from ._sources import (
+    ArchiveURL,
     Classified,
     InProcess,
     LocalFile,
@@ -130,6 +131,26 @@ class Loader:
         self.store = Store(self.settings.cache_dir or default_cache_dir())
         self.store.ensure()
         self._interpreters = _python.InterpreterCache(self.store.root / "interpreters.json")
+        #: Whether a lock beside the config (or the bundle's) pins what is built; ``lock``
+        #: itself turns this off to re-resolve.
+        self.use_lock = True
+        self._lock: _lock.LockFile | None = None
+        self._bundle: _bundle.Bundle | None = None
+
+    def lock(self) -> _lock.LockFile | None:
+        """The lock every build follows: the one beside the config, else the bundle's."""
+        if not self.use_lock:
+            return None
+        if self._lock is None:
+            bundle = self.bundle()
+            self._lock = _lock.beside(self.config) or (bundle.lock if bundle else None)
+        return self._lock
+
+    def bundle(self) -> _bundle.Bundle | None:
+        """The ``[plugins] bundle``, opened and checked once."""
+        if self.settings.bundle is not None and self._bundle is None:
+            self._bundle = _bundle.open_bundle(self.settings.bundle, self.store.root)
+        return self._bundle
 
     def close(self) -> None:
         """Stop marking the envs this loader handed out as in use."""
@@ -223,34 +244,78 @@ class Loader:
     def env_for(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
         """The cached env for ``source`` (built now if missing); whether built; seconds taken."""
         label = f"{svc.service} ({redact(svc.driver)})"
-        interpreter = _python.find(
+        interpreter = self.interpreter(svc)
+        installer = select(self.settings.installer, app_data=self.store.root / "virtualenv")
+        options = self.install_options()
+        ctx = self.resolve_context(installer, interpreter, options)
+        lock = self.lock()
+        entry = _lock.entry_for(lock, svc, interpreter) if lock is not None else None
+        try:
+            if lock is not None and entry is not None:
+                resolved = _lock.pinned(lock, entry, svc, source, ctx, interpreter)
+            else:
+                resolved = source.resolve(ctx)
+        except NeedsNetwork as exc:
+            return self._newest_cached(source, interpreter, exc), False, 0.0
+        check_wheel(resolved, interpreter)
+        return self._env(label, resolved, interpreter, installer, options, entry)
+
+    def interpreter(self, svc: ServiceConfig) -> _python.Interpreter:
+        """The base interpreter of ``svc``'s env."""
+        return _python.find(
             svc.plugin.python or self.settings.python,
             self._interpreters,
             key=f"{svc.key}.plugin.python" if svc.plugin.python else "plugins.python",
         )
-        installer = select(self.settings.installer, app_data=self.store.root / "virtualenv")
-        options = self.install_options()
-        ctx = ResolveContext(
+
+    def installer(self) -> Installer:
+        """The installer this config's builds use."""
+        return select(self.settings.installer, app_data=self.store.root / "virtualenv")
+
+    def resolve_context(
+        self, installer: Installer, interpreter: _python.Interpreter, options: InstallOptions
+    ) -> ResolveContext:
+        """What resolving a source may use under these settings."""
+        return ResolveContext(
             offline=self.settings.offline,
             downloads=self.store.root / "downloads",
             find_version=lambda req: installer.find_version(req, interpreter, options),
             max_download_bytes=self.settings.max_download_mb << 20,
             allow_http=self.settings.allow_http,
         )
-        try:
-            resolved = source.resolve(ctx)
-        except NeedsNetwork as exc:
-            return self._newest_cached(source, interpreter, exc), False, 0.0
-        check_wheel(resolved, interpreter)
-        key = make_key(
-            {
-                "identity": resolved.identity,
-                "python": interpreter.identity,
-                "installer": installer.name,
-                "options": options.key_material(),
-                "protocol": list(_protocol.PROTOCOL_VERSIONS),
-            }
+
+    def prepare_locked(self, locked: _lock.LockedService, python: str | None = None) -> Prepared:
+        """Build the env a lock's service table pins without a config (``env import``), for
+        ``python`` or the first of its target Pythons found here."""
+        interpreter, entry = _lock.interpreter_for(locked, python, self._interpreters)
+        installer = select(self.settings.installer, app_data=self.store.root / "virtualenv")
+        label = f"{entry.service} ({redact(entry.spec)})"
+        env, built, seconds = self._env(
+            label, entry.resolved(), interpreter, installer, self.install_options(), entry
         )
+        return Prepared(entry.kind, env.key, built, seconds)
+
+    def _env(
+        self,
+        label: str,
+        resolved: Resolved,
+        interpreter: _python.Interpreter,
+        installer: Installer,
+        options: InstallOptions,
+        entry: _lock.LockEntry | None,
+    ) -> tuple[Env, bool, float]:
+        if entry is None:
+            key = make_key(
+                {
+                    "identity": resolved.identity,
+                    "python": interpreter.identity,
+                    "installer": installer.name,
+                    "options": options.key_material(),
+                    "protocol": list(_protocol.PROTOCOL_VERSIONS),
+                }
+            )
+        else:
+            key = _lock.env_key(entry, interpreter, installer.name)
         began = time.perf_counter()
 
         def build(venv: Path) -> dict[str, Any]:
@@ -260,7 +325,10 @@ class Loader:
             )  # fmt: skip
             try:
                 installer.create(venv, interpreter)
-                installer.install(venv, resolved.install_args, options)
+                if entry is None:
+                    installer.install(venv, resolved.install_args, options)
+                else:
+                    self._install_locked(installer, venv, entry, resolved, options)
             except CommandFailed as exc:
                 raise EnvBuildError(
                     f"building the env failed: {' '.join(exc.argv[:3])} … exited with "
@@ -281,6 +349,35 @@ class Loader:
         if built:
             log.info("built env %s for %s in %.2f s", key, label, seconds)
         return env, built, seconds
+
+    def _install_locked(
+        self,
+        installer: Installer,
+        venv: Path,
+        entry: _lock.LockEntry,
+        resolved: Resolved,
+        options: InstallOptions,
+    ) -> None:
+        """Install what the lock pins: from the bundle (checked, offline) if there is one, else
+        from the index with the lock's hashes (the plugin's wheel from this cache if built here)."""
+        bundle = self.bundle()
+        if bundle is not None:
+            bundle.check(entry)
+            offline = InstallOptions(find_links=(str(bundle.wheels),), offline=True, no_index=True)
+            _lock.install(installer, venv, entry, resolved, offline, wheels=bundle.wheels)
+            return
+        wheels = self.store.root / "wheels" / entry.wheel_sha256
+        if resolved.kind.endswith("-url") and not (wheels / entry.wheel).is_file():
+            # Not built here: the archive itself, fetched now (the lock pins its sha256).
+            ctx = ResolveContext(
+                offline=self.settings.offline,
+                downloads=self.store.root / "downloads",
+                max_download_bytes=self.settings.max_download_mb << 20,
+                allow_http=self.settings.allow_http,
+            )
+            archive = ArchiveURL(resolved.install_args[0], sha256=entry.pins["sha256"])
+            resolved = archive.resolve(ctx)
+        _lock.install(installer, venv, entry, resolved, options, wheels=wheels)
 
     def _newest_cached(
         self, source: Source, interpreter: _python.Interpreter, why: NeedsNetwork

@@ -1,0 +1,654 @@
+"""Fleets: lock a config, export a bundle, import it on hosts with no network (real CLI runs)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import EXAMPLES, SAMPLES, cli
+from .factory import build_dists, commit_marker, make_plugin, make_repo
+
+USERS = EXAMPLES / "users.demo.json"
+CALL_DEMO = ("userprovider", "get_user", '{"user_id": {"opaque_id": "demo"}}')
+CALL_EINSTEIN = (
+    "authprovider",
+    "authenticate",
+    '{"client_id": "einstein", "client_secret": "relativity"}',
+)
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[str]:
+    """The JSON sample's wheel and sdist on a PEP 503 index served from 127.0.0.1."""
+    root = tmp_path / "index"
+    files = root / "files"
+    build_dists(SAMPLES / "json_users", files)
+    project = root / "simple" / "reva-plugin-json"
+    project.mkdir(parents=True)
+    (root / "simple" / "index.html").write_text('<a href="reva-plugin-json/">x</a>\n')
+    anchors = "".join(
+        f'<a href="../../files/{d.name}#sha256={hashlib.sha256(d.read_bytes()).hexdigest()}">'
+        f"{d.name}</a>\n"
+        for d in sorted(files.iterdir())
+    )
+    (project / "index.html").write_text(f"<html><body>\n{anchors}</body></html>\n")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def plugin_project(tmp_path: Path, **kwargs: Any) -> Path:
+    return make_plugin(tmp_path / "plugin", marker="locked", **kwargs)
+
+
+def driver_for(kind: str, tmp_path: Path) -> tuple[str, Callable[[], None]]:
+    """A driver spec of ``kind``, and how to take its server away (git repo, HTTP server)."""
+    if kind == "folder":
+        return str(plugin_project(tmp_path, dependencies=("packaging==21.3",))), lambda: None
+    if kind in ("wheel", "sdist"):
+        dists = build_dists(plugin_project(tmp_path), tmp_path / "dist")
+        return str(dists[kind]), lambda: None
+    if kind == "sdist-url":
+        dists = build_dists(plugin_project(tmp_path), tmp_path / "dist")
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "dist"))
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return f"http://127.0.0.1:{server.server_address[1]}/{dists['sdist'].name}", stop
+    repo = make_repo(tmp_path / "repo", marker="locked")
+    return f"git+file://{repo}@main#subdirectory=plugins/demo", lambda: shutil.rmtree(repo)
+
+
+def host_config(path: Path, services: str, **plugins: Any) -> Path:
+    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in plugins.items())
+    path.write_text(f"[plugins]\n{table}\n{services}", encoding="utf-8")
+    return path
+
+
+def ok(result: Any) -> str:
+    assert result.returncode == 0, result.stderr + result.stdout
+    return str(result.stdout)
+
+
+def installed_files(cache: Path) -> dict[str, str]:
+    """The sha256 of every file in the site-packages of every env in ``cache``.
+
+    uv leaves one host-specific file in each dist-info, ``uv_cache.json`` (the ctime of the
+    wheel it installed, for its own cache): it is left out, and so is its line in ``RECORD``.
+    """
+    out = {}
+    for site in sorted(cache.glob("envs/*/lib/python*/site-packages")):
+        for path in sorted(p for p in site.rglob("*") if p.is_file()):
+            rel = f"{site.parts[-4]}/{path.relative_to(site)}"
+            if path.name == "uv_cache.json":
+                continue
+            data = path.read_bytes()
+            if path.name == "RECORD":
+                data = b"".join(
+                    line
+                    for line in data.splitlines(keepends=True)
+                    if b"/uv_cache.json," not in line
+                )
+            out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["folder", "sdist", "wheel", "git", "sdist-url"])
+def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
+    spec, take_server_away = driver_for(kind, tmp_path)
+    services = f'[grpc.services.userprovider]\ndriver = "{spec}"\n'
+    config = host_config(tmp_path / "revad.toml", services, allow_http=True)
+    cache_a = tmp_path / "cache-a"
+    ok(cli("lock", str(config), "--cache-dir", str(cache_a)))
+    lock = (tmp_path / "revad.toml.lock").read_text()
+    assert "version = 1" in lock
+    assert f'kind = "{kind}"' in lock
+    if kind == "folder":
+        assert 'name = "packaging", version = "21.3", hashes = ["sha256:' in lock
+    if kind == "git":
+        assert 'commit = "' in lock
+    ok(cli("lock", "--check", str(config), "--cache-dir", str(cache_a)))
+    bundle = tmp_path / "bundle.tar"
+    ok(cli("env", "export", str(config), "-o", str(bundle), "--cache-dir", str(cache_a)))
+
+    # Another online host (no wheel cache): the plugin from its pinned source, the rest hashed.
+    ok(cli("check", str(config), "--cache-dir", str(tmp_path / "cache-a2")))
+
+    take_server_away()
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    config_b = host_config(
+        host / "revad.toml", services, index_url=dead, offline=True, allow_http=True
+    )
+    cache_b = tmp_path / "cache-b"
+    if kind == "sdist-url":  # offline, not imported yet: an error, never an unlocked env
+        result = cli("check", str(config_b), "--cache-dir", str(cache_b))
+        assert result.returncode == 2
+        assert "downloading the archive needs the network" in result.stderr
+    out = ok(cli("env", "import", str(bundle), "--cache-dir", str(cache_b)))
+    assert "userprovider" in out
+    assert "built" in out
+    ok(cli("check", str(config_b), "--cache-dir", str(cache_b), "--offline"))
+    reply = json.loads(ok(cli("call", str(config_b), *CALL_DEMO, "--cache-dir", str(cache_b))))
+    assert reply["display_name"] == "locked"
+
+
+def test_requirement_from_a_local_index_imports_offline_and_drift_is_named(
+    index: str, tmp_path: Path
+) -> None:
+    services = (
+        '[grpc.services.authprovider]\ndriver = "reva-plugin-json>=1,<2"\n'
+        f"[grpc.services.authprovider.drivers.json]\nusers = {json.dumps(str(USERS))}\n"
+    )
+    config = host_config(tmp_path / "revad.toml", services, index_url=index)
+    cache_a = tmp_path / "cache-a"
+    ok(cli("lock", str(config), "--cache-dir", str(cache_a)))
+    lock = (tmp_path / "revad.toml.lock").read_text()
+    assert 'version = "1.0.0"' in lock
+    assert 'name = "reva-plugin-json"' in lock
+    out_dir = tmp_path / "bundle"
+    ok(cli("env", "export", str(config), "-o", str(out_dir), "--format", "dir", "--cache-dir",
+           str(cache_a)))  # fmt: skip
+    assert (out_dir / "manifest.json").is_file()
+
+    # Host B: the index is gone; the config names the bundle, no `env import` needed.
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    config_b = host_config(host / "revad.toml", services, index_url=dead, bundle=str(out_dir))
+    cache_b = tmp_path / "cache-b"
+    reply = ok(cli("call", str(config_b), *CALL_EINSTEIN, "--cache-dir", str(cache_b)))
+    assert json.loads(reply)["user"]["username"] == "einstein"
+    ok(cli("check", str(config_b), "--cache-dir", str(cache_b), "--offline"))
+
+    # Host A, a fresh cache, the index up: the lock's hashes, checked by the installer.
+    reply = ok(cli("call", str(config), *CALL_EINSTEIN, "--cache-dir", str(tmp_path / "a2")))
+    assert json.loads(reply)["user"]["username"] == "einstein"
+
+    # Drift: the config now asks for a version the lock does not pin.
+    config_b.write_text(config_b.read_text().replace(">=1,<2", ">=2"))
+    result = cli("check", str(config_b), "--cache-dir", str(cache_b))
+    assert result.returncode == 2
+    assert (
+        "grpc.services.authprovider: the lock pins reva-plugin-json 1.0.0, the config now asks "
+        "for reva-plugin-json>=2" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert cli("lock", "--check", str(config_b), "--cache-dir", str(cache_b)).returncode == 1
+
+
+def test_folder_drift_check_and_relock(tmp_path: Path) -> None:
+    project = plugin_project(tmp_path)
+    config = host_config(
+        tmp_path / "revad.toml", f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+    )
+    cache = tmp_path / "cache"
+    ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    ok(cli("check", str(config), "--cache-dir", str(cache)))
+    module = project / "reva_test_plugin" / "__init__.py"
+    module.write_text(module.read_text().replace("'locked'", "'edited'"))
+    result = cli("check", str(config), "--cache-dir", str(cache))
+    assert result.returncode == 2, result.stderr
+    assert "grpc.services.userprovider: the lock pins tree:" in result.stderr
+    assert "the folder now is tree:" in result.stderr
+    stale = cli("lock", "--check", str(config), "--cache-dir", str(cache))
+    assert stale.returncode == 1
+    assert "grpc.services.userprovider" in stale.stderr
+    ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    ok(cli("lock", "--check", str(config), "--cache-dir", str(cache)))
+    reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
+    assert json.loads(reply)["display_name"] == "edited"
+
+
+def test_a_locked_branch_stays_put_until_upgraded(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", marker="first")
+    spec = f"git+file://{repo}@main#subdirectory=plugins/demo"
+    config = host_config(
+        tmp_path / "revad.toml", f'[grpc.services.userprovider]\ndriver = "{spec}"\n'
+    )
+    cache = tmp_path / "cache"
+    ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    first = (tmp_path / "revad.toml.lock").read_text()
+    commit_marker(repo, "plugins/demo", "second")
+    out = ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    assert "unchanged" in out
+    assert (tmp_path / "revad.toml.lock").read_text() == first
+    reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
+    assert json.loads(reply)["display_name"] == "first"
+    out = ok(cli("lock", str(config), "--upgrade", "userprovider", "--cache-dir", str(cache)))
+    assert "locked" in out
+    reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
+    assert json.loads(reply)["display_name"] == "second"
+    result = cli("lock", str(config), "--upgrade", "nosuch", "--cache-dir", str(cache))
+    assert result.returncode == 2
+    assert "--upgrade nosuch" in result.stderr
+
+
+def test_lock_check_without_a_lock_is_stale(tmp_path: Path) -> None:
+    config = host_config(
+        tmp_path / "revad.toml",
+        f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n',
+    )
+    result = cli("lock", "--check", str(config), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 1
+    assert "there is no lock file" in result.stderr
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> tuple[Path, Path]:
+    """A locked config of the pinned_old sample (it has dependencies) and its bundle folder."""
+    services = f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "pinned_old"}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache = tmp_path / "cache-a"
+    ok(cli("lock", str(config), "--cache-dir", str(cache)))
+    bundle = tmp_path / "bundle"
+    ok(cli("env", "export", str(config), "-o", str(bundle), "--format", "dir", "--cache-dir",
+           str(cache)))  # fmt: skip
+    return config, bundle
+
+
+def test_two_hosts_install_byte_identical_files(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _config, _bundle = exported
+    tar = tmp_path / "bundle.tar"
+    ok(cli("env", "export", str(_config), "-o", str(tar), "--cache-dir", str(tmp_path / "cache-a")))
+    for host in ("one", "two"):
+        ok(cli("env", "import", str(tar), "--cache-dir", str(tmp_path / host)))
+    one, two = installed_files(tmp_path / "one"), installed_files(tmp_path / "two")
+    assert one == two
+    records = {rel.split("/")[1] for rel in one if rel.endswith(".dist-info/RECORD")}
+    assert records >= {"packaging-21.3.dist-info", "reva_plugin_pinned_old-1.0.0.dist-info"}
+
+
+def test_a_tampered_wheel_is_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    _config, bundle = exported
+    wheel = next((bundle / "wheels").glob("packaging-*.whl"))
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    result = cli("env", "import", str(bundle), "--cache-dir", str(tmp_path / "b"))
+    assert result.returncode == 2
+    assert f"wheels/{wheel.name} does not match the sha256 in its manifest" in result.stderr
+    assert not list((tmp_path / "b").glob("envs/*"))
+
+
+def test_a_rewritten_manifest_is_caught_by_the_configs_lock(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, bundle = exported
+    wheel = next((bundle / "wheels").glob("packaging-*.whl"))
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][f"wheels/{wheel.name}"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(f"{config}.lock", host / "revad.toml.lock")
+    config_b = host_config(
+        host / "revad.toml", config.read_text().split("\n", 2)[2], bundle=str(bundle)
+    )
+    result = cli("check", str(config_b), "--cache-dir", str(tmp_path / "b"))
+    assert result.returncode == 2, result.stderr
+    assert f"wheels/{wheel.name} matches no hash the lock pins for packaging 21.3" in result.stderr
+
+
+def _hostile_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> None:
+    """Written block by block: ``tarfile`` itself refuses to write some of these members."""
+
+    def block(info: tarfile.TarInfo, payload: bytes) -> bytes:
+        padding = b"\0" * (-len(payload) % tarfile.BLOCKSIZE)
+        return info.tobuf(tarfile.GNU_FORMAT) + payload + padding
+
+    first = tarfile.TarInfo("manifest.json")
+    first.size = 2
+    path.write_bytes(block(first, b"{}") + block(member, data) + b"\0" * (2 * tarfile.BLOCKSIZE))
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, link: str = "") -> Any:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        (_member("../escaped", size=4), "a name with '..'"),
+        (_member("wheels/../../escaped", size=4), "a name with '..'"),
+        (_member("/tmp/escaped-abs", size=4), "an absolute"),
+        (_member("wheels/link", tarfile.SYMTYPE, link="/etc/passwd"), "a link"),
+        (_member("wheels/hard", tarfile.LNKTYPE, link="manifest.json"), "a link"),
+        (_member("wheels/dev", tarfile.CHRTYPE), "not a regular file or folder"),
+        (_member("wheels/fifo", tarfile.FIFOTYPE), "not a regular file or folder"),
+        (_member("wheels/huge.whl", size=3 << 30), "larger than"),
+    ],
+)
+def test_hostile_bundles_are_refused_and_write_nothing(
+    member: tarfile.TarInfo, why: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    bundle = work / "evil.tar"
+    _hostile_tar(bundle, member, b"evil" if member.size == 4 else b"")
+    cache = tmp_path / "cache"
+    result = cli("env", "import", str(bundle), "--cache-dir", str(cache))
+    assert result.returncode == 2, result.stderr
+    assert why in result.stderr
+    assert "refusing it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "escaped").exists()
+    assert not Path("/tmp/escaped-abs").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["evil.tar"]
+    assert not list(cache.glob("bundles/*"))
+    assert not list(cache.glob("tmp/*"))
+
+
+def test_a_bundle_with_files_outside_its_manifest_is_refused(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _config, bundle = exported
+    (bundle / "wheels" / "extra-1.0-py3-none-any.whl").write_bytes(b"x")
+    result = cli("env", "import", str(bundle), "--cache-dir", str(tmp_path / "b"))
+    assert result.returncode == 2
+    assert "wheels/extra-1.0-py3-none-any.whl is not in the manifest" in result.stderr
+
+
+_ENTRY = (
+    'version = 1\n[services.userprovider]\nspec = "x"\nkind = "folder"\nidentity = "tree:x"\n'
+    'plugin = "{plugin}"\n{pins}\n[services.userprovider.python."3.11"]\n{packages}\n'
+)
+_NO_PACKAGES = "packages = []"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version = 2\n", "lock format 2 is not 1"),
+        ("version = 1\n[services.userprovider]\nspec = 1\n", "services.userprovider.spec"),
+        (
+            _ENTRY.format(
+                plugin="p",
+                pins="",
+                packages='packages = [{ name = "p", version = "1", hashes = ["md5:x"] }]',
+            ),
+            "hashes must be sha256",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES).replace('"3.11"', '"3.x"'),
+            "must be a Python version",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES + '\nextra = "--pre"'),
+            "must hold packages = [...] only",
+        ),
+        ("\x00", "not valid TOML"),
+        (
+            _ENTRY.format(plugin="p --index-url http://evil", pins="", packages=_NO_PACKAGES),
+            "is not a distribution name",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins='pins = { version = "1 --pre" }', packages=_NO_PACKAGES),
+            "not a valid version",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins='pins = { commit = "main" }', packages=_NO_PACKAGES),
+            "not a valid commit",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins='pins = { evil = "x" }', packages=_NO_PACKAGES),
+            "unknown pin 'evil'",
+        ),
+        (
+            _ENTRY.format(
+                plugin="p",
+                pins='wheel = "../x.whl"\nwheel_sha256 = "' + "0" * 64 + '"',
+                packages=_NO_PACKAGES,
+            ),
+            "wheel must be a wheel file name",
+        ),
+    ],
+)
+def test_a_broken_lock_file_is_a_config_error(text: str, message: str, tmp_path: Path) -> None:
+    config = host_config(
+        tmp_path / "revad.toml",
+        f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n',
+    )
+    (tmp_path / "revad.toml.lock").write_text(text)
+    result = cli("check", str(config), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 2
+    assert "revad.toml.lock" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("5", "plugins.bundle: must be str"), ('"nowhere.tar"', "nowhere.tar")],
+)
+def test_the_bundle_key_is_checked(value: str, message: str, tmp_path: Path) -> None:
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f"[plugins]\nbundle = {value}\n[grpc.services.userprovider]\n"
+        f'driver = "{SAMPLES / "json_users"}"\n'
+    )
+    result = cli("check", str(config), "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_export_without_a_lock_and_to_an_existing_path_are_usage_errors(tmp_path: Path) -> None:
+    config = host_config(
+        tmp_path / "revad.toml",
+        f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n',
+    )
+    result = cli("env", "export", str(config), "-o", str(tmp_path / "b.tar"))
+    assert result.returncode == 2
+    assert "run 'reva-plugins lock' first" in result.stderr
+    ok(cli("lock", str(config), "--cache-dir", str(tmp_path / "c")))
+    (tmp_path / "b.tar").write_text("mine")
+    result = cli("env", "export", str(config), "-o", str(tmp_path / "b.tar"), "--cache-dir",
+                 str(tmp_path / "c"))  # fmt: skip
+    assert result.returncode == 2
+    assert "exists" in result.stderr
+    assert (tmp_path / "b.tar").read_text() == "mine"
+
+
+def test_import_and_check_with_pip(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    config, bundle = exported
+    cache = tmp_path / "pip-cache"
+    ok(cli("env", "import", str(bundle), "--installer", "pip", "--cache-dir", str(cache)))
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(f"{config}.lock", host / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    config_b = host_config(
+        host / "revad.toml", config.read_text().split("\n", 2)[2], index_url=dead, offline=True
+    )
+    out = ok(cli("check", str(config_b), "--installer", "pip", "--cache-dir", str(cache)))
+    assert "ok reva-plugin-pinned-old" in out
+    assert len(list(cache.glob("envs/*"))) == 1  # check found the imported env
+
+
+def test_a_tampered_tar_leaves_nothing_in_the_cache(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _config, bundle = exported
+    wheel = next((bundle / "wheels").glob("pyparsing-*.whl"))
+    wheel.write_bytes(wheel.read_bytes()[:-1])
+    tar = tmp_path / "tampered.tar"
+    with tarfile.open(tar, "w") as out:
+        for path in sorted(bundle.rglob("*")):
+            out.add(path, arcname=str(path.relative_to(bundle)), recursive=False)
+    cache = tmp_path / "c"
+    result = cli("env", "import", str(tar), "--cache-dir", str(cache))
+    assert result.returncode == 2
+    assert f"wheels/{wheel.name} does not match the sha256" in result.stderr
+    assert not list(cache.glob("bundles/*"))
+    assert not list(cache.glob("envs/*"))
+
+
+def _recipe_commands() -> list[str]:
+    """The ``reva-plugins`` commands of docs/deploy.md's CI block and Dockerfile, in order."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    commands = []
+    for block in re.findall(r"```(?:sh|dockerfile)\n(.*?)```", text, re.DOTALL):
+        for raw in block.splitlines():
+            line = raw.split("#", 1)[0].strip().removesuffix("\\").strip()
+            line = line.removeprefix("RUN ").removeprefix("&& ").strip()
+            if line.startswith("reva-plugins ") and "pip install" not in line:
+                commands.append(line)
+    return commands
+
+
+def test_the_deploy_recipe_runs_offline(tmp_path: Path) -> None:
+    """docs/deploy.md's build steps, run as written (paths mapped into the test's temp dir)."""
+    commands = _recipe_commands()
+    assert commands == [
+        "reva-plugins lock --check deploy/revad.toml",
+        "reva-plugins env export deploy/revad.toml -o build/plugins.tar",
+        "reva-plugins lock --check deploy/revad.toml",
+        "reva-plugins env export deploy/revad.toml -o /plugins.tar",
+        "reva-plugins env import /opt/reva/plugins.tar --offline",
+        "reva-plugins check /etc/reva/revad.toml --offline",
+    ]
+    src, etc = tmp_path / "src", tmp_path / "etc"
+    services = '[grpc.services.userprovider]\ndriver = "../plugins/demo"\n'
+    for root in (src, etc):
+        make_plugin(root / "plugins" / "demo", marker="deployed")
+    (src / "deploy").mkdir()
+    host_config(src / "deploy" / "revad.toml", services)
+    ok(cli("lock", "deploy/revad.toml", "--cache-dir", str(tmp_path / "ci"), cwd=src))
+    (etc / "reva").mkdir()
+    shutil.copy(src / "deploy" / "revad.toml.lock", etc / "reva" / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    host_config(etc / "reva" / "revad.toml", services, index_url=dead)
+    paths = {
+        "build/plugins.tar": str(tmp_path / "ci.tar"),
+        "/plugins.tar": str(tmp_path / "plugins.tar"),
+        "/opt/reva/plugins.tar": str(tmp_path / "plugins.tar"),
+        "/etc/reva/revad.toml": str(etc / "reva" / "revad.toml"),
+    }
+    for index, command in enumerate(commands):
+        args = [paths.get(arg, arg) for arg in shlex.split(command)[1:]]
+        cache = tmp_path / ("ci" if index < 4 else "image")
+        ok(cli(*args, "--cache-dir", str(cache), cwd=src))
+    reply = ok(cli("call", paths["/etc/reva/revad.toml"], *CALL_DEMO, "--cache-dir",
+                   str(tmp_path / "image"), "--offline"))  # fmt: skip
+    assert json.loads(reply)["display_name"] == "deployed"
+
+
+def test_one_lock_for_two_pythons(tmp_path: Path) -> None:
+    from reva_plugins._errors import ConfigError
+    from reva_plugins._python import current, find
+
+    try:
+        other = find("3.12" if not current().version.startswith("3.12") else "3.11")
+    except ConfigError:
+        pytest.skip("no second Python here")
+    own = current().short_version
+    project = plugin_project(tmp_path, dependencies=("packaging==21.3",))
+    services = f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache_a = tmp_path / "cache-a"
+    args = ("--python", own, "--python", other.short_version, "--cache-dir", str(cache_a))
+    ok(cli("lock", str(config), *args))
+    lock = (tmp_path / "revad.toml.lock").read_text()
+    assert f'[services."userprovider".python."{own}"]' in lock
+    assert f'[services."userprovider".python."{other.short_version}"]' in lock
+    bundle = tmp_path / "bundle.tar"
+    ok(cli("env", "export", str(config), "-o", str(bundle), "--cache-dir", str(cache_a)))
+
+    host = tmp_path / "host-b"
+    host.mkdir()
+    shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
+    dead = f"http://127.0.0.1:{closed_port()}/simple/"
+    config_b = host_config(
+        host / "revad.toml", services, index_url=dead, offline=True, python=other.short_version
+    )
+    cache_b = tmp_path / "cache-b"
+    ok(cli("env", "import", str(bundle), "--python", other.short_version, "--cache-dir",
+           str(cache_b)))  # fmt: skip
+    ok(cli("check", str(config_b), "--cache-dir", str(cache_b)))
+    assert len(list(cache_b.glob("envs/*"))) == 1
+    reply = ok(cli("call", str(config_b), *CALL_DEMO, "--cache-dir", str(cache_b)))
+    assert json.loads(reply)["display_name"] == "locked"
+
+    # Locked for one Python only, run on the other: drift, named.
+    ok(cli("lock", str(config), "--python", own, "--cache-dir", str(cache_a)))
+    shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
+    result = cli("check", str(config_b), "--cache-dir", str(cache_b))
+    assert result.returncode == 2
+    assert (
+        f"grpc.services.userprovider: the lock was made for Python {own}, the driver now runs "
+        f"on {other.short_version}" in result.stderr
+    )
+    result = cli("env", "import", str(bundle), "--python", "2.7", "--cache-dir", str(cache_b))
+    assert result.returncode == 2
+
+
+def test_a_lock_file_is_followed_through_a_symlink_but_must_be_a_file(tmp_path: Path) -> None:
+    services = f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    lock = tmp_path / "revad.toml.lock"
+    mounted = tmp_path / "configmap"
+    mounted.mkdir()
+    lock.rename(mounted / "revad.toml.lock")
+    lock.symlink_to(mounted / "revad.toml.lock")  # how Kubernetes mounts a ConfigMap
+    ok(cli("lock", "--check", str(config), "--cache-dir", cache))
+    lock.unlink()
+    os.mkfifo(lock)
+    result = cli("check", str(config), "--cache-dir", cache)
+    assert result.returncode == 2
+    assert "the lock file is not a regular file" in result.stderr
+
+
+def test_export_into_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
+    services = f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    out = tmp_path / "missing" / "b.tar"
+    result = cli("env", "export", str(config), "-o", str(out), "--cache-dir", cache)
+    assert result.returncode == 2
+    assert f"cannot write {out}" in result.stderr
