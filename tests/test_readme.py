@@ -51,6 +51,7 @@ def test_benchmark_smoke_run_prints_every_figure() -> None:
         "provisioning",
         "scale",
         "serve",
+        "bundle_import",
     ):
         assert name in figures, name
     assert figures["latency_one_cpu"]["ours"]["p50_us"] > 0
