@@ -125,6 +125,8 @@ def open_bundle(path: Path, cache_root: Path) -> Bundle:
     bundles = cache_root / "bundles"
     target = bundles / digest[:24]
     if os.path.lexists(target):
+        with contextlib.suppress(OSError):  # used now: env prune keeps it
+            os.utime(target, follow_symlinks=False)
         return _verify(target, path)
     tmp_root = cache_root / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)

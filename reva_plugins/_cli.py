@@ -633,6 +633,8 @@ def cmd_env_prune(args: argparse.Namespace) -> int:
         print(f"removed {_shown(entry.key)}\t{_shown(spec)}")
     for digest in pruned.downloads:
         print(f"removed download {digest}")
+    for built in pruned.built:
+        print(f"removed {built}")
     for key in pruned.in_use:
         print(f"reva-plugins: kept env {key}: a running host uses it", file=sys.stderr)
     return EXIT_OK

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -367,6 +369,8 @@ class Loader:
             _lock.install(installer, venv, entry, resolved, offline, wheels=bundle.wheels)
             return
         wheels = self.store.root / "wheels" / entry.wheel_sha256
+        with contextlib.suppress(OSError):  # used now: env prune keeps it
+            os.utime(wheels)
         if resolved.kind.endswith("-url") and not (wheels / entry.wheel).is_file():
             # Not built here: the archive itself, fetched now (the lock pins its sha256).
             ctx = ResolveContext(

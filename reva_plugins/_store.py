@@ -700,8 +700,25 @@ class Store:
                 log.info("kept env %s: a running host uses it", entry.key)
                 result.in_use.append(entry.key)
         result.downloads.extend(self._prune_downloads(cutoff, now))
+        for folder, name in ((self.root / "wheels", _SHA256), (self.root / "bundles", _KEY)):
+            result.built.extend(self._prune_aged(folder, name, cutoff))
         result.leftovers.extend(self._prune_tmp(now))
         return result
+
+    def _prune_aged(self, folder: Path, name: re.Pattern[str], cutoff: float) -> list[str]:
+        """Entries of ``folder`` (wheels built for locks, bundles extracted from tars) not used
+        since ``cutoff``: both are made again from their source when next needed."""
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return []
+        removed = []
+        for entry in names:
+            path = folder / entry
+            if name.fullmatch(entry) and _newest(path) < cutoff:
+                remove_tree(path, within=folder)
+                removed.append(f"{folder.name}/{entry}")
+        return removed
 
     def _prune_downloads(self, cutoff: float, now: float) -> list[str]:
         try:
@@ -775,6 +792,7 @@ class Pruned:
     envs: list[Env | BrokenEnv] = field(default_factory=list)
     in_use: list[str] = field(default_factory=list)
     downloads: list[str] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
 
 

@@ -13,6 +13,7 @@ import shutil
 import socket
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -652,3 +653,31 @@ def test_export_into_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     result = cli("env", "export", str(config), "-o", str(out), "--cache-dir", cache)
     assert result.returncode == 2
     assert f"cannot write {out}" in result.stderr
+
+
+def test_env_prune_collects_old_lock_wheels_and_extracted_bundles(tmp_path: Path) -> None:
+    """Wheels built for locks and bundles extracted from tars are caches: prune ages them out
+    like downloads (they are made again from their source), and keeps what was used lately."""
+    cache = tmp_path / "cache"
+    old = time.time() - 40 * 86400
+
+    def entry(folder: str, name: str, when: float) -> Path:
+        path = cache / folder / name
+        path.mkdir(parents=True)
+        (path / "x-1.0-py3-none-any.whl").write_bytes(b"wheel")
+        for item in (path / "x-1.0-py3-none-any.whl", path):
+            os.utime(item, (when, when))
+        return path
+
+    old_wheel = entry("wheels", "a" * 64, old)
+    new_wheel = entry("wheels", "b" * 64, time.time())
+    old_bundle = entry("bundles", "c" * 24, old)
+    stranger = entry("wheels", "not-a-digest", old)
+    pruned = cli("--cache-dir", str(cache), "env", "prune", "--unused-days", "30")
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"removed wheels/{'a' * 64}" in pruned.stdout
+    assert f"removed bundles/{'c' * 24}" in pruned.stdout
+    assert not old_wheel.exists()
+    assert not old_bundle.exists()
+    assert new_wheel.exists()
+    assert stranger.exists()  # not a name the core made: never removed
