@@ -304,6 +304,9 @@ def run(sizes: Sizes) -> dict[str, Any]:
             results["latency_one_cpu"] = call_latency(host, spec, sizes.calls, (0, 0))
             results["latency_two_cpus"] = call_latency(host, spec, sizes.calls, two)
             results["in_process_overhead"] = in_process_overhead(spec, sizes.calls * 10)
+            results["metrics_wrapper"] = _serve.metrics_wrapper_cost(
+                in_process_pair(spec)[0], UID, sizes.calls * 10
+            )
             results["throughput"] = throughput(host, spec, sizes.throughput)
             results["memory"] = memory(host, spec)
             results["scale"] = scale(spec, sizes.plugins)
@@ -332,6 +335,12 @@ def table(results: dict[str, Any]) -> str:
             inp["ratio"],
         ),
         ("in-process proxy overhead (us)", inp["overhead_us"], None, None),
+        (
+            "call + serve metrics wrapper (us)",
+            results["metrics_wrapper"]["with_metrics_us"],
+            results["metrics_wrapper"]["baseline_no_hook_us"],
+            None,
+        ),
         (
             "call p50, 1 CPU (us)",
             lat1["ours"]["p50_us"],
@@ -398,6 +407,15 @@ def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
         )
         rows.append(
             (f"serve GetUser, {clients} clients p50 (ms)", ours["p50_ms"], bare["p50_ms"], None)
+        )
+        metered = level["ours_with_metrics"]
+        rows.append(
+            (
+                f"  with metrics, {clients} clients (calls/s)",
+                metered["calls_per_s"],
+                ours["calls_per_s"],
+                level["ratio_metrics_throughput"],
+            )
         )
     return rows
 

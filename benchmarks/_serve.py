@@ -1,7 +1,9 @@
 """GetUser through ``reva-plugins serve`` vs a bare grpcio server answering from a dict.
 
-Both servers run in their own process with the same flavour (``grpc.server`` on a thread pool of
-the same size); the clients run in the benchmark process, 1, 4 and 16 threads on one channel.
+``serve`` runs twice, without and with a ``[metrics] address`` (only then is the metrics
+``service_call`` wrapper around every plugin call), so the wrapper's cost is measured in the
+same run. Each server runs in its own process with the same flavour (``grpc.server`` on a
+thread pool of the same size); the clients run in the benchmark process, 1, 4 and 16 threads on one channel.
 ``python -m benchmarks._serve bare PORT_FILE WORKERS`` is the baseline server.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,8 @@ USERS = ROOT / "examples" / "users.demo.json"
 IDP = "http://localhost:20080"
 WORKERS = 16
 CLIENTS = (1, 4, 16)
+#: Rounds per level of concurrency (odd: the median is one of them).
+ROUNDS = 3
 
 
 def _user_dict() -> dict[str, Any]:
@@ -152,8 +157,99 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def metrics_wrapper_cost(
+    plain: Any, uid: dict[str, str], n: int, rounds: int = 15
+) -> dict[str, Any]:
+    """What the metrics ``service_call`` wrapper adds to one call, isolated: the same in-process
+    driver behind a proxy without call hooks (the baseline: no pluggy at all) and behind one whose
+    host has the server's metrics hooks registered. Alternating batches; medians per call."""
+    from reva_plugins import Host
+    from reva_plugins._host import ServiceProxy
+    from reva_plugins.serve._metrics import Metrics
+
+    host = Host({})
+    host.register(Metrics().hooks())
+    metered = ServiceProxy(
+        plain.service, plain.driver, "metered", call_hook=host.hooks.hook.service_call
+    )
+    assert metered.get_user(uid) == plain.get_user(uid)
+    batch = max(1, n // rounds)
+    clock = time.perf_counter
+
+    def per_call(func: Any) -> float:
+        began = clock()
+        for _ in range(batch):
+            func(uid)
+        return (clock() - began) / batch
+
+    per_call(plain.get_user)  # warm-up
+    per_call(metered.get_user)
+    bare, wrapped = [], []
+    for _ in range(rounds):
+        bare.append(per_call(plain.get_user))
+        wrapped.append(per_call(metered.get_user))
+    bare_us = statistics.median(bare) * 1e6
+    wrapped_us = statistics.median(wrapped) * 1e6
+    host.close()
+    return {
+        "with_metrics_us": round(wrapped_us, 2),
+        "baseline_no_hook_us": round(bare_us, 2),
+        "added_us": round(wrapped_us - bare_us, 2),
+        "calls": batch * rounds,
+    }
+
+
+def _start_serve(tmpdir: Path, name: str, access_log: str, metrics: bool) -> tuple[Any, Any]:
+    """A ``reva-plugins serve`` process on the JSON sample; returns it and its port finder."""
+    config = tmpdir / f"{name}.toml"
+    metrics_table = '[metrics]\naddress = "127.0.0.1:0"\n' if metrics else ""
+    config.write_text(
+        f"""
+[grpc]
+address = "127.0.0.1:0"
+workers = {WORKERS}
+access_log = "{access_log}"
+
+{metrics_table}
+[grpc.services.userprovider]
+driver = "{SAMPLE}"
+[grpc.services.userprovider.plugin]
+max_concurrency = 16
+[grpc.services.userprovider.drivers.json]
+users = "{USERS}"
+""",
+        encoding="utf-8",
+    )
+    lines: list[str] = []
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    reader = threading.Thread(target=lambda: lines.extend(serve.stderr or []), daemon=True)
+    reader.start()
+
+    def port() -> str | None:
+        found = [re.search(r"serving .* on 127\.0\.0\.1:(\d+) ", line) for line in lines]
+        return next((m.group(1) for m in found if m), None)
+
+    return serve, port
+
+
+def _measured(pid: int, address: str, clients: int, calls: int) -> dict[str, float]:
+    cpu = _cpu_seconds(pid)
+    out = _load(address, clients, calls)
+    out["server_cpu_us_per_call"] = round((_cpu_seconds(pid) - cpu) / (calls + 50) * 1e6, 1)
+    out["calls"] = calls
+    return out
+
+
 def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
-    """Both servers, each level of concurrency; ratios of throughput and p50 differences."""
+    """Three servers, each level of concurrency: ``serve`` without a metrics endpoint (no call
+    wrapper), ``serve`` with one (the metrics ``service_call`` wrapper on every call) and the bare
+    grpcio baseline; ratios of throughput and p50 differences."""
     results: dict[str, Any] = {"workers": WORKERS, "calls_per_level": calls}
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -163,62 +259,44 @@ def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
             cwd=ROOT,
             text=True,
         )
-        config = tmpdir / "revad.toml"
-        config.write_text(
-            f"""
-[grpc]
-address = "127.0.0.1:0"
-workers = {WORKERS}
-access_log = "{access_log}"
-
-[grpc.services.userprovider]
-driver = "{SAMPLE}"
-[grpc.services.userprovider.plugin]
-max_concurrency = 16
-[grpc.services.userprovider.drivers.json]
-users = "{USERS}"
-""",
-            encoding="utf-8",
-        )
-        lines: list[str] = []
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "reva_plugins", "serve", str(config)],
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        reader = threading.Thread(target=lambda: lines.extend(serve.stderr or []), daemon=True)
-        reader.start()
-
-        def serve_port() -> str | None:
-            found = [re.search(r" on 127\.0\.0\.1:(\d+) ", line) for line in lines]
-            return next((m.group(1) for m in found if m), None)
-
+        serve, serve_port = _start_serve(tmpdir, "plain", access_log, metrics=False)
+        metered, metered_port = _start_serve(tmpdir, "metered", access_log, metrics=True)
         try:
             bare_port = _wait_port(bare, lambda: port_file.exists() and port_file.read_text())
             ours_port = _wait_port(serve, serve_port)
+            metered_at = _wait_port(metered, metered_port)
+            servers = {
+                "bare": (bare.pid, f"127.0.0.1:{bare_port}"),
+                "ours": (serve.pid, f"127.0.0.1:{ours_port}"),
+                "metrics": (metered.pid, f"127.0.0.1:{metered_at}"),
+            }
             for clients in CLIENTS:
-                cpu = _cpu_seconds(bare.pid)
-                base = _load(f"127.0.0.1:{bare_port}", clients, calls)
-                base["server_cpu_us_per_call"] = round(
-                    (_cpu_seconds(bare.pid) - cpu) / (calls + 50) * 1e6, 1
-                )
-                cpu = _cpu_seconds(serve.pid)
-                ours = _load(f"127.0.0.1:{ours_port}", clients, calls)
-                ours["server_cpu_us_per_call"] = round(
-                    (_cpu_seconds(serve.pid) - cpu) / (calls + 50) * 1e6, 1
+                # Rounds in alternating order, so a burst of load from elsewhere on the machine
+                # hits each server alike; each figure is the round with the median throughput.
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+                for number in range(ROUNDS):
+                    order = list(servers) if number % 2 == 0 else list(reversed(servers))
+                    for name in order:
+                        runs[name].append(_measured(*servers[name], clients, calls // ROUNDS))
+                base, ours, with_metrics = (
+                    sorted(runs[name], key=lambda r: r["calls_per_s"])[ROUNDS // 2]
+                    for name in ("bare", "ours", "metrics")
                 )
                 results[f"{clients}_clients"] = {
                     "ours": ours,
+                    "ours_with_metrics": with_metrics,
                     "baseline_bare_grpcio_dict": base,
                     "ratio_throughput": round(ours["calls_per_s"] / base["calls_per_s"], 2),
                     "p50_added_ms": round(ours["p50_ms"] - base["p50_ms"], 3),
+                    "ratio_metrics_throughput": round(
+                        with_metrics["calls_per_s"] / ours["calls_per_s"], 2
+                    ),
+                    "metrics_p50_added_ms": round(with_metrics["p50_ms"] - ours["p50_ms"], 3),
                 }
         finally:
-            for proc in (bare, serve):
+            for proc in (bare, serve, metered):
                 proc.send_signal(signal.SIGTERM)
-            for proc in (bare, serve):
+            for proc in (bare, serve, metered):
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:

@@ -31,6 +31,9 @@ from cs3.rpc.v1beta1 import code_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 
+from reva_plugins import RevaPluginError, hookimpl  # noqa: E402
+from reva_plugins.serve import Server  # noqa: E402
+
 from .conftest import EXAMPLES, ROOT, SAMPLES, cli, pid_alive, wait_until  # noqa: E402
 from .factory import make_plugin  # noqa: E402
 
@@ -468,43 +471,151 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_the_calls_made(served: Served) -> None:
+    """Plugin calls per plugin method and outcome (the host's call hook), and CS3 RPCs per status
+    code (the server's view), each checked against the calls made."""
     before = served.metrics()
     for _ in range(7):
         served.users.GetUser(user_api.GetUserRequest(user_id=uid(EINSTEIN)))
     for _ in range(3):
         served.users.GetUser(user_api.GetUserRequest(user_id=uid("nobody")))
+    served.users.GetUser(user_api.GetUserRequest(user_id=uid("")))  # refused before the plugin
     served.auth.Authenticate(
         auth_api.AuthenticateRequest(client_id="marie", client_secret="radioactivity")
     )
+    served.auth.Authenticate(auth_api.AuthenticateRequest(client_id="marie", client_secret="no"))
     after = served.metrics()
 
     def delta(name: str, **labels: str) -> float:
         return _sample(after, name, **labels) - _sample(before, name, **labels)
 
     calls = "reva_plugins_calls_total"
-    assert delta(calls, service="userprovider", method="GetUser", outcome="CODE_OK") == 7
-    assert delta(calls, service="userprovider", method="GetUser", outcome="CODE_NOT_FOUND") == 3
-    assert delta(calls, service="authprovider", method="Authenticate", outcome="CODE_OK") == 1
-    assert delta("reva_plugins_call_seconds_count", service="userprovider", method="GetUser") == 10
-    assert _sample(after, "reva_plugins_calls_in_flight", service="userprovider") == 0
+    user, auth = {"service": "userprovider"}, {"service": "authprovider"}
+    assert delta(calls, **user, method="get_user", outcome="ok") == 7
+    assert delta(calls, **user, method="get_user", outcome="NotFound") == 3
+    assert delta(calls, **auth, method="authenticate", outcome="ok") == 1
+    assert delta(calls, **auth, method="authenticate", outcome="InvalidCredentials") == 1
+    assert (
+        sum(v for labels, v in _samples(after, calls) if labels["service"] == "userprovider")
+        - (sum(v for labels, v in _samples(before, calls) if labels["service"] == "userprovider"))
+        == 10
+    )
+    assert delta("reva_plugins_call_seconds_count", **user, method="get_user") == 10
+    assert _sample(after, "reva_plugins_calls_in_flight", **user) == 0
+
+    rpcs = "reva_plugins_rpcs_total"
+    assert delta(rpcs, api=USER_API, method="GetUser", code="CODE_OK") == 7
+    assert delta(rpcs, api=USER_API, method="GetUser", code="CODE_NOT_FOUND") == 3
+    assert delta(rpcs, api=USER_API, method="GetUser", code="CODE_INVALID_ARGUMENT") == 1
+    assert delta(rpcs, api=AUTH_API, method="Authenticate", code="CODE_OK") == 1
+    assert delta(rpcs, api=AUTH_API, method="Authenticate", code="CODE_PERMISSION_DENIED") == 1
+
     for service in ("userprovider", "authprovider", "groupprovider"):
         assert _sample(after, "reva_plugins_plugin_starts_total", service=service) >= 1
         assert _sample(after, "reva_plugins_plugin_start_seconds_count", service=service) >= 1
     pids = served.plugin_pids()
     assert set(pids) == {"userprovider", "authprovider", "groupprovider"}
     assert all(pid_alive(pid) for pid in pids.values())
-    assert "reva_plugins_env_build_seconds_count" in after
+    assert "# HELP reva_plugins_env_build_seconds " in after  # observed only when one is built
 
     status = cli("status", f"127.0.0.1:{served.metrics_port}")
     assert status.returncode == 0, status.stderr
-    line = next(
-        row
-        for row in status.stdout.splitlines()
-        if row.startswith(
-            "reva_plugins_calls_total{method=GetUser,outcome=CODE_OK,service=userprovider}"
-        )
-    )
-    assert int(line.split()[-1]) >= 7
+    rows = dict(row.rsplit(None, 1) for row in status.stdout.splitlines())
+    ok_calls = "reva_plugins_calls_total{method=get_user,outcome=ok,service=userprovider}"
+    assert int(rows[ok_calls]) >= 7
+    ok_rpcs = f"reva_plugins_rpcs_total{{api={USER_API},code=CODE_OK,method=GetUser}}"
+    assert int(rows[ok_rpcs]) >= 7
+
+
+class _OperatorsHooks:
+    """An operator's own call wrapper and lifecycle hook, written as docs/serve.md shows."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, object]] = []
+        self.started: list[tuple[str, int]] = []
+
+    @hookimpl(wrapper=True)
+    def service_call(
+        self, service: str, method: str, params: dict[str, Any], proxy: object
+    ) -> Iterator[None]:
+        if params["user_id"]["opaque_id"] == "boom":
+            raise RuntimeError("a bug in the operator's hook")
+        outcome = "ok"
+        try:
+            return (yield)
+        except RevaPluginError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.calls.append((service, method, outcome, proxy))
+
+    @hookimpl
+    def plugin_started(self, service: str, pid: int) -> None:
+        self.started.append((service, pid))
+
+
+def test_an_operators_own_hooks_see_the_calls_of_every_generation(
+    tmp_path: Path, fresh_cache: Path
+) -> None:
+    """``Server(config, hooks=[...])`` registers them on the first host and on each reload's; a
+    hook that raises is a CS3 INTERNAL status (its text is not sent), counted, and harmless."""
+    first_users, second_users = tmp_path / "a.json", tmp_path / "b.json"
+    shutil.copy(EXAMPLES / "users.demo.json", first_users)
+    shutil.copy(EXAMPLES / "users.demo.json", second_users)
+    template = f"""
+[grpc]
+address = "127.0.0.1:0"
+[metrics]
+address = "127.0.0.1:0"
+[grpc.services.userprovider]
+driver = "{SAMPLES / "json_users"}"
+[grpc.services.userprovider.drivers.json]
+users = "{{users}}"
+"""
+    config = tmp_path / "revad.toml"
+    config.write_text(template.format(users=first_users), encoding="utf-8")
+    hooks = _OperatorsHooks()
+    server = Server(config, hooks=[hooks])
+    try:
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = user_grpc.UserAPIStub(channel)
+
+            def get(opaque: str) -> Any:
+                return stub.GetUser(user_api.GetUserRequest(user_id=uid(opaque)), timeout=30)
+
+            assert get(EINSTEIN).status.code == OK
+            assert get("nobody").status.code == code_pb2.CODE_NOT_FOUND
+            boom = get("boom")
+            assert boom.status.code == code_pb2.CODE_INTERNAL
+            assert "bug" not in boom.status.message
+            assert server.reloader.current is not None
+            first = server.reloader.current.proxies["userprovider"]
+            assert hooks.calls == [
+                ("userprovider", "get_user", "ok", first),
+                ("userprovider", "get_user", "NotFound", first),
+            ]
+            config.write_text(template.format(users=second_users), encoding="utf-8")
+            assert server.reload() == "swapped"
+            second = server.reloader.current.proxies["userprovider"]
+            assert second is not first
+            assert get(EINSTEIN).status.code == OK
+            assert hooks.calls[-1] == ("userprovider", "get_user", "ok", second)
+        assert [service for service, _ in hooks.started] == ["userprovider", "userprovider"]
+        assert len({pid for _, pid in hooks.started}) == 2
+
+        def value(name: str, **labels: str) -> float | None:
+            return server.metrics.registry.get_sample_value(name, labels)
+
+        calls = "reva_plugins_calls_total"
+        user = {"service": "userprovider", "method": "get_user"}
+        assert value(calls, **user, outcome="ok") == 2
+        assert value(calls, **user, outcome="NotFound") == 1
+        assert value(calls, **user, outcome="RuntimeError") == 1
+        # built once in the fresh cache; the reload reused it
+        assert value("reva_plugins_env_build_seconds_count", service="userprovider") == 1
+        assert value("reva_plugins_plugin_start_seconds_count", service="userprovider") == 2
+    finally:
+        server.stop(grace=5)
 
 
 def test_access_log_has_one_line_per_rpc(served: Served) -> None:
@@ -712,9 +823,13 @@ def test_a_crashing_plugin_is_unavailable_then_restarts_with_health_following(
     assert _get(server, "demo").status.code == OK
     assert wait_until(lambda: server.plugin_pids().get("userprovider", pid) != pid)
     assert not pid_alive(pid)
-    assert (
-        _sample(server.metrics(), "reva_plugins_plugin_restarts_total", service="userprovider") >= 1
-    )
+    page = server.metrics()
+    assert _sample(page, "reva_plugins_plugin_restarts_total", service="userprovider") >= 1
+    crashed_calls = _sample(
+        page, "reva_plugins_calls_total", service="userprovider", method="get_user",
+        outcome="PluginCrashed",
+    )  # fmt: skip
+    assert crashed_calls >= 1
 
 
 def test_plugin_errors_and_bad_results_name_no_secret(chaos: tuple[Served, Path]) -> None:
@@ -742,6 +857,11 @@ def test_a_hung_plugin_call_is_cancelled_at_the_deadline(chaos: tuple[Served, Pa
             _sample(server.metrics(), "reva_plugins_calls_in_flight", service="userprovider") == 0
         )
     )
+    timed_out = _sample(
+        server.metrics(), "reva_plugins_calls_total", service="userprovider", method="get_user",
+        outcome="CallTimeout",
+    )  # fmt: skip
+    assert timed_out >= 1
 
 
 def test_sigterm_lets_calls_in_flight_finish_and_leaves_no_plugin(tmp_path: Path) -> None:

@@ -1,38 +1,34 @@
-"""Per-plugin Prometheus metrics: a lifecycle hook implementation plus a call observer.
+"""Per-plugin Prometheus metrics, implemented on the host's hooks.
 
-The lifecycle side is an ordinary hook object (``host.register(metrics.hooks(host_id))``), the
-same way an operator attaches their own. Calls are counted through :class:`CallObserver`, which
-the servicer calls around every plugin-backed RPC; when the host grows call hooks (a wrapper
-around every call), ``observe_call`` becomes that hook's body and the servicer stops calling it.
+:class:`MetricsHooks` is an ordinary hook object (``host.register(metrics.hooks())``), attached the
+way an application attaches its own: lifecycle hooks count starts, exits, restarts, env builds
+and failures; :class:`CallMetricsHooks` adds a ``service_call`` wrapper that counts every plugin
+call by service, plugin method and outcome, times it and counts the calls in flight. The server
+registers one on each generation's host. What the CS3 clients saw (a status code per RPC) is
+counted by the server itself, in :attr:`Metrics.rpcs`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from typing import Any, Protocol
+import time
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .._errors import RevaPluginError
 from .._hooks import hookimpl
 
 #: Latency buckets in seconds: a plugin call is ~0.1 ms to a few seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-
-class CallObserver(Protocol):
-    """Sees every RPC served: where calls are counted (metrics, or anything else)."""
-
-    def call_started(self, service: str, method: str) -> None:
-        """An RPC for ``service`` (the plugin service type) began."""
-
-    def call_finished(self, service: str, method: str, outcome: str, seconds: float) -> None:
-        """It ended with ``outcome`` (the CS3 status code name) after ``seconds``."""
+#: The ``outcome`` of a plugin call that returned.
+OK = "ok"
 
 
 class Metrics:
@@ -43,19 +39,25 @@ class Metrics:
         r = self.registry
         self.calls = Counter(
             "reva_plugins_calls",
-            "RPCs served, by plugin service, CS3 method and outcome (status code)",
+            "plugin calls, by service, plugin method and outcome (ok, or the error's type)",
             ["service", "method", "outcome"],
             registry=r,
         )
         self.latency = Histogram(
             "reva_plugins_call_seconds",
-            "RPC latency through the plugin, by service and method",
+            "plugin call latency, by service and plugin method",
             ["service", "method"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(
-            "reva_plugins_calls_in_flight", "RPCs being served", ["service"], registry=r
+            "reva_plugins_calls_in_flight", "plugin calls in flight", ["service"], registry=r
+        )
+        self.rpcs = Counter(
+            "reva_plugins_rpcs",
+            "CS3 RPCs answered, by API, RPC and CS3 status code",
+            ["api", "method", "code"],
+            registry=r,
         )
         self.starts = Counter(
             "reva_plugins_plugin_starts", "plugin processes started", ["service"], registry=r
@@ -68,21 +70,27 @@ class Metrics:
         )
         self.restarts = Counter(
             "reva_plugins_plugin_restarts",
-            "plugin processes started again after a crash",
+            "plugin processes restarted after a crash",
+            ["service"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "reva_plugins_service_failures",
+            "services marked failed after crashing too often",
             ["service"],
             registry=r,
         )
         self.start_seconds = Histogram(
             "reva_plugins_plugin_start_seconds",
-            "time from launch to a completed handshake",
+            "time from launch to a completed handshake and configure",
             ["service"],
             buckets=START_BUCKETS,
             registry=r,
         )
         self.build_seconds = Histogram(
             "reva_plugins_env_build_seconds",
-            "time to plan a driver and build (or reuse) its env",
-            ["service", "built"],
+            "time to build a plugin env (not counted when a cached env is reused)",
+            ["service"],
             buckets=START_BUCKETS,
             registry=r,
         )
@@ -90,45 +98,48 @@ class Metrics:
             "reva_plugins_reloads", "configuration reloads, by result", ["result"], registry=r
         )
         self._pids: dict[str, int] = {}
-        self._children: dict[object, Any] = {}
+        # Label lookups take a lock and build a key each time; the children are cached instead
+        # (a race only looks one up twice: ``labels`` returns the same child).
+        self._children: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         r.register(_RssCollector(self))
 
-    # -- the call observer -------------------------------------------------------------------
+    def hooks(self, *, calls: bool = True) -> MetricsHooks:
+        """A hook object for one host (``host.register(metrics.hooks())``); with ``calls``, it
+        also wraps every call (``service_call``)."""
+        return CallMetricsHooks(self) if calls else MetricsHooks(self)
 
-    def call_started(self, service: str, method: str) -> None:
-        """Count an RPC in flight."""
-        gauge = self._children.get(service)
+    def rpc_answered(self, api: str, method: str, code: str) -> None:
+        """Count a CS3 RPC answered with status ``code``."""
+        key = ("rpc", api, method, code)
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = self.rpcs.labels(api, method, code)
+        counter.inc()
+
+    def call_started(self, service: str) -> Any:
+        """Count a plugin call in flight; returns the gauge to decrement."""
+        key = ("in_flight", service)
+        gauge = self._children.get(key)
         if gauge is None:
-            gauge = self._children[service] = self.in_flight.labels(service)
+            gauge = self._children[key] = self.in_flight.labels(service)
         gauge.inc()
+        return gauge
 
     def call_finished(self, service: str, method: str, outcome: str, seconds: float) -> None:
-        """Count it done, with its outcome and latency."""
-        # Label lookups take a lock and build a key each time; the children are cached instead.
+        """Count a plugin call done, with its outcome and latency."""
         children = self._children
-        children[service].dec()
-        counter = children.get((service, method, outcome))
+        key = ("calls", service, method, outcome)
+        counter = children.get(key)
         if counter is None:
-            counter = children[(service, method, outcome)] = self.calls.labels(
-                service, method, outcome
-            )
+            counter = children[key] = self.calls.labels(service, method, outcome)
         counter.inc()
-        histogram = children.get((service, method))
+        histogram = children.get(("latency", service, method))
         if histogram is None:
-            histogram = children[(service, method)] = self.latency.labels(service, method)
+            histogram = children[("latency", service, method)] = self.latency.labels(
+                service, method
+            )
         histogram.observe(seconds)
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def hooks(self) -> MetricsHooks:
-        """A lifecycle hook object for one host (``host.register(metrics.hooks())``)."""
-        return MetricsHooks(self)
-
-    def observe_load(self, service: str, build_s: float, start_s: float, built: bool) -> None:
-        """A driver was planned (its env built or reused) and its process started."""
-        self.build_seconds.labels(service, "true" if built else "false").observe(build_s)
-        self.start_seconds.labels(service).observe(start_s)
 
     def plugin_pid(self, service: str, pid: int | None) -> None:
         """The current process of ``service`` (None: none running)."""
@@ -138,6 +149,12 @@ class Metrics:
             else:
                 self._pids[service] = pid
 
+    def forget_pid(self, service: str, pid: int) -> None:
+        """``pid`` of ``service`` exited: forget it unless a newer process replaced it."""
+        with self._lock:
+            if self._pids.get(service) == pid:
+                del self._pids[service]
+
     def pids(self) -> dict[str, int]:
         """The current plugin process of each service."""
         with self._lock:
@@ -145,32 +162,60 @@ class Metrics:
 
 
 class MetricsHooks:
-    """``plugin_started`` / ``plugin_exited`` for one host, feeding :class:`Metrics`."""
+    """The lifecycle hooks of one host, feeding :class:`Metrics`."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._crashed: set[str] = set()
 
     @hookimpl
-    def plugin_started(self, service: str, handshake: dict[str, Any]) -> None:
-        """Count the start (a restart if the service's last process crashed)."""
+    def env_built(self, service: str, seconds: float) -> None:
+        """Time the env build."""
+        self.metrics.build_seconds.labels(service).observe(seconds)
+
+    @hookimpl
+    def plugin_started(self, service: str, pid: int, seconds: float) -> None:
+        """Count and time the start (also a restart inside a call); it is the current process."""
         m = self.metrics
         m.starts.labels(service).inc()
-        if service in self._crashed:
-            self._crashed.discard(service)
-            m.restarts.labels(service).inc()
-        pid = handshake.get("pid")
-        if isinstance(pid, int):  # a reload's new process replaces the old one here
-            m.plugin_pid(service, pid)
+        m.start_seconds.labels(service).observe(seconds)
+        m.plugin_pid(service, pid)  # a reload's new process replaces the old one here
 
     @hookimpl
-    def plugin_exited(self, service: str, pid: int, returncode: int | None, expected: bool) -> None:
-        """Count the exit; a crash makes the next start a restart."""
+    def plugin_exited(self, service: str, pid: int, expected: bool) -> None:
+        """Count the exit."""
         self.metrics.exits.labels(service, "true" if expected else "false").inc()
-        if not expected:
-            self._crashed.add(service)
-        if self.metrics.pids().get(service) == pid:  # not if a newer process replaced it
-            self.metrics.plugin_pid(service, None)
+        self.metrics.forget_pid(service, pid)
+
+    @hookimpl
+    def plugin_restarting(self, service: str) -> None:
+        """Count the restart after a crash."""
+        self.metrics.restarts.labels(service).inc()
+
+    @hookimpl
+    def service_failed(self, service: str, error: RevaPluginError) -> None:
+        """Count the service marked failed."""
+        self.metrics.failures.labels(service).inc()
+
+
+class CallMetricsHooks(MetricsHooks):
+    """:class:`MetricsHooks` plus the call wrapper: calls by outcome, latency, in flight."""
+
+    @hookimpl(wrapper=True)
+    def service_call(self, service: str, method: str) -> Generator[None, Any, Any]:
+        """Count and time the call around the host's own (and any inner wrapper)."""
+        metrics = self.metrics
+        in_flight = metrics.call_started(service)
+        began = time.perf_counter()
+        outcome = OK
+        try:
+            return (yield)
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            seconds = time.perf_counter() - began
+            in_flight.dec()
+            metrics.call_finished(service, method, outcome, seconds)
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -87,13 +87,12 @@ def build(
     options: HostOptions,
     number: int,
     register: Callable[[Host], None],
-    loaded: Callable[[str, float, float, bool], None],
 ) -> Generation:
     """Load ``path``, plan every served service (building envs), start and ping each plugin.
 
-    ``register`` attaches hook objects to the new host before any plugin starts; ``loaded``
-    gets (service, build seconds, start seconds, built) for each. Raises on the first failure,
-    having closed the new host: the caller keeps serving the old generation.
+    ``register`` attaches hook objects to the new host before any plugin starts (they see the
+    env builds and starts). Raises on the first failure, having closed the new host: the caller
+    keeps serving the old generation.
     """
     config = _config.load_file(path)
     host = Host(config, **vars(options))
@@ -102,14 +101,9 @@ def build(
         proxies: dict[str, ServiceProxy] = {}
         identities: dict[str, tuple[Any, ...]] = {}
         for name in served_services(config):
-            began = time.perf_counter()
             proxy = host.service(name)
-            planned = time.perf_counter()
             proxy.driver.start()
-            started = time.perf_counter()
             proxy.driver.ping()
-            plan = getattr(proxy.driver, "plan", None)
-            loaded(name, planned - began, started - planned, bool(getattr(plan, "built", False)))
             proxies[name] = proxy
             identities[name] = _identity(config, name, proxy)
     except BaseException:
@@ -126,14 +120,12 @@ class Reloader:
         path: Path,
         options: HostOptions,
         register: Callable[[Host, Generation | None], None],
-        loaded: Callable[[str, float, float, bool], None],
         swapped: Callable[[Generation, Generation], None],
         grace: Callable[[], float],
     ) -> None:
         self.path = path
         self.options = options
         self._register = register
-        self._loaded = loaded
         self._swapped = swapped
         self._grace = grace
         self._lock = threading.Lock()
@@ -142,7 +134,7 @@ class Reloader:
 
     def first(self) -> Generation:
         """Build and install the first generation (failures propagate: nothing is served)."""
-        gen = build(self.path, self.options, 1, lambda h: self._register(h, None), self._loaded)
+        gen = build(self.path, self.options, 1, lambda h: self._register(h, None))
         self.current = gen
         return gen
 
@@ -171,7 +163,6 @@ class Reloader:
                 self.options,
                 self._numbers,
                 lambda h: self._register(h, old),
-                self._loaded,
             )
         except RevaPluginError as exc:
             first = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__

@@ -11,7 +11,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +29,7 @@ from .._hooks import hookimpl
 from .._host import Host
 from .._redact import redact
 from . import _cs3
-from ._metrics import CallObserver, Metrics
+from ._metrics import Metrics
 from ._reload import Generation, HostOptions, Reloader, served_services, unserved_tables
 
 log = logging.getLogger("reva_plugins.serve")
@@ -53,7 +53,7 @@ class _HealthHooks:
         self.generation: Generation | None = None  # set once built; None while building
 
     @hookimpl
-    def plugin_started(self, service: str, handshake: dict[str, Any]) -> None:
+    def plugin_started(self, service: str) -> None:
         """The plugin answers again: its API serves."""
         if self._current():
             self.server.set_health(service, serving=True)
@@ -86,29 +86,37 @@ class _HealthHooks:
 
 
 class Server:
-    """The gRPC server for one config file; :meth:`run` serves until SIGTERM/SIGINT."""
+    """The gRPC server for one config file; :meth:`run` serves until SIGTERM/SIGINT.
+
+    ``hooks`` are host hook objects (``service_call`` wrappers, lifecycle hooks; see
+    ``reva_plugins._hooks``) registered on every generation's host, the first and each reload's,
+    before any of its plugins starts. Building the server builds the envs and starts the plugins.
+    """
 
     def __init__(
         self,
-        path: Path,
+        path: str | Path,
         *,
         address: str | None = None,
         options: HostOptions | None = None,
         pidfile: Path | None = None,
+        hooks: Sequence[object] = (),
     ) -> None:
-        self.path = path
+        self.path = Path(path)
         self.pidfile = pidfile
         self.metrics = Metrics()
-        self.observer: CallObserver = self.metrics
+        self.user_hooks = tuple(hooks)
+        # Counting calls is a wrapper around each; without an endpoint nobody reads the counts,
+        # so calls skip pluggy (fixed at start, as the metrics address is).
+        self._count_calls: bool | None = None
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._hooks: dict[int, _HealthHooks] = {}
         self.reloader = Reloader(
-            path,
+            self.path,
             options or HostOptions(),
             self._register,
-            self.metrics.observe_load,
             self._swapped,
             self._grace,
         )
@@ -128,7 +136,12 @@ class Server:
         hooks = _HealthHooks(self)
         self._hooks[id(host)] = hooks
         host.register(hooks)
-        host.register(self.metrics.hooks())
+        for user_hooks in self.user_hooks:
+            host.register(user_hooks)
+        if self._count_calls is None:
+            self._count_calls = bool(host.config.serve.metrics_address)
+        # last, so it wraps the user's wrappers too: the latency is all the call cost
+        host.register(self.metrics.hooks(calls=self._count_calls))
 
     def _attach(self, gen: Generation) -> None:
         hooks = self._hooks.pop(id(gen.host), None)
@@ -176,7 +189,7 @@ class Server:
     # -- RPCs ----------------------------------------------------------------------------------
 
     def _handler(self, rpc: _cs3.Rpc) -> Callable[[Any, grpc.ServicerContext], Any]:
-        observer = self.observer
+        metrics = self.metrics
         reloader = self.reloader
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
@@ -184,7 +197,6 @@ class Server:
             gen = reloader.current
             assert gen is not None
             gen.enter()
-            observer.call_started(rpc.service, rpc.name)
             try:
                 proxy = gen.proxies.get(rpc.service)
                 if proxy is None:  # a reload dropped the service; this API is going away
@@ -215,7 +227,7 @@ class Server:
                 gen.leave()
             seconds = time.perf_counter() - began
             outcome = _cs3.CODE_NAMES.get(code, str(code))
-            observer.call_finished(rpc.service, rpc.name, outcome, seconds)
+            metrics.rpc_answered(rpc.api, rpc.name, outcome)
             if self._access_level is not None and access.isEnabledFor(self._access_level):
                 self._log_access(gen, rpc, outcome, seconds, context)
             return response
