@@ -20,7 +20,6 @@ from ._errors import EnvBuildError, SourceError
 from ._installers import InstallOptions, select
 from ._process import LaunchSpec
 from ._redact import redact
-from ._run import CommandFailed
 from ._sources import (
     Classified,
     InProcess,
@@ -35,6 +34,7 @@ from ._sources import (
     classify,
 )
 from ._store import Env, Store, default_cache_dir, make_key
+from ._subprocess import CommandFailed
 from .services import SERVICES, ServiceType
 
 log = logging.getLogger("reva_plugins.loader")

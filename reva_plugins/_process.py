@@ -22,7 +22,7 @@ from . import _protocol as wire
 from ._client import Client
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
-from ._run import spawn
+from ._subprocess import spawn
 
 log = logging.getLogger("reva_plugins.process")
 

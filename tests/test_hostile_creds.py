@@ -472,7 +472,7 @@ def test_git_gets_credentials_through_its_environment_only() -> None:
 
 
 def test_the_debug_log_of_a_command_redacts_credentials(caplog: pytest.LogCaptureFixture) -> None:
-    from reva_plugins._run import run
+    from reva_plugins._subprocess import run
 
     with caplog.at_level("DEBUG", logger="reva_plugins.run"):
         run([sys.executable, "-c", "pass", f"https://u:{_creds_TOKEN}@example.org/x"])
