@@ -38,6 +38,20 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+_LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+_LOG_LEVELS: tuple[tuple[int, _LogLevel], ...] = (
+    (logging.CRITICAL, "critical"),
+    (logging.ERROR, "error"),
+    (logging.WARNING, "warning"),
+    (logging.INFO, "info"),
+)
+
+
+def _level_name(level: int) -> _LogLevel:
+    """The bootstrap's name for the standard level at or below ``level`` (at least debug)."""
+    return next((name for floor, name in _LOG_LEVELS if level >= floor), "debug")
+
+
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -161,7 +175,7 @@ class PluginProcess:
         try:
             self._handshake()
             self.call(
-                "configure", {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
+                wire.CONFIGURE, {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
             )
         except BaseException:
             self.close(grace=0)
@@ -171,15 +185,20 @@ class PluginProcess:
 
     def _bootstrap_arg(self, wire_fd: int) -> str:
         level = logging.getLogger(self.spec.logger_name).getEffectiveLevel()
-        entry = dict(self.spec.entry)
-        entry.update(
-            wire_fd=wire_fd,
-            service=self.spec.service,
-            max_concurrency=self.spec.max_concurrency,
-            max_line=self.spec.max_line,
-            log_level=logging.getLevelName(max(level, logging.DEBUG)).lower(),
-        )
-        return json.dumps(entry, separators=(",", ":"))
+        entry = self.spec.entry
+        arg: wire.BootstrapInput = {
+            "group": str(entry["group"]),
+            "name": str(entry["name"]),
+            "value": str(entry.get("value", "")),
+            "distribution": str(entry.get("distribution", "")),
+            "version": str(entry.get("version", "")),
+            "wire_fd": wire_fd,
+            "service": self.spec.service,
+            "max_concurrency": self.spec.max_concurrency,
+            "max_line": self.spec.max_line,
+            "log_level": _level_name(level),
+        }
+        return json.dumps(arg, separators=(",", ":"))
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(

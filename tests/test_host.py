@@ -100,40 +100,6 @@ def test_bare_name_that_is_not_installed_is_a_clear_error() -> None:
         assert info.value.exit_code == 2
 
 
-def test_bootstrap_run_by_hand_refuses() -> None:
-    from reva_plugins._protocol import BOOTSTRAP_FILE, HUMAN_MESSAGE
-
-    env = {k: v for k, v in os.environ.items() if k != "BASIC_PLUGIN"}
-    result = subprocess.run(
-        [sys.executable, "-I", str(BOOTSTRAP_FILE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip() == HUMAN_MESSAGE
-    assert result.stdout == ""
-
-
-def test_bootstrap_and_core_agree_on_the_protocol_constants() -> None:
-    from reva_plugins import _bootstrap, _protocol
-
-    for name in (
-        "COOKIE_KEY",
-        "COOKIE_VALUE",
-        "HUMAN_MESSAGE",
-        "PROTOCOL_VERSIONS",
-        "PARSE_ERROR",
-        "INVALID_REQUEST",
-        "METHOD_NOT_FOUND",
-        "INVALID_PARAMS",
-        "INTERNAL_ERROR",
-        "APPLICATION_ERROR",
-    ):
-        assert getattr(_bootstrap, name) == getattr(_protocol, name), name
-
-
 @pytest.fixture(scope="module")
 def core_venv(tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, Path]) -> Path:
     """A separate core environment with reva-plugins and the JSON sample installed in it."""

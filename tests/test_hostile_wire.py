@@ -218,7 +218,14 @@ class _WireBootstrap:
 
     def __init__(self, spec: LaunchSpec) -> None:
         parent, child = socket.socketpair()
-        entry = dict(spec.entry, wire_fd=child.fileno(), service="userprovider")
+        entry = dict(
+            spec.entry,
+            wire_fd=child.fileno(),
+            service="userprovider",
+            max_concurrency=spec.max_concurrency,
+            max_line=spec.max_line,
+            log_level="info",
+        )
         self.proc = subprocess.Popen(
             [str(spec.python), "-I", str(BOOTSTRAP_FILE), json.dumps(entry)],
             env=plugin_environment(spec),
