@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import _config
+from . import _config, _defaults
 from ._errors import RemoteError, RevaPluginError, UsageError
 from ._host import CheckResult, Host
 from ._loader import Loader, absolute_spec
@@ -235,7 +235,7 @@ def _parser() -> _Parser:
     call.add_argument("params", nargs="?", default="{}", metavar="PARAMS_JSON")
     call.add_argument(
         "--timeout",
-        type=_number(_config.TIMEOUT_SECONDS, "seconds"),
+        type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
         help="seconds for this call",
     )
     call.set_defaults(handler=cmd_call, json_errors=True)
@@ -358,7 +358,7 @@ def _params(text: str) -> Any:
     else:
         deep = _config.nesting_exceeds(params)
     if deep:
-        raise UsageError(f"PARAMS_JSON nests deeper than {_config.MAX_NESTING} levels")
+        raise UsageError(f"PARAMS_JSON nests deeper than {_defaults.MAX_NESTING} levels")
     return params
 
 
@@ -384,7 +384,10 @@ def _add_env_commands(sub: Any, common: _Parser) -> None:
 
     prune = env_sub.add_parser("prune", parents=[common], help="remove envs not used lately")
     prune.add_argument(
-        "--unused-days", type=_number(_config.UNUSED_DAYS, "days"), default=30.0, metavar="N"
+        "--unused-days",
+        type=_number(_defaults.UNUSED_DAYS_BOUNDS, "days"),
+        default=_defaults.UNUSED_DAYS,
+        metavar="N",
     )
     prune.set_defaults(handler=cmd_env_prune)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+from . import _defaults
 from . import _protocol as wire
 from ._client import Client
 from ._environ import scrubbed
@@ -28,7 +29,7 @@ log = logging.getLogger("reva_plugins.process")
 
 STDERR_TAIL = 40
 STDERR_LINE_LIMIT = 1024 * 1024
-SHUTDOWN_GRACE = 2.0
+SHUTDOWN_GRACE = _defaults.SHUTDOWN_GRACE
 _LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -65,11 +66,11 @@ class LaunchSpec:
     entry: Mapping[str, Any]
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    start_timeout: float = 60.0
-    call_timeout: float = 30.0
-    restart: str = "on-failure"
-    max_concurrency: int = 8
-    max_line: int = wire.DEFAULT_MAX_LINE
+    start_timeout: float = _defaults.START_TIMEOUT
+    call_timeout: float = _defaults.CALL_TIMEOUT
+    restart: str = _defaults.RESTART
+    max_concurrency: int = _defaults.MAX_CONCURRENCY
+    max_line: int = _defaults.MAX_LINE
     protocol_versions: tuple[int, ...] = wire.PROTOCOL_VERSIONS
     config: Mapping[str, Any] = field(default_factory=dict)
     limits: wire.ResourceLimits = field(default_factory=wire.ResourceLimits)
@@ -419,10 +420,10 @@ class Supervisor:
     started starts on its first call, and a crashed one restarts on the next call.
     """
 
-    MAX_CRASHES = 5
-    CRASH_WINDOW = 60.0
-    BACKOFF_FIRST = 0.1
-    BACKOFF_CAP = 5.0
+    MAX_CRASHES = _defaults.MAX_CRASHES
+    CRASH_WINDOW = _defaults.CRASH_WINDOW
+    BACKOFF_FIRST = _defaults.BACKOFF_FIRST
+    BACKOFF_CAP = _defaults.BACKOFF_CAP
 
     def __init__(
         self,
