@@ -330,11 +330,6 @@ class Env:
     meta: EnvMetadata
 
     @property
-    def metadata(self) -> dict[str, Any]:
-        """The metadata as a JSON object (read through :class:`EnvMetadata`, so valid)."""
-        return self.meta.to_json()
-
-    @property
     def python(self) -> Path:
         """The env's interpreter."""
         return self.path / "bin" / "python"

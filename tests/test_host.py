@@ -32,6 +32,7 @@ def json_config(driver: str, users: Path = EXAMPLES / "users.demo.json") -> dict
     return {"grpc": {"services": {"userprovider": table, "authprovider": dict(table)}}}
 
 
+@pytest.mark.slow
 def test_host_from_file_answers_through_proxies() -> None:
     with Host.from_file(EXAMPLES / "revad.toml") as host:
         users = host.service("userprovider")
@@ -50,6 +51,7 @@ def test_host_from_file_answers_through_proxies() -> None:
         assert host.services == ("userprovider", "authprovider", "groupprovider")
 
 
+@pytest.mark.slow
 def test_close_leaves_no_process_behind() -> None:
     host = Host(json_config("../sample_plugins/json_users"), base_dir=EXAMPLES)
     host.service("authprovider").authenticate("einstein", "relativity")
@@ -62,6 +64,7 @@ def test_close_leaves_no_process_behind() -> None:
         host.service("authprovider")
 
 
+@pytest.mark.slow
 def test_lifecycle_hooks_are_called() -> None:
     events: list[tuple[str, Any]] = []
 
@@ -126,6 +129,7 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, 
     return venv
 
 
+@pytest.mark.slow
 def test_installed_sample_answers_in_process_by_bare_name(core_venv: Path, tmp_path: Path) -> None:
     users = EXAMPLES / "users.demo.json"
     config = tmp_path / "revad.toml"
@@ -186,6 +190,7 @@ def test_installed_sample_answers_in_process_by_bare_name(core_venv: Path, tmp_p
     assert {row["kind"] for row in json.loads(check.stdout)} == {"in-process"}
 
 
+@pytest.mark.slow
 def test_clashing_pins_samples_coexist_in_one_host() -> None:
     with Host.from_file(EXAMPLES / "clashing.toml") as host:
         old = host.service("userprovider").get_user({"idp": "local", "opaque_id": "packaging"})
