@@ -442,11 +442,6 @@ class Store:
         except MetadataError as exc:
             return BrokenEnv(name, path, str(exc))
 
-    def lookup(self, key: str) -> Env | None:
-        """The env for ``key`` if it is complete and its metadata valid."""
-        found = self.entry(key) if is_key(key) else None
-        return found if isinstance(found, Env) else None
-
     def scan(self) -> list[Env | BrokenEnv]:
         """Every entry of ``envs/``: envs newest first, then broken entries by name."""
         try:
