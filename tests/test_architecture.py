@@ -167,3 +167,15 @@ def test_the_checker_sees_imports() -> None:
     assert IMPORTS["_bootstrap"] == {"_wire"}  # the package-mode import, outside TYPE_CHECKING
     assert "_host" not in IMPORTS["_hooks"]  # only under TYPE_CHECKING
     assert IMPORTS["services.groupprovider"] >= {"services._base"}
+
+
+def test_architecture_md_names_every_module() -> None:
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [
+        name
+        for name in LAYERS
+        if name != "reva_plugins"
+        and f"`{name.removeprefix('services.')}`" not in text
+        and not name.startswith("services")
+    ]
+    assert missing == []
