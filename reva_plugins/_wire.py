@@ -86,6 +86,8 @@ class BootstrapInput(TypedDict):
     max_line: int
     log_level: Literal["debug", "info", "warning", "error", "critical"]
     limits: NotRequired[ResourceLimitsInput]
+    #: the core's pid: a bootstrap whose parent is already another process exits
+    parent: NotRequired[int]
 
 
 class HandshakeParams(TypedDict):
