@@ -31,12 +31,16 @@ def _load_wire() -> ModuleType:
         from . import _wire
 
         return _wire
-    from importlib.machinery import SourceFileLoader
+    # This script's own loader is a SourceFileLoader already: reusing its type spares importing
+    # importlib.machinery (up to 0.2 ms of every start).
+    loader_type: Any = type(globals().get("__loader__"))
+    if loader_type.__name__ != "SourceFileLoader":  # pragma: no cover - run some other way
+        from importlib.machinery import SourceFileLoader as loader_type
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_wire.py")
     module = type(sys)("_reva_plugins_wire")
     module.__file__ = path
-    SourceFileLoader(module.__name__, path).exec_module(module)
+    loader_type(module.__name__, path).exec_module(module)
     return module
 
 
