@@ -25,7 +25,7 @@ from typing import Any
 
 from reva_plugins import Host
 from reva_plugins._host import InProcessDriver, ServiceProxy
-from reva_plugins._loader import EntryPoint, InProcessPlan, IsolatedPlan
+from reva_plugins._plan import EntryPoint, InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins.services import SERVICES
 
@@ -71,7 +71,7 @@ def host_for(driver: str, **plugins: Any) -> Iterator[Host]:
 
 
 def launch_spec(host: Host) -> LaunchSpec:
-    plan = host.loader.plan(host.config.service("userprovider"))
+    plan = host.planner.plan(host.config.service("userprovider"))
     assert isinstance(plan, IsolatedPlan)
     return plan.launch
 
@@ -106,7 +106,7 @@ def in_process_pair(spec: LaunchSpec) -> tuple[ServiceProxy, Any]:
     sys.path.insert(0, str(site))
     service = SERVICES["userprovider"]
     value = str(spec.entry["value"])
-    plan = InProcessPlan(service, EntryPoint("json", value), {"users": str(USERS)})
+    plan = InProcessPlan(service, EntryPoint("json", value, "", ""), {"users": str(USERS)})
     proxy = ServiceProxy(service, InProcessDriver(plan, "in-process"), "in-process")
     proxy.start()
     driver = importlib_metadata.EntryPoint("json", value, service.group).load()()
@@ -238,7 +238,7 @@ def provisioning(n: int, wheel: Path) -> dict[str, Any]:
         ):
             launch_spec(host)
             reload_ms = median_ms(
-                lambda: host.loader.plan(host.config.service("userprovider")), max(3, n * 5)
+                lambda: host.planner.plan(host.config.service("userprovider")), max(3, n * 5)
             )
             out[f"{installer}_cached_reload_ms"] = reload_ms
     python = sys.executable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._build import BuildProgress
 from ._config import Config, load_file
 from ._errors import (
     CallTimeout,
@@ -23,7 +24,7 @@ from ._errors import (
     UsageError,
 )
 from ._hooks import hookimpl, hookspec
-from ._host import CheckResult, Host, ServiceInfo, ServiceProxy
+from ._host import Host, ServiceCheck, ServiceInfo, ServiceProxy
 from ._process import ServiceState
 from .services import SERVICES, ServiceType, register_service
 
@@ -31,8 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SERVICES",
+    "BuildProgress",
     "CallTimeout",
-    "CheckResult",
     "Config",
     "ConfigError",
     "EnvBuildError",
@@ -49,6 +50,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RevaPluginError",
+    "ServiceCheck",
     "ServiceInfo",
     "ServiceProxy",
     "ServiceState",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ._errors import FetchError
-from ._redact import redact, split_credentials
+from ._redact import redact
 
 __all__ = ["Credential", "git_auth_env", "split", "urlopen", "without_credentials"]
 
@@ -43,7 +43,7 @@ def split(url: str) -> tuple[str, Credential | None]:
     loses any password; other URLs lose their whole userinfo.
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    bare, user, password = split_credentials(url)
+    bare, user, password = _split_userinfo(url)
     if user is None and password is None:
         return url, None
     if scheme.endswith("ssh"):
@@ -51,6 +51,21 @@ def split(url: str) -> tuple[str, Credential | None]:
         host = f"{urllib.parse.quote(user or '', safe='')}@{parts.netloc}" if user else parts.netloc
         return urllib.parse.urlunsplit(parts._replace(netloc=host)), None
     return bare, Credential(user or "", password or "")
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without userinfo, user, password)``; user and password are percent-decoded."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return (
+        bare,
+        urllib.parse.unquote(user) or None,
+        urllib.parse.unquote(password) if sep else None,
+    )
 
 
 def without_credentials(url: str) -> str:

@@ -1,7 +1,9 @@
 """reva plugin bootstrap: runs inside a plugin's venv as ``<python> -I _bootstrap.py '<json>'``.
 
-Standard library only, and only what a call needs at start: the plugin's venv holds nothing of
-the core. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
+Every name, code, limit and key the core also knows comes from ``_wire.py``, loaded by path from
+this file's folder (``-I`` puts no folder on ``sys.path``, and the plugin's venv holds nothing of
+the core); this file repeats none of them. Standard library only, and only what a call needs at
+start. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
 JSON argument); stdin is /dev/null and stdout is the stderr pipe from the first byte the
 interpreter runs, so nothing (a ``.pth`` file, a plugin, a C extension) that prints can corrupt
 the protocol. Before the plugin is imported fd 0/1 and ``sys.stdin``/``sys.stdout`` are pointed
@@ -18,19 +20,41 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
     from typing import Any, NoReturn
 
-COOKIE_KEY = "BASIC_PLUGIN"
-COOKIE_VALUE = "reva"
-PROTOCOL_VERSIONS = (1,)
-HUMAN_MESSAGE = "This is a reva plugin bootstrap; it is started by the core, not by hand."
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-APPLICATION_ERROR = -32000
+def _load_wire() -> ModuleType:
+    """The shared protocol definitions: the core's own module when the core imports this file,
+    else ``_wire.py`` beside it, loaded by path (through the bytecode cache when it is writable)."""
+    if __package__:
+        from . import _wire
+
+        return _wire
+    # This script's own loader is a SourceFileLoader already: reusing its type spares importing
+    # importlib.machinery (up to 0.2 ms of every start).
+    loader_type: Any = type(globals().get("__loader__"))
+    if loader_type.__name__ != "SourceFileLoader":  # pragma: no cover - run some other way
+        from importlib.machinery import SourceFileLoader as loader_type
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_wire.py")
+    module = type(sys)("_reva_plugins_wire")
+    module.__file__ = path
+    loader_type(module.__name__, path).exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    from . import _wire as wire
+else:
+    wire = _load_wire()
+PARSE_ERROR: int = wire.PARSE_ERROR
+INVALID_REQUEST: int = wire.INVALID_REQUEST
+METHOD_NOT_FOUND: int = wire.METHOD_NOT_FOUND
+INVALID_PARAMS: int = wire.INVALID_PARAMS
+INTERNAL_ERROR: int = wire.INTERNAL_ERROR
+APPLICATION_ERROR: int = wire.APPLICATION_ERROR
+CONTROL_PREFIX: str = wire.CONTROL_PREFIX
 
 INLINE_BELOW = 0.001  # seconds: calls quicker than this (on average) run on the reader
 _clock = time.perf_counter
@@ -133,7 +157,9 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
             text = data.decode("utf-8") if isinstance(data, bytes) else data
             try:
                 obj, end = scan(text, 0)
-            except StopIteration:
+            except (StopIteration, SystemError):
+                # SystemError: until json.decoder is imported, the C scanner fails to raise
+                # its JSONDecodeError (e.g. for '{x'); json.loads below names the error
                 obj, end = None, -1
             if end < 0 or (end != len(text) and text[end:].strip()):
                 import json
@@ -246,16 +272,16 @@ def _guard_stdio(wire: int) -> int:
 
 
 def _negotiate() -> int:
-    offered = os.environ.get("REVA_PLUGIN_PROTOCOL_VERSIONS", "1")
+    offered = os.environ.get(wire.VERSIONS_ENV, "")
     try:
         versions = {int(v) for v in offered.split(",") if v.strip()}
     except ValueError:
         versions = set()
-    common = versions.intersection(PROTOCOL_VERSIONS)
+    common = versions.intersection(wire.PROTOCOL_VERSIONS)
     if not common:
         sys.stderr.write(
             f"reva plugin bootstrap: protocol version mismatch: the core offers {offered!r}, "
-            f"this bootstrap speaks {','.join(map(str, PROTOCOL_VERSIONS))}\n"
+            f"this bootstrap speaks {','.join(map(str, wire.PROTOCOL_VERSIONS))}\n"
         )
         raise SystemExit(1)
     return max(common)
@@ -327,7 +353,7 @@ def _install_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _load_entry_point(spec: dict[str, object]) -> tuple[object, str, str, str]:
+def _load_entry_point(spec: wire.BootstrapInput) -> tuple[object, str, str, str]:
     """The plugin object and its entry point name, distribution and version."""
     value = spec.get("value")
     name = str(spec.get("name") or "")
@@ -394,7 +420,7 @@ class Plugin:
     def method(self, name: str) -> tuple[object, bool] | None:
         cached = self.methods.get(name)
         if cached is None:
-            if name.startswith(("_", "$")):
+            if name.startswith(("_", CONTROL_PREFIX)):
                 return None
             func = getattr(self.obj, name, None)
             if not callable(func):
@@ -486,7 +512,7 @@ class Plugin:
                 call_id = request.get("id") if isinstance(request, dict) else None
                 wire.send(_error(call_id, INVALID_REQUEST, "not a JSON-RPC request"))
                 continue
-            if request["method"].startswith("$"):
+            if request["method"].startswith(CONTROL_PREFIX):
                 self.control(request)
             elif "id" in request:
                 return request
@@ -496,15 +522,15 @@ class Plugin:
         method = request["method"]
         call_id = request.get("id")
         params = request.get("params")
-        if method == "$/cancel":
+        if method == wire.CANCEL:
             target = params.get("id") if isinstance(params, dict) else None
             context = self.contexts.get(target)
             if context is not None:
                 context.cancelled.set()
-        elif method == "$/ping":
+        elif method == wire.PING:
             if call_id is not None:
                 self.wire.send({"jsonrpc": "2.0", "id": call_id, "result": {"pid": os.getpid()}})
-        elif method == "$/shutdown":
+        elif method == wire.SHUTDOWN:
             with self.lock:
                 self.idle.wait_for(lambda: not self.executing, 1.5)
             if call_id is not None:
@@ -528,8 +554,8 @@ class Plugin:
         params = request.get("params", {})
         if not isinstance(params, dict):
             return _error(call_id, INVALID_PARAMS, "params must be an object of keyword arguments")
-        if name == "configure":
-            found = self.method("configure")
+        if name == wire.CONFIGURE:
+            found = self.method(wire.CONFIGURE)
             if found is None:
                 return {"jsonrpc": "2.0", "id": call_id, "result": None}
             params = {"config": params.get("config", {})}
@@ -573,38 +599,33 @@ def _bad_arguments(func: object, params: dict[str, object]) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if os.environ.get(COOKIE_KEY) != COOKIE_VALUE or len(argv) < 2:
-        sys.stderr.write(HUMAN_MESSAGE + "\n")
+    if os.environ.get(wire.COOKIE_KEY) != wire.COOKIE_VALUE or len(argv) < 2:
+        sys.stderr.write(wire.HUMAN_MESSAGE + "\n")
         return 1
     global WIRE_FD
-    spec = _loads(argv[1])
+    spec: wire.BootstrapInput = _loads(argv[1])
     _contain(spec)  # before anything of the plugin runs
     wire_fd = WIRE_FD = _guard_stdio(int(spec["wire_fd"]))
     version = _negotiate()
-    _hook_logging(str(spec.get("log_level", "info")))
-    wire = Wire(wire_fd, int(spec.get("max_line", 64 * 1024 * 1024)))
+    _hook_logging(spec["log_level"])
+    channel = Wire(wire_fd, spec["max_line"])
     obj, name, dist, dist_version = _load_entry_point(spec)
     methods = sorted(
         n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))
     )
-    wire.send(
-        {
-            "jsonrpc": "2.0",
-            "method": "$/handshake",
-            "params": {
-                "core_protocol": version,
-                "app_protocols": list(getattr(obj, "reva_app_protocols", (1,))),
-                "service": spec.get("service"),
-                "entry_point": name,
-                "distribution": dist,
-                "version": dist_version,
-                "methods": methods,
-                "pid": os.getpid(),
-                "python": ".".join(map(str, sys.version_info[:3])),
-            },
-        }
-    )
-    Plugin(obj, wire, int(spec.get("max_concurrency", 8))).follow()
+    handshake: wire.HandshakeParams = {
+        "core_protocol": version,
+        "app_protocols": list(getattr(obj, "reva_app_protocols", (1,))),
+        "service": spec["service"],
+        "entry_point": name,
+        "distribution": dist,
+        "version": dist_version,
+        "methods": methods,
+        "pid": os.getpid(),
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+    channel.send({"jsonrpc": "2.0", "method": wire.HANDSHAKE, "params": handshake})
+    Plugin(obj, channel, spec["max_concurrency"]).follow()
     return 0  # not reached: the pool ends the process
 
 
@@ -627,7 +648,7 @@ SIGTERM = 15
 _LIMITS: dict[str, object] = {}  # the limits in force, to name the one a failure hit
 
 
-def _contain(spec: dict[str, object]) -> None:
+def _contain(spec: wire.BootstrapInput) -> None:
     """Tie this process's life to the core's and bound it, before any plugin code runs.
 
     - Its own process group (a Python 3.10 core cannot ask for one at spawn without a

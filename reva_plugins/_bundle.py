@@ -35,8 +35,8 @@ from . import _git, _lock
 from ._errors import EnvBuildError, SourceError
 from ._fs import is_inside, remove_tree
 from ._installers import InstallOptions, _core_pip, _index_args
-from ._run import CommandFailed, run
 from ._sources import file_digest
+from ._subprocess import CommandFailed, run
 
 log = logging.getLogger("reva_plugins.bundle")
 

@@ -7,21 +7,21 @@ import json
 import logging
 import math
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import _config
-from ._errors import RemoteError, RevaPluginError, UsageError
-from ._host import CheckResult, Host
-from ._loader import Loader, absolute_spec
+from . import _config, _defaults
+from ._conformance import run_conformance
+from ._errors import ExitCode, RemoteError, RevaPluginError, UsageError
+from ._host import Host
+from ._plan import Planner, absolute_spec
+from ._present import CheckRow, TickingProgress, check_table, format_report, rows_table
 from ._redact import redact
 from ._scaffold import scaffold
 from ._store import Env, Store, default_cache_dir, dir_size, resolve_cache_dir
 from .services import BUILTIN
-from .testing import format_report, run_conformance
 
 # Checked when the command runs (after logging is set up), not here: reading the registry loads
 # other packages' service types, and a broken one is logged, not fatal.
@@ -32,7 +32,8 @@ SERVICE_HELP = (
 
 log = logging.getLogger("reva_plugins.cli")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: the build progress shown on stderr (the log handler clears its line before each record)
+PROGRESS = TickingProgress(sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args, exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # the last resort: user mistakes never get here
         # Every user mistake is a RevaPluginError raised where it is detected; anything else is
         # a bug in the core. It stays visible as one: named "internal error", exit 1, and the
@@ -64,14 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"error": error}), file=sys.stderr)
         else:
             print(f"reva-plugins: {message}", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitCode.FAILURE
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and exit 2), like every other mistake."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
 
 
 def _number(bounds: tuple[float, float], unit: str) -> Callable[[str], float]:
@@ -126,53 +127,24 @@ def _report(args: argparse.Namespace, exc: RevaPluginError) -> int:
     return exc.exit_code
 
 
-class _ProgressHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log lines on stderr; while an installer runs, a ticking elapsed time (on a terminal)."""
+class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines on stderr, with URL credentials redacted, below the build progress line."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
-        self._stop: threading.Event | None = None
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        progress = getattr(record, "progress", None)
-        if progress == "end":
-            self._stop_ticker()
-        shown = super().handle(record)
-        if progress == "start" and self.stream.isatty():
-            self._start_ticker(str(getattr(record, "progress_label", "plugin")))
-        return shown
 
     def format(self, record: logging.LogRecord) -> str:
         """Every log line (tracebacks of ``-v`` included) with URL credentials redacted."""
         return redact(super().format(record))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self._stop is not None:
-            self.stream.write("\r\033[K")
+        PROGRESS.clear_line()
         super().emit(record)
-
-    def _start_ticker(self, label: str) -> None:
-        self._stop_ticker()
-        stop = self._stop = threading.Event()
-        began = time.monotonic()
-
-        def tick() -> None:
-            while not stop.wait(0.25):
-                self.stream.write(f"\r  building {label} … {time.monotonic() - began:.1f} s")
-                self.stream.flush()
-
-        threading.Thread(target=tick, daemon=True).start()
-
-    def _stop_ticker(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._stop = None
-            self.stream.write("\r\033[K")
-            self.stream.flush()
 
 
 def _setup_logging(verbosity: int) -> None:
-    handler = _ProgressHandler()
+    PROGRESS.stream = sys.stderr  # as it is now (tests capture it)
+    handler = _LogHandler()
     handler.setFormatter(logging.Formatter("reva-plugins: %(message)s"))
     root = logging.getLogger("reva_plugins")
     root.handlers[:] = [handler]
@@ -235,7 +207,7 @@ def _parser() -> _Parser:
     call.add_argument("params", nargs="?", default="{}", metavar="PARAMS_JSON")
     call.add_argument(
         "--timeout",
-        type=_number(_config.TIMEOUT_SECONDS, "seconds"),
+        type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
         help="seconds for this call",
     )
     call.set_defaults(handler=cmd_call, json_errors=True)
@@ -310,51 +282,34 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _host(args: argparse.Namespace) -> Host:
     config = _config.load_file(args.config)
-    return Host(config, cache_dir=args.cache_dir, installer=args.installer, offline=args.offline)
+    return Host(
+        config,
+        cache_dir=args.cache_dir,
+        installer=args.installer,
+        offline=args.offline,
+        progress=PROGRESS,
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``check CONFIG``: one row per service; exit 1 if any failed."""
     began = time.perf_counter()
     with _host(args) as host:
-        results = host.check()
+        rows = [CheckRow.of(result) for result in host.check()]
     if args.json:
-        print(json.dumps([vars(r) for r in results], indent=2))
+        print(json.dumps([vars(r) for r in rows], indent=2))
     else:
-        _print_table(results)
-    failed = [r for r in results if not r.ok]
-    for result in failed:
-        print(f"reva-plugins: error: {result.service}: {result.status}", file=sys.stderr)
-    if not results:
+        print(check_table(rows))
+    failed = [r for r in rows if not r.ok]
+    for row in failed:
+        print(f"reva-plugins: error: {row.service}: {row.status}", file=sys.stderr)
+    if not rows:
         print(f"reva-plugins: error: {args.config}: no service uses a driver", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if failed:
         return max(r.exit_code for r in failed)
-    log.info("checked %d service(s) in %.2f s", len(results), time.perf_counter() - began)
-    return EXIT_OK
-
-
-def _print_rows(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _print_table(results: list[CheckResult]) -> None:
-    header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS", "PING MS")
-    rows = [
-        (
-            r.service,
-            r.driver,
-            r.kind,
-            r.env,
-            r.status,
-            "-" if r.start_ms is None else f"{r.start_ms:.1f}",
-            "-" if r.ping_ms is None else f"{r.ping_ms:.2f}",
-        )
-        for r in results
-    ]
-    _print_rows(header, rows)
+    log.info("checked %d service(s) in %.2f s", len(rows), time.perf_counter() - began)
+    return ExitCode.OK
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -368,7 +323,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     with _host(args) as host:
         result = host.service(args.service).call(args.method, params, timeout=args.timeout)
     print(json.dumps(result, indent=2, ensure_ascii=False))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _params(text: str) -> Any:
@@ -393,7 +348,7 @@ def _params(text: str) -> Any:
     else:
         deep = _config.nesting_exceeds(params)
     if deep:
-        raise UsageError(f"PARAMS_JSON nests deeper than {_config.MAX_NESTING} levels")
+        raise UsageError(f"PARAMS_JSON nests deeper than {_defaults.MAX_NESTING} levels")
     return params
 
 
@@ -419,7 +374,10 @@ def _add_env_commands(sub: Any, common: _Parser) -> None:
 
     prune = env_sub.add_parser("prune", parents=[common], help="remove envs not used lately")
     prune.add_argument(
-        "--unused-days", type=_number(_config.UNUSED_DAYS, "days"), default=30.0, metavar="N"
+        "--unused-days",
+        type=_number(_defaults.UNUSED_DAYS_BOUNDS, "days"),
+        default=_defaults.UNUSED_DAYS,
+        metavar="N",
     )
     prune.set_defaults(handler=cmd_env_prune)
 
@@ -469,22 +427,22 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from . import _fleet  # noqa: PLC0415 - only these commands need it
 
     config = _config.load_file(args.config).with_overrides(**_overrides(args))
-    loader = Loader(config)
+    planner = Planner(config)
     try:
         if args.check:
-            problems = _fleet.stale(loader)
+            problems = _fleet.stale(planner)
             for problem in problems:
                 print(f"reva-plugins: stale: {redact(problem)}", file=sys.stderr)
-            return EXIT_FAILURE if problems else EXIT_OK
-        written, changed = _fleet.lock(loader, args.upgrade, args.python or ())
+            return ExitCode.FAILURE if problems else ExitCode.OK
+        written, changed = _fleet.lock(planner, args.upgrade, args.python or ())
     finally:
-        loader.close()
+        planner.close()
     for name in sorted(written.services):
         entry = written.services[name]
         state = "locked" if name in changed else "unchanged"
         print(f"{name}\t{redact(entry.spec)}\t{entry.identity}\t{state}")
     log.info("wrote %s", written.path)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_env_export(args: argparse.Namespace) -> int:
@@ -492,13 +450,13 @@ def cmd_env_export(args: argparse.Namespace) -> int:
     from . import _fleet  # noqa: PLC0415
 
     config = _config.load_file(args.config).with_overrides(**_overrides(args))
-    loader = Loader(config)
+    planner = Planner(config)
     try:
-        count = _fleet.export(loader, args.output, args.format)
+        count = _fleet.export(planner, args.output, args.format)
     finally:
-        loader.close()
+        planner.close()
     print(f"{args.output}\t{count} wheels")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_env_import(args: argparse.Namespace) -> int:
@@ -509,7 +467,7 @@ def cmd_env_import(args: argparse.Namespace) -> int:
     for service, done in _fleet.import_bundle(config, args.bundle.resolve(), args.python):
         state = f"built in {done.seconds:.2f} s" if done.built else "cached"
         print(f"{done.env_key}\t{service}\t{state}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -543,16 +501,16 @@ def cmd_env_build(args: argparse.Namespace) -> int:
             config = _config.Config(base_dir=Path.cwd()).with_overrides(**_overrides(args))
             options = _config.PluginOptions(python=args.python)
             services = (_config.ServiceConfig("env", target, options, {}),)
-        loader = Loader(config, refresh=args.refresh)
+        planner = Planner(config, refresh=args.refresh, progress=PROGRESS)
         for svc in services:
-            done = loader.prepare(svc)
+            done = planner.prepare(svc)
             shown = redact(svc.driver)
             if done.env_key is None:
                 print(f"{shown}\t(nothing to build: {done.kind})")
                 continue
             state = f"built in {done.seconds:.2f} s" if done.built else "cached"
             print(f"{done.env_key}\t{shown}\t{state}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_env_list(args: argparse.Namespace) -> int:
@@ -590,7 +548,7 @@ def cmd_env_list(args: argparse.Namespace) -> int:
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     header = ("KEY", "KIND", "SOURCE", "IDENTITY", "PYTHON", "SIZE", "LAST USED", "HEALTH")
     table = [
         (
@@ -605,8 +563,8 @@ def cmd_env_list(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    _print_rows(header, table)
-    return EXIT_OK
+    print(rows_table(header, table))
+    return ExitCode.OK
 
 
 def _shown(text: str) -> str:
@@ -621,7 +579,7 @@ def cmd_env_remove(args: argparse.Namespace) -> int:
     for entry in entries:
         store.remove(entry.key)
         print(f"removed {_shown(entry.key)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_env_prune(args: argparse.Namespace) -> int:
@@ -637,7 +595,7 @@ def cmd_env_prune(args: argparse.Namespace) -> int:
         print(f"removed {built}")
     for key in pruned.in_use:
         print(f"reva-plugins: kept env {key}: a running host uses it", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _human_size(size: float) -> str:
@@ -670,7 +628,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": report.ok, "checks": [vars(c) for c in report.checks]}, indent=2))
     else:
         print(format_report(report))
-    return EXIT_OK if report.ok else EXIT_FAILURE
+    return ExitCode.OK if report.ok else ExitCode.FAILURE
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -682,4 +640,4 @@ def cmd_new(args: argparse.Namespace) -> int:
         f"created a {args.service} plugin in {args.path}; next: cd {args.path} && nox",
         file=sys.stderr,
     )
-    return EXIT_OK
+    return ExitCode.OK

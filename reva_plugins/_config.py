@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _defaults
 from ._errors import ConfigError, UsageError
 from ._protocol import ResourceLimits
 from .services import SERVICES, get_service
@@ -23,26 +24,14 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 INSTALLERS = ("auto", "uv", "pip")
-RESTART_POLICIES = ("on-failure", "never")
+RESTART_POLICIES = _defaults.RESTART_POLICIES
 
-# -- Bounds: every number and every nesting a user writes (config file, Python API or command line)
-# -- is checked against these, and only these.
-
-#: Seconds any timeout may be (``start_timeout``, ``call_timeout``, ``call --timeout``). Below a
-#: millisecond not even a ping round trip completes, so a smaller value is a mistake; above a day
-#: a timeout bounds nothing a caller could wait for, and huge values break the waits themselves
-#: (``inf`` overflows ``Lock.acquire``; ``nan`` compares false and so would mean "never").
-TIMEOUT_SECONDS: tuple[float, float] = (0.001, 86_400.0)
-#: Calls in flight inside one plugin (each is a thread in the plugin process).
-MAX_CONCURRENCY: tuple[int, int] = (1, 1024)
-#: ``env prune --unused-days``: 0 prunes every env not in use; 100 years is as good as "never".
-UNUSED_DAYS: tuple[float, float] = (0.0, 36_500.0)
-#: How deeply tables and arrays in a config file (or ``call``'s PARAMS_JSON) may nest. Real
-#: configs use a handful of levels; the bound keeps every recursive reader (tomllib, json, the
-#: plugin's decoder) far from Python's recursion limit.
-MAX_NESTING = 64
-#: The largest config file read, in bytes: a config is text a person wrote, never megabytes.
-MAX_CONFIG_BYTES = 4 << 20
+# The bounds every number a user writes is checked against (see _defaults), by their old names.
+TIMEOUT_SECONDS = _defaults.TIMEOUT_BOUNDS
+MAX_CONCURRENCY = _defaults.MAX_CONCURRENCY_BOUNDS
+UNUSED_DAYS = _defaults.UNUSED_DAYS_BOUNDS
+MAX_NESTING = _defaults.MAX_NESTING
+MAX_CONFIG_BYTES = _defaults.MAX_CONFIG_BYTES
 
 
 @dataclass(frozen=True)
@@ -52,13 +41,13 @@ class LoaderSettings:
     cache_dir: Path | None = None
     installer: str = "auto"
     python: str | None = None
-    start_timeout: float = 60.0
-    call_timeout: float = 30.0
+    start_timeout: float = _defaults.START_TIMEOUT
+    call_timeout: float = _defaults.CALL_TIMEOUT
     allowed_sources: tuple[str, ...] = ("*",)
     offline: bool = False
     index_url: str | None = None
     find_links: tuple[str, ...] = ()
-    max_download_mb: int = 1024
+    max_download_mb: int = _defaults.MAX_DOWNLOAD_MB
     allow_http: bool = False
     #: A bundle (``env export``'s tar file or folder) to build locked envs from, offline.
     bundle: Path | None = None
@@ -72,8 +61,8 @@ class PluginOptions:
     python: str | None = None
     sha256: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    max_concurrency: int = 8
-    restart: str = "on-failure"
+    max_concurrency: int = _defaults.MAX_CONCURRENCY
+    restart: str = _defaults.RESTART
     start_timeout: float | None = None
     call_timeout: float | None = None
     memory_mb: int | None = None
@@ -553,7 +542,7 @@ class _Reader:
             sha256=sha256.lower() if sha256 else None,
             env=dict(env),
             max_concurrency=concurrency or PluginOptions.max_concurrency,
-            restart=self.choice(table, key, "restart", RESTART_POLICIES) or "on-failure",
+            restart=self.choice(table, key, "restart", RESTART_POLICIES) or _defaults.RESTART,
             start_timeout=self.timeout(table, key, "start_timeout"),
             call_timeout=self.timeout(table, key, "call_timeout"),
             network=True if network is None else network,

@@ -120,7 +120,7 @@ def run_conformance(
     table: dict[str, Any] = {"driver": spec}
     whole = {"plugins": dict(plugins or {}), "grpc": {"services": {service: table}}}
     with Host(whole, base_dir=base, **host_options) as probe:
-        plan = probe.loader.plan(probe.config.service(service))
+        plan = probe.planner.plan(probe.config.service(service))
     table["drivers"] = {plan.entry_name: dict(config or {})}
     checks: list[Check] = []
     with Host(whole, base_dir=base, **host_options) as host:

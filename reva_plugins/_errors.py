@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+
+class ExitCode(enum.IntEnum):
+    """What the CLI exits with; the only home of these numbers."""
+
+    #: everything asked for was done
+    OK = 0
+    #: a plugin, a build or a remote call failed
+    FAILURE = 1
+    #: a user mistake: usage, config, source (one line naming the file or key)
+    USAGE = 2
+    #: interrupted (Ctrl-C), as shells report SIGINT
+    INTERRUPTED = 130
 
 
 class RevaPluginError(Exception):
     """Base of every reva-plugins error.
 
-    ``exit_code`` is what the CLI exits with: 2 for a user mistake (usage, config, source),
-    1 for a failure of a plugin, a build or a remote call.
+    ``exit_code`` is what the CLI exits with: :attr:`ExitCode.USAGE` for a user mistake (usage,
+    config, source), :attr:`ExitCode.FAILURE` for a failure of a plugin, a build or a remote call.
     """
 
-    exit_code = 1
+    exit_code = ExitCode.FAILURE
 
     def __init__(self, message: str, *, plugin: str | None = None) -> None:
         super().__init__(message)
@@ -28,7 +42,7 @@ class RevaPluginError(Exception):
 class ConfigError(RevaPluginError):
     """The configuration file or a value in it is wrong; ``file`` and ``key`` say where."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         where = ": ".join(part for part in (file, key) if part)
@@ -40,20 +54,20 @@ class ConfigError(RevaPluginError):
 class UsageError(RevaPluginError):
     """The command line is wrong (arguments that are not what the command takes)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class SourceError(RevaPluginError):
     """A driver spec cannot be classified, resolved or fetched."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class FetchError(SourceError):
     """A remote source failed to arrive: a network or HTTP error, a truncated or over-large
     download, a refused redirect. A remote failure, so exit code 1."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILURE
 
 
 class EnvBuildError(RevaPluginError):

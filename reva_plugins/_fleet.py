@@ -1,6 +1,6 @@
 """Fleets: lock what a config resolves to, export it as a bundle, import it on another host.
 
-The logic of ``reva-plugins lock`` and ``env export``/``env import`` over a :class:`Loader`
+The logic of ``reva-plugins lock`` and ``env export``/``env import`` over a :class:`Planner`
 (the lock file itself is :mod:`._lock`, the bundle :mod:`._bundle`).
 """
 
@@ -15,24 +15,25 @@ from pathlib import Path
 from . import _bundle, _lock
 from ._config import Config
 from ._errors import ConfigError, UsageError
-from ._loader import Loader, Prepared, check_wheel
+from ._plan import Planner, Prepared
 from ._sources import InProcess, PrebuiltVenv, Source
+from ._wheels import check_wheel
 
 log = logging.getLogger("reva_plugins.fleet")
 
 
-def _isolated(loader: Loader) -> list[tuple[str, Source]]:
+def _isolated(planner: Planner) -> list[tuple[str, Source]]:
     """The services whose driver runs in an env of its own, with their sources."""
     out = []
-    for svc in loader.config.services:
-        source = loader.source(svc)
+    for svc in planner.config.services:
+        source = planner.source(svc)
         if not isinstance(source, (InProcess, PrebuiltVenv)):
             out.append((svc.service, source))
     return out
 
 
 def lock(
-    loader: Loader, upgrade: str | None = None, pythons: Sequence[str] = ()
+    planner: Planner, upgrade: str | None = None, pythons: Sequence[str] = ()
 ) -> tuple[_lock.LockFile, list[str]]:
     """Resolve the config's drivers into a lock; return it and the services (re-)resolved.
 
@@ -41,7 +42,7 @@ def lock(
     ``pythons``: the Python versions to lock each driver's dependencies for (default: the
     version of the interpreter the driver runs on).
     """
-    config = loader.config
+    config = planner.config
     path = _lock.lock_path(config)
     if path is None:
         raise ConfigError("locking needs a config file")
@@ -49,8 +50,8 @@ def lock(
         if not re.fullmatch(r"\d+\.\d+", python):
             raise UsageError(f"--python {python!r}: give a version such as 3.12")
     old = _lock.read(path) if path.exists() and upgrade != "*" else None
-    loader.use_lock = False
-    locker = _lock.Locker(loader.install_options(), loader.store.root / "wheels")
+    planner.builder.use_lock = False
+    locker = _lock.Locker(planner.builder.install_options(), planner.store.root / "wheels")
     services: dict[str, _lock.LockedService] = {}
     done: dict[tuple[str, str, tuple[str, ...]], _lock.LockedService] = {}
     changed = []
@@ -60,15 +61,15 @@ def lock(
         and not (old and any(_lock.matches(e, [str(upgrade)]) for e in old.services.values()))
     ):
         raise ConfigError(f"--upgrade {upgrade}: no service or locked plugin has this name")
-    installer = loader.installer()
-    options = loader.install_options()
+    installer = planner.builder.installer()
+    options = planner.builder.install_options()
     for svc in config.services:
-        source = loader.source(svc)
+        source = planner.source(svc)
         if isinstance(source, (InProcess, PrebuiltVenv)):
             continue
-        interpreter = loader.interpreter(svc)
+        interpreter = planner.builder.interpreter(svc)
         targets = tuple(dict.fromkeys(pythons)) or (interpreter.short_version,)
-        ctx = loader.resolve_context(installer, interpreter, options)
+        ctx = planner.builder.resolve_context(installer, interpreter, options)
         prev = old.services.get(svc.service) if old else None
         wanted = upgrade is not None and prev is not None and _lock.matches(prev, [upgrade])
         if prev is not None and not wanted and set(prev.targets) == set(targets):
@@ -93,30 +94,30 @@ def lock(
     return result, changed
 
 
-def stale(loader: Loader) -> list[str]:
+def stale(planner: Planner) -> list[str]:
     """Why the lock beside the config no longer matches it (empty when it does)."""
-    config = loader.config
+    config = planner.config
     path = _lock.lock_path(config)
     if path is None or not path.exists():
         return [f"{path or config.source_name}: there is no lock file"]
     current = _lock.read(path)
     problems = []
-    installer = loader.installer()
-    options = loader.install_options()
+    installer = planner.builder.installer()
+    options = planner.builder.install_options()
     seen = set()
-    for name, source in _isolated(loader):
+    for name, source in _isolated(planner):
         svc = config.service(name)
         seen.add(name)
         locked = current.services.get(name)
         if locked is None:
             problems.append(f"{svc.key}: the lock has no entry for this service")
             continue
-        interpreter = loader.interpreter(svc)
+        interpreter = planner.builder.interpreter(svc)
         entry = locked.at(interpreter.short_version)
         if entry is None:
             problems.append(f"{svc.key}: {_lock.python_drift(locked, interpreter)}")
             continue
-        ctx = loader.resolve_context(installer, interpreter, options)
+        ctx = planner.builder.resolve_context(installer, interpreter, options)
         why = _lock.drift(entry, source, ctx, entry.python)
         if why:
             problems.append(f"{svc.key}: {why}")
@@ -125,18 +126,18 @@ def stale(loader: Loader) -> list[str]:
     return problems
 
 
-def export(loader: Loader, out: Path, fmt: _bundle.Format) -> int:
+def export(planner: Planner, out: Path, fmt: _bundle.Format) -> int:
     """Bundle every wheel the config's lock pins into ``out``; return the number of wheels."""
-    path = _lock.lock_path(loader.config)
+    path = _lock.lock_path(planner.config)
     if path is None or not path.exists():
         raise ConfigError(
-            f"{loader.config.source_name}: there is no lock file; run 'reva-plugins lock' first"
+            f"{planner.config.source_name}: there is no lock file; run 'reva-plugins lock' first"
         )
-    problems = stale(loader)
+    problems = stale(planner)
     if problems:
         raise ConfigError(f"{problems[0]} (run 'reva-plugins lock' first)")
     current = _lock.read(path)
-    locker = _lock.Locker(loader.install_options(), loader.store.root / "wheels")
+    locker = _lock.Locker(planner.builder.install_options(), planner.store.root / "wheels")
     return _bundle.export(current, path.read_bytes(), locker, out, fmt)
 
 
@@ -145,13 +146,13 @@ def import_bundle(
 ) -> list[tuple[str, Prepared]]:
     """Build every env the bundle's lock pins from the bundle alone (no network)."""
     settings = dataclasses.replace(config.plugins, bundle=bundle, offline=True)
-    loader = Loader(dataclasses.replace(config, plugins=settings, file=None))
+    planner = Planner(dataclasses.replace(config, plugins=settings, file=None))
     try:
-        current = loader.lock()
+        current = planner.builder.lock()
         assert current is not None
         return [
-            (name, loader.prepare_locked(locked, python))
+            (name, planner.prepare_locked(locked, python))
             for name, locked in sorted(current.services.items())
         ]
     finally:
-        loader.close()
+        planner.close()

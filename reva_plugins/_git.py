@@ -11,7 +11,7 @@ from . import _auth
 from ._environ import build_environment
 from ._errors import SourceError
 from ._redact import redact
-from ._run import CommandFailed, run
+from ._subprocess import CommandFailed, run
 from ._urls import check_url, origin
 
 SCHEMES = ("git+https", "git+ssh", "git+file", "git+http")

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import pluggy
 
 from . import _config
+from ._build import BuildProgress
 from ._errors import HandshakeError, RemoteError, RevaPluginError, UsageError, remote_error
 from ._hooks import PROJECT, HostSpec, hookimpl
-from ._loader import InProcessPlan, IsolatedPlan, Loader, Plan
+from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess, ServiceState, Supervisor
 from ._redact import redact
 from ._store import resolve_cache_dir
@@ -472,19 +473,29 @@ class _Invoke:
 
 
 @dataclass(frozen=True)
-class CheckResult:
-    """One row of ``reva-plugins check``."""
+class ServiceCheck:
+    """What checking one service found (:meth:`Host.check`): data, for a caller to present.
+
+    ``error`` is None when the driver loaded, started and answered a ping; then ``info`` says
+    what runs it. ``kind``/``env_key``/``built`` come from its plan (None/False when planning
+    failed).
+    """
 
     service: str
+    #: the driver spec as configured (may hold credentials: redact before showing it)
     driver: str
-    kind: str
-    env: str
-    ok: bool
-    status: str
-    start_ms: float | None = None
-    ping_ms: float | None = None
-    built: bool = False
-    exit_code: int = 0
+    kind: str | None
+    env_key: str | None
+    built: bool
+    info: ServiceInfo | None
+    start_ms: float | None
+    ping_ms: float | None
+    error: RevaPluginError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the service started and answered."""
+        return self.error is None
 
 
 class _HookManager(pluggy.PluginManager):
@@ -534,7 +545,9 @@ class Host:
         installer: str | None = None,
         offline: bool | None = None,
         refresh: bool = False,
+        progress: BuildProgress | None = None,
     ) -> None:
+        """``progress`` is told when an env build starts and ends (see :class:`BuildProgress`)."""
         if not isinstance(config, _config.Config):
             config = _config.parse(config, base_dir=Path(base_dir or Path.cwd()).resolve())
         self.config = config.with_overrides(
@@ -542,7 +555,8 @@ class Host:
             installer=installer,
             offline=offline or None,
         )
-        self.loader = Loader(self.config, refresh=refresh)
+        #: turns each service's config into a plan (building its env)
+        self.planner = Planner(self.config, refresh=refresh, progress=progress)
         self._slots: dict[str, _Slot] = {}
         self._plans: dict[str, Plan] = {}
         self._lock = threading.Lock()  # guards _slots and _closed; never held while loading
@@ -619,25 +633,21 @@ class Host:
             raise RevaPluginError("the host is closed")
 
     def _load(self, svc: _config.ServiceConfig) -> ServiceProxy:
-        plan = self.loader.plan(svc)
+        plan = self.planner.plan(svc)
         self._plans[svc.service] = plan
-        if isinstance(plan, IsolatedPlan) and plan.built and plan.env_key:
+        if plan.built and plan.env_key:
             self.hooks.hook.env_built(
                 service=svc.service, env_key=plan.env_key, seconds=plan.build_seconds
             )
         label = f"{svc.service} ({redact(svc.driver)})"
-        driver: Driver
-        if isinstance(plan, InProcessPlan):
-            driver = InProcessDriver(plan, label)
-        else:
-            name = svc.service
-            driver = IsolatedDriver(plan, self._supervisor(plan), lambda: self._replan(name))
+        driver = plan.handle(_DriverMaker(self, svc.service, label))
         return ServiceProxy(SERVICES[svc.service], driver, label)
 
     def _replan(self, name: str) -> tuple[IsolatedPlan, Supervisor]:
         """Plan ``name`` again (its env vanished from the cache) and supervise the new plan."""
-        plan = self.loader.plan(self.config.service(name))
-        assert isinstance(plan, IsolatedPlan)
+        plan = self.planner.plan(self.config.service(name))
+        if not isinstance(plan, IsolatedPlan):
+            raise RevaPluginError(f"{name}: its driver no longer runs in a plugin process")
         self._plans[name] = plan
         return plan, self._supervisor(plan)
 
@@ -670,40 +680,32 @@ class Host:
         )
         return supervisor
 
-    def check(self) -> list[CheckResult]:
-        """Load, start and ping every configured service; one result each (never raises)."""
+    def check(self) -> list[ServiceCheck]:
+        """Load, start and ping every configured service; one result each (never raises a
+        :class:`RevaPluginError`: a service's failure is its result's ``error``)."""
         return [self._check_one(svc) for svc in self.config.services]
 
-    def _check_one(self, svc: _config.ServiceConfig) -> CheckResult:
+    def _check_one(self, svc: _config.ServiceConfig) -> ServiceCheck:
+        info = start_ms = ping_ms = error = None
         try:
             proxy = self.service(svc.service)
-            plan = self._plans[svc.service]
             began = time.perf_counter()
             info = proxy.start()
             start_ms = (time.perf_counter() - began) * 1000
             ping_ms = proxy.ping()
         except RevaPluginError as exc:
-            plan_or_none = self._plans.get(svc.service)
-            return CheckResult(
-                svc.service,
-                redact(svc.driver),
-                plan_or_none.kind if plan_or_none else "-",
-                _env_key(plan_or_none),
-                ok=False,
-                status=redact(str(exc).splitlines()[0]),
-                exit_code=exc.exit_code,
-            )
-        version = f" {info.distribution} {info.version}".rstrip()
-        return CheckResult(
-            svc.service,
-            redact(svc.driver),
-            plan.kind,
-            _env_key(plan),
-            ok=True,
-            status=f"ok{version}",
-            start_ms=round(start_ms, 1),
-            ping_ms=round(ping_ms, 3),
-            built=isinstance(plan, IsolatedPlan) and plan.built,
+            error = exc
+        plan = self._plans.get(svc.service)
+        return ServiceCheck(
+            service=svc.service,
+            driver=svc.driver,
+            kind=plan.kind if plan else None,
+            env_key=plan.env_key if plan else None,
+            built=plan.built if plan else False,
+            info=info,
+            start_ms=start_ms,
+            ping_ms=ping_ms,
+            error=error,
         )
 
     def close(self) -> None:
@@ -718,10 +720,20 @@ class Host:
             self._slots = {}
         for proxy in proxies:
             proxy.driver.close()
-        self.loader.close()
+        self.planner.close()
 
 
-def _env_key(plan: Plan | None) -> str:
-    if isinstance(plan, IsolatedPlan):
-        return plan.env_key or "(prebuilt)"
-    return "-"
+class _DriverMaker:
+    """Makes the driver a plan calls for (see :class:`PlanHandler`)."""
+
+    def __init__(self, host: Host, service: str, label: str) -> None:
+        self.host = host
+        self.service = service
+        self.label = label
+
+    def in_process(self, plan: InProcessPlan) -> Driver:
+        return InProcessDriver(plan, self.label)
+
+    def isolated(self, plan: IsolatedPlan) -> Driver:
+        host, name = self.host, self.service
+        return IsolatedDriver(plan, host._supervisor(plan), lambda: host._replan(name))

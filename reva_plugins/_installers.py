@@ -16,7 +16,7 @@ from . import _auth, _git
 from ._environ import build_environment
 from ._errors import ConfigError, SourceError
 from ._python import Interpreter
-from ._run import CommandFailed, run
+from ._subprocess import CommandFailed, run
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from ._errors import ConfigError, EnvBuildError, SourceError
 from ._fs import remove_tree
 from ._installers import Installer, InstallOptions, _core_pip, _index_args, find_uv
 from ._redact import redact
-from ._run import CommandFailed, run
 from ._sources import (
     ArchiveURL,
     GitSource,
@@ -44,6 +43,7 @@ from ._sources import (
     file_digest,
 )
 from ._store import make_key
+from ._subprocess import CommandFailed, run
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -18,21 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+from . import _defaults
 from . import _protocol as wire
 from ._bootstrap import descendants
 from ._client import Client
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
-from ._run import spawn
+from ._subprocess import spawn
 
 log = logging.getLogger("reva_plugins.process")
 
 STDERR_TAIL = 40
 STDERR_TAIL_LINE = 2000  # characters of one line kept in the tail
 STDERR_LINE_LIMIT = 1024 * 1024
-LOG_RATE = 100.0  # plugin log lines per second, sustained; more are dropped (and counted)
-LOG_BURST = 1000
-SHUTDOWN_GRACE = 2.0
+LOG_RATE = _defaults.LOG_RATE
+LOG_BURST = _defaults.LOG_BURST
+SHUTDOWN_GRACE = _defaults.SHUTDOWN_GRACE
 _LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -42,6 +43,20 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+_LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+_LOG_LEVELS: tuple[tuple[int, _LogLevel], ...] = (
+    (logging.CRITICAL, "critical"),
+    (logging.ERROR, "error"),
+    (logging.WARNING, "warning"),
+    (logging.INFO, "info"),
+)
+
+
+def _level_name(level: int) -> _LogLevel:
+    """The bootstrap's name for the standard level at or below ``level`` (at least debug)."""
+    return next((name for floor, name in _LOG_LEVELS if level >= floor), "debug")
+
+
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -55,11 +70,11 @@ class LaunchSpec:
     entry: Mapping[str, Any]
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    start_timeout: float = 60.0
-    call_timeout: float = 30.0
-    restart: str = "on-failure"
-    max_concurrency: int = 8
-    max_line: int = wire.DEFAULT_MAX_LINE
+    start_timeout: float = _defaults.START_TIMEOUT
+    call_timeout: float = _defaults.CALL_TIMEOUT
+    restart: str = _defaults.RESTART
+    max_concurrency: int = _defaults.MAX_CONCURRENCY
+    max_line: int = _defaults.MAX_LINE
     protocol_versions: tuple[int, ...] = wire.PROTOCOL_VERSIONS
     config: Mapping[str, Any] = field(default_factory=dict)
     limits: wire.ResourceLimits = field(default_factory=wire.ResourceLimits)
@@ -168,7 +183,7 @@ class PluginProcess:
         try:
             self._handshake()
             self.call(
-                "configure", {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
+                wire.CONFIGURE, {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
             )
         except BaseException:
             self.close(grace=0)
@@ -178,16 +193,22 @@ class PluginProcess:
 
     def _bootstrap_arg(self, wire_fd: int) -> str:
         level = logging.getLogger(self.spec.logger_name).getEffectiveLevel()
-        entry = dict(self.spec.entry)
-        entry.update(
-            wire_fd=wire_fd,
-            service=self.spec.service,
-            max_concurrency=self.spec.max_concurrency,
-            max_line=self.spec.max_line,
-            log_level=logging.getLevelName(max(level, logging.DEBUG)).lower(),
-        )
-        entry.update(limits=self.spec.limits.as_bootstrap_input(), parent=os.getpid())
-        return json.dumps(entry, separators=(",", ":"))
+        entry = self.spec.entry
+        arg: wire.BootstrapInput = {
+            "group": str(entry["group"]),
+            "name": str(entry["name"]),
+            "value": str(entry.get("value", "")),
+            "distribution": str(entry.get("distribution", "")),
+            "version": str(entry.get("version", "")),
+            "wire_fd": wire_fd,
+            "service": self.spec.service,
+            "max_concurrency": self.spec.max_concurrency,
+            "max_line": self.spec.max_line,
+            "log_level": _level_name(level),
+            "limits": self.spec.limits.as_bootstrap_input(),
+            "parent": os.getpid(),
+        }
+        return json.dumps(arg, separators=(",", ":"))
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(
@@ -541,10 +562,10 @@ class Supervisor:
     started starts on its first call, and a crashed one restarts on the next call.
     """
 
-    MAX_CRASHES = 5
-    CRASH_WINDOW = 60.0
-    BACKOFF_FIRST = 0.1
-    BACKOFF_CAP = 5.0
+    MAX_CRASHES = _defaults.MAX_CRASHES
+    CRASH_WINDOW = _defaults.CRASH_WINDOW
+    BACKOFF_FIRST = _defaults.BACKOFF_FIRST
+    BACKOFF_CAP = _defaults.BACKOFF_CAP
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
-"""The wire protocol, core side: JSON-RPC 2.0 messages, one per line, and their error codes.
+"""The wire protocol, core side: encoding requests, decoding errors into exceptions.
 
-The constants and the JSON codec live in the bootstrap (which cannot import the core) and are
-shared from there.
+The definitions both sides share (method names, error codes, limits, the bootstrap's input and
+the handshake) live in ``_wire``, re-exported here; the JSON codec lives in the bootstrap (which
+cannot import the core) and is shared from there.
 """
 
 from __future__ import annotations
@@ -11,36 +12,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._bootstrap import (
+from ._bootstrap import dumps, loads
+from ._errors import RemoteError, UsageError, remote_error
+from ._wire import (
     APPLICATION_ERROR,
+    CANCEL,
+    CONFIGURE,
     COOKIE_KEY,
     COOKIE_VALUE,
+    DEFAULT_MAX_LINE,
+    HANDSHAKE,
     HUMAN_MESSAGE,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    PING,
     PROTOCOL_VERSIONS,
-    dumps,
-    loads,
+    SHUTDOWN,
+    VERSIONS_ENV,
+    BootstrapInput,
+    HandshakeParams,
+    ResourceLimitsInput,
 )
-from ._errors import RemoteError, UsageError, remote_error
 
 __all__ = [
-    "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "COOKIE_KEY", "COOKIE_VALUE",
+    "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "CONFIGURE", "COOKIE_KEY", "COOKIE_VALUE",
     "DEFAULT_MAX_LINE", "HANDSHAKE", "HUMAN_MESSAGE", "INTERNAL_ERROR", "INVALID_PARAMS",
     "INVALID_REQUEST", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
-    "VERSIONS_ENV", "ResourceLimits", "dumps", "encode_request", "error_to_exception", "guess_id",
-    "loads",
+    "VERSIONS_ENV", "BootstrapInput", "HandshakeParams", "ResourceLimits", "ResourceLimitsInput",
+    "dumps", "encode_request", "error_to_exception", "guess_id", "loads",
 ]  # fmt: skip
-
-VERSIONS_ENV = "REVA_PLUGIN_PROTOCOL_VERSIONS"
-HANDSHAKE = "$/handshake"
-PING = "$/ping"
-CANCEL = "$/cancel"
-SHUTDOWN = "$/shutdown"
-DEFAULT_MAX_LINE = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,15 @@ class ResourceLimits:
     open_files: int | None = None
     network: bool = True
 
-    def as_bootstrap_input(self) -> dict[str, int | bool]:
+    def as_bootstrap_input(self) -> ResourceLimitsInput:
         """The ``limits`` member of the bootstrap's input (only what is set)."""
-        out: dict[str, int | bool] = {
-            name: value
-            for name, value in (
-                ("memory_mb", self.memory_mb),
-                ("cpu_seconds", self.cpu_seconds),
-                ("open_files", self.open_files),
-            )
-            if value is not None
-        }
+        out: ResourceLimitsInput = {}
+        if self.memory_mb is not None:
+            out["memory_mb"] = self.memory_mb
+        if self.cpu_seconds is not None:
+            out["cpu_seconds"] = self.cpu_seconds
+        if self.open_files is not None:
+            out["open_files"] = self.open_files
         if not self.network:
             out["network"] = False
         return out

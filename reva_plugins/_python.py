@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import ConfigError
-from ._run import CommandFailed, run
+from ._subprocess import CommandFailed, run
 
 _QUERY = (
     "import json, platform, sys; print(json.dumps([platform.python_implementation(), "

@@ -8,9 +8,8 @@ output, error labels, progress and log lines) shows ``redact(text)`` instead.
 from __future__ import annotations
 
 import re
-import urllib.parse
 
-__all__ = ["REDACTED", "redact", "redact_url", "split_credentials"]
+__all__ = ["REDACTED", "redact"]
 
 REDACTED = "***"
 
@@ -35,23 +34,3 @@ def _replace(match: re.Match[str]) -> str:
     if ":" not in userinfo and scheme.lower().rstrip(":/").endswith("ssh"):
         return match.group(0)
     return f"{scheme}{REDACTED}@"
-
-
-def redact_url(url: str) -> str:
-    """One URL with its credentials replaced (same rules as :func:`redact`)."""
-    return redact(url)
-
-
-def split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """``(url without userinfo, user, password)``; user and password are percent-decoded."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, None, None
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, sep, password = userinfo.partition(":")
-    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
-    return (
-        bare,
-        urllib.parse.unquote(user) or None,
-        urllib.parse.unquote(password) if sep else None,
-    )

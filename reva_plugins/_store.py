@@ -331,11 +331,6 @@ class Env:
     meta: EnvMetadata
 
     @property
-    def metadata(self) -> dict[str, Any]:
-        """The metadata as a JSON object (read through :class:`EnvMetadata`, so valid)."""
-        return self.meta.to_json()
-
-    @property
     def python(self) -> Path:
         """The env's interpreter."""
         return self.path / "bin" / "python"
@@ -447,11 +442,6 @@ class Store:
             return Env(name, path, read_metadata(path))
         except MetadataError as exc:
             return BrokenEnv(name, path, str(exc))
-
-    def lookup(self, key: str) -> Env | None:
-        """The env for ``key`` if it is complete and its metadata valid."""
-        found = self.entry(key) if is_key(key) else None
-        return found if isinstance(found, Env) else None
 
     def scan(self) -> list[Env | BrokenEnv]:
         """Every entry of ``envs/``: envs newest first, then broken entries by name."""

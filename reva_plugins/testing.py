@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._conformance import Check, Report, run_conformance, user_problems
-from ._redact import redact
+from ._present import format_report
 
 __all__ = [
     "INSTALLERS",
@@ -47,18 +47,6 @@ __all__ = [
 
 KINDS = ("folder", "sdist", "wheel", "git")
 INSTALLERS = ("uv", "pip")
-
-
-def format_report(report: Report) -> str:
-    """A pass/fail table, one check a line, with the reason for each failure or skip."""
-    width = max((len(c.name) for c in report.checks), default=10)
-    lines = [f"conformance of {redact(str(report.spec))} as {report.service}:"]
-    for check in report.checks:
-        reason = f"  {check.reason}" if check.reason else ""
-        lines.append(f"  {check.status.upper():<5} {check.name:<{width}}{reason}")
-    verdict = "PASSED" if report.ok else f"FAILED ({len(report.failures())} failing)"
-    lines.append(verdict)
-    return "\n".join(lines)
 
 
 def assert_conforms(

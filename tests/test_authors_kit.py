@@ -21,6 +21,8 @@ from reva_plugins.testing import assert_conforms, prepare_source, run_conformanc
 from .conftest import EXAMPLES, SAMPLES, cli
 from .factory import build_dists, git, make_plugin
 
+pytestmark = pytest.mark.slow
+
 
 def scaffold(tmp_path: Path, service: str, name: str) -> Path:
     target = tmp_path / name

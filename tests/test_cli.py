@@ -13,6 +13,7 @@ EINSTEIN = '{"client_id":"einstein","client_secret":"relativity"}'
 CONFIG = str(EXAMPLES / "revad.toml")
 
 
+@pytest.mark.slow
 def test_authenticate_einstein_in_an_isolated_plugin() -> None:
     result = cli("call", CONFIG, "authprovider", "authenticate", EINSTEIN)
     assert result.returncode == 0, result.stderr
@@ -23,6 +24,7 @@ def test_authenticate_einstein_in_an_isolated_plugin() -> None:
     assert "user" in answer["scopes"]
 
 
+@pytest.mark.slow
 def test_wrong_secret_is_invalid_credentials_exit_1() -> None:
     result = cli(
         "call",
@@ -38,6 +40,7 @@ def test_wrong_secret_is_invalid_credentials_exit_1() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_user_is_not_found_exit_1() -> None:
     params = '{"user_id": {"idp": "http://localhost:20080", "opaque_id": "nobody"}}'
     result = cli("call", CONFIG, "userprovider", "get_user", params)
@@ -47,6 +50,7 @@ def test_unknown_user_is_not_found_exit_1() -> None:
     assert "nobody" in error["message"]
 
 
+@pytest.mark.slow
 def test_user_provider_methods() -> None:
     uid = '{"user_id": {"idp": "http://localhost:20080", "opaque_id": "4c510ada-c86b-4815-8820-42cdf82c3d51"}}'
     user = json.loads(cli("call", CONFIG, "userprovider", "get_user", uid).stdout)
@@ -67,6 +71,7 @@ def test_user_provider_methods() -> None:
     assert [u["username"] for u in found] == ["richard"]
 
 
+@pytest.mark.slow
 def test_check_prints_one_row_per_service_then_reuses_the_env(fresh_cache: Path) -> None:
     first = cli("check", CONFIG, "--json")
     assert first.returncode == 0, first.stderr
@@ -88,6 +93,7 @@ def test_check_prints_one_row_per_service_then_reuses_the_env(fresh_cache: Path)
     assert len(lines) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("toml", "needle"),
     [
@@ -112,6 +118,7 @@ def test_config_mistakes_exit_2_with_one_clear_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_invalid_toml_names_the_line(write_config: WriteConfig) -> None:
     path = write_config("[plugins]\noffline = false\n\n[grpc.services.userprovider]\ndriver = \n")
     result = cli("check", str(path))
@@ -120,6 +127,7 @@ def test_invalid_toml_names_the_line(write_config: WriteConfig) -> None:
     assert "line 5" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     result = cli("call", str(tmp_path / "nope.toml"), "authprovider", "authenticate", EINSTEIN)
     assert result.returncode == 2
@@ -127,6 +135,7 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert "nope.toml" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", ["[1, 2]", '"einstein"', "{not json"])
 def test_params_that_are_not_a_json_object_exit_2(params: str) -> None:
     result = cli("call", CONFIG, "authprovider", "authenticate", params)
@@ -134,6 +143,7 @@ def test_params_that_are_not_a_json_object_exit_2(params: str) -> None:
     assert "PARAMS_JSON" in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_service_and_method_exit_2() -> None:
     assert cli("call", CONFIG, "storageprovider", "stat", "{}").returncode == 2
     result = cli("call", CONFIG, "authprovider", "authorize", "{}")
@@ -143,12 +153,14 @@ def test_unknown_service_and_method_exit_2() -> None:
     assert wrong_args.returncode == 2
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     result = cli("-v", "check", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_help() -> None:
     result = cli("--help")
     assert result.returncode == 0

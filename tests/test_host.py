@@ -32,6 +32,7 @@ def json_config(driver: str, users: Path = EXAMPLES / "users.demo.json") -> dict
     return {"grpc": {"services": {"userprovider": table, "authprovider": dict(table)}}}
 
 
+@pytest.mark.slow
 def test_host_from_file_answers_through_proxies() -> None:
     with Host.from_file(EXAMPLES / "revad.toml") as host:
         users = host.service("userprovider")
@@ -50,6 +51,7 @@ def test_host_from_file_answers_through_proxies() -> None:
         assert host.services == ("userprovider", "authprovider", "groupprovider")
 
 
+@pytest.mark.slow
 def test_close_leaves_no_process_behind() -> None:
     host = Host(json_config("../sample_plugins/json_users"), base_dir=EXAMPLES)
     host.service("authprovider").authenticate("einstein", "relativity")
@@ -62,6 +64,7 @@ def test_close_leaves_no_process_behind() -> None:
         host.service("authprovider")
 
 
+@pytest.mark.slow
 def test_lifecycle_hooks_are_called() -> None:
     events: list[tuple[str, Any]] = []
 
@@ -100,40 +103,6 @@ def test_bare_name_that_is_not_installed_is_a_clear_error() -> None:
         assert info.value.exit_code == 2
 
 
-def test_bootstrap_run_by_hand_refuses() -> None:
-    from reva_plugins._protocol import BOOTSTRAP_FILE, HUMAN_MESSAGE
-
-    env = {k: v for k, v in os.environ.items() if k != "BASIC_PLUGIN"}
-    result = subprocess.run(
-        [sys.executable, "-I", str(BOOTSTRAP_FILE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip() == HUMAN_MESSAGE
-    assert result.stdout == ""
-
-
-def test_bootstrap_and_core_agree_on_the_protocol_constants() -> None:
-    from reva_plugins import _bootstrap, _protocol
-
-    for name in (
-        "COOKIE_KEY",
-        "COOKIE_VALUE",
-        "HUMAN_MESSAGE",
-        "PROTOCOL_VERSIONS",
-        "PARSE_ERROR",
-        "INVALID_REQUEST",
-        "METHOD_NOT_FOUND",
-        "INVALID_PARAMS",
-        "INTERNAL_ERROR",
-        "APPLICATION_ERROR",
-    ):
-        assert getattr(_bootstrap, name) == getattr(_protocol, name), name
-
-
 @pytest.fixture(scope="module")
 def core_venv(tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, Path]) -> Path:
     """A separate core environment with reva-plugins and the JSON sample installed in it."""
@@ -160,6 +129,7 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, 
     return venv
 
 
+@pytest.mark.slow
 def test_installed_sample_answers_in_process_by_bare_name(core_venv: Path, tmp_path: Path) -> None:
     users = EXAMPLES / "users.demo.json"
     config = tmp_path / "revad.toml"
@@ -220,6 +190,7 @@ def test_installed_sample_answers_in_process_by_bare_name(core_venv: Path, tmp_p
     assert {row["kind"] for row in json.loads(check.stdout)} == {"in-process"}
 
 
+@pytest.mark.slow
 def test_clashing_pins_samples_coexist_in_one_host() -> None:
     with Host.from_file(EXAMPLES / "clashing.toml") as host:
         old = host.service("userprovider").get_user({"idp": "local", "opaque_id": "packaging"})

@@ -279,6 +279,7 @@ class Traced:
 """
 
 
+@pytest.mark.slow
 def test_a_tracing_wrapper_can_send_context_to_the_plugin(tmp_path: Path) -> None:
     project = tmp_path / "traced"
     (project / "reva_traced").mkdir(parents=True)
@@ -340,6 +341,7 @@ def test_info_of_an_in_process_driver(inproc_host: Host) -> None:
         info.state = "failed"  # type: ignore[misc]
 
 
+@pytest.mark.slow
 def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
     recorder = _Recorder()
     with Host(_fault_config(), base_dir=tmp_path) as host:
@@ -393,6 +395,7 @@ def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
     assert not pid_alive(info.pid) or wait_until(lambda: not pid_alive(info.pid))
 
 
+@pytest.mark.slow
 def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
     from reva_plugins._process import Supervisor
 
@@ -425,6 +428,7 @@ def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
             users.start()
 
 
+@pytest.mark.slow
 def test_restart_never_reads_as_failed(tmp_path: Path) -> None:
     with Host(_fault_config(restart="never"), base_dir=tmp_path) as host:
         users = host.service("userprovider")
@@ -495,6 +499,7 @@ def _slow_plugin(root: Path) -> tuple[Path, Path, Path]:
     return project, started, gate
 
 
+@pytest.mark.slow
 def test_a_slow_build_blocks_neither_other_services_nor_close(tmp_path: Path) -> None:
     project, started, gate = _slow_plugin(tmp_path)
     config = _fault_config()

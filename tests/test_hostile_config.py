@@ -137,11 +137,13 @@ def test_max_concurrency_is_a_whole_number_from_1_to_1024(
     assert ok.services[0].plugin.max_concurrency == 1024
 
 
+@pytest.mark.slow
 def test_a_bad_timeout_names_file_and_key_on_one_line_exit_2(write_config: WriteConfig) -> None:
     path = write_config("[plugins]\ncall_timeout = nan\n")
     _config_one_line(cli("check", str(path)), str(path), "plugins.call_timeout", "finite")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e300", "0", "-5", "86401", "soon"])
 def test_call_timeout_flag_is_bounded(value: str) -> None:
     result = _config_run(
@@ -150,6 +152,7 @@ def test_call_timeout_flag_is_bounded(value: str) -> None:
     _config_one_line(result, "--timeout")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e300", "36501", "many"])
 def test_env_prune_unused_days_is_bounded(value: str, fresh_cache: Path) -> None:
     result = _config_run("env", "prune", f"--unused-days={value}")
@@ -196,6 +199,7 @@ def test_env_prune_unused_days_is_bounded(value: str, fresh_cache: Path) -> None
         ('[plugins]\ncache_dir = "~no-such-user-here/cache"\n', "plugins.cache_dir"),
     ],
 )
+@pytest.mark.slow
 def test_control_characters_and_unusable_paths_are_config_errors(
     write_config: WriteConfig, toml: str, key: str
 ) -> None:
@@ -211,6 +215,7 @@ def test_multi_line_env_values_stay_allowed(tmp_path: Path) -> None:
     assert svc.plugin.env == {"KEY": pem}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "value",
     [
@@ -244,6 +249,7 @@ def test_deeply_nested_data_through_the_api_is_a_config_error(tmp_path: Path) ->
         parse({"plugins": looped}, base_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_fifo_config_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     fifo = tmp_path / "revad.toml"
     os.mkfifo(fifo)
@@ -254,6 +260,7 @@ def test_a_fifo_config_is_refused_without_waiting_for_a_writer(tmp_path: Path) -
     _config_one_line(conf, str(fifo), "not a regular file")
 
 
+@pytest.mark.slow
 def test_a_device_or_a_symlink_to_one_is_refused(tmp_path: Path) -> None:
     link = tmp_path / "zero.toml"
     link.symlink_to("/dev/zero")
@@ -261,6 +268,7 @@ def test_a_device_or_a_symlink_to_one_is_refused(tmp_path: Path) -> None:
         _config_one_line(_config_run("check", path), path, "not a regular file")
 
 
+@pytest.mark.slow
 def test_an_oversized_config_is_refused_unread(tmp_path: Path) -> None:
     big = tmp_path / "big.toml"
     with big.open("w") as f:
@@ -274,6 +282,7 @@ def test_an_oversized_config_is_refused_unread(tmp_path: Path) -> None:
     _config_one_line(_config_run("check", str(binary)), "not UTF-8")
 
 
+@pytest.mark.slow
 def test_new_onto_an_existing_file_refuses_and_leaves_it_alone(tmp_path: Path) -> None:
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
@@ -284,6 +293,7 @@ def test_new_onto_an_existing_file_refuses_and_leaves_it_alone(tmp_path: Path) -
     assert target.read_text() == "keep me\n"
 
 
+@pytest.mark.slow
 def test_new_onto_a_symlink_refuses_and_writes_nothing(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     link = tmp_path / "link"
@@ -292,6 +302,7 @@ def test_new_onto_a_symlink_refuses_and_writes_nothing(tmp_path: Path) -> None:
     assert not elsewhere.exists()
 
 
+@pytest.mark.slow
 def test_new_into_an_empty_folder_works(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = cli("new", str(tmp_path / "empty"), "--service", "authprovider")
@@ -299,6 +310,7 @@ def test_new_into_an_empty_folder_works(tmp_path: Path) -> None:
     assert (tmp_path / "empty" / "pyproject.toml").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../../evil", "-x", "a b", "x-", "ümlaut", "a/b", "."])
 def test_new_refuses_an_invalid_distribution_name(tmp_path: Path, name: str) -> None:
     result = cli("new", str(tmp_path / "p"), "--service", "userprovider", f"--name={name}")
@@ -306,6 +318,7 @@ def test_new_refuses_an_invalid_distribution_name(tmp_path: Path, name: str) -> 
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["1password", "My.Plugin_2", "reva-plugin-x"])
 def test_new_with_a_valid_name_writes_code_that_compiles(tmp_path: Path, name: str) -> None:
     result = cli("new", str(tmp_path / "p"), "--service", "userprovider", f"--name={name}")
@@ -314,6 +327,7 @@ def test_new_with_a_valid_name_writes_code_that_compiles(tmp_path: Path, name: s
         compile(source.read_text(), str(source), "exec")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("params", "needle"),
     [
@@ -333,6 +347,7 @@ def test_call_params_json_refuses_what_the_wire_refuses(params: str, needle: str
     assert json.loads(line)["error"]["type"] == "UsageError"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
@@ -352,6 +367,7 @@ def test_conformance_arguments_are_checked(tmp_path: Path, extra: list[str], nee
     assert "hunter2" not in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [
@@ -408,6 +424,7 @@ def test_an_internal_error_is_one_line_and_visible_as_a_bug(
 # -- 3. keys in a service table: the guide's shape is driver config, typos are errors ---------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("key", "hint"),
     [
@@ -427,6 +444,7 @@ def test_a_misspelt_service_key_is_an_error_with_a_hint(
     _config_one_line(cli("check", str(path)), f"grpc.services.userprovider.{key}", hint)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("value", "needle"),
     [
@@ -467,6 +485,7 @@ def test_keys_beside_driver_are_the_drivers_config(tmp_path: Path) -> None:
     assert set(SERVICE_KEYS) == {"driver", "drivers", "plugin"}
 
 
+@pytest.mark.slow
 def test_the_plugin_guides_shape_reaches_the_plugin(tmp_path: Path) -> None:
     users = json.loads((EXAMPLES / "users.demo.json").read_text())
     (tmp_path / "one.json").write_text(json.dumps(users[:1]))
@@ -605,6 +624,7 @@ def _config_conformance(
     return {c.name: f"{c.status}: {c.reason}" for c in report.checks}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "where"),
     [
@@ -627,6 +647,7 @@ def test_conformance_flags_secret_like_fields_at_any_depth(
     assert checks["get_user returns the User asked for"].startswith("fail")
 
 
+@pytest.mark.slow
 def test_conformance_passes_a_user_without_secrets(config_leaky_plugin: Path) -> None:
     extra = {"pwd_last_set": 0, "secret_question_set": True, "tokens_issued": 3}
     checks = _config_conformance(config_leaky_plugin, "userprovider", {"extra": extra})
@@ -652,6 +673,7 @@ def test_conformance_passes_a_user_without_secrets(config_leaky_plugin: Path) ->
         ("fail-loudly", "good credentials return a User and scopes", "RemoteError"),
     ],
 )
+@pytest.mark.slow
 def test_conformance_flags_auth_results_and_errors_that_leak_the_secret(
     config_leaky_plugin: Path, mode: str, check: str | None, needle: str | None
 ) -> None:
@@ -668,6 +690,7 @@ def test_conformance_flags_auth_results_and_errors_that_leak_the_secret(
     assert all(secret not in reason for reason in checks.values()), checks
 
 
+@pytest.mark.slow
 def test_conformance_cli_shows_no_secret(config_leaky_plugin: Path, tmp_path: Path) -> None:
     (tmp_path / "driver.toml").write_text('mode = "fail-loudly"\n')
     result = cli(
@@ -747,6 +770,7 @@ _CONFIG_DATA = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(data=_CONFIG_DATA)
 def test_parse_raises_only_config_errors(data: dict[str, Any]) -> None:
@@ -774,6 +798,7 @@ _CONFIG_LINES = st.sampled_from(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -125,6 +125,7 @@ def _creds_cmdlines_with(
 # -- archive URLs with credentials --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_archive_url_with_credentials_downloads_and_the_token_never_shows(
     creds_wheel: Path, tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
 ) -> None:
@@ -158,6 +159,7 @@ def test_archive_url_with_credentials_downloads_and_the_token_never_shows(
     _creds_assert_hidden(_creds_metadata(fresh_cache))
 
 
+@pytest.mark.slow
 def test_a_download_credential_is_never_sent_to_another_origin_on_redirect(
     creds_wheel: Path, tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
 ) -> None:
@@ -197,6 +199,7 @@ def _creds_index(root: Path, wheel: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_index_url_with_credentials_installs_and_is_never_on_a_command_line(
     creds_wheel: Path, tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, installer: str
@@ -335,6 +338,7 @@ def _creds_git_wrapper(tmp_path: Path) -> tuple[Path, Path]:
     return folder, log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_git_http_url_with_credentials_clones_without_the_token_on_any_command_line(
     tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, installer: str
@@ -418,6 +422,7 @@ def _creds_env_dumping_plugin(root: Path, dump: Path) -> Path:
     return project
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_a_build_backend_does_not_see_the_cores_secrets(
     tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, installer: str
@@ -472,7 +477,7 @@ def test_git_gets_credentials_through_its_environment_only() -> None:
 
 
 def test_the_debug_log_of_a_command_redacts_credentials(caplog: pytest.LogCaptureFixture) -> None:
-    from reva_plugins._run import run
+    from reva_plugins._subprocess import run
 
     with caplog.at_level("DEBUG", logger="reva_plugins.run"):
         run([sys.executable, "-c", "pass", f"https://u:{_creds_TOKEN}@example.org/x"])

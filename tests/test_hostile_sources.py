@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from reva_plugins import RevaPluginError, SourceError
 from reva_plugins._errors import FetchError
 from reva_plugins._git import parse as _sources_git_parse
-from reva_plugins._loader import classify_driver
+from reva_plugins._plan import classify_driver
 from reva_plugins._sources import (
     ArchiveURL,
     ResolveContext,
@@ -186,6 +186,7 @@ def _sources_downloads_empty(cache: Path) -> None:
 # -- critical: no crafted spec reaches outside the cache ---------------------------------------
 
 
+@pytest.mark.slow
 def test_crafted_specs_never_touch_a_canary_next_to_the_cache(
     tmp_path: Path, fresh_cache: Path, sources_server: str, sources_wheel: Path
 ) -> None:
@@ -259,6 +260,7 @@ def test_archive_file_names_are_plain_wheel_or_sdist_names() -> None:
 # -- downloads ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "plugins", "needle"),
     [
@@ -284,6 +286,7 @@ def test_misbehaving_download_servers_give_one_line_and_leave_nothing(
     _sources_downloads_empty(fresh_cache)
 
 
+@pytest.mark.slow
 def test_a_dripping_server_is_cut_off_at_the_deadline(tmp_path: Path, sources_server: str) -> None:
     root = tmp_path / "downloads"
     with pytest.raises(FetchError, match="did not finish in time"):
@@ -291,6 +294,7 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(tmp_path: Path, sources_se
     assert list(root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_failed_pin_leaves_no_partial_download(
     tmp_path: Path, fresh_cache: Path, sources_server: str
 ) -> None:
@@ -300,6 +304,7 @@ def test_a_failed_pin_leaves_no_partial_download(
     _sources_downloads_empty(fresh_cache)
 
 
+@pytest.mark.slow
 def test_plain_http_needs_a_pin_or_allow_http_and_a_cache_hit_refreshes_the_mtime(
     tmp_path: Path, fresh_cache: Path, sources_server: str, sources_wheel: Path
 ) -> None:
@@ -322,6 +327,7 @@ def test_plain_http_needs_a_pin_or_allow_http_and_a_cache_hit_refreshes_the_mtim
     assert allowed.returncode == 0, allowed.stderr
 
 
+@pytest.mark.slow
 def test_file_archive_urls_read_only_regular_files_within_the_cap(
     tmp_path: Path, sources_wheel: Path
 ) -> None:
@@ -411,6 +417,7 @@ def test_allowed_sources_match_the_resolved_origin(
         classify_driver(spec, base_dir=sources_layout, allowed=tuple(patterns))
 
 
+@pytest.mark.slow
 def test_env_build_of_a_config_honours_allowed_sources(
     sources_layout: Path, fresh_cache: Path
 ) -> None:
@@ -453,6 +460,7 @@ def test_github_tree_urls_and_subdirectory_fragments_share_one_check() -> None:
 # -- special files in a package folder ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "zero-link", "fifo-link", "socket"])
 def test_special_files_in_a_package_folder_are_refused_without_blocking(
     tmp_path: Path, fresh_cache: Path, kind: str
@@ -512,6 +520,7 @@ def test_tree_digest_hashes_symlinks_by_target_text_and_bounds_what_it_reads(
 # -- control characters -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "driver",
     [
@@ -569,6 +578,7 @@ def sources_bases(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [root, root / "plugins", root / "link", root / "with space", Path("/")]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -601,6 +611,7 @@ def test_classification_raises_only_the_projects_errors(
             assert not subdirectory.startswith("/")
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(text=_SOURCES_SPECS)
 def test_url_and_git_parsers_raise_only_the_projects_errors(text: str) -> None:

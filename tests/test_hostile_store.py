@@ -116,6 +116,7 @@ def _store_deep(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("raw", "why"),
     [
@@ -180,6 +181,7 @@ def test_store_unreadable_or_special_metadata_never_hangs(
     }
 
 
+@pytest.mark.slow
 def test_store_check_rebuilds_an_env_with_broken_metadata(
     fresh_cache: Path, write_config: WriteConfig
 ) -> None:
@@ -229,6 +231,7 @@ def test_store_odd_entries_are_listed_broken_and_never_followed(
     assert (canary / "keep").read_text(encoding="utf-8") == "precious"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["../../canary", "..", "../canary", "/tmp", "a/../../canary", ""])
 def test_store_remove_never_escapes_the_cache(tmp_path: Path, key: str) -> None:
     cache = tmp_path / "cache" / "inner"
@@ -248,6 +251,7 @@ def test_store_remove_never_escapes_the_cache(tmp_path: Path, key: str) -> None:
 # -- 3. envs in use, vanished envs, downloads and leftovers ---------------------------------------
 
 
+@pytest.mark.slow
 def test_store_prune_and_remove_spare_an_env_a_running_host_uses(fresh_cache: Path) -> None:
     host = Host(_store_json_config(SAMPLES / "json_users"))
     try:
@@ -274,6 +278,7 @@ def test_store_prune_and_remove_spare_an_env_a_running_host_uses(fresh_cache: Pa
     assert os.listdir(fresh_cache / "envs") == []
 
 
+@pytest.mark.slow
 def test_store_host_rebuilds_an_env_removed_under_it(
     fresh_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -297,6 +302,7 @@ def test_store_host_rebuilds_an_env_removed_under_it(
         assert f"its env {key} is gone from the cache; rebuilding it" in caplog.text
 
 
+@pytest.mark.slow
 def test_store_prune_collects_unused_downloads_and_leftovers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -343,6 +349,7 @@ def test_store_prune_collects_unused_downloads_and_leftovers(
     assert (cache / "envs" / _store_KEY).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("days", ["nan", "-1", "inf", "1e300"])
 def test_store_prune_refuses_nonsense_days(tmp_path: Path, days: str) -> None:
     cache = tmp_path / "cache"
@@ -357,6 +364,7 @@ def test_store_prune_refuses_nonsense_days(tmp_path: Path, days: str) -> None:
 # -- 4. relative cache dirs ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_store_relative_cache_dir_from_the_environment_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -387,6 +395,7 @@ def test_store_relative_cache_dir_from_the_environment_works(
 # -- 5. unusable cache dirs ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["file", "under-file", "proc"])
 @pytest.mark.parametrize("command", ["check", "call", "env build", "env list", "env prune"])
 def test_store_unusable_cache_dir_is_one_line_and_exit_2(

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from reva_plugins import Host, PluginCrashed, ProtocolError, RemoteError
 from reva_plugins._client import Client, LineReader, _Oversized
 from reva_plugins._errors import HandshakeError, RevaPluginError, UsageError
-from reva_plugins._loader import IsolatedPlan
+from reva_plugins._plan import IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess, plugin_environment
 from reva_plugins._protocol import (
     BOOTSTRAP_FILE,
@@ -139,7 +139,7 @@ def wire_spec(
     wire_project: Path, tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, Path]
 ) -> LaunchSpec:
     host = Host(_wire_config(wire_project), base_dir=tmp_path_factory.mktemp("wirehost"))
-    plan = host.loader.plan(host.config.service("userprovider"))
+    plan = host.planner.plan(host.config.service("userprovider"))
     assert isinstance(plan, IsolatedPlan)
     return plan.launch
 
@@ -169,6 +169,7 @@ def _wire_strict(text: str) -> Any:
 # -- deeply nested JSON ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_reply_fails_only_its_own_call(wire_start: Any) -> None:
     process = wire_start()
     deep = '{"jsonrpc":"2.0","id":{id},"result":' + "[" * _wire_DEEP + "\n"
@@ -188,6 +189,7 @@ def test_a_deeply_nested_reply_fails_only_its_own_call(wire_start: Any) -> None:
     assert process.call("echo", {"value": "still fine"}) == "still fine"
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_reply_with_its_id_last_fails_its_call(wire_start: Any) -> None:
     process = wire_start()
     deep = '{"jsonrpc":"2.0","result":' + "[" * _wire_DEEP + ',"id":{id}}\n'
@@ -196,16 +198,19 @@ def test_a_deeply_nested_reply_with_its_id_last_fails_its_call(wire_start: Any) 
     assert process.call("echo", {"value": 1}) == 1
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_handshake_is_a_handshake_error(wire_start: Any) -> None:
     with pytest.raises(HandshakeError, match=r"not a handshake: invalid JSON.*nested too deeply"):
         wire_start(env={"HOSTILE_MODE": "deep_handshake"}, start_timeout=10)
 
 
+@pytest.mark.slow
 def test_nan_in_the_handshake_is_a_handshake_error(wire_start: Any) -> None:
     with pytest.raises(HandshakeError, match="NaN is not valid JSON"):
         wire_start(env={"HOSTILE_MODE": "nan_handshake"}, start_timeout=10)
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_result_is_an_error_reply(wire_start: Any) -> None:
     process = wire_start()
     with pytest.raises(RemoteError, match="deep: result is not valid JSON"):
@@ -218,7 +223,14 @@ class _WireBootstrap:
 
     def __init__(self, spec: LaunchSpec) -> None:
         parent, child = socket.socketpair()
-        entry = dict(spec.entry, wire_fd=child.fileno(), service="userprovider")
+        entry = dict(
+            spec.entry,
+            wire_fd=child.fileno(),
+            service="userprovider",
+            max_concurrency=spec.max_concurrency,
+            max_line=spec.max_line,
+            log_level="info",
+        )
         self.proc = subprocess.Popen(
             [str(spec.python), "-I", str(BOOTSTRAP_FILE), json.dumps(entry)],
             env=plugin_environment(spec),
@@ -259,6 +271,7 @@ def wire_bootstrap(wire_spec: LaunchSpec) -> Iterator[_WireBootstrap]:
     bootstrap.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "line",
     [
@@ -282,6 +295,7 @@ def test_the_bootstrap_answers_bad_json_with_a_parse_error(
     assert wire_bootstrap.reply() == {"jsonrpc": "2.0", "id": 2, "result": "ok"}
 
 
+@pytest.mark.slow
 def test_the_bootstrap_survives_an_empty_method_name(wire_bootstrap: _WireBootstrap) -> None:
     wire_bootstrap.send(b'{"jsonrpc":"2.0","id":3,"method":""}\n')
     assert wire_bootstrap.reply()["error"]["code"] == -32601
@@ -292,6 +306,7 @@ def test_the_bootstrap_survives_an_empty_method_name(wire_bootstrap: _WireBootst
 # -- NaN and infinity --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["nan", "inf"])
 def test_a_nan_result_is_refused_by_the_plugin_naming_the_method(
     wire_start: Any, method: str
@@ -302,6 +317,7 @@ def test_a_nan_result_is_refused_by_the_plugin_naming_the_method(
     assert process.call("echo", {"value": 1}) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
@@ -321,6 +337,7 @@ def test_non_json_values_from_the_plugin_are_a_protocol_error(
     assert process.call("echo", {"value": 1}) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"x": float("-inf")}]])
 def test_nan_in_params_is_a_usage_error(wire_start: Any, value: Any) -> None:
     process = wire_start()
@@ -330,11 +347,13 @@ def test_nan_in_params_is_a_usage_error(wire_start: Any, value: Any) -> None:
     assert process.call("echo", {"value": 2}) == 2
 
 
+@pytest.mark.slow
 def test_nan_in_a_driver_config_is_a_usage_error_at_start(wire_start: Any) -> None:
     with pytest.raises(UsageError, match="params of 'configure' are not valid JSON"):
         wire_start(config={"limit": float("inf")})
 
 
+@pytest.mark.slow
 def test_call_prints_only_strict_json(wire_project: Path, write_config: WriteConfig) -> None:
     config = write_config(
         f'[grpc.services.userprovider]\ndriver = "{wire_project}"\n', name="wire.toml"
@@ -365,6 +384,7 @@ def test_call_prints_only_strict_json(wire_project: Path, write_config: WriteCon
 # -- output before the bootstrap runs ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pth_files_that_write_to_stdout_cannot_touch_the_wire(
     wire_spec: LaunchSpec, wire_start: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -392,6 +412,7 @@ def test_pth_files_that_write_to_stdout_cannot_touch_the_wire(
 # -- a crash under load ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill", "exit"])
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_a_crash_under_load_fails_calls_only_with_plugin_crashed(
@@ -455,6 +476,7 @@ _wire_bytes = st.binary(max_size=300) | st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_wire_bytes, max_size=20))
 def test_the_line_reader_returns_whole_lines_in_order(chunks: list[bytes]) -> None:
@@ -498,6 +520,7 @@ _wire_finite_json = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     st.binary(max_size=200)
@@ -517,6 +540,7 @@ def test_loads_raises_only_value_error(data: bytes) -> None:
         assert loads(dumps(value).encode("utf-8")) == value
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=10), _wire_json) | st.dictionaries(
     st.sampled_from(["code", "message", "data"]),
@@ -529,6 +553,7 @@ def test_error_to_exception_takes_any_error_object(error: dict[str, Any]) -> Non
     assert str(exc)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300) | st.integers(1, 200_000).map(lambda n: b"[" * n))
 def test_guess_id_takes_any_bytes(line: bytes) -> None:
@@ -536,6 +561,7 @@ def test_guess_id_takes_any_bytes(line: bytes) -> None:
     assert found is None or 0 <= found < 10**18
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_wire_json, max_size=3))
 def test_params_encode_or_raise_a_usage_error(values: list[Any]) -> None:
@@ -556,6 +582,7 @@ def _wire_garbage_lines() -> st.SearchStrategy[list[bytes]]:
     return st.lists(line.map(lambda b: b.replace(b"\n", b" ") + b"\n"), max_size=5)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_wire_garbage_lines(), _wire_finite_json)
 def test_the_client_delivers_replies_through_any_garbage(garbage: list[bytes], value: Any) -> None:
@@ -593,6 +620,7 @@ def test_the_client_delivers_replies_through_any_garbage(garbage: list[bytes], v
         core.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=500) | st.integers(1, 200_000).map(lambda n: b'{"a":' * n + b"\n"))
 def test_dispatching_any_bytes_raises_nothing(line: bytes) -> None:

@@ -20,6 +20,8 @@ from reva_plugins.testing import prepare_source, run_conformance
 from .conftest import EXAMPLES, ROOT, SAMPLES, WriteConfig, cli
 from .factory import git
 
+pytestmark = pytest.mark.slow
+
 JSON_SAMPLE = SAMPLES / "json_users"
 OLD_USERS = ROOT / "tests" / "data" / "users.opaque-map.json"
 

@@ -44,7 +44,7 @@ def marker_of(config: dict[str, Any], base_dir: Path, **options: Any) -> str:
 def env_key(config: dict[str, Any], base_dir: Path, **options: Any) -> str:
     with Host(config, base_dir=base_dir, **options) as host:
         svc = host.config.service("userprovider")
-        plan = host.loader.plan(svc)
+        plan = host.planner.plan(svc)
         key = getattr(plan, "env_key", None)
         assert key
         return str(key)
@@ -74,11 +74,13 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_dists(project, root / "dist")
 
 
+@pytest.mark.slow
 def test_wheel_and_sdist_files_load(dists: dict[str, Path], tmp_path: Path) -> None:
     for kind in ("wheel", "sdist"):
         assert marker_of(config_for(str(dists[kind])), tmp_path) == "from-dist"
 
 
+@pytest.mark.slow
 def test_sha256_pin_is_checked(dists: dict[str, Path], tmp_path: Path) -> None:
     from reva_plugins._sources import file_digest
 
@@ -90,6 +92,7 @@ def test_sha256_pin_is_checked(dists: dict[str, Path], tmp_path: Path) -> None:
         marker_of(config_for(str(dists["wheel"]), plugin={"sha256": "0" * 64}), tmp_path)
 
 
+@pytest.mark.slow
 def test_folder_second_load_runs_nothing_and_an_edit_rebuilds(
     tmp_path: Path, fresh_cache: Path, run_log: pytest.LogCaptureFixture
 ) -> None:
@@ -107,6 +110,7 @@ def test_folder_second_load_runs_nothing_and_an_edit_rebuilds(
     assert (fresh_cache / "envs" / first).is_dir()  # the old env stays until pruned
 
 
+@pytest.mark.slow
 def test_prebuilt_venv_is_used_as_is(tmp_path: Path, session_dirs: dict[str, Path]) -> None:
     uv = find_uv()
     if uv is None:
@@ -132,6 +136,7 @@ def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo")
 
 
+@pytest.mark.slow
 def test_git_tag_branch_commit_and_subdirectory(repo: Path, tmp_path: Path) -> None:
     url = f"git+file://{repo}"
     commit = git(repo, "rev-parse", "HEAD")
@@ -140,6 +145,7 @@ def test_git_tag_branch_commit_and_subdirectory(repo: Path, tmp_path: Path) -> N
         assert marker_of(config_for(spec), tmp_path) == "v1", ref
 
 
+@pytest.mark.slow
 def test_moving_a_branch_makes_a_new_env(repo: Path, tmp_path: Path) -> None:
     spec = f"git+file://{repo}@main#subdirectory=plugins/demo"
     first = env_key(config_for(spec), tmp_path)
@@ -149,6 +155,7 @@ def test_moving_a_branch_makes_a_new_env(repo: Path, tmp_path: Path) -> None:
     assert env_key(config_for(spec), tmp_path) != first
 
 
+@pytest.mark.slow
 def test_pinned_commit_never_asks_the_remote(
     repo: Path, tmp_path: Path, run_log: pytest.LogCaptureFixture
 ) -> None:
@@ -164,6 +171,7 @@ def test_pinned_commit_never_asks_the_remote(
     assert marker_of(config_for(spec, offline=True), tmp_path) == "v1"
 
 
+@pytest.mark.slow
 def test_offline_branch_uses_the_newest_cached_env_or_fails_clearly(
     repo: Path, tmp_path: Path, run_log: pytest.LogCaptureFixture
 ) -> None:
@@ -220,6 +228,7 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     server.server_close()
 
 
+@pytest.mark.slow
 def test_archive_url_with_sha256(
     dists: dict[str, Path],
     http_dir: tuple[Path, str],
@@ -273,6 +282,7 @@ def local_index(house: Path) -> dict[str, Any]:
     return {"index_url": (house.parent / "empty-index").as_uri(), "find_links": [str(house)]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 def test_requirements_from_a_local_index_and_clashing_pins_coexist(
     wheelhouse: Path, tmp_path: Path, installer: str
@@ -294,6 +304,7 @@ def test_requirements_from_a_local_index_and_clashing_pins_coexist(
     assert (old, new) == ("clashlib 1.0", "clashlib 2.0")
 
 
+@pytest.mark.slow
 def test_missing_dependency_fails_with_the_installer_tail_and_leaves_nothing(
     wheelhouse: Path, tmp_path: Path, fresh_cache: Path
 ) -> None:
@@ -317,6 +328,7 @@ def test_missing_dependency_fails_with_the_installer_tail_and_leaves_nothing(
     assert list((fresh_cache / "tmp").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_broken_pyproject_fails_and_leaves_nothing(tmp_path: Path, fresh_cache: Path) -> None:
     project = make_plugin(tmp_path / "plugin")
     (project / "pyproject.toml").write_text("[project\nname = 'broken'\n")
@@ -339,6 +351,7 @@ def write(folder: Path, text: str) -> Path:
 # -- concurrency, interruption, health ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_processes_build_one_spec_once(tmp_path: Path, fresh_cache: Path) -> None:
     make_plugin(tmp_path / "plugin", marker="shared")
     procs = [
@@ -359,6 +372,7 @@ def test_four_processes_build_one_spec_once(tmp_path: Path, fresh_cache: Path) -
     assert len(list((fresh_cache / "envs").iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_nothing_the_next_load_trips_over(
     tmp_path: Path, fresh_cache: Path
 ) -> None:
@@ -385,6 +399,7 @@ def test_killed_build_leaves_nothing_the_next_load_trips_over(
     assert list((fresh_cache / "tmp").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_deleted_interpreter_means_a_rebuild_with_a_warning(
     tmp_path: Path, fresh_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -403,6 +418,7 @@ def test_deleted_interpreter_means_a_rebuild_with_a_warning(
 # -- metadata and the env commands --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metadata_and_env_commands(repo: Path, tmp_path: Path, fresh_cache: Path) -> None:
     commit = git(repo, "rev-parse", "HEAD")
     spec = f"git+file://{repo}@v1#subdirectory=plugins/demo"
@@ -428,6 +444,7 @@ def test_metadata_and_env_commands(repo: Path, tmp_path: Path, fresh_cache: Path
 # -- bad specs ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("driver", "needle"),
     [
@@ -450,6 +467,7 @@ def test_bad_specs_exit_2_with_one_line(tmp_path: Path, driver: str, needle: str
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_missing_ref_and_interpreter_exit_2(repo: Path, tmp_path: Path) -> None:
     spec = f"git+file://{repo}@no-such-branch#subdirectory=plugins/demo"
     result = cli(
@@ -463,6 +481,7 @@ def test_missing_ref_and_interpreter_exit_2(repo: Path, tmp_path: Path) -> None:
     assert "no Python 2.1 found" in result.stderr
 
 
+@pytest.mark.slow
 def test_per_plugin_python(tmp_path: Path) -> None:
     from reva_plugins._python import find
 

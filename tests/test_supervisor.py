@@ -30,10 +30,12 @@ from reva_plugins import (
     RemoteError,
 )
 from reva_plugins._host import IsolatedDriver
-from reva_plugins._loader import IsolatedPlan
+from reva_plugins._plan import IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor
 
 from .conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.slow  # every test runs a real plugin process
 
 FAULT = Path(__file__).parent / "plugins" / "fault"
 
@@ -57,7 +59,7 @@ def fault_spec(
 ) -> LaunchSpec:
     """The launch spec of the fault plugin (its env is built once for the module)."""
     host = Host(fault_config(), base_dir=tmp_path_factory.mktemp("fault"))
-    plan = host.loader.plan(host.config.service("userprovider"))
+    plan = host.planner.plan(host.config.service("userprovider"))
     assert isinstance(plan, IsolatedPlan)
     return plan.launch
 

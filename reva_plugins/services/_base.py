@@ -69,6 +69,12 @@ def secret_leaks(value: object, where: str, secret: str | None = None) -> list[s
     return sorted(problems)
 
 
+def opaque_id(record: object) -> object:
+    """``record["id"]["opaque_id"]`` of a user or group a plugin returned; None where missing."""
+    ident = record.get("id") if isinstance(record, Mapping) else None
+    return ident.get("opaque_id") if isinstance(ident, Mapping) else None
+
+
 def echoes(text: str, secret: str) -> bool:
     """True if ``text`` shows ``secret`` (see :data:`ECHO_MIN_LENGTH`)."""
     if not secret:

@@ -13,6 +13,7 @@ from ._base import (
     ConformanceContext,
     ScaffoldTemplate,
     ServiceType,
+    opaque_id,
     secret_leaks,
 )
 from .userprovider import (
@@ -155,7 +156,7 @@ class _Checks:
         for group in self.groups():
             got = self.proxy.get_group(group["id"])
             fail_on(group_problems(got, f"get_group({group['id'].get('opaque_id')!r})"))
-            if got.get("id", {}).get("opaque_id") != group["id"].get("opaque_id"):
+            if opaque_id(got) != opaque_id(group):
                 raise CheckFailed(
                     f"get_group({group['id']}) returned another group: {got.get('id')}"
                 )
@@ -183,7 +184,7 @@ class _Checks:
             value = str(group.get(claim))
             got = self.proxy.get_group_by_claim(claim, value)
             fail_on(group_problems(got, f"get_group_by_claim({claim!r}, {value!r})"))
-            if got.get("id", {}).get("opaque_id") != group["id"].get("opaque_id"):
+            if opaque_id(got) != opaque_id(group):
                 raise CheckFailed(
                     f"get_group_by_claim({claim!r}, {value!r}) returned {got.get('group_name')!r}"
                 )

@@ -15,6 +15,7 @@ from ._base import (
     ConformanceContext,
     ScaffoldTemplate,
     ServiceType,
+    opaque_id,
     secret_leaks,
 )
 
@@ -191,7 +192,7 @@ def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
         for user in users():
             got = proxy.get_user(user["id"])
             fail_on(user_problems(got, f"get_user({user['id'].get('opaque_id')!r})"))
-            if got.get("id", {}).get("opaque_id") != user["id"].get("opaque_id"):
+            if opaque_id(got) != opaque_id(user):
                 raise CheckFailed(f"get_user({user['id']}) returned another user: {got.get('id')}")
 
     def unknown_user() -> None:
@@ -227,7 +228,7 @@ def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
         ):
             value = str(user.get(field_name))
             got = proxy.get_user_by_claim(claim, value)
-            if got.get("id", {}).get("opaque_id") != user["id"].get("opaque_id"):
+            if opaque_id(got) != opaque_id(user):
                 raise CheckFailed(
                     f"get_user_by_claim({claim!r}, {value!r}) returned {got.get('username')!r}"
                 )

@@ -1,0 +1,64 @@
+"""Every default and every bound, in one place: config parsing, the process supervisor, the CLI
+and the docs (``docs/config.md``, checked by ``tests/test_defaults.py``) read them from here.
+
+The wire's line limit is the protocol's own (``_wire.DEFAULT_MAX_LINE``): the bootstrap, which
+cannot import this module, reads it there.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from ._wire import DEFAULT_MAX_LINE
+
+RestartPolicy = Literal["on-failure", "never"]
+
+# -- defaults -----------------------------------------------------------------------------------
+
+#: Seconds a plugin has to start and complete its handshake (``start_timeout``).
+START_TIMEOUT: Final = 60.0
+#: Seconds per call (``call_timeout``).
+CALL_TIMEOUT: Final = 30.0
+#: Calls in flight inside one plugin (``plugin.max_concurrency``).
+MAX_CONCURRENCY: Final = 8
+#: What the supervisor does after a crash (``plugin.restart``).
+RESTART: Final[RestartPolicy] = "on-failure"
+RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = ("on-failure", "never")
+#: The restart backoff: first delay, doubling up to the cap (seconds).
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_CAP: Final = 5.0
+#: This many crashes within the window (seconds) mark a service failed.
+MAX_CRASHES: Final = 5
+CRASH_WINDOW: Final = 60.0
+#: Seconds a plugin has to exit after ``$/shutdown`` before it is terminated.
+SHUTDOWN_GRACE: Final = 2.0
+#: The longest wire message, in bytes.
+MAX_LINE: Final = DEFAULT_MAX_LINE
+#: Size cap of an archive URL download (``max_download_mb``).
+MAX_DOWNLOAD_MB: Final = 1024
+#: ``env prune --unused-days``.
+UNUSED_DAYS: Final = 30.0
+
+# -- bounds: every number and every nesting a user writes (config file, Python API or command
+# -- line) is checked against these, and only these.
+
+#: Seconds any timeout may be (``start_timeout``, ``call_timeout``, ``call --timeout``). Below a
+#: millisecond not even a ping round trip completes, so a smaller value is a mistake; above a day
+#: a timeout bounds nothing a caller could wait for, and huge values break the waits themselves
+#: (``inf`` overflows ``Lock.acquire``; ``nan`` compares false and so would mean "never").
+TIMEOUT_BOUNDS: Final[tuple[float, float]] = (0.001, 86_400.0)
+#: Calls in flight inside one plugin (each is a thread in the plugin process).
+MAX_CONCURRENCY_BOUNDS: Final[tuple[int, int]] = (1, 1024)
+#: ``env prune --unused-days``: 0 prunes every env not in use; 100 years is as good as "never".
+UNUSED_DAYS_BOUNDS: Final[tuple[float, float]] = (0.0, 36_500.0)
+#: How deeply tables and arrays in a config file (or ``call``'s PARAMS_JSON) may nest. Real
+#: configs use a handful of levels; the bound keeps every recursive reader (tomllib, json, the
+#: plugin's decoder) far from Python's recursion limit.
+MAX_NESTING: Final = 64
+#: The largest config file read, in bytes: a config is text a person wrote, never megabytes.
+MAX_CONFIG_BYTES: Final = 4 << 20
+
+#: Plugin log lines per second, sustained, before lines are dropped (and counted); the burst a
+#: plugin may send at once above that rate.
+LOG_RATE: Final = 100.0
+LOG_BURST: Final = 1000

@@ -1,0 +1,181 @@
+"""The layering ``ARCHITECTURE.md`` describes, enforced over ``reva_plugins/``'s source.
+
+Only imports that run count: an import under ``if TYPE_CHECKING:`` (type hints only) is free.
+Every module must be placed in a layer, so a new module is placed on purpose.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "reva_plugins"
+
+#: Each module's layer; a module imports only modules of its own layer or a lower one.
+LAYERS: dict[str, int] = {
+    # 0 - leaves: shared by both halves
+    **dict.fromkeys(["_errors", "_redact", "_fs", "_environ", "_subprocess", "_wire"], 0),
+    # 1 - the build half, the run half, defaults, service types
+    **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
+    "_store": 1,
+    **dict.fromkeys(["_protocol", "_bootstrap", "_client", "_process", "_defaults"], 1),
+    **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
+    **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
+    # 2 - configuration, host hook specs
+    **dict.fromkeys(["_config", "_hooks"], 2),
+    # 3 - planning: a service's config to a plan (env build, env inspection, wheel tags)
+    **dict.fromkeys(["_plan", "_build", "_envinfo", "_wheels"], 3),
+    # 4 - the host
+    "_host": 4,
+    # 5 - what runs on a host
+    **dict.fromkeys(["_conformance", "_scaffold"], 5),
+    # 6 - the faces: command line, its presentation, the authors' kit, the public API
+    **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
+}
+
+BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
+RUN_HALF = {"_process", "_client", "_protocol", "_wire", "_bootstrap"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or "reva_plugins"
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(body: list[ast.stmt]) -> list[ast.AST]:
+    """Every node that runs, skipping ``if TYPE_CHECKING:`` bodies (not their ``else``)."""
+    out: list[ast.AST] = []
+    stack: list[ast.AST] = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        out.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports at run time (relative or absolute imports)."""
+    name = module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    if name == "reva_plugins":
+        package = []
+    found: set[str] = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in _runtime_nodes(tree.body):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+            elif node.module and node.module.split(".")[0] == "reva_plugins":
+                base = []
+            else:
+                continue
+            module = (node.module or "").removeprefix("reva_plugins").lstrip(".")
+            prefix = [*base, *filter(None, module.split("."))]
+            for alias in node.names:
+                candidate = ".".join([*prefix, alias.name])
+                found.add(candidate if candidate in LAYERS else ".".join(prefix) or "reva_plugins")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "reva_plugins":
+                    found.add(alias.name.removeprefix("reva_plugins.") or "reva_plugins")
+    found.discard(name)
+    return found
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+IMPORTS = {name: package_imports(path) for name, path in MODULES.items()}
+
+
+def test_every_module_has_a_layer() -> None:
+    assert sorted(set(MODULES) - set(LAYERS)) == []
+    assert sorted(set(LAYERS) - set(MODULES)) == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_module_imports_nothing_above_its_layer(name: str) -> None:
+    above = {dep for dep in IMPORTS[name] if LAYERS.get(dep, 99) > LAYERS[name]}
+    assert above == set(), f"{name} (layer {LAYERS[name]}) imports {sorted(above)}"
+
+
+def test_the_build_half_and_the_run_half_never_import_each_other() -> None:
+    crossing = {
+        (name, dep)
+        for name in BUILD_HALF | RUN_HALF
+        for dep in IMPORTS[name]
+        if (name in BUILD_HALF and dep in RUN_HALF) or (name in RUN_HALF and dep in BUILD_HALF)
+    }
+    assert crossing == set()
+
+
+def test_the_bootstrap_imports_nothing_of_the_core_but_the_protocol_module() -> None:
+    assert IMPORTS["_bootstrap"] <= {"_wire"}
+
+
+def test_the_protocol_module_imports_nothing_at_run_time() -> None:
+    tree = ast.parse(MODULES["_wire"].read_text(encoding="utf-8"))
+    imports = [
+        node
+        for node in _runtime_nodes(tree.body)
+        if isinstance(node, ast.Import)
+        or (isinstance(node, ast.ImportFrom) and node.module != "__future__")
+    ]
+    assert imports == []
+
+
+def test_services_import_no_core_module_but_errors() -> None:
+    for name, deps in IMPORTS.items():
+        if name == "services" or name.startswith("services."):
+            core = {d for d in deps if not (d == "services" or d.startswith("services."))}
+            assert core <= {"_errors"}, f"{name} imports {sorted(core)}"
+
+
+def test_nothing_imports_the_faces() -> None:
+    allowed = {
+        "_cli": {"__main__"},
+        "_present": {"_cli", "testing"},
+        "testing": set(),
+        "__main__": set(),
+    }
+    for face, importers in allowed.items():
+        found = {name for name, deps in IMPORTS.items() if face in deps}
+        assert found <= importers, f"{sorted(found - importers)} import {face}"
+
+
+def test_only_the_planning_layer_classifies_sources() -> None:
+    """Nothing outside planning switches on source kinds: only it imports ``_sources``."""
+    importers = {name for name, deps in IMPORTS.items() if "_sources" in deps}
+    assert importers <= {"_plan", "_build", "_envinfo", "_wheels"}
+
+
+def test_the_checker_sees_imports() -> None:
+    """The checker itself: it finds what a module imports (else every rule would pass)."""
+    assert IMPORTS["_cli"] >= {"_config", "_host", "_plan", "_present"}
+    assert IMPORTS["_bootstrap"] == {"_wire"}  # the package-mode import, outside TYPE_CHECKING
+    assert "_host" not in IMPORTS["_hooks"]  # only under TYPE_CHECKING
+    assert IMPORTS["services.groupprovider"] >= {"services._base"}
+
+
+def test_architecture_md_names_every_module() -> None:
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [
+        name
+        for name in LAYERS
+        if name != "reva_plugins"
+        and f"`{name.removeprefix('services.')}`" not in text
+        and not name.startswith("services")
+    ]
+    assert missing == []

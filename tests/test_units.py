@@ -1,0 +1,303 @@
+"""Fast unit tests of the pure functions: spec classification, env metadata validation,
+argument binding, config parsing edge cases, and how the CLI presents results."""
+
+from __future__ import annotations
+
+import inspect
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reva_plugins import ConfigError, SourceError, UsageError
+from reva_plugins._config import parse
+from reva_plugins._errors import EnvBuildError, ExitCode
+from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
+from reva_plugins._plan import absolute_spec, classify_driver
+from reva_plugins._present import CheckRow, TickingProgress
+from reva_plugins._store import EnvMetadata, MetadataError
+
+# -- spec classification ------------------------------------------------------------------------
+
+
+def _tree(tmp_path: Path) -> Path:
+    (tmp_path / "plugins" / "demo").mkdir(parents=True)
+    (tmp_path / "plugins" / "demo" / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "demo-1.0-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "dist" / "demo-1.0.tar.gz").write_bytes(b"")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_bytes(b"")
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind"),
+    [
+        ("json", "in-process"),
+        ("reva-plugin-json>=1.0", "requirement"),
+        ("./plugins/demo", "folder"),
+        ("plugins/demo", "folder"),
+        ("./dist/demo-1.0-py3-none-any.whl", "wheel"),
+        ("./dist/demo-1.0.tar.gz", "sdist"),
+        ("./venv", "venv"),
+        ("git+https://example.org/demo.git@v1", "git"),
+        ("https://example.org/demo-1.0-py3-none-any.whl", "wheel-url"),
+    ],
+)
+def test_specs_classify_by_kind(tmp_path: Path, spec: str, kind: str) -> None:
+    assert classify_driver(spec, base_dir=_tree(tmp_path)).kind == kind
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", " ", "a\x00b", "plugins/../demo", "name @ https://example.org/x.whl", "what is this?"],
+)
+def test_ambiguous_or_empty_specs_are_refused(tmp_path: Path, spec: str) -> None:
+    with pytest.raises(SourceError):
+        classify_driver(spec, base_dir=_tree(tmp_path))
+
+
+def test_allowed_sources_applies_at_classification(tmp_path: Path) -> None:
+    base = _tree(tmp_path)
+    allowed = (f"{base}/plugins/*",)
+    assert classify_driver("./plugins/demo", base_dir=base, allowed=allowed).kind == "folder"
+    with pytest.raises(SourceError, match="not allowed"):
+        classify_driver("git+https://example.org/demo.git@v1", base_dir=base, allowed=allowed)
+    with pytest.raises(SourceError, match="not allowed"):
+        classify_driver("./dist/demo-1.0.tar.gz", base_dir=base, allowed=allowed)
+
+
+def test_absolute_spec_resolves_paths_only(tmp_path: Path) -> None:
+    base = _tree(tmp_path)
+    assert absolute_spec("./plugins/demo", base) == str(base / "plugins" / "demo")
+    assert absolute_spec("json", base) == "json"
+    assert absolute_spec("reva-plugin-json>=1", base) == "reva-plugin-json>=1"
+
+
+# -- env metadata -------------------------------------------------------------------------------
+
+KEY = "0123456789abcdef01234567"
+
+
+def _metadata(**changes: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "key": KEY,
+        "spec": "./plugins/demo",
+        "kind": "folder",
+        "identity": "tree:abc",
+        "mutable": True,
+        "resolved": {"version": "1.0"},
+        "python": {"implementation": "CPython", "version": "3.12.1", "executable": "/py"},
+        "installer": {"name": "uv", "version": "0.6"},
+        "options": {"index_url": None},
+        "protocol": [1],
+        "distributions": [{"name": "demo", "version": "1.0", "direct_url": {"url": "file:///x"}}],
+        "entry_points": {
+            "reva.userprovider": {
+                "demo": {"name": "demo", "value": "demo:P", "distribution": "demo", "version": "1"}
+            }
+        },
+        "created": "2026-01-01T00:00:00.000001+00:00",
+        "future_field": {"kept": True},
+    }
+    meta.update(changes)
+    return meta
+
+
+def test_metadata_round_trips_and_keeps_unknown_fields() -> None:
+    meta = EnvMetadata.from_json(_metadata())
+    assert meta.to_json() == _metadata()
+    assert meta.entry_points["reva.userprovider"]["demo"].value == "demo:P"
+    assert meta.python.version == "3.12.1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "names"),
+    [
+        ({"key": "not-a-key"}, "not an env key"),
+        ({"kind": 3}, "kind"),
+        ({"mutable": "yes"}, "mutable"),
+        ({"protocol": [1, True]}, "protocol"),
+        ({"python": {"version": "3.12"}}, "python."),
+        ({"resolved": {"version": 1}}, "resolved"),
+        ({"distributions": [{"name": "x"}]}, "distributions[0].version"),
+        ({"entry_points": {"reva.userprovider": []}}, "entry_points.reva.userprovider"),
+        ({"entry_points": {"g": {"n": {"name": "n"}}}}, "entry_points.g.n."),
+    ],
+)
+def test_metadata_of_the_wrong_shape_names_the_field(changes: dict[str, Any], names: str) -> None:
+    with pytest.raises(MetadataError, match=names.replace(".", r"\.").replace("[", r"\[")):
+        EnvMetadata.from_json(_metadata(**changes))
+
+
+@pytest.mark.parametrize("data", [None, [], "x", 1])
+def test_metadata_that_is_not_an_object_is_refused(data: object) -> None:
+    with pytest.raises(MetadataError):
+        EnvMetadata.from_json(data)
+
+
+# -- argument binding ---------------------------------------------------------------------------
+
+
+def _sample(user_id: Any, skip_fetching_groups: bool = False, mode: str = "x") -> None:
+    """A service method's shape: one required argument, then defaults."""
+
+
+def _all_required(a: Any, b: Any) -> None:
+    """No defaults."""
+
+
+SIGNATURES = [inspect.signature(_sample), inspect.signature(_all_required)]
+VALUES = st.one_of(st.none(), st.integers(), st.text(max_size=3))
+NAMES = st.sampled_from(["user_id", "skip_fetching_groups", "mode", "a", "b", "other"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    which=st.integers(0, len(SIGNATURES) - 1),
+    args=st.lists(VALUES, max_size=4).map(tuple),
+    kwargs=st.dictionaries(NAMES, VALUES, max_size=3),
+)
+def test_the_binder_agrees_with_signature_bind(
+    which: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    sig = SIGNATURES[which]
+    binder = _Binder("svc.method", sig, "svc (demo)")
+    try:
+        expected = sig.bind(*args, **kwargs)
+    except TypeError:
+        with pytest.raises(UsageError, match=r"^svc \(demo\): svc\.method\(\) "):
+            binder.bind(args, kwargs)
+        return
+    expected.apply_defaults()
+    assert binder.bind(args, kwargs) == dict(expected.arguments)
+
+
+def test_binder_errors_are_usage_errors_that_name_the_argument() -> None:
+    binder = _Binder("userprovider.get_user", inspect.signature(_sample), "userprovider (x)")
+    with pytest.raises(UsageError, match="missing the argument 'user_id'"):
+        binder.bind((), {})
+    with pytest.raises(UsageError, match="unexpected argument 'nope'"):
+        binder.bind((1,), {"nope": 2})
+    with pytest.raises(UsageError, match="multiple values for 'user_id'"):
+        binder.bind((1,), {"user_id": 2})
+    with pytest.raises(UsageError, match="takes 3 arguments, 4 given"):
+        binder.bind((1, 2, 3, 4), {})
+
+
+# -- config parsing edge cases ------------------------------------------------------------------
+
+
+def _service(**plugin: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {"driver": "json", "plugin": plugin}
+    return {"grpc": {"services": {"userprovider": table}}}
+
+
+@pytest.mark.parametrize(
+    "plugin",
+    [
+        {"max_concurrency": True},
+        {"max_concurrency": 1.5},
+        {"max_concurrency": 0},
+        {"start_timeout": 0},
+        {"call_timeout": float("nan")},
+        {"call_timeout": "30"},
+        {"restart": "always"},
+        {"restart": ["on-failure"]},
+    ],
+)
+def test_plugin_options_of_the_wrong_type_or_range_are_config_errors(
+    tmp_path: Path, plugin: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError, match=next(iter(plugin))):
+        parse(_service(**plugin), base_dir=tmp_path)
+
+
+def test_plugin_options_override_the_plugins_table(tmp_path: Path) -> None:
+    config = parse(
+        {**_service(call_timeout=5, restart="never"), "plugins": {"call_timeout": 9}},
+        base_dir=tmp_path,
+    )
+    opts = config.service("userprovider").plugin
+    assert (opts.call_timeout, opts.restart) == (5, "never")
+    assert config.plugins.call_timeout == 9
+
+
+# -- presentation ------------------------------------------------------------------------------
+
+
+def _info() -> ServiceInfo:
+    return ServiceInfo(
+        "userprovider", "folder", "running", 42, KEY, "/py", "demo", "demo-dist", "1.0",
+        0.5, 0, 0,
+    )  # fmt: skip
+
+
+def _check(**changes: Any) -> ServiceCheck:
+    fields: dict[str, Any] = {
+        "service": "userprovider",
+        "driver": "git+https://user:token@example.org/p.git@v1",
+        "kind": "git",
+        "env_key": KEY,
+        "built": True,
+        "info": _info(),
+        "start_ms": 12.345,
+        "ping_ms": 0.12345,
+        "error": None,
+    }
+    fields.update(changes)
+    return ServiceCheck(**fields)
+
+
+def test_a_check_row_redacts_the_driver_and_rounds_the_times() -> None:
+    row = CheckRow.of(_check())
+    assert row.driver == "git+https://***@example.org/p.git@v1"
+    assert (row.ok, row.status, row.env, row.start_ms, row.ping_ms) == (
+        True,
+        "ok demo-dist 1.0",
+        KEY,
+        12.3,
+        0.123,
+    )
+    assert row.exit_code == ExitCode.OK
+
+
+def test_a_failed_check_row_shows_the_first_line_redacted_and_the_errors_exit_code() -> None:
+    error = EnvBuildError("fetching https://u:secret@example.org/x failed\ndetails", plugin=None)
+    row = CheckRow.of(_check(error=error, info=None, start_ms=None, ping_ms=None))
+    assert row.status == "fetching https://***@example.org/x failed"
+    assert (row.ok, row.exit_code) == (False, ExitCode.FAILURE)
+    unplanned = CheckRow.of(_check(kind=None, env_key=None, error=SourceError("bad spec")))
+    assert (unplanned.kind, unplanned.env, unplanned.exit_code) == ("-", "-", ExitCode.USAGE)
+
+
+@pytest.mark.parametrize(
+    ("kind", "env_key", "shown"),
+    [("in-process", None, "-"), ("venv", None, "(prebuilt)"), ("folder", KEY, KEY)],
+)
+def test_the_env_column(kind: str, env_key: str | None, shown: str) -> None:
+    assert CheckRow.of(_check(kind=kind, env_key=env_key)).env == shown
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_ticker_stays_silent_off_a_terminal_and_clears_its_line_on_one() -> None:
+    quiet = io.StringIO()
+    ticker = TickingProgress(quiet)
+    ticker.started("userprovider (x)")
+    ticker.clear_line()
+    ticker.finished("userprovider (x)", 1.0, ok=True)
+    assert quiet.getvalue() == ""
+    terminal = _Terminal()
+    ticker = TickingProgress(terminal)
+    ticker.started("userprovider (x)")
+    ticker.finished("userprovider (x)", 0.0, ok=False)
+    assert terminal.getvalue().endswith("\r\033[K")

@@ -1,0 +1,228 @@
+"""Core and bootstrap agree on the protocol: checked against the real bootstrap, not a module
+compared with itself.
+
+The bootstrap runs as the core runs it (``<venv python> -I _bootstrap.py '<json>'``) in a bare
+stdlib venv that holds nothing of the core, so it must find ``_wire.py`` by path. The test then
+holds the bootstrap to the definitions in ``reva_plugins._wire``: the handshake's keys are the
+``HandshakeParams`` keys, and every method name and error code from the module is answered.
+
+How it fails when one side changes (each tried by hand):
+
+* the bootstrap sends ``"process_id"`` instead of ``"pid"`` in its handshake::
+
+      AssertionError: assert ['app_protocols', …, 'process_id', 'python', …] == [… 'pid', …]
+
+* ``_wire.PING`` becomes ``"$/health"`` while the bootstrap still compares with a ``"$/ping"``
+  literal: the ping is answered ``{"error": {"code": -32601, …}}`` and
+  ``test_the_bootstrap_answers_every_method_of_the_protocol`` fails on ``"result" in reply``;
+* an error code changes on one side only: ``test_…_error_codes`` fails on the code it got;
+* a literal the core also holds reappears in ``_bootstrap.py``:
+  ``test_the_bootstrap_holds_no_literal_of_the_protocol`` names it and its line.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reva_plugins import _wire
+from reva_plugins._protocol import BOOTSTRAP_FILE
+
+PLUGIN = """
+class Plugin:
+    def __init__(self):
+        self.config = None
+
+    def configure(self, config):
+        self.config = config
+
+    def echo(self, value):
+        return value
+
+    def seen_config(self):
+        return self.config
+
+    def fail(self):
+        raise ValueError("as asked")
+"""
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with only the standard library and a one-file plugin: nothing of the core."""
+    root = tmp_path_factory.mktemp("bare") / "venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(root)
+    site = next(root.glob("lib/python*/site-packages"))
+    (site / "agree_plugin.py").write_text(PLUGIN, encoding="utf-8")
+    return root / "bin" / "python"
+
+
+def bootstrap_input(wire_fd: int, **changes: Any) -> _wire.BootstrapInput:
+    arg: _wire.BootstrapInput = {
+        "group": "reva.userprovider",
+        "name": "agree",
+        "value": "agree_plugin:Plugin",
+        "distribution": "",
+        "version": "",
+        "service": "userprovider",
+        "wire_fd": wire_fd,
+        "max_concurrency": 2,
+        "max_line": 4096,
+        "log_level": "warning",
+    }
+    arg.update(changes)  # type: ignore[typeddict-item]
+    return arg
+
+
+class Bootstrap:
+    """The real bootstrap on a socketpair."""
+
+    def __init__(self, python: Path, env: dict[str, str] | None = None) -> None:
+        parent, child = socket.socketpair()
+        base = {"PATH": os.defpath, _wire.COOKIE_KEY: _wire.COOKIE_VALUE}
+        base[_wire.VERSIONS_ENV] = ",".join(map(str, _wire.PROTOCOL_VERSIONS))
+        arg = bootstrap_input(child.fileno())
+        assert set(arg) | {"limits", "parent"} == set(_wire.BootstrapInput.__annotations__)
+        self.proc = subprocess.Popen(
+            [str(python), "-I", str(BOOTSTRAP_FILE), json.dumps(arg)],
+            env={**base, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(child.fileno(),),
+            start_new_session=True,  # at EOF it kills its process group: not the test's
+        )
+        child.close()
+        parent.settimeout(30)
+        self.sock = parent
+        self.file = parent.makefile("rb")
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        data = message if isinstance(message, bytes) else json.dumps(message).encode() + b"\n"
+        self.sock.sendall(data)
+
+    def read(self) -> dict[str, Any]:
+        line = self.file.readline()
+        assert line, "the bootstrap closed the wire"
+        message = json.loads(line)
+        assert isinstance(message, dict)
+        return message
+
+    def call(self, call_id: int, method: str, params: Any = None) -> dict[str, Any]:
+        self.send({"jsonrpc": "2.0", "id": call_id, "method": method, "params": params or {}})
+        return self.read()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def bootstrap(bare_python: Path) -> Iterator[Bootstrap]:
+    started = Bootstrap(bare_python)
+    yield started
+    started.close()
+
+
+def test_the_handshake_has_exactly_the_declared_keys(bootstrap: Bootstrap) -> None:
+    message = bootstrap.read()
+    assert message["method"] == _wire.HANDSHAKE
+    params = message["params"]
+    assert sorted(params) == sorted(_wire.HandshakeParams.__annotations__)
+    assert params["core_protocol"] in _wire.PROTOCOL_VERSIONS
+    assert params["service"] == "userprovider"
+    assert params["pid"] == bootstrap.proc.pid
+    assert "echo" in params["methods"]
+
+
+def test_the_bootstrap_answers_every_method_of_the_protocol(bootstrap: Bootstrap) -> None:
+    bootstrap.read()
+    reply = bootstrap.call(1, _wire.CONFIGURE, {"config": {"users": "u.json"}})
+    assert reply == {"jsonrpc": "2.0", "id": 1, "result": None}
+    assert bootstrap.call(2, "seen_config")["result"] == {"users": "u.json"}
+    reply = bootstrap.call(3, _wire.PING)
+    assert "result" in reply
+    assert reply["result"]["pid"] == bootstrap.proc.pid
+    bootstrap.send({"jsonrpc": "2.0", "method": _wire.CANCEL, "params": {"id": 99}})
+    assert bootstrap.call(4, "echo", {"value": "after cancel"})["result"] == "after cancel"
+    assert bootstrap.call(5, _wire.SHUTDOWN) == {"jsonrpc": "2.0", "id": 5, "result": None}
+    assert bootstrap.proc.wait(10) == 0
+
+
+def test_the_bootstrap_answers_with_the_declared_error_codes(bootstrap: Bootstrap) -> None:
+    bootstrap.read()
+
+    def code(reply: dict[str, Any]) -> int:
+        return int(reply["error"]["code"])
+
+    assert code(bootstrap.call(1, "no_such_method")) == _wire.METHOD_NOT_FOUND
+    assert code(bootstrap.call(2, f"{_wire.CONTROL_PREFIX}unknown")) == _wire.METHOD_NOT_FOUND
+    assert code(bootstrap.call(3, "echo", {"nope": 1})) == _wire.INVALID_PARAMS
+    assert code(bootstrap.call(4, "fail")) == _wire.APPLICATION_ERROR
+    bootstrap.send(b"{not json\n")
+    assert code(bootstrap.read()) == _wire.PARSE_ERROR
+    bootstrap.send(b"[1, 2]\n")
+    assert code(bootstrap.read()) == _wire.INVALID_REQUEST
+    bootstrap.send(b'"' + b"x" * 5000 + b'"\n')  # over the max_line of 4096 it was given
+    assert code(bootstrap.read()) == _wire.INVALID_REQUEST
+    assert bootstrap.call(5, "echo", {"value": 5})["result"] == 5
+
+
+def test_the_bootstrap_refuses_versions_it_does_not_speak(bare_python: Path) -> None:
+    started = Bootstrap(bare_python, env={_wire.VERSIONS_ENV: "999"})
+    try:
+        assert started.proc.wait(10) == 1
+        assert started.proc.stderr is not None
+        assert b"protocol version mismatch" in started.proc.stderr.read()
+    finally:
+        started.close()
+
+
+def test_the_bootstrap_holds_no_literal_of_the_protocol() -> None:
+    """Every value ``_wire`` defines (names, codes, limits) is read from it, never repeated."""
+    shared = {
+        value
+        for name, value in vars(_wire).items()
+        if name.isupper() and isinstance(value, (str, int)) and not isinstance(value, bool)
+    }
+    tree = ast.parse(BOOTSTRAP_FILE.read_text(encoding="utf-8"))
+    repeated = [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and not isinstance(node.value, bool)
+        and node.value in shared
+        and node.value not in (0, 1, -1)
+    ]
+    assert repeated == []
+
+
+def test_bootstrap_run_by_hand_refuses() -> None:
+    env = {k: v for k, v in os.environ.items() if k != _wire.COOKIE_KEY}
+    result = subprocess.run(
+        [sys.executable, "-I", str(BOOTSTRAP_FILE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == _wire.HUMAN_MESSAGE
+    assert result.stdout == ""
