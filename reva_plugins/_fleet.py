@@ -11,13 +11,16 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _bundle, _lock
 from ._config import Config
 from ._errors import ConfigError, UsageError
 from ._plan import Planner, Prepared
-from ._sources import InProcess, PrebuiltVenv, Source
 from ._wheels import check_wheel
+
+if TYPE_CHECKING:
+    from ._sources import Source
 
 log = logging.getLogger("reva_plugins.fleet")
 
@@ -26,8 +29,8 @@ def _isolated(planner: Planner) -> list[tuple[str, Source]]:
     """The services whose driver runs in an env of its own, with their sources."""
     out = []
     for svc in planner.config.services:
-        source = planner.source(svc)
-        if not isinstance(source, (InProcess, PrebuiltVenv)):
+        source = planner.built_source(svc)
+        if source is not None:
             out.append((svc.service, source))
     return out
 
@@ -64,8 +67,8 @@ def lock(
     installer = planner.builder.installer()
     options = planner.builder.install_options()
     for svc in config.services:
-        source = planner.source(svc)
-        if isinstance(source, (InProcess, PrebuiltVenv)):
+        source = planner.built_source(svc)
+        if source is None:
             continue
         interpreter = planner.builder.interpreter(svc)
         targets = tuple(dict.fromkeys(pythons)) or (interpreter.short_version,)

@@ -28,6 +28,7 @@ from ._sources import (
     LocalFile,
     LocalFolder,
     PrebuiltVenv,
+    Source,
     SourcePolicy,
     classify,
 )
@@ -163,6 +164,12 @@ class Planner:
             sha256=svc.plugin.sha256,
             allowed=self.settings.allowed_sources,
         )
+
+    def built_source(self, svc: ServiceConfig) -> Source | None:
+        """``svc``'s driver as a source its own env is built from; None for an in-process driver
+        or a prebuilt venv (nothing to build or lock)."""
+        source = self.source(svc)
+        return None if isinstance(source, (InProcess, PrebuiltVenv)) else source
 
     def prepare(self, svc: ServiceConfig) -> Prepared:
         """Build ``svc``'s env if it is missing (``env build``); start nothing."""
