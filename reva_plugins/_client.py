@@ -157,6 +157,7 @@ class Client:
         self.ready: collections.deque[_Slot] = collections.deque()
         self.baton = False  # a woken owner is yet to pass the wake-up on
         self.reading = False  # a reader thread runs (or is about to)
+        self.overlapped = 0.0  # when a call last started while another was in flight
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -227,6 +228,8 @@ class Client:
             if self.closed is not None:
                 raise self.closed
             call_id = next(self.ids)
+            if self.pending:
+                self.overlapped = time.monotonic()
             self.pending[call_id] = slot
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
         try:
@@ -316,16 +319,17 @@ class Client:
             self._flush_for_others()
 
     def _reader_thread(self) -> None:
-        """Read for the waiting callers; leave once nothing has been in flight for a tick."""
+        """Read for the waiting callers; leave once nothing is in flight and no two calls have
+        been for a tick (a lone caller then reads its own replies again)."""
+        lock = self.lock
         with self.read_lock:  # a lone caller may still be reading its own reply
             while True:
                 got = self._read_one(LineReader.TICK)
-                with self.lock:
-                    if (
-                        got is False
-                        or self.closed is not None
-                        or (got is None and not self.pending)
-                    ):
+                with lock:
+                    idle = not self.pending and (
+                        got is None or time.monotonic() - self.overlapped > LineReader.TICK
+                    )
+                    if got is False or idle or self.closed is not None:
                         self.reading = False
                         return
 

@@ -63,7 +63,10 @@ class Peer:
 
         def serve() -> None:
             for n in range(stop_after):
-                request = self.request()
+                line = self.file.readline()
+                if not line:
+                    return
+                request = json.loads(line)
                 if junk_every and n % junk_every == 0:
                     self.reply(_result(10**12 + n, "junk"), {"jsonrpc": "2.0", "method": "log"})
                 self.reply(_result(request["id"], request["params"]["v"]))
@@ -118,6 +121,22 @@ def test_a_lone_caller_reads_its_own_replies_without_a_reader_thread(peer: Peer)
     server.join()
     assert peer.readers == 0
     assert peer.client.pending == {}
+
+
+def test_after_a_burst_a_lone_caller_reads_its_own_replies_again(peer: Peer) -> None:
+    server = peer.echo(1_000_000)
+    results = _in_threads(8, lambda n: [peer.client.call("m", {"v": i}, 30) for i in range(20)])
+    assert results == {n: list(range(20)) for n in range(8)}
+    deadline = time.monotonic() + 10
+    while peer.client.reading and time.monotonic() < deadline:  # calls keep coming, one by one
+        assert peer.client.call("m", {"v": "one"}, timeout=30) == "one"
+    assert not peer.client.reading
+    readers = peer.readers
+    for _ in range(20):
+        assert peer.client.call("m", {"v": "one"}, timeout=30) == "one"
+    assert peer.readers == readers
+    peer.client.sock.shutdown(socket.SHUT_WR)
+    server.join()
 
 
 def test_replies_out_of_order_reach_their_own_callers(peer: Peer) -> None:
