@@ -176,7 +176,7 @@ class Wire:
     and serialised by a lock (pool threads write their own replies).
     """
 
-    CHUNK = 262144
+    CHUNK = 65536
 
     def __init__(self, fd: int, max_line: int) -> None:
         self.fd = fd
@@ -187,6 +187,8 @@ class Wire:
         self.scanned = 0  # no newline before this
         self.skipping = False  # inside an oversized line: drop up to its newline
         self.oversized = False  # one oversized line to report
+        self.chunk: bytearray | None = None
+        self.view = memoryview(b"")
 
     def encode(self, message: dict[str, object], method: object = None) -> bytes:
         """One message as a line; one that cannot be encoded becomes an error reply instead
@@ -229,19 +231,26 @@ class Wire:
 
     def fill(self) -> bool:
         """Block for more bytes (all that are there, up to a chunk); False at EOF."""
+        chunk = self.chunk
+        if chunk is None:
+            # one buffer for every read: a fresh 256 KiB bytes object per read would cost an
+            # mmap, an mremap, a munmap and page faults each time
+            chunk = self.chunk = bytearray(self.CHUNK)
+            self.view = memoryview(chunk)
         try:
-            data = os.read(self.fd, self.CHUNK)
+            size = os.readv(self.fd, [chunk])
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             return False
         buf = self.buf
         if self.pos:
             del buf[: self.pos]
             self.scanned -= self.pos
             self.pos = 0
+        data = self.view[:size]
         if self.skipping:
-            end = data.find(b"\n")
+            end = chunk.find(b"\n", 0, size)
             if end < 0:
                 return True
             self.skipping = False
