@@ -12,6 +12,8 @@ import collections
 import contextlib
 import itertools
 import logging
+import os
+import select
 import socket
 import struct
 import threading
@@ -106,15 +108,55 @@ class LineReader:
             buf += self.view[:size]
 
 
-class _Slot:
-    """One call in flight. Its owner, when it has to wait, blocks on ``lock`` (made only then: a
-    lone caller reading its own reply never waits) until the slot is filled; ``signalled``
-    keeps the lock from being released twice."""
+class _Waker:
+    """What a waiting caller sleeps on: an eventfd. Waking it is a ``write``, which drops the GIL
+    and lets the kernel run the woken thread on the waker's CPU (a futex wake from a lock
+    release does neither, and on two CPUs the GIL then bounces between them)."""
 
-    __slots__ = ("done", "error", "lock", "result", "signalled", "waiting")
+    __slots__ = ("fd", "poller")
 
     def __init__(self) -> None:
-        self.lock: threading.Lock | None = None
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep until woken (True) or ``timeout`` seconds pass (False)."""
+        if not self.poller.poll(None if timeout is None else timeout * 1000):
+            return False
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return False
+        return True
+
+    def wake(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+
+#: wakers not in use: one per thread that waits at a time, kept for the next (list.pop and
+#: list.append are atomic)
+_idle_wakers: list[_Waker] = []
+# a forked child must not share its parent's eventfds: a wake-up could reach the wrong process
+os.register_at_fork(after_in_child=_idle_wakers.clear)
+
+
+def _take_waker() -> _Waker:
+    try:
+        return _idle_wakers.pop()
+    except IndexError:
+        return _Waker()
+
+
+class _Slot:
+    """One call in flight. Its owner, when it has to wait, sleeps on ``waker`` (taken only
+    then: a lone caller reading its own reply never waits) until the slot is filled;
+    ``signalled`` says a wake-up was sent (exactly one per wait)."""
+
+    __slots__ = ("done", "error", "result", "signalled", "waiting", "waker")
+
+    def __init__(self) -> None:
+        self.waker: _Waker | None = None
         self.done = False
         self.waiting = False
         self.signalled = False
@@ -260,6 +302,8 @@ class Client:
                         )
                 if cancel:
                     self.notify(wire.CANCEL, {"id": call_id})
+        if slot.waker is not None:
+            _idle_wakers.append(slot.waker)
         if slot.error is not None:
             raise slot.error
         return slot.result
@@ -303,18 +347,20 @@ class Client:
                 threading.Thread(
                     target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
                 ).start()
-            if slot.lock is None:
-                slot.lock = threading.Lock()
-                slot.lock.acquire()
+            waker = slot.waker
+            if waker is None:
+                waker = slot.waker = _take_waker()
             slot.waiting = True
-        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        slot.lock.acquire(timeout=remaining)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        woken = waker.wait(remaining)
         with self.lock:
             slot.waiting = False
-            flush = False
-            if slot.signalled:
-                slot.signalled = False
-                flush = self._pass_baton()
+            signalled, slot.signalled = slot.signalled, False
+            following, flush = self._pass_baton() if signalled else (None, False)
+        if signalled and not woken:
+            waker.wait(None)  # the wake-up is on its way: take it, the waker is used again
+        if following is not None:
+            following.wake()
         if flush:
             self._flush_for_others()
 
@@ -333,22 +379,22 @@ class Client:
                         self.reading = False
                         return
 
-    def _pass_baton(self) -> bool:
-        """Wake the next owner whose reply is in (call with ``self.lock`` held); True when the
-        chain ends with requests queued: the caller must then write them (``_flush``)."""
+    def _pass_baton(self) -> tuple[_Waker | None, bool]:
+        """Pick the next owner whose reply is in (call with ``self.lock`` held): the caller
+        wakes it once the lock is released. Flush is True when the chain ends with requests
+        queued: the caller must then write them (``_flush``)."""
         ready = self.ready
         while ready:
             slot = ready.popleft()
-            if slot.waiting and not slot.signalled and slot.lock is not None:
+            if slot.waiting and not slot.signalled and slot.waker is not None:
                 slot.signalled = True
                 self.baton = True
-                slot.lock.release()
-                return False
+                return slot.waker, False
         self.baton = False
         if self.outbox and not self.flushing:
             self.flushing = True
-            return True
-        return False
+            return None, True
+        return None, False
 
     def _fill(self, call_id: Any, result: Any = None, error: BaseException | None = None) -> bool:
         with self.lock:
@@ -357,11 +403,13 @@ class Client:
             if slot is None:
                 return False
             slot.result, slot.error, slot.done = result, error, True
-            flush = False
+            following, flush = None, False
             if slot.waiting:
                 self.ready.append(slot)
                 if not self.baton:
-                    flush = self._pass_baton()
+                    following, flush = self._pass_baton()
+        if following is not None:
+            following.wake()
         if flush:
             self._flush_for_others()
         return True
@@ -450,8 +498,11 @@ class Client:
                 pending, self.pending = self.pending, {}
                 self.ready.clear()
                 self.baton = False
+                woken = []
                 for slot in pending.values():
                     slot.error, slot.done = error, True
-                    if slot.waiting and not slot.signalled and slot.lock is not None:
+                    if slot.waiting and not slot.signalled and slot.waker is not None:
                         slot.signalled = True
-                        slot.lock.release()
+                        woken.append(slot.waker)
+            for waker in woken:
+                waker.wake()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _bootstrap
+from reva_plugins import _bootstrap, _client
 from reva_plugins._client import Client
 from reva_plugins._errors import CallTimeout, PluginCrashed, ProtocolError, RemoteError
 
@@ -166,6 +166,12 @@ def test_many_threads_through_a_flood_of_junk_get_their_own_replies(peer: Peer) 
     # the reader thread, if one was needed, leaves once nothing is in flight
     assert wait_until(lambda: not peer.client.reading)
     assert not [t for t in threading.enumerate() if t.name == "reva-p-reader"]
+    _no_stale_wake_ups()
+
+
+def _no_stale_wake_ups() -> None:
+    """Every idle waker is quiet: the next caller to sleep on one is not woken for nothing."""
+    assert not any(waker.wait(0) for waker in list(_client._idle_wakers))
 
 
 def test_a_reply_split_across_writes_with_a_stall_arrives_whole(peer: Peer) -> None:
@@ -222,6 +228,7 @@ def test_a_waiting_caller_times_out_while_another_reads(peer: Peer) -> None:
     lead.join(30)
     server.join()
     assert peer.client.pending == {}
+    _no_stale_wake_ups()
 
 
 def test_an_oversized_reply_fails_only_its_call() -> None:
