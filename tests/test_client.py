@@ -6,16 +6,20 @@ the concurrency cap, cancel and ping while busy)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reva_plugins import _bootstrap, _client
+from reva_plugins import _bootstrap, _client, _process
 from reva_plugins._client import Client
 from reva_plugins._errors import CallTimeout, PluginCrashed, ProtocolError, RemoteError
 
@@ -527,3 +531,39 @@ def test_shutdown_sends_the_batch_before_it_and_its_own_reply() -> None:
         assert pool.plugin.ended.wait(10)
     finally:
         pool.close()
+
+
+# -- the watcher's stderr lines ----------------------------------------------------------------
+
+
+def _reference_lines(data: bytes, limit: int) -> list[str]:
+    """What the stderr reader thread made of the same bytes (``readline(limit)``)."""
+    stream = io.BytesIO(data)
+    out = []
+    while line := stream.readline(limit):
+        if not line.endswith(b"\n"):
+            line += b" [truncated]"
+            while (more := stream.readline(limit)) and not more.endswith(b"\n"):
+                pass
+        out.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=40) | st.sampled_from([b"\n", b"x" * 17, b"\r\n", b"\xff\n"]),
+        max_size=12,
+    ),
+    st.integers(1, 4),
+)
+def test_stderr_lines_from_chunks_match_the_line_reader(chunks: list[bytes], cut: int) -> None:
+    limit = 16
+    got: list[str] = []
+    lines = _process._StderrLines(got.append)
+    data = b"".join(chunks)
+    with patch.object(_process, "STDERR_LINE_LIMIT", limit):
+        for start in range(0, len(data), cut * 7):
+            lines.feed(data[start : start + cut * 7])
+        lines.finish()
+    assert got == _reference_lines(data, limit)
