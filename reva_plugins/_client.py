@@ -133,6 +133,12 @@ class _Waker:
     def wake(self) -> None:
         os.eventfd_write(self.fd, 1)
 
+    def __del__(self) -> None:
+        # only a waker left behind by an interrupted wait is ever dropped; whoever was to
+        # wake it holds a reference while it writes
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
 
 #: wakers not in use: one per thread that waits at a time, kept for the next (list.pop and
 #: list.append are atomic)
