@@ -110,8 +110,9 @@ class LineReader:
 
 class _Waker:
     """What a waiting caller sleeps on: an eventfd. Waking it is a ``write``, which drops the GIL
-    and lets the kernel run the woken thread on the waker's CPU (a futex wake from a lock
-    release does neither, and on two CPUs the GIL then bounces between them)."""
+    while the kernel wakes the thread (a lock release wakes with the GIL held). Measured side by
+    side on two vCPUs, 16 unpinned threads made 36-44k calls/s this way against 20-29k with a
+    per-call lock; a pipe did no better than an eventfd and costs two fds."""
 
     __slots__ = ("fd", "poller")
 
