@@ -27,9 +27,11 @@ from reva_plugins import Host
 from reva_plugins._host import InProcessDriver, ServiceProxy
 from reva_plugins._plan import EntryPoint, InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
+from reva_plugins._protocol import encode_request
 from reva_plugins.services import SERVICES
 
 from . import _fleets, _peers, _serve
+from ._cpu import all_cpus, core_usage, per_call, pin, process_usage
 from ._stats import latencies, median_ms, memory_of, ratio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,27 +151,32 @@ def in_process_overhead(spec: LaunchSpec, n: int, rounds: int = 15) -> dict[str,
     }
 
 
+#: the request line of the benchmark's call: the raw echo baselines round-trip these bytes
+REQUEST = encode_request(12345, "get_user", {"user_id": UID})
+THREADS = (1, 4, 16, 64)
+
+
 def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
-    """Sequential get_user through Host, both processes pinned as ``cpus``."""
+    """Sequential get_user through Host, both processes (every thread) pinned as ``cpus``."""
     users = host.service("userprovider")
     users.get_user(UID)
     pid = users.info().pid
     assert pid is not None
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpus[0]})
-    os.sched_setaffinity(pid, {cpus[1]})
+    every = all_cpus()
+    pin(0, {cpus[0]})
+    pin(pid, {cpus[1]})
     try:
         ours = latencies(lambda: users.get_user(UID), n)
     finally:
-        os.sched_setaffinity(0, before)
-        os.sched_setaffinity(pid, before)
+        pin(0, every)
+        pin(pid, every)
     python = str(spec.python)
-    raw = _peers.raw_echo(python, n, cpus)
-    os.sched_setaffinity(0, before)
-    raw_socket = _peers.raw_echo(python, n, cpus, transport="socketpair")
-    os.sched_setaffinity(0, before)
+    raw = _peers.raw_echo(python, n, cpus, payload=REQUEST)
+    pin(0, every)
+    raw_socket = _peers.raw_echo(python, n, cpus, transport="socketpair", payload=REQUEST)
+    pin(0, every)
     execnet = _peers.execnet_latency(python, n, cpus)
-    os.sched_setaffinity(0, before)
+    pin(0, every)
     return {
         "ours": ours,
         "baseline_raw_pipe_echo": raw,
@@ -180,25 +187,58 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
     }
 
 
+def drive(users: Any, pid: int, threads: int, n: int) -> dict[str, Any]:
+    """``threads`` threads calling get_user ``n`` times in all: calls/s, CPU and context
+    switches per call of the core and of the plugin."""
+    per = max(1, n // threads)
+    start = threading.Barrier(threads + 1)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(per):
+            users.get_user(UID)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    core0, plugin0 = core_usage(), process_usage(pid)
+    began = time.perf_counter()
+    start.wait()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - began
+    calls = per * threads
+    out: dict[str, Any] = {"calls_per_s": round(calls / elapsed)}
+    out.update(per_call(core_usage() - core0, process_usage(pid) - plugin0, calls))
+    return out
+
+
 def throughput(host: Host, spec: LaunchSpec, n: int) -> dict[str, Any]:
-    """calls/s into one plugin from 1, 4 and 16 threads."""
+    """calls/s into one plugin from 1, 4, 16 and 64 threads, unpinned and with the core and the
+    plugin on one CPU, each beside execnet (8 threads, one gateway) under the same pinning."""
     users = host.service("userprovider")
-    out: dict[str, Any] = {}
-    for threads in (1, 4, 16):
-        per = max(1, n // threads)
-        with ThreadPoolExecutor(threads) as pool:
-            began = time.perf_counter()
-            list(
-                pool.map(lambda count: [users.get_user(UID) for _ in range(count)], [per] * threads)
-            )
-            out[f"ours_{threads}_threads_per_s"] = round(
-                per * threads / (time.perf_counter() - began)
-            )
+    users.get_user(UID)
+    pid = users.info().pid
+    assert pid is not None
     python = str(spec.python)
+    every = all_cpus()
+    out: dict[str, Any] = {}
+    for name, cpus in (("unpinned", None), ("one_cpu", {0})):
+        if cpus is not None:
+            pin(0, cpus)
+            pin(pid, cpus)
+        try:
+            rows: dict[str, Any] = {f"{t}_threads": drive(users, pid, t, n) for t in THREADS}
+        finally:
+            pin(0, every)
+            pin(pid, every)
+        execnet = _peers.execnet_throughput(python, n, threads=8, cpus=cpus)
+        rows["baseline_execnet_8_threads"] = execnet
+        rows["ratio_16_threads_to_execnet"] = ratio(
+            rows["16_threads"]["calls_per_s"], execnet["calls_per_s"] if execnet else None
+        )
+        out[name] = rows
     out["baseline_json_lines_pipelined_per_s"] = round(_peers.json_lines_throughput(python, n))
-    execnet = _peers.execnet_throughput(python, n, threads=8)
-    out["baseline_execnet_8_threads_per_s"] = round(execnet) if execnet else None
-    out["ratio_16_threads_to_execnet"] = ratio(out["ours_16_threads_per_s"], execnet)
     return out
 
 
@@ -292,6 +332,20 @@ def build_wheel(outdir: Path) -> Path:
     return next(outdir.glob("*.whl"))
 
 
+def run_wire(sizes: Sizes) -> dict[str, Any]:
+    """Only the wire's figures (latency and throughput): for working on the wire."""
+    results: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["REVA_PLUGINS_CACHE_DIR"] = str(Path(tmp) / "cache")
+        with host_for(str(SAMPLE)) as host:
+            spec = launch_spec(host)
+            two = (0, 1) if (os.cpu_count() or 1) > 1 else (0, 0)
+            results["latency_one_cpu"] = call_latency(host, spec, sizes.calls, (0, 0))
+            results["latency_two_cpus"] = call_latency(host, spec, sizes.calls, two)
+            results["throughput"] = throughput(host, spec, sizes.throughput)
+    return results
+
+
 def run(sizes: Sizes) -> dict[str, Any]:
     results: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,6 +368,33 @@ def run(sizes: Sizes) -> dict[str, Any]:
         results["provisioning"] = provisioning(sizes.builds, wheel)
         results["bundle_import"] = _fleets.bundle_import(sizes.builds)
     return results
+
+
+def wire_table(results: dict[str, Any]) -> str:
+    """The wire's figures only."""
+    lat1, lat2 = results["latency_one_cpu"], results["latency_two_cpus"]
+    rows = [
+        (
+            "call p50, 1 CPU (us)",
+            lat1["ours"]["p50_us"],
+            lat1["baseline_raw_pipe_echo"]["p50_us"],
+            lat1["ratio_to_raw_echo"],
+        ),
+        (
+            "call p50, 2 CPUs (us)",
+            lat2["ours"]["p50_us"],
+            lat2["baseline_raw_pipe_echo"]["p50_us"],
+            lat2["ratio_to_raw_echo"],
+        ),
+        *_throughput_rows(results["throughput"]),
+    ]
+    return _render(rows)
+
+
+def _render(rows: list[tuple[str, Any, Any, Any]]) -> str:
+    lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
+    lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
+    return "\n".join(lines)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -353,12 +434,7 @@ def table(results: dict[str, Any]) -> str:
             lat2["baseline_raw_pipe_echo"]["p50_us"],
             lat2["ratio_to_raw_echo"],
         ),
-        (
-            "16 threads (calls/s) vs execnet 8",
-            tp["ours_16_threads_per_s"],
-            tp["baseline_execnet_8_threads_per_s"],
-            tp["ratio_16_threads_to_execnet"],
-        ),
+        *_throughput_rows(tp),
         (
             "idle RSS (MiB)",
             mem["ours"]["rss_mib"],
@@ -384,12 +460,37 @@ def table(results: dict[str, Any]) -> str:
             prov.get("ratio_pip_folder"),
         ),
         (f"{sc['plugins']} plugins warm start (s)", sc["warm_start_all_s"], None, None),
+        (f"{sc['plugins']} plugins: host threads", sc["host_threads"], None, None),
         *_serve_rows(results["serve"]),
         _fleets.row(results["bundle_import"]),
     ]
-    lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
-    lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
-    return "\n".join(lines)
+    return _render(rows)
+
+
+def _throughput_rows(tp: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    rows: list[tuple[str, Any, Any, Any]] = []
+    for name in ("unpinned", "one_cpu"):
+        part = tp[name]
+        execnet = part["baseline_execnet_8_threads"] or {}
+        for threads in THREADS:
+            row = part[f"{threads}_threads"]
+            rows.append(
+                (
+                    f"{name} {threads} thr: calls/s",
+                    row["calls_per_s"],
+                    execnet.get("calls_per_s") if threads == 16 else None,
+                    part["ratio_16_threads_to_execnet"] if threads == 16 else None,
+                )
+            )
+            rows.append(
+                (
+                    "  core/plugin us, core/plugin cs",
+                    f"{row['core_cpu_us_per_call']}/{row['plugin_cpu_us_per_call']}",
+                    f"{row['core_ctx_switches_per_call']}/{row['plugin_ctx_switches_per_call']}",
+                    None,
+                )
+            )
+    return rows
 
 
 def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
@@ -428,15 +529,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny iteration counts (smoke test)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--wire", action="store_true", help="only latency and throughput")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    results = run(QUICK if args.quick else FULL)
+    sizes = QUICK if args.quick else FULL
+    results = run_wire(sizes) if args.wire else run(sizes)
     results["seconds"] = round(time.perf_counter() - began, 1)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
-    print(table(results), file=sys.stderr)
+    print((wire_table if args.wire else table)(results), file=sys.stderr)
     return 0
 
 

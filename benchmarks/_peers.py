@@ -46,10 +46,15 @@ def _echo_child(python: str, mode: str) -> subprocess.Popen[bytes]:
 
 
 def raw_echo(
-    python: str, n: int, cpus: tuple[int | None, int | None], *, transport: str = "pipe"
+    python: str,
+    n: int,
+    cpus: tuple[int | None, int | None],
+    *,
+    transport: str = "pipe",
+    payload: bytes = b"ping\n",
 ) -> dict[str, float]:
-    """A few bytes round-tripped by a second Python process, through a pipe or a socketpair
-    (the transport the core uses)."""
+    """``payload`` (a call's request line) round-tripped by a second Python process that echoes
+    whatever it reads, through a pipe or a socketpair (the transport the core uses)."""
     import socket
 
     closers = []
@@ -68,9 +73,13 @@ def raw_echo(
     _pin(0, cpus[0])
     _pin(child.pid, cpus[1])
 
+    size = len(payload)
+
     def once() -> None:
-        os.write(w, b"ping\n")
-        os.read(r, 65536)
+        os.write(w, payload)
+        got = len(os.read(r, 65536))
+        while got < size:
+            got += len(os.read(r, 65536))
 
     try:
         return latencies(once, n)
@@ -140,8 +149,13 @@ def execnet_latency(
         gw.exit()
 
 
-def execnet_throughput(python: str, n: int, threads: int = 8) -> float | None:
-    """execnet with ``threads`` threads, each on its own channel of one gateway; calls/s."""
+def execnet_throughput(
+    python: str, n: int, threads: int = 8, cpus: set[int] | None = None
+) -> dict[str, float] | None:
+    """execnet with ``threads`` threads, each on its own channel of one gateway: calls/s and
+    CPU per call (both processes pinned to ``cpus`` if given)."""
+    from ._cpu import all_cpus, core_usage, per_call, pin, process_usage
+
     try:
         gw = _execnet_gateway(python)
     except ImportError:
@@ -150,6 +164,10 @@ def execnet_throughput(python: str, n: int, threads: int = 8) -> float | None:
         channels = [
             gw.remote_exec("while 1:\n    channel.send(channel.receive())") for _ in range(threads)
         ]
+        pid = gw.remote_exec("import os; channel.send(os.getpid())").receive()
+        if cpus is not None:
+            pin(0, cpus)
+            pin(pid, cpus)
         per = max(1, n // threads)
 
         def work(channel: Any) -> None:
@@ -158,13 +176,20 @@ def execnet_throughput(python: str, n: int, threads: int = 8) -> float | None:
                 channel.receive()
 
         workers = [threading.Thread(target=work, args=(c,)) for c in channels]
+        core0, plugin0 = core_usage(), process_usage(pid)
         began = time.perf_counter()
         for t in workers:
             t.start()
         for t in workers:
             t.join()
-        return per * threads / (time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        calls = per * threads
+        out: dict[str, float] = {"calls_per_s": round(calls / elapsed)}
+        out.update(per_call(core_usage() - core0, process_usage(pid) - plugin0, calls))
+        return out
     finally:
+        if cpus is not None:
+            pin(0, all_cpus())
         gw.exit()
 
 

@@ -195,38 +195,107 @@ class CallContext:
 
 
 class Wire:
-    """Line-delimited JSON over the private fd; writes are serialised by a lock."""
+    """Line-delimited JSON over the private fd.
+
+    The reader takes lines out of whatever one ``read`` returned (several requests arrive
+    together under load), and a batch of replies goes out with one ``write``; writes are whole
+    and serialised by a lock (pool threads write their own replies).
+    """
+
+    CHUNK = 65536
 
     def __init__(self, fd: int, max_line: int) -> None:
         self.fd = fd
-        self.reader = os.fdopen(fd, "rb", buffering=65536, closefd=False)
         self.max_line = max_line
         self.lock = threading.Lock()
+        self.buf = bytearray()
+        self.pos = 0  # where the next line starts
+        self.scanned = 0  # no newline before this
+        self.skipping = False  # inside an oversized line: drop up to its newline
+        self.oversized = False  # one oversized line to report
+        self.chunk: bytearray | None = None
+        self.view = memoryview(b"")
 
-    def send(self, message: dict[str, object], method: object = None) -> None:
-        """Write one message; one that cannot be encoded is answered with an error instead
+    def encode(self, message: dict[str, object], method: object = None) -> bytes:
+        """One message as a line; one that cannot be encoded becomes an error reply instead
         (``method`` names the call in it)."""
         try:
-            data = _dumps(message).encode("utf-8") + b"\n"
+            return _dumps(message).encode("utf-8") + b"\n"
         except (TypeError, ValueError, RecursionError) as exc:
             what = "result" if "result" in message else "error"
             reason = f"{method}: {what} is not valid JSON: {exc}" if method else f"{exc}"
             # the reason may quote the offending text (a lone surrogate): keep it encodable
             reason = reason.encode("utf-8", "replace").decode("utf-8")[:2000]
-            data = _error_line(message.get("id"), INTERNAL_ERROR, reason)
+            return _error_line(message.get("id"), INTERNAL_ERROR, reason)
+
+    def send(self, message: dict[str, object], method: object = None) -> None:
+        """Write one message (see ``encode``)."""
+        self.write(self.encode(message, method))
+
+    def write(self, data: bytes) -> None:
+        """Write whole lines, all of them."""
         view = memoryview(data)
         with self.lock:
             while view:
                 view = view[os.write(self.fd, view) :]
 
-    def read(self) -> bytes | None:
-        """The next line (bytes; b"" at EOF); None for a line over the size limit."""
-        line = self.reader.readline(self.max_line + 1)
-        if len(line) > self.max_line and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = self.reader.readline(65536)
+    def take(self) -> bytes | None:
+        """The next buffered line without blocking: ``b""`` when none is buffered; None for a
+        line over the size limit (reported once)."""
+        if self.oversized:
+            self.oversized = False
             return None
-        return line
+        buf, pos = self.buf, self.pos
+        end = buf.find(b"\n", self.scanned if self.scanned > pos else pos)
+        if end < 0:
+            self.scanned = len(buf)
+            return b""
+        self.pos = self.scanned = end + 1
+        if end - pos > self.max_line:
+            return None
+        return bytes(buf[pos : end + 1])
+
+    def fill(self) -> bool:
+        """Block for more bytes (all that are there, up to a chunk); False at EOF."""
+        chunk = self.chunk
+        if chunk is None:
+            # one buffer for every read: a fresh 256 KiB bytes object per read would cost an
+            # mmap, an mremap, a munmap and page faults each time
+            chunk = self.chunk = bytearray(self.CHUNK)
+            self.view = memoryview(chunk)
+        try:
+            size = os.readv(self.fd, [chunk])
+        except OSError:
+            size = 0
+        if not size:
+            return False
+        buf = self.buf
+        if self.pos:
+            del buf[: self.pos]
+            self.scanned -= self.pos
+            self.pos = 0
+        data = self.view[:size]
+        if self.skipping:
+            end = chunk.find(b"\n", 0, size)
+            if end < 0:
+                return True
+            self.skipping = False
+            data = data[end + 1 :]
+        buf += data
+        if len(buf) > self.max_line and buf.find(b"\n", self.scanned) < 0:
+            buf.clear()
+            self.scanned = 0
+            self.skipping = self.oversized = True
+        return True
+
+    def read(self) -> bytes | None:
+        """The next line, blocking (b"" at EOF); None for a line over the size limit."""
+        while True:
+            line = self.take()
+            if line != b"":
+                return line
+            if not self.fill():
+                return b""
 
 
 def _error_line(call_id: object, code: int, message: str) -> bytes:
@@ -396,7 +465,11 @@ def _accepts_context(func: object) -> bool:
 class Plugin:
     """A leader/follower pool: the thread that reads a call runs it, after handing the reading
     on to an idle thread. At most ``max_concurrency`` calls run at once; one more thread keeps
-    reading, so ``$/cancel`` and ``$/ping`` are answered while every worker is busy."""
+    reading, so ``$/cancel`` and ``$/ping`` are answered while every worker is busy.
+
+    The reader goes through every request buffered, runs the quick ones (and control messages)
+    right there, and writes all their replies with one write before it blocks again.
+    """
 
     def __init__(self, obj: object, wire: Wire, max_concurrency: int) -> None:
         self.obj = obj
@@ -409,6 +482,7 @@ class Plugin:
         self.lock = threading.Lock()
         self.turn = threading.Condition(self.lock)
         self.idle = threading.Condition(self.lock)
+        self.draining = False
         self.backlog: list[dict[str, object]] = []
         self.threads = 1
         self.waiting = 0
@@ -416,6 +490,7 @@ class Plugin:
         self.leading = False
         self.cost: dict[object, float] = {}
         self.cancellable: set[object] = set()
+        self.out: list[bytes] = []  # replies of the batch being read, unsent
 
     def method(self, name: str) -> tuple[object, bool] | None:
         cached = self.methods.get(name)
@@ -446,10 +521,10 @@ class Plugin:
                     self.waiting -= 1
             if request is None:
                 request = self.lead()
-            self.finish(request)
+            self.wire.write(self.run(request))
 
     def lead(self) -> dict[str, object]:
-        """Read until a call can run on this thread; hand the reading on and return it.
+        """Read until a call must run on a thread of its own; hand the reading on and return it.
 
         A call that is known to be quick and cannot see cancellation (no ``context``) runs right
         here without handing the reading on: waking another thread costs more than such a call,
@@ -467,8 +542,9 @@ class Plugin:
                     self.cost.get(method, 1.0) < INLINE_BELOW and method not in self.cancellable
                 )
             if inline:
-                self.finish(request)
+                self.out.append(self.run(request))
                 continue
+            self.flush()
             with self.lock:
                 self.leading = False
                 if self.waiting:
@@ -478,39 +554,55 @@ class Plugin:
                     threading.Thread(target=self.follow, daemon=True).start()
             return request
 
-    def finish(self, request: dict[str, object]) -> None:
+    def run(self, request: dict[str, object]) -> bytes:
+        """Execute one call (counted in ``executing`` by the caller); its reply line."""
+        method = request["method"]
         began = _clock()
         try:
-            self.wire.send(self.execute(request), request["method"])
+            return self.wire.encode(self.execute(request), method)
         finally:
             took = _clock() - began
-            method = request["method"]
             self.cost[method] = (self.cost.get(method, took) + took) / 2
             with self.lock:
                 self.executing -= 1
-                if not self.executing:
+                if self.draining and not self.executing:
                     self.idle.notify_all()
 
+    def flush(self) -> None:
+        """Write the replies of the batch read so far, with one write."""
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self.wire.write(data)
+
     def next_call(self) -> dict[str, object]:
-        """The next call request; control messages and bad lines are answered on the way."""
+        """The next call request; control messages and bad lines are answered on the way (their
+        replies join the batch, written before the reader blocks)."""
         wire = self.wire
+        out = self.out
         while True:
-            line = wire.read()
-            if not line:
-                if line is None:
-                    wire.send(
+            line = wire.take()
+            if line == b"":
+                self.flush()
+                if not wire.fill():
+                    self.end(asked=False)
+                continue
+            if line is None:
+                out.append(
+                    wire.encode(
                         _error(None, INVALID_REQUEST, f"message longer than {wire.max_line} bytes")
                     )
-                    continue
-                self.end(asked=False)
+                )
+                continue
             try:
                 request = _loads(line)
             except ValueError as exc:
-                wire.send(_error(None, PARSE_ERROR, f"invalid JSON: {exc}"))
+                out.append(wire.encode(_error(None, PARSE_ERROR, f"invalid JSON: {exc}")))
                 continue
             if not isinstance(request, dict) or not isinstance(request.get("method"), str):
                 call_id = request.get("id") if isinstance(request, dict) else None
-                wire.send(_error(call_id, INVALID_REQUEST, "not a JSON-RPC request"))
+                out.append(wire.encode(_error(call_id, INVALID_REQUEST, "not a JSON-RPC request")))
                 continue
             if request["method"].startswith(CONTROL_PREFIX):
                 self.control(request)
@@ -529,15 +621,20 @@ class Plugin:
                 context.cancelled.set()
         elif method == wire.PING:
             if call_id is not None:
-                self.wire.send({"jsonrpc": "2.0", "id": call_id, "result": {"pid": os.getpid()}})
+                reply = {"jsonrpc": "2.0", "id": call_id, "result": {"pid": os.getpid()}}
+                self.out.append(self.wire.encode(reply))
         elif method == wire.SHUTDOWN:
+            self.flush()
             with self.lock:
+                self.draining = True
                 self.idle.wait_for(lambda: not self.executing, 1.5)
             if call_id is not None:
                 self.wire.send({"jsonrpc": "2.0", "id": call_id, "result": None})
             self.end(asked=True)
         elif call_id is not None:
-            self.wire.send(_error(call_id, METHOD_NOT_FOUND, f"method not found: {method}"))
+            self.out.append(
+                self.wire.encode(_error(call_id, METHOD_NOT_FOUND, f"method not found: {method}"))
+            )
 
     def end(self, *, asked: bool) -> NoReturn:
         """Exit the process, taking every descendant with it: cleanly when the core asked,

@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -126,6 +127,7 @@ class PluginProcess:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._threads: list[threading.Thread] = []
         self._exited = threading.Event()
+        self._stderr_done = threading.Event()
         self._closing = False
         self.exit_reason = ""
         self._dropped = 0
@@ -178,7 +180,6 @@ class PluginProcess:
         self._client = Client(
             parent, label=self.spec.label, max_line=self.spec.max_line, on_eof=self._on_eof
         )
-        self._start_thread(self._read_stderr, "stderr")
         self._start_thread(self._watch, "watch")
         try:
             self._handshake()
@@ -341,6 +342,7 @@ class PluginProcess:
         proc = self._proc
         assert proc is not None
         assert self._client is not None
+        self._pump_stderr(proc)
         cpu = _cpu_seconds_at_exit(proc.pid)
         self.returncode = proc.wait()
         self._join_stderr()
@@ -356,6 +358,46 @@ class PluginProcess:
             log.warning("%s: %s", self.spec.label, self.exit_reason)
         if self._on_exit is not None:
             self._on_exit(self, self.returncode, expected)
+
+    def _pump_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        """Log the plugin's stderr lines until its exit (and up to a second after, while a
+        grandchild may still hold the pipe): one thread per plugin watches both, polling a
+        pidfd and the pipe. Without pidfds, a second thread reads stderr as before."""
+        stream = proc.stderr
+        assert stream is not None
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._start_thread(self._read_stderr, "stderr")
+            return
+        fd = stream.fileno()
+        lines = _StderrLines(self._emit_stderr)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        exited_at: float | None = None
+        try:
+            while True:
+                wait = None if exited_at is None else (exited_at + 1.0 - time.monotonic()) * 1000
+                events = poller.poll(None if wait is None else max(0.0, wait))
+                if not events:
+                    break  # gone a second ago; whoever holds the pipe now is not the plugin
+                for ready, _ in events:
+                    if ready == pidfd:
+                        poller.unregister(pidfd)
+                        exited_at = time.monotonic()
+                        continue
+                    data = os.read(fd, 65536)
+                    if not data:
+                        return
+                    lines.feed(data)
+        except (OSError, ValueError):
+            pass
+        finally:
+            lines.finish()
+            os.close(pidfd)
+            self._report_dropped(force=True)
+            self._stderr_done.set()
 
     def _read_stderr(self) -> None:
         assert self._proc is not None
@@ -375,6 +417,7 @@ class PluginProcess:
             pass
         finally:
             self._report_dropped(force=True)
+            self._stderr_done.set()
 
     @property
     def _prefix(self) -> str:
@@ -449,9 +492,12 @@ class PluginProcess:
         return "\n".join(self._stderr_tail)
 
     def _join_stderr(self) -> None:
+        current = threading.current_thread()
         for thread in self._threads:
-            if thread.name.endswith("stderr") and thread is not threading.current_thread():
+            if thread.name.endswith("stderr") and thread is not current:
                 thread.join(timeout=1)
+        if self._threads and self._threads[0] is not current:
+            self._stderr_done.wait(1)  # the watcher reads stderr (see _pump_stderr)
 
     def _crashed(self, message: str) -> PluginCrashed:
         return PluginCrashed(
@@ -537,6 +583,47 @@ def _exit_reason(
     elif limits.open_files is not None and "Too many open files" in tail:
         exceeded = f"open_files={limits.open_files}"
     return f"plugin exceeded {exceeded} ({described})" if exceeded else described
+
+
+class _StderrLines:
+    """Bytes from a plugin's stderr as lines, each cut at ``STDERR_LINE_LIMIT`` bytes (marked
+    ``[truncated]``, the rest of it dropped), as ``readline(STDERR_LINE_LIMIT)`` would."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self.buf = bytearray()
+        self.skipping = False
+
+    def feed(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while buf:
+            end = buf.find(b"\n")
+            if self.skipping:
+                if end < 0:
+                    buf.clear()
+                    return
+                del buf[: end + 1]
+                self.skipping = False
+                continue
+            if 0 <= end < STDERR_LINE_LIMIT:
+                self._line(bytes(buf[: end + 1]))
+                del buf[: end + 1]
+            elif end >= STDERR_LINE_LIMIT or len(buf) >= STDERR_LINE_LIMIT:
+                self._line(bytes(buf[:STDERR_LINE_LIMIT]) + b" [truncated]")
+                del buf[:STDERR_LINE_LIMIT]
+                self.skipping = True
+            else:
+                return
+
+    def finish(self) -> None:
+        """The end of the stream: an unterminated last line is shown as cut."""
+        if self.buf and not self.skipping:
+            self._line(bytes(self.buf) + b" [truncated]")
+        self.buf.clear()
+
+    def _line(self, line: bytes) -> None:
+        self.emit(line.decode("utf-8", "replace").rstrip("\r\n"))
 
 
 def _describe_exit(returncode: int | None) -> str:
