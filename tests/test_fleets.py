@@ -23,6 +23,8 @@ import pytest
 from .conftest import EXAMPLES, SAMPLES, cli
 from .factory import build_dists, commit_marker, make_plugin, make_repo
 
+pytestmark = pytest.mark.slow  # real servers, venvs and processes
+
 USERS = EXAMPLES / "users.demo.json"
 CALL_DEMO = ("userprovider", "get_user", '{"user_id": {"opaque_id": "demo"}}')
 CALL_EINSTEIN = (

@@ -168,6 +168,7 @@ def _process_core(
 # -- orphans -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_setsid_grandchild_dies_with_host_close(process_plugin: Path, tmp_path: Path) -> None:
     host = Host(_process_config(process_plugin), base_dir=tmp_path)
     supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
@@ -179,6 +180,7 @@ def test_a_setsid_grandchild_dies_with_host_close(process_plugin: Path, tmp_path
     assert wait_until(lambda: not pid_alive(grandchild) and not pid_alive(plugin), timeout=10)
 
 
+@pytest.mark.slow
 def test_a_setsid_grandchild_dies_when_the_core_is_killed(
     process_plugin: Path, tmp_path: Path
 ) -> None:
@@ -200,6 +202,7 @@ def test_a_setsid_grandchild_dies_when_the_core_is_killed(
     assert wait_until(lambda: not pid_alive(plugin) and not pid_alive(grandchild), timeout=10)
 
 
+@pytest.mark.slow
 def test_a_plugin_still_importing_dies_with_a_killed_core(
     process_plugin: Path, tmp_path: Path
 ) -> None:
@@ -220,6 +223,7 @@ def test_a_plugin_still_importing_dies_with_a_killed_core(
     assert wait_until(lambda: not pid_alive(plugin) and not pid_alive(grandchild), timeout=10)
 
 
+@pytest.mark.slow
 def test_a_plugin_killed_while_importing_takes_its_descendants(
     process_host: Any, tmp_path: Path
 ) -> None:
@@ -230,6 +234,7 @@ def test_a_plugin_killed_while_importing_takes_its_descendants(
     assert wait_until(lambda: not pid_alive(grandchild), timeout=10)
 
 
+@pytest.mark.slow
 def test_the_plugin_has_its_own_process_group_but_not_its_own_session(
     process_host: Any,
 ) -> None:
@@ -243,6 +248,7 @@ def test_the_plugin_has_its_own_process_group_but_not_its_own_session(
 # -- resource limits ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cpu_seconds_kills_a_busy_loop_and_says_so(process_host: Any) -> None:
     supervisor = process_host(cpu_seconds=1, call_timeout=120)
     with pytest.raises(PluginCrashed, match=r"plugin exceeded cpu_seconds=1 \(") as info:
@@ -250,6 +256,7 @@ def test_cpu_seconds_kills_a_busy_loop_and_says_so(process_host: Any) -> None:
     assert info.value.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_memory_mb_stops_a_big_allocation_and_names_the_limit(process_host: Any) -> None:
     limited = process_host(memory_mb=128)
     with pytest.raises(RemoteError, match=r"plugin exceeded memory_mb=128") as info:
@@ -259,12 +266,14 @@ def test_memory_mb_stops_a_big_allocation_and_names_the_limit(process_host: Any)
     assert process_host().call("allocate", {"mb": 500}) == 500 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_a_crash_under_memory_mb_names_the_limit(process_host: Any) -> None:
     supervisor = process_host(memory_mb=256)
     with pytest.raises(PluginCrashed, match=r"plugin exceeded memory_mb=256"):
         supervisor.call("crash", {"text": "MemoryError"})
 
 
+@pytest.mark.slow
 def test_open_files_limits_descriptors_and_names_the_limit(process_host: Any) -> None:
     with pytest.raises(RemoteError, match=r"plugin exceeded open_files=32: .*Too many open"):
         process_host(open_files=32).call("open_many", {"n": 100})
@@ -293,6 +302,7 @@ def process_server() -> Iterator[int]:
     server.close()
 
 
+@pytest.mark.slow
 def test_network_false_cuts_the_plugin_off(process_host: Any, process_server: int) -> None:
     assert process_host().call("connect", {"port": process_server}) == "connected"
     isolated = process_host(network=False)
@@ -315,6 +325,7 @@ with open("/proc/sys/user/max_user_namespaces", "w") as f:  # this namespace's o
 """
 
 
+@pytest.mark.slow
 def test_network_false_where_the_kernel_refuses_fails_the_start_clearly(
     process_plugin: Path, tmp_path: Path
 ) -> None:
@@ -354,6 +365,7 @@ def _process_plugin_records(caplog: pytest.LogCaptureFixture) -> list[logging.Lo
     return [r for r in caplog.records if r.name == "reva_plugins.plugin.userprovider"]
 
 
+@pytest.mark.slow
 def test_plugin_text_cannot_forge_core_lines_or_drive_the_terminal(
     process_host: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -377,6 +389,7 @@ def test_plugin_text_cannot_forge_core_lines_or_drive_the_terminal(
     assert logged[-1].field == "\\x1b[31mred\\r\\n"  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_the_stderr_tail_in_a_crash_is_escaped_and_bounded(process_host: Any) -> None:
     supervisor = process_host()
     with pytest.raises(PluginCrashed) as info:
@@ -387,6 +400,7 @@ def test_the_stderr_tail_in_a_crash_is_escaped_and_bounded(process_host: Any) ->
     assert len(tail) < 10_000
 
 
+@pytest.mark.slow
 def test_a_log_flood_is_dropped_counted_and_never_blocks_the_plugin(
     process_host: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -409,6 +423,7 @@ def test_a_log_flood_is_dropped_counted_and_never_blocks_the_plugin(
     assert len(shown) + dropped in (total, total + 1)
 
 
+@pytest.mark.slow
 def test_escape_keeps_text_readable() -> None:
     assert escape("plain text\twith tab") == "plain text\twith tab"
     assert escape("a\nb\r\x1b\x9b\u202e") == "a\\nb\\r\\x1b\\x9b\\u202e"

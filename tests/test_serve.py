@@ -37,6 +37,8 @@ from reva_plugins.serve import Server  # noqa: E402
 from .conftest import EXAMPLES, ROOT, SAMPLES, cli, pid_alive, wait_until  # noqa: E402
 from .factory import make_plugin  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real servers, venvs and processes
+
 IDP = "http://localhost:20080"
 EINSTEIN = "4c510ada-c86b-4815-8820-42cdf82c3d51"
 MARIE = "f7fbf8c8-139b-4376-b307-cf0a8c2d0d9c"
