@@ -55,6 +55,7 @@ INVALID_PARAMS: int = wire.INVALID_PARAMS
 INTERNAL_ERROR: int = wire.INTERNAL_ERROR
 APPLICATION_ERROR: int = wire.APPLICATION_ERROR
 CONTROL_PREFIX: str = wire.CONTROL_PREFIX
+JSONRPC: str = wire.JSONRPC_VERSION
 
 INLINE_BELOW = 0.001  # seconds: calls quicker than this (on average) run on the reader
 _clock = time.perf_counter
@@ -190,7 +191,7 @@ class CallContext:
     @property
     def deadline(self) -> float | None:
         """Seconds since the epoch by which the caller wants an answer, if it said."""
-        value = self.meta.get("deadline")
+        value = self.meta.get(wire.META_DEADLINE)
         return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -308,14 +309,14 @@ def _error(call_id: object, code: int, message: str, data: object = None) -> dic
     error: dict[str, object] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return {"jsonrpc": "2.0", "id": call_id, "error": error}
+    return {"jsonrpc": JSONRPC, "id": call_id, "error": error}
 
 
 def _exception_error(call_id: object, exc: BaseException) -> dict[str, object]:
     import traceback
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    data = {"type": type(exc).__name__, "traceback": tb}
+    data: wire.ErrorData = {"type": type(exc).__name__, "traceback": tb}
     message = str(exc) or type(exc).__name__
     limit = _limit_hit(exc)
     if limit:
@@ -400,13 +401,13 @@ def _install_logging(level: str) -> None:
         def emit(self, record: logging.LogRecord) -> None:
             try:
                 entry: dict[str, object] = {
-                    "@level": record.levelname.lower(),
-                    "@message": record.getMessage(),
-                    "@module": record.name,
-                    "@timestamp": record.created,
+                    wire.LOG_LEVEL: record.levelname.lower(),
+                    wire.LOG_MESSAGE: record.getMessage(),
+                    wire.LOG_MODULE: record.name,
+                    wire.LOG_TIMESTAMP: record.created,
                 }
                 if record.exc_info:
-                    entry["@exception"] = logging.Formatter().formatException(record.exc_info)
+                    entry[wire.LOG_EXCEPTION] = logging.Formatter().formatException(record.exc_info)
                 for key, value in vars(record).items():
                     if key not in self.reserved:
                         entry[key] = (
@@ -621,7 +622,8 @@ class Plugin:
                 context.cancelled.set()
         elif method == wire.PING:
             if call_id is not None:
-                reply = {"jsonrpc": "2.0", "id": call_id, "result": {"pid": os.getpid()}}
+                pong: wire.PingResult = {"pid": os.getpid()}
+                reply = {"jsonrpc": JSONRPC, "id": call_id, "result": pong}
                 self.out.append(self.wire.encode(reply))
         elif method == wire.SHUTDOWN:
             self.flush()
@@ -629,7 +631,7 @@ class Plugin:
                 self.draining = True
                 self.idle.wait_for(lambda: not self.executing, 1.5)
             if call_id is not None:
-                self.wire.send({"jsonrpc": "2.0", "id": call_id, "result": None})
+                self.wire.send({"jsonrpc": JSONRPC, "id": call_id, "result": None})
             self.end(asked=True)
         elif call_id is not None:
             self.out.append(
@@ -654,8 +656,9 @@ class Plugin:
         if name == wire.CONFIGURE:
             found = self.method(wire.CONFIGURE)
             if found is None:
-                return {"jsonrpc": "2.0", "id": call_id, "result": None}
-            params = {"config": params.get("config", {})}
+                return {"jsonrpc": JSONRPC, "id": call_id, "result": None}
+            configure: wire.ConfigureParams = {"config": params.get("config", {})}
+            params = dict(configure)
         else:
             found = self.method(str(name))
         if found is None:
@@ -665,7 +668,7 @@ class Plugin:
         if wants_context:
             self.cancellable.add(name)  # never inline: it must be able to see $/cancel
         if wants_context:
-            meta = request.get("meta")
+            meta = request.get(wire.META)
             context = CallContext(call_id, meta if isinstance(meta, dict) else {})
             params = dict(params, context=context)
             self.contexts[call_id] = context
@@ -680,7 +683,7 @@ class Plugin:
         finally:
             if context is not None:
                 self.contexts.pop(call_id, None)
-        return {"jsonrpc": "2.0", "id": call_id, "result": result}
+        return {"jsonrpc": JSONRPC, "id": call_id, "result": result}
 
 
 def _bad_arguments(func: object, params: dict[str, object]) -> bool:
@@ -721,7 +724,7 @@ def main(argv: list[str]) -> int:
         "pid": os.getpid(),
         "python": ".".join(map(str, sys.version_info[:3])),
     }
-    channel.send({"jsonrpc": "2.0", "method": wire.HANDSHAKE, "params": handshake})
+    channel.send({"jsonrpc": JSONRPC, "method": wire.HANDSHAKE, "params": handshake})
     Plugin(obj, channel, spec["max_concurrency"]).follow()
     return 0  # not reached: the pool ends the process
 

@@ -320,7 +320,7 @@ class PluginProcess:
             raise self._crashed("plugin is not running")
         timeout = self.spec.call_timeout if timeout is None else timeout
         if meta is not None and timeout:
-            meta = {**meta, "deadline": time.time() + timeout}
+            meta = {**meta, wire.META_DEADLINE: time.time() + timeout}
         return client.call(method, params, timeout, meta)
 
     def ping(self, timeout: float = 5.0) -> float:
@@ -427,7 +427,7 @@ class PluginProcess:
     def _emit_stderr(self, text: str) -> None:
         """One stderr line: a JSON log record or plain text. Never blocks (the pipe must keep
         draining): past the rate limit lines are only counted, and the tail still kept."""
-        if text.startswith('{"@level"'):
+        if text.startswith(wire.LOG_LINE_START):
             if not self._flood.take():
                 self._dropped += 1
                 return
@@ -451,15 +451,15 @@ class PluginProcess:
 
     def _emit_record(self, entry: dict[str, Any]) -> None:
         self._report_dropped()
-        level = _LEVELS.get(str(entry.pop("@level", "info")).lower(), logging.INFO)
-        message = escape(str(entry.pop("@message", "")))
-        exc_text = entry.pop("@exception", None)
+        level = _LEVELS.get(str(entry.pop(wire.LOG_LEVEL, "info")).lower(), logging.INFO)
+        message = escape(str(entry.pop(wire.LOG_MESSAGE, "")))
+        exc_text = entry.pop(wire.LOG_EXCEPTION, None)
         extra = {
             k: escape(v) if isinstance(v, str) else v
             for k, v in entry.items()
-            if k not in _RESERVED and not k.startswith("@")
+            if k not in _RESERVED and not k.startswith(wire.LOG_MEMBER_PREFIX)
         }
-        extra["plugin_logger"] = escape(str(entry.get("@module", "")))
+        extra["plugin_logger"] = escape(str(entry.get(wire.LOG_MODULE, "")))
         extra["plugin_fields"] = dict(extra)
         if exc_text:
             # a traceback keeps its lines, each escaped and indented under the plugin's marker

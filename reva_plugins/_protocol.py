@@ -26,6 +26,16 @@ from ._wire import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    JSONRPC_VERSION,
+    LOG_EXCEPTION,
+    LOG_LEVEL,
+    LOG_LINE_START,
+    LOG_MEMBER_PREFIX,
+    LOG_MESSAGE,
+    LOG_MODULE,
+    LOG_TIMESTAMP,
+    META,
+    META_DEADLINE,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     PING,
@@ -40,7 +50,9 @@ from ._wire import (
 __all__ = [
     "APPLICATION_ERROR", "BOOTSTRAP_FILE", "CANCEL", "CONFIGURE", "COOKIE_KEY", "COOKIE_VALUE",
     "DEFAULT_MAX_LINE", "HANDSHAKE", "HUMAN_MESSAGE", "INTERNAL_ERROR", "INVALID_PARAMS",
-    "INVALID_REQUEST", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
+    "INVALID_REQUEST", "JSONRPC_VERSION", "LOG_EXCEPTION", "LOG_LEVEL", "LOG_LINE_START",
+    "LOG_MEMBER_PREFIX", "LOG_MESSAGE", "LOG_MODULE", "LOG_TIMESTAMP", "META", "META_DEADLINE",
+    "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
     "VERSIONS_ENV", "BootstrapInput", "HandshakeParams", "ResourceLimits", "ResourceLimitsInput",
     "dumps", "encode_request", "error_to_exception", "guess_id", "loads",
 ]  # fmt: skip
@@ -94,11 +106,11 @@ def encode_request(
     Raises :class:`UsageError` for params (or meta) that are not strict JSON: NaN or infinity,
     objects JSON has no type for, lone surrogates, cycles.
     """
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    message: dict[str, Any] = {"jsonrpc": JSONRPC_VERSION, "method": method, "params": params}
     if call_id is not None:
         message["id"] = call_id
     if meta:
-        message["meta"] = meta
+        message[META] = meta
     try:
         return dumps(message).encode("utf-8") + b"\n"
     except (TypeError, ValueError, RecursionError) as exc:

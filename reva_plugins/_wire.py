@@ -30,6 +30,16 @@ COOKIE_VALUE = "reva"
 VERSIONS_ENV = "REVA_PLUGIN_PROTOCOL_VERSIONS"
 HUMAN_MESSAGE = "This is a reva plugin bootstrap; it is started by the core, not by hand."
 
+# -- messages -----------------------------------------------------------------------------------
+
+#: The ``jsonrpc`` member of every message. The other member names (``id``, ``method``, ``params``,
+#: ``result``, ``error`` with ``code``, ``message``, ``data``) are JSON-RPC 2.0's own.
+JSONRPC_VERSION = "2.0"
+#: The ``meta`` member a request may carry (caller context; the core adds :data:`META_DEADLINE`).
+META = "meta"
+#: In ``meta``: seconds since the epoch by which the caller wants an answer.
+META_DEADLINE = "deadline"
+
 # -- method names -------------------------------------------------------------------------------
 
 #: The plugin's first message (a notification): :class:`HandshakeParams`.
@@ -55,10 +65,50 @@ INTERNAL_ERROR = -32603
 #: An exception raised by the plugin's method (``data``: ``type``, ``traceback``).
 APPLICATION_ERROR = -32000
 
+# -- plugin log records on stderr --------------------------------------------------------------
+
+#: A plugin's log record is one JSON object per stderr line; its first member is LOG_LEVEL, so a
+#: line starting with :data:`LOG_LINE_START` is a record. The other members are the record's
+#: ``extra`` fields.
+#: Every member the bootstrap sets starts with this; the record's extra fields are the rest.
+LOG_MEMBER_PREFIX = "@"
+LOG_LEVEL = "@level"
+LOG_MESSAGE = "@message"
+LOG_MODULE = "@module"
+LOG_TIMESTAMP = "@timestamp"
+LOG_EXCEPTION = "@exception"
+LOG_LINE_START = '{"' + LOG_LEVEL + '"'
+
 # -- limits -------------------------------------------------------------------------------------
 
 #: The longest message (bytes, newline excluded) either side accepts unless configured.
 DEFAULT_MAX_LINE = 64 * 1024 * 1024
+
+
+class ConfigureParams(TypedDict):
+    """The params of ``configure``: the driver's own config table."""
+
+    config: dict[str, object]
+
+
+class CancelParams(TypedDict):
+    """The params of ``$/cancel``: the id of the call to cancel."""
+
+    id: int
+
+
+class PingResult(TypedDict):
+    """What ``$/ping`` answers."""
+
+    pid: int
+
+
+class ErrorData(TypedDict):
+    """The ``data`` of an :data:`APPLICATION_ERROR`: the exception's class name (the core raises
+    its typed exception for the names it knows) and its formatted traceback."""
+
+    type: str
+    traceback: str
 
 
 class ResourceLimitsInput(TypedDict):

@@ -203,10 +203,19 @@ def test_the_bootstrap_holds_no_literal_of_the_protocol() -> None:
         if name.isupper() and isinstance(value, (str, int)) and not isinstance(value, bool)
     }
     tree = ast.parse(BOOTSTRAP_FILE.read_text(encoding="utf-8"))
+    # attribute names (``CallContext.meta``, the plugins' API) are not the protocol's values
+    slots = {
+        id(const)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets)
+        for const in ast.walk(node.value)
+    }
     repeated = [
         (node.lineno, node.value)
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
+        and id(node) not in slots
         and not isinstance(node.value, bool)
         and node.value in shared
         and node.value not in (0, 1, -1)
@@ -226,3 +235,73 @@ def test_bootstrap_run_by_hand_refuses() -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == _wire.HUMAN_MESSAGE
     assert result.stdout == ""
+
+
+#: JSON-RPC 2.0's own member names: the standard's, not this protocol's definitions.
+JSONRPC_MEMBERS = frozenset(
+    {"jsonrpc", "id", "method", "params", "result", "error", "code", "message", "data"}
+)
+#: Literals both sides hold that are not the protocol's: file modes, codecs, /proc paths, a
+#: logging attribute name.
+NOT_PROTOCOL = frozenset({"utf-8", "rb", "replace", "/proc/", "/stat", "asctime"})
+#: The core's modules that speak the wire.
+CORE_WIRE_MODULES = ("_protocol", "_client", "_process", "_host", "_errors")
+
+
+def _string_literals(path: Path) -> dict[str, int]:
+    """Every string constant of a module that could name something (docstrings, f-string text
+    and prose left out), with the line of its first use."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    in_fstrings = {
+        id(part)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.JoinedStr)
+        for part in node.values
+    }
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and id(node) not in in_fstrings
+            and len(node.value) > 1
+            and " " not in node.value
+        ):
+            found.setdefault(node.value, node.lineno)
+    return found
+
+
+def _typed_dict_keys() -> set[str]:
+    """The keys of every ``TypedDict`` ``_wire`` declares (both sides are type-checked on them)."""
+    tree = ast.parse(Path(_wire.__file__).read_text(encoding="utf-8"))
+    return {
+        stmt.target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for stmt in node.body
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+    }
+
+
+def test_bootstrap_and_core_share_no_literal_outside_wire() -> None:
+    """A name both sides must agree on (a member, a key, a version) is defined in ``_wire`` and
+    read from there by both: a literal that the bootstrap and a core module both spell is a
+    second home (a literal of a value ``_wire`` already defines is the test above's). Fails,
+    e.g., when both sides start using a ``meta`` key ``"trace_id"``: ``[('trace_id', <line>)]``."""
+    package = Path(_wire.__file__).parent
+    core: set[str] = set()
+    for name in CORE_WIRE_MODULES:
+        core |= set(_string_literals(package / f"{name}.py"))
+    allowed = JSONRPC_MEMBERS | NOT_PROTOCOL | _typed_dict_keys()
+    bootstrap = _string_literals(BOOTSTRAP_FILE)
+    shared = sorted((text, line) for text, line in bootstrap.items() if text in core - allowed)
+    assert shared == []
