@@ -208,7 +208,7 @@ def _parser() -> _Parser:
     call.add_argument(
         "--timeout",
         type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
-        help="seconds for this call",
+        help="seconds for this call (at most the driver's call_timeout)",
     )
     call.set_defaults(handler=cmd_call, json_errors=True)
     _add_env_commands(sub, common)

@@ -408,7 +408,8 @@ class ServiceProxy:
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Any:
-        """Call ``method`` with keyword ``params``; ``timeout`` and caller ``meta`` are optional."""
+        """Call ``method`` with keyword ``params``. ``timeout`` (seconds) may shorten the driver's
+        ``call_timeout``, never extend it; ``meta`` (caller context) reaches the plugin."""
         binder = self._binders.get(method)
         if binder is None:
             raise UsageError(

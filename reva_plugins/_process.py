@@ -314,11 +314,16 @@ class PluginProcess:
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Any:
-        """Call ``method`` with keyword ``params``; raise the plugin's error, typed."""
+        """Call ``method`` with keyword ``params``; raise the plugin's error, typed.
+
+        ``timeout`` may shorten the driver's ``call_timeout``, never extend it: the operator's
+        bound holds whoever calls (a gRPC client's deadline, a script's ``--timeout``).
+        """
         client = self._client
         if client is None:
             raise self._crashed("plugin is not running")
-        timeout = self.spec.call_timeout if timeout is None else timeout
+        limit = self.spec.call_timeout
+        timeout = limit if timeout is None else min(timeout, limit)
         if meta is not None and timeout:
             meta = {**meta, wire.META_DEADLINE: time.time() + timeout}
         return client.call(method, params, timeout, meta)

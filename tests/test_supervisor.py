@@ -276,6 +276,17 @@ def test_call_timeout_from_config(tmp_path: Path) -> None:
             supervisor.call("sleep", {"seconds": 5})
 
 
+def test_a_callers_timeout_shortens_call_timeout_but_never_extends_it(tmp_path: Path) -> None:
+    """``call_timeout`` is the operator's bound: a caller (a gRPC client's deadline, a script's
+    ``--timeout``) may ask for less, never for more."""
+    with Host(fault_config(call_timeout=0.5), base_dir=tmp_path) as host:
+        supervisor = _supervisor(host)
+        with pytest.raises(CallTimeout, match=r"after 0\.5 s"):
+            supervisor.call("sleep", {"seconds": 5}, timeout=30)
+        with pytest.raises(CallTimeout, match=r"after 0\.2 s"):
+            supervisor.call("sleep", {"seconds": 5}, timeout=0.2)
+
+
 # -- crashes and restarts ----------------------------------------------------------------------
 
 
