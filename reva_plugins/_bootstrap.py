@@ -58,6 +58,11 @@ CONTROL_PREFIX: str = wire.CONTROL_PREFIX
 JSONRPC: str = wire.JSONRPC_VERSION
 
 INLINE_BELOW = 0.001  # seconds: calls quicker than this (on average) run on the reader
+#: seconds: a quick call running longer than this on the reader is left to it as a worker's,
+#: and another thread takes the reading over (so one call that turns slow stalls no other)
+RELIEVE_AFTER = 0.005
+#: ticks of RELIEVE_AFTER with no quick call running before the watch sleeps until the next one
+WATCH_IDLE_TICKS = 200
 _clock = time.perf_counter
 WIRE_FD = -1  # the private protocol fd, once taken (fault-injection tests write to it)
 
@@ -469,7 +474,10 @@ class Plugin:
     reading, so ``$/cancel`` and ``$/ping`` are answered while every worker is busy.
 
     The reader goes through every request buffered, runs the quick ones (and control messages)
-    right there, and writes all their replies with one write before it blocks again.
+    right there, and writes all their replies with one write before it blocks again. A quick call
+    that turns slow (a backend that stalls) would hold every other call up: a watch thread
+    relieves such a reader after ``RELIEVE_AFTER``, handing the reading on to another thread
+    while the slow call finishes where it runs.
     """
 
     def __init__(self, obj: object, wire: Wire, max_concurrency: int) -> None:
@@ -492,6 +500,10 @@ class Plugin:
         self.cost: dict[object, float] = {}
         self.cancellable: set[object] = set()
         self.out: list[bytes] = []  # replies of the batch being read, unsent
+        self.epoch = 0  # counts hand-overs of the reading: a relieved reader sees it changed
+        self.inline_since = 0.0  # when the quick call running on the reader began (0: none)
+        self.watch: threading.Condition | None = None  # the relief watch, once started
+        self.watch_idle = False  # the watch sleeps until the next quick call
 
     def method(self, name: str) -> tuple[object, bool] | None:
         cached = self.methods.get(name)
@@ -522,10 +534,14 @@ class Plugin:
                     self.waiting -= 1
             if request is None:
                 request = self.lead()
+                if request is None:  # relieved of the reading: the call's reply is written
+                    continue
             self.wire.write(self.run(request))
 
-    def lead(self) -> dict[str, object]:
+    def lead(self) -> dict[str, object] | None:
         """Read until a call must run on a thread of its own; hand the reading on and return it.
+        None: a quick call turned slow here, the watch handed the reading on meanwhile, and the
+        call's reply is written.
 
         A call that is known to be quick and cannot see cancellation (no ``context``) runs right
         here without handing the reading on: waking another thread costs more than such a call,
@@ -542,18 +558,69 @@ class Plugin:
                 inline = (
                     self.cost.get(method, 1.0) < INLINE_BELOW and method not in self.cancellable
                 )
+                if inline:
+                    epoch = self.epoch
+                    self.inline_since = _clock()
+                    if self.watch is None or self.watch_idle:
+                        self._wake_watch()
             if inline:
-                self.out.append(self.run(request))
+                reply = self.run(request)
+                with self.lock:
+                    self.inline_since = 0.0
+                    relieved = self.epoch != epoch
+                if relieved:
+                    self.wire.write(reply)
+                    return None
+                self.out.append(reply)
                 continue
             self.flush()
             with self.lock:
-                self.leading = False
-                if self.waiting:
-                    self.turn.notify()
-                elif self.threads <= self.max_concurrency:
-                    self.threads += 1
-                    threading.Thread(target=self.follow, daemon=True).start()
+                self._hand_reading_on()
             return request
+
+    def _hand_reading_on(self) -> None:
+        """Let another thread read (call with the lock held): a waiting one, else a new one."""
+        self.leading = False
+        self.epoch += 1
+        if self.waiting:
+            self.turn.notify()
+        elif self.threads <= self.max_concurrency:
+            self.threads += 1
+            threading.Thread(target=self.follow, daemon=True).start()
+
+    def _wake_watch(self) -> None:
+        """Start the relief watch, or wake it from its idle sleep (call with the lock held)."""
+        self.watch_idle = False
+        if self.watch is None:
+            self.watch = threading.Condition(self.lock)
+            threading.Thread(target=self._watch, daemon=True).start()
+        else:
+            self.watch.notify()
+
+    def _watch(self) -> None:
+        """Relieve a reader whose quick call has run for ``RELIEVE_AFTER``: the call finishes on
+        that thread as a worker's, another thread reads. Ticks only while quick calls run; after
+        ``WATCH_IDLE_TICKS`` quiet ticks it sleeps until the reader starts the next one."""
+        watch = self.watch
+        assert watch is not None
+        quiet = 0
+        with self.lock:
+            while True:
+                since = self.inline_since
+                if not since:
+                    quiet += 1
+                elif _clock() - since >= RELIEVE_AFTER and self.leading:
+                    quiet = 0
+                    self.inline_since = 0.0
+                    self._hand_reading_on()
+                else:
+                    quiet = 0
+                if quiet >= WATCH_IDLE_TICKS:
+                    self.watch_idle = True
+                    quiet = 0
+                    watch.wait()
+                else:
+                    watch.wait(RELIEVE_AFTER)
 
     def run(self, request: dict[str, object]) -> bytes:
         """Execute one call (counted in ``executing`` by the caller); its reply line."""

@@ -386,6 +386,11 @@ class Tiny:
             with self.lock:
                 self.running -= 1
 
+    def usually_quick(self, v: object, stall: bool = False) -> object:
+        if stall:
+            assert self.gate.wait(30)
+        return v
+
     def until_cancelled(self, context: _bootstrap.CallContext) -> str:
         return "cancelled" if context.cancelled.wait(30) else "not cancelled"
 
@@ -503,6 +508,20 @@ def test_cancel_reaches_a_busy_call_even_at_the_concurrency_cap() -> None:
         assert "until_cancelled" in pool.plugin.cancellable  # never run inline
     finally:
         pool.close()
+
+
+def test_a_quick_call_that_stalls_on_the_reader_holds_no_other_call_up(pool: Pool) -> None:
+    for i in range(5):  # learnt as quick: it runs on the reading thread
+        assert pool.call("usually_quick", {"v": i}) == i
+    (stalled,) = pool.send(("usually_quick", {"v": "late", "stall": True}))
+    ids = pool.send(*(("usually_quick", {"v": i}) for i in range(8)))
+    replies = pool.replies(8)  # answered while the stalled call still waits for the gate
+    assert [replies[i]["result"] for i in ids] == list(range(8))
+    assert pool.call("$/ping", {})["pid"] > 0  # type: ignore[index]
+    pool.obj.gate.set()
+    assert pool.replies(1)[stalled]["result"] == "late"
+    for i in range(3):  # and the pool reads on as before
+        assert pool.call("usually_quick", {"v": i}) == i
 
 
 def test_an_oversized_request_is_refused_and_the_next_served() -> None:
