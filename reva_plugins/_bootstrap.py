@@ -773,6 +773,9 @@ def main(argv: list[str]) -> int:
     spec: wire.BootstrapInput = _loads(argv[1])
     _contain(spec)  # before anything of the plugin runs
     wire_fd = WIRE_FD = _guard_stdio(int(spec["wire_fd"]))
+    # A child the plugin forks (multiprocessing, os.fork) must not hold the wire: it would write
+    # on it, or keep it open after the plugin died, leaving the core waiting for an EOF.
+    os.register_at_fork(after_in_child=_drop_wire)
     version = _negotiate()
     _hook_logging(spec["log_level"])
     channel = Wire(wire_fd, spec["max_line"])
@@ -794,6 +797,16 @@ def main(argv: list[str]) -> int:
     channel.send({"jsonrpc": JSONRPC, "method": wire.HANDSHAKE, "params": handshake})
     Plugin(obj, channel, spec["max_concurrency"]).follow()
     return 0  # not reached: the pool ends the process
+
+
+def _drop_wire() -> None:
+    global WIRE_FD
+    if WIRE_FD >= 0:
+        try:
+            os.close(WIRE_FD)
+        except OSError:
+            pass
+        WIRE_FD = -1
 
 
 def _reap_group() -> None:

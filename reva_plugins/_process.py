@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ def _level_name(level: int) -> _LogLevel:
 
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_INSTANCES = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,10 @@ class LaunchSpec:
 
 
 def plugin_environment(
-    spec: LaunchSpec, host_env: Mapping[str, str] | None = None
+    spec: LaunchSpec, host_env: Mapping[str, str] | None = None, instance: str = ""
 ) -> dict[str, str]:
-    """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``."""
+    """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``
+    (and the ``instance`` marker its descendants inherit)."""
     host_env = os.environ if host_env is None else host_env
     env = scrubbed(host_env)
     venv_bin = str(spec.python.parent)
@@ -99,7 +102,33 @@ def plugin_environment(
     env[wire.COOKIE_KEY] = wire.COOKIE_VALUE
     env[wire.VERSIONS_ENV] = ",".join(map(str, spec.protocol_versions))
     env["PYTHONUNBUFFERED"] = "1"
+    if instance:
+        env[wire.INSTANCE_ENV] = instance
     return env
+
+
+def marked_processes(instance: str) -> list[int]:
+    """Every process (of ours to see: Linux ``/proc``) whose environment carries the plugin
+    instance marker: the plugin's descendants, wherever they moved (a new session, another
+    parent) unless they dropped the variable."""
+    needle = f"{wire.INSTANCE_ENV}={instance}".encode()
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if needle + b"\0" in environ or environ.endswith(needle):
+            found.append(int(entry))
+    return found
 
 
 class PluginProcess:
@@ -132,6 +161,8 @@ class PluginProcess:
         self.exit_reason = ""
         self._dropped = 0
         self._flood = _TokenBucket(LOG_RATE, LOG_BURST)
+        self.instance = f"{os.getpid()}-{next(_INSTANCES)}"
+        self._strays_reaped = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -163,7 +194,7 @@ class PluginProcess:
             wire_fd = fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
             self._proc = spawn(
                 [self.spec.python, "-I", wire.BOOTSTRAP_FILE, self._bootstrap_arg(wire_fd)],
-                env=plugin_environment(self.spec),
+                env=plugin_environment(self.spec, instance=self.instance),
                 cwd=self.spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.STDOUT,
@@ -287,6 +318,26 @@ class PluginProcess:
         if self._proc.stderr:
             self._proc.stderr.close()
 
+    def _reap_strays(self) -> None:
+        """The plugin is gone (a zombie: its pid still names its group): kill what it left
+        behind, its process group and every process carrying its instance marker (those that
+        left the group with ``setsid()``, which its death handed to init)."""
+        proc = self._proc
+        if self._strays_reaped or proc is None:
+            return
+        self._strays_reaped = True
+        if proc.returncode is None:  # not reaped (by close()): the group id is still its own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for _ in range(10):  # a stray may have started another meanwhile; it is marked too
+            found = marked_processes(self.instance)
+            if not found:
+                return
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
     def _kill_group(self, sig: int) -> None:
         """Signal the plugin's process group; with SIGKILL also every descendant that left the
         group (``setsid()``), found while the plugin (their subreaper) still holds them."""
@@ -349,6 +400,9 @@ class PluginProcess:
         assert self._client is not None
         self._pump_stderr(proc)
         cpu = _cpu_seconds_at_exit(proc.pid)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # gone, not reaped yet
+        self._reap_strays()
         self.returncode = proc.wait()
         self._join_stderr()
         expected = self._closing
@@ -357,6 +411,9 @@ class PluginProcess:
         )
         if self._on_death is not None:
             self._on_death(self, self.returncode, expected)
+        with contextlib.suppress(OSError):
+            # a descendant that inherited the wire (a fork) must not keep a reader waiting
+            self._client.sock.shutdown(socket.SHUT_RD)
         self._client.close(self._crashed(self.exit_reason))
         self._exited.set()
         if not expected:
@@ -391,6 +448,7 @@ class PluginProcess:
                     if ready == pidfd:
                         poller.unregister(pidfd)
                         exited_at = time.monotonic()
+                        self._reap_strays()  # they may hold the pipe open
                         continue
                     data = os.read(fd, 65536)
                     if not data:

@@ -330,6 +330,47 @@ def test_a_crash_fails_all_in_flight_calls_then_the_next_call_restarts(host: Hos
     assert user["pid"] != first_pid
 
 
+@pytest.mark.parametrize("how", ["group", "setsid", "fork"])
+def test_what_a_crashed_plugin_leaves_behind_is_killed(host: Host, how: str) -> None:
+    """A plugin that dies abruptly (``os._exit``, as a segfault or the OOM killer would) takes
+    nothing with it by itself: its child in its group, a ``setsid()`` grandchild (handed to
+    init by the death of its subreaper) and a forked copy are killed by the core."""
+    supervisor = _supervisor(host)
+    left = supervisor.call("leave_then_crash", {"how": how})
+    assert pid_alive(left)
+    assert wait_until(lambda: not supervisor.process or not supervisor.process.alive, timeout=10)
+    assert wait_until(lambda: not pid_alive(left), timeout=10)
+
+
+def test_a_crash_under_load_is_plugin_crashed_even_when_a_fork_holds_the_wire(
+    tmp_path: Path,
+) -> None:
+    """A forked copy of the plugin used to keep the core's end of the wire open after the
+    plugin died: the reader then waited for an EOF and every call in flight ended as a
+    ``CallTimeout`` instead of a ``PluginCrashed``."""
+    with Host(fault_config(call_timeout=20, restart="never"), base_dir=tmp_path) as host:
+        supervisor = _supervisor(host)
+        supervisor.start()
+        outcomes: list[BaseException | object] = []
+
+        def sleeper() -> None:
+            try:
+                outcomes.append(supervisor.call("sleep", {"seconds": 15}))
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(8):
+                pool.submit(sleeper)
+            assert wait_until(
+                lambda: supervisor.process is not None and supervisor.process.calls_in_flight == 8
+            )
+            copy = supervisor.call("leave_then_crash", {"how": "fork", "delay": 0.2})
+        assert len(outcomes) == 8
+        assert all(isinstance(o, PluginCrashed) for o in outcomes), outcomes
+        assert wait_until(lambda: not pid_alive(copy), timeout=10)
+
+
 def test_too_many_crashes_mark_the_service_failed(tmp_path: Path) -> None:
     with Host(fault_config(), base_dir=tmp_path) as host:
         supervisor = _supervisor(host)

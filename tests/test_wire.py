@@ -243,7 +243,7 @@ JSONRPC_MEMBERS = frozenset(
 )
 #: Literals both sides hold that are not the protocol's: file modes, codecs, /proc paths, a
 #: logging attribute name.
-NOT_PROTOCOL = frozenset({"utf-8", "rb", "replace", "/proc/", "/stat", "asctime"})
+NOT_PROTOCOL = frozenset({"utf-8", "rb", "replace", "/proc", "/proc/", "/stat", "asctime"})
 #: The core's modules that speak the wire.
 CORE_WIRE_MODULES = ("_protocol", "_client", "_process", "_host", "_errors")
 

@@ -103,6 +103,30 @@ class Fault:
         child = subprocess.Popen(["sleep", "300"])
         return child.pid
 
+    def leave_then_crash(self, how, delay=0.3):
+        """Leave a process behind (``group``: a child in the plugin's group; ``setsid``: a
+        grandchild in a session of its own; ``fork``: a forked copy of the plugin, holding
+        whatever it inherited), answer its pid, then die abruptly after ``delay``."""
+        if how == "group":
+            pid = subprocess.Popen(["sleep", "300"]).pid
+        elif how == "setsid":
+            read, write = os.pipe()
+            if os.fork() == 0:
+                os.setsid()
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os.execvp("sleep", ["sleep", "300"])
+                os.write(write, str(grandchild).encode())
+                os._exit(0)
+            pid = int(os.read(read, 32))
+        else:
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(300)
+                os._exit(0)
+        threading.Timer(delay, os._exit, (9,)).start()
+        return pid
+
     def getenv(self, name):
         return os.environ.get(name)
 
