@@ -163,6 +163,7 @@ class PluginProcess:
         self._flood = _TokenBucket(LOG_RATE, LOG_BURST)
         self.instance = f"{os.getpid()}-{next(_INSTANCES)}"
         self._strays_reaped = False
+        self._aborted = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,6 +209,8 @@ class PluginProcess:
             if wire_fd >= 0:
                 os.close(wire_fd)
         self.started_at = time.time()
+        if self._aborted:  # abort() came before there was a process to kill
+            self._kill_group(signal.SIGKILL)
         self._client = Client(
             parent, label=self.spec.label, max_line=self.spec.max_line, on_eof=self._on_eof
         )
@@ -317,6 +320,12 @@ class PluginProcess:
             client.sock.close()
         if self._proc.stderr:
             self._proc.stderr.close()
+
+    def abort(self) -> None:
+        """Kill the process now, from any thread: a :meth:`start` in progress fails at once
+        (and cleans up after itself) instead of waiting out ``start_timeout``."""
+        self._aborted = True
+        self._kill_group(signal.SIGKILL)
 
     def _reap_strays(self) -> None:
         """The plugin is gone (a zombie: its pid still names its group): kill what it left
@@ -735,7 +744,9 @@ class Supervisor:
         self._crashes: collections.deque[float] = collections.deque(maxlen=self.MAX_CRASHES)
         self._failed: ProcessError | None = None
         self._closed = False
+        self._closing = threading.Event()  # interrupts a backoff wait
         self._starting = False
+        self._starting_process: PluginProcess | None = None
         self.restarts = 0
 
     @property
@@ -798,10 +809,22 @@ class Supervisor:
                     self._on_restart(self.restarts, self._backoff_delay())
             self._wait_backoff()
             process = PluginProcess(self.spec, on_exit=self._exited, on_death=self._count_crash)
-            process.start()
+            self._starting_process = process  # before the check: close() sees it, or we see closed
+            if self._closed:
+                raise PluginCrashed("the host is closed", plugin=self.spec.label)
+            try:
+                process.start()
+            except RevaPluginError:
+                if self._closed:  # aborted by close()
+                    raise PluginCrashed("the host is closed", plugin=self.spec.label) from None
+                raise
+            if self._closed:
+                process.close(grace=0)
+                raise PluginCrashed("the host is closed", plugin=self.spec.label)
             self._process = process
         finally:
             self._starting = False
+            self._starting_process = None
         if self._on_start is not None:
             self._on_start(process)
         return process
@@ -815,7 +838,7 @@ class Supervisor:
     def _wait_backoff(self) -> None:
         remaining = self._backoff_delay()
         if remaining > 0:
-            time.sleep(remaining)
+            self._closing.wait(remaining)
 
     def _count_crash(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
         if not expected:
@@ -847,7 +870,13 @@ class Supervisor:
         return self.start().call(method, params, timeout=timeout, meta=meta)
 
     def close(self) -> None:
-        """Shut the plugin down; later calls fail."""
+        """Shut the plugin down; later calls fail. A start in progress (a slow import, a
+        backoff) is cut short rather than waited for."""
+        self._closed = True
+        self._closing.set()
+        starting = self._starting_process
+        if starting is not None:
+            starting.abort()
         with self._lock:
             self._closed = True
             process, self._process = self._process, None

@@ -117,6 +117,38 @@ def test_never_handshaking_fails_at_start_timeout_with_the_output(start: Any) ->
     assert "print at import" in message
 
 
+def test_closing_the_host_cuts_a_slow_start_short(tmp_path: Path) -> None:
+    """``close()`` does not wait out a plugin still importing (up to ``start_timeout``): the
+    start in progress is aborted and fails with "the host is closed"."""
+    config = fault_config(env={"FAULT_MODE": "hang_before_handshake"}, start_timeout=600)
+    host = Host(config, base_dir=tmp_path)
+    supervisor = _supervisor(host)
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            supervisor.start()
+        except BaseException as exc:
+            failures.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    assert wait_until(lambda: supervisor.state == "starting" and supervisor._starting_process)
+    starting = supervisor._starting_process
+    assert starting is not None
+    assert wait_until(lambda: starting.pid is not None)
+    closer = threading.Thread(target=host.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() waited for the start"
+    starter.join(30)
+    assert len(failures) == 1
+    assert isinstance(failures[0], PluginCrashed)
+    assert "the host is closed" in str(failures[0])
+    assert starting.pid is not None
+    assert wait_until(lambda: not pid_alive(starting.pid))
+
+
 def test_dying_before_the_handshake_reports_exit_code_and_stderr(start: Any) -> None:
     with pytest.raises(HandshakeError) as info:
         start(env={"FAULT_MODE": "die_before_handshake"})
