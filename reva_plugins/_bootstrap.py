@@ -575,25 +575,33 @@ class Plugin:
                 continue
             self.flush()
             with self.lock:
-                self._hand_reading_on()
+                handed_on = self._hand_reading_on()
+            if not handed_on:  # no thread to spare (a memory limit): run it here
+                self.out.append(self.run(request))
+                continue
             return request
 
-    def _hand_reading_on(self) -> None:
-        """Let another thread read (call with the lock held): a waiting one, else a new one."""
-        self.leading = False
-        self.epoch += 1
+    def _hand_reading_on(self) -> bool:
+        """Let another thread read (call with the lock held): a waiting one, else a new one.
+        False when there is none and none can be started (the caller reads on)."""
         if self.waiting:
             self.turn.notify()
-        elif self.threads <= self.max_concurrency:
+        elif self.threads <= self.max_concurrency and _start_thread(self.follow):
             self.threads += 1
-            threading.Thread(target=self.follow, daemon=True).start()
+        else:
+            return False
+        self.leading = False
+        self.epoch += 1
+        return True
 
     def _wake_watch(self) -> None:
         """Start the relief watch, or wake it from its idle sleep (call with the lock held)."""
         self.watch_idle = False
         if self.watch is None:
             self.watch = threading.Condition(self.lock)
-            threading.Thread(target=self._watch, daemon=True).start()
+            if not _start_thread(self._watch):
+                self.watch_idle = True  # no relief then; tried again at the next quick call
+                self.watch = None
         else:
             self.watch.notify()
 
@@ -753,6 +761,16 @@ class Plugin:
         return {"jsonrpc": JSONRPC, "id": call_id, "result": result}
 
 
+def _start_thread(target: Callable[[], None]) -> bool:
+    """Start a daemon thread; False when the system has none to give (``memory_mb``, a thread
+    limit): the pool then makes do with the threads it has."""
+    try:
+        threading.Thread(target=target, daemon=True).start()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _bad_arguments(func: object, params: dict[str, object]) -> bool:
     import inspect
 
@@ -874,8 +892,16 @@ def _contain(spec: wire.BootstrapInput) -> None:
         _set_rlimits()
 
 
+#: bytes of stack per thread under ``memory_mb``: address space counts what a stack reserves,
+#: and the default (8 MiB, from ``ulimit -s``) would spend a small limit on a few idle threads
+LIMITED_THREAD_STACK = 2 * 1024 * 1024
+
+
 def _set_rlimits() -> None:
     import resource
+
+    if isinstance(_LIMITS.get("memory_mb"), int):
+        threading.stack_size(LIMITED_THREAD_STACK)
 
     for key, kind, unit in (
         ("memory_mb", resource.RLIMIT_AS, 1024 * 1024),

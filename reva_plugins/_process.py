@@ -259,8 +259,9 @@ class PluginProcess:
         if params is None:
             if self._client.eof or self._exited.wait(0.5):
                 self._exited.wait(2)
+                exited = self.exit_reason or f"plugin exited with {_describe_exit(self.returncode)}"
                 reason = (
-                    f"plugin exited with {_describe_exit(self.returncode)} before the handshake "
+                    f"{exited} before the handshake "
                     f"(the core offers protocol versions {list(self.spec.protocol_versions)})"
                 )
             elif instead:
@@ -408,9 +409,7 @@ class PluginProcess:
         assert proc is not None
         assert self._client is not None
         self._pump_stderr(proc)
-        cpu = _cpu_seconds_at_exit(proc.pid)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # gone, not reaped yet
+        cpu = _cpu_seconds_at_exit(proc.pid)  # waits for the exit, leaves the zombie
         self._reap_strays()
         self.returncode = proc.wait()
         self._join_stderr()
@@ -634,7 +633,13 @@ def _cpu_seconds_at_exit(pid: int) -> float | None:
         return None
 
 
-_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
+_MEMORY_SIGNS = (
+    "MemoryError",
+    "Cannot allocate memory",
+    "out of memory",
+    "bad_alloc",
+    "can't start new thread",
+)
 
 
 def _exit_reason(

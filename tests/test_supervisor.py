@@ -32,6 +32,7 @@ from reva_plugins import (
 from reva_plugins._host import IsolatedDriver
 from reva_plugins._plan import IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor
+from reva_plugins._protocol import ResourceLimits
 
 from .conftest import pid_alive, wait_until
 
@@ -147,6 +148,24 @@ def test_closing_the_host_cuts_a_slow_start_short(tmp_path: Path) -> None:
     assert "the host is closed" in str(failures[0])
     assert starting.pid is not None
     assert wait_until(lambda: not pid_alive(starting.pid))
+
+
+def test_a_limit_hit_before_the_handshake_is_named(start: Any) -> None:
+    with pytest.raises(
+        HandshakeError, match=r"plugin exceeded open_files=1 .* before the handshake"
+    ):
+        start(limits=ResourceLimits(open_files=1))
+
+
+def test_a_small_memory_limit_leaves_room_for_the_pool_threads(start: Any) -> None:
+    """Under ``memory_mb`` a thread's stack counts in full against the address space: with
+    the default 8 MiB stacks a 24 MiB plugin could not start its pool threads."""
+    process = start(limits=ResourceLimits(memory_mb=24))
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda i: process.call("echo", {"value": i, "delay": 0.2}), range(4))
+        )
+    assert answers == [0, 1, 2, 3]
 
 
 def test_dying_before_the_handshake_reports_exit_code_and_stderr(start: Any) -> None:
