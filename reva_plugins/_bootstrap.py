@@ -55,6 +55,7 @@ INVALID_PARAMS: int = wire.INVALID_PARAMS
 INTERNAL_ERROR: int = wire.INTERNAL_ERROR
 APPLICATION_ERROR: int = wire.APPLICATION_ERROR
 CONTROL_PREFIX: str = wire.CONTROL_PREFIX
+CONFIGURE: str = wire.CONFIGURE
 JSONRPC: str = wire.JSONRPC_VERSION
 
 INLINE_BELOW = 0.001  # seconds: calls quicker than this (on average) run on the reader
@@ -208,7 +209,7 @@ class Wire:
     and serialised by a lock (pool threads write their own replies).
     """
 
-    CHUNK = 65536
+    CHUNK = 16384  # a read takes up to ~160 requests; each KiB stays in an idle plugin
 
     def __init__(self, fd: int, max_line: int) -> None:
         self.fd = fd
@@ -449,10 +450,10 @@ def _load_entry_point(spec: wire.BootstrapInput) -> tuple[object, str, str, str]
         value, name = ep.value, ep.name
         if ep.dist is not None:
             dist, version = ep.dist.name, ep.dist.version
-    import importlib
-
     module_name, _, attrs = str(value).partition(":")
-    obj: object = importlib.import_module(module_name.strip())
+    module_name = module_name.strip()
+    __import__(module_name)  # importlib.import_module would import the importlib package
+    obj: object = sys.modules[module_name]
     for attr in filter(None, attrs.strip().split(".")):
         obj = getattr(obj, attr)
     if callable(obj):
@@ -563,6 +564,11 @@ class Plugin:
                     self.inline_since = _clock()
                     if self.watch is None or self.watch_idle:
                         self._wake_watch()
+            if method == CONFIGURE:
+                # sent once, before any call: nothing waits behind it, and no thread (in an
+                # idle plugin's memory for good) need start for it
+                self.out.append(self.run(request))
+                continue
             if inline:
                 reply = self.run(request)
                 with self.lock:
@@ -867,22 +873,26 @@ def _contain(spec: wire.BootstrapInput) -> None:
     """
     if os.getpgrp() != os.getpid():
         os.setpgid(0, 0)
-    import signal
+    # _signal, not signal: signal imports enum (as ctypes does struct and more), and every
+    # module the bootstrap imports stays in each idle plugin's memory
+    if TYPE_CHECKING:
+        import signal as _signal
+    else:
+        import _signal
 
-    signal.signal(SIGTERM, _terminated)
+    _signal.signal(SIGTERM, _terminated)
     limits = spec.get("limits")
     if isinstance(limits, dict):
         _LIMITS.update(limits)
     if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, SIGTERM)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         if os.getppid() != spec.get("parent", os.getppid()):  # the core died before prctl
             _terminated(SIGTERM, None)
         if _LIMITS.get("network") is False:
-            _unshare_network(libc)
+            import ctypes
+
+            _unshare_network(ctypes.CDLL(None, use_errno=True))
     elif _LIMITS.get("network") is False:
         raise SystemExit(
             f"reva plugin bootstrap: network = false is not supported here: {sys.platform} "
@@ -966,14 +976,26 @@ def _limit_hit(exc: BaseException) -> str:
     return ""
 
 
+def _prctl(option: int, value: int) -> None:
+    """``prctl(option, value)`` through ``_ctypes`` alone: the ``ctypes`` package would add
+    ~0.3 MiB to every plugin for two calls."""
+    import _ctypes
+
+    function = _ctypes.dlsym(_ctypes.dlopen(None, 2), "prctl")  # type: ignore[arg-type]
+    _ctypes.call_function(function, (option, value, 0, 0, 0))
+
+
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM (from the core, or the parent-death signal): take every descendant along,
     then die of the signal."""
-    import signal
+    if TYPE_CHECKING:
+        import signal as _signal
+    else:
+        import _signal
 
     _reap_descendants()
     sys.stderr.flush()
-    signal.signal(SIGTERM, signal.SIG_DFL)
+    _signal.signal(SIGTERM, _signal.SIG_DFL)
     os.kill(os.getpid(), SIGTERM)
     os._exit(128 + SIGTERM)
 
@@ -1025,9 +1047,10 @@ def _reap_descendants() -> None:
         time.sleep(0.005)
 
 
-if __name__ == "__main__":
+def run(argv: list[str]) -> NoReturn:
+    """Run the bootstrap (as ``__main__``, from ``_launch.py``) and exit the process."""
     try:
-        code = main(sys.argv)
+        code = main(argv)
     except SystemExit as exc:
         if isinstance(exc.code, str):
             sys.stderr.write(exc.code + "\n")
@@ -1036,3 +1059,7 @@ if __name__ == "__main__":
             code = exc.code or 0
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    run(sys.argv)

@@ -94,7 +94,7 @@ _STANDARD_TYPES = {
     INTERNAL_ERROR: "InternalError",
 }
 
-BOOTSTRAP_FILE = Path(__file__).with_name("_bootstrap.py")
+BOOTSTRAP_FILE = Path(__file__).with_name("_launch.py")
 
 _ID_RE = re.compile(rb'"id"\s*:\s*(\d{1,18})\b')
 

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     # 1 - the build half, the run half, defaults, service types
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
-    **dict.fromkeys(["_protocol", "_bootstrap", "_client", "_process", "_defaults"], 1),
+    **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
     # 2 - configuration, host hook specs
@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
-RUN_HALF = {"_process", "_client", "_protocol", "_wire", "_bootstrap"}
+RUN_HALF = {"_process", "_client", "_protocol", "_wire", "_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:
@@ -126,6 +126,7 @@ def test_the_build_half_and_the_run_half_never_import_each_other() -> None:
 
 def test_the_bootstrap_imports_nothing_of_the_core_but_the_protocol_module() -> None:
     assert IMPORTS["_bootstrap"] <= {"_wire"}
+    assert IMPORTS["_launch"] == set()
 
 
 def test_the_protocol_module_imports_nothing_at_run_time() -> None:

@@ -8,8 +8,6 @@ number fields gets them from the opaque map, which is returned unchanged.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 
@@ -60,6 +58,10 @@ def _opaque_number(user: dict[str, Any], key: str) -> int | None:
     entry = ((user.get("opaque") or {}).get("map") or {}).get(key)
     if not isinstance(entry, dict) or entry.get("decoder", "plain") != "plain":
         return None
+    # only the old vintage needs these: each import stays in an idle plugin's memory
+    import base64  # noqa: PLC0415
+    import binascii  # noqa: PLC0415
+
     try:
         return int(base64.b64decode(str(entry.get("value", "")), validate=True).decode("ascii"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
