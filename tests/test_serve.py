@@ -597,7 +597,7 @@ users = "{{users}}"
                 ("userprovider", "get_user", "NotFound", first),
             ]
             config.write_text(template.format(users=second_users), encoding="utf-8")
-            assert server.reload() == "swapped"
+            assert server.reload().result == "swapped"
             second = server.reloader.current.proxies["userprovider"]
             assert second is not first
             assert get(EINSTEIN).status.code == OK
@@ -718,7 +718,9 @@ def test_hostile_command_lines(tmp_path: Path) -> None:
         (["reload", str(config)], 2, "not a pid file"),
         (["reload", str(tmp_path / "missing.pid")], 2, "cannot read"),
         (["reload", "--pid", str(gone)], 1, "no process"),
-        (["status", "127.0.0.1:1"], 1, "cannot read metrics"),
+        (["status", "127.0.0.1:1"], 1, "nothing listens there"),
+        (["status", "http://127.0.0.1:1"], 2, "not a URL"),
+        (["status", "127.0.0.1:1/metrics"], 2, "not a URL"),
         (["status", "not an address"], 2, "HOST:PORT"),
     ):
         result = cli(*args)
