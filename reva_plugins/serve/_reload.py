@@ -215,6 +215,8 @@ class Reloader:
         self._run_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queued: _Ticket | None = None
+        self._swap_lock = threading.Lock()  # guards current against close(), never held long
+        self._closed = False
         self._numbers = 0
         self.current: Generation | None = None
 
@@ -260,8 +262,11 @@ class Reloader:
         return ticket.outcome
 
     def close(self) -> None:
-        """Stop every backend of the current generation."""
-        gen = self.current
+        """Stop every backend of the current generation; a reload still running then stops
+        what it made instead of swapping it in."""
+        with self._swap_lock:
+            self._closed = True
+            gen = self.current
         if gen is not None:
             for backend in gen.backends.values():
                 backend.close()
@@ -303,7 +308,13 @@ class Reloader:
             self._numbers = number
         ordered = {name: kept.get(name) or fresh[name] for name in served_services(config)}
         new = Generation(config, ordered, number if changed else old.number)
-        self.current = new  # the swap: RPCs from here on use the new generation
+        with self._swap_lock:
+            if not self._closed:
+                self.current = new  # the swap: RPCs from here on use the new generation
+        if self.current is not new:  # the server stopped meanwhile
+            for backend in fresh.values():
+                backend.close()
+            return Outcome("failed", "reload: the server is stopping", old.number)
         self._swapped(old, new, tuple(fresh))
         if not changed:
             message = "reload: configuration and drivers unchanged; every service kept serving"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import inspect
 import ipaddress
 import logging
 import os
@@ -64,7 +65,10 @@ _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
 # A call the client cancels is cancelled in the plugin (``$/cancel``) when the core can cancel a
 # call in flight: ``ServiceProxy.call(..., cancellation=reva_plugins._host.Cancellation())``.
 _Cancellation: Any = getattr(_host, "Cancellation", None)
-_CANCELLABLE = _Cancellation is not None
+_CANCELLABLE = (
+    _Cancellation is not None
+    and "cancellation" in inspect.signature(_host.ServiceProxy.call).parameters
+)
 
 
 def _admin_descriptors() -> None:
