@@ -60,6 +60,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 #: The server's own API (Status, Reload), on the gRPC port, answered to loopback peers only.
 ADMIN_API = "reva_plugins.admin.v1.AdminAPI"
 _OK = code_pb2.CODE_OK
+#: Seconds of deadline left below which an RPC that ended is taken to have timed out, not to
+#: have been cancelled by its client.
+DEADLINE_SLACK = 0.05
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
 
 # A call the client cancels is cancelled in the plugin (``$/cancel``) when the core can cancel a
@@ -271,8 +274,8 @@ class Server:
                 cancel = None
                 if _CANCELLABLE:
                     cancel = _Cancellation()
-                    if not context.add_callback(cancel.cancel):
-                        cancel.cancel()  # the RPC is over already
+                    if not context.add_callback(_on_termination(context, cancel)):
+                        cancel.cancel()  # the client is gone already
 
                 def invoke(method: str, params: dict[str, Any]) -> Any:
                     # the client's deadline bounds the call; the core caps it at call_timeout
@@ -566,6 +569,18 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _on_termination(context: grpc.ServicerContext, cancel: Any) -> Callable[[], None]:
+    """What runs when the RPC ends: a client that cancelled (time left on its deadline) cancels
+    the plugin call; a deadline that expired is the call's own timeout already, so it stays a
+    ``CallTimeout``; after a normal answer it is a no-op."""
+
+    def ended() -> None:
+        if context.time_remaining() > DEADLINE_SLACK:
+            cancel.cancel()
+
+    return ended
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
