@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import importlib.metadata
 import inspect
 import ipaddress
 import logging
@@ -29,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
-from .. import __version__, _config, _host
+from .. import _config, _host
 from .._errors import ConfigError, RevaPluginError, UsageError
 from .._hooks import hookimpl
 from .._host import Host
@@ -404,7 +405,7 @@ class Server:
             }
         return {
             "server": {
-                "version": __version__,
+                "version": _version(),
                 "pid": os.getpid(),
                 "address": f"{self.address.rpartition(':')[0]}:{self.port}",
                 "generation": gen.number if gen is not None else 0,
@@ -569,6 +570,13 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("reva-plugins")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _on_termination(context: grpc.ServicerContext, cancel: Any) -> Callable[[], None]:
