@@ -87,16 +87,21 @@ class NotFound(Exception):
 class Provider:
     def configure(self, config):
         self.dir = config["dir"]
+        open(os.path.join(self.dir, f"started-{{os.getpid()}}"), "w").close()
 
     def get_user(self, user_id, skip_fetching_groups=False, context=None):
         opaque = user_id.get("opaque_id")
         if opaque == "crash":
             os._exit(3)
-        if opaque == "hang":
+        if opaque.startswith("hang"):  # until $/cancel; its time of arrival in the file
+            open(os.path.join(self.dir, opaque + ".started"), "w").close()
             while not context.cancelled.wait(0.01):
                 pass
-            open(os.path.join(self.dir, "cancelled"), "w").close()
+            with open(os.path.join(self.dir, opaque + ".cancelled"), "w") as f:
+                f.write(repr(time.time()))
             raise NotFound("cancelled")
+        if opaque.startswith("nap"):  # nap<seconds>
+            time.sleep(float(opaque[3:]))
         if opaque.startswith("slow"):
             open(os.path.join(self.dir, opaque), "w").close()
             time.sleep(1.0)
@@ -152,7 +157,7 @@ class Served:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.port = int(self.wait_for(r"serving .* on 127\.0\.0\.1:(\d+)").group(1))
+        self.port = int(self.wait_for(r"serving .* on \S+:(\d+) ").group(1))
         self.address = f"127.0.0.1:{self.port}"
         metrics = [re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", line) for line in self.lines]
         found = [m for m in metrics if m]
@@ -597,7 +602,7 @@ users = "{{users}}"
                 ("userprovider", "get_user", "NotFound", first),
             ]
             config.write_text(template.format(users=second_users), encoding="utf-8")
-            assert server.reload() == "swapped"
+            assert server.reload().result == "swapped"
             second = server.reloader.current.proxies["userprovider"]
             assert second is not first
             assert get(EINSTEIN).status.code == OK
@@ -718,7 +723,9 @@ def test_hostile_command_lines(tmp_path: Path) -> None:
         (["reload", str(config)], 2, "not a pid file"),
         (["reload", str(tmp_path / "missing.pid")], 2, "cannot read"),
         (["reload", "--pid", str(gone)], 1, "no process"),
-        (["status", "127.0.0.1:1"], 1, "cannot read metrics"),
+        (["status", "127.0.0.1:1"], 1, "nothing listens there"),
+        (["status", "http://127.0.0.1:1"], 2, "not a URL"),
+        (["status", "127.0.0.1:1/metrics"], 2, "not a URL"),
         (["status", "not an address"], 2, "HOST:PORT"),
     ):
         result = cli(*args)
@@ -745,14 +752,25 @@ def test_without_the_extra_serve_says_what_to_install(
 # -- plugins that crash, hang and change -------------------------------------------------------
 
 
-def _chaos_config(tmp_path: Path, plugin: Path, grace: float = 10) -> Path:
+#: The chaos plugin's call_timeout: a call the client gives longer is still cut at this.
+CALL_TIMEOUT = 4
+
+
+def _chaos_config(
+    tmp_path: Path,
+    plugin: Path,
+    grace: float = 10,
+    extra: str = "",
+    address: str = "127.0.0.1:0",
+) -> Path:
+    """The chaos plugin as the user provider, with ``extra`` TOML at the end."""
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     config = tmp_path / "chaos.toml"
     config.write_text(
         f"""
 [grpc]
-address = "127.0.0.1:0"
+address = "{address}"
 shutdown_grace = {grace}
 workers = 16
 
@@ -764,10 +782,11 @@ driver = "{plugin}"
 
 [grpc.services.userprovider.plugin]
 max_concurrency = 16
+call_timeout = {CALL_TIMEOUT}
 
 [grpc.services.userprovider.drivers.demo]
 dir = "{state}"
-""",
+{extra}""",
         encoding="utf-8",
     )
     return config
@@ -852,7 +871,7 @@ def test_a_hung_plugin_call_is_cancelled_at_the_deadline(chaos: tuple[Served, Pa
     with pytest.raises(grpc.RpcError) as late:
         _get(server, "hang", timeout=1.5)
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_until((state / "cancelled").exists, timeout=30)  # $/cancel arrived
+    assert wait_until((state / "hang.cancelled").exists, timeout=30)  # $/cancel arrived
     assert _get(server, "demo").status.code == OK
     assert wait_until(
         lambda: (
@@ -952,11 +971,17 @@ def test_sighup_reload_under_load_has_zero_failed_calls(tmp_path: Path) -> None:
 
 
 def test_reload_with_nothing_changed_swaps_nothing(chaos: tuple[Served, Path]) -> None:
+    """A SIGHUP with nothing changed plans every service again but starts no plugin: the same
+    processes keep serving."""
     server, _ = chaos
+    assert _get(server, "demo").status.code == OK
+    pids, starts = server.plugin_pids(), _starts(server)
     start = len(server.lines)
     assert cli("reload", "--pid", str(server.proc.pid)).returncode == 0
     server.wait_for(r"reload: configuration and drivers unchanged", start=start)
     assert _get(server, "demo").status.code == OK
+    assert server.plugin_pids() == pids
+    assert _starts(server) == starts
 
 
 # -- TLS ----------------------------------------------------------------------------------------
@@ -1126,3 +1151,258 @@ def test_a_reload_that_drops_a_service(tmp_path: Path) -> None:
         assert "authprovider" not in server.plugin_pids()
     finally:
         assert server.stop() == 0
+
+
+# -- deadlines and cancellation ------------------------------------------------------------------
+
+
+def test_a_client_deadline_longer_than_call_timeout_is_cut_at_call_timeout(
+    chaos: tuple[Served, Path],
+) -> None:
+    """The effective timeout is min(the client's deadline, call_timeout): a 20 s deadline does
+    not let a call run past the operator's call_timeout."""
+    server, _ = chaos
+    began = time.monotonic()
+    reply = _get(server, f"nap{CALL_TIMEOUT + 4}", timeout=20)
+    took = time.monotonic() - began
+    assert (reply.status.code, reply.status.message) == (
+        code_pb2.CODE_INTERNAL,
+        "userprovider plugin timed out",
+    )
+    assert took < CALL_TIMEOUT + 2.5, took
+
+
+def test_a_cancelled_rpc_cancels_the_plugin_call(chaos: tuple[Served, Path]) -> None:
+    """A client that cancels (no deadline involved) makes the server send ``$/cancel`` at once,
+    not when call_timeout ends the call."""
+    server, state = chaos
+    future = server.users.GetUser.future(
+        user_api.GetUserRequest(user_id=uid("hang-cancel", idp="test")), timeout=60
+    )
+    assert wait_until((state / "hang-cancel.started").exists, timeout=30)
+    cancelled_at = time.time()
+    assert future.cancel()
+    assert wait_until((state / "hang-cancel.cancelled").exists, timeout=CALL_TIMEOUT + 5)
+    arrived = float((state / "hang-cancel.cancelled").read_text(encoding="utf-8"))
+    assert arrived - cancelled_at < CALL_TIMEOUT / 2, arrived - cancelled_at
+    assert _get(server, "demo").status.code == OK
+
+
+# -- reload: only what changed or failed -----------------------------------------------------------
+
+
+def _starts(server: Served, service: str = "userprovider") -> float:
+    return _sample(server.metrics(), "reva_plugins_plugin_starts_total", service=service)
+
+
+def test_reload_brings_back_a_failed_service(tmp_path: Path) -> None:
+    """Five crashes in a minute mark the service failed; a reload with the config unchanged
+    restarts it (before, "unchanged; nothing to swap" left it failed until a restart)."""
+    plugin = _chaos_plugin(tmp_path / "plugin")
+    server = Served(_chaos_config(tmp_path, plugin))
+    try:
+
+        def failed() -> bool:
+            page = server.metrics()
+            return _sample(page, "reva_plugins_service_failures_total", service="userprovider") > 0
+
+        for _ in range(20):  # five crashes suffice; restarts back off, so a few more calls
+            assert _get(server, "crash").status.code == code_pb2.CODE_UNAVAILABLE
+            if failed():
+                break
+        assert failed()
+        dead = _get(server, "demo")
+        assert (dead.status.code, dead.status.message) == (
+            code_pb2.CODE_UNAVAILABLE,
+            "userprovider plugin unavailable",
+        )
+        health = health_pb2.HealthCheckRequest(service=USER_API)
+        assert server.health.Check(health, timeout=10).status == NOT_SERVING
+        start = len(server.lines)
+        assert cli("reload", str(server.pidfile)).returncode == 0
+        server.wait_for(r"generation 2 serving .*restarted: userprovider", start=start)
+        assert _get(server, "demo").status.code == OK
+        assert server.health.Check(health, timeout=10).status == SERVING
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_reload_restarts_only_the_changed_service(tmp_path: Path) -> None:
+    """The user provider's source changes, the auth provider's does not: a reload (through the
+    admin API, which answers with what it did) restarts the one and leaves the other's process
+    serving untouched."""
+    plugin = _chaos_plugin(tmp_path / "plugin", marker="v1")
+    auth = f"""
+[grpc.services.authprovider]
+driver = "{SAMPLES / "json_users"}"
+[grpc.services.authprovider.drivers.json]
+users = "{EXAMPLES / "users.demo.json"}"
+"""
+    server = Served(_chaos_config(tmp_path, plugin, extra=auth))
+    try:
+        pids = server.plugin_pids()
+        auth_starts = _starts(server, "authprovider")
+        assert _get(server, "demo").user.display_name == "v1"
+        _chaos_plugin(tmp_path / "plugin", marker="v2")
+        reload = cli("reload", server.address)
+        assert reload.returncode == 0, reload.stderr
+        assert "generation 2 serving" in reload.stderr
+        assert "restarted: userprovider; kept: authprovider" in reload.stderr
+        assert _get(server, "demo").user.display_name == "v2"
+        now = server.plugin_pids()
+        assert now["authprovider"] == pids["authprovider"]
+        assert now["userprovider"] != pids["userprovider"]
+        assert _starts(server, "authprovider") == auth_starts
+        assert wait_until(lambda: not pid_alive(pids["userprovider"]))
+        ok = server.auth.Authenticate(
+            auth_api.AuthenticateRequest(client_id="marie", client_secret="radioactivity")
+        )
+        assert ok.status.code == OK
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_backend_refuses_rpcs_once_retired_and_drains_those_it_counted(
+    tmp_path: Path,
+) -> None:
+    """The swap's protocol on a real backend: an RPC counted in before the retirement keeps the
+    plugin up until it ends; one arriving after is refused (and goes to the successor)."""
+    from reva_plugins.serve._reload import HostOptions, plan_backend
+
+    config = tmp_path / "revad.toml"
+    config.write_text(SAMPLES_CONFIG, encoding="utf-8")
+    from reva_plugins import _config
+
+    backend = plan_backend(_config.load_file(config), HostOptions(), "userprovider", 1, _no_hooks)
+    try:
+        backend.start()
+        assert backend.enter()  # an RPC in flight
+        backend.retire()
+        assert not backend.enter()  # too late: it must take the current generation's
+        assert not backend.drain(time.monotonic() + 0.2)  # the first is still counted
+        user = backend.proxy.call("get_user", {"user_id": {"idp": IDP, "opaque_id": EINSTEIN}})
+        assert user["username"] == "einstein"  # still served: the host is not closed
+        backend.leave()
+        assert backend.drain(time.monotonic() + 5)
+    finally:
+        backend.close()
+    assert backend.proxy.info().state == "stopped"
+
+
+def _no_hooks(host: object, service: str) -> None:
+    return None
+
+
+# -- status and the admin API --------------------------------------------------------------------
+
+
+def test_status_reads_a_running_server_by_either_address(served: Served) -> None:
+    assert served.users.GetUser(user_api.GetUserRequest(user_id=uid(EINSTEIN))).status.code == OK
+    by_grpc = cli("status", served.address)
+    assert by_grpc.returncode == 0, by_grpc.stderr
+    rows = by_grpc.stdout.splitlines()
+    pid = served.plugin_pids()["userprovider"]
+    assert any(r.startswith("service userprovider") and f"pid={pid}" in r for r in rows), rows
+    assert any(r.startswith("server ") and f"pid={served.proc.pid}" in r for r in rows), rows
+    ok_rpcs = f"reva_plugins_rpcs_total{{api={USER_API},code=CODE_OK,method=GetUser}}"
+    assert any(r.startswith(ok_rpcs) for r in rows), rows
+    by_metrics = cli("status", f"127.0.0.1:{served.metrics_port}")
+    assert by_metrics.returncode == 0, by_metrics.stderr
+    assert any(r.startswith(ok_rpcs) for r in by_metrics.stdout.splitlines())
+    assert "Traceback" not in by_grpc.stderr + by_metrics.stderr
+
+
+def test_the_admin_api_is_in_reflection_and_answers_loopback_only(tmp_path: Path) -> None:
+    import socket
+
+    from google.protobuf import empty_pb2, struct_pb2
+
+    from reva_plugins.serve._server import ADMIN_API, is_local_peer
+
+    assert is_local_peer("ipv4:127.0.0.1:5000")
+    assert is_local_peer("ipv6:%5B::1%5D:5000")
+    assert is_local_peer("ipv6:[::ffff:127.0.0.1]:5000")
+    assert is_local_peer("unix:/run/serve.sock")
+    assert not is_local_peer("ipv4:10.1.2.3:5000")
+    assert not is_local_peer("ipv6:%5B2001:db8::1%5D:5000")
+    assert not is_local_peer("garbage")
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            outside = probe.getsockname()[0]
+        except OSError:
+            outside = "127.0.0.1"
+    plugin = _chaos_plugin(tmp_path / "plugin")
+    server = Served(_chaos_config(tmp_path, plugin, address="0.0.0.0:0"))
+    try:
+        stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+        replies = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        assert ADMIN_API in {s.name for r in replies for s in r.list_services_response.service}
+        if outside.startswith("127."):
+            pytest.skip("this host has no address but loopback")
+        with grpc.insecure_channel(f"{outside}:{server.port}") as channel:
+            reload = channel.unary_unary(
+                f"/{ADMIN_API}/Reload",
+                request_serializer=empty_pb2.Empty.SerializeToString,
+                response_deserializer=struct_pb2.Struct.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                reload(empty_pb2.Empty(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "reload: reading" not in server.text()
+        assert _get(server, "demo").status.code == OK  # the CS3 API answers everyone
+    finally:
+        assert server.stop() == 0
+
+
+def test_reload_never_signals_a_process_that_is_not_a_server(tmp_path: Path) -> None:
+    """A stale pid file (or a wrong --pid) names some other process: SIGHUP would kill it.
+    reload checks the process is a ``reva-plugins serve`` and signals nothing otherwise."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = tmp_path / "stale.pid"
+        stale.write_text(f"{bystander.pid}\n", encoding="ascii")
+        for args in (["reload", str(stale)], ["reload", "--pid", str(bystander.pid)]):
+            result = cli(*args)
+            assert result.returncode == 1, result.stderr
+            assert "is not a reva-plugins server" in result.stderr
+            assert "nothing was signalled" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+        time.sleep(0.3)
+        assert bystander.poll() is None  # alive: it was never sent SIGHUP
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=30)
+
+
+# -- binding -------------------------------------------------------------------------------------
+
+
+def test_a_busy_port_fails_at_once_in_one_line_before_any_plugin_starts(tmp_path: Path) -> None:
+    """The port is checked before envs are built and plugins started; the one line names where
+    the address came from (the config key, or --address); exit 2."""
+    import socket
+
+    plugin = _chaos_plugin(tmp_path / "plugin")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        from_config = _chaos_config(tmp_path, plugin, address=f"127.0.0.1:{port}")
+        result = cli("serve", str(from_config))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "grpc.address" in lines[0]
+        assert f"127.0.0.1:{port}" in lines[0]
+        other = _chaos_config(tmp_path, plugin)
+        result = cli("serve", str(other), "--address", f"127.0.0.1:{port}")
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"reva-plugins: error: --address 127.0.0.1:{port}"), lines
+        assert "grpc.address" not in lines[0]
+    assert not list((tmp_path / "state").glob("started-*"))  # no plugin was started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .. import _config
 from .._errors import RevaPluginError, UsageError
@@ -21,6 +23,8 @@ INSTALL_HINT = "pip install 'reva-plugins[serve]'"
 MAX_PID = 1 << 22
 #: The largest metrics page read by ``status``.
 MAX_METRICS_BYTES = 8 << 20
+#: Seconds ``reload ADDRESS`` waits for the server's answer (a reload may build envs).
+RELOAD_TIMEOUT = 3600.0
 
 
 def require_extra() -> None:
@@ -56,28 +60,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print the counters of a running server, read from its ``[metrics] address``."""
-    require_extra()
+def _client_address(text: str, what: str) -> str:
+    """``text`` as an address to connect to: ``HOST:PORT`` (a URL is a usage mistake), a
+    wildcard or empty host meaning this host's loopback."""
+    if "://" in text or "/" in text:
+        raise UsageError(
+            f"{what} {_config._printable(text[:80])!r} must be HOST:PORT (the server's gRPC "
+            "or [metrics] address), not a URL"
+        )
+    _address(text, what)
+    host, _, port = text.rpartition(":")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # noqa: S104
+    return f"{host}:{port}"
+
+
+def _metric_rows(text: str) -> list[tuple[str, str]]:
+    """The reva-plugins samples of a Prometheus page, as (name{labels}, value) rows."""
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
-    address = _address(args.address, "ADDRESS")
-    host, _, port = address.rpartition(":")
-    url = f"http://{host or '127.0.0.1'}:{port}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as reply:
-            body = reply.read(MAX_METRICS_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RevaPluginError(f"cannot read metrics from {url}: {reason}") from None
-    if len(body) > MAX_METRICS_BYTES:
-        raise RevaPluginError(f"{url} sent more than {MAX_METRICS_BYTES >> 20} MiB: not metrics")
-    try:
-        families = list(text_string_to_metric_families(body.decode("utf-8")))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RevaPluginError(f"{url} did not send Prometheus metrics: {exc}") from None
     rows: list[tuple[str, str]] = []
-    for family in families:
+    for family in text_string_to_metric_families(text):
         if not family.name.startswith("reva_plugins_"):
             continue
         for sample in family.samples:
@@ -88,28 +90,184 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{sample.value:g}" if sample.value != int(sample.value) else str(int(sample.value))
             )
             rows.append((f"{sample.name}{{{labels}}}" if labels else sample.name, value))
-    if not rows:
-        raise RevaPluginError(f"{url} has no reva-plugins metrics")
-    width = max(len(name) for name, _ in rows)
+    return rows
+
+
+def _read_metrics(address: str, timeout: float) -> tuple[str | None, str]:
+    """The metrics page at ``address``, or None and why not (it may be a gRPC port)."""
+    url = f"http://{address}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            body: bytes = reply.read(MAX_METRICS_BYTES + 1)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, ConnectionRefusedError):
+            raise RevaPluginError(
+                f"cannot read status from {address}: nothing listens there (connection refused)"
+            ) from None
+        return None, f"no metrics at {url}: {type(reason).__name__}: {reason}"
+    if len(body) > MAX_METRICS_BYTES:
+        return None, f"{url} sent more than {MAX_METRICS_BYTES >> 20} MiB: not metrics"
+    try:
+        return body.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return None, f"{url} did not send Prometheus metrics"
+
+
+def admin_call(address: str, method: str, timeout: float) -> dict[str, Any]:
+    """Call the admin API's ``method`` (``Status``, ``Reload``) on a server's gRPC address."""
+    import grpc  # noqa: PLC0415 (the serve extra)
+    from google.protobuf import empty_pb2, json_format, struct_pb2  # noqa: PLC0415
+
+    from ._server import ADMIN_API  # noqa: PLC0415
+
+    with grpc.insecure_channel(address) as channel:
+        stub = channel.unary_unary(
+            f"/{ADMIN_API}/{method}",
+            request_serializer=empty_pb2.Empty.SerializeToString,
+            response_deserializer=struct_pb2.Struct.FromString,
+        )
+        try:
+            reply = stub(empty_pb2.Empty(), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+            first = details.splitlines()[0][:200] if details else str(code)
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                problem = f"{address} is a gRPC server without the reva-plugins admin API"
+            elif code == grpc.StatusCode.PERMISSION_DENIED:
+                problem = f"{address}: {first}"
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                problem = f"{address}: no answer within {timeout:g} s"
+            else:
+                problem = f"no reva-plugins gRPC server at {address}: {first}"
+            raise RevaPluginError(problem) from None
+    out: dict[str, Any] = json_format.MessageToDict(reply)
+    return out
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))
+    return "-" if value is None else str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the counters of a running server, from its ``[metrics] address`` or its gRPC
+    address (the admin API's Status, which also says what runs each service)."""
+    require_extra()
+    address = _client_address(args.address, "ADDRESS")
+    lines: list[str] = []
+    text, not_metrics = _read_metrics(address, args.timeout)
+    if text is None:
+        try:
+            status = admin_call(address, "Status", args.timeout)
+        except RevaPluginError as not_grpc:
+            raise RevaPluginError(f"cannot read status: {not_metrics}; {not_grpc}") from None
+        text = str(status.get("metrics", ""))
+        server = status.get("server", {})
+        lines.append("server  " + " ".join(f"{k}={_show(v)}" for k, v in server.items()))
+        services = status.get("services", {})
+        width = max((len(name) for name in services), default=0)
+        for name, info in services.items():
+            fields = " ".join(f"{k}={_show(v)}" for k, v in info.items())
+            lines.append(f"service {name:<{width}}  {fields}")
+    try:
+        rows = _metric_rows(text)
+    except ValueError as exc:
+        raise RevaPluginError(f"{address} did not send Prometheus metrics: {exc}") from None
+    if not rows and not lines:
+        raise RevaPluginError(f"{address} has no reva-plugins metrics")
+    width = max((len(name) for name, _ in rows), default=0)
+    for line in lines:
+        print(line)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
 
 
+def is_server_cmdline(argv: list[str]) -> bool:
+    """True if ``argv`` is a ``reva-plugins serve`` command line (the console script or
+    ``python -m reva_plugins``)."""
+    names = [os.path.basename(arg) for arg in argv]
+    for index, name in enumerate(names):
+        if name in ("reva-plugins", "reva_plugins"):
+            return "serve" in argv[index + 1 :]
+    return False
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(1 << 16)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RevaPluginError(
+            f"cannot check that process {pid} is a reva-plugins server: {exc.strerror}; "
+            "nothing was signalled"
+        ) from None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def _signal_server(pid: int) -> None:
+    """SIGHUP to ``pid`` once it is known to be a ``reva-plugins serve`` process (SIGHUP's
+    default action would kill anything else). Through a pidfd where the kernel has them, so
+    the process checked is the process signalled even if the pid is reused meanwhile."""
+    pidfd: int | None = None
+    opener = getattr(os, "pidfd_open", None)
+    try:
+        if opener is not None:
+            try:
+                pidfd = opener(pid)
+            except ProcessLookupError:
+                raise RevaPluginError(f"no process {pid} (is the server running?)") from None
+            except OSError:
+                pidfd = None  # no pidfds here: the check and the signal are a moment apart
+        argv = _cmdline(pid)
+        if argv is None:
+            raise RevaPluginError(f"no process {pid} (is the server running?)")
+        if not is_server_cmdline(argv):
+            raise RevaPluginError(
+                f"process {pid} is not a reva-plugins server (a stale pid file?); "
+                "nothing was signalled"
+            )
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+            else:
+                os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            raise RevaPluginError(f"no process {pid} (is the server running?)") from None
+        except PermissionError:
+            raise RevaPluginError(f"not allowed to signal process {pid}") from None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
-    """SIGHUP to a running server: by ``--pid`` or by the pid file ``serve --pidfile`` wrote."""
+    """Make a running server reload: through its admin API (``reload ADDRESS``: waits for the
+    reload and says what it did), or by SIGHUP to a verified pid (``PIDFILE``, ``--pid``)."""
     if (args.pid is None) == (args.pidfile is None):
-        raise UsageError("give either PIDFILE or --pid N")
-    pid = args.pid if args.pid is not None else _read_pidfile(args.pidfile)
+        raise UsageError("give ADDRESS (the server's gRPC address), PIDFILE or --pid N")
+    if args.pidfile is not None:
+        text = str(args.pidfile)
+        if not args.pidfile.exists() and _config.address_problem(text) is None:
+            require_extra()
+            timeout = getattr(args, "timeout", None) or RELOAD_TIMEOUT
+            outcome = admin_call(_client_address(text, "ADDRESS"), "Reload", timeout)
+            print(str(outcome.get("message", "")), file=sys.stderr)
+            return 1 if outcome.get("result") == "failed" else 0
+        pid = _read_pidfile(args.pidfile)
+    else:
+        pid = args.pid
     if not 2 <= pid <= MAX_PID:  # 0, 1 and negatives would signal a process group or init
         raise UsageError(f"pid {pid} is not a server's pid")
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise RevaPluginError(f"no process {pid} (is the server running?)") from None
-    except PermissionError:
-        raise RevaPluginError(f"not allowed to signal process {pid}") from None
-    print(f"reload requested from process {pid}", file=sys.stderr)
+    _signal_server(pid)
+    print(
+        f"reload requested from process {pid} (SIGHUP; its log says what it did)", file=sys.stderr
+    )
     return 0
 
 

@@ -190,9 +190,7 @@ def _entry(raw: object) -> types_pb2.OpaqueEntry:
     )
 
 
-def _opaque(raw: object) -> types_pb2.Opaque | None:
-    if raw is None:
-        return None
+def _opaque(raw: object) -> types_pb2.Opaque:
     entries = raw.get("map") if isinstance(raw, Mapping) else None
     if not isinstance(entries, Mapping):
         raise BadResult("opaque must be an object with a map")
@@ -215,59 +213,102 @@ def _enum(value: object, enum: Any) -> int:
     return 0
 
 
-def user_id_pb(raw: object) -> user_res.UserId:
-    """A plugin's UserId dict as a CS3 UserId."""
+_UT = user_res.UserType
+_USER_TYPES = frozenset(_UT.values())
+_HAS_TENANT = "tenant_id" in user_res.UserId.DESCRIPTOR.fields_by_name
+
+
+def fill_user_id(target: user_res.UserId, raw: object) -> None:
+    """Write a plugin's UserId dict into ``target`` (a field of the response being built)."""
     if not isinstance(raw, Mapping):
         raise BadResult("a UserId must be an object")
-    uid = user_res.UserId(
-        idp=raw.get("idp", ""),
-        opaque_id=raw.get("opaque_id", ""),
-        type=_enum(raw.get("type", 0), user_res.UserType),
-    )
-    if raw.get("tenant_id") and _HAS_TENANT:  # newer CS3 APIs only
-        uid.tenant_id = raw["tenant_id"]
+    get = raw.get
+    if (value := get("idp")) is not None:
+        target.idp = value
+    if (value := get("opaque_id")) is not None:
+        target.opaque_id = value
+    kind = get("type", 0)
+    if kind:
+        target.type = kind if type(kind) is int and kind in _USER_TYPES else _enum(kind, _UT)
+    if _HAS_TENANT and get("tenant_id"):  # newer CS3 APIs only
+        target.tenant_id = raw["tenant_id"]
+
+
+def user_id_pb(raw: object) -> user_res.UserId:
+    """A plugin's UserId dict as a CS3 UserId."""
+    uid = user_res.UserId()
+    fill_user_id(uid, raw)
     return uid
 
 
-_HAS_TENANT = "tenant_id" in user_res.UserId.DESCRIPTOR.fields_by_name
-_USER_SCALARS = ("username", "mail", "mail_verified", "display_name", "uid_number", "gid_number")
+def fill_user(target: user_res.User, raw: object) -> None:
+    """Write a plugin's User dict into ``target`` (``secret`` and unknown keys never leave).
+
+    Field by field into the response being built: a GetUser's whole CS3 mapping, so each
+    assignment counts (this is ~3x faster than building the messages and copying them in).
+    """
+    if not isinstance(raw, Mapping):
+        raise BadResult("a User must be an object")
+    target.SetInParent()
+    get = raw.get
+    if (value := get("id")) is not None:
+        fill_user_id(target.id, value)
+    if (value := get("username")) is not None:
+        target.username = value
+    if (value := get("mail")) is not None:
+        target.mail = value
+    if (value := get("mail_verified")) is not None:
+        target.mail_verified = value
+    if (value := get("display_name")) is not None:
+        target.display_name = value
+    if (value := get("uid_number")) is not None:
+        target.uid_number = value
+    if (value := get("gid_number")) is not None:
+        target.gid_number = value
+    if value := get("groups"):
+        if not isinstance(value, list):
+            raise BadResult("a User's groups must be a list")
+        target.groups.extend(value)
+    if (value := get("opaque")) is not None:
+        target.opaque.CopyFrom(_opaque(value))
 
 
 def user_pb(raw: object) -> user_res.User:
     """A plugin's User dict as a CS3 User (``secret`` and unknown keys never leave)."""
-    if not isinstance(raw, Mapping):
-        raise BadResult("a User must be an object")
-    fields = {k: raw[k] for k in _USER_SCALARS if raw.get(k) is not None}
-    if raw.get("id") is not None:
-        fields["id"] = user_id_pb(raw["id"])
-    user = user_res.User(groups=raw.get("groups") or (), **fields)
-    opaque = _opaque(raw.get("opaque"))
-    if opaque is not None:
-        user.opaque.CopyFrom(opaque)
+    user = user_res.User()
+    fill_user(user, raw)
     return user
+
+
+def fill_group(target: group_res.Group, raw: object) -> None:
+    """Write a plugin's Group dict into ``target``."""
+    if not isinstance(raw, Mapping):
+        raise BadResult("a Group must be an object")
+    target.SetInParent()
+    get = raw.get
+    for key in ("group_name", "gid_number", "mail", "mail_verified", "display_name"):
+        if (value := get(key)) is not None:
+            setattr(target, key, value)
+    gid = get("id")
+    if gid is not None:
+        if not isinstance(gid, Mapping):
+            raise BadResult("a GroupId must be an object")
+        target.id.idp = gid.get("idp") or ""
+        target.id.opaque_id = gid.get("opaque_id") or ""
+        target.id.type = _enum(gid.get("type", 0), group_res.GroupType)
+    members = get("members") or []
+    if not isinstance(members, list):
+        raise BadResult("a Group's members must be a list")
+    for member in members:
+        fill_user_id(target.members.add(), member)
+    if (value := get("opaque")) is not None:
+        target.opaque.CopyFrom(_opaque(value))
 
 
 def group_pb(raw: object) -> group_res.Group:
     """A plugin's Group dict as a CS3 Group."""
-    if not isinstance(raw, Mapping):
-        raise BadResult("a Group must be an object")
-    scalars = ("group_name", "gid_number", "mail", "mail_verified", "display_name")
-    group = group_res.Group(**{k: raw[k] for k in scalars if raw.get(k) is not None})
-    gid = raw.get("id")
-    if gid is not None:
-        if not isinstance(gid, Mapping):
-            raise BadResult("a GroupId must be an object")
-        group.id.CopyFrom(
-            group_res.GroupId(
-                idp=gid.get("idp", ""),
-                opaque_id=gid.get("opaque_id", ""),
-                type=_enum(gid.get("type", 0), group_res.GroupType),
-            )
-        )
-    group.members.extend(user_id_pb(m) for m in raw.get("members") or [])
-    opaque = _opaque(raw.get("opaque"))
-    if opaque is not None:
-        group.opaque.CopyFrom(opaque)
+    group = group_res.Group()
+    fill_group(group, raw)
     return group
 
 
@@ -291,6 +332,9 @@ def _ok() -> status_pb2.Status:
     return status(code_pb2.CODE_OK)
 
 
+_OK = code_pb2.CODE_OK
+
+
 # -- the handlers: one per RPC ----------------------------------------------------------------
 
 
@@ -299,7 +343,11 @@ def _get_user(invoke: Invoke, req: user_api.GetUserRequest) -> Message:
         "user_id": _user_id(req.user_id),
         "skip_fetching_groups": req.skip_fetching_user_groups,
     }
-    return user_api.GetUserResponse(status=_ok(), user=user_pb(invoke("get_user", params)))
+    user = invoke("get_user", params)
+    response = user_api.GetUserResponse()
+    response.status.code = _OK
+    fill_user(response.user, user)
+    return response
 
 
 def _get_user_by_claim(invoke: Invoke, req: user_api.GetUserByClaimRequest) -> Message:
@@ -308,8 +356,11 @@ def _get_user_by_claim(invoke: Invoke, req: user_api.GetUserByClaimRequest) -> M
         "value": _text(req.value, "value"),
         "skip_fetching_groups": req.skip_fetching_user_groups,
     }
-    user = user_pb(invoke("get_user_by_claim", params))
-    return user_api.GetUserByClaimResponse(status=_ok(), user=user)
+    user = invoke("get_user_by_claim", params)
+    response = user_api.GetUserByClaimResponse()
+    response.status.code = _OK
+    fill_user(response.user, user)
+    return response
 
 
 def _get_user_groups(invoke: Invoke, req: user_api.GetUserGroupsRequest) -> Message:
@@ -354,11 +405,12 @@ def _authenticate(invoke: Invoke, req: auth_api.AuthenticateRequest) -> Message:
     scopes = result.get("scopes") or {}
     if not isinstance(scopes, Mapping):
         raise BadResult("scopes must be an object keyed by scope name")
-    return auth_api.AuthenticateResponse(
+    response = auth_api.AuthenticateResponse(
         status=_ok(),
-        user=user_pb(result.get("user")),
         token_scope={str(name): scope_pb(scope) for name, scope in scopes.items()},
     )
+    fill_user(response.user, result.get("user"))
+    return response
 
 
 def _get_group(invoke: Invoke, req: group_api.GetGroupRequest) -> Message:
@@ -366,7 +418,11 @@ def _get_group(invoke: Invoke, req: group_api.GetGroupRequest) -> Message:
         "group_id": _group_id(req.group_id),
         "skip_fetching_members": req.skip_fetching_members,
     }
-    return group_api.GetGroupResponse(status=_ok(), group=group_pb(invoke("get_group", params)))
+    group = invoke("get_group", params)
+    response = group_api.GetGroupResponse()
+    response.status.code = _OK
+    fill_group(response.group, group)
+    return response
 
 
 def _get_group_by_claim(invoke: Invoke, req: group_api.GetGroupByClaimRequest) -> Message:
@@ -375,8 +431,11 @@ def _get_group_by_claim(invoke: Invoke, req: group_api.GetGroupByClaimRequest) -
         "value": _text(req.value, "value"),
         "skip_fetching_members": req.skip_fetching_members,
     }
-    group = group_pb(invoke("get_group_by_claim", params))
-    return group_api.GetGroupByClaimResponse(status=_ok(), group=group)
+    group = invoke("get_group_by_claim", params)
+    response = group_api.GetGroupByClaimResponse()
+    response.status.code = _OK
+    fill_group(response.group, group)
+    return response
 
 
 def _get_members(invoke: Invoke, req: group_api.GetMembersRequest) -> Message:

@@ -1,9 +1,13 @@
 """``reva-plugins serve``: the configured services as CS3 gRPC services, with health checking,
-reflection, metrics, an access log, graceful shutdown and zero-downtime reload."""
+reflection, metrics, an access log, an admin API, graceful shutdown and zero-downtime reload."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import importlib.metadata
+import inspect
+import ipaddress
 import logging
 import os
 import signal
@@ -11,6 +15,7 @@ import socket
 import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from http.server import ThreadingHTTPServer
@@ -19,18 +24,28 @@ from typing import Any
 
 import grpc
 from cs3.rpc.v1beta1 import code_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, json_format, struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
-from .. import _config
+from .. import _config, _host
 from .._errors import ConfigError, RevaPluginError, UsageError
 from .._hooks import hookimpl
 from .._host import Host
 from .._redact import redact
 from . import _cs3
 from ._metrics import Metrics
-from ._reload import Generation, HostOptions, Reloader, served_services, unserved_tables
+from ._reload import (
+    Backend,
+    Generation,
+    HostOptions,
+    Outcome,
+    Reloader,
+    served_services,
+    unserved_tables,
+)
 
 log = logging.getLogger("reva_plugins.serve")
 access = logging.getLogger("reva_plugins.serve.access")
@@ -41,56 +56,115 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_PEM_BYTES = 1 << 20
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+#: The server's own API (Status, Reload), on the gRPC port, answered to loopback peers only.
+ADMIN_API = "reva_plugins.admin.v1.AdminAPI"
+_OK = code_pb2.CODE_OK
+#: Seconds of deadline left below which an RPC that ended is taken to have timed out, not to
+#: have been cancelled by its client.
+DEADLINE_SLACK = 0.05
+_SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
+
+# A call the client cancels is cancelled in the plugin (``$/cancel``) when the core can cancel a
+# call in flight: ``ServiceProxy.call(..., cancellation=reva_plugins._host.Cancellation())``.
+_Cancellation: Any = getattr(_host, "Cancellation", None)
+_CANCELLABLE = (
+    _Cancellation is not None
+    and "cancellation" in inspect.signature(_host.ServiceProxy.call).parameters
+)
+
+
+def _admin_descriptors() -> None:
+    """Describe the admin API in the default pool, so reflection (``grpcurl``) knows it."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(ADMIN_API)
+        return
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto(
+        name="reva_plugins/admin/v1/admin.proto",
+        package="reva_plugins.admin.v1",
+        syntax="proto3",
+        dependency=[empty_pb2.DESCRIPTOR.name, struct_pb2.DESCRIPTOR.name],
+    )
+    service = file.service.add(name="AdminAPI")
+    for name in ("Status", "Reload"):
+        service.method.add(
+            name=name, input_type=".google.protobuf.Empty", output_type=".google.protobuf.Struct"
+        )
+    pool.AddSerializedFile(file.SerializeToString())
+
+
+def is_local_peer(peer: str) -> bool:
+    """True if a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:%5B::1%5D:5000``,
+    ``unix:…``) is this host's loopback or a Unix socket."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("unix", "unix-abstract"):
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    host = urllib.parse.unquote(rest).rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class _HealthHooks:
-    """Lifecycle hooks of one generation's host: a crashed plugin's API is NOT_SERVING until
-    its restart (started here at once, with the supervisor's backoff) completes."""
+    """Lifecycle hooks of one backend's host: a crashed plugin's API is NOT_SERVING until its
+    restart (started here at once, with the supervisor's backoff) completes."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, service: str, host: Host) -> None:
         self.server = server
-        self.generation: Generation | None = None  # set once built; None while building
+        self.service = service
+        self.host = host
 
     @hookimpl
     def plugin_started(self, service: str) -> None:
         """The plugin answers again: its API serves."""
-        if self._current():
+        if self._current() is not None:
             self.server.set_health(service, serving=True)
 
     @hookimpl
     def plugin_exited(self, service: str, pid: int, returncode: int | None, expected: bool) -> None:
         """A crash: NOT_SERVING, and restart it in the background."""
-        if expected or not self._current():
+        backend = self._current()
+        if expected or backend is None:
             return
         log.warning("%s plugin (pid %d) exited unexpectedly; restarting it", service, pid)
         self.server.set_health(service, serving=False)
         threading.Thread(
-            target=self._restart, args=(service,), name=f"restart-{service}", daemon=True
+            target=self._restart, args=(backend,), name=f"restart-{service}", daemon=True
         ).start()
 
-    def _current(self) -> bool:
-        gen = self.generation
-        return gen is not None and gen is self.server.reloader.current
+    def _current(self) -> Backend | None:
+        """This hook's backend if it is the one serving now (not one being built or retired)."""
+        gen = self.server.reloader.current
+        backend = None if gen is None else gen.backends.get(self.service)
+        return backend if backend is not None and backend.host is self.host else None
 
-    def _restart(self, service: str) -> None:
-        gen = self.generation
-        if gen is None or service not in gen.proxies:
-            return
+    def _restart(self, backend: Backend) -> None:
         try:
-            gen.proxies[service].driver.start()
+            backend.proxy.start()
         except RevaPluginError as exc:
-            if self._current():
+            if self._current() is not None:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.error("%s stays NOT_SERVING: %s", service, redact(first))
+                log.error("%s stays NOT_SERVING: %s", self.service, redact(first))
 
 
 class Server:
     """The gRPC server for one config file; :meth:`run` serves until SIGTERM/SIGINT.
 
-    ``hooks`` are host hook objects (``service_call`` wrappers, lifecycle hooks; see
-    ``reva_plugins._hooks``) registered on every generation's host, the first and each reload's,
-    before any of its plugins starts. Building the server builds the envs and starts the plugins.
+    Making one reads and validates the config (a :class:`ConfigError` at once); :meth:`start`
+    binds the ports first and only then builds the envs and starts the plugins, so a port
+    already taken fails in a second. ``address`` overrides ``[grpc] address`` (the command
+    line's ``--address``). ``hooks`` are host hook objects (``service_call`` wrappers,
+    lifecycle hooks; see ``reva_plugins._hooks``) registered on every host the server makes,
+    at start and on each reload, before any of its plugins starts.
     """
 
     def __init__(
@@ -106,24 +180,21 @@ class Server:
         self.pidfile = pidfile
         self.metrics = Metrics()
         self.user_hooks = tuple(hooks)
+        self.config = _config.load_file(self.path)
+        self.settings = self.config.serve
+        self.address = address or self.settings.address
+        #: how messages name where the address came from
+        self.address_source = "--address" if address else "grpc.address"
         # Counting calls is a wrapper around each; without an endpoint nobody reads the counts,
         # so calls skip pluggy (fixed at start, as the metrics address is).
-        self._count_calls: bool | None = None
+        self._count_calls = bool(self.settings.metrics_address)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
-        self._hooks: dict[int, _HealthHooks] = {}
+        self._started_at = time.time()
         self.reloader = Reloader(
-            self.path,
-            options or HostOptions(),
-            self._register,
-            self._swapped,
-            self._grace,
+            self.path, options or HostOptions(), self._register, self._swapped, self._grace
         )
-        gen = self.reloader.first()
-        self._attach(gen)
-        self.settings = gen.config.serve
-        self.address = address or self.settings.address
         self._configure_access_log(self.settings.access_log)
         self.server: grpc.Server | None = None
         self.port = 0
@@ -132,27 +203,21 @@ class Server:
 
     # -- generations -------------------------------------------------------------------------
 
-    def _register(self, host: Host, previous: Generation | None) -> None:
-        hooks = _HealthHooks(self)
-        self._hooks[id(host)] = hooks
-        host.register(hooks)
+    def _register(self, host: Host, service: str) -> None:
+        host.register(_HealthHooks(self, service, host))
         for user_hooks in self.user_hooks:
             host.register(user_hooks)
-        if self._count_calls is None:
-            self._count_calls = bool(host.config.serve.metrics_address)
         # last, so it wraps the user's wrappers too: the latency is all the call cost
         host.register(self.metrics.hooks(calls=self._count_calls))
 
-    def _attach(self, gen: Generation) -> None:
-        hooks = self._hooks.pop(id(gen.host), None)
-        if hooks is not None:
-            hooks.generation = gen
-
-    def _swapped(self, old: Generation, new: Generation) -> None:
-        self._attach(new)
-        for name in set(old.proxies) - set(new.proxies):
+    def _swapped(self, old: Generation, new: Generation, fresh: tuple[str, ...]) -> None:
+        for name in set(old.backends) - set(new.backends):
             self.metrics.plugin_pid(name, None)
-        self._set_all_health(new)
+        for name, api in _cs3.APIS.items():
+            if name not in new.backends:
+                self.health.set(api, SERVICE_UNKNOWN)
+            elif name in fresh:  # started and pinged; a kept backend's health stays as it is
+                self.health.set(api, SERVING)
         now, was = new.config.serve, self.settings
         fixed = ("address", "workers", "tls_cert", "tls_key", "metrics_address")
         for name in fixed:
@@ -163,23 +228,19 @@ class Server:
             was, access_log=now.access_log, shutdown_grace=now.shutdown_grace
         )
         self._configure_access_log(now.access_log)
-        self.metrics.reloads.labels("swapped").inc()
 
     def _grace(self) -> float:
         return self.settings.shutdown_grace
 
     def set_health(self, service: str, *, serving: bool) -> None:
-        """Set the health of ``service``'s CS3 API, and the server's overall health."""
+        """Set the health of ``service``'s CS3 API."""
         api = _cs3.APIS.get(service)
         if api is not None:
             self.health.set(api, SERVING if serving else NOT_SERVING)
 
     def _set_all_health(self, gen: Generation) -> None:
-        for api in _cs3.APIS.values():
-            served = any(_cs3.APIS[name] == api for name in gen.proxies)
-            self.health.set(
-                api, SERVING if served else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-            )
+        for name, api in _cs3.APIS.items():
+            self.health.set(api, SERVING if name in gen.backends else SERVICE_UNKNOWN)
         self.health.set("", SERVING)
 
     def _configure_access_log(self, level: str) -> None:
@@ -191,26 +252,44 @@ class Server:
     def _handler(self, rpc: _cs3.Rpc) -> Callable[[Any, grpc.ServicerContext], Any]:
         metrics = self.metrics
         reloader = self.reloader
+        service = rpc.service
+        convert = _cs3.convert
+        ok_name = _cs3.CODE_NAMES[_OK]
+        low, high = _config.TIMEOUT_SECONDS
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            began = time.perf_counter()
-            gen = reloader.current
-            assert gen is not None
-            gen.enter()
+            timed = self._access_level is not None
+            began = time.perf_counter() if timed else 0.0
+            while True:
+                gen = reloader.current
+                assert gen is not None
+                backend = gen.backends.get(service)
+                # False: a reload retired it after we read the generation; the one it
+                # installed first has its successor
+                if backend is None or backend.enter():
+                    break
             try:
-                proxy = gen.proxies.get(rpc.service)
-                if proxy is None:  # a reload dropped the service; this API is going away
-                    raise _cs3.Unserved(rpc.service)
+                if backend is None:  # a reload dropped the service; this API is going away
+                    raise _cs3.Unserved(service)
+                call: Callable[..., Any] = backend.proxy.call
+                cancel = None
+                if _CANCELLABLE:
+                    cancel = _Cancellation()
+                    if not context.add_callback(_on_termination(context, cancel)):
+                        cancel.cancel()  # the client is gone already
 
                 def invoke(method: str, params: dict[str, Any]) -> Any:
+                    # the client's deadline bounds the call; the core caps it at call_timeout
                     remaining = context.time_remaining()
                     timeout = None
-                    if remaining is not None and remaining < _config.TIMEOUT_SECONDS[1]:
-                        timeout = max(remaining, _config.TIMEOUT_SECONDS[0])
-                    return proxy.call(method, params, timeout=timeout)
+                    if remaining is not None and remaining < high:
+                        timeout = remaining if remaining > low else low
+                    if cancel is None:
+                        return call(method, params, timeout=timeout)
+                    return call(method, params, timeout=timeout, cancellation=cancel)
 
-                response = _cs3.convert(rpc, invoke, request)
-                code = code_pb2.CODE_OK
+                response = convert(rpc, invoke, request)
+                code = _OK
             except Exception as exc:  # noqa: BLE001 (every failure is a CS3 status)
                 code, message = _cs3.error_status(rpc, exc)
                 first = str(exc).splitlines()[0] if str(exc) else ""
@@ -224,12 +303,12 @@ class Server:
                 )
                 response = _cs3.failed(rpc, code, message)
             finally:
-                gen.leave()
-            seconds = time.perf_counter() - began
-            outcome = _cs3.CODE_NAMES.get(code, str(code))
+                if backend is not None:
+                    backend.leave()
+            outcome = ok_name if code == _OK else _cs3.CODE_NAMES.get(code, str(code))
             metrics.rpc_answered(rpc.api, rpc.name, outcome)
-            if self._access_level is not None and access.isEnabledFor(self._access_level):
-                self._log_access(gen, rpc, outcome, seconds, context)
+            if timed and access.isEnabledFor(self._access_level or 0):
+                self._log_access(gen, rpc, outcome, time.perf_counter() - began, context)
             return response
 
         return handle
@@ -259,7 +338,7 @@ class Server:
             extra={"rpc": fields},
         )
 
-    def _generic_handlers(self, gen: Generation) -> list[grpc.GenericRpcHandler]:
+    def _generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers: list[grpc.GenericRpcHandler] = []
         for api in _cs3.APIS.values():
             methods = {
@@ -272,64 +351,141 @@ class Server:
                 if rpc.api == api
             }
             handlers.append(grpc.method_handlers_generic_handler(api, methods))
+        admin = {
+            name: grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=empty_pb2.Empty.FromString,
+                response_serializer=struct_pb2.Struct.SerializeToString,
+            )
+            for name, method in (("Status", self._admin_status), ("Reload", self._admin_reload))
+        }
+        handlers.append(grpc.method_handlers_generic_handler(ADMIN_API, admin))
         return handlers
+
+    # -- the admin API -------------------------------------------------------------------------
+
+    def _admin_allowed(self, context: grpc.ServicerContext, method: str) -> bool:
+        peer = context.peer()
+        if is_local_peer(peer):
+            return True
+        log.warning("admin %s refused to %s: answered on loopback only", method, redact(peer))
+        context.set_code(grpc.StatusCode.PERMISSION_DENIED)
+        context.set_details(f"{ADMIN_API} answers on this host's loopback only")
+        return False
+
+    def _admin_status(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not self._admin_allowed(context, "Status"):
+            return struct_pb2.Struct()
+        return _struct(self.status())
+
+    def _admin_reload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not self._admin_allowed(context, "Reload"):
+            return struct_pb2.Struct()
+        log.info("admin: reload requested by %s", context.peer())
+        outcome = self.reload()
+        return _struct(dataclasses.asdict(outcome))
+
+    def status(self) -> dict[str, Any]:
+        """What runs now: the server, each service's backend, and the metrics text."""
+        gen = self.reloader.current
+        services: dict[str, Any] = {}
+        for name, backend in (gen.backends if gen is not None else {}).items():
+            info = backend.proxy.info()
+            services[name] = {
+                "api": _cs3.APIS[name],
+                "kind": info.kind,
+                "state": info.state,
+                "pid": info.pid,
+                "version": info.version,
+                "env_key": info.env_key,
+                "restarts": info.restarts,
+                "calls_in_flight": backend.in_flight,
+                "uptime_s": None if info.uptime is None else round(info.uptime, 3),
+                "generation": backend.number,
+            }
+        return {
+            "server": {
+                "version": _version(),
+                "pid": os.getpid(),
+                "address": f"{self.address.rpartition(':')[0]}:{self.port}",
+                "generation": gen.number if gen is not None else 0,
+                "uptime_s": round(time.time() - self._started_at, 3),
+            },
+            "services": services,
+            "metrics": generate_latest(self.metrics.registry).decode("utf-8"),
+        }
 
     # -- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind and start serving (and the metrics endpoint, if configured)."""
-        gen = self.reloader.current
-        assert gen is not None
-        for name in unserved_tables(gen.config):
+        """Bind the ports, then build the envs and start the plugins, then serve.
+
+        On failure everything it opened is closed again (no plugin is left running) and the
+        error raised: a :class:`ConfigError`/:class:`UsageError` for a port that is taken.
+        """
+        config = self.config
+        for name in unserved_tables(config):
             log.info("[grpc.services.%s]: no CS3 API served by reva-plugins; skipped", name)
-        if not gen.proxies:
+        if not served_services(config):
             raise ConfigError(
                 f"no service to serve (configure one of: {', '.join(_cs3.APIS)})",
                 file=str(self.path),
             )
         settings = self.settings
+        credentials = self._credentials()
+        check_free(self.address, self.address_source)
+        if settings.metrics_address:
+            check_free(settings.metrics_address, "metrics.address")
         executor = futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="rpc"
         )
         server = grpc.server(
             executor,
-            handlers=self._generic_handlers(gen),
+            handlers=self._generic_handlers(),
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
+        try:
+            self._bind(server, credentials)
+            if settings.metrics_address:
+                self._start_metrics(settings.metrics_address)
+            if self.pidfile is not None:
+                _write_pidfile(self.pidfile)
+            gen = self.reloader.first(config)
+        except BaseException:
+            server.stop(None)
+            self._close_metrics()
+            if self.pidfile is not None:
+                _remove_pidfile(self.pidfile)
+            raise
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = [*_cs3.APIS.values(), health.SERVICE_NAME, reflection.SERVICE_NAME]
+        _admin_descriptors()
+        names = [*_cs3.APIS.values(), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         self._set_all_health(gen)
-        credentials = self._credentials()
+        server.start()
+        self.server = server
+        served = ", ".join(f"{n} as {_cs3.APIS[n]}" for n in gen.backends)
+        log.info(
+            "serving %s on %s:%d (%s)",
+            served,
+            self.address.rpartition(":")[0],
+            self.port,
+            "TLS" if credentials else "plaintext",
+        )
+
+    def _bind(self, server: grpc.Server, credentials: grpc.ServerCredentials | None) -> None:
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(self.address)
             else:
                 self.port = server.add_secure_port(self.address, credentials)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot listen on {self.address}: {exc}", key="grpc.address"
-            ) from None
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise ConfigError(f"cannot listen on {self.address}", key="grpc.address")
-        server.start()
-        self.server = server
-        if settings.metrics_address:
-            self._start_metrics(settings.metrics_address)
-        served = ", ".join(f"{n} as {_cs3.APIS[n]}" for n in served_services(gen.config))
-        host = self.address.rpartition(":")[0]
-        log.info(
-            "serving %s on %s:%d (%s)",
-            served or "no service",
-            host,
-            self.port,
-            "TLS" if credentials else "plaintext",
-        )
-        if self.pidfile is not None:
-            _write_pidfile(self.pidfile)
+            raise _listen_error(self.address, self.address_source, "the port is not available")
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
@@ -348,25 +504,29 @@ class Server:
                 (bind, int(port)), handler
             )
         except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {address}: {exc.strerror}", key="metrics.address"
-            ) from None
+            raise _listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._metrics_server = server
         self.metrics_port = int(server.server_address[1])
         log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
+    def _close_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+
     def request_reload(self) -> None:
         """Reload in the background (what SIGHUP does)."""
         threading.Thread(target=self.reload, name="reload", daemon=True).start()
 
-    def reload(self) -> str:
-        """Reload now: build the next generation, swap it in, drain the previous one."""
-        result = self.reloader.reload()
-        if result in ("failed", "unchanged"):
-            self.metrics.reloads.labels(result).inc()
-        return result
+    def reload(self) -> Outcome:
+        """Reload now: re-read the config, replace the services that changed or failed, drain
+        what they replaced; returns what happened (requests made meanwhile are coalesced)."""
+        outcome = self.reloader.reload()
+        self.metrics.reloads.labels(outcome.result).inc()
+        return outcome
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting RPCs, let those in flight end within the grace, close the plugins."""
@@ -375,11 +535,8 @@ class Server:
         if self.server is not None:
             log.info("shutting down: draining RPCs in flight (up to %g s)", grace)
             self.server.stop(grace).wait()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-        gen = self.reloader.current
-        if gen is not None:
-            gen.host.close()
+        self._close_metrics()
+        self.reloader.close()
         if self.pidfile is not None:
             _remove_pidfile(self.pidfile)
         log.info("stopped")
@@ -400,26 +557,86 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
         try:
-            self.start()
-            while not self._stop.is_set():
-                if self._reload_requested.wait(0.5):
-                    self._reload_requested.clear()
-                    log.info("SIGHUP: reloading %s", self.path)
-                    self.request_reload()
-            log.info("%s received", signal.Signals(received[0]).name if received else "stop")
-        finally:
+            self.start()  # cleans up after itself when it fails
             try:
-                self.stop()  # a second SIGTERM while draining changes nothing
+                while not self._stop.is_set():
+                    if self._reload_requested.wait(0.5):
+                        self._reload_requested.clear()
+                        log.info("SIGHUP: reloading %s", self.path)
+                        self.request_reload()
+                log.info("%s received", signal.Signals(received[0]).name if received else "stop")
             finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+                self.stop()  # a second SIGTERM while draining changes nothing
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("reva-plugins")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _on_termination(context: grpc.ServicerContext, cancel: Any) -> Callable[[], None]:
+    """What runs when the RPC ends: a client that cancelled (time left on its deadline) cancels
+    the plugin call; a deadline that expired is the call's own timeout already, so it stays a
+    ``CallTimeout``; after a normal answer it is a no-op."""
+
+    def ended() -> None:
+        if context.time_remaining() > DEADLINE_SLACK:
+            cancel.cancel()
+
+    return ended
+
+
+def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    json_format.ParseDict(data, out)
+    return out
+
+
+def _listen_error(address: str, source: str, reason: str) -> RevaPluginError:
+    message = f"cannot listen on {address}: {reason}"
+    if source.startswith("--"):
+        return UsageError(f"{source} {address}: cannot listen: {reason}")
+    return ConfigError(message, key=source)
+
+
+def check_free(address: str, source: str) -> None:
+    """Raise the one-line error for ``address`` (named by ``source``: a config key or an
+    option) when nothing can listen there: taken, not this host's, or not resolvable.
+
+    gRPC reports a failed bind only after logging lines of its own, so the common case is
+    checked first with a plain socket (bound the way gRPC binds, then closed). Port 0 always
+    binds.
+    """
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    name = host.strip("[]") or None
+    try:
+        found = socket.getaddrinfo(
+            name, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise _listen_error(address, source, f"cannot resolve {host!r}: {exc.strerror}") from None
+    problem = ""
+    for family, kind, proto, _, sockaddr in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+                return  # gRPC serves if it can bind any of the addresses
+            except OSError as exc:
+                if not problem or exc.errno == errno.EADDRINUSE:
+                    problem = exc.strerror or str(exc)
+    raise _listen_error(address, source, problem or "no address to bind")
 
 
 class _HTTPServer6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
-
-
-_SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
 
 
 def _write_pidfile(path: Path) -> None:
