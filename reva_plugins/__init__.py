@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ._build import BuildProgress
+from ._client import Cancellation
 from ._config import Config, load_file
 from ._errors import (
+    CallCancelled,
     CallTimeout,
     ConfigError,
     EnvBuildError,
@@ -33,7 +35,9 @@ __version__ = "0.1.0"
 __all__ = [
     "SERVICES",
     "BuildProgress",
+    "CallCancelled",
     "CallTimeout",
+    "Cancellation",
     "Config",
     "ConfigError",
     "EnvBuildError",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from . import _protocol as wire
-from ._errors import CallTimeout, ProtocolError, RevaPluginError
+from ._errors import CallCancelled, CallTimeout, ProtocolError, RevaPluginError
 
 log = logging.getLogger("reva_plugins.process")
 
@@ -155,6 +155,49 @@ def _take_waker() -> _Waker:
         return _Waker()
 
 
+class Cancellation:
+    """Cancels a call from another thread: pass it as ``ServiceProxy.call(...,
+    cancellation=c)``; ``c.cancel()`` ends the call at once with :class:`CallCancelled` and
+    sends the plugin ``$/cancel`` (its ``context.cancelled`` is set). One cancellation may serve
+    several calls; cancelling is idempotent and a call started after it fails at once."""
+
+    __slots__ = ("_callbacks", "_cancelled", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel every call using this (from any thread; a second call does nothing)."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` on :meth:`cancel` (now, if it was cancelled already); returns
+        what forgets it again."""
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
 class _Slot:
     """One call in flight. Its owner, when it has to wait, sleeps on ``waker`` (taken only
     then: a lone caller reading its own reply never waits) until the slot is filled;
@@ -269,8 +312,11 @@ class Client:
         params: dict[str, Any],
         timeout: float | None,
         meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
         """Send a request and wait for its reply, reading the wire ourselves if nobody is."""
+        if cancellation is not None and cancellation.cancelled:
+            raise CallCancelled(f"{method} was cancelled", plugin=self.label)
         slot = _Slot()
         lock = self.lock
         with lock:
@@ -287,13 +333,17 @@ class Client:
             with lock:
                 self.pending.pop(call_id, None)
             raise
+        forget = None
+        if cancellation is not None:
+            forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
         read_lock = self.read_lock
         while not slot.done:
             with lock:
                 lead = not self.reading and not self.eof and not slot.done
             if lead and read_lock.acquire(blocking=False):
                 try:
-                    self._lead(slot, deadline)
+                    # a cancellation is seen between reads: read a tick at a time
+                    self._lead(slot, deadline, LineReader.TICK if forget else None)
                 finally:
                     read_lock.release()
             elif not slot.done:
@@ -309,20 +359,31 @@ class Client:
                         )
                 if cancel:
                     self.notify(wire.CANCEL, {"id": call_id})
+        if forget is not None:
+            forget()
         if slot.waker is not None:
             _idle_wakers.append(slot.waker)
         if slot.error is not None:
             raise slot.error
         return slot.result
 
-    def _lead(self, slot: _Slot, deadline: float | None) -> None:
-        """Read (and hand out) replies until ours is in, EOF, or the deadline."""
+    def _lead(self, slot: _Slot, deadline: float | None, tick: float | None = None) -> None:
+        """Read (and hand out) replies until ours is in, EOF, the deadline, or (with ``tick``)
+        a read that waited that long."""
         while not slot.done:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
+            if tick is not None:
+                remaining = tick if remaining is None else min(remaining, tick)
             if self._read_one(remaining) is not True:
                 return
+
+    def _cancel(self, call_id: int, method: str) -> None:
+        """The caller's :class:`Cancellation` fired: fail the call now, cancel it in the plugin."""
+        error = CallCancelled(f"{method} was cancelled", plugin=self.label)
+        if self._fill(call_id, error=error):
+            self.notify(wire.CANCEL, {"id": call_id})
 
     def _read_one(self, timeout: float | None) -> bool | None:
         """Read and dispatch one line: True; None on timeout; False at EOF."""

@@ -128,6 +128,11 @@ class CallTimeout(RevaPluginError):
     """A call did not complete within its deadline; it was cancelled in the plugin."""
 
 
+class CallCancelled(RevaPluginError):
+    """The caller cancelled the call (:meth:`Cancellation.cancel`); it was cancelled in the
+    plugin too."""
+
+
 class RemoteError(RevaPluginError):
     """The plugin raised an exception; ``type`` is its class name, ``traceback`` its text."""
 

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from ._client import Cancellation
     from ._errors import RevaPluginError
     from ._host import ServiceProxy
 
@@ -97,5 +98,6 @@ class HostSpec:
         meta: dict[str, Any],
         timeout: float | None,
         proxy: ServiceProxy,
+        cancellation: Cancellation | None,
     ) -> Any:
         """One call through ``proxy``; wrap it with ``@hookimpl(wrapper=True)``."""

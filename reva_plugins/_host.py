@@ -25,7 +25,15 @@ import pluggy
 
 from . import _config
 from ._build import BuildProgress
-from ._errors import HandshakeError, RemoteError, RevaPluginError, UsageError, remote_error
+from ._client import Cancellation
+from ._errors import (
+    CallCancelled,
+    HandshakeError,
+    RemoteError,
+    RevaPluginError,
+    UsageError,
+    remote_error,
+)
 from ._hooks import PROJECT, HostSpec, hookimpl
 from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess, ServiceState, Supervisor
@@ -81,8 +89,10 @@ class Driver(Protocol):
         params: dict[str, Any],
         timeout: float | None,
         meta: dict[str, Any] | None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
-        """Call one method with keyword params, starting the driver first if need be."""
+        """Call one method with keyword params, starting the driver first if need be; a
+        ``cancellation`` fired meanwhile ends the call with :class:`CallCancelled`."""
         ...
 
     def ping(self) -> float:
@@ -146,8 +156,12 @@ class InProcessDriver:
         params: dict[str, Any],
         timeout: float | None,
         meta: dict[str, Any] | None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
-        """Call the method directly; ``timeout`` cannot interrupt in-process code."""
+        """Call the method directly; neither ``timeout`` nor a ``cancellation`` can interrupt
+        in-process code (one cancelled already stops the call before it starts)."""
+        if cancellation is not None and cancellation.cancelled:
+            raise CallCancelled(f"{method} was cancelled", plugin=self.label)
         func = self._methods.get(method) or self._method(method)
         active = self._active
         active.append(None)
@@ -255,9 +269,12 @@ class IsolatedDriver:
         params: dict[str, Any],
         timeout: float | None,
         meta: dict[str, Any] | None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
         """Send the call over the wire."""
-        return self._started().call(method, params, timeout=timeout, meta=meta)
+        return self._started().call(
+            method, params, timeout=timeout, meta=meta, cancellation=cancellation
+        )
 
     def ping(self) -> float:
         """Round-trip ``$/ping``."""
@@ -388,7 +405,13 @@ class ServiceProxy:
             if hook is None:
                 return invoke(method, params, None, None)
             return hook(
-                service=name, method=method, params=params, meta={}, timeout=None, proxy=proxy
+                service=name,
+                method=method,
+                params=params,
+                meta={},
+                timeout=None,
+                proxy=proxy,
+                cancellation=None,
             )
 
         call.__name__ = method
@@ -407,9 +430,11 @@ class ServiceProxy:
         *,
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
         """Call ``method`` with keyword ``params``. ``timeout`` (seconds) may shorten the driver's
-        ``call_timeout``, never extend it; ``meta`` (caller context) reaches the plugin."""
+        ``call_timeout``, never extend it; ``meta`` (caller context) reaches the plugin; a
+        :class:`Cancellation` lets another thread end the call (:class:`CallCancelled`)."""
         binder = self._binders.get(method)
         if binder is None:
             raise UsageError(
@@ -420,7 +445,7 @@ class ServiceProxy:
         arguments = binder.bind((), params)
         hook = self._call_hook
         if hook is None:
-            return self.driver.invoke(method, arguments, timeout, meta or None)
+            return self.driver.invoke(method, arguments, timeout, meta or None, cancellation)
         return hook(
             service=self.service.name,
             method=method,
@@ -428,6 +453,7 @@ class ServiceProxy:
             meta=dict(meta) if meta else {},
             timeout=timeout,
             proxy=self,
+            cancellation=cancellation,
         )
 
     async def acall(
@@ -437,10 +463,19 @@ class ServiceProxy:
         *,
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
         """:meth:`call` for asyncio code: awaits the reply without blocking the event loop (in a
-        worker thread that sees the caller's context variables, e.g. a tracing span)."""
-        return await asyncio.to_thread(self.call, method, params, timeout=timeout, meta=meta)
+        worker thread that sees the caller's context variables, e.g. a tracing span). A task
+        cancelled while it awaits cancels the call in the plugin too."""
+        cancel = cancellation or Cancellation()
+        try:
+            return await asyncio.to_thread(
+                self.call, method, params, timeout=timeout, meta=meta, cancellation=cancel
+            )
+        except asyncio.CancelledError:
+            cancel.cancel()
+            raise
 
     def start(self) -> ServiceInfo:
         """Start the driver unless it runs: import it (in-process) or spawn its plugin process and
@@ -469,8 +504,9 @@ class _Invoke:
         meta: dict[str, Any],
         timeout: float | None,
         proxy: ServiceProxy,
+        cancellation: Cancellation | None,
     ) -> Any:
-        return proxy.driver.invoke(method, params, timeout, meta or None)
+        return proxy.driver.invoke(method, params, timeout, meta or None, cancellation)
 
 
 @dataclass(frozen=True)

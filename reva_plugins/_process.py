@@ -23,7 +23,7 @@ from typing import Any, Literal, NoReturn
 from . import _defaults
 from . import _protocol as wire
 from ._bootstrap import descendants
-from ._client import Client
+from ._client import Cancellation, Client
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
 from ._subprocess import spawn
@@ -374,6 +374,7 @@ class PluginProcess:
         *,
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
         """Call ``method`` with keyword ``params``; raise the plugin's error, typed.
 
@@ -387,7 +388,7 @@ class PluginProcess:
         timeout = limit if timeout is None else min(timeout, limit)
         if meta is not None and timeout:
             meta = {**meta, wire.META_DEADLINE: time.time() + timeout}
-        return client.call(method, params, timeout, meta)
+        return client.call(method, params, timeout, meta, cancellation)
 
     def ping(self, timeout: float = 5.0) -> float:
         """Round-trip a ``$/ping``; return its time in milliseconds."""
@@ -870,9 +871,12 @@ class Supervisor:
         *,
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Any:
         """Call ``method`` in the plugin, starting it first if need be."""
-        return self.start().call(method, params, timeout=timeout, meta=meta)
+        return self.start().call(
+            method, params, timeout=timeout, meta=meta, cancellation=cancellation
+        )
 
     def close(self) -> None:
         """Shut the plugin down; later calls fail. A start in progress (a slow import, a

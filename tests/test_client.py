@@ -20,8 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reva_plugins import _bootstrap, _client, _process
-from reva_plugins._client import Client
-from reva_plugins._errors import CallTimeout, PluginCrashed, ProtocolError, RemoteError
+from reva_plugins._client import Cancellation, Client
+from reva_plugins._errors import (
+    CallCancelled,
+    CallTimeout,
+    PluginCrashed,
+    ProtocolError,
+    RemoteError,
+)
 
 from .conftest import wait_until
 
@@ -231,6 +237,56 @@ def test_a_waiting_caller_times_out_while_another_reads(peer: Peer) -> None:
         peer.client.call("b", {"v": 1}, timeout=0.3)
     lead.join(30)
     server.join()
+    assert peer.client.pending == {}
+    _no_stale_wake_ups()
+
+
+def test_a_cancellation_ends_a_lone_reader_and_a_waiting_caller_and_cancels_in_the_plugin(
+    peer: Peer,
+) -> None:
+    """``Cancellation.cancel()`` from another thread ends the call it was given at once (the
+    caller reading the wire itself, and one waiting for another reader), sends ``$/cancel`` for
+    it, and leaves the other calls alone; a cancelled cancellation fails a new call at once."""
+    seen: dict[str, int] = {}
+    cancelled: set[int] = set()
+
+    def serve() -> None:
+        while len(cancelled) < 2:
+            message = peer.request()
+            if message["method"] == "$/cancel":
+                cancelled.add(message["params"]["id"])
+            else:
+                seen[message["method"]] = message["id"]
+        peer.reply(_result(seen["b"], "second"))
+
+    server = threading.Thread(target=serve)
+    server.start()
+    cancels = {name: Cancellation() for name in "abc"}
+    results: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        try:
+            results[name] = peer.client.call(name, {}, timeout=30, cancellation=cancels[name])
+        except BaseException as exc:  # the test looks at what was raised
+            results[name] = exc
+
+    threads = {}
+    for count, name in enumerate("abc", 1):  # a reads the wire itself; b and c wait
+        threads[name] = threading.Thread(target=call, args=(name,))
+        threads[name].start()
+        assert wait_until(lambda count=count: len(peer.client.pending) == count)
+    cancels["a"].cancel()
+    cancels["c"].cancel()
+    cancels["c"].cancel()  # idempotent
+    for thread in threads.values():
+        thread.join(10)
+    server.join(10)
+    assert isinstance(results["a"], CallCancelled)
+    assert isinstance(results["c"], CallCancelled)
+    assert results["b"] == "second"
+    assert cancelled == {seen["a"], seen["c"]}
+    with pytest.raises(CallCancelled):
+        peer.client.call("d", {}, timeout=30, cancellation=cancels["a"])
     assert peer.client.pending == {}
     _no_stale_wake_ups()
 

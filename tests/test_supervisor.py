@@ -3,6 +3,7 @@ deadlines, crashes and restarts, shutdown and orphans, scrubbed environment, rob
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -21,7 +22,9 @@ from typing import Any
 import pytest
 
 from reva_plugins import (
+    CallCancelled,
     CallTimeout,
+    Cancellation,
     HandshakeError,
     Host,
     NotFound,
@@ -336,6 +339,36 @@ def test_a_callers_timeout_shortens_call_timeout_but_never_extends_it(tmp_path: 
             supervisor.call("sleep", {"seconds": 5}, timeout=30)
         with pytest.raises(CallTimeout, match=r"after 0\.2 s"):
             supervisor.call("sleep", {"seconds": 5}, timeout=0.2)
+
+
+def test_a_cancellation_ends_the_call_and_cancels_it_in_the_plugin(
+    host: Host, tmp_path: Path
+) -> None:
+    users = host.service("userprovider")
+    marker = tmp_path / "marker"
+    cancel = Cancellation()
+    threading.Timer(0.3, cancel.cancel).start()
+    with pytest.raises(CallCancelled):
+        users.call("find_users", {"query": f"hang:{marker}"}, cancellation=cancel)
+    assert wait_until(lambda: marker.exists() and marker.read_text() == "cancelled")
+    assert users.get_user({"idp": "t", "opaque_id": "fault"})["username"] == "fault"
+
+
+def test_an_asyncio_task_cancelled_while_it_awaits_cancels_the_plugin_call(
+    host: Host, tmp_path: Path
+) -> None:
+    users = host.service("userprovider")
+    marker = tmp_path / "marker"
+
+    async def main() -> None:
+        task = asyncio.ensure_future(users.acall("find_users", {"query": f"hang:{marker}"}))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert wait_until(lambda: marker.exists() and marker.read_text() == "cancelled")
 
 
 # -- crashes and restarts ----------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import importlib.metadata
-import inspect
 import ipaddress
 import logging
 import os
@@ -30,7 +29,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
-from .. import _config, _host
+from .. import _config
+from .._client import Cancellation
 from .._errors import ConfigError, RevaPluginError, UsageError
 from .._hooks import hookimpl
 from .._host import Host
@@ -65,14 +65,6 @@ _OK = code_pb2.CODE_OK
 #: have been cancelled by its client.
 DEADLINE_SLACK = 0.05
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
-
-# A call the client cancels is cancelled in the plugin (``$/cancel``) when the core can cancel a
-# call in flight: ``ServiceProxy.call(..., cancellation=reva_plugins._host.Cancellation())``.
-_Cancellation: Any = getattr(_host, "Cancellation", None)
-_CANCELLABLE = (
-    _Cancellation is not None
-    and "cancellation" in inspect.signature(_host.ServiceProxy.call).parameters
-)
 
 
 def _admin_descriptors() -> None:
@@ -272,11 +264,10 @@ class Server:
                 if backend is None:  # a reload dropped the service; this API is going away
                     raise _cs3.Unserved(service)
                 call: Callable[..., Any] = backend.proxy.call
-                cancel = None
-                if _CANCELLABLE:
-                    cancel = _Cancellation()
-                    if not context.add_callback(_on_termination(context, cancel)):
-                        cancel.cancel()  # the client is gone already
+                # a call the client cancels is cancelled in the plugin ($/cancel)
+                cancel = Cancellation()
+                if not context.add_callback(_on_termination(context, cancel)):
+                    cancel.cancel()  # the client is gone already
 
                 def invoke(method: str, params: dict[str, Any]) -> Any:
                     # the client's deadline bounds the call; the core caps it at call_timeout
@@ -284,8 +275,6 @@ class Server:
                     timeout = None
                     if remaining is not None and remaining < high:
                         timeout = remaining if remaining > low else low
-                    if cancel is None:
-                        return call(method, params, timeout=timeout)
                     return call(method, params, timeout=timeout, cancellation=cancel)
 
                 response = convert(rpc, invoke, request)
@@ -579,7 +568,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _on_termination(context: grpc.ServicerContext, cancel: Any) -> Callable[[], None]:
+def _on_termination(context: grpc.ServicerContext, cancel: Cancellation) -> Callable[[], None]:
     """What runs when the RPC ends: a client that cancelled (time left on its deadline) cancels
     the plugin call; a deadline that expired is the call's own timeout already, so it stays a
     ``CallTimeout``; after a normal answer it is a no-op."""

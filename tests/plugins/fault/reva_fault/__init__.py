@@ -61,7 +61,9 @@ class Fault:
     def get_user_groups(self, user_id):
         return []
 
-    def find_users(self, query, skip_fetching_groups=False):
+    def find_users(self, query, skip_fetching_groups=False, context=None):
+        if query.startswith("hang:"):  # wait to be cancelled; say so in the marker file
+            return self.hang(query[len("hang:") :], context)
         return []
 
     # -- faults --------------------------------------------------------------------------
