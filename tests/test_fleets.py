@@ -11,6 +11,8 @@ import re
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -529,6 +531,11 @@ def test_a_tampered_tar_leaves_nothing_in_the_cache(
     assert not list(cache.glob("envs/*"))
 
 
+def _doc_blocks(lang: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.DOTALL)
+
+
 def _recipe_commands() -> list[str]:
     """The ``reva-plugins`` commands of docs/deploy.md's CI block and Dockerfile, in order."""
     text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
@@ -683,3 +690,64 @@ def test_env_prune_collects_old_lock_wheels_and_extracted_bundles(tmp_path: Path
     assert not old_bundle.exists()
     assert new_wheel.exists()
     assert stranger.exists()  # not a name the core made: never removed
+
+
+def test_the_deploy_readiness_probe_takes_a_failed_plugin_out_of_rotation(
+    tmp_path: Path,
+) -> None:
+    """docs/deploy.md's readiness probe names a CS3 service: once the plugin behind it has failed
+    (it crashes, and restart = "never"), the probe says NOT_SERVING while the server's own
+    health (what the liveness probe asks) stays SERVING."""
+    grpc = pytest.importorskip("grpc", reason="the serve extra is not installed")
+    from cs3.identity.user.v1beta1 import resources_pb2, user_api_pb2, user_api_pb2_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    (manifest,) = _doc_blocks("yaml")
+    probes = dict(
+        re.findall(r"(readinessProbe|livenessProbe):[^\n]*\n\s+grpc: (\{.*?\})", manifest)
+    )
+    readiness = re.fullmatch(r"\{port: 19000, service: ([\w.]+)\}", probes["readinessProbe"])
+    assert readiness is not None, probes
+    assert probes["livenessProbe"] == "{port: 19000}"
+    crashing = make_plugin(tmp_path / "plugin", marker_body="        import os; os._exit(3)")
+    config = host_config(
+        tmp_path / "revad.toml",
+        f'[grpc.services.userprovider]\ndriver = "{crashing}"\n'
+        '[grpc.services.userprovider.plugin]\nrestart = "never"\n',
+    )
+    with config.open("a") as f:
+        f.write('[grpc]\naddress = "127.0.0.1:0"\n')
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(config), "--cache-dir",
+         str(tmp_path / "c")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stderr is not None
+        port = None
+        for line in server.stderr:
+            found = re.search(r"serving .* on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port is not None, "serve did not start"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                request = health_pb2.HealthCheckRequest(service=service)
+                return int(health.Check(request, timeout=10).status)
+
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert status(readiness.group(1)) == serving
+            users = user_api_pb2_grpc.UserAPIStub(channel)
+            uid = resources_pb2.UserId(idp="test", opaque_id="demo")
+            users.GetUser(user_api_pb2.GetUserRequest(user_id=uid), timeout=30)
+            deadline = time.monotonic() + 30
+            while status(readiness.group(1)) == serving and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status(readiness.group(1)) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert status("") == serving  # why a probe of "" would keep the replica in rotation
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
