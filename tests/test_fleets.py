@@ -690,6 +690,11 @@ def test_env_prune_collects_old_lock_wheels_and_extracted_bundles(tmp_path: Path
     assert not old_bundle.exists()
     assert new_wheel.exists()
     assert stranger.exists()  # not a name the core made: never removed
+    # and docs/lock.md says so
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "lock.md").read_text()
+    said = [s for s in re.split(r"(?<=\.)\s", doc) if "env prune" in s]
+    assert said
+    assert all("wheels/" in s and "bundles/" in s and " not " not in s for s in said), said
 
 
 def test_the_deploy_readiness_probe_takes_a_failed_plugin_out_of_rotation(
