@@ -68,6 +68,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 LockedPackage = Pin
 """One distribution of a locked env: exact version and the hashes any of its files may have."""
 
+#: The pins each kind of entry must have (``pins`` may hold no others but ``url``).
+REQUIRED_PINS = {
+    "folder": (),
+    "sdist": ("sha256",),
+    "wheel": ("sha256",),
+    "git": ("commit",),
+    "wheel-url": ("sha256", "url"),
+    "sdist-url": ("sha256", "url"),
+    "requirement": ("version",),
+}
+
 
 @dataclass(frozen=True)
 class LockEntry:
@@ -287,7 +298,7 @@ def _service(service: str, table: Any, shown: str) -> LockedService:
     problem = _pins_problem(pins)
     if problem:
         raise ConfigError(problem, file=shown, key=f"{key}.pins")
-    return LockedService(
+    locked = LockedService(
         service=service,
         spec=spec,
         kind=kind,
@@ -298,6 +309,10 @@ def _service(service: str, table: Any, shown: str) -> LockedService:
         pins=dict(pins),
         targets=_targets(table.get("python"), f"{key}.python", shown),
     )
+    problem = _kind_problem(kind, pins, wheel)
+    if problem:
+        raise ConfigError(problem, file=shown, key=key)
+    return locked
 
 
 def _pins_problem(pins: Mapping[str, str]) -> str | None:
@@ -314,6 +329,17 @@ def _pins_problem(pins: Mapping[str, str]) -> str | None:
         valid = _is_version(value) if pattern is None else re.fullmatch(pattern, value)
         if not valid:
             return f"{name} = {value[:80]!r} is not a valid {name}"
+    return None
+
+
+def _kind_problem(kind: str, pins: Mapping[str, str], wheel: str) -> str | None:
+    """What a ``kind`` entry lacks (a lock whose fields contradict each other is refused here,
+    before anything reads a pin it does not have)."""
+    missing = [name for name in REQUIRED_PINS[kind] if name not in pins]
+    if missing:
+        return f"a {kind} entry needs pins.{missing[0]}"
+    if (kind == "requirement") == bool(wheel):
+        return f"a {kind} entry {'has no' if wheel else 'needs a'} plugin wheel"
     return None
 
 

@@ -450,6 +450,16 @@ _NO_PACKAGES = "packages = []"
             ),
             "wheel must be a wheel file name",
         ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES).replace(
+                'kind = "folder"', 'kind = "git"'
+            ),
+            "a git entry needs pins.commit",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES),
+            "a folder entry needs a plugin wheel",
+        ),
     ],
 )
 def test_a_broken_lock_file_is_a_config_error(text: str, message: str, tmp_path: Path) -> None:
