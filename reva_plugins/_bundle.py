@@ -71,6 +71,17 @@ class Bundle:
         """The error of a bundle that cannot be used (exit 2), naming it."""
         return SourceError(f"bundle {self.source}: {why}; refusing it")
 
+    def check_all(self) -> None:
+        """:meth:`check` for every entry of the bundle's own lock, and no wheel here that it
+        does not pin: all of it before anything is installed from the bundle."""
+        used: set[str] = set()
+        for locked in sorted(self.lock.services.values(), key=lambda e: e.service):
+            for entry in locked.entries():
+                used |= self.check(entry)
+        for filename, _name, _version in self._wheels():
+            if filename not in used:
+                raise self.refuse(f"{WHEELS}/{filename} is a wheel its lock does not pin")
+
     def check(self, entry: _lock.LockEntry) -> set[str]:
         """Every wheel ``entry`` installs is here with a hash the lock pins for it; return their
         file names."""
@@ -134,12 +145,12 @@ def open_bundle(path: Path, cache_root: Path) -> Bundle:
         return _verify(target, path)
     tmp_root = cache_root / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    bundles.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=tmp_root))
     try:
         _extract(path, work / "b")
         # Checked before it moves into place: a refused bundle leaves nothing in the cache.
         bundle = _verify(work / "b", path)
+        bundles.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(work / "b", target)
         except OSError:  # another process extracted the same bundle first
@@ -285,7 +296,9 @@ def _verify(root: Path, source: Path) -> Bundle:
     if LOCK not in files:
         raise _refuse(source, f"it has no {LOCK}")
     lock = _lock.loads((root / LOCK).read_bytes(), source / LOCK)
-    return Bundle(root, source, lock, files)
+    bundle = Bundle(root, source, lock, files)
+    bundle.check_all()
+    return bundle
 
 
 # -- exporting ----------------------------------------------------------------------------------
@@ -322,10 +335,7 @@ def export(
         }
         manifest = {"format": BUNDLE_FORMAT, "files": dict(sorted(files.items()))}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        bundle = _verify(staging, out)
-        for locked in lock.services.values():
-            for entry in locked.entries():
-                bundle.check(entry)
+        _verify(staging, out)
         if fmt == "dir":
             if out.is_dir():
                 out.rmdir()

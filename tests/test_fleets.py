@@ -989,6 +989,57 @@ def test_lock_check_verifies_every_package_and_pin(tmp_path: Path) -> None:
     ok(cli("lock", "--check", str(config), "--cache-dir", cache))
 
 
+def _tree_state(root: Path) -> dict[str, tuple[int, str]]:
+    """Every path under ``root``: its mode and, for a file, its sha256 and mtime (a folder's
+    mtime moves when a temporary entry comes and goes)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        state = ""
+        if path.is_file():
+            state = f"{hashlib.sha256(path.read_bytes()).hexdigest()}:{info.st_mtime_ns}"
+        out[str(path.relative_to(root))] = (info.st_mode, state)
+    return out
+
+
+def test_a_tamper_in_the_last_entry_is_refused_before_anything_is_built(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two services; the later one's dependency wheel is rewritten with its manifest: the import
+    refuses the bundle before building the first env, so the cache is as it was."""
+    _config, first_bundle = exported
+    cache = tmp_path / "host"
+    ok(cli("env", "import", str(first_bundle), "--cache-dir", str(cache)))
+    two = tmp_path / "two" / "revad.toml"
+    two.parent.mkdir()
+    services = (
+        f'[grpc.services.authprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+        f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "pinned_old"}"\n'
+    )
+    host_config(two, services)
+    ok(cli("lock", str(two), "--cache-dir", str(tmp_path / "cache-a")))
+    bundle = tmp_path / "two" / "bundle"
+    ok(cli("env", "export", str(two), "-o", str(bundle), "--format", "dir", "--cache-dir",
+           str(tmp_path / "cache-a")))  # fmt: skip
+    wheel = next((bundle / "wheels").glob("packaging-*.whl"))  # userprovider's, imported last
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][f"wheels/{wheel.name}"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    tar = tmp_path / "two" / "bundle.tar"
+    with tarfile.open(tar, "w") as out:
+        for path in sorted(bundle.rglob("*")):
+            out.add(path, arcname=str(path.relative_to(bundle)), recursive=False)
+    before = _tree_state(cache)
+    for tampered in (bundle, tar):
+        result = cli("env", "import", str(tampered), "--cache-dir", str(cache))
+        assert result.returncode == 2, result.stderr
+        assert f"wheels/{wheel.name} matches no hash the lock pins for packaging 21.3" in (
+            result.stderr
+        )
+        assert _tree_state(cache) == before
+
+
 def test_the_deploy_readiness_probe_takes_a_failed_plugin_out_of_rotation(
     tmp_path: Path,
 ) -> None:
