@@ -90,8 +90,7 @@ def lock(
     Entries of an existing lock that still match the config are kept (a branch or a range is
     not moved) unless ``upgrade`` names them (a service or plugin name; ``*`` for all).
     ``pythons`` adds target Pythons: each service is locked for the targets its entry already
-    has plus these (a new service: these, else the Python its driver runs on). Every target
-    must be installed here.
+    has, these, and the Python its driver runs on. Every target must be installed here.
     """
     config = planner.config
     path = _lock.lock_path(config)
@@ -147,13 +146,14 @@ def _lock_service(
     upgrade: bool,
 ) -> _lock.LockedService:
     """``svc``'s table: ``prev`` kept when the config still asks for it and ``upgrade`` is
-    False (with any target Python of ``pythons`` it lacks added), else its driver resolved
-    anew for ``prev``'s targets and ``pythons``."""
+    False (with any target Python it lacks added), else its driver resolved anew; the targets
+    are ``prev``'s, ``pythons`` and the driver's own Python."""
     builder = locking.planner.builder
     interpreter = builder.interpreter(svc)
     ctx = builder.resolve_context(builder.installer(), interpreter, builder.install_options())
     had = set(prev.targets) if prev else set()
-    targets = sorted(had | set(pythons), key=_version_key) or [interpreter.short_version]
+    # The driver's own Python always: after `lock`, every command on this host finds its entry.
+    targets = sorted(had | set(pythons) | {interpreter.short_version}, key=_version_key)
     key = f"{path}: services.{svc.service}.python"
     view = prev.entries()[0] if prev else None
     if (

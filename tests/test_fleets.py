@@ -950,6 +950,9 @@ def test_lock_python_adds_a_target_and_keeps_the_others(tmp_path: Path) -> None:
     out = ok(cli("lock", str(config), "--cache-dir", cache))  # no --python: both kept
     assert "\tunchanged" in out
     assert (tmp_path / "revad.toml.lock").read_text() == lock
+    (tmp_path / "revad.toml.lock").unlink()  # anew, for the other only: the own Python too
+    ok(cli("lock", str(config), "--python", other, "--cache-dir", cache))
+    assert (tmp_path / "revad.toml.lock").read_text() == lock
 
 
 def test_lock_check_verifies_every_package_and_pin(tmp_path: Path) -> None:
