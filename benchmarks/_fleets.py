@@ -18,7 +18,7 @@ from typing import Any
 
 from reva_plugins import _bundle, _fleet, _lock, _python
 from reva_plugins._config import Config, LoaderSettings, PluginOptions, ServiceConfig
-from reva_plugins._installers import InstallOptions
+from reva_plugins._installers import InstallOptions, for_locking
 from reva_plugins._sources import LocalFolder, ResolveContext
 
 from . import _peers
@@ -31,7 +31,9 @@ SAMPLES = ("json_users", "sqlite_users", "logging_users", "hashed_auth", "pinned
 def make_bundle(work: Path) -> Path:
     """Lock the five samples (one entry each) and export their bundle as a tar."""
     interpreter = _python.current()
-    locker = _lock.Locker(InstallOptions(), work / "wheels")
+    locker = _lock.Locker(
+        for_locking(app_data=work / "virtualenv"), InstallOptions(), work / "wheels"
+    )
     entries = {}
     for name in SAMPLES:
         folder = LocalFolder(ROOT / "sample_plugins" / name)

@@ -31,12 +31,11 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from . import _git, _lock
+from . import _lock
 from ._errors import EnvBuildError, SourceError
 from ._fs import is_inside, remove_tree
-from ._installers import InstallOptions, _core_pip, _index_args
 from ._sources import file_digest
-from ._subprocess import CommandFailed, run
+from ._subprocess import CommandFailed
 
 log = logging.getLogger("reva_plugins.bundle")
 
@@ -72,9 +71,23 @@ class Bundle:
         """The error of a bundle that cannot be used (exit 2), naming it."""
         return SourceError(f"bundle {self.source}: {why}; refusing it")
 
-    def check(self, entry: _lock.LockEntry) -> None:
-        """Every wheel ``entry`` installs is here with a hash the lock pins for it."""
+    def check_all(self) -> None:
+        """:meth:`check` for every entry of the bundle's own lock, and no wheel here that it
+        does not pin: all of it before anything is installed from the bundle."""
+        used: set[str] = set()
+        for locked in sorted(self.lock.services.values(), key=lambda e: e.service):
+            for entry in locked.entries():
+                used |= self.check(entry)
+        for filename, _name, _version in self._wheels():
+            if filename not in used:
+                raise self.refuse(f"{WHEELS}/{filename} is a wheel its lock does not pin")
+
+    def check(self, entry: _lock.LockEntry) -> set[str]:
+        """Every wheel ``entry`` installs is here with a hash the lock pins for it; return their
+        file names."""
+        used = set()
         if entry.wheel:
+            used.add(entry.wheel)
             found = self.files.get(f"{WHEELS}/{entry.wheel}")
             if found is None:
                 raise self.refuse(f"it has no {WHEELS}/{entry.wheel} ({entry.service}'s plugin)")
@@ -96,8 +109,10 @@ class Bundle:
                         f"{pkg.name} {pkg.version}"
                     )
                 present = True
+                used.add(filename)
             if not present:
                 raise self.refuse(f"it has no wheel of {pkg.name} {pkg.version} ({entry.service})")
+        return used
 
     def _wheels(self) -> Iterable[tuple[str, str, str]]:
         for rel in self.files:
@@ -130,12 +145,12 @@ def open_bundle(path: Path, cache_root: Path) -> Bundle:
         return _verify(target, path)
     tmp_root = cache_root / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    bundles.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=tmp_root))
     try:
         _extract(path, work / "b")
         # Checked before it moves into place: a refused bundle leaves nothing in the cache.
         bundle = _verify(work / "b", path)
+        bundles.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(work / "b", target)
         except OSError:  # another process extracted the same bundle first
@@ -281,7 +296,9 @@ def _verify(root: Path, source: Path) -> Bundle:
     if LOCK not in files:
         raise _refuse(source, f"it has no {LOCK}")
     lock = _lock.loads((root / LOCK).read_bytes(), source / LOCK)
-    return Bundle(root, source, lock, files)
+    bundle = Bundle(root, source, lock, files)
+    bundle.check_all()
+    return bundle
 
 
 # -- exporting ----------------------------------------------------------------------------------
@@ -310,7 +327,7 @@ def export(
         for locked in lock.services.values():
             _add_plugin_wheel(locked, locker, wheels)
             for entry in locked.entries():
-                _download(entry, locker.options, wheels)
+                _download(entry, locker, wheels)
         files = {
             p.relative_to(staging).as_posix(): file_digest(p)
             for p in sorted(staging.rglob("*"))
@@ -318,10 +335,7 @@ def export(
         }
         manifest = {"format": BUNDLE_FORMAT, "files": dict(sorted(files.items()))}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        bundle = _verify(staging, out)
-        for locked in lock.services.values():
-            for entry in locked.entries():
-                bundle.check(entry)
+        _verify(staging, out)
         if fmt == "dir":
             if out.is_dir():
                 out.rmdir()
@@ -342,39 +356,33 @@ def _add_plugin_wheel(entry: _lock.LockedService, locker: _lock.Locker, wheels: 
     wheel = locker.cached_wheel(entry)
     if wheel is None:
         raise SourceError(
-            f"{entry.service}: the wheel the lock pins ({entry.wheel}) is not in this cache; run "
-            "'reva-plugins lock' and 'env export' with the same cache dir"
+            f"{entry.service}: the wheel the lock pins ({entry.wheel}) is not in this cache; "
+            "build it first ('reva-plugins env export' does)"
         )
-    if file_digest(wheel) != entry.wheel_sha256:
-        raise SourceError(f"{entry.service}: {wheel} is not the wheel the lock pins")
-    shutil.copyfile(wheel, wheels / entry.wheel)
+    target = wheels / entry.wheel
+    if target.exists() and file_digest(target) != entry.wheel_sha256:
+        raise SourceError(
+            f"{entry.service}: another service's plugin wheel has the name {entry.wheel} but other "
+            "content; a bundle holds one file per name (give the plugins other versions)"
+        )
+    shutil.copyfile(wheel, target)
 
 
-def _download(entry: _lock.LockEntry, options: InstallOptions, wheels: Path) -> None:
-    """The wheels of ``entry``'s packages, checked by pip against the lock's hashes."""
-    if not entry.packages:
-        return
-    with tempfile.TemporaryDirectory(prefix="reva-export-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text("\n".join(_lock.requirements(entry, with_plugin=False)) + "\n")
-        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
-        try:
-            run(
-                [*_core_pip(), "download", "--quiet", "--disable-pip-version-check",
-                 "--no-deps", "--require-hashes", "--only-binary=:all:",
-                 "--python-version", entry.python, "--dest", str(wheels), *index_argv,
-                 "-r", str(req)],
-                env={**_git.git_env(), **env}, timeout=600,
-            )  # fmt: skip
-        except CommandFailed as exc:
-            raise EnvBuildError(
-                f"downloading the wheels of {entry.service} failed (a dependency without a "
-                "wheel for this Python cannot be bundled)",
-                plugin=entry.service,
-                command=exc.argv,
-                returncode=exc.returncode,
-                output_tail=exc.tail,
-            ) from None
+def _download(entry: _lock.LockEntry, locker: _lock.Locker, wheels: Path) -> None:
+    """The wheels of ``entry``'s packages, checked by the installer against the lock's hashes."""
+    try:
+        locker.installer.download(
+            _lock.pins(entry, with_plugin=False), wheels, entry.python, locker.options
+        )
+    except CommandFailed as exc:
+        raise EnvBuildError(
+            f"downloading the wheels of {entry.service} failed (a dependency without a "
+            "wheel for this Python cannot be bundled)",
+            plugin=entry.service,
+            command=exc.argv,
+            returncode=exc.returncode,
+            output_tail=exc.tail,
+        ) from None
 
 
 def _write_tar(root: Path, target: Path, names: list[str]) -> None:

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _bundle, _lock
-from ._config import Config
-from ._errors import ConfigError, UsageError
+from . import _bundle, _installers, _lock, _python
+from ._config import Config, ServiceConfig
+from ._errors import ConfigError, SourceError, UsageError
 from ._plan import Planner, Prepared
 from ._wheels import check_wheel
 
 if TYPE_CHECKING:
-    from ._sources import Source
+    from ._sources import Resolved, Source
 
 log = logging.getLogger("reva_plugins.fleet")
 
@@ -35,6 +35,53 @@ def _isolated(planner: Planner) -> list[tuple[str, Source]]:
     return out
 
 
+def _version_key(python: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in python.split("."))
+
+
+class _Locking:
+    """What locking and checking a lock share: the locker (uv when installed, whatever the
+    builds use) and the target interpreters, found once. A driver several services share is
+    locked once."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        root = planner.store.root
+        self.locker = _lock.Locker(
+            _installers.for_locking(app_data=root / "virtualenv"),
+            planner.builder.install_options(),
+            root / "wheels",
+        )
+        self._cache = _python.InterpreterCache(root / "interpreters.json")
+        self._done: dict[tuple[str, str, tuple[str, ...]], _lock.LockedService] = {}
+
+    def interpreter(self, python: str, key: str) -> _python.Interpreter:
+        """The interpreter of target Python ``python`` on this host (ConfigError naming ``key``
+        when there is none: a lock is made and checked with the Pythons it targets)."""
+        return _python.find(python, self._cache, key=key)
+
+    def lock(
+        self,
+        svc: ServiceConfig,
+        resolved: Resolved,
+        interpreter: _python.Interpreter,
+        pythons: Sequence[str],
+        key: str,
+    ) -> _lock.LockedService:
+        """``svc``'s table for ``pythons`` (the driver's own Python runs on ``interpreter``)."""
+        targets = {
+            python: interpreter
+            if python == interpreter.short_version
+            else self.interpreter(python, key)
+            for python in pythons
+        }
+        memo = (resolved.identity, interpreter.identity, tuple(sorted(pythons)))
+        if memo not in self._done:
+            log.info("locking %s …", svc.key)
+            self._done[memo] = self.locker.lock(svc, resolved, interpreter, targets)
+        return dataclasses.replace(self._done[memo], service=svc.service)
+
+
 def lock(
     planner: Planner, upgrade: str | None = None, pythons: Sequence[str] = ()
 ) -> tuple[_lock.LockFile, list[str]]:
@@ -42,8 +89,8 @@ def lock(
 
     Entries of an existing lock that still match the config are kept (a branch or a range is
     not moved) unless ``upgrade`` names them (a service or plugin name; ``*`` for all).
-    ``pythons``: the Python versions to lock each driver's dependencies for (default: the
-    version of the interpreter the driver runs on).
+    ``pythons`` adds target Pythons: each service is locked for the targets its entry already
+    has, these, and the Python its driver runs on. Every target must be installed here.
     """
     config = planner.config
     path = _lock.lock_path(config)
@@ -52,43 +99,34 @@ def lock(
     for python in pythons:
         if not re.fullmatch(r"\d+\.\d+", python):
             raise UsageError(f"--python {python!r}: give a version such as 3.12")
-    old = _lock.read(path) if path.exists() and upgrade != "*" else None
-    planner.builder.use_lock = False
-    locker = _lock.Locker(planner.builder.install_options(), planner.store.root / "wheels")
-    services: dict[str, _lock.LockedService] = {}
-    done: dict[tuple[str, str, tuple[str, ...]], _lock.LockedService] = {}
-    changed = []
+    locking = _Locking(planner)
+    for python in pythons:  # before anything is resolved or written
+        locking.interpreter(python, "--python")
+    old = None
+    if path.exists():
+        try:
+            old = _lock.read(path)
+        except ConfigError:
+            if upgrade != "*":  # `lock --upgrade` rewrites a lock that cannot be read
+                raise
     if (
         upgrade not in (None, "*")
         and not any(upgrade == s.service for s in config.services)
         and not (old and any(_lock.matches(e, [str(upgrade)]) for e in old.services.values()))
     ):
         raise ConfigError(f"--upgrade {upgrade}: no service or locked plugin has this name")
-    installer = planner.builder.installer()
-    options = planner.builder.install_options()
+    planner.builder.use_lock = False
+    services: dict[str, _lock.LockedService] = {}
+    changed = []
     for svc in config.services:
         source = planner.built_source(svc)
         if source is None:
             continue
-        interpreter = planner.builder.interpreter(svc)
-        targets = tuple(dict.fromkeys(pythons)) or (interpreter.short_version,)
-        ctx = planner.builder.resolve_context(installer, interpreter, options)
         prev = old.services.get(svc.service) if old else None
-        wanted = upgrade is not None and prev is not None and _lock.matches(prev, [upgrade])
-        if prev is not None and not wanted and set(prev.targets) == set(targets):
-            view = prev.at(targets[0])
-            if view is not None and _lock.drift(view, source, ctx, view.python) is None:
-                services[svc.service] = prev
-                continue
-        resolved = source.resolve(ctx)
-        check_wheel(resolved, interpreter)
-        memo = (resolved.identity, interpreter.identity, targets)
-        if memo in done:
-            locked = dataclasses.replace(done[memo], service=svc.service)
-        else:
-            log.info("locking %s …", svc.key)
-            locked = locker.lock(svc, resolved, interpreter, targets)
-        done[memo] = locked
+        wanted = upgrade == "*" or (
+            upgrade is not None and prev is not None and _lock.matches(prev, [upgrade])
+        )
+        locked = _lock_service(locking, svc, source, prev, pythons, path, upgrade=wanted)
         services[svc.service] = locked
         if prev != locked:
             changed.append(svc.service)
@@ -97,40 +135,115 @@ def lock(
     return result, changed
 
 
-def stale(planner: Planner) -> list[str]:
-    """Why the lock beside the config no longer matches it (empty when it does)."""
+def _lock_service(
+    locking: _Locking,
+    svc: ServiceConfig,
+    source: Source,
+    prev: _lock.LockedService | None,
+    pythons: Sequence[str],
+    path: Path,
+    *,
+    upgrade: bool,
+) -> _lock.LockedService:
+    """``svc``'s table: ``prev`` kept when the config still asks for it and ``upgrade`` is
+    False (with any target Python it lacks added), else its driver resolved anew; the targets
+    are ``prev``'s, ``pythons`` and the driver's own Python."""
+    builder = locking.planner.builder
+    interpreter = builder.interpreter(svc)
+    ctx = builder.resolve_context(builder.installer(), interpreter, builder.install_options())
+    had = set(prev.targets) if prev else set()
+    # The driver's own Python always: after `lock`, every command on this host finds its entry.
+    targets = sorted(had | set(pythons) | {interpreter.short_version}, key=_version_key)
+    key = f"{path}: services.{svc.service}.python"
+    view = prev.entries()[0] if prev else None
+    if (
+        upgrade
+        or prev is None
+        or view is None
+        or _lock.drift(view, source, ctx, view.python) is not None
+    ):
+        resolved = source.resolve(ctx)
+        check_wheel(resolved, interpreter)
+        return locking.lock(svc, resolved, interpreter, targets, key)
+    missing = [python for python in targets if python not in had]
+    if not missing:
+        return prev
+    resolved = _lock.repin(view, source, ctx)
+    check_wheel(resolved, interpreter)
+    return _with_targets(svc, prev, locking.lock(svc, resolved, interpreter, missing, key))
+
+
+def _with_targets(
+    svc: ServiceConfig, prev: _lock.LockedService, added: _lock.LockedService
+) -> _lock.LockedService:
+    """``prev`` with the targets of ``added``, its same driver locked for more Pythons."""
+    same = dataclasses.replace(added, spec=prev.spec, targets=prev.targets)
+    why = _lock.differences(prev, same)
+    if why:
+        raise SourceError(
+            f"{svc.key}: cannot add a target Python: {why[0]}; 'reva-plugins lock --upgrade "
+            f"{svc.service}' locks it anew for every target"
+        )
+    return dataclasses.replace(prev, targets={**prev.targets, **added.targets})
+
+
+def stale(planner: Planner, pythons: Sequence[str] = ()) -> list[str]:
+    """Why the lock beside the config is not what locking the config gives now (empty when it
+    is): drift from the config, a target Python missing, and any difference between each entry
+    and its pins locked again (plugin wheels rebuilt, dependencies resolved with hashes for
+    every target Python). Builds the plugin wheels into the cache, where export finds them."""
     config = planner.config
     path = _lock.lock_path(config)
     if path is None or not path.exists():
         return [f"{path or config.source_name}: there is no lock file"]
     current = _lock.read(path)
+    locking = _Locking(planner)
     problems = []
     installer = planner.builder.installer()
     options = planner.builder.install_options()
     seen = set()
+    relock = "run 'reva-plugins lock'"
     for name, source in _isolated(planner):
         svc = config.service(name)
         seen.add(name)
         locked = current.services.get(name)
         if locked is None:
-            problems.append(f"{svc.key}: the lock has no entry for this service")
+            problems.append(f"{svc.key}: the lock has no entry for this service ({relock})")
             continue
         interpreter = planner.builder.interpreter(svc)
         entry = locked.at(interpreter.short_version)
         if entry is None:
             problems.append(f"{svc.key}: {_lock.python_drift(locked, interpreter)}")
             continue
+        problems += [
+            f"{svc.key}: the lock has no packages for Python {python} (lock --python {python} "
+            "adds it)"
+            for python in pythons
+            if python not in locked.targets
+        ]
         ctx = planner.builder.resolve_context(installer, interpreter, options)
         why = _lock.drift(entry, source, ctx, entry.python)
         if why:
-            problems.append(f"{svc.key}: {why}")
+            problems.append(f"{svc.key}: {why} ({relock})")
+            continue
+        resolved = _lock.repin(entry, source, ctx)
+        check_wheel(resolved, interpreter)
+        key = f"{current.shown}: services.{name}.python"
+        now = locking.lock(svc, resolved, interpreter, sorted(locked.targets), key)
+        problems += [
+            f"{svc.key}: {why} ('reva-plugins lock --upgrade {name}' locks it anew)"
+            for why in _lock.differences(locked, now)
+        ]
     for name in sorted(set(current.services) - seen):
-        problems.append(f"{path}: services.{name} is locked but no longer configured")
+        problems.append(f"{path}: services.{name} is locked but no longer configured ({relock})")
     return problems
 
 
 def export(planner: Planner, out: Path, fmt: _bundle.Format) -> int:
-    """Bundle every wheel the config's lock pins into ``out``; return the number of wheels."""
+    """Bundle every wheel the config's lock pins into ``out``; return the number of wheels.
+
+    The lock must be exactly what locking the config gives now (:func:`stale`), which also
+    rebuilds each plugin wheel this cache lacks and checks it against the lock's sha256."""
     path = _lock.lock_path(planner.config)
     if path is None or not path.exists():
         raise ConfigError(
@@ -138,10 +251,9 @@ def export(planner: Planner, out: Path, fmt: _bundle.Format) -> int:
         )
     problems = stale(planner)
     if problems:
-        raise ConfigError(f"{problems[0]} (run 'reva-plugins lock' first)")
+        raise ConfigError(problems[0])
     current = _lock.read(path)
-    locker = _lock.Locker(planner.builder.install_options(), planner.store.root / "wheels")
-    return _bundle.export(current, path.read_bytes(), locker, out, fmt)
+    return _bundle.export(current, path.read_bytes(), _Locking(planner).locker, out, fmt)
 
 
 def import_bundle(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -17,6 +19,13 @@ from ._environ import build_environment
 from ._errors import ConfigError, SourceError
 from ._python import Interpreter
 from ._subprocess import CommandFailed, run
+
+#: Every plugin wheel is built with this ``SOURCE_DATE_EPOCH``: backends that honour it
+#: (setuptools, hatchling, flit, poetry-core, pdm) then write the same bytes from the same files
+#: whatever their mtimes, so a wheel a lock pins can be rebuilt on a fresh checkout and checked
+#: against the lock's sha256. It is hatchling's own default (2020-02-02), so hatchling wheels
+#: locked before it was set are still the ones it builds.
+SOURCE_DATE_EPOCH = "1580601600"
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,37 @@ class InstallOptions:
             "find_links": [_auth.without_credentials(link) for link in self.find_links],
         }
 
+    @classmethod
+    def only_from(cls, folder: Path) -> InstallOptions:
+        """Install from the wheels in ``folder`` and nothing else: no index, no network."""
+        return cls(find_links=(str(folder),), offline=True, no_index=True)
+
+    def with_links(self, *folders: Path) -> InstallOptions:
+        """These options with ``folders`` searched first."""
+        return dataclasses.replace(self, find_links=(*map(str, folders), *self.find_links))
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One distribution at an exact version, with the hashes any of its files may have (what a
+    lock holds per package). Names, versions and hashes are checked before one is made."""
+
+    name: str
+    version: str
+    hashes: tuple[str, ...]
+
+    def requirement_line(self) -> str:
+        """The line of a ``--require-hashes`` requirements file."""
+        return f"{self.name}=={self.version} " + " ".join(f"--hash={h}" for h in self.hashes)
+
 
 class Installer(Protocol):
-    """Creates a venv and installs distributions into it."""
+    """Creates venvs and installs into them; resolves, builds and downloads for locks and
+    bundles. Every uv and pip command line is made behind this Protocol.
+
+    Failures of the installer itself raise :class:`CommandFailed` (the caller knows which
+    plugin it was for); an answer that cannot be read raises :class:`SourceError`.
+    """
 
     name: str
 
@@ -51,14 +88,43 @@ class Installer(Protocol):
         """Create an empty venv at ``venv`` from ``interpreter``."""
         ...
 
-    def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
-        """Install ``args`` (paths, URLs, requirements) into ``venv``."""
+    def install(
+        self, venv: Path, args: Sequence[str], options: InstallOptions, *, deps: bool = True
+    ) -> None:
+        """Install ``args`` (paths, URLs, requirements) into ``venv`` (without their
+        dependencies when ``deps`` is False)."""
+        ...
+
+    def install_pinned(self, venv: Path, pins: Sequence[Pin], options: InstallOptions) -> None:
+        """Install exactly ``pins`` into ``venv``: no dependencies, and every file checked
+        against the pin's hashes (a file with another hash is refused)."""
         ...
 
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
     ) -> str:
         """The newest version of ``requirement`` the index offers for ``interpreter``."""
+        ...
+
+    def resolve_pinned(
+        self, requirement: str, interpreter: Interpreter, options: InstallOptions
+    ) -> list[Pin]:
+        """Every distribution installing ``requirement`` (a requirement or a wheel's path) on
+        ``interpreter`` installs, each at an exact version with its hashes."""
+        ...
+
+    def build_wheel(
+        self, source: str, out: Path, interpreter: Interpreter, options: InstallOptions
+    ) -> None:
+        """Build ``source`` (a folder, an sdist or a git URL pinned to a commit) to one wheel
+        in ``out``, with :data:`SOURCE_DATE_EPOCH` so a rebuild gives the same bytes."""
+        ...
+
+    def download(
+        self, pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions
+    ) -> None:
+        """Download a wheel of each of ``pins`` for Python ``python`` (``3.12``) into ``dest``,
+        each checked against the pin's hashes; a pin with no such wheel fails."""
         ...
 
 
@@ -114,12 +180,55 @@ class UvInstaller:
             env=_git.git_env(),
         )
 
-    def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
+    def install(
+        self, venv: Path, args: Sequence[str], options: InstallOptions, *, deps: bool = True
+    ) -> None:
         """Install into the venv's interpreter."""
         argv = [self.binary, "pip", "install", "--quiet", "--python", str(venv_python(venv))]
+        if not deps:
+            argv.append("--no-deps")
         index_argv, env = _index_args(options, "uv", offline_flag="--offline")
         bare_args, git_urls = _without_credentials(args)
         run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
+
+    def install_pinned(self, venv: Path, pins: Sequence[Pin], options: InstallOptions) -> None:
+        """``uv pip install --no-deps --require-hashes -r`` of the pins."""
+        _install_pinned(self, venv, pins, options)
+
+    def resolve_pinned(
+        self, requirement: str, interpreter: Interpreter, options: InstallOptions
+    ) -> list[Pin]:
+        """``uv pip compile --generate-hashes``: every file the index offers is hashed."""
+        with tempfile.TemporaryDirectory(prefix="reva-lock-") as tmp:
+            req = Path(tmp) / "requirements.in"
+            req.write_text(requirement + "\n", encoding="utf-8")
+            index_argv, env = _index_args(options, "uv", offline_flag="--offline")
+            out = run(
+                [self.binary, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+                 "--no-annotate", "--python", interpreter.executable, *index_argv, str(req)],
+                env={**_git.git_env(), **env}, timeout=600,
+            )  # fmt: skip
+        return parse_compiled(out)
+
+    def build_wheel(
+        self, source: str, out: Path, interpreter: Interpreter, options: InstallOptions
+    ) -> None:
+        """``uv build --wheel``; a git URL (which uv cannot build) with pip."""
+        if source.startswith("git+"):
+            _pip_wheel(source, out, options)
+            return
+        index_argv, env = _index_args(options, "uv", offline_flag="--offline")
+        run(
+            [self.binary, "build", "--quiet", "--wheel", "--python", interpreter.executable,
+             "--out-dir", str(out), *index_argv, source],
+            env={**_git.git_env(), **env, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}, timeout=600,
+        )  # fmt: skip
+
+    def download(
+        self, pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions
+    ) -> None:
+        """With pip (uv has no download command)."""
+        _pip_download(pins, dest, python, options)
 
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
@@ -170,12 +279,45 @@ class PipInstaller:
             env=_git.git_env(),
         )
 
-    def install(self, venv: Path, args: Sequence[str], options: InstallOptions) -> None:
+    def install(
+        self, venv: Path, args: Sequence[str], options: InstallOptions, *, deps: bool = True
+    ) -> None:
         """``python -m pip install`` inside the venv."""
         argv = [str(venv_python(venv)), "-m", "pip", "install", *_PIP_QUIET]
+        if not deps:
+            argv.append("--no-deps")
         index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
         bare_args, git_urls = _without_credentials(args)
         run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
+
+    def install_pinned(self, venv: Path, pins: Sequence[Pin], options: InstallOptions) -> None:
+        """``pip install --no-deps --require-hashes -r`` of the pins."""
+        _install_pinned(self, venv, pins, options)
+
+    def resolve_pinned(
+        self, requirement: str, interpreter: Interpreter, options: InstallOptions
+    ) -> list[Pin]:
+        """A dry-run ``pip install --report`` with the core's pip: the hash of the file pip
+        chose for each distribution."""
+        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+        out = run(
+            [*_core_pip(), "--python", interpreter.executable, "install", "--dry-run",
+             "--ignore-installed", "--report", "-", *_PIP_QUIET, *index_argv, requirement],
+            env={**_git.git_env(), **env}, timeout=600,
+        )  # fmt: skip
+        return parse_report(out)
+
+    def build_wheel(
+        self, source: str, out: Path, interpreter: Interpreter, options: InstallOptions
+    ) -> None:
+        """``pip wheel --no-deps`` with the core's pip."""
+        _pip_wheel(source, out, options)
+
+    def download(
+        self, pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions
+    ) -> None:
+        """``pip download --only-binary=:all: --require-hashes``."""
+        _pip_download(pins, dest, python, options)
 
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
@@ -196,6 +338,75 @@ class PipInstaller:
 
 
 _PIP_QUIET = ("--quiet", "--disable-pip-version-check", "--no-input")
+
+
+def _install_pinned(
+    installer: Installer, venv: Path, pins: Sequence[Pin], options: InstallOptions
+) -> None:
+    if not pins:
+        return
+    # Beside the venv, in the store's build folder (removed with it).
+    req = venv.parent / "pinned-requirements.txt"
+    req.write_text("".join(p.requirement_line() + "\n" for p in pins), encoding="utf-8")
+    installer.install(venv, ["--require-hashes", "-r", str(req)], options, deps=False)
+
+
+def _pip_wheel(source: str, out: Path, options: InstallOptions) -> None:
+    index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+    bare, git_urls = _without_credentials([source])
+    run(
+        [*_core_pip(), "wheel", "--no-deps", *_PIP_QUIET, "--wheel-dir", str(out), *index_argv,
+         *bare],
+        env={**_git.git_env(*git_urls), **env, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
+        timeout=600,
+    )  # fmt: skip
+
+
+def _pip_download(pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions) -> None:
+    if not pins:
+        return
+    with tempfile.TemporaryDirectory(prefix="reva-export-") as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text("".join(p.requirement_line() + "\n" for p in pins), encoding="utf-8")
+        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+        run(
+            [*_core_pip(), "download", *_PIP_QUIET, "--no-deps", "--require-hashes",
+             "--only-binary=:all:", "--python-version", python, "--dest", str(dest),
+             *index_argv, "-r", str(req)],
+            env={**_git.git_env(), **env}, timeout=600,
+        )  # fmt: skip
+
+
+def parse_compiled(text: str) -> list[Pin]:
+    """The pinned, hashed lines of ``uv pip compile --generate-hashes`` output."""
+    joined = re.sub(r"\\\s*\n\s*", " ", text)
+    out = []
+    for raw in joined.splitlines():
+        line = "" if raw.lstrip().startswith("#") else raw.strip()
+        if not line or " @ " in line or "==" not in line.split()[0]:
+            continue
+        head, *rest = line.split()
+        name, _, version = head.partition("==")
+        hashes = tuple(t.removeprefix("--hash=") for t in rest if t.startswith("--hash="))
+        out.append(Pin(name, version.split(";")[0], hashes))
+    return out
+
+
+def parse_report(text: str) -> list[Pin]:
+    """The index distributions of a ``pip install --dry-run --report -`` (direct ones left out)."""
+    try:
+        report = json.loads(text[text.index("{") :])
+        out = []
+        for item in report["install"]:
+            info = item.get("download_info", {})
+            hashes = info.get("archive_info", {}).get("hashes", {})
+            if item.get("is_direct") or "sha256" not in hashes:
+                continue
+            meta = item["metadata"]
+            out.append(Pin(meta["name"], meta["version"], (f"sha256:{hashes['sha256']}",)))
+        return out
+    except (ValueError, KeyError, TypeError):
+        raise SourceError("cannot read pip's dependency report") from None
 
 
 @functools.cache
@@ -285,6 +496,13 @@ def _pinned_version(out: str, requirement: str) -> str:
         if sep and name and not line.startswith("#"):
             return version.split(";")[0].strip()
     raise SourceError(f"the installer found no version of {requirement!r}")
+
+
+def for_locking(*, app_data: Path) -> Installer:
+    """The installer that resolves locks and builds their wheels, whatever the builds use: uv
+    when installed (its hashes cover every file the index offers), else pip (the hash of the
+    file it chose), so a lock does not depend on ``--installer``."""
+    return select("auto", app_data=app_data)
 
 
 def select(name: str, *, app_data: Path) -> Installer:

@@ -2,12 +2,14 @@
 
 A lock holds, per service, the driver's resolved identity (tree digest, commit, sha256 or exact
 version), the wheel a local source was built to, and every distribution its env installs, each
-with its hashes, for the Python the driver runs on. With a lock beside the config, the loader
+with its hashes, for each target Python. With a lock beside the config, the loader
 builds exactly that (see :func:`pinned` and :func:`install`); the format is ``docs/lock.md``.
+Every uv or pip command behind it runs through the :class:`Installer` it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
@@ -29,7 +32,7 @@ from . import _git, _protocol, _python
 from ._config import Config, ServiceConfig
 from ._errors import ConfigError, EnvBuildError, SourceError
 from ._fs import remove_tree
-from ._installers import Installer, InstallOptions, _core_pip, _index_args, find_uv
+from ._installers import Installer, InstallOptions, Pin
 from ._redact import redact
 from ._sources import (
     ArchiveURL,
@@ -43,7 +46,7 @@ from ._sources import (
     file_digest,
 )
 from ._store import make_key
-from ._subprocess import CommandFailed, run
+from ._subprocess import CommandFailed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,17 +65,19 @@ _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-@dataclass(frozen=True)
-class LockedPackage:
-    """One distribution of a locked env: exact version and the hashes any of its files may have."""
+LockedPackage = Pin
+"""One distribution of a locked env: exact version and the hashes any of its files may have."""
 
-    name: str
-    version: str
-    hashes: tuple[str, ...]
-
-    def requirement_line(self) -> str:
-        """The line of a ``--require-hashes`` requirements file."""
-        return f"{self.name}=={self.version} " + " ".join(f"--hash={h}" for h in self.hashes)
+#: The pins each kind of entry must have (``pins`` may hold no others but ``url``).
+REQUIRED_PINS = {
+    "folder": (),
+    "sdist": ("sha256",),
+    "wheel": ("sha256",),
+    "git": ("commit",),
+    "wheel-url": ("sha256", "url"),
+    "sdist-url": ("sha256", "url"),
+    "requirement": ("version",),
+}
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,7 @@ def _service(service: str, table: Any, shown: str) -> LockedService:
     problem = _pins_problem(pins)
     if problem:
         raise ConfigError(problem, file=shown, key=f"{key}.pins")
-    return LockedService(
+    locked = LockedService(
         service=service,
         spec=spec,
         kind=kind,
@@ -304,6 +309,10 @@ def _service(service: str, table: Any, shown: str) -> LockedService:
         pins=dict(pins),
         targets=_targets(table.get("python"), f"{key}.python", shown),
     )
+    problem = _kind_problem(kind, pins, wheel)
+    if problem:
+        raise ConfigError(problem, file=shown, key=key)
+    return locked
 
 
 def _pins_problem(pins: Mapping[str, str]) -> str | None:
@@ -320,6 +329,17 @@ def _pins_problem(pins: Mapping[str, str]) -> str | None:
         valid = _is_version(value) if pattern is None else re.fullmatch(pattern, value)
         if not valid:
             return f"{name} = {value[:80]!r} is not a valid {name}"
+    return None
+
+
+def _kind_problem(kind: str, pins: Mapping[str, str], wheel: str) -> str | None:
+    """What a ``kind`` entry lacks (a lock whose fields contradict each other is refused here,
+    before anything reads a pin it does not have)."""
+    missing = [name for name in REQUIRED_PINS[kind] if name not in pins]
+    if missing:
+        return f"a {kind} entry needs pins.{missing[0]}"
+    if (kind == "requirement") == bool(wheel):
+        return f"a {kind} entry {'has no' if wheel else 'needs a'} plugin wheel"
     return None
 
 
@@ -483,6 +503,73 @@ def pinned(
     return source.resolve(ctx)
 
 
+def repin(entry: LockEntry, source: Source, ctx: ResolveContext) -> Resolved:
+    """``source`` resolved at ``entry``'s pins: what locking it now gives without moving it (the
+    locked commit, the locked version with the config's extras, the archive fetched again and
+    checked against the locked sha256, the folder or file digested). Call it when ``source``
+    does not drift from ``entry``."""
+    pinned: Source = source
+    if isinstance(source, GitSource):
+        pinned = GitSource(dataclasses.replace(source.git, ref=entry.pins["commit"]))
+    elif isinstance(source, RequirementSource):
+        requirement = Requirement(str(source.requirement))
+        requirement.specifier = SpecifierSet(f"=={entry.pins['version']}")
+        pinned = RequirementSource(requirement)
+    elif isinstance(source, ArchiveURL):
+        pinned = ArchiveURL(source.url, sha256=entry.pins["sha256"])
+    return dataclasses.replace(pinned.resolve(ctx), spec=source.spec, mutable=False)
+
+
+def differences(locked: LockedService, now: LockedService) -> list[str]:
+    """How ``locked`` differs from ``now``, what locking its pins gives now: one line each."""
+    out = []
+    for name in ("spec", "kind", "identity", "plugin", "wheel"):
+        have, want = getattr(locked, name), getattr(now, name)
+        if have != want:
+            out.append(f"the lock's {name} is {have!r}, locking it now gives {want!r}")
+    if locked.wheel_sha256 != now.wheel_sha256:
+        out.append(
+            f"building the plugin's wheel now gives sha256:{now.wheel_sha256[:16]}…, the lock "
+            f"pins sha256:{locked.wheel_sha256[:16]}… (the lock was edited, or the plugin's "
+            "build is not reproducible)"
+        )
+    if dict(locked.pins) != dict(now.pins):
+        have, want = dict(locked.pins), dict(now.pins)
+        out.append(f"the lock's pins are {have}, locking it now gives {want}")
+    for python in sorted(set(locked.targets) | set(now.targets), key=_version_key):
+        out += [f"Python {python}: {why}" for why in _package_differences(
+            locked.targets.get(python, ()), now.targets.get(python, ())
+        )]  # fmt: skip
+    return out
+
+
+def _package_differences(
+    locked: Sequence[LockedPackage], now: Sequence[LockedPackage]
+) -> list[str]:
+    have = {canonicalize_name(p.name): p for p in locked}
+    want = {canonicalize_name(p.name): p for p in now}
+    out = []
+    for name in sorted(have.keys() | want.keys()):
+        old, new = have.get(name), want.get(name)
+        if old is None and new is not None:
+            out.append(f"the lock has no {new.name}, resolving now gives {new.name} {new.version}")
+        elif new is None and old is not None:
+            out.append(f"the lock has {old.name} {old.version}, resolving now installs none")
+        elif old is not None and new is not None and old.version != new.version:
+            out.append(
+                f"the lock has {old.name} {old.version}, resolving now gives "
+                f"{new.name} {new.version}"
+            )
+        elif old is not None and new is not None and set(old.hashes) != set(new.hashes):
+            out.append(
+                f"the hashes of {old.name} {old.version} in the lock are not the ones resolving "
+                "gives now"
+            )
+    if not out and tuple(locked) != tuple(now):
+        out.append("the packages are not listed as 'reva-plugins lock' writes them")
+    return out
+
+
 def drift(entry: LockEntry, source: Source, ctx: ResolveContext, python: str) -> str | None:
     """Why ``source``, run on Python ``python``, no longer matches ``entry`` (None if it does)."""
     if source.kind != entry.kind:
@@ -551,12 +638,12 @@ def env_key(entry: LockEntry, interpreter: _python.Interpreter, installer: str) 
     )
 
 
-def requirements(entry: LockEntry, *, with_plugin: bool) -> list[str]:
-    """The ``--require-hashes`` lines of ``entry`` (with the plugin's own wheel if asked)."""
-    lines = [pkg.requirement_line() for pkg in entry.packages]
+def pins(entry: LockEntry, *, with_plugin: bool) -> list[Pin]:
+    """What ``entry`` installs by hash (with the plugin's own wheel if asked)."""
+    out = list(entry.packages)
     if with_plugin and entry.wheel:
-        lines.append(f"{entry.plugin}=={entry.wheel_version} --hash=sha256:{entry.wheel_sha256}")
-    return lines
+        out.append(Pin(entry.plugin, entry.wheel_version, (f"sha256:{entry.wheel_sha256}",)))
+    return out
 
 
 def install(
@@ -574,22 +661,12 @@ def install(
     the plugin installs from it by hash like everything else, else from its source (pinned by
     its identity) without dependencies.
     """
-    plugin_wheel = wheels is not None and entry.wheel and (wheels / entry.wheel).is_file()
+    plugin_wheel = wheels is not None and bool(entry.wheel) and (wheels / entry.wheel).is_file()
     if plugin_wheel and wheels is not None:
-        options = InstallOptions(
-            index_url=options.index_url,
-            find_links=(str(wheels), *options.find_links),
-            offline=options.offline,
-            no_index=options.no_index,
-        )
+        options = options.with_links(wheels)
     elif entry.kind != "requirement":
-        installer.install(venv, ["--no-deps", *resolved.install_args], options)
-    lines = requirements(entry, with_plugin=bool(plugin_wheel))
-    if lines:
-        # Beside the venv, in the store's build folder (removed with it).
-        req = venv.parent / "locked-requirements.txt"
-        req.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        installer.install(venv, ["--no-deps", "--require-hashes", "-r", str(req)], options)
+        installer.install(venv, resolved.install_args, options, deps=False)
+    installer.install_pinned(venv, pins(entry, with_plugin=plugin_wheel), options)
 
 
 # -- locking: resolving a driver to an entry ------------------------------------------------------
@@ -597,9 +674,10 @@ def install(
 
 @dataclass(frozen=True)
 class Locker:
-    """Resolves drivers to lock entries: the plugin built to a wheel (kept in ``wheel_cache``),
-    its dependencies compiled with hashes for the driver's Python."""
+    """Resolves drivers to lock entries with ``installer``: the plugin built to a wheel (kept in
+    ``wheel_cache``), its dependencies resolved with hashes for each target Python."""
 
+    installer: Installer
     options: InstallOptions
     wheel_cache: Path
 
@@ -608,27 +686,27 @@ class Locker:
         svc: ServiceConfig,
         resolved: Resolved,
         interpreter: _python.Interpreter,
-        pythons: Sequence[str] = (),
+        targets: Mapping[str, _python.Interpreter] | None = None,
     ) -> LockedService:
-        """The lock table of ``svc`` whose source resolved to ``resolved``, for each Python of
-        ``pythons`` (default: ``interpreter``'s)."""
+        """The lock table of ``svc`` whose source resolved to ``resolved`` (its plugin built with
+        ``interpreter``), for each target Python of ``targets`` (``{"3.12": interpreter}``;
+        default: ``interpreter``'s own version)."""
         label = f"{svc.key} ({redact(svc.driver)})"
         wheel, wheel_sha256 = "", ""
         if resolved.kind in LOCAL_KINDS or resolved.kind.startswith("wheel"):
             built = self.wheel_of(resolved, interpreter, label)
             wheel, wheel_sha256 = built.name, file_digest(built)
             plugin = canonicalize_name(parse_wheel_filename(built.name)[0])
-            compile_input = str(built)
+            resolve_input = str(built)
         else:
             plugin = canonicalize_name(Requirement(resolved.install_args[0]).name)
-            compile_input = resolved.install_args[0]
-        targets = {}
-        for python in pythons or (interpreter.short_version,):
-            other = None if python == interpreter.short_version else python
-            packages = compile_hashes(compile_input, interpreter, self.options, label, other)
+            resolve_input = resolved.install_args[0]
+        locked_for = {}
+        for python, target in sorted((targets or {interpreter.short_version: interpreter}).items()):
+            packages = self.resolve(resolve_input, target, label)
             if resolved.kind != "requirement":
                 packages = [p for p in packages if canonicalize_name(p.name) != plugin]
-            targets[python] = tuple(sorted(packages, key=lambda p: canonicalize_name(p.name)))
+            locked_for[python] = tuple(sorted(packages, key=lambda p: canonicalize_name(p.name)))
         return LockedService(
             service=svc.service,
             # A path as the config writes it (relative to the config), so a lock made on one
@@ -640,11 +718,21 @@ class Locker:
             wheel=wheel,
             wheel_sha256=wheel_sha256,
             pins=dict(resolved.pins),
-            targets=targets,
+            targets=locked_for,
         )
 
+    def resolve(
+        self, requirement: str, interpreter: _python.Interpreter, label: str
+    ) -> list[LockedPackage]:
+        """Every distribution ``requirement`` installs on ``interpreter``, with hashes."""
+        try:
+            return self.installer.resolve_pinned(requirement, interpreter, self.options)
+        except CommandFailed as exc:
+            raise SourceError(f"{label}: resolving its dependencies failed:\n{exc.tail}") from None
+
     def wheel_of(self, resolved: Resolved, interpreter: _python.Interpreter, label: str) -> Path:
-        """The plugin as a wheel: the file itself, or built once into the wheel cache."""
+        """The plugin as a wheel: the file itself, or built (reproducibly) into the wheel cache.
+        Built every time it is asked for, so callers can compare it with what a lock pins."""
         arg = resolved.install_args[0]
         self.wheel_cache.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkdtemp(prefix="build-", dir=self.wheel_cache))
@@ -652,7 +740,17 @@ class Locker:
             if resolved.kind.startswith("wheel"):
                 shutil.copyfile(arg, out / Path(arg).name)
             else:
-                build_wheel(arg, out, interpreter, self.options, label)
+                try:
+                    self.installer.build_wheel(arg, out, interpreter, self.options)
+                except CommandFailed as exc:
+                    raise EnvBuildError(
+                        f"building the plugin's wheel failed: {exc.argv[0]} exited with "
+                        f"{exc.returncode}",
+                        plugin=label,
+                        command=exc.argv,
+                        returncode=exc.returncode,
+                        output_tail=exc.tail,
+                    ) from None
             built = sorted(out.glob("*.whl"))
             if len(built) != 1:
                 raise EnvBuildError(f"building {arg} gave {len(built)} wheels", plugin=label)
@@ -665,112 +763,11 @@ class Locker:
             remove_tree(out, within=self.wheel_cache)
 
     def cached_wheel(self, entry: LockEntry | LockedService) -> Path | None:
-        """The wheel ``entry`` pins, if this cache built it."""
+        """The wheel ``entry`` pins, if this cache holds it (checked against its sha256)."""
         path = self.wheel_cache / entry.wheel_sha256 / entry.wheel
-        return path if entry.wheel and path.is_file() else None
-
-
-def build_wheel(
-    arg: str, out: Path, interpreter: _python.Interpreter, options: InstallOptions, label: str
-) -> None:
-    """Build ``arg`` (a folder, an sdist or a pinned git URL) to one wheel in ``out``."""
-    uv = find_uv()
-    try:
-        if uv and not arg.startswith("git+"):
-            index_argv, env = _index_args(options, "uv", offline_flag="--offline")
-            run(
-                [uv, "build", "--quiet", "--wheel", "--python", interpreter.executable,
-                 "--out-dir", str(out), *index_argv, arg],
-                env={**_git.git_env(), **env}, timeout=600,
-            )  # fmt: skip
-        else:
-            index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
-            run(
-                [*_core_pip(), "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
-                 "--wheel-dir", str(out), *index_argv, arg],
-                env={**_git.git_env(), **env}, timeout=600,
-            )  # fmt: skip
-    except CommandFailed as exc:
-        raise EnvBuildError(
-            f"building the plugin's wheel failed: {exc.argv[0]} exited with {exc.returncode}",
-            plugin=label,
-            command=exc.argv,
-            returncode=exc.returncode,
-            output_tail=exc.tail,
-        ) from None
-
-
-def compile_hashes(
-    requirement: str,
-    interpreter: _python.Interpreter,
-    options: InstallOptions,
-    label: str,
-    python_version: str | None = None,
-) -> list[LockedPackage]:
-    """Every distribution ``requirement`` installs, exact versions and hashes, for
-    ``interpreter`` or another ``python_version`` (``uv pip compile --generate-hashes``, else
-    pip's ``--report``, which knows the running interpreter only)."""
-    uv = find_uv()
-    target = ["--python", interpreter.executable]
-    if python_version is not None:
-        if not uv:
-            raise SourceError(f"{label}: locking for Python {python_version} needs uv")
-        target = ["--python-version", python_version]
-    with tempfile.TemporaryDirectory(prefix="reva-lock-") as tmp:
-        try:
-            if uv:
-                req = Path(tmp) / "requirements.in"
-                req.write_text(requirement + "\n", encoding="utf-8")
-                index_argv, env = _index_args(options, "uv", offline_flag="--offline")
-                out = run(
-                    [uv, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-                     "--no-annotate", *target, *index_argv, str(req)],
-                    env={**_git.git_env(), **env}, timeout=600,
-                )  # fmt: skip
-                return parse_compiled(out)
-            index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
-            out = run(
-                [*_core_pip(), "--python", interpreter.executable, "install", "--dry-run",
-                 "--ignore-installed", "--report", "-", "--quiet", "--disable-pip-version-check",
-                 *index_argv, requirement],
-                env={**_git.git_env(), **env}, timeout=600,
-            )  # fmt: skip
-            return parse_report(out)
-        except CommandFailed as exc:
-            raise SourceError(f"{label}: resolving its dependencies failed:\n{exc.tail}") from None
-
-
-def parse_compiled(text: str) -> list[LockedPackage]:
-    """The pinned, hashed lines of ``uv pip compile --generate-hashes`` output."""
-    joined = re.sub(r"\\\s*\n\s*", " ", text)
-    out = []
-    for raw in joined.splitlines():
-        line = "" if raw.lstrip().startswith("#") else raw.strip()
-        if not line or " @ " in line or "==" not in line.split()[0]:
-            continue
-        head, *rest = line.split()
-        name, _, version = head.partition("==")
-        hashes = tuple(t.removeprefix("--hash=") for t in rest if t.startswith("--hash="))
-        out.append(LockedPackage(name, version.split(";")[0], hashes))
-    return out
-
-
-def parse_report(text: str) -> list[LockedPackage]:
-    """The index distributions of a ``pip install --dry-run --report -`` (direct ones left out)."""
-    try:
-        report = json.loads(text[text.index("{") :])
-        out = []
-        for item in report["install"]:
-            info = item.get("download_info", {})
-            hashes = info.get("archive_info", {}).get("hashes", {})
-            if item.get("is_direct") or "sha256" not in hashes:
-                continue
-            meta = item["metadata"]
-            digest = f"sha256:{hashes['sha256']}"
-            out.append(LockedPackage(meta["name"], meta["version"], (digest,)))
-        return out
-    except (ValueError, KeyError, TypeError):
-        raise SourceError("cannot read pip's dependency report") from None
+        if entry.wheel and path.is_file() and file_digest(path) == entry.wheel_sha256:
+            return path
+        return None
 
 
 def matches(entry: LockEntry | LockedService, wanted: Sequence[str]) -> bool:

@@ -11,6 +11,8 @@ import re
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 from .conftest import EXAMPLES, SAMPLES, cli
-from .factory import build_dists, commit_marker, make_plugin, make_repo
+from .factory import build_dists, commit_marker, git, make_plugin, make_repo
 
 pytestmark = pytest.mark.slow  # real servers, venvs and processes
 
@@ -448,6 +450,16 @@ _NO_PACKAGES = "packages = []"
             ),
             "wheel must be a wheel file name",
         ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES).replace(
+                'kind = "folder"', 'kind = "git"'
+            ),
+            "a git entry needs pins.commit",
+        ),
+        (
+            _ENTRY.format(plugin="p", pins="", packages=_NO_PACKAGES),
+            "a folder entry needs a plugin wheel",
+        ),
     ],
 )
 def test_a_broken_lock_file_is_a_config_error(text: str, message: str, tmp_path: Path) -> None:
@@ -529,23 +541,124 @@ def test_a_tampered_tar_leaves_nothing_in_the_cache(
     assert not list(cache.glob("envs/*"))
 
 
+def _doc_blocks(lang: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.DOTALL)
+
+
+def _logical_lines(block: str) -> list[str]:
+    """A shell or Dockerfile block's lines, continuations joined, comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in block.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip() and not pending:
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append((pending + line).strip())
+        pending = ""
+    return lines
+
+
 def _recipe_commands() -> list[str]:
     """The ``reva-plugins`` commands of docs/deploy.md's CI block and Dockerfile, in order."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
     commands = []
-    for block in re.findall(r"```(?:sh|dockerfile)\n(.*?)```", text, re.DOTALL):
-        for raw in block.splitlines():
-            line = raw.split("#", 1)[0].strip().removesuffix("\\").strip()
-            line = line.removeprefix("RUN ").removeprefix("&& ").strip()
-            if line.startswith("reva-plugins ") and "pip install" not in line:
-                commands.append(line)
+    for block in [*_doc_blocks("sh"), *_doc_blocks("dockerfile")]:
+        for line in _logical_lines(block):
+            for part in line.removeprefix("RUN ").split("&&"):
+                if part.strip().startswith("reva-plugins "):
+                    commands.append(part.strip())
     return commands
 
 
+def _setuptools_plugin(root: Path, marker: str) -> Path:
+    """A plugin built by setuptools: unlike hatchling, its wheels carry the files' mtimes
+    unless SOURCE_DATE_EPOCH is set, so it shows whether a rebuild is byte-identical."""
+    make_plugin(root, marker=marker)
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        .replace('requires = ["hatchling"]', 'requires = ["setuptools>=61"]')
+        .replace('build-backend = "hatchling.build"', 'build-backend = "setuptools.build_meta"')
+    )
+    return root
+
+
+def _touch_tree(root: Path, when: float) -> None:
+    """Every file of ``root`` gets mtime ``when`` (what a fresh clone or COPY does)."""
+    for path in root.rglob("*"):
+        os.utime(path, (when, when))
+
+
+class _Dockerfile:
+    """Runs a Dockerfile's build the way ``docker build`` would, each stage in a folder of its
+    own standing for its root file system: ``FROM`` starts an empty one, ``WORKDIR``, ``ENV``
+    and ``COPY`` (also ``--from``) act on it, and each ``reva-plugins`` command of a ``RUN`` runs
+    as written, absolute paths and path variables mapped into the stage's folder. Other ``RUN``
+    commands are recorded, not run (installing reva-plugins itself, ``chown``)."""
+
+    def __init__(self, context: Path, work: Path, env: dict[str, dict[str, str]]) -> None:
+        self.context, self.work, self.extra_env = context, work, env
+        self.stages: dict[str, Path] = {}
+        self.skipped: list[str] = []
+
+    def build(self, text: str) -> Path:
+        root = workdir = self.work
+        env: dict[str, str] = {}
+        name = ""
+        for line in _logical_lines(text):
+            op, _, rest = line.partition(" ")
+            if op == "FROM":
+                name = rest.split(" AS ")[1].strip() if " AS " in rest else str(len(self.stages))
+                root = self.work / f"stage-{name}"
+                root.mkdir()
+                self.stages[name] = root
+                workdir, env = root, {}
+            elif op == "WORKDIR":
+                workdir = self._in(root, rest, workdir)
+                workdir.mkdir(parents=True, exist_ok=True)
+            elif op == "ENV":
+                key, _, value = rest.partition("=")
+                env[key] = str(self._in(root, value, workdir)) if value.startswith("/") else value
+            elif op == "COPY":
+                args = rest.split()
+                source_root = self.context
+                if args[0].startswith("--from="):
+                    source_root = self.stages[args.pop(0).removeprefix("--from=")]
+                src = self._in(source_root, args[0], source_root)
+                dst = self._in(root, args[1], workdir)
+                if src.is_dir():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                else:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+            elif op == "RUN":
+                for command in rest.split("&&"):
+                    self._run(command.strip(), root, workdir, env, name)
+        return root
+
+    @staticmethod
+    def _in(root: Path, path: str, workdir: Path) -> Path:
+        return root / path.lstrip("/") if path.startswith("/") else workdir / path
+
+    def _run(self, command: str, root: Path, cwd: Path, env: dict[str, str], stage: str) -> None:
+        argv = shlex.split(command)
+        if argv[0] != "reva-plugins":
+            self.skipped.append(command)
+            return
+        args = [str(self._in(root, a, cwd)) if a.startswith("/") else a for a in argv[1:]]
+        # No REVA_PLUGINS_CACHE_DIR: the default cache of the stage's root user, fresh.
+        run_env = {"REVA_PLUGINS_CACHE_DIR": str(root / "root/.cache/reva-plugins"), **env}
+        ok(cli(*args, cwd=cwd, env={**run_env, **self.extra_env.get(stage, {})}))
+
+
 def test_the_deploy_recipe_runs_offline(tmp_path: Path) -> None:
-    """docs/deploy.md's build steps, run as written (paths mapped into the test's temp dir)."""
-    commands = _recipe_commands()
-    assert commands == [
+    """docs/deploy.md's build steps run as written, each on a fresh cache: the CI block by a
+    shell, the Dockerfile stage by stage; only the lock is made beforehand, on another
+    machine (the developer's), and the plugin's files then get new mtimes (a fresh clone)."""
+    assert _recipe_commands() == [
         "reva-plugins lock --check deploy/revad.toml",
         "reva-plugins env export deploy/revad.toml -o build/plugins.tar",
         "reva-plugins lock --check deploy/revad.toml",
@@ -553,29 +666,43 @@ def test_the_deploy_recipe_runs_offline(tmp_path: Path) -> None:
         "reva-plugins env import /opt/reva/plugins.tar --offline",
         "reva-plugins check /etc/reva/revad.toml --offline",
     ]
-    src, etc = tmp_path / "src", tmp_path / "etc"
+    context = tmp_path / "repo"
+    _setuptools_plugin(context / "plugins" / "demo", marker="deployed")
+    (context / "deploy").mkdir()
     services = '[grpc.services.userprovider]\ndriver = "../plugins/demo"\n'
-    for root in (src, etc):
-        make_plugin(root / "plugins" / "demo", marker="deployed")
-    (src / "deploy").mkdir()
-    host_config(src / "deploy" / "revad.toml", services)
-    ok(cli("lock", "deploy/revad.toml", "--cache-dir", str(tmp_path / "ci"), cwd=src))
-    (etc / "reva").mkdir()
-    shutil.copy(src / "deploy" / "revad.toml.lock", etc / "reva" / "revad.toml.lock")
+    host_config(context / "deploy" / "revad.toml", services)
+    dev = {"REVA_PLUGINS_CACHE_DIR": str(tmp_path / "dev-cache")}
+    ok(cli("lock", "deploy/revad.toml", cwd=context, env=dev))
+    _touch_tree(context / "plugins", time.time() + 3600)
+
+    # CI: the shell block as written, in the checkout, on a fresh cache.
+    (ci_block,) = _doc_blocks("sh")[:1]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    ci_env = {"PATH": path, "REVA_PLUGINS_CACHE_DIR": str(tmp_path / "ci-cache")}
+    shell = subprocess.run(
+        ["bash", "-euc", ci_block], cwd=context, env={**os.environ, **ci_env},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    _touch_tree(context / "plugins", time.time() + 7200)
+
+    # The image: stage 1 with the index, stage 2 with none (uv and pip offline, index closed).
     dead = f"http://127.0.0.1:{closed_port()}/simple/"
-    host_config(etc / "reva" / "revad.toml", services, index_url=dead)
-    paths = {
-        "build/plugins.tar": str(tmp_path / "ci.tar"),
-        "/plugins.tar": str(tmp_path / "plugins.tar"),
-        "/opt/reva/plugins.tar": str(tmp_path / "plugins.tar"),
-        "/etc/reva/revad.toml": str(etc / "reva" / "revad.toml"),
-    }
-    for index, command in enumerate(commands):
-        args = [paths.get(arg, arg) for arg in shlex.split(command)[1:]]
-        cache = tmp_path / ("ci" if index < 4 else "image")
-        ok(cli(*args, "--cache-dir", str(cache), cwd=src))
-    reply = ok(cli("call", paths["/etc/reva/revad.toml"], *CALL_DEMO, "--cache-dir",
-                   str(tmp_path / "image"), "--offline"))  # fmt: skip
+    offline = {"UV_OFFLINE": "1", "UV_INDEX_URL": dead, "PIP_INDEX_URL": dead, "PIP_NO_INDEX": "1"}
+    docker = _Dockerfile(context, tmp_path, {"1": offline})
+    (dockerfile,) = _doc_blocks("dockerfile")
+    image = docker.build(dockerfile)
+    assert docker.skipped == [
+        "pip install --no-cache-dir 'reva-plugins[uv]'",
+        "pip install --no-cache-dir 'reva-plugins[uv,serve]'",
+        "chown -R 65532:65532 /opt/reva/cache",
+    ]
+    # Two fresh caches rebuilt the plugin's wheel: both bundles are the same bytes.
+    bundle = docker.stages["bundle"] / "plugins.tar"
+    assert (context / "build" / "plugins.tar").read_bytes() == bundle.read_bytes()
+    cache = image / "opt/reva/cache"
+    reply = ok(cli("call", str(image / "etc/reva/revad.toml"), *CALL_DEMO, "--offline",
+                   cwd=image, env={"REVA_PLUGINS_CACHE_DIR": str(cache), **offline}))  # fmt: skip
     assert json.loads(reply)["display_name"] == "deployed"
 
 
@@ -615,7 +742,8 @@ def test_one_lock_for_two_pythons(tmp_path: Path) -> None:
     reply = ok(cli("call", str(config_b), *CALL_DEMO, "--cache-dir", str(cache_b)))
     assert json.loads(reply)["display_name"] == "locked"
 
-    # Locked for one Python only, run on the other: drift, named.
+    # Locked for one Python only (a lock's targets only grow: made anew), run on the other.
+    (tmp_path / "revad.toml.lock").unlink()
     ok(cli("lock", str(config), "--python", own, "--cache-dir", str(cache_a)))
     shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
     result = cli("check", str(config_b), "--cache-dir", str(cache_b))
@@ -683,3 +811,334 @@ def test_env_prune_collects_old_lock_wheels_and_extracted_bundles(tmp_path: Path
     assert not old_bundle.exists()
     assert new_wheel.exists()
     assert stranger.exists()  # not a name the core made: never removed
+    # and docs/lock.md says so
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "lock.md").read_text()
+    said = [s for s in re.split(r"(?<=\.)\s", doc) if "env prune" in s]
+    assert said
+    assert all("wheels/" in s and "bundles/" in s and " not " not in s for s in said), said
+
+
+# -- the audit's findings: each test failed before its fix -----------------------------------------
+
+
+def test_export_on_a_fresh_cache_rebuilds_the_plugin_wheels_byte_for_byte(tmp_path: Path) -> None:
+    """The lock is made on one machine; CI exports on a fresh cache from a fresh checkout (other
+    mtimes): the plugin's wheel is rebuilt to the very bytes the lock pins, for a folder built by
+    setuptools and for a git source built from its pinned commit."""
+    folder = _setuptools_plugin(tmp_path / "plugin", marker="rebuilt")
+    repo = tmp_path / "repo"
+    make_plugin(repo / "plugins" / "demo", name="reva-git-plugin", marker="from-git")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    services = (
+        f'[grpc.services.userprovider]\ndriver = "{folder}"\n'
+        f'[grpc.services.authprovider]\ndriver = "git+file://{repo}@main#subdirectory=plugins/demo"\n'
+    )
+    config = host_config(tmp_path / "revad.toml", services)
+    ok(cli("lock", str(config), "--cache-dir", str(tmp_path / "dev")))
+    lock = (tmp_path / "revad.toml.lock").read_text()
+    pinned = dict(re.findall(r'wheel = "(.*?)"\nwheel_sha256 = "(.*?)"', lock))
+    assert len(pinned) == 2
+    _touch_tree(folder, time.time() + 3600)
+    bundle = tmp_path / "bundle"
+    ok(cli("env", "export", str(config), "-o", str(bundle), "--format", "dir", "--cache-dir",
+           str(tmp_path / "ci")))  # fmt: skip
+    for wheel, sha256 in pinned.items():
+        assert hashlib.sha256((bundle / "wheels" / wheel).read_bytes()).hexdigest() == sha256
+    ok(cli("env", "import", str(bundle), "--cache-dir", str(tmp_path / "host")))
+
+
+_FLAKY_BACKEND = '''
+"""A build backend whose wheels differ on every build (a time stamp inside)."""
+import base64, hashlib, time, zipfile
+
+NAME = "reva_flaky_plugin-1.0-py3-none-any.whl"
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    files = {
+        "reva_flaky_plugin/__init__.py": f"STAMP = {time.time_ns()}\\n",
+        "reva_flaky_plugin-1.0.dist-info/METADATA": "Metadata-Version: 2.1\\nName: reva-flaky-plugin\\nVersion: 1.0\\n",
+        "reva_flaky_plugin-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: flaky\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    }
+    record = []
+    with zipfile.ZipFile(f"{wheel_directory}/{NAME}", "w") as wheel:
+        for name, text in files.items():
+            data = text.encode()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+            wheel.writestr(name, data)
+        record.append("reva_flaky_plugin-1.0.dist-info/RECORD,,")
+        wheel.writestr("reva_flaky_plugin-1.0.dist-info/RECORD", "\\n".join(record) + "\\n")
+    return NAME
+'''
+
+
+def test_export_refuses_a_rebuilt_wheel_that_is_not_the_locked_one(tmp_path: Path) -> None:
+    project = tmp_path / "flaky"
+    project.mkdir()
+    (project / "backend.py").write_text(_FLAKY_BACKEND)
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '[project]\nname = "reva-flaky-plugin"\nversion = "1.0"\n'
+    )
+    config = host_config(
+        tmp_path / "revad.toml", f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+    )
+    ok(cli("lock", str(config), "--cache-dir", str(tmp_path / "dev")))
+    bundle = tmp_path / "bundle.tar"
+    result = cli("env", "export", str(config), "-o", str(bundle), "--cache-dir",
+                 str(tmp_path / "ci"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "grpc.services.userprovider: building the plugin's wheel now gives sha256:" in (
+        result.stderr
+    )
+    assert "the lock pins sha256:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not bundle.exists()
+    stale = cli("lock", "--check", str(config), "--cache-dir", str(tmp_path / "dev"))
+    assert stale.returncode == 1, stale.stderr
+
+
+def _other_python() -> str | None:
+    from reva_plugins._errors import ConfigError
+    from reva_plugins._python import current, find
+
+    try:
+        return find("3.12" if not current().version.startswith("3.12") else "3.11").short_version
+    except ConfigError:
+        return None
+
+
+def test_lock_for_a_python_not_installed_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    services = f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+    config = host_config(tmp_path / "revad.toml", services)
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    before = (tmp_path / "revad.toml.lock").read_text()
+    result = cli("lock", str(config), "--python", "3.99", "--cache-dir", cache)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "--python: no Python 3.99 found" in result.stderr
+    assert (tmp_path / "revad.toml.lock").read_text() == before
+    ok(cli("env", "build", str(config), "--cache-dir", cache))  # the lock still serves
+
+
+def test_lock_python_adds_a_target_and_keeps_the_others(tmp_path: Path) -> None:
+    other = _other_python()
+    if other is None:
+        pytest.skip("no second Python here")
+    project = plugin_project(tmp_path, dependencies=("packaging==21.3",))
+    config = host_config(
+        tmp_path / "revad.toml", f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+    )
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    own_table = (tmp_path / "revad.toml.lock").read_text().split("\n[services", 2)[2]
+    out = ok(cli("lock", str(config), "--python", other, "--cache-dir", cache))
+    assert "\tlocked" in out
+    lock = (tmp_path / "revad.toml.lock").read_text()
+    assert own_table.strip() in lock  # the driver's own Python: its packages untouched
+    assert f'[services."userprovider".python."{other}"]' in lock
+    ok(cli("lock", "--check", str(config), "--cache-dir", cache))
+    ok(cli("check", str(config), "--cache-dir", cache))
+    out = ok(cli("lock", str(config), "--cache-dir", cache))  # no --python: both kept
+    assert "\tunchanged" in out
+    assert (tmp_path / "revad.toml.lock").read_text() == lock
+    (tmp_path / "revad.toml.lock").unlink()  # anew, for the other only: the own Python too
+    ok(cli("lock", str(config), "--python", other, "--cache-dir", cache))
+    assert (tmp_path / "revad.toml.lock").read_text() == lock
+
+
+def test_lock_check_verifies_every_package_and_pin(tmp_path: Path) -> None:
+    """A hand-edited lock passes no --check: its content must be what resolving gives now."""
+    project = plugin_project(tmp_path, dependencies=("packaging==21.3",))
+    config = host_config(
+        tmp_path / "revad.toml", f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+    )
+    cache = str(tmp_path / "c")
+    ok(cli("lock", str(config), "--cache-dir", cache))
+    path = tmp_path / "revad.toml.lock"
+    good = path.read_text()
+    ok(cli("lock", "--check", str(config), "--cache-dir", cache))
+    packaging = re.search(r'  \{ name = "packaging".*\n', good)
+    assert packaging is not None
+    first_hash = re.search(r'"sha256:([0-9a-f]{64})"', packaging.group(0))
+    assert first_hash is not None
+    wheel_sha = re.search(r'wheel_sha256 = "([0-9a-f]{64})"', good)
+    assert wheel_sha is not None
+    edits = {
+        "packaging 20.9": good.replace(
+            '"packaging", version = "21.3"', '"packaging", version = "20.9"'
+        ),
+        "hashes of packaging 21.3": good.replace(first_hash.group(1), "0" * 64),
+        "no packaging": good.replace(packaging.group(0), ""),
+        "building the plugin's wheel now gives": good.replace(wheel_sha.group(1), "1" * 64),
+    }
+    for needle, text in edits.items():
+        assert text != good
+        path.write_text(text)
+        result = cli("lock", "--check", str(config), "--cache-dir", cache)
+        assert result.returncode == 1, (needle, result.stderr)
+        assert "grpc.services.userprovider" in result.stderr
+        assert needle in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    path.write_text(good)
+    ok(cli("lock", "--check", str(config), "--cache-dir", cache))
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, str]]:
+    """Every path under ``root``: its mode and, for a file, its sha256 and mtime (a folder's
+    mtime moves when a temporary entry comes and goes)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        state = ""
+        if path.is_file():
+            state = f"{hashlib.sha256(path.read_bytes()).hexdigest()}:{info.st_mtime_ns}"
+        out[str(path.relative_to(root))] = (info.st_mode, state)
+    return out
+
+
+def test_a_tamper_in_the_last_entry_is_refused_before_anything_is_built(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two services; the later one's dependency wheel is rewritten with its manifest: the import
+    refuses the bundle before building the first env, so the cache is as it was."""
+    _config, first_bundle = exported
+    cache = tmp_path / "host"
+    ok(cli("env", "import", str(first_bundle), "--cache-dir", str(cache)))
+    two = tmp_path / "two" / "revad.toml"
+    two.parent.mkdir()
+    services = (
+        f'[grpc.services.authprovider]\ndriver = "{SAMPLES / "json_users"}"\n'
+        f'[grpc.services.userprovider]\ndriver = "{SAMPLES / "pinned_old"}"\n'
+    )
+    host_config(two, services)
+    ok(cli("lock", str(two), "--cache-dir", str(tmp_path / "cache-a")))
+    bundle = tmp_path / "two" / "bundle"
+    ok(cli("env", "export", str(two), "-o", str(bundle), "--format", "dir", "--cache-dir",
+           str(tmp_path / "cache-a")))  # fmt: skip
+    wheel = next((bundle / "wheels").glob("packaging-*.whl"))  # userprovider's, imported last
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][f"wheels/{wheel.name}"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    tar = tmp_path / "two" / "bundle.tar"
+    with tarfile.open(tar, "w") as out:
+        for path in sorted(bundle.rglob("*")):
+            out.add(path, arcname=str(path.relative_to(bundle)), recursive=False)
+    before = _tree_state(cache)
+    for tampered in (bundle, tar):
+        result = cli("env", "import", str(tampered), "--cache-dir", str(cache))
+        assert result.returncode == 2, result.stderr
+        assert f"wheels/{wheel.name} matches no hash the lock pins for packaging 21.3" in (
+            result.stderr
+        )
+        assert _tree_state(cache) == before
+
+
+def test_the_deploy_readiness_probe_takes_a_failed_plugin_out_of_rotation(
+    tmp_path: Path,
+) -> None:
+    """docs/deploy.md's readiness probe names a CS3 service: once the plugin behind it has failed
+    (it crashes, and restart = "never"), the probe says NOT_SERVING while the server's own
+    health (what the liveness probe asks) stays SERVING."""
+    grpc = pytest.importorskip("grpc", reason="the serve extra is not installed")
+    from cs3.identity.user.v1beta1 import resources_pb2, user_api_pb2, user_api_pb2_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    (manifest,) = _doc_blocks("yaml")
+    probes = dict(
+        re.findall(r"(readinessProbe|livenessProbe):[^\n]*\n\s+grpc: (\{.*?\})", manifest)
+    )
+    readiness = re.fullmatch(r"\{port: 19000, service: ([\w.]+)\}", probes["readinessProbe"])
+    assert readiness is not None, probes
+    assert probes["livenessProbe"] == "{port: 19000}"
+    crashing = make_plugin(tmp_path / "plugin", marker_body="        import os; os._exit(3)")
+    config = host_config(
+        tmp_path / "revad.toml",
+        f'[grpc.services.userprovider]\ndriver = "{crashing}"\n'
+        '[grpc.services.userprovider.plugin]\nrestart = "never"\n',
+    )
+    with config.open("a") as f:
+        f.write('[grpc]\naddress = "127.0.0.1:0"\n')
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(config), "--cache-dir",
+         str(tmp_path / "c")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stderr is not None
+        port = None
+        for line in server.stderr:
+            found = re.search(r"serving .* on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port is not None, "serve did not start"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                request = health_pb2.HealthCheckRequest(service=service)
+                return int(health.Check(request, timeout=10).status)
+
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert status(readiness.group(1)) == serving
+            users = user_api_pb2_grpc.UserAPIStub(channel)
+            uid = resources_pb2.UserId(idp="test", opaque_id="demo")
+            users.GetUser(user_api_pb2.GetUserRequest(user_id=uid), timeout=30)
+            deadline = time.monotonic() + 30
+            while status(readiness.group(1)) == serving and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status(readiness.group(1)) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert status("") == serving  # why a probe of "" would keep the replica in rotation
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+_INSTALLER_FLAGS = (
+    "--no-deps", "--require-hashes", "--generate-hashes", "--only-binary", "--no-index",
+    "--offline", "--find-links", "--index-url", "--python-version", "--hash=", "--report",
+    "--dry-run", "--wheel-dir", "--out-dir", "--dest",
+)  # fmt: skip
+
+
+def test_lock_and_bundle_leave_installers_to_the_installers() -> None:
+    """Issue 11: uv and pip are known in _installers only. The lock and the bundle import none
+    of its private helpers, run no subprocess and name no installer or installer flag."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "reva_plugins"
+    for module in ("_lock.py", "_bundle.py"):
+        tree = ast.parse((package / module).read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if id(node) in docstrings:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module == "_installers":
+                private = [
+                    a.name for a in node.names if a.name.startswith("_") or a.name == "find_uv"
+                ]
+                assert not private, (module, private)
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "_subprocess" or {a.name for a in node.names} <= {
+                    "CommandFailed"
+                }, module
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value not in ("uv", "pip"), (module, node.lineno)
+                flags = [f for f in _INSTALLER_FLAGS if f in node.value]
+                assert not flags, (module, node.lineno, node.value)
