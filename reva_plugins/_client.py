@@ -232,8 +232,10 @@ class Client:
         label: str,
         max_line: int,
         on_eof: Callable[[], None] | None = None,
+        peer_pid: int | None = None,
     ) -> None:
         self.sock = sock
+        self.peer_pid = peer_pid
         self.label = label
         self.reader = LineReader(sock, max_line)
         self.on_eof = on_eof
@@ -249,6 +251,7 @@ class Client:
         self.ready: collections.deque[_Slot] = collections.deque()
         self.baton = False  # a woken owner is yet to pass the wake-up on
         self.reading = False  # a reader thread runs (or is about to)
+        self.hold_sends = False  # while woken callers pass the wake-up on (see ``send``)
         self.overlapped = 0.0  # when a call last started while another was in flight
 
     # -- sending ---------------------------------------------------------------------------
@@ -257,14 +260,15 @@ class Client:
         """Queue one message and write the queue unless someone else will; a broken wire raises
         the error the process was closed with.
 
-        Someone else will when a write is in progress, or when woken callers are still passing
-        the wake-up on (the last of them writes what they all queued): on one CPU that turns a
-        burst of replies into one write of as many requests, instead of the plugin preempting
-        the core at every request.
+        Someone else will when a write is in progress, or, when the core and the plugin share
+        one CPU, while woken callers are still passing the wake-up on (the last of them writes
+        what they all queued): that turns a burst of replies into one write of as many
+        requests, instead of the plugin preempting the core at every request. With a CPU each,
+        holding them back would leave the plugin idle while the core works: they go at once.
         """
         with self.lock:
             self.outbox.append(data)
-            if self.flushing or self.baton:
+            if self.flushing or (self.baton and self.hold_sends):
                 return
             self.flushing = True
         self._flush()
@@ -412,6 +416,7 @@ class Client:
                 return
             if not self.reading and not self.eof:
                 self.reading = True
+                self.hold_sends = self._one_cpu()
                 threading.Thread(
                     target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
                 ).start()
@@ -431,6 +436,17 @@ class Client:
             following.wake()
         if flush:
             self._flush_for_others()
+
+    def _one_cpu(self) -> bool:
+        """Whether this thread and the plugin may run on one and the same CPU only (pinned,
+        or a one-CPU machine): asked each time calls start to overlap, as pinning changes."""
+        try:
+            cpus = os.sched_getaffinity(0)
+            if self.peer_pid is not None:
+                cpus |= os.sched_getaffinity(self.peer_pid)
+        except (AttributeError, OSError):
+            return (os.cpu_count() or 1) == 1
+        return len(cpus) == 1
 
     def _reader_thread(self) -> None:
         """Read for the waiting callers; leave once nothing is in flight and no two calls have

@@ -212,7 +212,11 @@ class PluginProcess:
         if self._aborted:  # abort() came before there was a process to kill
             self._kill_group(signal.SIGKILL)
         self._client = Client(
-            parent, label=self.spec.label, max_line=self.spec.max_line, on_eof=self._on_eof
+            parent,
+            label=self.spec.label,
+            max_line=self.spec.max_line,
+            on_eof=self._on_eof,
+            peer_pid=self._proc.pid,
         )
         self._start_thread(self._watch, "watch")
         try:
