@@ -174,7 +174,7 @@ def _global_options(*, defaults: bool) -> _Parser:
         help="env cache (default: $REVA_PLUGINS_CACHE_DIR or the user cache dir)",
     )
     common.add_argument(
-        "--installer", choices=_config.INSTALLERS, default=default(None), help="installer backend"
+        "--installer", choices=_defaults.INSTALLERS, default=default(None), help="installer backend"
     )
     common.add_argument(
         "--offline", action="store_true", default=default(None), help="never touch the network"
@@ -271,7 +271,10 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     status.add_argument("address", type=_text, metavar="ADDRESS", help="its [metrics] address")
     status.add_argument(
-        "--timeout", type=_number(_config.TIMEOUT_SECONDS, "seconds"), default=5.0, help="seconds"
+        "--timeout",
+        type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
+        default=_defaults.STATUS_TIMEOUT,
+        help="seconds",
     )
     status.set_defaults(handler=lazy("cmd_status"))
     reload = sub.add_parser("reload", parents=[common], help="make a running server reload")
