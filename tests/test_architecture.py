@@ -158,10 +158,64 @@ def test_nothing_imports_the_faces() -> None:
         assert found <= importers, f"{sorted(found - importers)} import {face}"
 
 
-def test_only_the_planning_layer_classifies_sources() -> None:
-    """Nothing outside planning switches on source kinds: only it imports ``_sources``."""
+def test_only_the_planning_layer_imports_sources() -> None:
+    """Only the planning layer (with the lock and bundle) holds source objects at all."""
     importers = {name for name, deps in IMPORTS.items() if "_sources" in deps}
     assert importers <= {"_plan", "_build", "_envinfo", "_wheels", "_lock", "_bundle"}
+
+
+#: The modules that may tell source kinds apart: planning, the sources themselves, and the lock
+#: and bundle that pin what planning resolves (ARCHITECTURE.md rule 6).
+KIND_SWITCHERS = {"_plan", "_sources", "_lock", "_bundle"}
+
+
+def _is_kind(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "kind"
+
+
+def kind_switches(source: str) -> list[str]:
+    """Where ``source`` decides by a ``kind`` attribute: compares it (``==``, ``in`` …), calls
+    ``startswith``/``endswith`` on it, looks it up in a table or matches on it."""
+    found = []
+    for node in _runtime_nodes(ast.parse(source).body):
+        if isinstance(node, ast.Compare):
+            hit = any(_is_kind(o) for o in [node.left, *node.comparators])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            hit = node.func.attr in ("startswith", "endswith") and _is_kind(node.func.value)
+        elif isinstance(node, ast.Subscript):
+            hit = _is_kind(node.slice)
+        elif isinstance(node, ast.Match):
+            hit = _is_kind(node.subject)
+        else:
+            hit = False
+        if hit:
+            found.append(f"line {getattr(node, 'lineno', '?')}: {ast.unparse(node)[:80]}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - KIND_SWITCHERS))
+def test_only_planning_switches_on_source_kinds(name: str) -> None:
+    """The builder, wheel check and presenter get what a kind means from planning, as data."""
+    assert kind_switches(MODULES[name].read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'if resolved.kind.endswith("-url"):\n    pass\n',
+        'x = not resolved.kind.startswith("wheel")\n',
+        'env = "-" if result.kind == "in-process" else "(prebuilt)"\n',
+        'ok = source.kind in ("wheel", "sdist")\n',
+        "shown = LABELS[plan.kind]\n",
+        "match source.kind:\n    case 'git':\n        pass\n",
+    ],
+)
+def test_the_kind_switch_check_can_fail(snippet: str) -> None:
+    assert kind_switches(snippet) != []
+
+
+def test_the_kind_switch_check_lets_a_kind_pass_through() -> None:
+    assert kind_switches("row = Row(kind=plan.kind)\nprint(f'{done.kind}')\n") == []
 
 
 def test_the_checker_sees_imports() -> None:

@@ -16,8 +16,18 @@ from reva_plugins import ConfigError, SourceError, UsageError
 from reva_plugins._config import parse
 from reva_plugins._errors import EnvBuildError, ExitCode
 from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
-from reva_plugins._plan import absolute_spec, classify_driver
+from reva_plugins._plan import (
+    NO_ENV,
+    PREBUILT_ENV,
+    InProcessPlan,
+    absolute_spec,
+    classify_driver,
+    for_build,
+    shown_env,
+)
 from reva_plugins._present import CheckRow, TickingProgress
+from reva_plugins._python import Interpreter
+from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv
 from reva_plugins._store import EnvMetadata, MetadataError
 
 # -- spec classification ------------------------------------------------------------------------
@@ -77,6 +87,38 @@ def test_absolute_spec_resolves_paths_only(tmp_path: Path) -> None:
     assert absolute_spec("./plugins/demo", base) == str(base / "plugins" / "demo")
     assert absolute_spec("json", base) == "json"
     assert absolute_spec("reva-plugin-json>=1", base) == "reva-plugin-json>=1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "wheel", "archive"),
+    [
+        ("./dist/demo-1.0-py3-none-any.whl", "demo-1.0-py3-none-any.whl", False),
+        ("./dist/demo-1.0.tar.gz", None, False),
+        ("./plugins/demo", None, False),
+        ("git+https://example.org/demo.git@v1", None, False),
+        ("https://example.org/d/demo-1.0-py3-none-any.whl", "demo-1.0-py3-none-any.whl", True),
+        ("https://example.org/d/demo-1.0.tar.gz", None, True),
+        ("reva-plugin-demo==1.0", None, False),
+    ],
+)
+def test_planning_tells_the_builder_what_a_kind_means(
+    tmp_path: Path, spec: str, wheel: str | None, archive: bool
+) -> None:
+    source = classify_driver(spec, base_dir=_tree(tmp_path))
+    assert not isinstance(source, (InProcess, PrebuiltVenv))
+    buildable = for_build(source)
+    assert buildable.source is source
+    assert (buildable.wheel, buildable.archive is not None) == (wheel, archive)
+
+
+def test_a_wheel_url_that_cannot_fit_is_refused_before_it_is_fetched() -> None:
+    """The tags are read from the file name the plan hands over: nothing is downloaded (the
+    host does not exist), and a wheel that fits passes."""
+    python = Interpreter("/usr/bin/python3", "CPython", "3.12.1")
+    unfit = ArchiveURL("https://nowhere.invalid/demo-1.0-cp27-cp27mu-linux_x86_64.whl")
+    with pytest.raises(SourceError, match=r"does not fit Python 3\.12\.1"):
+        for_build(unfit).check_fits(python)
+    for_build(ArchiveURL("https://nowhere.invalid/demo-1.0-py3-none-any.whl")).check_fits(python)
 
 
 # -- env metadata -------------------------------------------------------------------------------
@@ -282,6 +324,17 @@ def test_a_failed_check_row_shows_the_first_line_redacted_and_the_errors_exit_co
 )
 def test_the_env_column(kind: str, env_key: str | None, shown: str) -> None:
     assert CheckRow.of(_check(kind=kind, env_key=env_key)).env == shown
+
+
+def test_the_env_column_is_chosen_by_planning(tmp_path: Path) -> None:
+    """The kinds plans carry (``InProcessPlan.kind``, a prebuilt venv's source kind) are the
+    ones :func:`shown_env` knows: a renamed kind cannot silently change the column."""
+    venv = classify_driver("./venv", base_dir=_tree(tmp_path))
+    assert isinstance(venv, PrebuiltVenv)
+    assert shown_env(InProcessPlan.kind, None) == NO_ENV
+    assert shown_env(venv.kind, None) == PREBUILT_ENV
+    assert shown_env(None, None) == NO_ENV
+    assert shown_env(venv.kind, KEY) == KEY
 
 
 class _Terminal(io.StringIO):
