@@ -219,9 +219,10 @@ class Builder:
                 log.debug("installer done for %s", label)
                 if self.progress is not None:
                     self.progress.finished(label, time.perf_counter() - began, ok)
-            return env_metadata(
-                venv, resolved, interpreter, installer.name, installer.version(), options
+            meta = env_metadata(
+                venv, key, resolved, interpreter, installer.name, installer.version(), options
             )
+            return meta.to_json()
 
         env, built = self.store.get_or_build(key, build, label=label, force=self.refresh)
         seconds = time.perf_counter() - began

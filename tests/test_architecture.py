@@ -7,6 +7,7 @@ Every module must be placed in a layer, so a new module is placed on purpose.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,74 @@ def test_the_kind_switch_check_can_fail(snippet: str) -> None:
 
 def test_the_kind_switch_check_lets_a_kind_pass_through() -> None:
     assert kind_switches("row = Row(kind=plan.kind)\nprint(f'{done.kind}')\n") == []
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of every bare string statement (docstrings, attribute docstrings)."""
+    return {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+
+
+def group_prefix_spellings(source: str) -> list[str]:
+    """String literals in code (not docs) that spell the ``reva.`` entry-point group prefix."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    prefix = re.compile(r"(?<![\w.])reva\.")
+    return [
+        f"line {node.lineno}: {node.value[:60]!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docs
+        and prefix.search(node.value)
+    ]
+
+
+def test_the_entry_point_group_prefix_has_one_home() -> None:
+    """``reva.`` is spelled in ``services._base.GROUP_PREFIX`` only; the rest (``ServiceType.group``,
+    the scaffold's pyproject, the env scan) reads it from there."""
+    spelled = {
+        name: found
+        for name, path in MODULES.items()
+        if (found := group_prefix_spellings(path.read_text(encoding="utf-8")))
+    }
+    assert set(spelled) == {"services._base"}
+    assert len(spelled["services._base"]) == 1
+    assert group_prefix_spellings('T = """[project.entry-points."reva.{service}"]"""\n') != []
+
+
+def dict_literal_keys(source: str) -> list[set[str]]:
+    """The constant keys of every dict literal in ``source``."""
+    return [
+        {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Dict)
+    ]
+
+
+def test_the_env_metadata_schema_is_written_only_by_its_record() -> None:
+    """``EnvMetadata`` (in ``_store``) is the one writer of the metadata file's fields: nothing
+    else builds a dict with most of them (``_envinfo`` builds the record itself)."""
+    from reva_plugins._store import EnvMetadata
+
+    fields = {f for f in EnvMetadata.__dataclass_fields__ if f != "extra"}
+    writers = sorted(
+        name
+        for name, path in MODULES.items()
+        if name != "_store"
+        and any(
+            len(keys & fields) * 2 >= len(fields)
+            for keys in dict_literal_keys(path.read_text(encoding="utf-8"))
+        )
+    )
+    assert writers == []
+    assert any(
+        len(keys & fields) * 2 >= len(fields)
+        for keys in dict_literal_keys(MODULES["_store"].read_text(encoding="utf-8"))
+    )
 
 
 def test_the_checker_sees_imports() -> None:

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from reva_plugins import ConfigError, SourceError, UsageError
 from reva_plugins._config import parse
+from reva_plugins._envinfo import env_metadata
 from reva_plugins._errors import EnvBuildError, ExitCode
 from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
+from reva_plugins._installers import InstallOptions
 from reva_plugins._plan import (
     NO_ENV,
     PREBUILT_ENV,
@@ -27,7 +29,7 @@ from reva_plugins._plan import (
 )
 from reva_plugins._present import CheckRow, TickingProgress
 from reva_plugins._python import Interpreter
-from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv
+from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
 from reva_plugins._store import EnvMetadata, MetadataError
 
 # -- spec classification ------------------------------------------------------------------------
@@ -181,6 +183,32 @@ def test_metadata_of_the_wrong_shape_names_the_field(changes: dict[str, Any], na
 def test_metadata_that_is_not_an_object_is_refused(data: object) -> None:
     with pytest.raises(MetadataError):
         EnvMetadata.from_json(data)
+
+
+def _fake_venv(root: Path) -> Path:
+    """A venv's site-packages holding one distribution with an entry point and a PEP 610 record."""
+    info = root / "lib" / "python3.12" / "site-packages" / "demo-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[reva.userprovider]\ndemo = demo:Provider\n")
+    (info / "direct_url.json").write_text('{"url": "file:///x", "archive_info": {}}')
+    return root
+
+
+def test_a_built_envs_metadata_is_the_record_itself(tmp_path: Path) -> None:
+    """``_envinfo`` builds the :class:`EnvMetadata` record (no schema of its own): what it
+    returns is what the store writes and reads back."""
+    resolved = Resolved("wheel", "./demo.whl", "sha256:ab", ("./demo.whl",), pins={"sha256": "ab"})
+    python = Interpreter("/py", "CPython", "3.12.1")
+    meta = env_metadata(_fake_venv(tmp_path), KEY, resolved, python, "uv", "0.6", InstallOptions())
+    assert isinstance(meta, EnvMetadata)
+    assert EnvMetadata.from_json(meta.to_json()) == meta
+    assert (meta.key, meta.kind, meta.identity, meta.python.version) == (
+        KEY, "wheel", "sha256:ab", "3.12.1"
+    )  # fmt: skip
+    assert [(d.name, d.version) for d in meta.distributions] == [("demo", "1.0")]
+    assert meta.entry_points["reva.userprovider"]["demo"].value == "demo:Provider"
+    assert meta.resolved == {"sha256": "ab"}
 
 
 # -- argument binding ---------------------------------------------------------------------------
