@@ -13,9 +13,8 @@ from ._host import Host
 from ._redact import REDACTED
 from .services import CheckFailed, CheckSkipped, ConformanceContext, get_service
 from .services._base import echoes
-from .services.userprovider import user_problems
 
-__all__ = ["Check", "Report", "run_conformance", "user_problems"]
+__all__ = ["Check", "Report", "run_conformance"]
 
 
 @dataclass(frozen=True)

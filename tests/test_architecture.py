@@ -219,6 +219,22 @@ def test_the_kind_switch_check_lets_a_kind_pass_through() -> None:
     assert kind_switches("row = Row(kind=plan.kind)\nprint(f'{done.kind}')\n") == []
 
 
+#: The service modules the package ships; only the registry (``services``) names them.
+BUILTIN_SERVICES = {"services.userprovider", "services.authprovider", "services.groupprovider"}
+
+
+def test_service_knowledge_is_reached_through_the_service_type() -> None:
+    """Nothing outside ``services/`` imports a service module by name: conformance, the kit,
+    scaffold, host and CLI read what a service knows from its :class:`ServiceType`."""
+    importers = {
+        name: sorted(deps & BUILTIN_SERVICES)
+        for name, deps in IMPORTS.items()
+        if not (name == "services" or name.startswith("services.")) and deps & BUILTIN_SERVICES
+    }
+    assert importers == {}
+    assert IMPORTS["services"] >= BUILTIN_SERVICES  # the checker sees such imports
+
+
 def _docstrings(tree: ast.AST) -> set[int]:
     """The ids of every bare string statement (docstrings, attribute docstrings)."""
     return {

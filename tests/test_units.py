@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reva_plugins import ConfigError, SourceError, UsageError
+from reva_plugins import SERVICES, ConfigError, SourceError, UsageError
 from reva_plugins._config import parse
 from reva_plugins._envinfo import env_metadata
 from reva_plugins._errors import EnvBuildError, ExitCode
@@ -31,6 +31,7 @@ from reva_plugins._present import CheckRow, TickingProgress
 from reva_plugins._python import Interpreter
 from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
 from reva_plugins._store import EnvMetadata, MetadataError
+from reva_plugins.testing import result_problems
 
 # -- spec classification ------------------------------------------------------------------------
 
@@ -363,6 +364,17 @@ def test_the_env_column_is_chosen_by_planning(tmp_path: Path) -> None:
     assert shown_env(venv.kind, None) == PREBUILT_ENV
     assert shown_env(None, None) == NO_ENV
     assert shown_env(venv.kind, KEY) == KEY
+
+
+def test_the_kit_checks_results_through_the_service_type() -> None:
+    bad = {"secret": "x"}
+    assert result_problems("userprovider", "get_user", bad) == SERVICES[
+        "userprovider"
+    ].validate_result("get_user", bad)
+    assert result_problems("userprovider", "get_user", bad) != []
+    assert result_problems("groupprovider", "get_members", []) == []
+    with pytest.raises(UsageError, match="unknown service"):
+        result_problems("nosuch", "get", None)
 
 
 class _Terminal(io.StringIO):
