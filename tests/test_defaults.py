@@ -207,3 +207,30 @@ def test_the_literal_default_check_passes_what_config_may_write() -> None:
         "def f(raw, n):\n    return raw.read(n + 1), len(raw) > 0\n"
     )
     assert literal_defaults(allowed) == []
+
+
+def _constant_names(path: Path) -> list[str]:
+    names: list[str] = []
+    for stmt in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(stmt, ast.Assign):
+            names += [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            names.append(stmt.target.id)
+        elif isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            names.append(stmt.name)
+    return [n for n in names if n.isupper() and not n.startswith("_")]
+
+
+@pytest.mark.parametrize("module", ["_config", "_defaults"])
+def test_every_setting_name_is_read_somewhere_else(module: str) -> None:
+    """A constant nobody reads outside its module (``GRPC_KEYS`` was one) is dead, or a second
+    home of something kept elsewhere."""
+    path = ROOT / "reva_plugins" / f"{module}.py"
+    others = "\n".join(
+        p.read_text(encoding="utf-8")
+        for folder in ("reva_plugins", "tests", "benchmarks")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if p != path
+    )
+    unread = [n for n in _constant_names(path) if not re.search(rf"\b{n}\b", others)]
+    assert unread == []
