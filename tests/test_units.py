@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reva_plugins import SERVICES, ConfigError, SourceError, UsageError
+from reva_plugins import SERVICES, ConfigError, SourceError, UsageError, _wire
 from reva_plugins._config import parse
 from reva_plugins._envinfo import env_metadata
-from reva_plugins._errors import EnvBuildError, ExitCode
+from reva_plugins._errors import EnvBuildError, ExitCode, InvalidArgument, RemoteError
 from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
 from reva_plugins._installers import InstallOptions
 from reva_plugins._plan import (
@@ -28,6 +28,7 @@ from reva_plugins._plan import (
     shown_env,
 )
 from reva_plugins._present import CheckRow, TickingProgress
+from reva_plugins._protocol import error_to_exception
 from reva_plugins._python import Interpreter
 from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
 from reva_plugins._store import EnvMetadata, MetadataError
@@ -394,3 +395,51 @@ def test_the_ticker_stays_silent_off_a_terminal_and_clears_its_line_on_one() -> 
     ticker.started("userprovider (x)")
     ticker.finished("userprovider (x)", 0.0, ok=False)
     assert terminal.getvalue().endswith("\r\033[K")
+
+
+# -- the protocol reference agrees with the code --------------------------------------------------
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def _doc_row(code: int) -> str:
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    return next(line for line in text.splitlines() if line.startswith(f"| {code} |"))
+
+
+@pytest.mark.parametrize(
+    ("code", "raised", "type_name"),
+    [
+        (_wire.PARSE_ERROR, RemoteError, "ParseError"),
+        (_wire.INVALID_REQUEST, RemoteError, "InvalidRequest"),
+        (_wire.METHOD_NOT_FOUND, RemoteError, "MethodNotFound"),
+        (_wire.INVALID_PARAMS, InvalidArgument, "InvalidArgument"),
+        (_wire.INTERNAL_ERROR, RemoteError, "InternalError"),
+    ],
+)
+def test_the_protocol_docs_error_table_says_what_the_core_raises(
+    code: int, raised: type[RemoteError], type_name: str
+) -> None:
+    exc = error_to_exception({"code": code, "message": "m"}, plugin="p")
+    assert (type(exc), exc.type, exc.code) == (raised, type_name, code)
+    row = _doc_row(code)
+    shown = f"`{raised.__name__}`" + (f" (type `{type_name}`)" if raised is RemoteError else "")
+    assert row.endswith(f"| {shown} |"), row
+
+
+def test_the_protocol_docs_name_every_wire_definition() -> None:
+    """Each public name of ``_wire`` is in the reference's table of names, with its value."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    table = text[text.index("## Where the names are defined") :]
+    names = [
+        name
+        for name, value in vars(_wire).items()
+        if not name.startswith("_")
+        and name not in ("TYPE_CHECKING", "TypedDict", "annotations")
+        and (name.isupper() or isinstance(value, type))
+    ]
+    assert len(names) > 20
+    missing = [name for name in names if f"`{name}`" not in table]
+    assert missing == []
+    for name in ("PARSE_ERROR", "INVALID_REQUEST", "APPLICATION_ERROR", "DEFAULT_MAX_LINE"):
+        assert str(getattr(_wire, name)) in table
