@@ -47,6 +47,10 @@ class LoaderSettings:
     allow_http: bool = _defaults.ALLOW_HTTP
     #: A bundle (``env export``'s tar file or folder) to build locked envs from, offline.
     bundle: Path | None = None
+    #: Not a key: the folder of the file this table was read from, which relative
+    #: ``allowed_sources`` patterns resolve against wherever the settings are used (``env build
+    #: SPEC --plugins-from``); None: the folder of the config they are part of.
+    policy_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +293,8 @@ def _key(table: str, name: object) -> str:
     return f"{table}.{_show(name)}"
 
 
+#: The keys of the ``[plugins]`` table.
+_LOADER_KEYS = tuple(f.name for f in dataclasses.fields(LoaderSettings) if f.name != "policy_dir")
 #: The keys of a service table the core reads; every other key there is the driver's own.
 SERVICE_KEYS = ("driver", "drivers", "plugin")
 _PLUGIN_OPTIONS = tuple(f.name for f in dataclasses.fields(PluginOptions))
@@ -401,8 +407,7 @@ class _Reader:
     def loader_settings(self, raw: Any) -> LoaderSettings:
         key = "plugins"
         table = self.table(raw, key)
-        fields = tuple(f.name for f in dataclasses.fields(LoaderSettings))
-        self.check_keys(table, key, fields)
+        self.check_keys(table, key, _LOADER_KEYS)
         defaults = LoaderSettings()
         cache_dir = self.text(table, key, "cache_dir")
         find_links = self.strings(table, key, "find_links") or ()
@@ -428,6 +433,7 @@ class _Reader:
             or defaults.max_download_mb,
             allow_http=self.flag(table, key, "allow_http", defaults.allow_http),
             bundle=None if bundle is None else self.path(f"{key}.bundle", bundle),
+            policy_dir=self.base_dir,
         )
 
     def serve_settings(self, grpc: Mapping[str, Any], raw_metrics: Any) -> ServeSettings:

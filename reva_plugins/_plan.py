@@ -124,11 +124,15 @@ def classify_driver(
     base_dir: Path,
     sha256: str | None = None,
     allowed: tuple[str, ...] = _defaults.ALLOWED_SOURCES,
+    policy_dir: Path | None = None,
 ) -> Classified:
     """The one way from a driver spec to a source: classify it, then apply ``allowed_sources``
-    to its normalised origin (see :class:`SourcePolicy` for what each kind is matched on)."""
+    to its normalised origin (see :class:`SourcePolicy` for what each kind is matched on).
+
+    A relative spec resolves against ``base_dir``, a relative pattern against ``policy_dir``
+    (the folder of the file the patterns come from; default ``base_dir``)."""
     source = classify(driver, base_dir=base_dir, sha256=sha256)
-    SourcePolicy(allowed, base_dir).check(driver, source)
+    SourcePolicy(allowed, policy_dir or base_dir).check(driver, source)
     return source
 
 
@@ -201,6 +205,7 @@ class Planner:
             base_dir=self.config.base_dir,
             sha256=svc.plugin.sha256,
             allowed=self.settings.allowed_sources,
+            policy_dir=self.settings.policy_dir,
         )
 
     def built_source(self, svc: ServiceConfig) -> Source | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_config_supervisor_and_cli_read_the_same_defaults() -> None:
     assert svc.plugin.restart == LaunchSpec.restart == _defaults.RESTART
     assert LaunchSpec.max_line == _defaults.MAX_LINE
     assert Supervisor.MAX_CRASHES == _defaults.MAX_CRASHES
-    assert config.plugins == _config.LoaderSettings()
+    assert dataclasses.replace(config.plugins, policy_dir=None) == _config.LoaderSettings()
     assert config.serve == _config.ServeSettings()
     assert svc.plugin == _config.PluginOptions()
     args = _parser().parse_args(["env", "prune"])
