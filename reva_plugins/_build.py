@@ -1,13 +1,18 @@
 """Env build or reuse: from a source to a cached env in the store, with the chosen interpreter
 and installer. Reports each build to a :class:`BuildProgress`.
+
+The builder never tells source kinds apart: planning hands it a :class:`Buildable`, the source
+with what its kind implies for a build (a wheel to tag-check, an archive to fetch late).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +25,7 @@ from ._redact import redact
 from ._sources import ArchiveURL, NeedsNetwork, ResolveContext, Resolved, Source
 from ._store import Env, Store, default_cache_dir, make_key
 from ._subprocess import CommandFailed
-from ._wheels import check_wheel
+from ._wheels import check_tags
 from ._wire import PROTOCOL_VERSIONS
 
 log = logging.getLogger("reva_plugins.loader")
@@ -37,6 +42,25 @@ class BuildProgress(Protocol):
 
     def finished(self, label: str, seconds: float, ok: bool) -> None:
         """The build for ``label`` ended after ``seconds``; ``ok`` is False when it failed."""
+
+
+@dataclass(frozen=True)
+class Buildable:
+    """A source as planning hands it to the builder (see ``_plan.for_build``)."""
+
+    source: Source
+    #: The file name of the wheel the source installs as it is: its tags are checked against
+    #: the plugin's Python before anything is fetched or built.
+    wheel: str | None = None
+    #: An archive URL, which a lock pins without fetching it: downloaded (and checked against
+    #: the lock's sha256) only when a locked env is built and the plugin's wheel is not cached.
+    archive: ArchiveURL | None = None
+
+    def check_fits(self, interpreter: _python.Interpreter) -> None:
+        """Refuse (exit 2) a wheel whose tags do not fit ``interpreter``; any other source fits
+        as far as can be told before building it."""
+        if self.wheel is not None:
+            check_tags(self.wheel, interpreter, self.source.spec)
 
 
 class Builder:
@@ -85,13 +109,15 @@ class Builder:
             offline=self.settings.offline,
         )
 
-    def env_for(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
-        """The cached env for ``source`` (built now if missing); whether built; seconds taken.
+    def env_for(self, svc: ServiceConfig, buildable: Buildable) -> tuple[Env, bool, float]:
+        """The cached env for ``buildable`` (built now if missing); whether built; seconds taken.
 
         With a lock, the source is pinned to what the lock says (drift is an error) and the env
         is installed with the lock's hashes."""
         label = f"{svc.service} ({redact(svc.driver)})"
+        source = buildable.source
         interpreter = self.interpreter(svc)
+        buildable.check_fits(interpreter)
         installer = self.installer()
         options = self.install_options()
         ctx = self.resolve_context(installer, interpreter, options)
@@ -104,8 +130,7 @@ class Builder:
                 resolved = source.resolve(ctx)
         except NeedsNetwork as exc:
             return self._newest_cached(source, interpreter, exc), False, 0.0
-        check_wheel(resolved, interpreter)
-        return self.env(label, resolved, interpreter, installer, options, entry)
+        return self.env(label, resolved, interpreter, installer, options, entry, buildable.archive)
 
     def interpreter(self, svc: ServiceConfig) -> _python.Interpreter:
         """The base interpreter of ``svc``'s env."""
@@ -151,9 +176,10 @@ class Builder:
         installer: Installer,
         options: InstallOptions,
         entry: _lock.LockEntry | None,
+        archive: ArchiveURL | None = None,
     ) -> tuple[Env, bool, float]:
         """The env for ``resolved`` (as ``entry`` of a lock pins it, if given): cached, or built
-        now; whether built; seconds taken."""
+        now; whether built; seconds taken. ``archive``: see :attr:`Buildable.archive`."""
         if entry is None:
             key = make_key(
                 {
@@ -178,7 +204,7 @@ class Builder:
                 if entry is None:
                     installer.install(venv, resolved.install_args, options)
                 else:
-                    self._install_locked(installer, venv, entry, resolved, options)
+                    self._install_locked(installer, venv, entry, resolved, options, archive)
                 ok = True
             except CommandFailed as exc:
                 raise EnvBuildError(
@@ -193,9 +219,10 @@ class Builder:
                 log.debug("installer done for %s", label)
                 if self.progress is not None:
                     self.progress.finished(label, time.perf_counter() - began, ok)
-            return env_metadata(
-                venv, resolved, interpreter, installer.name, installer.version(), options
+            meta = env_metadata(
+                venv, key, resolved, interpreter, installer.name, installer.version(), options
             )
+            return meta.to_json()
 
         env, built = self.store.get_or_build(key, build, label=label, force=self.refresh)
         seconds = time.perf_counter() - began
@@ -210,9 +237,11 @@ class Builder:
         entry: _lock.LockEntry,
         resolved: Resolved,
         options: InstallOptions,
+        archive: ArchiveURL | None,
     ) -> None:
         """Install what the lock pins: from the bundle (checked, offline) if there is one, else
-        from the index with the lock's hashes (the plugin's wheel from this cache if built here)."""
+        from the index with the lock's hashes (the plugin's wheel from this cache if built here,
+        else ``archive``, if the source is one, fetched now)."""
         bundle = self.bundle()
         if bundle is not None:
             bundle.check(entry)
@@ -222,16 +251,15 @@ class Builder:
         wheels = self.store.root / "wheels" / entry.wheel_sha256
         with contextlib.suppress(OSError):  # used now: env prune keeps it
             os.utime(wheels)
-        if resolved.kind.endswith("-url") and not (wheels / entry.wheel).is_file():
-            # Not built here: the archive itself, fetched now (the lock pins its sha256).
+        if archive is not None and not (wheels / entry.wheel).is_file():
             ctx = ResolveContext(
                 offline=self.settings.offline,
                 downloads=self.store.root / "downloads",
                 max_download_bytes=self.settings.max_download_mb << 20,
                 allow_http=self.settings.allow_http,
             )
-            archive = ArchiveURL(resolved.install_args[0], sha256=entry.pins["sha256"])
-            resolved = archive.resolve(ctx)
+            pinned = dataclasses.replace(archive, sha256=entry.pins["sha256"])
+            resolved = pinned.resolve(ctx)
         _lock.install(installer, venv, entry, resolved, options, wheels=wheels)
 
     def _newest_cached(

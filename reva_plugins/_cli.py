@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,11 @@ from .services import BUILTIN
 SERVICE_HELP = (
     f"the service type: {', '.join(BUILTIN)}, or one an installed package registers "
     "(entry point group reva_plugins.services)"
+)
+
+PLUGINS_FROM_HELP = (
+    "a revad config whose [plugins] table applies to {what} (allowed_sources, index_url, "
+    "python …; its relative paths and patterns resolve against its own folder)"
 )
 
 log = logging.getLogger("reva_plugins.cli")
@@ -174,7 +180,7 @@ def _global_options(*, defaults: bool) -> _Parser:
         help="env cache (default: $REVA_PLUGINS_CACHE_DIR or the user cache dir)",
     )
     common.add_argument(
-        "--installer", choices=_config.INSTALLERS, default=default(None), help="installer backend"
+        "--installer", choices=_defaults.INSTALLERS, default=default(None), help="installer backend"
     )
     common.add_argument(
         "--offline", action="store_true", default=default(None), help="never touch the network"
@@ -225,6 +231,12 @@ def _parser() -> _Parser:
         "--config", type=_path, metavar="FILE", help="TOML file with the driver's config table"
     )
     conf.add_argument(
+        "--plugins-from",
+        type=_path,
+        metavar="CONFIG",
+        help=PLUGINS_FROM_HELP.format(what="the spec"),
+    )
+    conf.add_argument(
         "--credentials",
         type=_credentials,
         metavar="ID:SECRET",
@@ -271,7 +283,10 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     status.add_argument("address", type=_text, metavar="ADDRESS", help="its [metrics] address")
     status.add_argument(
-        "--timeout", type=_number(_config.TIMEOUT_SECONDS, "seconds"), default=5.0, help="seconds"
+        "--timeout",
+        type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
+        default=_defaults.STATUS_TIMEOUT,
+        help="seconds",
     )
     status.set_defaults(handler=lazy("cmd_status"))
     reload = sub.add_parser("reload", parents=[common], help="make a running server reload")
@@ -360,6 +375,12 @@ def _add_env_commands(sub: Any, common: _Parser) -> None:
     build.add_argument("targets", nargs="+", type=_text, metavar="CONFIG|SPEC")
     build.add_argument(
         "--python", type=_text, help="interpreter for specs given directly (a version or path)"
+    )
+    build.add_argument(
+        "--plugins-from",
+        type=_path,
+        metavar="CONFIG",
+        help=PLUGINS_FROM_HELP.format(what="specs given directly"),
     )
     build.add_argument("--refresh", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=cmd_env_build)
@@ -485,20 +506,30 @@ def _store(args: argparse.Namespace) -> Store:
     return store
 
 
+def _settings(args: argparse.Namespace) -> _config.LoaderSettings:
+    """The loader settings for specs typed on the command line: ``--plugins-from``'s
+    ``[plugins]`` table, else the defaults (whose ``allowed_sources`` allows every spec)."""
+    if args.plugins_from is None:
+        return _config.LoaderSettings()
+    return _config.load_file(args.plugins_from).plugins
+
+
 def cmd_env_build(args: argparse.Namespace) -> int:
     """``env build CONFIG|SPEC…``: build what is missing and print one env key per line.
 
-    A config is planned like ``check`` plans it, under its ``[plugins] allowed_sources``. Specs
-    given directly are the operator's own choice: no config, so no allow-list applies (as with
-    ``conformance``); relative paths resolve against the working directory.
+    A config is planned like ``check`` plans it, under its own ``[plugins]`` table. Specs given
+    directly are planned under ``--plugins-from``'s table (``allowed_sources`` included), else
+    under the defaults; their relative paths resolve against the working directory.
     """
+    settings = _settings(args)
     for target in args.targets:
         path = Path(target)
         if path.suffix == ".toml" and path.is_file():
             config = _config.load_file(path).with_overrides(**_overrides(args))
             services = config.services
         else:
-            config = _config.Config(base_dir=Path.cwd()).with_overrides(**_overrides(args))
+            config = _config.Config(base_dir=Path.cwd(), plugins=settings)
+            config = config.with_overrides(**_overrides(args))
             options = _config.PluginOptions(python=args.python)
             services = (_config.ServiceConfig("env", target, options, {}),)
         planner = Planner(config, refresh=args.refresh, progress=PROGRESS)
@@ -607,14 +638,20 @@ def _human_size(size: float) -> str:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    """``conformance SPEC --service S``: a pass/fail table; exit 0 if every check passes."""
+    """``conformance SPEC --service S``: a pass/fail table; exit 0 if every check passes.
+
+    The plugin runs in the folder of ``--config`` (the driver's table), under the ``[plugins]``
+    table of ``--plugins-from`` (else the defaults), as ``env build SPEC`` plans a spec.
+    """
     config: dict[str, Any] = {}
     base_dir = Path.cwd()
     if args.config:
         config = _config.load_driver_table(args.config)
         base_dir = args.config.resolve().parent
     credentials: tuple[str, str] | None = args.credentials
-    plugins = {"python": args.python} if args.python else {}
+    plugins = _settings(args)
+    if args.python:
+        plugins = dataclasses.replace(plugins, python=args.python)
     report = run_conformance(
         absolute_spec(args.spec, Path.cwd()),
         args.service,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import stat
 import sys
 import unicodedata
@@ -23,15 +24,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-INSTALLERS = ("auto", "uv", "pip")
-RESTART_POLICIES = _defaults.RESTART_POLICIES
-
-# The bounds every number a user writes is checked against (see _defaults), by their old names.
+# Old names of two bounds, kept only while modules outside this one still read them here
+# (serve/_server.py, tests/test_hostile.py): read _defaults.TIMEOUT_BOUNDS and MAX_NESTING.
 TIMEOUT_SECONDS = _defaults.TIMEOUT_BOUNDS
-MAX_CONCURRENCY = _defaults.MAX_CONCURRENCY_BOUNDS
-UNUSED_DAYS = _defaults.UNUSED_DAYS_BOUNDS
 MAX_NESTING = _defaults.MAX_NESTING
-MAX_CONFIG_BYTES = _defaults.MAX_CONFIG_BYTES
 
 
 @dataclass(frozen=True)
@@ -39,18 +35,22 @@ class LoaderSettings:
     """The ``[plugins]`` table: how plugins are fetched, built and run."""
 
     cache_dir: Path | None = None
-    installer: str = "auto"
+    installer: str = _defaults.INSTALLER
     python: str | None = None
     start_timeout: float = _defaults.START_TIMEOUT
     call_timeout: float = _defaults.CALL_TIMEOUT
-    allowed_sources: tuple[str, ...] = ("*",)
-    offline: bool = False
+    allowed_sources: tuple[str, ...] = _defaults.ALLOWED_SOURCES
+    offline: bool = _defaults.OFFLINE
     index_url: str | None = None
     find_links: tuple[str, ...] = ()
     max_download_mb: int = _defaults.MAX_DOWNLOAD_MB
-    allow_http: bool = False
+    allow_http: bool = _defaults.ALLOW_HTTP
     #: A bundle (``env export``'s tar file or folder) to build locked envs from, offline.
     bundle: Path | None = None
+    #: Not a key: the folder of the file this table was read from, which relative
+    #: ``allowed_sources`` patterns resolve against wherever the settings are used (``env build
+    #: SPEC --plugins-from``); None: the folder of the config they are part of.
+    policy_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class PluginOptions:
     memory_mb: int | None = None
     cpu_seconds: int | None = None
     open_files: int | None = None
-    network: bool = True
+    network: bool = _defaults.NETWORK
 
     @property
     def limits(self) -> ResourceLimits:
@@ -103,34 +103,31 @@ class ServiceConfig:
 
 # -- serve: the [grpc] and [metrics] tables `reva-plugins serve` reads -------------------------
 
-#: Seconds ``[grpc] shutdown_grace`` may be: in-flight RPCs get this long to finish on SIGTERM.
-SHUTDOWN_GRACE_SECONDS: tuple[float, float] = (0.0, 3_600.0)
-#: ``[grpc] workers``: threads serving RPCs (each holds one call in flight).
-SERVE_WORKERS: tuple[int, int] = (1, 1024)
-ACCESS_LOG_LEVELS = ("debug", "info", "warning", "off")
-#: The ``[grpc]`` keys serve reads; revad's other keys there (``network``, ``interceptors`` …)
-#: are left alone, so a revad config is served unchanged.
-GRPC_KEYS = ("address", "tls_cert", "tls_key", "shutdown_grace", "workers", "access_log")
-
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """The ``[grpc]`` and ``[metrics]`` tables: where and how ``serve`` listens."""
+    """The ``[grpc]`` and ``[metrics]`` tables: where and how ``serve`` listens.
 
-    address: str = "0.0.0.0:19000"  # revad's default
+    Of ``[grpc]`` only these keys are read; revad's others there (``network``,
+    ``interceptors`` …) are left alone, so a revad config is served unchanged.
+    """
+
+    address: str = _defaults.SERVE_ADDRESS
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    shutdown_grace: float = 30.0
-    workers: int = 16
-    access_log: str = "info"
+    shutdown_grace: float = _defaults.SERVE_SHUTDOWN_GRACE
+    workers: int = _defaults.SERVE_WORKERS
+    access_log: str = _defaults.ACCESS_LOG
     metrics_address: str | None = None
 
 
 def address_problem(value: str) -> str | None:
-    """Why ``value`` is no ``HOST:PORT`` to listen on (port 0 to 65535); None if it is."""
+    """Why ``value`` is no ``HOST:PORT`` to listen on (see ``_defaults.PORT_BOUNDS``); None if
+    it is."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
-        return "must be HOST:PORT with a port from 0 to 65535 (e.g. 0.0.0.0:19000)"
+    low, high = _defaults.PORT_BOUNDS
+    if not sep or not port.isascii() or not port.isdigit() or not low <= int(port) <= high:
+        return f"must be HOST:PORT with a port from {low} to {high} (e.g. 0.0.0.0:19000)"
     if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
         return "must be HOST:PORT (an IPv6 host in brackets: [::1]:19000)"
     return None
@@ -213,7 +210,7 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def nesting_exceeds(value: object, limit: int = MAX_NESTING) -> bool:
+def nesting_exceeds(value: object, limit: int = _defaults.MAX_NESTING) -> bool:
     """True if tables/arrays (dicts/lists) in ``value`` nest deeper than ``limit`` levels."""
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:  # iterative: the point is to never recurse on hostile input
@@ -250,14 +247,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         if not stat.S_ISREG(mode):
             raise ConfigError("is not a regular file (a FIFO, device or socket)", file=shown)
         with open(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+            raw = f.read(_defaults.MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", file=shown) from None
     finally:
         os.close(fd)
-    if len(raw) > MAX_CONFIG_BYTES:
+    if len(raw) > _defaults.MAX_CONFIG_BYTES:
         raise ConfigError(
-            f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file", file=shown
+            f"larger than {_defaults.MAX_CONFIG_BYTES >> 20} MiB: not a config file", file=shown
         )
     try:
         text = raw.decode("utf-8")
@@ -275,7 +272,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _too_deep() -> str:
-    return f"tables and arrays nest deeper than {MAX_NESTING} levels"
+    return f"tables and arrays nest deeper than {_defaults.MAX_NESTING} levels"
 
 
 def _printable(text: str) -> str:
@@ -296,6 +293,8 @@ def _key(table: str, name: object) -> str:
     return f"{table}.{_show(name)}"
 
 
+#: The keys of the ``[plugins]`` table.
+_LOADER_KEYS = tuple(f.name for f in dataclasses.fields(LoaderSettings) if f.name != "policy_dir")
 #: The keys of a service table the core reads; every other key there is the driver's own.
 SERVICE_KEYS = ("driver", "drivers", "plugin")
 _PLUGIN_OPTIONS = tuple(f.name for f in dataclasses.fields(PluginOptions))
@@ -341,6 +340,11 @@ class _Reader:
             raise self.error(f"{key}.{name}", f"must be {expected}, not {type(value).__name__}")
         return value
 
+    def flag(self, table: Mapping[str, Any], key: str, name: str, default: bool) -> bool:
+        """A boolean setting; ``default`` when it is not written."""
+        value: bool | None = self.typed(table, key, name, bool)
+        return default if value is None else value
+
     def text(self, table: Mapping[str, Any], key: str, name: str) -> str | None:
         """A string setting: present and non-empty, without control characters."""
         value: str | None = self.typed(table, key, name, str)
@@ -353,7 +357,7 @@ class _Reader:
         value = self.typed(table, key, name, (int, float))
         if value is None:
             return None
-        problem = number_problem(value, TIMEOUT_SECONDS, "seconds")
+        problem = number_problem(value, _defaults.TIMEOUT_BOUNDS, "seconds")
         if problem:
             raise self.error(f"{key}.{name}", problem)
         return float(value)
@@ -403,8 +407,7 @@ class _Reader:
     def loader_settings(self, raw: Any) -> LoaderSettings:
         key = "plugins"
         table = self.table(raw, key)
-        fields = tuple(f.name for f in dataclasses.fields(LoaderSettings))
-        self.check_keys(table, key, fields)
+        self.check_keys(table, key, _LOADER_KEYS)
         defaults = LoaderSettings()
         cache_dir = self.text(table, key, "cache_dir")
         find_links = self.strings(table, key, "find_links") or ()
@@ -412,21 +415,25 @@ class _Reader:
         bundle = self.text(table, key, "bundle")
         return LoaderSettings(
             cache_dir=None if cache_dir is None else self.path(f"{key}.cache_dir", cache_dir),
-            installer=self.choice(table, key, "installer", INSTALLERS) or defaults.installer,
+            installer=self.choice(table, key, "installer", _defaults.INSTALLERS)
+            or defaults.installer,
             python=self.python(table, key),
             start_timeout=self.timeout(table, key, "start_timeout") or defaults.start_timeout,
             call_timeout=self.timeout(table, key, "call_timeout") or defaults.call_timeout,
             allowed_sources=defaults.allowed_sources if allowed is None else allowed,
-            offline=bool(self.typed(table, key, "offline", bool)),
+            offline=self.flag(table, key, "offline", defaults.offline),
             index_url=self.text(table, key, "index_url"),
             find_links=tuple(
                 link if "://" in link else str(self.path(f"{key}.find_links[{i}]", link))
                 for i, link in enumerate(find_links)
             ),
-            max_download_mb=self.bounded_int(table, key, "max_download_mb", (1, 1 << 20))
+            max_download_mb=self.bounded_int(
+                table, key, "max_download_mb", _defaults.MAX_DOWNLOAD_MB_BOUNDS
+            )
             or defaults.max_download_mb,
-            allow_http=bool(self.typed(table, key, "allow_http", bool)),
+            allow_http=self.flag(table, key, "allow_http", defaults.allow_http),
             bundle=None if bundle is None else self.path(f"{key}.bundle", bundle),
+            policy_dir=self.base_dir,
         )
 
     def serve_settings(self, grpc: Mapping[str, Any], raw_metrics: Any) -> ServeSettings:
@@ -443,7 +450,9 @@ class _Reader:
             raise self.error("grpc.tls_cert", "tls_cert and tls_key go together (or neither)")
         grace = self.typed(grpc, "grpc", "shutdown_grace", (int, float))
         problem = (
-            None if grace is None else number_problem(grace, SHUTDOWN_GRACE_SECONDS, "seconds")
+            None
+            if grace is None
+            else number_problem(grace, _defaults.SERVE_SHUTDOWN_GRACE_BOUNDS, "seconds")
         )
         if problem:
             raise self.error("grpc.shutdown_grace", problem)
@@ -453,8 +462,9 @@ class _Reader:
             tls_cert=self.path("grpc.tls_cert", tls["tls_cert"]) if tls["tls_cert"] else None,
             tls_key=self.path("grpc.tls_key", tls["tls_key"]) if tls["tls_key"] else None,
             shutdown_grace=defaults.shutdown_grace if grace is None else float(grace),
-            workers=self.bounded_int(grpc, "grpc", "workers", SERVE_WORKERS) or defaults.workers,
-            access_log=self.choice(grpc, "grpc", "access_log", ACCESS_LOG_LEVELS)
+            workers=self.bounded_int(grpc, "grpc", "workers", _defaults.SERVE_WORKERS_BOUNDS)
+            or defaults.workers,
+            access_log=self.choice(grpc, "grpc", "access_log", _defaults.ACCESS_LOG_LEVELS)
             or defaults.access_log,
             metrics_address=addresses["metrics"],
         )
@@ -523,16 +533,17 @@ class _Reader:
                 raise self.error(
                     where, "must not contain control characters (other than tabs and newlines)"
                 )
-        concurrency = self.bounded_int(table, key, "max_concurrency", MAX_CONCURRENCY)
+        concurrency = self.bounded_int(
+            table, key, "max_concurrency", _defaults.MAX_CONCURRENCY_BOUNDS
+        )
         limits = {
-            name: self.bounded_int(table, key, name, (1, high))
-            for name, high in (
-                ("memory_mb", 1 << 30),
-                ("cpu_seconds", 1 << 31),
-                ("open_files", 1 << 20),
+            name: self.bounded_int(table, key, name, bounds)
+            for name, bounds in (
+                ("memory_mb", _defaults.MEMORY_MB_BOUNDS),
+                ("cpu_seconds", _defaults.CPU_SECONDS_BOUNDS),
+                ("open_files", _defaults.OPEN_FILES_BOUNDS),
             )
         }
-        network = self.typed(table, key, "network", bool)
         sha256 = self.typed(table, key, "sha256", str)
         if sha256 is not None and not _is_sha256(sha256):
             raise self.error(f"{key}.sha256", "must be 64 hexadecimal digits")
@@ -542,13 +553,14 @@ class _Reader:
             sha256=sha256.lower() if sha256 else None,
             env=dict(env),
             max_concurrency=concurrency or PluginOptions.max_concurrency,
-            restart=self.choice(table, key, "restart", RESTART_POLICIES) or _defaults.RESTART,
+            restart=self.choice(table, key, "restart", _defaults.RESTART_POLICIES)
+            or PluginOptions.restart,
             start_timeout=self.timeout(table, key, "start_timeout"),
             call_timeout=self.timeout(table, key, "call_timeout"),
-            network=True if network is None else network,
+            network=self.flag(table, key, "network", PluginOptions.network),
             **limits,
         )
 
 
 def _is_sha256(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+    return re.fullmatch("[0-9a-fA-F]{64}", value) is not None

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._config import LoaderSettings, parse
 from ._errors import RevaPluginError
 from ._host import Host
 from ._redact import REDACTED
 from .services import CheckFailed, CheckSkipped, ConformanceContext, get_service
 from .services._base import echoes
-from .services.userprovider import user_problems
 
-__all__ = ["Check", "Report", "run_conformance", "user_problems"]
+__all__ = ["Check", "Report", "run_conformance"]
 
 
 @dataclass(frozen=True)
@@ -107,23 +108,34 @@ def run_conformance(
     config: Mapping[str, Any] | None = None,
     base_dir: str | Path | None = None,
     credentials: tuple[str, str] | None = None,
-    plugins: Mapping[str, Any] | None = None,
+    plugins: Mapping[str, Any] | LoaderSettings | None = None,
     **host_options: Any,
 ) -> Report:
     """Build the env for ``spec``, start the plugin as ``service`` and check it.
 
-    ``config`` is the driver's own table, ``plugins`` the loader settings (``[plugins]``),
-    ``host_options`` what :class:`Host` takes (``cache_dir``, ``installer``, ``offline``).
+    ``config`` is the driver's own table (its relative paths resolve against ``base_dir``, where
+    the plugin runs). ``plugins`` are the loader settings: a ``[plugins]`` table (relative to
+    ``base_dir`` too), or the settings a config file was read into (``load_file(…).plugins``:
+    its ``allowed_sources`` patterns stay relative to that file). ``host_options`` are what
+    :class:`Host` takes (``cache_dir``, ``installer``, ``offline``).
     """
     service_type = get_service(service)
     base = Path(base_dir or Path.cwd()).resolve()
     table: dict[str, Any] = {"driver": spec}
-    whole = {"plugins": dict(plugins or {}), "grpc": {"services": {service: table}}}
-    with Host(whole, base_dir=base, **host_options) as probe:
+    raw = {} if isinstance(plugins, LoaderSettings) else dict(plugins or {})
+    whole = {"plugins": raw, "grpc": {"services": {service: table}}}
+
+    def make_host() -> Host:
+        parsed = parse(whole, base_dir=base)
+        if isinstance(plugins, LoaderSettings):
+            parsed = dataclasses.replace(parsed, plugins=plugins)
+        return Host(parsed, **host_options)
+
+    with make_host() as probe:
         plan = probe.planner.plan(probe.config.service(service))
     table["drivers"] = {plan.entry_name: dict(config or {})}
     checks: list[Check] = []
-    with Host(whole, base_dir=base, **host_options) as host:
+    with make_host() as host:
         try:
             proxy = host.service(service)
             handshake = proxy.driver.start()

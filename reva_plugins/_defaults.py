@@ -1,5 +1,6 @@
-"""Every default and every bound, in one place: config parsing, the process supervisor, the CLI
-and the docs (``docs/config.md``, checked by ``tests/test_defaults.py``) read them from here.
+"""Every default and every bound, in one place: config parsing, the process supervisor, the CLI,
+``serve`` and the docs (``docs/config.md``, checked by ``tests/test_defaults.py``) read them from
+here. So do the choices a setting allows (installers, restart policies, access log levels).
 
 The wire's line limit is the protocol's own (``_wire.DEFAULT_MAX_LINE``): the bootstrap, which
 cannot import this module, reads it there.
@@ -13,7 +14,17 @@ from ._wire import DEFAULT_MAX_LINE
 
 RestartPolicy = Literal["on-failure", "never"]
 
-# -- defaults -----------------------------------------------------------------------------------
+# -- defaults: [plugins] ------------------------------------------------------------------------
+
+#: ``installer``: ``auto`` is uv if it is installed, else virtualenv and pip.
+INSTALLER: Final = "auto"
+INSTALLERS: Final = ("auto", "uv", "pip")
+#: ``allowed_sources``: every driver spec is allowed.
+ALLOWED_SOURCES: Final[tuple[str, ...]] = ("*",)
+#: ``offline``: the network may be used.
+OFFLINE: Final = False
+#: ``allow_http``: a plain ``http://`` archive needs a sha256 pin.
+ALLOW_HTTP: Final = False
 
 #: Seconds a plugin has to start and complete its handshake (``start_timeout``).
 START_TIMEOUT: Final = 60.0
@@ -21,6 +32,8 @@ START_TIMEOUT: Final = 60.0
 CALL_TIMEOUT: Final = 30.0
 #: Calls in flight inside one plugin (``plugin.max_concurrency``).
 MAX_CONCURRENCY: Final = 8
+#: ``plugin.network``: the plugin may use the network.
+NETWORK: Final = True
 #: What the supervisor does after a crash (``plugin.restart``).
 RESTART: Final[RestartPolicy] = "on-failure"
 RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = ("on-failure", "never")
@@ -39,6 +52,20 @@ MAX_DOWNLOAD_MB: Final = 1024
 #: ``env prune --unused-days``.
 UNUSED_DAYS: Final = 30.0
 
+# -- defaults: [grpc] and [metrics] (``reva-plugins serve``) -------------------------------------
+
+#: ``[grpc] address``: revad's own default.
+SERVE_ADDRESS: Final = "0.0.0.0:19000"
+#: ``[grpc] shutdown_grace``: seconds in-flight RPCs get to finish on SIGTERM.
+SERVE_SHUTDOWN_GRACE: Final = 30.0
+#: ``[grpc] workers``: threads serving RPCs (each holds one call in flight).
+SERVE_WORKERS: Final = 16
+#: ``[grpc] access_log``: the level of the one-line-per-RPC log.
+ACCESS_LOG: Final = "info"
+ACCESS_LOG_LEVELS: Final = ("debug", "info", "warning", "off")
+#: ``reva-plugins status --timeout``: seconds to wait for a server's metrics.
+STATUS_TIMEOUT: Final = 5.0
+
 # -- bounds: every number and every nesting a user writes (config file, Python API or command
 # -- line) is checked against these, and only these.
 
@@ -49,6 +76,19 @@ UNUSED_DAYS: Final = 30.0
 TIMEOUT_BOUNDS: Final[tuple[float, float]] = (0.001, 86_400.0)
 #: Calls in flight inside one plugin (each is a thread in the plugin process).
 MAX_CONCURRENCY_BOUNDS: Final[tuple[int, int]] = (1, 1024)
+#: ``max_download_mb``: at least a MiB; a TiB is more than any plugin archive.
+MAX_DOWNLOAD_MB_BOUNDS: Final[tuple[int, int]] = (1, 1 << 20)
+#: The resource limits a driver may set (``plugin.memory_mb``, ``cpu_seconds``, ``open_files``):
+#: positive, and small enough for every platform's ``rlim_t``.
+MEMORY_MB_BOUNDS: Final[tuple[int, int]] = (1, 1 << 30)
+CPU_SECONDS_BOUNDS: Final[tuple[int, int]] = (1, 1 << 31)
+OPEN_FILES_BOUNDS: Final[tuple[int, int]] = (1, 1 << 20)
+#: ``[grpc] shutdown_grace``: 0 stops at once; an hour is longer than any RPC should take.
+SERVE_SHUTDOWN_GRACE_BOUNDS: Final[tuple[float, float]] = (0.0, 3_600.0)
+#: ``[grpc] workers``.
+SERVE_WORKERS_BOUNDS: Final[tuple[int, int]] = (1, 1024)
+#: The port of an ``address`` (``[grpc]``, ``[metrics]``, ``serve --address``); 0 picks a free one.
+PORT_BOUNDS: Final[tuple[int, int]] = (0, 65535)
 #: ``env prune --unused-days``: 0 prunes every env not in use; 100 years is as good as "never".
 UNUSED_DAYS_BOUNDS: Final[tuple[float, float]] = (0.0, 36_500.0)
 #: How deeply tables and arrays in a config file (or ``call``'s PARAMS_JSON) may nest. Real

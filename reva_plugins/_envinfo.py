@@ -17,8 +17,9 @@ from . import _python
 from ._errors import EnvBuildError
 from ._installers import InstallOptions
 from ._sources import Resolved
-from ._store import EntryPointInfo
+from ._store import DistributionInfo, EntryPointInfo, EnvMetadata, InstallerInfo, PythonInfo
 from ._wire import PROTOCOL_VERSIONS
+from .services import GROUP_PREFIX
 
 EntryPoints = dict[str, dict[str, EntryPointInfo]]
 
@@ -39,37 +40,43 @@ def scan_entry_points(venv: Path) -> EntryPoints:
 
 def env_metadata(
     venv: Path,
+    key: str,
     resolved: Resolved,
     interpreter: _python.Interpreter,
     installer: str,
     installer_version: str,
     options: InstallOptions,
-) -> dict[str, Any]:
-    """What an env records about itself (written last, so its presence marks a complete env)."""
+) -> EnvMetadata:
+    """The record an env keeps about itself (written last, so its presence marks a complete
+    env): what ``resolved`` pinned, checked against what was installed."""
     dists = _distributions(venv)
-    recorded = [{"name": d.metadata["Name"], "version": d.version, **_direct_url(d)} for d in dists]
-    return {
-        "spec": resolved.spec,
-        "kind": resolved.kind,
-        "identity": resolved.identity,
-        "mutable": resolved.mutable,
-        "resolved": cross_check(resolved, recorded),
-        "python": {
-            "implementation": interpreter.implementation,
-            "version": interpreter.version,
-            "executable": interpreter.executable,
-        },
-        "installer": {"name": installer, "version": installer_version},
-        "options": options.key_material(),
-        "protocol": list(PROTOCOL_VERSIONS),
-        "distributions": sorted(recorded, key=lambda d: str(d["name"]).lower()),
-        "entry_points": {
-            group: {name: ep.to_json() for name, ep in eps.items()}
-            for group, eps in _entry_points(dists).items()
-        },
+    # Validated like a record read back: whatever installed a distribution wrote its files.
+    recorded = sorted(
+        (
+            DistributionInfo.from_json(
+                {"name": d.metadata["Name"], "version": d.version, **_direct_url(d)},
+                f"distributions[{d.metadata['Name']!r}].",
+            )
+            for d in dists
+        ),
+        key=lambda d: d.name.lower(),
+    )
+    return EnvMetadata(
+        key=key,
+        spec=resolved.spec,
+        kind=resolved.kind,
+        identity=resolved.identity,
+        mutable=resolved.mutable,
+        resolved=cross_check(resolved, recorded),
+        python=PythonInfo(interpreter.implementation, interpreter.version, interpreter.executable),
+        installer=InstallerInfo(installer, installer_version),
+        options=options.key_material(),
+        protocol=PROTOCOL_VERSIONS,
+        distributions=tuple(recorded),
+        entry_points=_entry_points(dists),
         # microseconds: "newest first" (the offline fallback) must order two builds in a second
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
-    }
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+    )
 
 
 def _member(obj: object, *path: str) -> object:
@@ -82,11 +89,11 @@ def _member(obj: object, *path: str) -> object:
     return obj
 
 
-def cross_check(resolved: Resolved, dists: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+def cross_check(resolved: Resolved, dists: Iterable[DistributionInfo]) -> dict[str, str]:
     """The pins of ``resolved``, checked against what PEP 610 ``direct_url.json`` recorded."""
     pins = dict(resolved.pins)
     for dist in dists:
-        direct = dist.get("direct_url")
+        direct = dist.direct_url
         commit = _member(direct, "vcs_info", "commit_id")
         if isinstance(commit, str) and commit and "commit" in pins:
             if commit != pins["commit"]:
@@ -94,13 +101,13 @@ def cross_check(resolved: Resolved, dists: Iterable[Mapping[str, Any]]) -> dict[
                     f"the installer checked out {commit}, not the resolved {pins['commit']}",
                     plugin=resolved.spec,
                 )
-            pins.setdefault("version", dist["version"])
+            pins.setdefault("version", dist.version)
         if _member(direct, "archive_info") and "sha256" in pins:
             recorded = _member(direct, "archive_info", "hashes", "sha256") or _member(
                 direct, "archive_info", "hash"
             )
             if isinstance(recorded, str) and recorded.removeprefix("sha256=") == pins["sha256"]:
-                pins.setdefault("version", dist["version"])
+                pins.setdefault("version", dist.version)
     return pins
 
 
@@ -108,7 +115,7 @@ def _entry_points(dists: Iterable[importlib_metadata.Distribution]) -> EntryPoin
     out: EntryPoints = {}
     for dist in dists:
         for ep in dist.entry_points:
-            if ep.group.startswith("reva."):
+            if ep.group.startswith(GROUP_PREFIX):
                 out.setdefault(ep.group, {})[ep.name] = EntryPointInfo(
                     ep.name, ep.value, dist.metadata["Name"], dist.version
                 )

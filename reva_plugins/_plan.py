@@ -3,8 +3,14 @@
 :class:`Planner` classifies the driver spec, applies ``allowed_sources``, builds or reuses the
 env (``_build``) and chooses the entry point: the result is a plan, in-process or isolated (a
 launch spec for a plugin process). The host, every CLI command (``check``, ``call``,
-``env build``, ``conformance``) and the testing kit plan through here, and this is the only
-module (with ``_sources`` itself) that switches on source kinds.
+``env build``, ``conformance``, and through ``_fleet`` ``lock`` and ``env export``/``import``)
+and the testing kit plan through here.
+
+This is where source kinds are told apart, and nowhere else but ``_sources`` itself and the
+lock and bundle (``_lock``, ``_bundle``: they pin what planning resolves). What a kind means
+further on is handed over as data: the builder gets a :class:`~._build.Buildable` (the wheel to
+tag-check, the archive to fetch late) from :func:`for_build`, and ``check`` shows where a plan
+runs with :func:`shown_env`.
 """
 
 from __future__ import annotations
@@ -15,14 +21,15 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from . import _lock
-from ._build import Builder, BuildProgress
+from . import _defaults, _lock
+from ._build import Buildable, Builder, BuildProgress
 from ._config import Config, ServiceConfig
 from ._envinfo import scan_entry_points
 from ._errors import SourceError
 from ._process import LaunchSpec
 from ._redact import redact
 from ._sources import (
+    ArchiveURL,
     Classified,
     InProcess,
     LocalFile,
@@ -112,13 +119,48 @@ class Prepared:
 
 
 def classify_driver(
-    driver: str, *, base_dir: Path, sha256: str | None = None, allowed: tuple[str, ...] = ("*",)
+    driver: str,
+    *,
+    base_dir: Path,
+    sha256: str | None = None,
+    allowed: tuple[str, ...] = _defaults.ALLOWED_SOURCES,
+    policy_dir: Path | None = None,
 ) -> Classified:
     """The one way from a driver spec to a source: classify it, then apply ``allowed_sources``
-    to its normalised origin (see :class:`SourcePolicy` for what each kind is matched on)."""
+    to its normalised origin (see :class:`SourcePolicy` for what each kind is matched on).
+
+    A relative spec resolves against ``base_dir``, a relative pattern against ``policy_dir``
+    (the folder of the file the patterns come from; default ``base_dir``)."""
     source = classify(driver, base_dir=base_dir, sha256=sha256)
-    SourcePolicy(allowed, base_dir).check(driver, source)
+    SourcePolicy(allowed, policy_dir or base_dir).check(driver, source)
     return source
+
+
+def for_build(source: Source) -> Buildable:
+    """``source`` with what its kind means for building its env: a wheel file (local or an
+    archive URL) is tag-checked first; an archive URL may be fetched late under a lock."""
+    if isinstance(source, LocalFile):
+        return Buildable(source, wheel=source.path.name if source.kind == "wheel" else None)
+    if isinstance(source, ArchiveURL):
+        wheel = source.filename if source.kind == "wheel-url" else None
+        return Buildable(source, wheel=wheel, archive=source)
+    return Buildable(source)
+
+
+#: What ``check`` shows in its ENV column for a plan without an env of its own in the cache.
+NO_ENV = "-"
+PREBUILT_ENV = "(prebuilt)"
+
+
+def shown_env(kind: str | None, env_key: str | None) -> str:
+    """How ``check`` names where a planned driver runs, from its plan's ``kind`` and
+    ``env_key``: the env key; :data:`PREBUILT_ENV` for a venv used as is; :data:`NO_ENV`
+    in-process, or when planning failed (``kind`` None)."""
+    if env_key:
+        return env_key
+    if kind is None or kind == InProcessPlan.kind:
+        return NO_ENV
+    return PREBUILT_ENV
 
 
 def absolute_spec(spec: str, base_dir: Path) -> str:
@@ -163,6 +205,7 @@ class Planner:
             base_dir=self.config.base_dir,
             sha256=svc.plugin.sha256,
             allowed=self.settings.allowed_sources,
+            policy_dir=self.settings.policy_dir,
         )
 
     def built_source(self, svc: ServiceConfig) -> Source | None:
@@ -176,7 +219,7 @@ class Planner:
         source = self.source(svc)
         if isinstance(source, (InProcess, PrebuiltVenv)):
             return Prepared(source.kind, None)
-        env, built, seconds = self.builder.env_for(svc, source)
+        env, built, seconds = self.builder.env_for(svc, for_build(source))
         return Prepared(env.meta.kind or source.kind, env.key, built, seconds)
 
     def plan(self, svc: ServiceConfig) -> Plan:
@@ -189,8 +232,9 @@ class Planner:
         if isinstance(source, PrebuiltVenv):
             entry_points = scan_entry_points(source.path)
             ep = choose_entry_point(svc, service, entry_points.get(service.group, {}))
-            return IsolatedPlan(self.launch_spec(svc, service, source.python, ep), None, "venv")
-        env, built, seconds = self.builder.env_for(svc, source)
+            launch = self.launch_spec(svc, service, source.python, ep)
+            return IsolatedPlan(launch, None, source.kind)
+        env, built, seconds = self.builder.env_for(svc, for_build(source))
         ep = choose_entry_point(svc, service, env.meta.entry_points.get(service.group, {}))
         launch = self.launch_spec(svc, service, env.python, ep)
         return IsolatedPlan(launch, env.key, env.meta.kind or source.kind, built, seconds)

@@ -13,6 +13,7 @@ from typing import IO, Any
 from ._conformance import Report
 from ._errors import ExitCode
 from ._host import ServiceCheck
+from ._plan import shown_env
 from ._redact import redact
 
 
@@ -34,12 +35,7 @@ class CheckRow:
     @classmethod
     def of(cls, result: ServiceCheck) -> CheckRow:
         """The row for one service's check, every spec and message redacted."""
-        if result.kind is None:
-            env = "-"
-        elif result.env_key:
-            env = result.env_key
-        else:
-            env = "-" if result.kind == "in-process" else "(prebuilt)"
+        env = shown_env(result.kind, result.env_key)
         service, driver, kind = result.service, redact(result.driver), result.kind or "-"
         if result.error is not None:
             status = redact((str(result.error).splitlines() or [""])[0])

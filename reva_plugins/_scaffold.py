@@ -27,7 +27,7 @@ dependencies = []
 [project.optional-dependencies]
 test = ["reva-plugins[uv]", "pytest", "build"]
 
-[project.entry-points."reva.{service}"]
+[project.entry-points."{group}"]
 {entry} = "{module}:{cls}"
 
 [tool.hatch.build.targets.wheel]
@@ -166,6 +166,7 @@ def scaffold(path: Path, service: str, *, name: str | None = None) -> list[Path]
         "entry": entry,
         "cls": cls,
         "service": service,
+        "group": service_type.group,
         "credentials": f", credentials={credentials!r}" if credentials else "",
         "credentials_nox": f", credentials={':'.join(credentials)!r}" if credentials else "",
         "credentials_cli": f" --credentials {':'.join(credentials)}" if credentials else "",

@@ -1,4 +1,8 @@
-"""Wheel tag checks: refuse, before building, a wheel the plugin's Python cannot install."""
+"""Wheel tag checks: refuse, before building, a wheel the plugin's Python cannot install.
+
+Which file is a wheel is planning's to say (it alone tells source kinds apart): the builder
+gets the wheel's file name with the source and checks it here before anything is fetched.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,15 @@ from ._errors import SourceError
 from ._sources import Resolved
 
 
-def check_wheel(resolved: Resolved, interpreter: _python.Interpreter) -> None:
-    """Refuse early (exit 2) a wheel whose tags do not fit the plugin's interpreter."""
-    if not resolved.kind.startswith("wheel") or interpreter.implementation != "CPython":
+def check_tags(filename: str, interpreter: _python.Interpreter, spec: str) -> None:
+    """Refuse early (exit 2) the wheel ``filename`` (of the driver ``spec``) if its tags do not
+    fit the plugin's interpreter; only CPython's tags are known here."""
+    if interpreter.implementation != "CPython":
         return
-    filename = Path(resolved.install_args[0]).name
     try:
         _name, _version, _build, wheel_tags = parse_wheel_filename(filename)
     except InvalidWheelFilename as exc:
-        raise SourceError(f"{resolved.spec}: {exc}") from None
+        raise SourceError(f"{spec}: {exc}") from None
     major, minor = (int(p) for p in interpreter.version.split(".")[:2])
     platforms = list(tags.platform_tags())
     supported = {
@@ -33,3 +37,13 @@ def check_wheel(resolved: Resolved, interpreter: _python.Interpreter) -> None:
             f"wheel {filename} does not fit Python {interpreter.version} ({shown}); build it for "
             "that Python or set plugin.python"
         )
+
+
+def check_wheel(resolved: Resolved, interpreter: _python.Interpreter) -> None:
+    """:func:`check_tags` for a caller that holds only a resolved source (``_fleet.lock``): the
+    file it installs is checked if it is a wheel file on disk (a ``.whl`` regular file)."""
+    if not resolved.install_args:
+        return
+    path = Path(resolved.install_args[0])
+    if path.name.endswith(".whl") and path.is_file():
+        check_tags(path.name, interpreter, resolved.spec)

@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._conformance import Check, Report, run_conformance, user_problems
+from ._conformance import Check, Report, run_conformance
 from ._present import format_report
+from .services import get_service
 
 __all__ = [
     "INSTALLERS",
@@ -41,8 +42,8 @@ __all__ = [
     "conformance_session",
     "format_report",
     "prepare_source",
+    "result_problems",
     "run_conformance",
-    "user_problems",
 ]
 
 KINDS = ("folder", "sdist", "wheel", "git")
@@ -68,6 +69,16 @@ def assert_conforms(
     if not report.ok:
         raise AssertionError(format_report(report))
     return report
+
+
+def result_problems(service: str, method: str, value: object) -> list[str]:
+    """What is wrong with ``value`` as a result of ``method`` of ``service`` (empty when nothing
+    is): the service type's own validation, the one the conformance suite applies. In a
+    plugin's unit tests, without starting it::
+
+        assert result_problems("userprovider", "get_user", provider.get_user(uid)) == []
+    """
+    return get_service(service).validate_result(method, value)
 
 
 def prepare_source(path: str | Path, kind: str, workdir: str | Path) -> str:

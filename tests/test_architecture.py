@@ -7,6 +7,7 @@ Every module must be placed in a layer, so a new module is placed on purpose.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -159,10 +160,148 @@ def test_nothing_imports_the_faces() -> None:
         assert found <= importers, f"{sorted(found - importers)} import {face}"
 
 
-def test_only_the_planning_layer_classifies_sources() -> None:
-    """Nothing outside planning switches on source kinds: only it imports ``_sources``."""
+def test_only_the_planning_layer_imports_sources() -> None:
+    """Only the planning layer (with the lock and bundle) holds source objects at all."""
     importers = {name for name, deps in IMPORTS.items() if "_sources" in deps}
     assert importers <= {"_plan", "_build", "_envinfo", "_wheels", "_lock", "_bundle"}
+
+
+#: The modules that may tell source kinds apart: planning, the sources themselves, and the lock
+#: and bundle that pin what planning resolves (ARCHITECTURE.md rule 6).
+KIND_SWITCHERS = {"_plan", "_sources", "_lock", "_bundle"}
+
+
+def _is_kind(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "kind"
+
+
+def kind_switches(source: str) -> list[str]:
+    """Where ``source`` decides by a ``kind`` attribute: compares it (``==``, ``in`` …), calls
+    ``startswith``/``endswith`` on it, looks it up in a table or matches on it."""
+    found = []
+    for node in _runtime_nodes(ast.parse(source).body):
+        if isinstance(node, ast.Compare):
+            hit = any(_is_kind(o) for o in [node.left, *node.comparators])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            hit = node.func.attr in ("startswith", "endswith") and _is_kind(node.func.value)
+        elif isinstance(node, ast.Subscript):
+            hit = _is_kind(node.slice)
+        elif isinstance(node, ast.Match):
+            hit = _is_kind(node.subject)
+        else:
+            hit = False
+        if hit:
+            found.append(f"line {getattr(node, 'lineno', '?')}: {ast.unparse(node)[:80]}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - KIND_SWITCHERS))
+def test_only_planning_switches_on_source_kinds(name: str) -> None:
+    """The builder, wheel check and presenter get what a kind means from planning, as data."""
+    assert kind_switches(MODULES[name].read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'if resolved.kind.endswith("-url"):\n    pass\n',
+        'x = not resolved.kind.startswith("wheel")\n',
+        'env = "-" if result.kind == "in-process" else "(prebuilt)"\n',
+        'ok = source.kind in ("wheel", "sdist")\n',
+        "shown = LABELS[plan.kind]\n",
+        "match source.kind:\n    case 'git':\n        pass\n",
+    ],
+)
+def test_the_kind_switch_check_can_fail(snippet: str) -> None:
+    assert kind_switches(snippet) != []
+
+
+def test_the_kind_switch_check_lets_a_kind_pass_through() -> None:
+    assert kind_switches("row = Row(kind=plan.kind)\nprint(f'{done.kind}')\n") == []
+
+
+#: The service modules the package ships; only the registry (``services``) names them.
+BUILTIN_SERVICES = {"services.userprovider", "services.authprovider", "services.groupprovider"}
+
+
+def test_service_knowledge_is_reached_through_the_service_type() -> None:
+    """Nothing outside ``services/`` imports a service module by name: conformance, the kit,
+    scaffold, host and CLI read what a service knows from its :class:`ServiceType`."""
+    importers = {
+        name: sorted(deps & BUILTIN_SERVICES)
+        for name, deps in IMPORTS.items()
+        if not (name == "services" or name.startswith("services.")) and deps & BUILTIN_SERVICES
+    }
+    assert importers == {}
+    assert IMPORTS["services"] >= BUILTIN_SERVICES  # the checker sees such imports
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of every bare string statement (docstrings, attribute docstrings)."""
+    return {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+
+
+def group_prefix_spellings(source: str) -> list[str]:
+    """String literals in code (not docs) that spell the ``reva.`` entry-point group prefix."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    prefix = re.compile(r"(?<![\w.])reva\.")
+    return [
+        f"line {node.lineno}: {node.value[:60]!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docs
+        and prefix.search(node.value)
+    ]
+
+
+def test_the_entry_point_group_prefix_has_one_home() -> None:
+    """``reva.`` is spelled in ``services._base.GROUP_PREFIX`` only; the rest (``ServiceType.group``,
+    the scaffold's pyproject, the env scan) reads it from there."""
+    spelled = {
+        name: found
+        for name, path in MODULES.items()
+        if (found := group_prefix_spellings(path.read_text(encoding="utf-8")))
+    }
+    assert set(spelled) == {"services._base"}
+    assert len(spelled["services._base"]) == 1
+    assert group_prefix_spellings('T = """[project.entry-points."reva.{service}"]"""\n') != []
+
+
+def dict_literal_keys(source: str) -> list[set[str]]:
+    """The constant keys of every dict literal in ``source``."""
+    return [
+        {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Dict)
+    ]
+
+
+def test_the_env_metadata_schema_is_written_only_by_its_record() -> None:
+    """``EnvMetadata`` (in ``_store``) is the one writer of the metadata file's fields: nothing
+    else builds a dict with most of them (``_envinfo`` builds the record itself)."""
+    from reva_plugins._store import EnvMetadata
+
+    fields = {f for f in EnvMetadata.__dataclass_fields__ if f != "extra"}
+    writers = sorted(
+        name
+        for name, path in MODULES.items()
+        if name != "_store"
+        and any(
+            len(keys & fields) * 2 >= len(fields)
+            for keys in dict_literal_keys(path.read_text(encoding="utf-8"))
+        )
+    )
+    assert writers == []
+    assert any(
+        len(keys & fields) * 2 >= len(fields)
+        for keys in dict_literal_keys(MODULES["_store"].read_text(encoding="utf-8"))
+    )
 
 
 def test_the_checker_sees_imports() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,68 @@ def test_python_dash_m_and_help() -> None:
 def test_sample_is_standalone() -> None:
     text = (SAMPLES / "json_users" / "reva_plugin_json" / "__init__.py").read_text()
     assert "reva_plugins" not in text
+
+
+# -- allowed_sources for specs typed on the command line: --plugins-from CONFIG ----------------
+
+
+@pytest.fixture
+def policy_layout(tmp_path: Path) -> Path:
+    """``conf/revad.toml`` allowing only ``./plugins/*`` (relative to ``conf/``), a prebuilt venv
+    at ``conf/plugins/venv`` (allowed), and others at ``plugins/venv`` and ``drv/plugins/venv``
+    (not: the pattern is the config's, not the working directory's nor the driver table's)."""
+    for venv in (
+        tmp_path / "conf" / "plugins" / "venv",
+        tmp_path / "plugins" / "venv",
+        tmp_path / "drv" / "plugins" / "venv",
+    ):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "conf" / "revad.toml").write_text('[plugins]\nallowed_sources = ["./plugins/*"]\n')
+    (tmp_path / "drv" / "driver.toml").write_text('users = "users.json"\n')
+    return tmp_path
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_env_build_of_specs_honours_the_plugins_table_it_is_given(policy_layout: Path) -> None:
+    policy = ["--plugins-from", "conf/revad.toml"]
+    refused = cli("env", "build", "./plugins/venv", *policy, cwd=policy_layout)
+    line = _one_error_line(refused)
+    assert "not allowed by [plugins] allowed_sources" in line
+    assert str(policy_layout / "plugins" / "venv") in line
+    allowed = cli("env", "build", "conf/plugins/venv", *policy, cwd=policy_layout)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "(nothing to build: venv)" in allowed.stdout
+    # Without a config, the default policy: every spec is allowed.
+    plain = cli("env", "build", "./plugins/venv", cwd=policy_layout)
+    assert plain.returncode == 0, plain.stderr
+    assert "(nothing to build: venv)" in plain.stdout
+
+
+@pytest.mark.slow
+def test_conformance_honours_the_plugins_table_it_is_given(policy_layout: Path) -> None:
+    """Refused before anything is built or started; the driver table's folder (where the
+    plugin would run) does not move the policy's patterns."""
+    for spec in ("./plugins/venv", "./drv/plugins/venv"):
+        result = cli(
+            "conformance", spec, "--service", "userprovider",
+            "--config", "drv/driver.toml", "--plugins-from", "conf/revad.toml",
+            cwd=policy_layout,
+        )  # fmt: skip
+        assert "not allowed by [plugins] allowed_sources" in _one_error_line(result)
+
+
+@pytest.mark.slow
+def test_a_plugins_table_that_is_no_config_is_one_line_exit_2(policy_layout: Path) -> None:
+    (policy_layout / "bad.toml").write_text("[plugins]\ninstaller = 'conda'\n")
+    for command in (["env", "build", "json"], ["conformance", "json", "--service", "userprovider"]):
+        line = _one_error_line(cli(*command, "--plugins-from", "bad.toml", cwd=policy_layout))
+        assert "plugins.installer" in line

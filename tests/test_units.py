@@ -12,13 +12,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reva_plugins import ConfigError, SourceError, UsageError
+from reva_plugins import SERVICES, ConfigError, SourceError, UsageError, _wire
 from reva_plugins._config import parse
-from reva_plugins._errors import EnvBuildError, ExitCode
+from reva_plugins._envinfo import env_metadata
+from reva_plugins._errors import EnvBuildError, ExitCode, InvalidArgument, RemoteError
 from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
-from reva_plugins._plan import absolute_spec, classify_driver
+from reva_plugins._installers import InstallOptions
+from reva_plugins._plan import (
+    NO_ENV,
+    PREBUILT_ENV,
+    InProcessPlan,
+    absolute_spec,
+    classify_driver,
+    for_build,
+    shown_env,
+)
 from reva_plugins._present import CheckRow, TickingProgress
+from reva_plugins._protocol import error_to_exception
+from reva_plugins._python import Interpreter
+from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
 from reva_plugins._store import EnvMetadata, MetadataError
+from reva_plugins.testing import result_problems
 
 # -- spec classification ------------------------------------------------------------------------
 
@@ -77,6 +91,38 @@ def test_absolute_spec_resolves_paths_only(tmp_path: Path) -> None:
     assert absolute_spec("./plugins/demo", base) == str(base / "plugins" / "demo")
     assert absolute_spec("json", base) == "json"
     assert absolute_spec("reva-plugin-json>=1", base) == "reva-plugin-json>=1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "wheel", "archive"),
+    [
+        ("./dist/demo-1.0-py3-none-any.whl", "demo-1.0-py3-none-any.whl", False),
+        ("./dist/demo-1.0.tar.gz", None, False),
+        ("./plugins/demo", None, False),
+        ("git+https://example.org/demo.git@v1", None, False),
+        ("https://example.org/d/demo-1.0-py3-none-any.whl", "demo-1.0-py3-none-any.whl", True),
+        ("https://example.org/d/demo-1.0.tar.gz", None, True),
+        ("reva-plugin-demo==1.0", None, False),
+    ],
+)
+def test_planning_tells_the_builder_what_a_kind_means(
+    tmp_path: Path, spec: str, wheel: str | None, archive: bool
+) -> None:
+    source = classify_driver(spec, base_dir=_tree(tmp_path))
+    assert not isinstance(source, (InProcess, PrebuiltVenv))
+    buildable = for_build(source)
+    assert buildable.source is source
+    assert (buildable.wheel, buildable.archive is not None) == (wheel, archive)
+
+
+def test_a_wheel_url_that_cannot_fit_is_refused_before_it_is_fetched() -> None:
+    """The tags are read from the file name the plan hands over: nothing is downloaded (the
+    host does not exist), and a wheel that fits passes."""
+    python = Interpreter("/usr/bin/python3", "CPython", "3.12.1")
+    unfit = ArchiveURL("https://nowhere.invalid/demo-1.0-cp27-cp27mu-linux_x86_64.whl")
+    with pytest.raises(SourceError, match=r"does not fit Python 3\.12\.1"):
+        for_build(unfit).check_fits(python)
+    for_build(ArchiveURL("https://nowhere.invalid/demo-1.0-py3-none-any.whl")).check_fits(python)
 
 
 # -- env metadata -------------------------------------------------------------------------------
@@ -139,6 +185,32 @@ def test_metadata_of_the_wrong_shape_names_the_field(changes: dict[str, Any], na
 def test_metadata_that_is_not_an_object_is_refused(data: object) -> None:
     with pytest.raises(MetadataError):
         EnvMetadata.from_json(data)
+
+
+def _fake_venv(root: Path) -> Path:
+    """A venv's site-packages holding one distribution with an entry point and a PEP 610 record."""
+    info = root / "lib" / "python3.12" / "site-packages" / "demo-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[reva.userprovider]\ndemo = demo:Provider\n")
+    (info / "direct_url.json").write_text('{"url": "file:///x", "archive_info": {}}')
+    return root
+
+
+def test_a_built_envs_metadata_is_the_record_itself(tmp_path: Path) -> None:
+    """``_envinfo`` builds the :class:`EnvMetadata` record (no schema of its own): what it
+    returns is what the store writes and reads back."""
+    resolved = Resolved("wheel", "./demo.whl", "sha256:ab", ("./demo.whl",), pins={"sha256": "ab"})
+    python = Interpreter("/py", "CPython", "3.12.1")
+    meta = env_metadata(_fake_venv(tmp_path), KEY, resolved, python, "uv", "0.6", InstallOptions())
+    assert isinstance(meta, EnvMetadata)
+    assert EnvMetadata.from_json(meta.to_json()) == meta
+    assert (meta.key, meta.kind, meta.identity, meta.python.version) == (
+        KEY, "wheel", "sha256:ab", "3.12.1"
+    )  # fmt: skip
+    assert [(d.name, d.version) for d in meta.distributions] == [("demo", "1.0")]
+    assert meta.entry_points["reva.userprovider"]["demo"].value == "demo:Provider"
+    assert meta.resolved == {"sha256": "ab"}
 
 
 # -- argument binding ---------------------------------------------------------------------------
@@ -284,6 +356,28 @@ def test_the_env_column(kind: str, env_key: str | None, shown: str) -> None:
     assert CheckRow.of(_check(kind=kind, env_key=env_key)).env == shown
 
 
+def test_the_env_column_is_chosen_by_planning(tmp_path: Path) -> None:
+    """The kinds plans carry (``InProcessPlan.kind``, a prebuilt venv's source kind) are the
+    ones :func:`shown_env` knows: a renamed kind cannot silently change the column."""
+    venv = classify_driver("./venv", base_dir=_tree(tmp_path))
+    assert isinstance(venv, PrebuiltVenv)
+    assert shown_env(InProcessPlan.kind, None) == NO_ENV
+    assert shown_env(venv.kind, None) == PREBUILT_ENV
+    assert shown_env(None, None) == NO_ENV
+    assert shown_env(venv.kind, KEY) == KEY
+
+
+def test_the_kit_checks_results_through_the_service_type() -> None:
+    bad = {"secret": "x"}
+    assert result_problems("userprovider", "get_user", bad) == SERVICES[
+        "userprovider"
+    ].validate_result("get_user", bad)
+    assert result_problems("userprovider", "get_user", bad) != []
+    assert result_problems("groupprovider", "get_members", []) == []
+    with pytest.raises(UsageError, match="unknown service"):
+        result_problems("nosuch", "get", None)
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -301,3 +395,51 @@ def test_the_ticker_stays_silent_off_a_terminal_and_clears_its_line_on_one() -> 
     ticker.started("userprovider (x)")
     ticker.finished("userprovider (x)", 0.0, ok=False)
     assert terminal.getvalue().endswith("\r\033[K")
+
+
+# -- the protocol reference agrees with the code --------------------------------------------------
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def _doc_row(code: int) -> str:
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    return next(line for line in text.splitlines() if line.startswith(f"| {code} |"))
+
+
+@pytest.mark.parametrize(
+    ("code", "raised", "type_name"),
+    [
+        (_wire.PARSE_ERROR, RemoteError, "ParseError"),
+        (_wire.INVALID_REQUEST, RemoteError, "InvalidRequest"),
+        (_wire.METHOD_NOT_FOUND, RemoteError, "MethodNotFound"),
+        (_wire.INVALID_PARAMS, InvalidArgument, "InvalidArgument"),
+        (_wire.INTERNAL_ERROR, RemoteError, "InternalError"),
+    ],
+)
+def test_the_protocol_docs_error_table_says_what_the_core_raises(
+    code: int, raised: type[RemoteError], type_name: str
+) -> None:
+    exc = error_to_exception({"code": code, "message": "m"}, plugin="p")
+    assert (type(exc), exc.type, exc.code) == (raised, type_name, code)
+    row = _doc_row(code)
+    shown = f"`{raised.__name__}`" + (f" (type `{type_name}`)" if raised is RemoteError else "")
+    assert row.endswith(f"| {shown} |"), row
+
+
+def test_the_protocol_docs_name_every_wire_definition() -> None:
+    """Each public name of ``_wire`` is in the reference's table of names, with its value."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    table = text[text.index("## Where the names are defined") :]
+    names = [
+        name
+        for name, value in vars(_wire).items()
+        if not name.startswith("_")
+        and name not in ("TYPE_CHECKING", "TypedDict", "annotations")
+        and (name.isupper() or isinstance(value, type))
+    ]
+    assert len(names) > 20
+    missing = [name for name in names if f"`{name}`" not in table]
+    assert missing == []
+    for name in ("PARSE_ERROR", "INVALID_REQUEST", "APPLICATION_ERROR", "DEFAULT_MAX_LINE"):
+        assert str(getattr(_wire, name)) in table

@@ -26,6 +26,7 @@ from importlib import metadata as importlib_metadata
 from .._errors import UsageError
 from . import authprovider, groupprovider, userprovider
 from ._base import (
+    GROUP_PREFIX,
     Check,
     CheckFailed,
     CheckSkipped,
@@ -37,6 +38,7 @@ from ._base import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "GROUP_PREFIX",
     "SERVICES",
     "Check",
     "CheckFailed",

@@ -19,6 +19,10 @@ from .._errors import REMOTE_ERRORS, RemoteError, RevaPluginError
 if TYPE_CHECKING:  # a cycle at run time: the host serves services
     from .._host import ServiceProxy
 
+GROUP_PREFIX = "reva."
+"""What every plugin entry-point group starts with: ``reva.<service>`` (the one place it is
+spelled; :attr:`ServiceType.group` adds the name)."""
+
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 """A service name: a TOML key, the suffix of the ``reva.<name>`` group and part of class names."""
 
@@ -131,9 +135,10 @@ class ScaffoldTemplate:
 
     ``module`` is a :meth:`str.format` template (literal braces doubled) with the keys ``dist``
     (distribution name), ``module`` (import name), ``entry`` (entry-point name), ``cls`` (the
-    driver class to define) and ``service``. The written distribution runs the conformance
-    suite as its own test, so the module must pass it, with ``credentials`` if the service's
-    checks need some (they become the test's and ``conformance --credentials`` arguments).
+    driver class to define), ``service`` and ``group`` (its entry-point group). The written
+    distribution runs the conformance suite as its own test, so the module must pass it, with
+    ``credentials`` if the service's checks need some (they become the test's and
+    ``conformance --credentials`` arguments).
     """
 
     module: str
@@ -205,7 +210,7 @@ class ServiceType:
     @property
     def group(self) -> str:
         """The entry-point group plugins of this type declare."""
-        return f"reva.{self.name}"
+        return f"{GROUP_PREFIX}{self.name}"
 
     @property
     def methods(self) -> tuple[str, ...]:
