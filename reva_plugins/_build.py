@@ -245,7 +245,7 @@ class Builder:
         bundle = self.bundle()
         if bundle is not None:
             bundle.check(entry)
-            offline = InstallOptions(find_links=(str(bundle.wheels),), offline=True, no_index=True)
+            offline = InstallOptions.only_from(bundle.wheels)
             _lock.install(installer, venv, entry, resolved, offline, wheels=bundle.wheels)
             return
         wheels = self.store.root / "wheels" / entry.wheel_sha256

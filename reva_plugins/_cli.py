@@ -279,9 +279,11 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--pidfile", type=_path, help="write the server's pid here (for reload)")
     serve.set_defaults(handler=lazy("cmd_serve"))
     status = sub.add_parser(
-        "status", parents=[common], help="the counters of a running server ([metrics] address)"
+        "status", parents=[common], help="the services and counters of a running server"
     )
-    status.add_argument("address", type=_text, metavar="ADDRESS", help="its [metrics] address")
+    status.add_argument(
+        "address", type=_text, metavar="ADDRESS", help="its gRPC or [metrics] address"
+    )
     status.add_argument(
         "--timeout",
         type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
@@ -290,8 +292,20 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     status.set_defaults(handler=lazy("cmd_status"))
     reload = sub.add_parser("reload", parents=[common], help="make a running server reload")
-    reload.add_argument("pidfile", type=_path, nargs="?", metavar="PIDFILE", help="serve --pidfile")
+    reload.add_argument(
+        "pidfile",
+        type=_path,
+        nargs="?",
+        metavar="ADDRESS|PIDFILE",
+        help="its gRPC address (waits for the reload), or the file of serve --pidfile",
+    )
     reload.add_argument("--pid", type=int, help="the server's process id")
+    reload.add_argument(
+        "--timeout",
+        type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
+        default=_defaults.RELOAD_TIMEOUT,
+        help="seconds to wait for a reload by address",
+    )
     reload.set_defaults(handler=lazy("cmd_reload"))
 
 
@@ -451,7 +465,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     planner = Planner(config)
     try:
         if args.check:
-            problems = _fleet.stale(planner)
+            problems = _fleet.stale(planner, args.python or ())
             for problem in problems:
                 print(f"reva-plugins: stale: {redact(problem)}", file=sys.stderr)
             return ExitCode.FAILURE if problems else ExitCode.OK

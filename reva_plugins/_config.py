@@ -24,9 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-# Old names of two bounds, kept only while modules outside this one still read them here
-# (serve/_server.py, tests/test_hostile.py): read _defaults.TIMEOUT_BOUNDS and MAX_NESTING.
-TIMEOUT_SECONDS = _defaults.TIMEOUT_BOUNDS
+# The old name of a bound, kept only while tests/test_hostile.py still reads it here.
 MAX_NESTING = _defaults.MAX_NESTING
 
 

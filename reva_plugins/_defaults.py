@@ -65,6 +65,8 @@ ACCESS_LOG: Final = "info"
 ACCESS_LOG_LEVELS: Final = ("debug", "info", "warning", "off")
 #: ``reva-plugins status --timeout``: seconds to wait for a server's metrics.
 STATUS_TIMEOUT: Final = 5.0
+#: Seconds ``reload ADDRESS`` waits for the server's answer (a reload may build envs).
+RELOAD_TIMEOUT: Final = 3600.0
 
 # -- bounds: every number and every nesting a user writes (config file, Python API or command
 # -- line) is checked against these, and only these.

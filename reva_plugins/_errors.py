@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from ._wire import APPLICATION_ERROR
+
 
 class ExitCode(enum.IntEnum):
     """What the CLI exits with; the only home of these numbers."""
@@ -142,7 +144,7 @@ class RemoteError(RevaPluginError):
         *,
         type: str = "RemoteError",
         plugin: str | None = None,
-        code: int = -32000,
+        code: int = APPLICATION_ERROR,
         traceback: str = "",
         data: dict[str, Any] | None = None,
     ) -> None:

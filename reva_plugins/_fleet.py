@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 from . import _bundle, _installers, _lock, _python
 from ._config import Config, ServiceConfig
 from ._errors import ConfigError, SourceError, UsageError
-from ._plan import Planner, Prepared
-from ._wheels import check_wheel
+from ._plan import Planner, Prepared, for_build
 
 if TYPE_CHECKING:
     from ._sources import Resolved, Source
@@ -162,14 +161,14 @@ def _lock_service(
         or view is None
         or _lock.drift(view, source, ctx, view.python) is not None
     ):
+        for_build(source).check_fits(interpreter)
         resolved = source.resolve(ctx)
-        check_wheel(resolved, interpreter)
         return locking.lock(svc, resolved, interpreter, targets, key)
     missing = [python for python in targets if python not in had]
     if not missing:
         return prev
+    for_build(source).check_fits(interpreter)
     resolved = _lock.repin(view, source, ctx)
-    check_wheel(resolved, interpreter)
     return _with_targets(svc, prev, locking.lock(svc, resolved, interpreter, missing, key))
 
 
@@ -226,8 +225,8 @@ def stale(planner: Planner, pythons: Sequence[str] = ()) -> list[str]:
         if why:
             problems.append(f"{svc.key}: {why} ({relock})")
             continue
+        for_build(source).check_fits(interpreter)
         resolved = _lock.repin(entry, source, ctx)
-        check_wheel(resolved, interpreter)
         key = f"{current.shown}: services.{name}.python"
         now = locking.lock(svc, resolved, interpreter, sorted(locked.targets), key)
         problems += [

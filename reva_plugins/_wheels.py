@@ -6,14 +6,11 @@ gets the wheel's file name with the source and checks it here before anything is
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from . import _python
 from ._errors import SourceError
-from ._sources import Resolved
 
 
 def check_tags(filename: str, interpreter: _python.Interpreter, spec: str) -> None:
@@ -37,13 +34,3 @@ def check_tags(filename: str, interpreter: _python.Interpreter, spec: str) -> No
             f"wheel {filename} does not fit Python {interpreter.version} ({shown}); build it for "
             "that Python or set plugin.python"
         )
-
-
-def check_wheel(resolved: Resolved, interpreter: _python.Interpreter) -> None:
-    """:func:`check_tags` for a caller that holds only a resolved source (``_fleet.lock``): the
-    file it installs is checked if it is a wheel file on disk (a ``.whl`` regular file)."""
-    if not resolved.install_args:
-        return
-    path = Path(resolved.install_args[0])
-    if path.name.endswith(".whl") and path.is_file():
-        check_tags(path.name, interpreter, resolved.spec)

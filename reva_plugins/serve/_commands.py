@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _config
-from .._errors import RevaPluginError, UsageError
+from .._errors import ExitCode, RevaPluginError, UsageError
 
 #: What the ``serve`` extra installs, by the module each command imports.
 EXTRA_MODULES = ("grpc", "cs3", "grpc_health", "grpc_reflection", "prometheus_client")
@@ -23,8 +23,6 @@ INSTALL_HINT = "pip install 'reva-plugins[serve]'"
 MAX_PID = 1 << 22
 #: The largest metrics page read by ``status``.
 MAX_METRICS_BYTES = 8 << 20
-#: Seconds ``reload ADDRESS`` waits for the server's answer (a reload may build envs).
-RELOAD_TIMEOUT = 3600.0
 
 
 def require_extra() -> None:
@@ -57,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = Server(args.config, address=address, options=options, pidfile=args.pidfile)
     server.run()
-    return 0
+    return ExitCode.OK
 
 
 def _client_address(text: str, what: str) -> str:
@@ -183,7 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    return 0
+    return ExitCode.OK
 
 
 def is_server_cmdline(argv: list[str]) -> bool:
@@ -255,10 +253,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
         text = str(args.pidfile)
         if not args.pidfile.exists() and _config.address_problem(text) is None:
             require_extra()
-            timeout = getattr(args, "timeout", None) or RELOAD_TIMEOUT
-            outcome = admin_call(_client_address(text, "ADDRESS"), "Reload", timeout)
+            outcome = admin_call(_client_address(text, "ADDRESS"), "Reload", args.timeout)
             print(str(outcome.get("message", "")), file=sys.stderr)
-            return 1 if outcome.get("result") == "failed" else 0
+            return ExitCode.FAILURE if outcome.get("result") == "failed" else ExitCode.OK
         pid = _read_pidfile(args.pidfile)
     else:
         pid = args.pid
@@ -268,7 +265,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     print(
         f"reload requested from process {pid} (SIGHUP; its log says what it did)", file=sys.stderr
     )
-    return 0
+    return ExitCode.OK
 
 
 def _read_pidfile(path: Path) -> int:

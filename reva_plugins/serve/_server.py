@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
-from .. import _config
+from .. import _config, _defaults
 from .._client import Cancellation
 from .._errors import ConfigError, RevaPluginError, UsageError
 from .._hooks import hookimpl
@@ -247,7 +247,7 @@ class Server:
         service = rpc.service
         convert = _cs3.convert
         ok_name = _cs3.CODE_NAMES[_OK]
-        low, high = _config.TIMEOUT_SECONDS
+        low, high = _defaults.TIMEOUT_BOUNDS
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             timed = self._access_level is not None
