@@ -26,9 +26,17 @@ def split(url: str) -> urllib.parse.SplitResult:
     :class:`SourceError`."""
     try:
         parts = urllib.parse.urlsplit(url)
-        _ = parts.port
     except ValueError as exc:
         raise SourceError(f"invalid URL {redact(url)!r}: {exc}") from None
+    try:
+        _ = parts.port
+    except ValueError:
+        # Neither the URL nor urllib's message (which quotes the "port") is shown: a password
+        # holding a raw '/' ends the authority early, and its first part reads as a port.
+        raise SourceError(
+            f"invalid URL {parts.scheme}://…: its port is not a number (in a user name or "
+            "password write ':' as %3A and '/' as %2F)"
+        ) from None
     return parts
 
 

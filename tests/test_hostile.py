@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import filelock
 import pytest
@@ -70,6 +71,7 @@ from reva_plugins._protocol import (
     guess_id,
     loads,
 )
+from reva_plugins._redact import redact, split_userinfo
 from reva_plugins._sources import (
     ArchiveURL,
     ResolveContext,
@@ -706,10 +708,15 @@ class _creds_Server:
 
 
 def _creds_handler(
-    root: Path, *, auth: bool = True, delay: float = 0.0, redirect_to: str | None = None
+    root: Path,
+    *,
+    auth: bool = True,
+    delay: float = 0.0,
+    redirect_to: str | None = None,
+    basic: str = _creds_BASIC,
 ) -> type[http.server.BaseHTTPRequestHandler]:
-    """Serves ``root``; with ``auth``, only to Basic deploy:TOKEN; optionally slow or
-    redirecting every request to another origin."""
+    """Serves ``root``; with ``auth``, only to Basic deploy:TOKEN (or ``basic``); optionally
+    slow or redirecting every request to another origin."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         server_record: list[tuple[str, str | None]]
@@ -722,7 +729,7 @@ def _creds_handler(
 
         def do_GET(self) -> None:
             self.server_record.append((self.path, self.headers.get("Authorization")))
-            if auth and self.headers.get("Authorization") != _creds_BASIC:
+            if auth and self.headers.get("Authorization") != basic:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="test"')
                 self.send_header("Content-Length", "0")
@@ -916,8 +923,11 @@ def test_index_credentials_do_not_change_the_env_key() -> None:
 # -- git over http with Basic auth (git http-backend) --------------------------------------------
 
 
-def _creds_git_handler(project_root: Path) -> type[http.server.BaseHTTPRequestHandler]:
-    """Smart HTTP git, through ``git http-backend`` as CGI, for Basic deploy:TOKEN only."""
+def _creds_git_handler(
+    project_root: Path, basic: str = _creds_BASIC
+) -> type[http.server.BaseHTTPRequestHandler]:
+    """Smart HTTP git, through ``git http-backend`` as CGI, for Basic deploy:TOKEN (or
+    ``basic``) only."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_record: list[tuple[str, str | None]]
@@ -933,7 +943,7 @@ def _creds_git_handler(project_root: Path) -> type[http.server.BaseHTTPRequestHa
 
         def _backend(self) -> None:
             self.server_record.append((self.path, self.headers.get("Authorization")))
-            if self.headers.get("Authorization") != _creds_BASIC:
+            if self.headers.get("Authorization") != basic:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="git"')
                 self.send_header("Content-Length", "0")
@@ -1139,6 +1149,152 @@ def test_the_debug_log_of_a_command_redacts_credentials(caplog: pytest.LogCaptur
         run([sys.executable, "-c", "pass", f"https://u:{_creds_TOKEN}@example.org/x"])
     assert "https://***@example.org/x" in caplog.text
     _creds_assert_hidden(caplog.text)
+
+
+# -- userinfo holding '@', quotes or spaces; secrets in query strings ------------------------------
+
+
+_creds_URLS = [
+    "https://user:p@S3CRETTOK@host/a/x-1.0-py3-none-any.whl",
+    "https://us@er:S3CRETTOK@host:8443/a/x.whl",
+    'https://user:p"S3CRETTOK@host/a/x.whl',
+    "https://user:p S3CRETTOK@host/a/x.whl",
+    "https://user:p\nS3CRET\tTOK@host/a/x.whl",
+    "https://S3CRETTOK@[::1]:8443/a/x.whl",
+    "https://user:S3CRET%40TOK@host/a/x.whl",
+    "git+https://tok@S3CRETTOK@github.com/o/r.git",
+    "git+ssh://git:S3CRETTOK@host/o/r.git",
+    "HTTPS://user:S3CRETTOK@Host/x.whl",
+]
+
+
+@pytest.mark.parametrize("url", _creds_URLS)
+def test_redaction_hides_exactly_the_userinfo_credentials_are_split_from(url: str) -> None:
+    userinfo, rest = split_userinfo(url)
+    assert userinfo is not None
+    assert "S3CRET" in userinfo
+    bare, credential = _auth.split(url.removeprefix("git+"))
+    # _auth sends (or, for ssh, keeps only the user of) exactly the userinfo redact hides.
+    if url.startswith("git+ssh"):
+        assert credential is None
+        assert bare == "ssh://git@host/o/r.git"
+    else:
+        assert credential is not None
+        assert f"{credential.user}:{credential.password}".startswith(unquote(userinfo)[:3])
+        assert "S3CRET" not in bare
+        assert redact(url) == rest.replace("://", "://***@", 1)
+    for text in (redact(url), redact(f"cannot fetch '{url}': HTTP 404 (see {url} again)")):
+        assert "S3CRET" not in text, text
+        assert "TOK" not in text, text
+
+
+def test_a_password_holding_a_raw_slash_is_never_echoed() -> None:
+    with pytest.raises(SourceError) as refused:
+        ArchiveURL(f"https://user:S3CRET/TOK@host/{_SOURCES_WHEEL}")
+    assert "S3CRET" not in str(refused.value)
+    assert "%2F" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden", "kept"),
+    [
+        (
+            "https://b.s3.amazonaws.com/x.whl?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1"
+            "&X-Amz-Signature=ab12&X-Amz-Security-Token=tt#sha256=" + "0" * 64,
+            ["AKIA", "ab12", "=tt"],
+            ["X-Amz-Algorithm=AWS4", "#sha256=" + "0" * 64],
+        ),
+        ("https://h/x.whl?AWSAccessKeyId=AKIA&Signature=s1g&Expires=9", ["AKIA", "s1g"], ["=9"]),
+        ("https://a.blob.core.windows.net/c/x.whl?sv=2022&sig=Zm9v%3D&se=1", ["Zm9v"], ["sv="]),
+        ("https://h/x.whl?X-Goog-Signature=g00&X-Goog-Credential=c1", ["g00", "c1"], []),
+        ("https://h/x.whl?token=t0k&access_token=a1&private_token=p2&ref=main", ["t0k", "a1", "p2"], ["ref=main"]),
+        ("https://h/x.whl?password=pw&secret=sc&key=k3y&api_key=ak&apiKey=AK", ["pw", "sc", "k3y", "ak", "AK"], []),
+    ],
+)  # fmt: skip
+def test_secret_query_parameters_are_redacted(url: str, hidden: list[str], kept: list[str]) -> None:
+    for text in (redact(url), redact(f"driver '{url}' is not allowed")):
+        for secret in hidden:
+            assert secret not in text, text
+        for part in kept:
+            assert part in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password", ["p@S3CRETTOK", 'p"S3CRETTOK', "p S3CRETTOK", "S3CRETTOK@"])
+def test_userinfo_with_at_quote_or_space_and_signed_queries_never_show_in_cli_output(
+    creds_wheel: Path, tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, password: str
+) -> None:
+    (tmp_path / "files").mkdir()
+    shutil.copy(creds_wheel, tmp_path / "files")
+    basic = "Basic " + base64.b64encode(f"{_creds_USER}:{password}".encode()).decode()
+    server = _creds_Server(_creds_handler(tmp_path / "files", basic=basic))
+    query = "?X-Amz-Signature=SIGSECRET&X-Amz-Credential=CREDSECRET&token=QTOKSECRET"
+    secret_url = f"http://{_creds_USER}:{password}@{server.base}/"
+    url = f"{secret_url}{creds_wheel.name}{query}"
+    plugins = "[plugins]\nallow_http = true\n\n"
+    config = write_config(f"{plugins}[grpc.services.userprovider]\ndriver = {_sources_toml(url)}\n")
+    missing = write_config(
+        f"{plugins}[grpc.services.userprovider]\n"
+        f"driver = {_sources_toml(f'{secret_url}gone/{creds_wheel.name}{query}')}\n",
+        name="missing.toml",
+    )
+    try:
+        runs = {
+            "check": cli("check", str(config)),
+            "json": cli("check", "--json", str(config)),
+            "verbose": cli("-v", "check", str(config)),
+            "call": cli("call", str(config), "userprovider", "get_user", '{"user_id": {}}'),
+            "build": cli("-v", "env", "build", str(config)),
+            "list": cli("env", "list", "--json"),
+            "missing": cli("env", "build", str(missing)),
+        }
+    finally:
+        server.close()
+    assert runs["check"].returncode == 0, runs["check"].stderr
+    assert (f"/{creds_wheel.name}{query}", basic) in server.seen  # the credential was sent
+    row = json.loads(runs["json"].stdout)[0]
+    assert row["driver"] == (
+        f"http://***@{server.base}/{creds_wheel.name}"
+        "?X-Amz-Signature=***&X-Amz-Credential=***&token=***"
+    )
+    assert json.loads(runs["call"].stderr)["error"]["plugin"].startswith(
+        "userprovider (http://***@"
+    )
+    assert runs["missing"].returncode == 1
+    assert "HTTP 404" in runs["missing"].stderr
+    texts = [t for done in runs.values() for t in (done.stdout, done.stderr)]
+    texts.append(_creds_metadata(fresh_cache))
+    for text in texts:
+        for secret in ("S3CRETTOK", "SIGSECRET", "CREDSECRET", "QTOKSECRET"):
+            assert secret not in text, text
+
+
+@pytest.mark.slow
+def test_git_userinfo_holding_an_at_sign_clones_and_never_shows(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
+) -> None:
+    password = "p@S3CRETTOK"
+    basic = "Basic " + base64.b64encode(f"{_creds_USER}:{password}".encode()).decode()
+    repos = tmp_path / "repos"
+    repo = make_repo(repos / "plugins.git")
+    git(repo, "config", "http.receivepack", "false")
+    server = _creds_Server(_creds_git_handler(repos, basic=basic))
+    url = f"git+http://{_creds_USER}:{password}@{server.base}/plugins.git@v1"
+    config = write_config(
+        f'[grpc.services.userprovider]\ndriver = "{url}#subdirectory=plugins/demo"\n'
+    )
+    try:
+        checked = cli("-v", "check", "--json", str(config))
+        called = cli("call", str(config), "userprovider", "get_user", '{"user_id": {}}')
+    finally:
+        server.close()
+    assert checked.returncode == 0, checked.stderr
+    row = json.loads(checked.stdout)[0]
+    assert row["driver"] == f"git+http://***@{server.base}/plugins.git@v1#subdirectory=plugins/demo"
+    assert any(auth == basic for _path, auth in server.seen)
+    for text in (checked.stdout, checked.stderr, called.stdout, called.stderr):
+        assert "S3CRETTOK" not in text, text
+    assert "S3CRETTOK" not in _creds_metadata(fresh_cache)
 
 
 # ================================================================================================
