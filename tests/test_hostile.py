@@ -468,6 +468,59 @@ def test_allowed_sources_match_the_resolved_origin(
         classify_driver(spec, base_dir=sources_layout, allowed=tuple(patterns))
 
 
+@pytest.mark.parametrize(
+    ("spec", "pattern", "allowed"),
+    [
+        # The two bypasses: a host wildcard met through the path.
+        (f"https://evil.com/.example.com/{_SOURCES_WHEEL}", "https://*.example.com/*", False),
+        ("git+https://evil.com/x/github.com/org/repo.git@v1", "git+https://*github.com/org/*", False),
+        (f"https://evil.com/a.example.com/{_SOURCES_WHEEL}", "https://*.example.com", False),
+        (f"https://example.com.evil.com/{_SOURCES_WHEEL}", "https://*.example.com/*", False),
+        # The legitimate forms.
+        (f"https://files.example.com/{_SOURCES_WHEEL}", "https://*.example.com/*", True),
+        (f"https://a.b.example.com/dl/x/{_SOURCES_WHEEL}", "https://*.example.com/*", True),
+        (f"https://u:tok@files.example.com/{_SOURCES_WHEEL}", "https://*.example.com/*", True),
+        ("git+https://github.com/org/repo.git@v1", "git+https://*github.com/org/*", True),
+        ("https://github.com/org/repo/tree/v1/sub", "git+https://*github.com/org/*", True),
+        ("git+https://github.com/org/repo.git@v1", "git+https://github.com/org*", True),
+        ("git+https://github.com/orgevil/repo.git@v1", "git+https://github.com/org/*", False),
+        # No path in the pattern: every path on that host.
+        (f"https://files.example.com/a/{_SOURCES_WHEEL}", "https://files.example.com", True),
+        # The scheme exactly; the port component-wise (none written: the default only).
+        (f"http://files.example.com/{_SOURCES_WHEEL}", "https://files.example.com/*", False),
+        (f"https://files.example.com:8443/{_SOURCES_WHEEL}", "https://files.example.com/*", False),
+        (f"https://files.example.com:8443/{_SOURCES_WHEEL}", "https://files.example.com:*/*", True),
+        (f"https://files.example.com:443/{_SOURCES_WHEEL}", "https://files.example.com/*", True),
+        (f"https://files.example.com/{_SOURCES_WHEEL}", "https://files.example.com:443/*", True),
+        (f"https://[::1]:8443/{_SOURCES_WHEEL}", "https://[::1]:8443/*", True),
+        (f"https://[::2]:8443/{_SOURCES_WHEEL}", "https://[::1]:8443/*", False),
+        # Patterns without '://' are still matched as written against the whole origin.
+        ("git+https://evil.com/x/github.com/org/repo.git@v1", "git+*", True),
+    ],
+)  # fmt: skip
+def test_url_patterns_match_scheme_host_port_and_path_one_by_one(
+    tmp_path: Path, spec: str, pattern: str, allowed: bool
+) -> None:
+    if allowed:
+        classify_driver(spec, base_dir=tmp_path, allowed=(pattern,))
+        return
+    with pytest.raises(SourceError, match="not allowed"):
+        classify_driver(spec, base_dir=tmp_path, allowed=(pattern,))
+
+
+@pytest.mark.slow
+def test_a_host_wildcard_bypass_through_the_path_is_refused_by_check(tmp_path: Path) -> None:
+    plugins = 'allowed_sources = ["https://*.example.com/*", "git+https://*github.com/org/*"]'
+    for name, spec in {
+        "archive": f"https://evil.com/.example.com/{_SOURCES_WHEEL}",
+        "git": "git+https://evil.com/x/github.com/org/repo.git@v1",
+    }.items():
+        line = _sources_one_line_error(
+            cli("check", str(_sources_config(tmp_path, name, spec, plugins))), 2
+        )
+        assert "is not allowed by [plugins] allowed_sources" in line, line
+
+
 @pytest.mark.slow
 def test_env_build_of_a_config_honours_allowed_sources(
     sources_layout: Path, fresh_cache: Path
