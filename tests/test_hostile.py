@@ -45,6 +45,7 @@ from reva_plugins import (
     SourceError,
     _auth,
     _environ,
+    _python,
 )
 from reva_plugins import _cli as cli_module
 from reva_plugins._cli import main
@@ -86,7 +87,7 @@ from reva_plugins._urls import origin as _sources_url_origin
 from reva_plugins.testing import run_conformance
 
 from .conftest import EXAMPLES, ROOT, SAMPLES, WriteConfig, cli, pid_alive, wait_until
-from .factory import build_dists, git, make_plugin, make_repo
+from .factory import PLUGIN_MODULE, build_dists, git, make_plugin, make_repo
 
 # ================================================================================================
 # Specs and sources: crafted URLs and paths, downloads, allowed_sources, special files
@@ -1180,9 +1181,16 @@ def test_the_build_environment_keeps_only_what_installing_needs() -> None:
         "DATABASE_PASSWORD": "hunter2",
         "PYTHONPATH": "/evil",
         "GIT_CONFIG_GLOBAL": "/x",
+        "UV_PUBLISH_TOKEN": "pypi-x",
+        "UV_PUBLISH_PASSWORD": "x",
+        "UV_TRUSTED_PUBLISHING": "always",
+        "TWINE_PASSWORD": "x",
+        "UV_INDEX_PRIVATE_PASSWORD": "index-auth",
     }
     env = _environ.build_environment(host)
-    assert set(env) == set(host) - {"DATABASE_PASSWORD", "PYTHONPATH", "GIT_CONFIG_GLOBAL"}
+    dropped = {"DATABASE_PASSWORD", "PYTHONPATH", "GIT_CONFIG_GLOBAL", "TWINE_PASSWORD"}
+    dropped |= {"UV_PUBLISH_TOKEN", "UV_PUBLISH_PASSWORD", "UV_TRUSTED_PUBLISHING"}
+    assert set(env) == set(host) - dropped
     assert _environ.scrubbed(host) == {"PATH": "/bin", "HOME": "/h", "LC_ALL": "C"}
 
 
@@ -1348,6 +1356,151 @@ def test_git_userinfo_holding_an_at_sign_clones_and_never_shows(
     for text in (checked.stdout, checked.stderr, called.stdout, called.stderr):
         assert "S3CRETTOK" not in text, text
     assert "S3CRETTOK" not in _creds_metadata(fresh_cache)
+
+
+# -- the interpreter setting runs what it names: scrubbed, and only a Python passes ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [
+        "echo hello",
+        'echo "[[], [], []]"',
+        'echo \'["CPython", "not a version", "/x"]\'',
+        "exit 3",
+        None,  # not a program at all: no #! line
+    ],
+)
+def test_a_python_setting_naming_a_script_is_one_line_exit_2_and_sees_no_secret(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, body: str | None
+) -> None:
+    seen = tmp_path / "seen.env"
+    script = tmp_path / "evil.sh"
+    script.write_text(
+        "this is not a program\n" if body is None else f"#!/bin/sh\nenv > {seen}\n{body}\n"
+    )
+    script.chmod(0o755)
+    config = write_config(
+        f'[plugins]\npython = "./evil.sh"\n\n[grpc.services.userprovider]\n'
+        f'driver = "{SAMPLES / "json_users"}"\n'
+    )
+    secrets = {"REVA_TEST_SECRET": _creds_TOKEN, "AWS_SECRET_ACCESS_KEY": _creds_TOKEN}
+    for args in (["check", str(config)], ["env", "build", str(config)]):
+        result = cli(*args, env=secrets)
+        line = _sources_one_line_error(result, 2)
+        assert "plugins.python" in line, line
+        assert str(script) in line, line
+        assert "is not a Python interpreter" in line, line
+    if body is not None:
+        recorded = seen.read_text()
+        assert "REVA_TEST_SECRET" not in recorded
+        assert _creds_TOKEN not in recorded
+        assert "PATH=" in recorded
+    assert not (fresh_cache / "envs").exists() or not any((fresh_cache / "envs").iterdir())
+
+
+def test_a_damaged_interpreter_cache_is_ignored(tmp_path: Path) -> None:
+    cache_file = tmp_path / "interpreters.json"
+    real = os.path.realpath(sys.executable)
+    st_ = os.stat(real)
+    cache_file.write_text(json.dumps({f"{real}:{st_.st_size}:{st_.st_mtime_ns}": [[], {}]}))
+    found = _python.InterpreterCache(cache_file).query(sys.executable)
+    assert found is not None
+    assert found.version == ".".join(map(str, sys.version_info[:3]))
+
+
+# -- installers and build backends never see publishing secrets -----------------------------------
+
+
+_creds_BACKEND = '''\
+"""A PEP 517 backend with no requirements: it builds the plugin's wheel by hand."""
+
+import base64
+import hashlib
+import os
+import time
+import zipfile
+
+NAME, VERSION = "reva_hard_plugin", "1.0"
+DIST = f"{NAME}-{VERSION}"
+MODULE = __MODULE__
+
+
+def _hook():
+__HOOK__
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    _hook()
+    files = {
+        f"{NAME}/__init__.py": MODULE,
+        f"{DIST}.dist-info/METADATA": f"Metadata-Version: 2.1\\nName: reva-hard-plugin\\nVersion: {VERSION}\\n",
+        f"{DIST}.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: hard\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+        f"{DIST}.dist-info/entry_points.txt": f"[reva.userprovider]\\ndemo = {NAME}:Provider\\n",
+    }
+    record = []
+    for path, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{DIST}.dist-info/RECORD,,")
+    files[f"{DIST}.dist-info/RECORD"] = "\\n".join(record) + "\\n"
+    name = f"{DIST}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return name
+'''
+
+
+def _creds_backend_project(root: Path, hook: str) -> Path:
+    """A plugin folder whose in-tree, dependency-free build backend runs ``hook`` first."""
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "reva_hard_backend"\nbackend-path = ["."]\n'
+        '\n[project]\nname = "reva-hard-plugin"\nversion = "1.0"\n'
+    )
+    module = PLUGIN_MODULE.format(marker="hard", marker_body="        return MARKER")
+    hook_body = textwrap.indent(textwrap.dedent(hook).strip() or "pass", "    ")
+    backend = _creds_BACKEND.replace("__MODULE__", repr(module)).replace("__HOOK__", hook_body)
+    (root / "reva_hard_backend.py").write_text(backend)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_a_build_backend_never_sees_publishing_tokens(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, installer: str
+) -> None:
+    if installer == "uv" and find_uv() is None:
+        pytest.skip("needs uv")
+    dump = tmp_path / "backend-env.json"
+    hook = f"import json\nwith open({str(dump)!r}, 'w') as f:\n    json.dump(dict(os.environ), f)\n"
+    _creds_backend_project(tmp_path / "plugin", hook)
+    config = write_config(
+        f'[plugins]\ninstaller = "{installer}"\n\n[grpc.services.userprovider]\n'
+        'driver = "./plugin"\n'
+    )
+    publishing = {
+        "UV_PUBLISH_TOKEN": "pypi-S3CRET-1",
+        "UV_PUBLISH_PASSWORD": "S3CRET-2",
+        "UV_PUBLISH_USERNAME": "__token__",
+        "UV_TRUSTED_PUBLISHING": "always",
+        "TWINE_PASSWORD": "S3CRET-3",
+        "TWINE_USERNAME": "__token__",
+        "PIP_UPLOAD_TOKEN": "S3CRET-4",
+    }
+    built = cli("env", "build", str(config), env={**publishing, "UV_HTTP_TIMEOUT": "77"})
+    assert built.returncode == 0, built.stderr
+    seen = json.loads(dump.read_text())
+    assert sorted(set(publishing) & set(seen)) == []
+    assert "S3CRET" not in json.dumps(seen)
+    assert seen.get("UV_HTTP_TIMEOUT") == "77"  # installer settings still pass
 
 
 # ================================================================================================
