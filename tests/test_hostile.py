@@ -24,7 +24,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -1699,7 +1699,7 @@ def test_store_odd_entries_are_listed_broken_and_never_followed(
     canary = tmp_path / "canary"
     canary.mkdir()
     (canary / "keep").write_text("precious", encoding="utf-8")
-    (cache / "envs").mkdir(parents=True)
+    Store(cache).ensure()  # a real cache, into which odd entries were put
     link_key = make_key({"link": 1})
     (cache / "envs" / link_key).symlink_to(canary)
     file_key = make_key({"file": 1})
@@ -1712,9 +1712,10 @@ def test_store_odd_entries_are_listed_broken_and_never_followed(
     assert health["odd name\\n"].startswith("broken: not an env key")
     assert health["bad-\\udcff"].startswith("broken: not an env key")
     assert _store_main(["--cache-dir", str(cache), "env", "remove", link_key]) == 0
-    assert _store_main(["--cache-dir", str(cache), "env", "remove", "odd"]) == 0
+    # Names the core never makes are someone else's: listed, never removed.
+    assert _store_main(["--cache-dir", str(cache), "env", "remove", "odd"]) == 2
     assert _store_main(["--cache-dir", str(cache), "env", "prune", "--unused-days", "0"]) == 0
-    assert os.listdir(cache / "envs") == []
+    assert sorted(os.listdir(os.fsencode(cache / "envs"))) == [b"bad-\xff", b"odd name\n"]
     assert (canary / "keep").read_text(encoding="utf-8") == "precious"
 
 
@@ -1815,7 +1816,7 @@ def test_store_prune_collects_unused_downloads_and_leftovers(
     os.utime(partial, (stale, stale))
     meta = _store_metadata(_store_KEY, resolved={"sha256": "b" * 64})
     _store_fake_env(cache, _store_KEY, meta)
-    leftover = cache / "tmp" / "junk"
+    leftover = cache / "tmp" / "bundle-junk"
     leftover.mkdir()
     os.utime(leftover, (stale, stale))
     building_key = make_key({"building": 1})
@@ -1909,6 +1910,166 @@ def test_store_unusable_cache_dir_is_one_line_and_exit_2(
     assert len(lines) == 1, result.stderr
     assert f"cache dir {cache}" in lines[0]
     assert blocker.read_text(encoding="utf-8") == "a file"
+
+
+# -- 6. a cache dir pointed at someone's folder; only the core's own names are ever deleted -------
+
+_store_OLD = time.mktime((2020, 1, 1, 0, 0, 0, 0, 0, -1))
+
+
+def _store_age(*paths: Path) -> None:
+    for path in paths:
+        os.utime(path, (_store_OLD, _store_OLD), follow_symlinks=False)
+
+
+def _store_users_folder(root: Path, kind: str) -> None:
+    """A folder of someone's files (old, so every age rule would reach them)."""
+    files = {
+        "repro": ["tmp/myproject/", "envs/photos/"],
+        "user-files": ["tmp/myproject/main.py", "envs/photos/cat.jpg", "downloads/notes.txt",
+                       "wheels/mine.whl", "report.pdf"],
+        "foreign-tag": ["CACHEDIR.TAG", "data/blob"],
+        "dotfile": [".keep"],
+    }[kind]  # fmt: skip
+    for name in files:
+        path = root / name
+        if name.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{name} of a user\n", encoding="utf-8")
+    if kind == "foreign-tag":
+        (root / "CACHEDIR.TAG").write_text(
+            "Signature: 8a477f597d28d172789f06886806bc55\n# created by some-other-tool\n"
+        )
+    _store_age(*root.rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["repro", "user-files", "foreign-tag", "dotfile"])
+def test_a_cache_dir_pointed_at_a_users_folder_is_refused_and_nothing_in_it_is_touched(
+    tmp_path: Path, write_config: WriteConfig, kind: str
+) -> None:
+    folder = tmp_path / "canary"
+    folder.mkdir()
+    _store_users_folder(folder, kind)
+    config = _store_config_file(write_config)
+    in_config = write_config(
+        f'[plugins]\ncache_dir = "{folder}"\n\n[grpc.services.userprovider]\n'
+        f'driver = "{SAMPLES / "json_users"}"\n',
+        name="pointed.toml",
+    )
+    before = _sources_snapshot(folder, skip=())
+    spec = str(SAMPLES / "json_users")
+    commands = [
+        ["check", str(config)],
+        ["call", str(config), "userprovider", "get_user", json.dumps({"user_id": {}})],
+        ["env", "build", str(config)],
+        ["env", "build", spec],
+        ["env", "list"],
+        ["env", "list", "--json"],
+        ["env", "remove", "photos"],
+        ["env", "remove", _store_KEY],
+        ["env", "prune"],
+        ["env", "prune", "--unused-days", "0"],
+        ["lock", str(config)],
+        ["conformance", spec, "--service", "userprovider"],
+    ]
+    runs = [(args, cli("--cache-dir", str(folder), *args)) for args in commands]
+    runs.append((["check", "(cache_dir in the config)"], cli("check", str(in_config))))
+    env = {"REVA_PLUGINS_CACHE_DIR": str(folder)}
+    runs.append((["env", "prune", "($REVA_PLUGINS_CACHE_DIR)"], cli("env", "prune", env=env)))
+    for args, result in runs:
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert f"cache dir {folder} is neither empty nor a reva-plugins cache" in result.stderr
+        assert _sources_snapshot(folder, skip=()) == before, f"{args} touched the folder"
+    assert not (tmp_path / "revad.lock").exists()
+
+
+def test_a_cache_dir_is_adopted_only_when_empty_or_already_a_cache(tmp_path: Path) -> None:
+    fresh = tmp_path / "new" / "cache"
+    Store(fresh).ensure()
+    assert (fresh / "CACHEDIR.TAG").read_text(encoding="utf-8").startswith("Signature: 8a477f")
+    (tmp_path / "empty").mkdir()
+    Store(tmp_path / "empty").ensure()
+    # Our own cache, whatever was put into it since, is ours.
+    (fresh / "envs" / "photos").mkdir()
+    Store(fresh).ensure()
+    # A cache whose tag was lost, with nothing but what the core makes.
+    lost = tmp_path / "lost"
+    for name in (f"envs/{_store_KEY}/", f"locks/{_store_KEY}.lock", f"tmp/{_store_KEY}-x1/",
+                 f"downloads/{'a' * 64}/", "downloads/dl-x/", f"wheels/{'b' * 64}/",
+                 f"bundles/{_store_KEY}/", "virtualenv/anything/", "interpreters.json"):  # fmt: skip
+        path = lost / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if name.endswith("/") else path.write_text("{}")
+    Store(lost).ensure()
+    assert (lost / "CACHEDIR.TAG").is_file()
+    # A concurrent first ensure() still writing our tag.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "CACHEDIR.TAG").write_text("Signature: 8a47")
+    Store(partial).ensure()
+    refused: dict[str, Callable[[Path], object]] = {
+        "tmp/myproject": lambda p: (p / "tmp" / "myproject").mkdir(parents=True),
+        "notes.txt": lambda p: (p / "notes.txt").write_text("x"),
+        "envs, not a folder": lambda p: (p / "envs").symlink_to(tmp_path / "empty"),
+        "another program's CACHEDIR.TAG": lambda p: (p / "CACHEDIR.TAG").write_text("Signature: x"),
+        "locks/other.lock": lambda p: (p / "locks" / "other.lock").mkdir(parents=True),
+    }
+    for why, make in refused.items():
+        folder = tmp_path / f"refused-{len(why)}"
+        folder.mkdir()
+        make(folder)
+        listed = sorted(os.listdir(folder))
+        with pytest.raises(ConfigError) as error:
+            Store(folder).ensure()
+        assert sorted(os.listdir(folder)) == listed  # nothing written there
+        assert error.value.exit_code == 2
+        assert str(error.value) == (
+            f"cache dir {folder} is neither empty nor a reva-plugins cache (it holds {why}); "
+            "point the cache dir at a new or empty folder"
+        )
+
+
+@pytest.mark.slow
+def test_env_prune_and_remove_in_a_cache_delete_only_names_the_core_makes(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    Store(cache).ensure()
+    theirs = [
+        "envs/photos/cat.jpg", "envs/notes.txt", "tmp/myproject/main.py", "tmp/junk.txt",
+        "downloads/readme.txt", "downloads/mine/x.whl", "wheels/mine.whl", "bundles/mine/b",
+        f"tmp/{_store_KEY}", f"downloads/{'a' * 63}/x.whl",
+    ]  # fmt: skip
+    for name in theirs:
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_text(f"{name} of a user\n", encoding="utf-8")
+    key = make_key({"ours": 1})
+    _store_fake_env(cache, key, _store_metadata(key))
+    ours = [cache / "envs" / key, cache / "tmp" / f"{key}-stale", cache / "tmp" / "bundle-stale",
+            cache / "downloads" / "dl-stale", cache / "downloads" / ("c" * 64),
+            cache / "wheels" / ("d" * 64), cache / "bundles" / key]  # fmt: skip
+    for path in ours[1:]:
+        path.mkdir(parents=True)
+    _store_age(*cache.rglob("*"))
+    before = _sources_snapshot(cache, skip=())
+    # Their entries, and what they hold (the folders around them change as ours go).
+    roots = {tuple(name.split("/")[:2]) for name in theirs}
+    kept = {k: v for k, v in before.items() if tuple(k.split("/")[:2]) in roots}
+    pruned = cli("--cache-dir", str(cache), "env", "prune", "--unused-days", "0")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "left envs/photos alone" in pruned.stderr
+    for path in ours:
+        assert not os.path.lexists(path), path
+    after = _sources_snapshot(cache, skip=())
+    assert {k: v for k, v in after.items() if k in kept} == kept
+    for name in ("photos", "notes.txt"):
+        removed = cli("--cache-dir", str(cache), "env", "remove", name)
+        line = _sources_one_line_error(removed, 2)
+        assert f"envs/{name} is not an env reva-plugins built" in line, line
+    assert _sources_snapshot(cache, skip=()) == after
 
 
 # ================================================================================================
