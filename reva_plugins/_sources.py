@@ -28,6 +28,7 @@ from . import _auth, _git, _urls
 from ._errors import FetchError, SourceError
 from ._fs import remove_tree
 from ._redact import redact
+from ._store import hold_download
 
 log = logging.getLogger("reva_plugins.sources")
 
@@ -305,7 +306,13 @@ class ArchiveURL:
         pin = self.sha256.lower() if self.sha256 else None
         if pin:
             cached = ctx.downloads / pin / self.filename
-            if _is_regular_file(cached):
+            # Held first (env prune then leaves it alone), then looked at again: a prune may
+            # have removed it in between.
+            if (
+                _is_regular_file(cached)
+                and hold_download(cached.parent)
+                and _is_regular_file(cached)
+            ):
                 # Refresh the mtime: `env prune` ages downloads by it.
                 with contextlib.suppress(OSError):
                     os.utime(cached)
@@ -536,13 +543,24 @@ def download(
         check_sha256(redact(url), expected_sha256, digest)
         final = root / digest / filename
         try:
-            final.parent.mkdir(exist_ok=True)
+            _held_folder(final.parent)
             os.replace(target, final)
         except OSError as exc:
             raise SourceError(f"cannot store the download of {redact(url)}: {exc}") from None
         return final, digest
     finally:
         remove_tree(folder, within=root)
+
+
+def _held_folder(folder: Path, attempts: int = 5) -> None:
+    """Make the download folder ``folder`` and hold it for this process (so ``env prune``
+    leaves it and the download moved into it alone), making it again if a prune removed it
+    between the two."""
+    for _ in range(attempts):
+        folder.mkdir(exist_ok=True)
+        if hold_download(folder):
+            return
+    raise OSError(f"{folder} keeps being removed")
 
 
 def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool, deadline: float) -> str:

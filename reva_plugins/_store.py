@@ -2,7 +2,8 @@
 
 Layout under the cache root: ``envs/<key>`` (venvs, each with its ``reva-env.json`` written last),
 ``locks/`` (``<key>.lock`` for builds, ``<key>.inuse`` held shared by every running host that uses
-the env), ``tmp/`` (builds in progress) and ``downloads/<sha256>/`` (fetched archives).
+the env), ``tmp/`` (builds in progress) and ``downloads/<sha256>/`` (fetched archives, each held
+shared by every process that resolved it: :func:`hold_download`).
 Everything this module deletes goes through :func:`reva_plugins._fs.remove_tree`, and only ever
 names the core itself makes (:data:`LAYOUT`): a folder that is not a cache is never adopted, and
 what someone else put into a cache is left alone.
@@ -760,10 +761,16 @@ class Store:
             if _SHA256.fullmatch(name):
                 if any(env.meta.references(name) for env in envs) or _newest(path) >= cutoff:
                     continue
-            elif not (name.startswith("dl-") and _newest(path) < now - TMP_GRACE_SECONDS):
+                with _download_unheld(path) as free:
+                    if free:
+                        remove_tree(path, within=self.downloads)
+                        removed.append(name)
+                    else:  # a process that resolved it (a build installing from it) runs
+                        log.info("kept download %s: a running process uses it", name)
                 continue
-            remove_tree(path, within=self.downloads)
-            removed.append(name)
+            if name.startswith("dl-") and _newest(path) < now - TMP_GRACE_SECONDS:
+                remove_tree(path, within=self.downloads)
+                removed.append(name)
         return removed
 
     def _prune_tmp(self, now: float) -> list[str]:
@@ -893,6 +900,70 @@ def _foreign_entry(root: Path) -> str | None:
         elif not (_LAYOUT_FILES.fullmatch(name) and _read_small(path, 0) is not None):
             return _safe(name)
     return None
+
+
+_held_downloads: dict[str, int] = {}
+_held_mutex = threading.Lock()
+
+
+def hold_download(folder: Path) -> bool:
+    """Mark the download folder ``downloads/<sha256>`` in use until this process ends.
+
+    A shared lock on the folder: ``env prune`` (which needs it exclusively) in any process
+    leaves a download alone while a process that resolved it, to build from it, still runs.
+    Taken before the download is moved in or used from the cache. False when the folder is
+    gone or was replaced (pruned meanwhile): make it again and retry.
+    """
+    key = str(folder)
+    with _held_mutex:
+        held = _held_downloads.get(key)
+        if held is not None:
+            if _same_file(held, folder):
+                return True
+            os.close(held)
+            del _held_downloads[key]
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            # Blocks only while a prune removes this very folder; then it is gone (below).
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            return False
+        if not _same_file(fd, folder):
+            os.close(fd)
+            return False
+        _held_downloads[key] = fd
+        return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        held, now = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+@contextlib.contextmanager
+def _download_unheld(path: Path) -> Iterator[bool]:
+    """Hold the download ``path`` exclusively if no process holds it; yields whether it does."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        yield True  # not a real folder: nobody can hold it
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _why(exc: OSError) -> str:

@@ -21,6 +21,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
@@ -2070,6 +2071,62 @@ def test_env_prune_and_remove_in_a_cache_delete_only_names_the_core_makes(tmp_pa
         line = _sources_one_line_error(removed, 2)
         assert f"envs/{name} is not an env reva-plugins built" in line, line
     assert _sources_snapshot(cache, skip=()) == after
+
+
+# -- 7. a download a running build installs from ------------------------------------------------
+
+
+def _store_sdist(folder: Path, hook: str) -> Path:
+    """An sdist of the dependency-free backend project (see ``_creds_backend_project``)."""
+    project = _creds_backend_project(folder / "src" / "reva_hard_plugin-1.0", hook)
+    (project / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: reva-hard-plugin\nVersion: 1.0\n", encoding="utf-8"
+    )
+    sdist = folder / "reva_hard_plugin-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(project, arcname=project.name)
+    return sdist
+
+
+@pytest.mark.slow
+def test_env_prune_spares_the_download_a_running_build_installs_from(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
+) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    sdist = _store_sdist(
+        tmp_path / "dist",
+        f"open({str(started)!r}, 'w').close()\n"
+        "deadline = time.time() + 120\n"
+        f"while not os.path.exists({str(go)!r}) and time.time() < deadline:\n"
+        "    time.sleep(0.02)\n",
+    )
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    download = fresh_cache / "downloads" / digest
+    config = write_config(f'[grpc.services.userprovider]\ndriver = "{sdist.as_uri()}"\n')
+    build = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "env", "build", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert wait_until(started.exists, timeout=120), "the build backend never started"
+        assert (download / sdist.name).is_file()
+        pruned = cli("env", "prune", "--unused-days", "0")
+        assert pruned.returncode == 0, pruned.stderr
+        assert (download / sdist.name).is_file(), "env prune removed the download being built"
+    finally:
+        go.touch()
+        out, err = build.communicate(timeout=300)
+    assert build.returncode == 0, err
+    key = out.split()[0]
+    # The build's process is gone: only its env keeps the download now, then nothing does.
+    assert cli("env", "prune", "--unused-days", "30").returncode == 0
+    assert download.is_dir()
+    assert cli("env", "remove", key).returncode == 0
+    assert cli("env", "prune", "--unused-days", "0").returncode == 0
+    assert not download.exists()
 
 
 # ================================================================================================
