@@ -67,6 +67,10 @@ LAYOUT: dict[str, re.Pattern[str] | None] = {
     "virtualenv": None,  # virtualenv's own app data: its layout is virtualenv's
 }
 """The folders the core makes in a cache dir and what it names their entries (None: any)."""
+# Whose entries decide whether a folder without our tag is a cache: the folders the first
+# ensure() makes and downloads/. wheels/ and bundles/ are content stores prune only ever takes
+# digest-named entries from: a stray entry put there by hand does not make the cache a stranger's.
+_DECIDING = frozenset({"envs", "locks", "tmp", "downloads"})
 _LAYOUT_FILES = re.compile(r"interpreters\.json|interpreters\.[0-9]+\.tmp")
 
 
@@ -870,7 +874,9 @@ def _foreign_entry(root: Path) -> str | None:
 
     Adopted: a folder with our ``CACHEDIR.TAG``, or one holding nothing but the layout the core
     makes (:data:`LAYOUT`, the interpreter cache, a tag of ours still being written), which
-    covers an empty folder, a cache whose tag was lost and a concurrent first ``ensure``.
+    covers an empty folder, a cache whose tag was lost and a concurrent first ``ensure``. Of
+    the layout's folders, the entries of ``envs/``, ``locks/``, ``tmp/`` and ``downloads/``
+    are checked by name too.
     """
     content = _read_small(root / "CACHEDIR.TAG", _MAX_TAG_BYTES)
     if content is not None and content.startswith(_TAG_HEAD):
@@ -888,7 +894,7 @@ def _foreign_entry(root: Path) -> str | None:
             try:
                 if not stat.S_ISDIR(os.lstat(path).st_mode):
                     return f"{_safe(name)}, not a folder"
-                pattern = LAYOUT[name]
+                pattern = LAYOUT[name] if name in _DECIDING else None
                 inside = sorted(os.listdir(path)) if pattern is not None else []
             except OSError as exc:
                 why = _why(exc)

@@ -2002,7 +2002,8 @@ def test_a_cache_dir_is_adopted_only_when_empty_or_already_a_cache(tmp_path: Pat
     lost = tmp_path / "lost"
     for name in (f"envs/{_store_KEY}/", f"locks/{_store_KEY}.lock", f"tmp/{_store_KEY}-x1/",
                  f"downloads/{'a' * 64}/", "downloads/dl-x/", f"wheels/{'b' * 64}/",
-                 f"bundles/{_store_KEY}/", "virtualenv/anything/", "interpreters.json"):  # fmt: skip
+                 f"bundles/{_store_KEY}/", "virtualenv/anything/", "interpreters.json",
+                 "wheels/put-here-by-hand.whl"):  # fmt: skip
         path = lost / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir() if name.endswith("/") else path.write_text("{}")
