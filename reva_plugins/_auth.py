@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ._errors import FetchError
-from ._redact import redact
+from ._redact import redact, split_userinfo
 
 __all__ = ["Credential", "git_auth_env", "split", "urlopen", "without_credentials"]
 
@@ -54,13 +54,16 @@ def split(url: str) -> tuple[str, Credential | None]:
 
 
 def _split_userinfo(url: str) -> tuple[str, str | None, str | None]:
-    """``(url without userinfo, user, password)``; user and password are percent-decoded."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
+    """``(url without userinfo, user, password)``; user and password are percent-decoded.
+
+    The userinfo is found by :func:`._redact.split_userinfo`, the definition :func:`redact`
+    hides: whatever is taken out here as a credential is what every message shows as ``***``.
+    """
+    userinfo, rest = split_userinfo(url)
+    if userinfo is None:
         return url, None, None
-    userinfo, _, host = parts.netloc.rpartition("@")
     user, sep, password = userinfo.partition(":")
-    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    bare = urllib.parse.urlunsplit(urllib.parse.urlsplit(rest))
     return (
         bare,
         urllib.parse.unquote(user) or None,

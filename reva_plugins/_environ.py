@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = ["BUILD_ENV", "BUILD_ENV_PREFIXES", "SCRUBBED_ENV", "build_environment", "scrubbed"]
+__all__ = [
+    "BUILD_ENV",
+    "BUILD_ENV_EXCLUDED",
+    "BUILD_ENV_PREFIXES",
+    "SCRUBBED_ENV",
+    "build_environment",
+    "scrubbed",
+]
 
 # What any program needs to run as the same user on the same machine: where programs are, the
 # home folder (caches, ~/.gitconfig, ~/.netrc), language and time zone, where temp files go.
@@ -36,6 +43,10 @@ BUILD_ENV = (
 # uv's and pip's own configuration (index, find-links, cert, cache dir, timeouts): an operator
 # configures the installers through these, and the machine's pip setup may live here.
 BUILD_ENV_PREFIXES = ("UV_", "PIP_")
+# ... but not their publishing settings: an upload token (UV_PUBLISH_TOKEN, UV_PUBLISH_PASSWORD,
+# UV_TRUSTED_PUBLISHING …) is a secret installing never needs, and the plugin's build backend
+# would read it. (TWINE_*, FLIT_*, HATCH_INDEX_* have no prefix above, so never pass.)
+BUILD_ENV_EXCLUDED = ("PUBLISH", "UPLOAD")
 
 
 def scrubbed(host_env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -53,8 +64,14 @@ def build_environment(
     ``extra`` (credentials and settings the core passes on purpose)."""
     host_env = os.environ if host_env is None else host_env
     env = scrubbed(host_env)
-    env.update(
-        (k, v) for k, v in host_env.items() if k in BUILD_ENV or k.startswith(BUILD_ENV_PREFIXES)
-    )
+    env.update((k, v) for k, v in host_env.items() if _installing_needs(k))
     env.update(extra or {})
     return env
+
+
+def _installing_needs(name: str) -> bool:
+    if name in BUILD_ENV:
+        return True
+    return name.startswith(BUILD_ENV_PREFIXES) and not any(
+        word in name.upper() for word in BUILD_ENV_EXCLUDED
+    )

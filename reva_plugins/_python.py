@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._environ import build_environment
 from ._errors import ConfigError
 from ._subprocess import CommandFailed, run
 
@@ -18,6 +19,9 @@ _QUERY = (
     "'.'.join(map(str, sys.version_info[:3])), sys.executable]))"
 )
 _VERSION_RE = re.compile(r"^(?:c?python)?(\d+(?:\.\d+){0,2})$", re.IGNORECASE)
+# What a real interpreter answers the query with: an implementation name, a full version.
+_IMPLEMENTATION = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,63}")
+_FULL_VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}")
 
 
 @dataclass(frozen=True)
@@ -61,27 +65,52 @@ class InterpreterCache:
             self._entries = {}
             if self._file is not None:
                 try:
-                    self._entries = json.loads(self._file.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    self._entries = {}
+                    data = json.loads(self._file.read_text(encoding="utf-8"))
+                except (OSError, ValueError, RecursionError):
+                    data = {}
+                # A damaged or hand-edited file: keep only entries of the shape we write.
+                if isinstance(data, dict):
+                    self._entries = {
+                        k: v for k, v in data.items() if isinstance(k, str) and _answer(v)
+                    }
         return self._entries
 
     def query(self, executable: str) -> Interpreter | None:
-        """The interpreter at ``executable``, or None if it does not run."""
+        """The interpreter at ``executable``, or None if it does not run or is no Python."""
+        found = self.probe(executable)
+        return found if isinstance(found, Interpreter) else None
+
+    def probe(self, executable: str) -> Interpreter | str:
+        """The interpreter at ``executable``, or why it is not one.
+
+        The query runs with the build environment (:func:`._environ.build_environment`), never
+        the core's own: whatever ``python`` names runs, and must not see the core's secrets.
+        """
         real = os.path.realpath(executable)
         try:
             st = os.stat(real)
-        except OSError:
-            return None
+        except OSError as exc:
+            return f"it does not exist ({(exc.strerror or str(exc)).lower()})"
+        if not os.path.isfile(real) or not os.access(real, os.X_OK):
+            return "it is not an executable file"
         stamp = f"{real}:{st.st_size}:{st.st_mtime_ns}"
         entries = self._load()
         if stamp not in entries:
             try:
-                out = run([executable, "-I", "-c", _QUERY], timeout=30)
-                impl, version, _ = json.loads(out.strip().splitlines()[-1])
-            except (CommandFailed, ValueError, IndexError):
-                return None
-            entries[stamp] = [impl, version]
+                out = run([executable, "-I", "-c", _QUERY], env=build_environment(), timeout=30)
+            except CommandFailed as exc:
+                status = "did not finish" if exc.returncode is None else f"exited {exc.returncode}"
+                return f"it is not a Python interpreter (the interpreter query {status})"
+            except OSError as exc:  # not a program the kernel can run (no #! line, wrong arch)
+                return f"it is not a Python interpreter ({(exc.strerror or str(exc)).lower()})"
+            lines = out.strip().splitlines()
+            try:
+                answer = json.loads(lines[-1]) if lines else None
+            except (ValueError, RecursionError):
+                answer = None
+            if not (isinstance(answer, list) and len(answer) == 3 and _answer(answer[:2])):
+                return "it is not a Python interpreter (it did not answer the interpreter query)"
+            entries[stamp] = [answer[0], answer[1]]
             self._save()
         impl, version = entries[stamp]
         return Interpreter(executable=real, implementation=impl, version=version)
@@ -115,10 +144,10 @@ def find(
         return current()
     cache = cache or InterpreterCache()
     if os.sep in request or request.startswith("."):
-        found = cache.query(request)
-        if found is None:
-            raise ConfigError(f"interpreter {request!r} does not exist or does not run", key=key)
-        return found
+        probed = cache.probe(request)
+        if isinstance(probed, str):
+            raise ConfigError(f"interpreter {request!r}: {probed}", key=key)
+        return probed
     match = _VERSION_RE.match(request.strip())
     if not match:
         raise ConfigError(
@@ -134,6 +163,17 @@ def find(
             return found
     raise ConfigError(
         f"no Python {wanted} found (looked on PATH and in {pyenv_root() / 'versions'})", key=key
+    )
+
+
+def _answer(value: object) -> bool:
+    """Whether ``value`` is ``[implementation, full version]`` as a real interpreter says them."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, str) for v in value)
+        and _IMPLEMENTATION.fullmatch(value[0]) is not None
+        and _FULL_VERSION.fullmatch(value[1]) is not None
     )
 
 

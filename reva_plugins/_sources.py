@@ -28,6 +28,7 @@ from . import _auth, _git, _urls
 from ._errors import FetchError, SourceError
 from ._fs import remove_tree
 from ._redact import redact
+from ._store import hold_download
 
 log = logging.getLogger("reva_plugins.sources")
 
@@ -305,7 +306,13 @@ class ArchiveURL:
         pin = self.sha256.lower() if self.sha256 else None
         if pin:
             cached = ctx.downloads / pin / self.filename
-            if _is_regular_file(cached):
+            # Held first (env prune then leaves it alone), then looked at again: a prune may
+            # have removed it in between.
+            if (
+                _is_regular_file(cached)
+                and hold_download(cached.parent)
+                and _is_regular_file(cached)
+            ):
                 # Refresh the mtime: `env prune` ages downloads by it.
                 with contextlib.suppress(OSError):
                     os.utime(cached)
@@ -389,14 +396,15 @@ class RequirementSource:
 class SourcePolicy:
     """``[plugins] allowed_sources``: the glob patterns a driver's origin must match.
 
-    A pattern is matched (``fnmatch``, case-sensitive; ``*`` also matches ``/``) against the
-    source's normalised, resolved origin, never against the spec as written:
+    A pattern is matched (``fnmatch``, case-sensitive) against the source's normalised, resolved
+    origin, never against the spec as written:
 
     - folder, wheel/sdist file, prebuilt venv: the resolved real path (absolute, symlinks
       followed, no ``.``/``..``). A *path pattern* (one starting with ``/``, ``~``, ``./`` or
       ``../``, or holding a ``/`` but no ``://``) is resolved the same way: relative to the
       config file's folder, ``~`` expanded, its leading folders up to the first glob character
-      resolved (symlinks followed). ``./plugins/*`` allows everything below ``plugins/``.
+      resolved (symlinks followed). ``./plugins/*`` allows everything below ``plugins/``
+      (``*`` matches ``/`` in a path).
     - in-process name, requirement: the canonical name (PEP 503: lower case, runs of ``-``,
       ``_``, ``.`` made one ``-``), without extras, version or markers; the pattern is
       canonicalised the same way, so ``Reva_Plugin-*`` and ``reva-plugin-*`` are one pattern.
@@ -406,8 +414,13 @@ class SourcePolicy:
     - archive URL: the URL without credentials, query or fragment, scheme and host lower-cased,
       a default port dropped (``https://host/path/x.whl``); a ``file:`` path resolved.
 
-    A pattern with ``://`` has its scheme and host lower-cased. A pattern without a ``/``
-    (``*``, ``*.whl``, ``reva-plugin-*``) is matched as written against every kind.
+    A *URL pattern* (one with ``://``: ``scheme://host[:port][/path]``) matches URL origins
+    only, component by component (:func:`._urls.match_pattern`): the scheme exactly, the host
+    glob against the host alone (``*`` there never matches ``/``, so ``https://*.example.com/*``
+    cannot be met by ``https://evil.com/.example.com/x.whl``), the port (none in the pattern:
+    the default port only; ``:*``: any), then the path glob (``*`` matches ``/``; no path in
+    the pattern: any path). Any other pattern (``*``, ``*.whl``, ``git+*``, ``reva-plugin-*``)
+    is matched as written against the whole origin of every kind.
     """
 
     patterns: tuple[str, ...] = ("*",)
@@ -415,10 +428,7 @@ class SourcePolicy:
 
     def allows(self, origin: Origin) -> bool:
         """Whether any pattern matches ``origin``."""
-        return any(
-            fnmatch.fnmatchcase(origin.value, self._pattern(pattern, origin.kind))
-            for pattern in self.patterns
-        )
+        return any(self._matches(pattern, origin) for pattern in self.patterns)
 
     def check(self, spec: str, source: Classified) -> None:
         """Raise a :class:`SourceError` unless ``source`` (classified from ``spec``) is allowed."""
@@ -430,16 +440,14 @@ class SourcePolicy:
                 f"{redact(origin.value)!r})"
             )
 
-    def _pattern(self, pattern: str, kind: OriginKind) -> str:
-        if kind == "name":
-            return re.sub(r"[-_.]+", "-", pattern).lower()
+    def _matches(self, pattern: str, origin: Origin) -> bool:
+        if origin.kind == "name":
+            return fnmatch.fnmatchcase(origin.value, re.sub(r"[-_.]+", "-", pattern).lower())
         if "://" in pattern:
-            scheme, _, rest = pattern.partition("://")
-            host, slash, path = rest.partition("/")
-            return f"{scheme.lower()}://{host.lower()}{slash}{path}"
-        if kind == "path" and _is_path_pattern(pattern):
-            return _resolve_pattern(pattern, self.base_dir)
-        return pattern
+            return origin.kind == "url" and _urls.match_pattern(pattern, origin.value)
+        if origin.kind == "path" and _is_path_pattern(pattern):
+            return fnmatch.fnmatchcase(origin.value, _resolve_pattern(pattern, self.base_dir))
+        return fnmatch.fnmatchcase(origin.value, pattern)
 
 
 def _is_path_pattern(pattern: str) -> bool:
@@ -535,13 +543,24 @@ def download(
         check_sha256(redact(url), expected_sha256, digest)
         final = root / digest / filename
         try:
-            final.parent.mkdir(exist_ok=True)
+            _held_folder(final.parent)
             os.replace(target, final)
         except OSError as exc:
             raise SourceError(f"cannot store the download of {redact(url)}: {exc}") from None
         return final, digest
     finally:
         remove_tree(folder, within=root)
+
+
+def _held_folder(folder: Path, attempts: int = 5) -> None:
+    """Make the download folder ``folder`` and hold it for this process (so ``env prune``
+    leaves it and the download moved into it alone), making it again if a prune removed it
+    between the two."""
+    for _ in range(attempts):
+        folder.mkdir(exist_ok=True)
+        if hold_download(folder):
+            return
+    raise OSError(f"{folder} keeps being removed")
 
 
 def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool, deadline: float) -> str:

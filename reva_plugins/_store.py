@@ -2,8 +2,11 @@
 
 Layout under the cache root: ``envs/<key>`` (venvs, each with its ``reva-env.json`` written last),
 ``locks/`` (``<key>.lock`` for builds, ``<key>.inuse`` held shared by every running host that uses
-the env), ``tmp/`` (builds in progress) and ``downloads/<sha256>/`` (fetched archives).
-Everything this module deletes goes through :func:`reva_plugins._fs.remove_tree`.
+the env), ``tmp/`` (builds in progress) and ``downloads/<sha256>/`` (fetched archives, each held
+shared by every process that resolved it: :func:`hold_download`).
+Everything this module deletes goes through :func:`reva_plugins._fs.remove_tree`, and only ever
+names the core itself makes (:data:`LAYOUT`): a folder that is not a cache is never adopted, and
+what someone else put into a cache is left alone.
 """
 
 from __future__ import annotations
@@ -48,6 +51,27 @@ CACHEDIR_TAG = (
 )
 _KEY = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The signature line and our own comment: another program's tag has the first, never both.
+_TAG_HEAD = "".join(CACHEDIR_TAG.splitlines(keepends=True)[:2]).encode()
+_MAX_TAG_BYTES = 4096
+# Temp folders of builds (``<key>-…``, ``<key>-old-…`` for discarded envs) and bundle extractions.
+_TMP_BUILD = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}-.+", re.DOTALL)
+_TMP_BUNDLE = re.compile(r"bundle-.+", re.DOTALL)
+LAYOUT: dict[str, re.Pattern[str] | None] = {
+    "envs": _KEY,
+    "locks": re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.(?:lock|inuse|owner)"),
+    "tmp": re.compile(f"{_TMP_BUILD.pattern}|{_TMP_BUNDLE.pattern}", re.DOTALL),
+    "downloads": re.compile(r"[0-9a-f]{64}|dl-.+", re.DOTALL),
+    "wheels": re.compile(r"[0-9a-f]{64}|build-.+", re.DOTALL),
+    "bundles": _KEY,
+    "virtualenv": None,  # virtualenv's own app data: its layout is virtualenv's
+}
+"""The folders the core makes in a cache dir and what it names their entries (None: any)."""
+# Whose entries decide whether a folder without our tag is a cache: the folders the first
+# ensure() makes and downloads/. wheels/ and bundles/ are content stores prune only ever takes
+# digest-named entries from: a stray entry put there by hand does not make the cache a stranger's.
+_DECIDING = frozenset({"envs", "locks", "tmp", "downloads"})
+_LAYOUT_FILES = re.compile(r"interpreters\.json|interpreters\.[0-9]+\.tmp")
 
 
 def resolve_cache_dir(value: str | os.PathLike[str]) -> Path:
@@ -398,13 +422,31 @@ class Store:
         self._mutex = threading.Lock()
 
     def ensure(self) -> None:
-        """Create the layout and the ``CACHEDIR.TAG``; a cache dir that cannot be is exit 2."""
+        """Create the layout and the ``CACHEDIR.TAG``; a cache dir that cannot be is exit 2.
+
+        An existing folder is adopted only if it is empty or already a reva-plugins cache (our
+        ``CACHEDIR.TAG``, or nothing in it but :data:`LAYOUT`): a cache dir pointed by mistake
+        at a folder holding someone's files is a :class:`ConfigError`, before anything is
+        written there.
+        """
         if os.path.lexists(self.root) and not self.root.is_dir():
             raise ConfigError(f"cache dir {self.root} exists and is not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cache dir {self.root} cannot be created: {_why(exc)}") from None
+        foreign = _foreign_entry(self.root)
+        if foreign is not None:
+            raise ConfigError(
+                f"cache dir {self.root} is neither empty nor a reva-plugins cache (it holds "
+                f"{foreign}); point the cache dir at a new or empty folder"
+            )
+        tag = self.root / "CACHEDIR.TAG"
+        # Written first, so a concurrent ensure() sees a cache (or a prefix of our tag).
+        with contextlib.suppress(OSError):
+            fd = os.open(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(CACHEDIR_TAG)
         for folder in (self.envs, self.locks, self.tmp):
             try:
                 folder.mkdir(exist_ok=True)
@@ -414,10 +456,6 @@ class Store:
                 ) from None
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise ConfigError(f"cache dir {self.root}: {folder.name}/ is not writable")
-        tag = self.root / "CACHEDIR.TAG"
-        if not os.path.lexists(tag):
-            with contextlib.suppress(OSError):
-                tag.write_text(CACHEDIR_TAG, encoding="utf-8")
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -657,13 +695,14 @@ class Store:
         Raises :class:`EnvInUse` when a running host holds it.
         """
         path = self._entry_path(name)
+        self.ensure()
         if not os.path.lexists(path):
             return False
         if not is_key(name):
-            # Never built by us, so no build lock or in-use mark can exist for it.
-            remove_tree(path, within=self.envs)
-            return True
-        self.ensure()
+            raise UsageError(
+                f"envs/{_safe(name)} is not an env reva-plugins built (env keys are "
+                f"{KEY_LENGTH} hex digits): it is left alone; delete it yourself if it is yours"
+            )
         with self._unused(name) as free:
             if not free:
                 raise EnvInUse(f"env {name} is in use by a running host; stop the host first")
@@ -677,10 +716,14 @@ class Store:
         refers to that are as old, and leftovers of interrupted builds and downloads."""
         if not (isinstance(unused_days, (int, float)) and 0 <= unused_days < 1e6):
             raise UsageError(f"--unused-days must be a number of days >= 0, not {unused_days!r}")
+        self.ensure()
         now = time.time()
         cutoff = now - unused_days * 86400
         result = Pruned()
         for entry in self.scan():
+            if not is_key(entry.key):
+                log.warning("left envs/%s alone: not an env reva-plugins built", _safe(entry.key))
+                continue
             if self.last_used(entry) >= cutoff:
                 continue
             try:
@@ -722,10 +765,16 @@ class Store:
             if _SHA256.fullmatch(name):
                 if any(env.meta.references(name) for env in envs) or _newest(path) >= cutoff:
                     continue
-            elif not (name.startswith("dl-") and _newest(path) < now - TMP_GRACE_SECONDS):
+                with _download_unheld(path) as free:
+                    if free:
+                        remove_tree(path, within=self.downloads)
+                        removed.append(name)
+                    else:  # a process that resolved it (a build installing from it) runs
+                        log.info("kept download %s: a running process uses it", name)
                 continue
-            remove_tree(path, within=self.downloads)
-            removed.append(name)
+            if name.startswith("dl-") and _newest(path) < now - TMP_GRACE_SECONDS:
+                remove_tree(path, within=self.downloads)
+                removed.append(name)
         return removed
 
     def _prune_tmp(self, now: float) -> list[str]:
@@ -736,10 +785,12 @@ class Store:
         removed = []
         for name in names:
             path = self.tmp / name
+            if not (_TMP_BUILD.fullmatch(name) or _TMP_BUNDLE.fullmatch(name)):
+                continue  # not a name the core makes: someone else's, left alone
             if _newest(path) >= now - TMP_GRACE_SECONDS:
                 continue
             key = name[:KEY_LENGTH]
-            if is_key(key) and name[KEY_LENGTH : KEY_LENGTH + 1] == "-":
+            if _TMP_BUILD.fullmatch(name):
                 # A long build still running holds its key's lock: leave its folder alone.
                 lock = filelock.FileLock(str(self.locks / f"{key}.lock"))
                 try:
@@ -799,6 +850,126 @@ def _newest(path: Path) -> float:
                 with contextlib.suppress(OSError):
                     newest = max(newest, item.stat(follow_symlinks=False).st_mtime)
     return newest
+
+
+def _safe(name: str) -> str:
+    """``name`` fit for one line of output (control characters and stray bytes escaped)."""
+    return name if name.isprintable() else ascii(name)[1:-1]
+
+
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``path``; None if it is not one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit)
+
+
+def _foreign_entry(root: Path) -> str | None:
+    """None when ``root`` may be adopted as a cache dir; else one entry that shows it is not.
+
+    Adopted: a folder with our ``CACHEDIR.TAG``, or one holding nothing but the layout the core
+    makes (:data:`LAYOUT`, the interpreter cache, a tag of ours still being written), which
+    covers an empty folder, a cache whose tag was lost and a concurrent first ``ensure``. Of
+    the layout's folders, the entries of ``envs/``, ``locks/``, ``tmp/`` and ``downloads/``
+    are checked by name too.
+    """
+    content = _read_small(root / "CACHEDIR.TAG", _MAX_TAG_BYTES)
+    if content is not None and content.startswith(_TAG_HEAD):
+        return None
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as exc:
+        raise ConfigError(f"cache dir {root} cannot be read: {_why(exc)}") from None
+    for name in names:
+        path = root / name
+        if name == "CACHEDIR.TAG":
+            if content is None or not CACHEDIR_TAG.encode().startswith(content):
+                return "another program's CACHEDIR.TAG"
+        elif name in LAYOUT:
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    return f"{_safe(name)}, not a folder"
+                pattern = LAYOUT[name] if name in _DECIDING else None
+                inside = sorted(os.listdir(path)) if pattern is not None else []
+            except OSError as exc:
+                why = _why(exc)
+                raise ConfigError(f"cache dir {root}: {name}/ cannot be read: {why}") from None
+            if pattern is not None:
+                for item in inside:
+                    if not pattern.fullmatch(item):
+                        return f"{name}/{_safe(item)}"
+        elif not (_LAYOUT_FILES.fullmatch(name) and _read_small(path, 0) is not None):
+            return _safe(name)
+    return None
+
+
+_held_downloads: dict[str, int] = {}
+_held_mutex = threading.Lock()
+
+
+def hold_download(folder: Path) -> bool:
+    """Mark the download folder ``downloads/<sha256>`` in use until this process ends.
+
+    A shared lock on the folder: ``env prune`` (which needs it exclusively) in any process
+    leaves a download alone while a process that resolved it, to build from it, still runs.
+    Taken before the download is moved in or used from the cache. False when the folder is
+    gone or was replaced (pruned meanwhile): make it again and retry.
+    """
+    key = str(folder)
+    with _held_mutex:
+        held = _held_downloads.get(key)
+        if held is not None:
+            if _same_file(held, folder):
+                return True
+            os.close(held)
+            del _held_downloads[key]
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            # Blocks only while a prune removes this very folder; then it is gone (below).
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            return False
+        if not _same_file(fd, folder):
+            os.close(fd)
+            return False
+        _held_downloads[key] = fd
+        return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        held, now = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+@contextlib.contextmanager
+def _download_unheld(path: Path) -> Iterator[bool]:
+    """Hold the download ``path`` exclusively if no process holds it; yields whether it does."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        yield True  # not a real folder: nobody can hold it
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _why(exc: OSError) -> str:

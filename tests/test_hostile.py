@@ -21,12 +21,14 @@ import stat
 import struct
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import filelock
 import pytest
@@ -44,6 +46,7 @@ from reva_plugins import (
     SourceError,
     _auth,
     _environ,
+    _python,
 )
 from reva_plugins import _cli as cli_module
 from reva_plugins._cli import main
@@ -70,6 +73,7 @@ from reva_plugins._protocol import (
     guess_id,
     loads,
 )
+from reva_plugins._redact import redact, split_userinfo
 from reva_plugins._sources import (
     ArchiveURL,
     ResolveContext,
@@ -84,7 +88,7 @@ from reva_plugins._urls import origin as _sources_url_origin
 from reva_plugins.testing import run_conformance
 
 from .conftest import EXAMPLES, ROOT, SAMPLES, WriteConfig, cli, pid_alive, wait_until
-from .factory import build_dists, git, make_plugin, make_repo
+from .factory import PLUGIN_MODULE, build_dists, git, make_plugin, make_repo
 
 # ================================================================================================
 # Specs and sources: crafted URLs and paths, downloads, allowed_sources, special files
@@ -466,6 +470,59 @@ def test_allowed_sources_match_the_resolved_origin(
         classify_driver(spec, base_dir=sources_layout, allowed=tuple(patterns))
 
 
+@pytest.mark.parametrize(
+    ("spec", "pattern", "allowed"),
+    [
+        # The two bypasses: a host wildcard met through the path.
+        (f"https://evil.com/.example.com/{_SOURCES_WHEEL}", "https://*.example.com/*", False),
+        ("git+https://evil.com/x/github.com/org/repo.git@v1", "git+https://*github.com/org/*", False),
+        (f"https://evil.com/a.example.com/{_SOURCES_WHEEL}", "https://*.example.com", False),
+        (f"https://example.com.evil.com/{_SOURCES_WHEEL}", "https://*.example.com/*", False),
+        # The legitimate forms.
+        (f"https://files.example.com/{_SOURCES_WHEEL}", "https://*.example.com/*", True),
+        (f"https://a.b.example.com/dl/x/{_SOURCES_WHEEL}", "https://*.example.com/*", True),
+        (f"https://u:tok@files.example.com/{_SOURCES_WHEEL}", "https://*.example.com/*", True),
+        ("git+https://github.com/org/repo.git@v1", "git+https://*github.com/org/*", True),
+        ("https://github.com/org/repo/tree/v1/sub", "git+https://*github.com/org/*", True),
+        ("git+https://github.com/org/repo.git@v1", "git+https://github.com/org*", True),
+        ("git+https://github.com/orgevil/repo.git@v1", "git+https://github.com/org/*", False),
+        # No path in the pattern: every path on that host.
+        (f"https://files.example.com/a/{_SOURCES_WHEEL}", "https://files.example.com", True),
+        # The scheme exactly; the port component-wise (none written: the default only).
+        (f"http://files.example.com/{_SOURCES_WHEEL}", "https://files.example.com/*", False),
+        (f"https://files.example.com:8443/{_SOURCES_WHEEL}", "https://files.example.com/*", False),
+        (f"https://files.example.com:8443/{_SOURCES_WHEEL}", "https://files.example.com:*/*", True),
+        (f"https://files.example.com:443/{_SOURCES_WHEEL}", "https://files.example.com/*", True),
+        (f"https://files.example.com/{_SOURCES_WHEEL}", "https://files.example.com:443/*", True),
+        (f"https://[::1]:8443/{_SOURCES_WHEEL}", "https://[::1]:8443/*", True),
+        (f"https://[::2]:8443/{_SOURCES_WHEEL}", "https://[::1]:8443/*", False),
+        # Patterns without '://' are still matched as written against the whole origin.
+        ("git+https://evil.com/x/github.com/org/repo.git@v1", "git+*", True),
+    ],
+)  # fmt: skip
+def test_url_patterns_match_scheme_host_port_and_path_one_by_one(
+    tmp_path: Path, spec: str, pattern: str, allowed: bool
+) -> None:
+    if allowed:
+        classify_driver(spec, base_dir=tmp_path, allowed=(pattern,))
+        return
+    with pytest.raises(SourceError, match="not allowed"):
+        classify_driver(spec, base_dir=tmp_path, allowed=(pattern,))
+
+
+@pytest.mark.slow
+def test_a_host_wildcard_bypass_through_the_path_is_refused_by_check(tmp_path: Path) -> None:
+    plugins = 'allowed_sources = ["https://*.example.com/*", "git+https://*github.com/org/*"]'
+    for name, spec in {
+        "archive": f"https://evil.com/.example.com/{_SOURCES_WHEEL}",
+        "git": "git+https://evil.com/x/github.com/org/repo.git@v1",
+    }.items():
+        line = _sources_one_line_error(
+            cli("check", str(_sources_config(tmp_path, name, spec, plugins))), 2
+        )
+        assert "is not allowed by [plugins] allowed_sources" in line, line
+
+
 @pytest.mark.slow
 def test_env_build_of_a_config_honours_allowed_sources(
     sources_layout: Path, fresh_cache: Path
@@ -706,10 +763,15 @@ class _creds_Server:
 
 
 def _creds_handler(
-    root: Path, *, auth: bool = True, delay: float = 0.0, redirect_to: str | None = None
+    root: Path,
+    *,
+    auth: bool = True,
+    delay: float = 0.0,
+    redirect_to: str | None = None,
+    basic: str = _creds_BASIC,
 ) -> type[http.server.BaseHTTPRequestHandler]:
-    """Serves ``root``; with ``auth``, only to Basic deploy:TOKEN; optionally slow or
-    redirecting every request to another origin."""
+    """Serves ``root``; with ``auth``, only to Basic deploy:TOKEN (or ``basic``); optionally
+    slow or redirecting every request to another origin."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         server_record: list[tuple[str, str | None]]
@@ -722,7 +784,7 @@ def _creds_handler(
 
         def do_GET(self) -> None:
             self.server_record.append((self.path, self.headers.get("Authorization")))
-            if auth and self.headers.get("Authorization") != _creds_BASIC:
+            if auth and self.headers.get("Authorization") != basic:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="test"')
                 self.send_header("Content-Length", "0")
@@ -916,8 +978,11 @@ def test_index_credentials_do_not_change_the_env_key() -> None:
 # -- git over http with Basic auth (git http-backend) --------------------------------------------
 
 
-def _creds_git_handler(project_root: Path) -> type[http.server.BaseHTTPRequestHandler]:
-    """Smart HTTP git, through ``git http-backend`` as CGI, for Basic deploy:TOKEN only."""
+def _creds_git_handler(
+    project_root: Path, basic: str = _creds_BASIC
+) -> type[http.server.BaseHTTPRequestHandler]:
+    """Smart HTTP git, through ``git http-backend`` as CGI, for Basic deploy:TOKEN (or
+    ``basic``) only."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_record: list[tuple[str, str | None]]
@@ -933,7 +998,7 @@ def _creds_git_handler(project_root: Path) -> type[http.server.BaseHTTPRequestHa
 
         def _backend(self) -> None:
             self.server_record.append((self.path, self.headers.get("Authorization")))
-            if self.headers.get("Authorization") != _creds_BASIC:
+            if self.headers.get("Authorization") != basic:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="git"')
                 self.send_header("Content-Length", "0")
@@ -1117,9 +1182,16 @@ def test_the_build_environment_keeps_only_what_installing_needs() -> None:
         "DATABASE_PASSWORD": "hunter2",
         "PYTHONPATH": "/evil",
         "GIT_CONFIG_GLOBAL": "/x",
+        "UV_PUBLISH_TOKEN": "pypi-x",
+        "UV_PUBLISH_PASSWORD": "x",
+        "UV_TRUSTED_PUBLISHING": "always",
+        "TWINE_PASSWORD": "x",
+        "UV_INDEX_PRIVATE_PASSWORD": "index-auth",
     }
     env = _environ.build_environment(host)
-    assert set(env) == set(host) - {"DATABASE_PASSWORD", "PYTHONPATH", "GIT_CONFIG_GLOBAL"}
+    dropped = {"DATABASE_PASSWORD", "PYTHONPATH", "GIT_CONFIG_GLOBAL", "TWINE_PASSWORD"}
+    dropped |= {"UV_PUBLISH_TOKEN", "UV_PUBLISH_PASSWORD", "UV_TRUSTED_PUBLISHING"}
+    assert set(env) == set(host) - dropped
     assert _environ.scrubbed(host) == {"PATH": "/bin", "HOME": "/h", "LC_ALL": "C"}
 
 
@@ -1139,6 +1211,297 @@ def test_the_debug_log_of_a_command_redacts_credentials(caplog: pytest.LogCaptur
         run([sys.executable, "-c", "pass", f"https://u:{_creds_TOKEN}@example.org/x"])
     assert "https://***@example.org/x" in caplog.text
     _creds_assert_hidden(caplog.text)
+
+
+# -- userinfo holding '@', quotes or spaces; secrets in query strings ------------------------------
+
+
+_creds_URLS = [
+    "https://user:p@S3CRETTOK@host/a/x-1.0-py3-none-any.whl",
+    "https://us@er:S3CRETTOK@host:8443/a/x.whl",
+    'https://user:p"S3CRETTOK@host/a/x.whl',
+    "https://user:p S3CRETTOK@host/a/x.whl",
+    "https://user:p\nS3CRET\tTOK@host/a/x.whl",
+    "https://S3CRETTOK@[::1]:8443/a/x.whl",
+    "https://user:S3CRET%40TOK@host/a/x.whl",
+    "git+https://tok@S3CRETTOK@github.com/o/r.git",
+    "git+ssh://git:S3CRETTOK@host/o/r.git",
+    "HTTPS://user:S3CRETTOK@Host/x.whl",
+]
+
+
+@pytest.mark.parametrize("url", _creds_URLS)
+def test_redaction_hides_exactly_the_userinfo_credentials_are_split_from(url: str) -> None:
+    userinfo, rest = split_userinfo(url)
+    assert userinfo is not None
+    assert "S3CRET" in userinfo
+    bare, credential = _auth.split(url.removeprefix("git+"))
+    # _auth sends (or, for ssh, keeps only the user of) exactly the userinfo redact hides.
+    if url.startswith("git+ssh"):
+        assert credential is None
+        assert bare == "ssh://git@host/o/r.git"
+    else:
+        assert credential is not None
+        assert f"{credential.user}:{credential.password}".startswith(unquote(userinfo)[:3])
+        assert "S3CRET" not in bare
+        assert redact(url) == rest.replace("://", "://***@", 1)
+    for text in (redact(url), redact(f"cannot fetch '{url}': HTTP 404 (see {url} again)")):
+        assert "S3CRET" not in text, text
+        assert "TOK" not in text, text
+
+
+def test_a_password_holding_a_raw_slash_is_never_echoed() -> None:
+    with pytest.raises(SourceError) as refused:
+        ArchiveURL(f"https://user:S3CRET/TOK@host/{_SOURCES_WHEEL}")
+    assert "S3CRET" not in str(refused.value)
+    assert "%2F" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden", "kept"),
+    [
+        (
+            "https://b.s3.amazonaws.com/x.whl?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1"
+            "&X-Amz-Signature=ab12&X-Amz-Security-Token=tt#sha256=" + "0" * 64,
+            ["AKIA", "ab12", "=tt"],
+            ["X-Amz-Algorithm=AWS4", "#sha256=" + "0" * 64],
+        ),
+        ("https://h/x.whl?AWSAccessKeyId=AKIA&Signature=s1g&Expires=9", ["AKIA", "s1g"], ["=9"]),
+        ("https://a.blob.core.windows.net/c/x.whl?sv=2022&sig=Zm9v%3D&se=1", ["Zm9v"], ["sv="]),
+        ("https://h/x.whl?X-Goog-Signature=g00&X-Goog-Credential=c1", ["g00", "c1"], []),
+        ("https://h/x.whl?token=t0k&access_token=a1&private_token=p2&ref=main", ["t0k", "a1", "p2"], ["ref=main"]),
+        ("https://h/x.whl?password=pw&secret=sc&key=k3y&api_key=ak&apiKey=AK", ["pw", "sc", "k3y", "ak", "AK"], []),
+    ],
+)  # fmt: skip
+def test_secret_query_parameters_are_redacted(url: str, hidden: list[str], kept: list[str]) -> None:
+    for text in (redact(url), redact(f"driver '{url}' is not allowed")):
+        for secret in hidden:
+            assert secret not in text, text
+        for part in kept:
+            assert part in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password", ["p@S3CRETTOK", 'p"S3CRETTOK', "p S3CRETTOK", "S3CRETTOK@"])
+def test_userinfo_with_at_quote_or_space_and_signed_queries_never_show_in_cli_output(
+    creds_wheel: Path, tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, password: str
+) -> None:
+    (tmp_path / "files").mkdir()
+    shutil.copy(creds_wheel, tmp_path / "files")
+    basic = "Basic " + base64.b64encode(f"{_creds_USER}:{password}".encode()).decode()
+    server = _creds_Server(_creds_handler(tmp_path / "files", basic=basic))
+    query = "?X-Amz-Signature=SIGSECRET&X-Amz-Credential=CREDSECRET&token=QTOKSECRET"
+    secret_url = f"http://{_creds_USER}:{password}@{server.base}/"
+    url = f"{secret_url}{creds_wheel.name}{query}"
+    plugins = "[plugins]\nallow_http = true\n\n"
+    config = write_config(f"{plugins}[grpc.services.userprovider]\ndriver = {_sources_toml(url)}\n")
+    missing = write_config(
+        f"{plugins}[grpc.services.userprovider]\n"
+        f"driver = {_sources_toml(f'{secret_url}gone/{creds_wheel.name}{query}')}\n",
+        name="missing.toml",
+    )
+    try:
+        runs = {
+            "check": cli("check", str(config)),
+            "json": cli("check", "--json", str(config)),
+            "verbose": cli("-v", "check", str(config)),
+            "call": cli("call", str(config), "userprovider", "get_user", '{"user_id": {}}'),
+            "build": cli("-v", "env", "build", str(config)),
+            "list": cli("env", "list", "--json"),
+            "missing": cli("env", "build", str(missing)),
+        }
+    finally:
+        server.close()
+    assert runs["check"].returncode == 0, runs["check"].stderr
+    assert (f"/{creds_wheel.name}{query}", basic) in server.seen  # the credential was sent
+    row = json.loads(runs["json"].stdout)[0]
+    assert row["driver"] == (
+        f"http://***@{server.base}/{creds_wheel.name}"
+        "?X-Amz-Signature=***&X-Amz-Credential=***&token=***"
+    )
+    assert json.loads(runs["call"].stderr)["error"]["plugin"].startswith(
+        "userprovider (http://***@"
+    )
+    assert runs["missing"].returncode == 1
+    assert "HTTP 404" in runs["missing"].stderr
+    texts = [t for done in runs.values() for t in (done.stdout, done.stderr)]
+    texts.append(_creds_metadata(fresh_cache))
+    for text in texts:
+        for secret in ("S3CRETTOK", "SIGSECRET", "CREDSECRET", "QTOKSECRET"):
+            assert secret not in text, text
+
+
+@pytest.mark.slow
+def test_git_userinfo_holding_an_at_sign_clones_and_never_shows(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
+) -> None:
+    password = "p@S3CRETTOK"
+    basic = "Basic " + base64.b64encode(f"{_creds_USER}:{password}".encode()).decode()
+    repos = tmp_path / "repos"
+    repo = make_repo(repos / "plugins.git")
+    git(repo, "config", "http.receivepack", "false")
+    server = _creds_Server(_creds_git_handler(repos, basic=basic))
+    url = f"git+http://{_creds_USER}:{password}@{server.base}/plugins.git@v1"
+    config = write_config(
+        f'[grpc.services.userprovider]\ndriver = "{url}#subdirectory=plugins/demo"\n'
+    )
+    try:
+        checked = cli("-v", "check", "--json", str(config))
+        called = cli("call", str(config), "userprovider", "get_user", '{"user_id": {}}')
+    finally:
+        server.close()
+    assert checked.returncode == 0, checked.stderr
+    row = json.loads(checked.stdout)[0]
+    assert row["driver"] == f"git+http://***@{server.base}/plugins.git@v1#subdirectory=plugins/demo"
+    assert any(auth == basic for _path, auth in server.seen)
+    for text in (checked.stdout, checked.stderr, called.stdout, called.stderr):
+        assert "S3CRETTOK" not in text, text
+    assert "S3CRETTOK" not in _creds_metadata(fresh_cache)
+
+
+# -- the interpreter setting runs what it names: scrubbed, and only a Python passes ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [
+        "echo hello",
+        'echo "[[], [], []]"',
+        'echo \'["CPython", "not a version", "/x"]\'',
+        "exit 3",
+        None,  # not a program at all: no #! line
+    ],
+)
+def test_a_python_setting_naming_a_script_is_one_line_exit_2_and_sees_no_secret(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, body: str | None
+) -> None:
+    seen = tmp_path / "seen.env"
+    script = tmp_path / "evil.sh"
+    script.write_text(
+        "this is not a program\n" if body is None else f"#!/bin/sh\nenv > {seen}\n{body}\n"
+    )
+    script.chmod(0o755)
+    config = write_config(
+        f'[plugins]\npython = "./evil.sh"\n\n[grpc.services.userprovider]\n'
+        f'driver = "{SAMPLES / "json_users"}"\n'
+    )
+    secrets = {"REVA_TEST_SECRET": _creds_TOKEN, "AWS_SECRET_ACCESS_KEY": _creds_TOKEN}
+    for args in (["check", str(config)], ["env", "build", str(config)]):
+        result = cli(*args, env=secrets)
+        line = _sources_one_line_error(result, 2)
+        assert "plugins.python" in line, line
+        assert str(script) in line, line
+        assert "is not a Python interpreter" in line, line
+    if body is not None:
+        recorded = seen.read_text()
+        assert "REVA_TEST_SECRET" not in recorded
+        assert _creds_TOKEN not in recorded
+        assert "PATH=" in recorded
+    assert not (fresh_cache / "envs").exists() or not any((fresh_cache / "envs").iterdir())
+
+
+def test_a_damaged_interpreter_cache_is_ignored(tmp_path: Path) -> None:
+    cache_file = tmp_path / "interpreters.json"
+    real = os.path.realpath(sys.executable)
+    st_ = os.stat(real)
+    cache_file.write_text(json.dumps({f"{real}:{st_.st_size}:{st_.st_mtime_ns}": [[], {}]}))
+    found = _python.InterpreterCache(cache_file).query(sys.executable)
+    assert found is not None
+    assert found.version == ".".join(map(str, sys.version_info[:3]))
+
+
+# -- installers and build backends never see publishing secrets -----------------------------------
+
+
+_creds_BACKEND = '''\
+"""A PEP 517 backend with no requirements: it builds the plugin's wheel by hand."""
+
+import base64
+import hashlib
+import os
+import time
+import zipfile
+
+NAME, VERSION = "reva_hard_plugin", "1.0"
+DIST = f"{NAME}-{VERSION}"
+MODULE = __MODULE__
+
+
+def _hook():
+__HOOK__
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    _hook()
+    files = {
+        f"{NAME}/__init__.py": MODULE,
+        f"{DIST}.dist-info/METADATA": f"Metadata-Version: 2.1\\nName: reva-hard-plugin\\nVersion: {VERSION}\\n",
+        f"{DIST}.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: hard\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+        f"{DIST}.dist-info/entry_points.txt": f"[reva.userprovider]\\ndemo = {NAME}:Provider\\n",
+    }
+    record = []
+    for path, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{DIST}.dist-info/RECORD,,")
+    files[f"{DIST}.dist-info/RECORD"] = "\\n".join(record) + "\\n"
+    name = f"{DIST}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
+        for path, text in files.items():
+            wheel.writestr(path, text)
+    return name
+'''
+
+
+def _creds_backend_project(root: Path, hook: str) -> Path:
+    """A plugin folder whose in-tree, dependency-free build backend runs ``hook`` first."""
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "reva_hard_backend"\nbackend-path = ["."]\n'
+        '\n[project]\nname = "reva-hard-plugin"\nversion = "1.0"\n'
+    )
+    module = PLUGIN_MODULE.format(marker="hard", marker_body="        return MARKER")
+    hook_body = textwrap.indent(textwrap.dedent(hook).strip() or "pass", "    ")
+    backend = _creds_BACKEND.replace("__MODULE__", repr(module)).replace("__HOOK__", hook_body)
+    (root / "reva_hard_backend.py").write_text(backend)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_a_build_backend_never_sees_publishing_tokens(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig, installer: str
+) -> None:
+    if installer == "uv" and find_uv() is None:
+        pytest.skip("needs uv")
+    dump = tmp_path / "backend-env.json"
+    hook = f"import json\nwith open({str(dump)!r}, 'w') as f:\n    json.dump(dict(os.environ), f)\n"
+    _creds_backend_project(tmp_path / "plugin", hook)
+    config = write_config(
+        f'[plugins]\ninstaller = "{installer}"\n\n[grpc.services.userprovider]\n'
+        'driver = "./plugin"\n'
+    )
+    publishing = {
+        "UV_PUBLISH_TOKEN": "pypi-S3CRET-1",
+        "UV_PUBLISH_PASSWORD": "S3CRET-2",
+        "UV_PUBLISH_USERNAME": "__token__",
+        "UV_TRUSTED_PUBLISHING": "always",
+        "TWINE_PASSWORD": "S3CRET-3",
+        "TWINE_USERNAME": "__token__",
+        "PIP_UPLOAD_TOKEN": "S3CRET-4",
+    }
+    built = cli("env", "build", str(config), env={**publishing, "UV_HTTP_TIMEOUT": "77"})
+    assert built.returncode == 0, built.stderr
+    seen = json.loads(dump.read_text())
+    assert sorted(set(publishing) & set(seen)) == []
+    assert "S3CRET" not in json.dumps(seen)
+    assert seen.get("UV_HTTP_TIMEOUT") == "77"  # installer settings still pass
 
 
 # ================================================================================================
@@ -1337,7 +1700,7 @@ def test_store_odd_entries_are_listed_broken_and_never_followed(
     canary = tmp_path / "canary"
     canary.mkdir()
     (canary / "keep").write_text("precious", encoding="utf-8")
-    (cache / "envs").mkdir(parents=True)
+    Store(cache).ensure()  # a real cache, into which odd entries were put
     link_key = make_key({"link": 1})
     (cache / "envs" / link_key).symlink_to(canary)
     file_key = make_key({"file": 1})
@@ -1350,9 +1713,10 @@ def test_store_odd_entries_are_listed_broken_and_never_followed(
     assert health["odd name\\n"].startswith("broken: not an env key")
     assert health["bad-\\udcff"].startswith("broken: not an env key")
     assert _store_main(["--cache-dir", str(cache), "env", "remove", link_key]) == 0
-    assert _store_main(["--cache-dir", str(cache), "env", "remove", "odd"]) == 0
+    # Names the core never makes are someone else's: listed, never removed.
+    assert _store_main(["--cache-dir", str(cache), "env", "remove", "odd"]) == 2
     assert _store_main(["--cache-dir", str(cache), "env", "prune", "--unused-days", "0"]) == 0
-    assert os.listdir(cache / "envs") == []
+    assert sorted(os.listdir(os.fsencode(cache / "envs"))) == [b"bad-\xff", b"odd name\n"]
     assert (canary / "keep").read_text(encoding="utf-8") == "precious"
 
 
@@ -1453,7 +1817,7 @@ def test_store_prune_collects_unused_downloads_and_leftovers(
     os.utime(partial, (stale, stale))
     meta = _store_metadata(_store_KEY, resolved={"sha256": "b" * 64})
     _store_fake_env(cache, _store_KEY, meta)
-    leftover = cache / "tmp" / "junk"
+    leftover = cache / "tmp" / "bundle-junk"
     leftover.mkdir()
     os.utime(leftover, (stale, stale))
     building_key = make_key({"building": 1})
@@ -1547,6 +1911,223 @@ def test_store_unusable_cache_dir_is_one_line_and_exit_2(
     assert len(lines) == 1, result.stderr
     assert f"cache dir {cache}" in lines[0]
     assert blocker.read_text(encoding="utf-8") == "a file"
+
+
+# -- 6. a cache dir pointed at someone's folder; only the core's own names are ever deleted -------
+
+_store_OLD = time.mktime((2020, 1, 1, 0, 0, 0, 0, 0, -1))
+
+
+def _store_age(*paths: Path) -> None:
+    for path in paths:
+        os.utime(path, (_store_OLD, _store_OLD), follow_symlinks=False)
+
+
+def _store_users_folder(root: Path, kind: str) -> None:
+    """A folder of someone's files (old, so every age rule would reach them)."""
+    files = {
+        "repro": ["tmp/myproject/", "envs/photos/"],
+        "user-files": ["tmp/myproject/main.py", "envs/photos/cat.jpg", "downloads/notes.txt",
+                       "wheels/mine.whl", "report.pdf"],
+        "foreign-tag": ["CACHEDIR.TAG", "data/blob"],
+        "dotfile": [".keep"],
+    }[kind]  # fmt: skip
+    for name in files:
+        path = root / name
+        if name.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{name} of a user\n", encoding="utf-8")
+    if kind == "foreign-tag":
+        (root / "CACHEDIR.TAG").write_text(
+            "Signature: 8a477f597d28d172789f06886806bc55\n# created by some-other-tool\n"
+        )
+    _store_age(*root.rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["repro", "user-files", "foreign-tag", "dotfile"])
+def test_a_cache_dir_pointed_at_a_users_folder_is_refused_and_nothing_in_it_is_touched(
+    tmp_path: Path, write_config: WriteConfig, kind: str
+) -> None:
+    folder = tmp_path / "canary"
+    folder.mkdir()
+    _store_users_folder(folder, kind)
+    config = _store_config_file(write_config)
+    in_config = write_config(
+        f'[plugins]\ncache_dir = "{folder}"\n\n[grpc.services.userprovider]\n'
+        f'driver = "{SAMPLES / "json_users"}"\n',
+        name="pointed.toml",
+    )
+    before = _sources_snapshot(folder, skip=())
+    spec = str(SAMPLES / "json_users")
+    commands = [
+        ["check", str(config)],
+        ["call", str(config), "userprovider", "get_user", json.dumps({"user_id": {}})],
+        ["env", "build", str(config)],
+        ["env", "build", spec],
+        ["env", "list"],
+        ["env", "list", "--json"],
+        ["env", "remove", "photos"],
+        ["env", "remove", _store_KEY],
+        ["env", "prune"],
+        ["env", "prune", "--unused-days", "0"],
+        ["lock", str(config)],
+        ["conformance", spec, "--service", "userprovider"],
+    ]
+    runs = [(args, cli("--cache-dir", str(folder), *args)) for args in commands]
+    runs.append((["check", "(cache_dir in the config)"], cli("check", str(in_config))))
+    env = {"REVA_PLUGINS_CACHE_DIR": str(folder)}
+    runs.append((["env", "prune", "($REVA_PLUGINS_CACHE_DIR)"], cli("env", "prune", env=env)))
+    for args, result in runs:
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert f"cache dir {folder} is neither empty nor a reva-plugins cache" in result.stderr
+        assert _sources_snapshot(folder, skip=()) == before, f"{args} touched the folder"
+    assert not (tmp_path / "revad.lock").exists()
+
+
+def test_a_cache_dir_is_adopted_only_when_empty_or_already_a_cache(tmp_path: Path) -> None:
+    fresh = tmp_path / "new" / "cache"
+    Store(fresh).ensure()
+    assert (fresh / "CACHEDIR.TAG").read_text(encoding="utf-8").startswith("Signature: 8a477f")
+    (tmp_path / "empty").mkdir()
+    Store(tmp_path / "empty").ensure()
+    # Our own cache, whatever was put into it since, is ours.
+    (fresh / "envs" / "photos").mkdir()
+    Store(fresh).ensure()
+    # A cache whose tag was lost, with nothing but what the core makes.
+    lost = tmp_path / "lost"
+    for name in (f"envs/{_store_KEY}/", f"locks/{_store_KEY}.lock", f"tmp/{_store_KEY}-x1/",
+                 f"downloads/{'a' * 64}/", "downloads/dl-x/", f"wheels/{'b' * 64}/",
+                 f"bundles/{_store_KEY}/", "virtualenv/anything/", "interpreters.json",
+                 "wheels/put-here-by-hand.whl"):  # fmt: skip
+        path = lost / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if name.endswith("/") else path.write_text("{}")
+    Store(lost).ensure()
+    assert (lost / "CACHEDIR.TAG").is_file()
+    # A concurrent first ensure() still writing our tag.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "CACHEDIR.TAG").write_text("Signature: 8a47")
+    Store(partial).ensure()
+    refused: dict[str, Callable[[Path], object]] = {
+        "tmp/myproject": lambda p: (p / "tmp" / "myproject").mkdir(parents=True),
+        "notes.txt": lambda p: (p / "notes.txt").write_text("x"),
+        "envs, not a folder": lambda p: (p / "envs").symlink_to(tmp_path / "empty"),
+        "another program's CACHEDIR.TAG": lambda p: (p / "CACHEDIR.TAG").write_text("Signature: x"),
+        "locks/other.lock": lambda p: (p / "locks" / "other.lock").mkdir(parents=True),
+    }
+    for why, make in refused.items():
+        folder = tmp_path / f"refused-{len(why)}"
+        folder.mkdir()
+        make(folder)
+        listed = sorted(os.listdir(folder))
+        with pytest.raises(ConfigError) as error:
+            Store(folder).ensure()
+        assert sorted(os.listdir(folder)) == listed  # nothing written there
+        assert error.value.exit_code == 2
+        assert str(error.value) == (
+            f"cache dir {folder} is neither empty nor a reva-plugins cache (it holds {why}); "
+            "point the cache dir at a new or empty folder"
+        )
+
+
+@pytest.mark.slow
+def test_env_prune_and_remove_in_a_cache_delete_only_names_the_core_makes(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    Store(cache).ensure()
+    theirs = [
+        "envs/photos/cat.jpg", "envs/notes.txt", "tmp/myproject/main.py", "tmp/junk.txt",
+        "downloads/readme.txt", "downloads/mine/x.whl", "wheels/mine.whl", "bundles/mine/b",
+        f"tmp/{_store_KEY}", f"downloads/{'a' * 63}/x.whl",
+    ]  # fmt: skip
+    for name in theirs:
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_text(f"{name} of a user\n", encoding="utf-8")
+    key = make_key({"ours": 1})
+    _store_fake_env(cache, key, _store_metadata(key))
+    ours = [cache / "envs" / key, cache / "tmp" / f"{key}-stale", cache / "tmp" / "bundle-stale",
+            cache / "downloads" / "dl-stale", cache / "downloads" / ("c" * 64),
+            cache / "wheels" / ("d" * 64), cache / "bundles" / key]  # fmt: skip
+    for path in ours[1:]:
+        path.mkdir(parents=True)
+    _store_age(*cache.rglob("*"))
+    before = _sources_snapshot(cache, skip=())
+    # Their entries, and what they hold (the folders around them change as ours go).
+    roots = {tuple(name.split("/")[:2]) for name in theirs}
+    kept = {k: v for k, v in before.items() if tuple(k.split("/")[:2]) in roots}
+    pruned = cli("--cache-dir", str(cache), "env", "prune", "--unused-days", "0")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "left envs/photos alone" in pruned.stderr
+    for path in ours:
+        assert not os.path.lexists(path), path
+    after = _sources_snapshot(cache, skip=())
+    assert {k: v for k, v in after.items() if k in kept} == kept
+    for name in ("photos", "notes.txt"):
+        removed = cli("--cache-dir", str(cache), "env", "remove", name)
+        line = _sources_one_line_error(removed, 2)
+        assert f"envs/{name} is not an env reva-plugins built" in line, line
+    assert _sources_snapshot(cache, skip=()) == after
+
+
+# -- 7. a download a running build installs from ------------------------------------------------
+
+
+def _store_sdist(folder: Path, hook: str) -> Path:
+    """An sdist of the dependency-free backend project (see ``_creds_backend_project``)."""
+    project = _creds_backend_project(folder / "src" / "reva_hard_plugin-1.0", hook)
+    (project / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: reva-hard-plugin\nVersion: 1.0\n", encoding="utf-8"
+    )
+    sdist = folder / "reva_hard_plugin-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(project, arcname=project.name)
+    return sdist
+
+
+@pytest.mark.slow
+def test_env_prune_spares_the_download_a_running_build_installs_from(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
+) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    sdist = _store_sdist(
+        tmp_path / "dist",
+        f"open({str(started)!r}, 'w').close()\n"
+        "deadline = time.time() + 120\n"
+        f"while not os.path.exists({str(go)!r}) and time.time() < deadline:\n"
+        "    time.sleep(0.02)\n",
+    )
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    download = fresh_cache / "downloads" / digest
+    config = write_config(f'[grpc.services.userprovider]\ndriver = "{sdist.as_uri()}"\n')
+    build = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "env", "build", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert wait_until(started.exists, timeout=120), "the build backend never started"
+        assert (download / sdist.name).is_file()
+        pruned = cli("env", "prune", "--unused-days", "0")
+        assert pruned.returncode == 0, pruned.stderr
+        assert (download / sdist.name).is_file(), "env prune removed the download being built"
+    finally:
+        go.touch()
+        out, err = build.communicate(timeout=300)
+    assert build.returncode == 0, err
+    key = out.split()[0]
+    # The build's process is gone: only its env keeps the download now, then nothing does.
+    assert cli("env", "prune", "--unused-days", "30").returncode == 0
+    assert download.is_dir()
+    assert cli("env", "remove", key).returncode == 0
+    assert cli("env", "prune", "--unused-days", "0").returncode == 0
+    assert not download.exists()
 
 
 # ================================================================================================
