@@ -30,6 +30,12 @@ _TIMEOUT: Final = object()
 _loads = wire.loads
 #: how long a failed write waits for the process's exit to be recorded (see ``Client.send``)
 _EXIT_GRACE = 5.0
+#: seconds a lone caller polls for its reply before its read blocks (see ``LineReader.spin``)
+SPIN = 50e-6
+#: after a poll that found nothing, that many reads (doubling, up to this) block at once
+SPIN_BACKOFF_MAX = 64
+#: seconds between two looks at the CPUs the core and the plugin may use
+CPUS_RECHECK = 0.25
 
 
 def _decode(line: bytes) -> tuple[Any, str]:
@@ -67,11 +73,36 @@ class LineReader:
         self.view = memoryview(self.chunk)
         self.scanned = 0
         self.skipping = False
+        self.poll: Callable[[int], list[tuple[int, int]]] | None = None  # made at the first spin
+        self.skip = 0  # reads left that block at once
+        self.backoff = 0
         usec = int(self.TICK * 1_000_000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
 
-    def readline(self, timeout: float | None) -> bytes | object:
-        """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit."""
+    def spin(self) -> None:
+        """Poll the socket for up to ``SPIN`` before a read blocks: a reply that arrives
+        meanwhile needs no wake-up (with the plugin on another CPU, an interrupt that costs
+        both sides tens of microseconds on a virtual machine). Found nothing: the next reads
+        block at once, more of them each time (a slow method is not polled for)."""
+        if self.skip:
+            self.skip -= 1
+            return
+        poll = self.poll
+        if poll is None:
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            poll = self.poll = poller.poll
+        clock = time.perf_counter
+        deadline = clock() + SPIN
+        while not poll(0):
+            if clock() >= deadline:
+                self.backoff = self.skip = min(self.backoff * 2 or 1, SPIN_BACKOFF_MAX)
+                return
+        self.backoff = 0
+
+    def readline(self, timeout: float | None, spin: bool = False) -> bytes | object:
+        """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit.
+        ``spin``: poll briefly before blocking (:meth:`spin`)."""
         buf = self.buf
         while True:
             end = buf.find(b"\n", self.scanned)
@@ -93,6 +124,8 @@ class LineReader:
                 raise _Oversized(head)
             self.scanned = len(buf)
             deadline = None if timeout is None else time.monotonic() + timeout
+            if spin:
+                self.spin()
             while True:
                 try:
                     size = self.sock.recv_into(self.chunk)
@@ -252,6 +285,8 @@ class Client:
         self.baton = False  # a woken owner is yet to pass the wake-up on
         self.reading = False  # a reader thread runs (or is about to)
         self.hold_sends = False  # while woken callers pass the wake-up on (see ``send``)
+        self.cpus_at = -CPUS_RECHECK  # when ``one_cpu`` was last looked at
+        self.one_cpu = False  # the core and the plugin may share one CPU only
         self.overlapped = 0.0  # when a call last started while another was in flight
 
     # -- sending ---------------------------------------------------------------------------
@@ -380,7 +415,7 @@ class Client:
                 return
             if tick is not None:
                 remaining = tick if remaining is None else min(remaining, tick)
-            if self._read_one(remaining) is not True:
+            if self._read_one(remaining, spin=not self._one_cpu()) is not True:
                 return
 
     def _cancel(self, call_id: int, method: str) -> None:
@@ -389,11 +424,13 @@ class Client:
         if self._fill(call_id, error=error):
             self.notify(wire.CANCEL, {"id": call_id})
 
-    def _read_one(self, timeout: float | None) -> bool | None:
-        """Read and dispatch one line: True; None on timeout; False at EOF."""
+    def _read_one(self, timeout: float | None, *, spin: bool = False) -> bool | None:
+        """Read and dispatch one line: True; None on timeout; False at EOF. ``spin``: poll
+        briefly before blocking (a lone caller: a reader thread must not, it would only keep
+        the GIL from the callers it reads for)."""
         reader = self.reader
         try:
-            got = reader.readline(timeout)
+            got = reader.readline(timeout, spin)
         except _Oversized as exc:
             self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
             return True
@@ -416,6 +453,7 @@ class Client:
                 return
             if not self.reading and not self.eof:
                 self.reading = True
+                self.cpus_at = -CPUS_RECHECK  # look again: calls start to overlap now
                 self.hold_sends = self._one_cpu()
                 threading.Thread(
                     target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
@@ -439,14 +477,20 @@ class Client:
 
     def _one_cpu(self) -> bool:
         """Whether this thread and the plugin may run on one and the same CPU only (pinned,
-        or a one-CPU machine): asked each time calls start to overlap, as pinning changes."""
+        or a one-CPU machine): looked at every ``CPUS_RECHECK`` and whenever calls start to
+        overlap, as pinning changes."""
+        now = time.monotonic()
+        if now - self.cpus_at < CPUS_RECHECK:
+            return self.one_cpu
+        self.cpus_at = now
         try:
             cpus = os.sched_getaffinity(0)
             if self.peer_pid is not None:
                 cpus |= os.sched_getaffinity(self.peer_pid)
+            self.one_cpu = len(cpus) == 1
         except (AttributeError, OSError):
-            return (os.cpu_count() or 1) == 1
-        return len(cpus) == 1
+            self.one_cpu = (os.cpu_count() or 1) == 1
+        return self.one_cpu
 
     def _reader_thread(self) -> None:
         """Read for the waiting callers; leave once nothing is in flight and no two calls have
