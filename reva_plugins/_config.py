@@ -24,9 +24,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-# The old name of a bound, kept only while tests/test_hostile.py still reads it here.
-MAX_NESTING = _defaults.MAX_NESTING
-
 
 @dataclass(frozen=True)
 class LoaderSettings:

@@ -100,9 +100,7 @@ def test_config_supervisor_and_cli_read_the_same_defaults() -> None:
 
 #: Names ``_config`` may still define as a bare alias of a ``_defaults`` name: each has a user
 #: outside the files that can be changed with it (remove the entry with its last user).
-TRANSITIONAL_ALIASES = {
-    "MAX_NESTING",  # tests/test_hostile.py
-}
+TRANSITIONAL_ALIASES: set[str] = set()
 
 
 def _is_number(node: ast.AST) -> bool:

@@ -52,18 +52,26 @@ from reva_plugins import _cli as cli_module
 from reva_plugins._cli import main
 from reva_plugins._client import Client, LineReader, _Oversized
 from reva_plugins._config import (
-    MAX_NESTING,
     SERVICE_KEYS,
     ServiceConfig,
     load_driver_table,
     load_file,
     parse,
 )
+from reva_plugins._defaults import MAX_NESTING
 from reva_plugins._errors import FetchError, UsageError
 from reva_plugins._git import parse as _sources_git_parse
+from reva_plugins._host import IsolatedDriver
 from reva_plugins._installers import InstallOptions, _index_args, find_uv
 from reva_plugins._plan import IsolatedPlan, classify_driver
-from reva_plugins._process import LOG_BURST, LaunchSpec, PluginProcess, escape, plugin_environment
+from reva_plugins._process import (
+    LOG_BURST,
+    LaunchSpec,
+    PluginProcess,
+    Supervisor,
+    escape,
+    plugin_environment,
+)
 from reva_plugins._protocol import (
     BOOTSTRAP_FILE,
     PARSE_ERROR,
@@ -1781,10 +1789,7 @@ def test_store_host_rebuilds_an_env_removed_under_it(
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         assert wait_until(lambda: not pid_alive(pid), timeout=10)
-        assert wait_until(
-            lambda: not users.driver.supervisor._process.alive,  # type: ignore[attr-defined]
-            timeout=10,
-        )
+        assert wait_until(lambda: users.info().state != "running", timeout=10)
         with caplog.at_level(logging.WARNING, logger="reva_plugins"):
             assert users.get_user(_store_EINSTEIN)["username"] == "einstein"
         assert (fresh_cache / "envs" / key / "bin" / "python").exists()
@@ -3633,11 +3638,19 @@ def process_host(process_plugin: Path, tmp_path: Path) -> Iterator[Any]:
     def make(**settings: Any) -> Any:
         host = Host(_process_config(process_plugin, **settings), base_dir=tmp_path)
         hosts.append(host)
-        return host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+        return _supervisor_of(host)
 
     yield make
     for host in hosts:
         host.close()
+
+
+def _supervisor_of(host: Host) -> Supervisor:
+    """The supervisor behind the user provider: these tests call the process plugin's own
+    methods (detach, allocate …), which are not part of the service."""
+    driver = host.service("userprovider").driver
+    assert isinstance(driver, IsolatedDriver)
+    return driver.supervisor
 
 
 def _process_core(
@@ -3663,9 +3676,10 @@ def _process_core(
 @pytest.mark.slow
 def test_a_setsid_grandchild_dies_with_host_close(process_plugin: Path, tmp_path: Path) -> None:
     host = Host(_process_config(process_plugin), base_dir=tmp_path)
-    supervisor = host.service("userprovider").driver.supervisor  # type: ignore[attr-defined]
+    supervisor = _supervisor_of(host)
     grandchild = supervisor.call("detach", {"pidfile": str(tmp_path / "gc")})
-    plugin = supervisor.process.pid
+    plugin = host.service("userprovider").info().pid
+    assert plugin is not None
     assert pid_alive(grandchild)
     assert os.getsid(grandchild) != os.getsid(plugin)  # it really left the plugin's session
     host.close()
