@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_conforms(tmp_path: Path) -> None:
-    assert_conforms(ROOT, "{service}", cache_dir=tmp_path{credentials})
+    assert_conforms(ROOT, "{service}", cache_dir=tmp_path / "cache"{credentials})
 '''
 
 NOXFILE = '''\

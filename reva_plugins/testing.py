@@ -5,7 +5,7 @@ In a plugin's own tests::
     from reva_plugins.testing import assert_conforms
 
     def test_conforms(tmp_path):
-        assert_conforms(".", "userprovider", cache_dir=tmp_path)
+        assert_conforms(".", "userprovider", cache_dir=tmp_path / "cache")
 
 In a plugin's ``noxfile.py`` (a matrix of source kinds and installers on several Pythons)::
 
