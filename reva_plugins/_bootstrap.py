@@ -616,11 +616,8 @@ class Plugin:
                 self.out.append(self.run(request))
                 continue
             if inline:
-                reply = self.run(request)
-                with self.lock:
-                    self.inline_since = 0.0
-                    relieved = self.epoch != epoch
-                if relieved:
+                reply = self.run(request, epoch)
+                if self.epoch != epoch:
                     self.wire.write(reply)
                     return None
                 self.out.append(reply)
@@ -682,8 +679,13 @@ class Plugin:
                 else:
                     watch.wait(RELIEVE_AFTER)
 
-    def run(self, request: dict[str, object]) -> bytes:
-        """Execute one call (counted in ``executing`` by the caller); its reply line."""
+    def run(self, request: dict[str, object], epoch: int = -1) -> bytes:
+        """Execute one call (counted in ``executing`` by the caller); its reply line.
+
+        ``epoch``: the call runs on the reader, which held the reading at that epoch. Once this
+        returns, the watch can no longer relieve it (``inline_since`` is cleared under the lock
+        the watch decides under), so ``self.epoch != epoch`` tells the caller for good whether
+        it was relieved meanwhile: only a reader moves the epoch, and it is no longer one."""
         method = request["method"]
         began = _clock()
         try:
@@ -693,6 +695,8 @@ class Plugin:
             self.cost[method] = (self.cost.get(method, took) + took) / 2
             with self.lock:
                 self.executing -= 1
+                if epoch == self.epoch:  # a relieved reader leaves the new one's mark alone
+                    self.inline_since = 0.0
                 if self.draining and not self.executing:
                     self.idle.notify_all()
 
