@@ -207,13 +207,11 @@ class Builder:
                     self._install_locked(installer, venv, entry, resolved, options, archive)
                 ok = True
             except CommandFailed as exc:
-                raise EnvBuildError(
+                raise EnvBuildError.of_command(
                     f"building the env failed: {' '.join(exc.argv[:3])} … exited with "
                     f"{exc.returncode}",
+                    exc,
                     plugin=label,
-                    command=exc.argv,
-                    returncode=exc.returncode,
-                    output_tail=exc.tail,
                 ) from None
             finally:
                 log.debug("installer done for %s", label)

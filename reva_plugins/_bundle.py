@@ -375,13 +375,11 @@ def _download(entry: _lock.LockEntry, locker: _lock.Locker, wheels: Path) -> Non
             _lock.pins(entry, with_plugin=False), wheels, entry.python, locker.options
         )
     except CommandFailed as exc:
-        raise EnvBuildError(
+        raise EnvBuildError.of_command(
             f"downloading the wheels of {entry.service} failed (a dependency without a "
             "wheel for this Python cannot be bundled)",
+            exc,
             plugin=entry.service,
-            command=exc.argv,
-            returncode=exc.returncode,
-            output_tail=exc.tail,
         ) from None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 from ._wire import APPLICATION_ERROR
 
@@ -90,6 +90,31 @@ class EnvBuildError(RevaPluginError):
         self.command = command or []
         self.returncode = returncode
         self.output_tail = output_tail
+
+    @classmethod
+    def of_command(
+        cls, message: str, failed: FailedCommand, *, plugin: str | None = None
+    ) -> EnvBuildError:
+        """The error for a build step whose command failed: its argv, exit code, output tail."""
+        return cls(
+            message,
+            plugin=plugin,
+            command=failed.argv,
+            returncode=failed.returncode,
+            output_tail=failed.tail,
+        )
+
+
+class FailedCommand(Protocol):
+    """What a failed command tells (``_subprocess.CommandFailed``)."""
+
+    argv: list[str]
+    returncode: int | None
+
+    @property
+    def tail(self) -> str:
+        """The last lines of its output."""
+        ...
 
 
 class EnvInUse(RevaPluginError):

@@ -743,13 +743,11 @@ class Locker:
                 try:
                     self.installer.build_wheel(arg, out, interpreter, self.options)
                 except CommandFailed as exc:
-                    raise EnvBuildError(
+                    raise EnvBuildError.of_command(
                         f"building the plugin's wheel failed: {exc.argv[0]} exited with "
                         f"{exc.returncode}",
+                        exc,
                         plugin=label,
-                        command=exc.argv,
-                        returncode=exc.returncode,
-                        output_tail=exc.tail,
                     ) from None
             built = sorted(out.glob("*.whl"))
             if len(built) != 1:

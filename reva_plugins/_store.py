@@ -561,20 +561,9 @@ class Store:
     @contextlib.contextmanager
     def _unused(self, key: str) -> Iterator[bool]:
         """Hold ``key`` exclusively if no host uses it; yields whether that worked."""
-        try:
-            fd = os.open(self.locks / f"{key}.inuse", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW)
-        except OSError:
-            yield False
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        with _held_exclusively(self.locks / f"{key}.inuse", flags, unopenable=False) as held:
+            yield held
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -955,11 +944,21 @@ def _same_file(fd: int, path: Path) -> bool:
 
 @contextlib.contextmanager
 def _download_unheld(path: Path) -> Iterator[bool]:
-    """Hold the download ``path`` exclusively if no process holds it; yields whether it does."""
+    """Hold the download ``path`` exclusively if no process holds it; yields whether it does
+    (a path that is not a real folder nobody can hold)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with _held_exclusively(path, flags, unopenable=True) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def _held_exclusively(path: Path, flags: int, *, unopenable: bool) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (opened with ``flags``) for the block, if nobody holds
+    a lock on it; yields whether it is held, or ``unopenable`` when the path cannot be opened."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError:
-        yield True  # not a real folder: nobody can hold it
+        yield unopenable
         return
     try:
         try:
