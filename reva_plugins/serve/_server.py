@@ -580,9 +580,18 @@ def _on_termination(context: grpc.ServicerContext, cancel: Cancellation) -> Call
     return ended
 
 
+def _json_shaped(value: Any) -> Any:
+    """``value`` with tuples as lists: protobuf before 5 takes only lists for a ``ListValue``."""
+    if isinstance(value, dict):
+        return {key: _json_shaped(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_shaped(item) for item in value]
+    return value
+
+
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
-    json_format.ParseDict(data, out)
+    json_format.ParseDict(_json_shaped(data), out)
     return out
 
 
