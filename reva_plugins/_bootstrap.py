@@ -603,7 +603,9 @@ class Plugin:
                 self.executing += 1
                 method = request["method"]
                 inline = (
-                    self.cost.get(method, 1.0) < INLINE_BELOW and method not in self.cancellable
+                    method != CONFIGURE  # run on the reader below, never relieved
+                    and self.cost.get(method, 1.0) < INLINE_BELOW
+                    and method not in self.cancellable
                 )
                 if inline:
                     epoch = self.epoch

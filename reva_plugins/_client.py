@@ -308,8 +308,10 @@ class Client:
             self.flushing = True
         self._flush()
 
-    def _flush(self) -> None:
-        """Write the queue until it is empty (``flushing`` set by the caller)."""
+    def _flush(self, wait_for_exit: bool = True) -> None:
+        """Write the queue until it is empty (``flushing`` set by the caller). A write that
+        fails waits (``wait_for_exit``) up to ``_EXIT_GRACE`` for the process's exit to be
+        recorded, so the caller learns how it died."""
         lock = self.lock
         sendall = self.sock.sendall
         while True:
@@ -328,7 +330,8 @@ class Client:
                 # The wire breaks because the process is dying: its watcher records the exit a
                 # moment later, and the caller must learn that (PluginCrashed, exit code,
                 # stderr), not errno.
-                self.gone.wait(_EXIT_GRACE)
+                if wait_for_exit:
+                    self.gone.wait(_EXIT_GRACE)
                 raise self.closed or ProtocolError(
                     f"cannot write to plugin: {exc}", plugin=self.label
                 ) from None
@@ -339,9 +342,15 @@ class Client:
             self._flush()
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
-        """A notification (no reply); errors are ignored."""
+        """A notification (no reply): queued, and written unless a write is in progress; errors
+        are ignored and never waited on (a cancelling thread, an event loop, must not stall)."""
+        with self.lock:
+            self.outbox.append(wire.encode_request(None, method, params))
+            if self.flushing:
+                return
+            self.flushing = True
         with contextlib.suppress(RevaPluginError):
-            self.send(wire.encode_request(None, method, params))
+            self._flush(wait_for_exit=False)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -451,18 +460,25 @@ class Client:
         with self.lock:
             if slot.done:
                 return
+            no_reader = False
             if not self.reading and not self.eof:
                 self.reading = True
                 self.cpus_at = -CPUS_RECHECK  # look again: calls start to overlap now
                 self.hold_sends = self._one_cpu()
-                threading.Thread(
-                    target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
-                ).start()
+                try:
+                    threading.Thread(
+                        target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
+                    ).start()
+                except RuntimeError:  # no thread to be had (a thread or memory limit)
+                    no_reader = True
+                    self.reading = False
             waker = slot.waker
             if waker is None:
                 waker = slot.waker = _take_waker()
             slot.waiting = True
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if no_reader:  # callers lead in turn meanwhile: look again soon whether one must
+            remaining = LineReader.TICK if remaining is None else min(remaining, LineReader.TICK)
         woken = waker.wait(remaining)
         with self.lock:
             slot.waiting = False
@@ -624,11 +640,14 @@ class Client:
                 self.closed = error
                 self.gone.set()
                 pending, self.pending = self.pending, {}
-                self.ready.clear()
+                # replies in that no woken caller has passed the wake-up to yet: nobody would
+                # pass it on now, so they are woken here with the rest
+                ready, self.ready = list(self.ready), collections.deque()
                 self.baton = False
                 woken = []
                 for slot in pending.values():
                     slot.error, slot.done = error, True
+                for slot in [*ready, *pending.values()]:
                     if slot.waiting and not slot.signalled and slot.waker is not None:
                         slot.signalled = True
                         woken.append(slot.waker)

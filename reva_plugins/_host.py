@@ -474,7 +474,8 @@ class ServiceProxy:
                 self.call, method, params, timeout=timeout, meta=meta, cancellation=cancel
             )
         except asyncio.CancelledError:
-            cancel.cancel()
+            # off the event loop: cancelling writes $/cancel to the plugin
+            threading.Thread(target=cancel.cancel, daemon=True).start()
             raise
 
     def start(self) -> ServiceInfo:

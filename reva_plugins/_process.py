@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -25,7 +26,7 @@ from . import _protocol as wire
 from ._bootstrap import descendants
 from ._client import Cancellation, Client
 from ._environ import scrubbed
-from ._errors import HandshakeError, PluginCrashed, ProcessError, RevaPluginError
+from ._errors import CallTimeout, HandshakeError, PluginCrashed, ProcessError, RevaPluginError
 from ._subprocess import spawn
 
 log = logging.getLogger("reva_plugins.process")
@@ -111,7 +112,7 @@ def marked_processes(instance: str) -> list[int]:
     """Every process (of ours to see: Linux ``/proc``) whose environment carries the plugin
     instance marker: the plugin's descendants, wherever they moved (a new session, another
     parent) unless they dropped the variable."""
-    needle = f"{wire.INSTANCE_ENV}={instance}".encode()
+    needle = f"{wire.INSTANCE_ENV}={instance}\0".encode()
     me = os.getpid()
     try:
         entries = os.listdir("/proc")
@@ -126,7 +127,8 @@ def marked_processes(instance: str) -> list[int]:
                 environ = f.read()
         except OSError:
             continue
-        if needle + b"\0" in environ or environ.endswith(needle):
+        # the variable itself, never a value that holds its text
+        if environ.startswith(needle) or b"\0" + needle in environ:
             found.append(int(entry))
     return found
 
@@ -161,7 +163,9 @@ class PluginProcess:
         self.exit_reason = ""
         self._dropped = 0
         self._flood = _TokenBucket(LOG_RATE, LOG_BURST)
-        self.instance = f"{os.getpid()}-{next(_INSTANCES)}"
+        # unique beyond this pid namespace too: a core that sees other namespaces' processes
+        # must never take another core's plugin for one of its own
+        self.instance = f"{os.getpid()}-{next(_INSTANCES)}-{secrets.token_hex(6)}"
         self._strays_reaped = False
         self._aborted = False
 
@@ -330,6 +334,7 @@ class PluginProcess:
         """Kill the process now, from any thread: a :meth:`start` in progress fails at once
         (and cleans up after itself) instead of waiting out ``start_timeout``."""
         self._aborted = True
+        self._closing = True  # its exit is ours, not a crash
         self._kill_group(signal.SIGKILL)
 
     def _reap_strays(self) -> None:
@@ -390,6 +395,8 @@ class PluginProcess:
             raise self._crashed("plugin is not running")
         limit = self.spec.call_timeout
         timeout = limit if timeout is None else min(timeout, limit)
+        if timeout <= 0:  # a deadline already past (never "no deadline")
+            raise CallTimeout(f"{method}: no time left for the call", plugin=self.spec.label)
         if meta is not None and timeout:
             meta = {**meta, wire.META_DEADLINE: time.time() + timeout}
         return client.call(method, params, timeout, meta, cancellation)

@@ -28,8 +28,8 @@ COOKIE_KEY = "BASIC_PLUGIN"
 COOKIE_VALUE = "reva"
 #: The protocol versions the core offers, comma-separated.
 VERSIONS_ENV = "REVA_PLUGIN_PROTOCOL_VERSIONS"
-#: Marks every process of one plugin instance (``<core pid>-<n>``): its descendants inherit it,
-#: so those that left the plugin's group and outlived it are found by it and killed.
+#: Marks every process of one plugin instance (``<core pid>-<n>-<random>``): its descendants
+#: inherit it, so those that left the plugin's group and outlived it are found by it and killed.
 INSTANCE_ENV = "REVA_PLUGIN_INSTANCE"
 HUMAN_MESSAGE = "This is a reva plugin bootstrap; it is started by the core, not by hand."
 

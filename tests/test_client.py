@@ -343,6 +343,47 @@ def test_the_plugin_polls_for_requests_only_off_a_cpu_of_its_own_and_backs_off()
         assert wire.read() == b"request\n"
 
 
+def test_replies_in_before_the_plugin_died_reach_every_caller() -> None:
+    """16 callers wait; the plugin answers them all and exits. The reader hands out the first
+    reply, queues the others for the woken caller to pass on, and reads the EOF: the close
+    that follows at once must wake the callers still queued too (it used to drop them, and
+    they waited out their timeout)."""
+    core, plugin = socket.socketpair()
+    client = Client(core, label="p", max_line=1_000_000)
+    results: dict[int, object] = {}
+
+    def caller(n: int) -> None:
+        try:
+            results[n] = client.call("m", {"n": n}, 120)
+        except BaseException as exc:  # the test looks at what was raised
+            results[n] = exc
+
+    client.read_lock.acquire()  # every caller waits: a reader thread will read for them
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    with plugin.makefile("rb") as lines:
+        requests = [json.loads(lines.readline()) for _ in range(16)]
+    assert wait_until(lambda: all(slot.waiting for slot in client.pending.values()))
+    plugin.sendall(b"".join(_line(_result(r["id"], r["params"]["n"])) for r in requests))
+    plugin.shutdown(socket.SHUT_WR)
+
+    def watcher() -> None:  # the process watcher: closes the client once the wire is at EOF
+        assert wait_until(lambda: client.eof, timeout=30, interval=0)
+        client.close(PluginCrashed("plugin exited with exit code 0", plugin="p"))
+
+    watch = threading.Thread(target=watcher)
+    watch.start()
+    client.read_lock.release()
+    for thread in threads:  # woken now, not at their deadline
+        thread.join(20)
+        assert not thread.is_alive()
+    watch.join(30)
+    assert sorted(results.values()) == list(range(16))  # type: ignore[type-var]
+    plugin.close()
+    core.close()
+
+
 def test_an_oversized_reply_fails_only_its_call() -> None:
     peer = Peer(max_line=1000)
     try:
@@ -416,6 +457,48 @@ def test_a_write_to_a_dead_plugin_raises_what_the_watcher_recorded(peer: Peer) -
     with pytest.raises(PluginCrashed, match="SIGKILL"):
         until_it_fails()
     watcher.join()
+
+
+def test_a_notification_on_a_broken_wire_never_waits_for_the_exit(peer: Peer) -> None:
+    """``$/cancel`` goes out from whoever cancels (an event loop, a gRPC callback): on a broken
+    wire it gives up at once instead of waiting, as a call does, for the exit to be recorded."""
+    peer.close()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        peer.client.sock.sendall(b"x" * 1_000_000)  # the wire is broken now
+    done = threading.Event()
+
+    def notify_many() -> None:
+        for i in range(3):
+            peer.client.notify("$/cancel", {"id": i})
+        done.set()
+
+    threading.Thread(target=notify_many, daemon=True).start()
+    assert done.wait(2)  # a call's write would wait _EXIT_GRACE (5 s) for each
+    assert not peer.client.flushing
+
+
+def test_callers_lead_in_turn_when_no_reader_thread_can_start(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a thread limit the reader thread cannot start: the callers are served anyway,
+    each leading in turn, instead of waiting for a reader that never came."""
+
+    class NoThreads(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    class Threading:  # the client's view of the threading module: everything but threads
+        def __getattr__(self, name: str) -> object:
+            return NoThreads if name == "Thread" else getattr(threading, name)
+
+    monkeypatch.setattr(_client, "threading", Threading())
+    server = peer.echo(40)
+    results = _in_threads(
+        8, lambda i: [peer.client.call("m", {"v": i * 5 + k}, timeout=30) for k in range(5)]
+    )
+    server.join()
+    assert results == {i: [i * 5 + k for k in range(5)] for i in range(8)}
+    assert not peer.client.reading
 
 
 def test_requests_queued_while_another_caller_writes_all_arrive(peer: Peer) -> None:

@@ -1188,6 +1188,18 @@ def test_a_cancelled_rpc_cancels_the_plugin_call(chaos: tuple[Served, Path]) -> 
     assert _get(server, "demo").status.code == OK
 
 
+def test_a_call_cancelled_by_its_client_is_no_server_fault() -> None:
+    """The client went away: the answer nobody reads says CANCELLED, not INTERNAL (which the
+    server logs at error level and counts as a failure)."""
+    from reva_plugins import CallCancelled
+    from reva_plugins.serve import _cs3
+
+    for rpc in _cs3.RPCS:
+        code, message = _cs3.error_status(rpc, CallCancelled("get_user was cancelled", plugin="p"))
+        assert code == code_pb2.CODE_CANCELLED, rpc.name
+        assert "cancelled" in message
+
+
 # -- reload: only what changed or failed -----------------------------------------------------------
 
 

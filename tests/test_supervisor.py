@@ -31,10 +31,12 @@ from reva_plugins import (
     PluginCrashed,
     ProtocolError,
     RemoteError,
+    _wire,
+    hookimpl,
 )
 from reva_plugins._host import IsolatedDriver
 from reva_plugins._plan import IsolatedPlan
-from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor
+from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor, marked_processes
 from reva_plugins._protocol import ResourceLimits
 
 from .conftest import pid_alive, wait_until
@@ -128,6 +130,14 @@ def test_closing_the_host_cuts_a_slow_start_short(tmp_path: Path) -> None:
     host = Host(config, base_dir=tmp_path)
     supervisor = _supervisor(host)
     failures: list[BaseException] = []
+    exits: list[bool] = []
+
+    class Watch:
+        @hookimpl
+        def plugin_exited(self, expected: bool) -> None:
+            exits.append(expected)
+
+    host.register(Watch())
 
     def start() -> None:
         try:
@@ -151,6 +161,7 @@ def test_closing_the_host_cuts_a_slow_start_short(tmp_path: Path) -> None:
     assert "the host is closed" in str(failures[0])
     assert starting.pid is not None
     assert wait_until(lambda: not pid_alive(starting.pid))
+    assert all(exits)  # the abort is the host's doing: no crash counted, none reported
 
 
 def test_a_limit_hit_before_the_handshake_is_named(start: Any) -> None:
@@ -328,6 +339,28 @@ def test_call_timeout_from_config(tmp_path: Path) -> None:
         supervisor = _supervisor(host)
         with pytest.raises(CallTimeout):
             supervisor.call("sleep", {"seconds": 5})
+
+
+def test_a_timeout_already_past_fails_at_once_and_never_means_no_deadline(host: Host) -> None:
+    supervisor = _supervisor(host)
+    for timeout in (0, -1.0):
+        with pytest.raises(CallTimeout, match="no time left"):
+            supervisor.call("sleep", {"seconds": 30}, timeout=timeout)
+
+
+def test_strays_are_found_by_the_instance_variable_never_by_a_value_holding_its_text() -> None:
+    instance = "4242-1-cafe"
+    marker = f"{_wire.INSTANCE_ENV}={instance}"
+    base = {"PATH": os.environ["PATH"]}
+    ours = subprocess.Popen(["sleep", "30"], env={**base, _wire.INSTANCE_ENV: instance})
+    lookalike = subprocess.Popen(["sleep", "30"], env={**base, "NOTE": marker})
+    longer = subprocess.Popen(["sleep", "30"], env={**base, _wire.INSTANCE_ENV: instance + "0"})
+    try:
+        assert marked_processes(instance) == [ours.pid]
+    finally:
+        for proc in (ours, lookalike, longer):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_callers_timeout_shortens_call_timeout_but_never_extends_it(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from cs3.types.v1beta1 import types_pb2
 from google.protobuf.message import Message
 
 from .._errors import (
+    CallCancelled,
     CallTimeout,
     InvalidCredentials,
     NotFound,
@@ -112,6 +113,8 @@ def error_status(rpc: Rpc, exc: BaseException) -> tuple[int, str]:
         return code_pb2.CODE_UNAVAILABLE, f"{rpc.service} plugin unavailable"
     if isinstance(exc, CallTimeout):
         return code_pb2.CODE_INTERNAL, f"{rpc.service} plugin timed out"
+    if isinstance(exc, CallCancelled):  # the client went away; nobody reads this answer
+        return code_pb2.CODE_CANCELLED, f"{rpc.service} call cancelled by the client"
     if isinstance(exc, BadResult):
         return code_pb2.CODE_INTERNAL, f"{rpc.service} plugin returned a malformed result"
     if isinstance(exc, NotFound) and rpc.errors.not_found is not None:
