@@ -4,10 +4,16 @@ Leader/follower: there is no reader thread. A caller that is waiting for its rep
 socket itself (it is the leader) and hands other callers their replies; when its own reply
 arrives it passes the reading on to another waiting caller. A lone caller so pays no thread
 hand-off at all; with many callers, replies are matched by id and may arrive in any order.
+
+asyncio callers (:meth:`Client.acall`) never block their event loop: the loop itself reads the
+socket whenever it is readable and nobody else is reading, writes without blocking (a write
+that would block is finished by a thread) and learns of replies another thread read through
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import itertools
@@ -100,10 +106,18 @@ class LineReader:
                 return
         self.backoff = 0
 
-    def readline(self, timeout: float | None, spin: bool = False) -> bytes | object:
+    def has_line(self) -> bool:
+        """Whether a whole line is buffered (the next :meth:`readline` needs no read)."""
+        return self.buf.find(b"\n", self.scanned) >= 0
+
+    def readline(
+        self, timeout: float | None, spin: bool = False, *, nowait: bool = False
+    ) -> bytes | object:
         """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit.
-        ``spin``: poll briefly before blocking (:meth:`spin`)."""
+        ``spin``: poll briefly before blocking (:meth:`spin`); ``nowait``: never block, a read
+        that would is ``_TIMEOUT`` (an event loop's read)."""
         buf = self.buf
+        flags = socket.MSG_DONTWAIT if nowait else 0
         while True:
             end = buf.find(b"\n", self.scanned)
             if end >= 0:
@@ -128,10 +142,10 @@ class LineReader:
                 self.spin()
             while True:
                 try:
-                    size = self.sock.recv_into(self.chunk)
+                    size = self.sock.recv_into(self.chunk, 0, flags)
                     break
                 except BlockingIOError:
-                    if deadline is not None and time.monotonic() >= deadline:
+                    if nowait or (deadline is not None and time.monotonic() >= deadline):
                         return _TIMEOUT
                 except OSError:
                     size = 0
@@ -234,11 +248,25 @@ class Cancellation:
 class _Slot:
     """One call in flight. Its owner, when it has to wait, sleeps on ``waker`` (taken only
     then: a lone caller reading its own reply never waits) until the slot is filled;
-    ``signalled`` says a wake-up was sent (exactly one per wait)."""
+    ``signalled`` says a wake-up was sent (exactly one per wait). An asyncio call's slot has a
+    ``future`` instead, settled in its ``loop`` (whose thread is ``thread``)."""
 
-    __slots__ = ("done", "error", "result", "signalled", "waiting", "waker")
+    __slots__ = (
+        "done",
+        "error",
+        "future",
+        "loop",
+        "result",
+        "signalled",
+        "thread",
+        "waiting",
+        "waker",
+    )
 
     def __init__(self) -> None:
+        self.future: asyncio.Future[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = 0
         self.waker: _Waker | None = None
         self.done = False
         self.waiting = False
@@ -288,6 +316,7 @@ class Client:
         self.cpus_at = -CPUS_RECHECK  # when ``one_cpu`` was last looked at
         self.one_cpu = False  # the core and the plugin may share one CPU only
         self.overlapped = 0.0  # when a call last started while another was in flight
+        self.watcher: _LoopWatch | None = None  # the event loop reading the socket, if any
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -342,15 +371,46 @@ class Client:
             self._flush()
 
     def notify(self, method: str, params: dict[str, Any]) -> None:
-        """A notification (no reply): queued, and written unless a write is in progress; errors
-        are ignored and never waited on (a cancelling thread, an event loop, must not stall)."""
+        """A notification (no reply): queued, and written unless a write is in progress. It
+        never blocks (a cancelling thread, an event loop, must not stall): what the socket
+        does not take at once a thread writes; errors are ignored."""
         with self.lock:
             self.outbox.append(wire.encode_request(None, method, params))
             if self.flushing:
                 return
             self.flushing = True
-        with contextlib.suppress(RevaPluginError):
-            self._flush(wait_for_exit=False)
+        self._flush_nowait()
+
+    def _flush_nowait(self) -> OSError | None:
+        """Write the queue (``flushing`` set by the caller) as far as the socket takes it
+        without blocking; a thread writes the rest. Returns the error of a broken wire (the
+        queue is dropped then, as :meth:`_flush` drops it)."""
+        lock = self.lock
+        send = self.sock.send
+        while True:
+            with lock:
+                queued = self.outbox
+                if not queued:
+                    self.flushing = False
+                    return None
+                self.outbox = []
+            data = queued[0] if len(queued) == 1 else b"".join(queued)
+            try:
+                sent = send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                with lock:
+                    self.flushing = False
+                    self.outbox = []
+                return exc
+            if sent < len(data):
+                with lock:  # still flushing: the thread owns the queue until it is empty
+                    self.outbox.insert(0, data[sent:])
+                threading.Thread(
+                    target=self._flush_for_others, name=f"reva-{self.label}-writer", daemon=True
+                ).start()
+                return None
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -415,6 +475,131 @@ class Client:
             raise slot.error
         return slot.result
 
+    async def acall(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> Any:
+        """:meth:`call` for a coroutine: the running loop reads the replies (unless a thread is
+        reading already) and nothing blocks it. A task cancelled while it awaits its reply
+        cancels the call in the plugin (``$/cancel``)."""
+        if cancellation is not None and cancellation.cancelled:
+            raise CallCancelled(f"{method} was cancelled", plugin=self.label)
+        loop = asyncio.get_running_loop()
+        slot = _Slot()
+        future = slot.future = loop.create_future()
+        slot.loop = loop
+        slot.thread = threading.get_ident()
+        lock = self.lock
+        with lock:
+            if self.closed is not None:
+                raise self.closed
+            call_id = next(self.ids)
+            if self.pending:
+                self.overlapped = time.monotonic()
+            self.pending[call_id] = slot
+            self.outbox.append(wire.encode_request(call_id, method, params, meta))
+            write = not self.flushing and not (self.baton and self.hold_sends)
+            if write:
+                self.flushing = True
+        self._watch(loop)
+        broken = self._flush_nowait() if write else None
+        if broken is not None:
+            with lock:
+                self.pending.pop(call_id, None)
+            # as in _flush: the caller must learn how the process died, not errno
+            await loop.run_in_executor(None, self.gone.wait, _EXIT_GRACE)
+            raise self.closed or ProtocolError(
+                f"cannot write to plugin: {broken}", plugin=self.label
+            ) from None
+        timer = None
+        if timeout is not None and timeout > 0:
+            timer = loop.call_later(timeout, self._expire, call_id, method, timeout)
+        forget = None
+        if cancellation is not None:
+            forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._cancel(call_id, method)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if forget is not None:
+                forget()
+
+    def _expire(self, call_id: int, method: str, timeout: float) -> None:
+        error = CallTimeout(f"{method} timed out after {timeout:g} s", plugin=self.label)
+        if self._fill(call_id, error=error):
+            self.notify(wire.CANCEL, {"id": call_id})
+
+    # -- an event loop reading ---------------------------------------------------------------
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` read the socket whenever it is readable (from now until EOF or
+        close), unless a loop that still runs does already: its replies then reach ``loop``
+        through ``call_soon_threadsafe``."""
+        watcher = self.watcher
+        if watcher is not None and (watcher.loop is loop or watcher.loop.is_running()):
+            return
+        with self.lock:
+            watcher = self.watcher
+            if self.eof or (
+                watcher is not None and (watcher.loop is loop or watcher.loop.is_running())
+            ):
+                return
+            # a dup of the socket is what the loop watches: whoever closes the socket, the
+            # number the loop's selector knows is never another file's until the loop lets go
+            ours = self.watcher = _LoopWatch(loop, os.dup(self.sock.fileno()))
+        if watcher is not None:
+            watcher.release()  # a loop that stopped or closed
+        ours.resume(self._loop_readable)
+
+    def _loop_readable(self) -> None:
+        """The socket is readable (on the loop): read and hand out what is buffered, unless a
+        thread reads already; then let it, and look again shortly."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        if not self.read_lock.acquire(blocking=False):
+            watcher.pause(self._loop_readable)
+            return
+        reader = self.reader
+        try:
+            while True:
+                try:
+                    got = reader.readline(0, nowait=True)
+                except _Oversized as exc:
+                    self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
+                    continue
+                if got is _TIMEOUT:
+                    return
+                if not got:
+                    with self.lock:
+                        self.eof = True
+                        self.watcher = None
+                    watcher.release()
+                    if self.on_eof is not None:
+                        self.on_eof()
+                    return
+                assert isinstance(got, bytes)
+                self._dispatch(got)
+                if not reader.has_line():
+                    return
+        finally:
+            self.read_lock.release()
+
+    def _unwatch(self) -> None:
+        """Let the loop go of the socket (from any thread)."""
+        with self.lock:
+            watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.release_threadsafe()
+
     def _lead(self, slot: _Slot, deadline: float | None, tick: float | None = None) -> None:
         """Read (and hand out) replies until ours is in, EOF, the deadline, or (with ``tick``)
         a read that waited that long."""
@@ -461,7 +646,12 @@ class Client:
             if slot.done:
                 return
             no_reader = False
-            if not self.reading and not self.eof:
+            watcher = self.watcher
+            if watcher is not None and watcher.loop.is_running() and not self.eof:
+                # an event loop reads for everyone: wait for it a tick at a time (and lead
+                # if it stalls) rather than start a thread that would take the socket from it
+                no_reader = True
+            elif not self.reading and not self.eof:
                 self.reading = True
                 self.cpus_at = -CPUS_RECHECK  # look again: calls start to overlap now
                 self.hold_sends = self._one_cpu()
@@ -552,6 +742,8 @@ class Client:
                 self.ready.append(slot)
                 if not self.baton:
                     following, flush = self._pass_baton()
+        if slot.future is not None:
+            _settle_from_anywhere(slot)
         if following is not None:
             following.wake()
         if flush:
@@ -653,3 +845,67 @@ class Client:
                         woken.append(slot.waker)
             for waker in woken:
                 waker.wake()
+            for slot in pending.values():
+                if slot.future is not None:
+                    _settle_from_anywhere(slot)
+        self._unwatch()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if not future.done():  # a cancelled task's future is done already
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _settle_from_anywhere(slot: _Slot) -> None:
+    """Settle an asyncio call's future: at once on its loop's thread, else through the loop
+    (a loop that closed meanwhile has nobody left to tell)."""
+    assert slot.future is not None
+    assert slot.loop is not None
+    if threading.get_ident() == slot.thread:
+        _settle(slot.future, slot.result, slot.error)
+    else:
+        with contextlib.suppress(RuntimeError):
+            slot.loop.call_soon_threadsafe(_settle, slot.future, slot.result, slot.error)
+
+
+class _LoopWatch:
+    """An event loop's reader on a dup of the plugin's socket. The loop's thread adds, pauses
+    and removes it; :meth:`release_threadsafe` asks the loop to (or closes the dup itself when
+    the loop has closed and watches nothing any more)."""
+
+    #: seconds a paused watch waits before the loop looks at the socket again
+    PAUSE = 0.0005
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.released = False
+
+    def resume(self, callback: Callable[[], None]) -> None:
+        if not self.released:
+            self.loop.add_reader(self.fd, callback)
+
+    def pause(self, callback: Callable[[], None]) -> None:
+        """A thread reads: stop watching for a moment (the socket stays readable meanwhile,
+        and a level-triggered watch would spin)."""
+        self.loop.remove_reader(self.fd)
+        self.loop.call_later(self.PAUSE, self.resume, callback)
+
+    def release(self) -> None:
+        """On the loop's thread (or with the loop stopped or closed)."""
+        if self.released:
+            return
+        self.released = True
+        if not self.loop.is_closed():
+            with contextlib.suppress(Exception):  # a loop stopped mid-teardown
+                self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+
+    def release_threadsafe(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.release)
+        except RuntimeError:  # the loop is closed: its selector is gone with it
+            self.release()

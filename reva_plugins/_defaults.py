@@ -76,6 +76,10 @@ RELOAD_TIMEOUT: Final = 3600.0
 #: a timeout bounds nothing a caller could wait for, and huge values break the waits themselves
 #: (``inf`` overflows ``Lock.acquire``; ``nan`` compares false and so would mean "never").
 TIMEOUT_BOUNDS: Final[tuple[float, float]] = (0.001, 86_400.0)
+#: Seconds before its deadline from which a cancelled call (an asyncio task, a gRPC RPC) is
+#: taken to have timed out rather than to have been cancelled by its caller: whoever set the
+#: deadline cancels at it, a moment before the call's own timer would fire.
+DEADLINE_SLACK: Final = 0.05
 #: Calls in flight inside one plugin (each is a thread in the plugin process).
 MAX_CONCURRENCY_BOUNDS: Final[tuple[int, int]] = (1, 1024)
 #: ``max_download_mb``: at least a MiB; a TiB is more than any plugin archive.

@@ -44,15 +44,25 @@ and a plugin method that accepts ``context`` sees it. ``params`` are the bound a
 do not change them. A plain (non-wrapper) implementation that returns something other than None
 answers the call instead of the driver (a test double, a cache). With no ``service_call``
 implementation registered a call does not touch pluggy at all.
+
+``ServiceProxy.acall`` (and so ``reva-plugins serve``) runs the same implementations, in the same
+order, around a call it awaits: each wrapper runs up to its ``yield`` on the event loop, before
+the request is sent, and resumes there when the reply is in, so it never blocks the loop if it
+is quick. A task cancelled meanwhile reaches the wrappers as :class:`CallCancelled`, as a
+cancelled call in a thread does.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from pluggy import HookCaller
+
     from ._client import Cancellation
     from ._errors import RevaPluginError
     from ._host import ServiceProxy
@@ -101,3 +111,103 @@ class HostSpec:
         cancellation: Cancellation | None,
     ) -> Any:
         """One call through ``proxy``; wrap it with ``@hookimpl(wrapper=True)``."""
+
+
+_Teardowns = list[tuple[bool, Generator[Any, Any, Any]]]
+
+
+async def around(
+    caller: HookCaller,
+    kwargs: dict[str, Any],
+    inner: Callable[[], Awaitable[Any]],
+    *,
+    innermost: Callable[[object], bool],
+    cancelled: Callable[[], BaseException],
+) -> Any:
+    """Run ``caller``'s implementations around an awaited call, as pluggy runs them around a
+    plain one (``firstresult``): wrappers first to last up to their ``yield``, the first plain
+    implementation that answers (else ``inner()``, awaited, in place of the implementation
+    ``innermost`` picks out), then the wrappers' rest in reverse. A task cancelled meanwhile
+    is thrown into the wrappers as ``cancelled()``, and re-raised to the task after them."""
+    teardowns: _Teardowns = []
+    result: Any = None
+    error: BaseException | None = None
+    task_cancelled: BaseException | None = None
+    try:
+        answered, result = _enter(caller, kwargs, innermost, teardowns)
+        if not answered:
+            try:
+                result = await inner()
+            except asyncio.CancelledError as exc:
+                task_cancelled = exc
+                raise cancelled() from None
+    except BaseException as exc:  # noqa: BLE001 - handed to the wrappers, as pluggy does
+        error = exc
+    result, error = _exit(teardowns, result, error)
+    if task_cancelled is not None:
+        raise task_cancelled
+    if error is not None:
+        raise error
+    return result
+
+
+def _enter(
+    caller: HookCaller,
+    kwargs: dict[str, Any],
+    innermost: Callable[[object], bool],
+    teardowns: _Teardowns,
+) -> tuple[bool, Any]:
+    """Run the wrappers up to their ``yield`` (appended to ``teardowns``) and the plain
+    implementations until one answers: (whether one did, its answer)."""
+    for impl in reversed(caller.get_hookimpls()):
+        if innermost(impl.plugin):
+            continue
+        args = [kwargs[name] for name in impl.argnames]
+        if impl.hookwrapper or impl.wrapper:
+            gen: Generator[Any, Any, Any] = impl.function(*args)  # type: ignore[assignment]
+            next(gen)
+            teardowns.append((impl.hookwrapper, gen))
+            continue
+        answer = impl.function(*args)
+        if answer is not None:
+            return True, answer
+    return False, None
+
+
+def _exit(
+    teardowns: _Teardowns, result: Any, error: BaseException | None
+) -> tuple[Any, BaseException | None]:
+    """Resume the wrappers, innermost first, with the result or the error; what the
+    outermost made of it."""
+    for old_style, gen in reversed(teardowns):
+        outcome = pluggy.Result.from_call(_outcome(result, error)) if old_style else None
+        try:
+            if outcome is not None:
+                gen.send(outcome)
+            elif error is not None:
+                gen.throw(error)
+            else:
+                gen.send(result)
+        except StopIteration as stop:
+            if outcome is None:
+                result, error = stop.value, None
+                continue
+            try:
+                result, error = outcome.get_result(), None
+            except BaseException as exc:  # noqa: BLE001
+                error = exc
+            continue
+        except BaseException as exc:  # noqa: BLE001
+            error = exc
+            continue
+        error = RuntimeError(f"service_call wrapper {gen!r} has a second yield")
+    return result, error
+
+
+def _outcome(result: Any, error: BaseException | None) -> Callable[[], Any]:
+    def get() -> Any:
+        if error is not None:
+            raise error
+        return result
+
+    return get

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pluggy
 
-from . import _config
+from . import _config, _hooks
 from ._build import BuildProgress
 from ._client import Cancellation
+from ._defaults import DEADLINE_SLACK
 from ._errors import (
     CallCancelled,
+    CallTimeout,
     HandshakeError,
     RemoteError,
     RevaPluginError,
@@ -93,6 +95,17 @@ class Driver(Protocol):
     ) -> Any:
         """Call one method with keyword params, starting the driver first if need be; a
         ``cancellation`` fired meanwhile ends the call with :class:`CallCancelled`."""
+        ...
+
+    async def ainvoke(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
+        cancellation: Cancellation | None = None,
+    ) -> Any:
+        """:meth:`invoke` for a coroutine: never blocks the running event loop."""
         ...
 
     def ping(self) -> float:
@@ -171,6 +184,18 @@ class InProcessDriver:
             raise _typed(exc, self.label) from exc
         finally:
             active.pop()
+
+    async def ainvoke(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
+        cancellation: Cancellation | None = None,
+    ) -> Any:
+        """In-process code may block: it runs in a worker thread (which sees the caller's
+        context variables)."""
+        return await asyncio.to_thread(self.invoke, method, params, timeout, meta, cancellation)
 
     def _method(self, method: str) -> Callable[..., Any]:
         if self._obj is None:
@@ -273,6 +298,23 @@ class IsolatedDriver:
     ) -> Any:
         """Send the call over the wire."""
         return self._started().call(
+            method, params, timeout=timeout, meta=meta, cancellation=cancellation
+        )
+
+    async def ainvoke(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
+        cancellation: Cancellation | None = None,
+    ) -> Any:
+        """Send the call over the wire from the event loop; a start (or restart, or rebuild)
+        that has to wait for a process waits in a worker thread."""
+        process = self.supervisor.running()
+        if process is None:
+            process = await asyncio.to_thread(self._started)
+        return await process.acall(
             method, params, timeout=timeout, meta=meta, cancellation=cancellation
         )
 
@@ -465,18 +507,48 @@ class ServiceProxy:
         meta: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
     ) -> Any:
-        """:meth:`call` for asyncio code: awaits the reply without blocking the event loop (in a
-        worker thread that sees the caller's context variables, e.g. a tracing span). A task
-        cancelled while it awaits cancels the call in the plugin too."""
-        cancel = cancellation or Cancellation()
-        try:
-            return await asyncio.to_thread(
-                self.call, method, params, timeout=timeout, meta=meta, cancellation=cancel
+        """:meth:`call` for asyncio code: awaits the reply without blocking the event loop.
+
+        A plugin process is called from the loop itself (no thread per call); an in-process
+        driver runs in a worker thread. ``service_call`` wrappers run on the loop around the
+        awaited call, in the caller's context (e.g. a tracing span). A task cancelled while it
+        awaits cancels the call in the plugin too (``$/cancel``)."""
+        binder = self._binders.get(method)
+        if binder is None:
+            raise UsageError(
+                f"service {self.service.name} has no method {method!r} "
+                f"(methods: {', '.join(self.service.methods)})",
+                plugin=self.label,
             )
-        except asyncio.CancelledError:
-            # off the event loop: cancelling writes $/cancel to the plugin
-            threading.Thread(target=cancel.cancel, daemon=True).start()
-            raise
+        arguments = binder.bind((), params)
+        hook = self._call_hook
+        if hook is None:
+            return await self.driver.ainvoke(method, arguments, timeout, meta or None, cancellation)
+        began = time.monotonic()
+
+        def cancelled() -> RevaPluginError:
+            # cancelled at its deadline (by whoever set it): the call timed out
+            if timeout is not None and time.monotonic() - began >= timeout - DEADLINE_SLACK:
+                return CallTimeout(f"{method} timed out after {timeout:g} s", plugin=self.label)
+            return CallCancelled(f"{method} was cancelled", plugin=self.label)
+
+        sent: dict[str, Any] = dict(meta) if meta else {}  # wrappers may add to it
+        kwargs = {
+            "service": self.service.name,
+            "method": method,
+            "params": arguments,
+            "meta": sent,
+            "timeout": timeout,
+            "proxy": self,
+            "cancellation": cancellation,
+        }
+        return await _hooks.around(
+            hook,
+            kwargs,
+            lambda: self.driver.ainvoke(method, arguments, timeout, sent or None, cancellation),
+            innermost=lambda plugin: isinstance(plugin, _Invoke),
+            cancelled=cancelled,
+        )
 
     def start(self) -> ServiceInfo:
         """Start the driver unless it runs: import it (in-process) or spawn its plugin process and

@@ -390,6 +390,27 @@ class PluginProcess:
         ``timeout`` may shorten the driver's ``call_timeout``, never extend it: the operator's
         bound holds whoever calls (a gRPC client's deadline, a script's ``--timeout``).
         """
+        client, timeout, meta = self._prepare(method, timeout, meta)
+        return client.call(method, params, timeout, meta, cancellation)
+
+    async def acall(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> Any:
+        """:meth:`call` for a coroutine, never blocking its event loop."""
+        client, timeout, meta = self._prepare(method, timeout, meta)
+        return await client.acall(method, params, timeout, meta, cancellation)
+
+    def _prepare(
+        self, method: str, timeout: float | None, meta: dict[str, Any] | None
+    ) -> tuple[Client, float, dict[str, Any] | None]:
+        """The client, the call's timeout (``call_timeout`` is the ceiling) and its meta with
+        the deadline the plugin sees."""
         client = self._client
         if client is None:
             raise self._crashed("plugin is not running")
@@ -399,7 +420,7 @@ class PluginProcess:
             raise CallTimeout(f"{method}: no time left for the call", plugin=self.spec.label)
         if meta is not None and timeout:
             meta = {**meta, wire.META_DEADLINE: time.time() + timeout}
-        return client.call(method, params, timeout, meta, cancellation)
+        return client, timeout, meta
 
     def ping(self, timeout: float = 5.0) -> float:
         """Round-trip a ``$/ping``; return its time in milliseconds."""
@@ -888,6 +909,11 @@ class Supervisor:
         return self.start().call(
             method, params, timeout=timeout, meta=meta, cancellation=cancellation
         )
+
+    def running(self) -> PluginProcess | None:
+        """The process if it runs (no start, no wait): an event loop's fast path."""
+        current = self._process
+        return current if current is not None and current.alive else None
 
     def close(self) -> None:
         """Shut the plugin down; later calls fail. A start in progress (a slow import, a

@@ -5,6 +5,7 @@ the concurrency cap, cancel and ping while busy)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -518,6 +519,188 @@ def test_requests_queued_while_another_caller_writes_all_arrive(peer: Peer) -> N
     server.join()
     assert results == {i: i for i in range(threads)}
     assert sorted(seen) == list(range(threads))
+
+
+# -- asyncio callers ---------------------------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_asyncio_calls_are_read_by_their_loop_and_get_their_own_replies(peer: Peer) -> None:
+    """Many tasks on one loop, replies in reverse order with junk between them: each task gets
+    its own, no thread reads for them, and the loop lets go of the socket's dup at close."""
+    count = 20
+    fds = _open_fds()
+
+    def serve() -> None:
+        requests = peer.requests(count)
+        for request in reversed(requests):
+            peer.reply(_result(10**12, "junk"), _result(request["id"], request["params"]["v"]))
+
+    server = threading.Thread(target=serve)
+    server.start()
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(peer.client.acall("m", {"v": i}, 30) for i in range(count)))
+
+    assert asyncio.run(main()) == list(range(count))
+    server.join()
+    assert peer.readers == 0
+    assert peer.client.pending == {}
+    peer.client.close(PluginCrashed("gone", plugin="p"))
+    assert _open_fds() == fds
+
+
+def test_a_new_event_loop_takes_over_from_one_that_closed(peer: Peer) -> None:
+    """``asyncio.run`` twice (two loops, the first closed): the second reads for itself."""
+    server = peer.echo(2)
+    fds = _open_fds()
+    assert asyncio.run(peer.client.acall("m", {"v": 1}, 30)) == 1
+    assert asyncio.run(peer.client.acall("m", {"v": 2}, 30)) == 2
+    server.join()
+    assert _open_fds() <= fds + 1  # the second loop's dup, at most
+
+
+def test_an_asyncio_call_times_out_and_a_cancelled_task_cancels_in_the_plugin(
+    peer: Peer,
+) -> None:
+    async def main() -> None:
+        with pytest.raises(CallTimeout, match=r"slow timed out after 0\.2 s"):
+            await peer.client.acall("slow", {"v": 0}, 0.2)
+        task = asyncio.ensure_future(peer.client.acall("hang", {"v": 1}, 30))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    slow, cancel_slow, hang, cancel_hang = peer.requests(4)
+    assert cancel_slow == {"jsonrpc": "2.0", "method": "$/cancel", "params": {"id": slow["id"]}}
+    assert cancel_hang == {"jsonrpc": "2.0", "method": "$/cancel", "params": {"id": hang["id"]}}
+    assert peer.client.pending == {}
+
+
+def test_a_cancellation_ends_an_asyncio_call_from_another_thread(peer: Peer) -> None:
+    cancel = Cancellation()
+
+    async def main() -> None:
+        threading.Timer(0.1, cancel.cancel).start()
+        with pytest.raises(CallCancelled):
+            await peer.client.acall("hang", {}, 30, cancellation=cancel)
+
+    asyncio.run(main())
+    hang, cancelled = peer.requests(2)
+    assert cancelled["params"] == {"id": hang["id"]}
+
+
+def test_a_crash_fails_every_asyncio_call_in_flight(peer: Peer) -> None:
+    def serve() -> None:
+        requests = peer.requests(5)
+        peer.sock.sendall(_line(_result(requests[0]["id"], "cut"))[:9])
+        peer.sock.shutdown(socket.SHUT_RDWR)
+
+    server = threading.Thread(target=serve)
+    server.start()
+
+    async def main() -> list[Any]:
+        calls = (peer.client.acall("m", {"v": i}, 30) for i in range(5))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    server.join()
+    assert all(isinstance(r, PluginCrashed) for r in results), results
+    assert peer.client.watcher is None
+
+    async def after() -> Any:
+        return await peer.client.acall("m", {"v": "after"}, 30)
+
+    with pytest.raises(PluginCrashed):
+        asyncio.run(after())
+
+
+def test_an_oversized_reply_fails_only_its_asyncio_call() -> None:
+    peer = Peer(max_line=1000)
+    try:
+
+        def serve() -> None:
+            first, second = peer.requests(2)
+            peer.reply(_result(first["id"], "x" * 200_000), _result(second["id"], "small"))
+
+        server = threading.Thread(target=serve)
+        server.start()
+
+        async def main() -> list[Any]:
+            calls = (peer.client.acall("m", {"v": i}, 30) for i in range(2))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        big, small = asyncio.run(main())
+        server.join()
+        assert isinstance(big, ProtocolError)
+        assert small == "small"
+    finally:
+        peer.close()
+
+
+def test_a_plugin_that_stops_reading_never_blocks_the_event_loop(peer: Peer) -> None:
+    """Requests larger than the socket takes: the loop keeps ticking while a thread writes
+    the rest, and every request arrives whole once the plugin reads again."""
+    payload = "z" * 300_000
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def main() -> list[Any]:
+        tick = asyncio.ensure_future(ticker())
+        calls = [asyncio.ensure_future(peer.client.acall("m", {"v": i, "p": payload}, 60))
+                 for i in range(8)]  # fmt: skip
+        await asyncio.sleep(0.5)  # the plugin reads nothing meanwhile
+        stalled = list(ticks)
+        server = threading.Thread(target=lambda: peer.echo(8).join())
+        server.start()
+        results = await asyncio.gather(*calls)
+        tick.cancel()
+        server.join()
+        assert len(stalled) >= 20  # ~50 ticks in 0.5 s unless a write blocked the loop
+        return results
+
+    assert asyncio.run(main()) == list(range(8))
+
+
+def test_a_thread_and_an_event_loop_share_one_client(peer: Peer) -> None:
+    """A blocking caller in a thread while tasks await: everyone gets their own reply,
+    whoever read it (the loop, or the thread leading)."""
+    server = peer.echo(60)
+
+    async def main() -> list[Any]:
+        sync = asyncio.to_thread(
+            lambda: [peer.client.call("m", {"v": f"t{k}"}, timeout=30) for k in range(20)]
+        )
+        tasks = [peer.client.acall("m", {"v": k}, 30) for k in range(40)]
+        return await asyncio.gather(sync, *tasks)
+
+    threaded, *awaited = asyncio.run(main())
+    server.join()
+    assert threaded == [f"t{k}" for k in range(20)]
+    assert awaited == list(range(40))
+
+
+def test_an_asyncio_write_to_a_dead_plugin_raises_what_the_watcher_recorded(peer: Peer) -> None:
+    peer.close()
+    error = PluginCrashed("plugin exited with signal SIGKILL", plugin="p", returncode=-9)
+    threading.Timer(0.2, peer.client.close, (error,)).start()
+
+    async def until_it_fails() -> None:
+        for _ in range(1000):
+            await peer.client.acall("m", {"v": "x" * 100_000}, 30)
+
+    # whichever the watcher recorded first: the failed write's, or the EOF's (the loop reads)
+    with pytest.raises(PluginCrashed, match="SIGKILL|exit code 3"):
+        asyncio.run(until_it_fails())
 
 
 # -- the bootstrap's pool ----------------------------------------------------------------------

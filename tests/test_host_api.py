@@ -14,13 +14,16 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 import reva_plugins
 from reva_plugins import (
+    CallCancelled,
     Host,
     NotFound,
     PluginCrashed,
+    RemoteError,
     RevaPluginError,
     ServiceInfo,
     UsageError,
@@ -573,3 +576,161 @@ def test_every_dependency_declares_the_floor_the_lowest_session_installs() -> No
         requirement = Requirement(text)
         floors = [spec for spec in requirement.specifier if spec.operator == ">="]
         assert floors, f"{requirement.name} has no lower bound"
+
+
+# -- service_call implementations around an awaited call (ServiceProxy.acall) -------------------
+
+
+class _Innermost:
+    """Stands where the host's own implementation stands: it answers last."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    @hookimpl(trylast=True)
+    def service_call(self, method: str) -> Any:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return {"answer": self.answer, "method": method}
+
+
+class _Tracer:
+    def __init__(self, name: str, log: list[str], *, swallow: bool = False) -> None:
+        self.name, self.log, self.swallow = name, log, swallow
+
+    @hookimpl(wrapper=True)
+    def service_call(self, method: str) -> Generator[None, Any, Any]:
+        self.log.append(f"{self.name} before {method}")
+        try:
+            result = yield
+        except RemoteError as exc:
+            self.log.append(f"{self.name} saw {type(exc).__name__}")
+            if self.swallow:
+                return {"answer": "swallowed"}
+            raise
+        self.log.append(f"{self.name} after")
+        return {**result, self.name: True}
+
+
+class _OldStyle:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    @hookimpl(hookwrapper=True, tryfirst=True)
+    def service_call(self) -> Generator[None, Any, None]:
+        self.log.append("old before")
+        outcome = yield
+        self.log.append(f"old saw {outcome.exception is None}")
+
+
+class _Answers:
+    @hookimpl
+    def service_call(self, method: str) -> Any:
+        return {"answer": "cached"} if method == "cached" else None
+
+
+def _both_ways(
+    plugins: list[object], answer: Any, method: str = "m"
+) -> tuple[tuple[Any, list[str]], tuple[Any, list[str]]]:
+    """What pluggy makes of a plain call and what ``around`` makes of an awaited one, with
+    the same implementations: (result or error, log) each."""
+    from reva_plugins import _hooks
+    from reva_plugins._hooks import HostSpec
+
+    outcomes = []
+    for awaited in (False, True):
+        log: list[str] = []
+        pm = pluggy.PluginManager("reva")
+        pm.add_hookspecs(HostSpec)
+        innermost = _Innermost(answer)
+        pm.register(innermost)
+        for make in plugins:
+            pm.register(make(log))  # type: ignore[operator]
+        kwargs = {
+            "service": "userprovider", "method": method, "params": {}, "meta": {},
+            "timeout": None, "proxy": None, "cancellation": None,
+        }  # fmt: skip
+
+        async def inner() -> Any:
+            return innermost.service_call(method)
+
+        try:
+            if awaited:
+                result = asyncio.run(
+                    _hooks.around(
+                        pm.hook.service_call,
+                        kwargs,
+                        inner,
+                        innermost=lambda plugin, i=innermost: plugin is i,
+                        cancelled=lambda: CallCancelled("cancelled", plugin="p"),
+                    )
+                )
+            else:
+                result = pm.hook.service_call(**kwargs)
+        except BaseException as exc:  # the test compares what was raised
+            result = (type(exc), str(exc))
+        outcomes.append((result, log))
+    return outcomes[0], outcomes[1]
+
+
+@pytest.mark.parametrize(
+    ("plugins", "answer", "method"),
+    [
+        ([lambda log: _Tracer("a", log), lambda log: _Tracer("b", log)], 1, "m"),
+        ([lambda log: _Tracer("a", log), _OldStyle], 2, "m"),
+        ([lambda log: _Tracer("a", log)], RemoteError("no", type="NotFound"), "m"),
+        (
+            [lambda log: _Tracer("a", log, swallow=True), lambda log: _Tracer("b", log)],
+            RemoteError("no", type="NotFound"),
+            "m",
+        ),
+        ([lambda log: _Tracer("a", log), lambda log: _Answers()], 3, "cached"),
+        ([_OldStyle, lambda log: _Answers()], 4, "m"),
+    ],
+)
+def test_wrappers_around_an_awaited_call_do_what_they_do_around_a_plain_one(
+    plugins: list[object], answer: Any, method: str
+) -> None:
+    plain, awaited = _both_ways(plugins, answer, method)
+    assert awaited == plain
+
+
+def test_a_cancelled_task_reaches_the_wrappers_as_call_cancelled() -> None:
+    from reva_plugins import _hooks
+    from reva_plugins._hooks import HostSpec
+
+    seen: list[str] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def service_call(self) -> Generator[None, Any, Any]:
+            try:
+                return (yield)
+            except CallCancelled:
+                seen.append("cancelled")
+                raise
+
+    pm = pluggy.PluginManager("reva")
+    pm.add_hookspecs(HostSpec)
+    pm.register(Wrapper())
+
+    async def main() -> None:
+        async def inner() -> Any:
+            await asyncio.sleep(30)
+
+        task = asyncio.ensure_future(
+            _hooks.around(
+                pm.hook.service_call,
+                {},
+                inner,
+                innermost=lambda plugin: False,
+                cancelled=lambda: CallCancelled("cancelled", plugin="p"),
+            )
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == ["cancelled"]
