@@ -2,9 +2,11 @@
 
 ``serve`` runs twice, without and with a ``[metrics] address`` (only then is the metrics
 ``service_call`` wrapper around every plugin call), so the wrapper's cost is measured in the
-same run. Each server runs in its own process with the same flavour (``grpc.server`` on a
-thread pool of the same size); the clients run in the benchmark process, 1, 4 and 16 threads on one channel.
-``python -m benchmarks._serve bare PORT_FILE WORKERS`` is the baseline server.
+same run. The baseline has serve's flavour: ``grpc.aio``, with as many RPCs served at once as
+serve's ``workers``. The bare server of the thread-pool flavour (``grpc.server``, as many
+threads) is measured beside them for reference. Each server runs in its own process; the
+clients run in the benchmark process, 1, 4 and 16 threads on one channel.
+``python -m benchmarks._serve bare PORT_FILE WORKERS aio|threads`` is a baseline server.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def _user_dict() -> dict[str, Any]:
     return {u["username"]: u for u in users}
 
 
-def bare_server(port_file: Path, workers: int) -> None:
-    """The baseline: GetUser answered from an in-memory dict, nothing else."""
+def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
+    """The baseline: GetUser answered from an in-memory dict, nothing else; ``flavour`` is
+    ``aio`` (at most ``workers`` at once) or ``threads`` (a pool of ``workers``)."""
     import grpc
     from cs3.identity.user.v1beta1 import resources_pb2 as res
     from cs3.identity.user.v1beta1 import user_api_pb2 as api
@@ -63,6 +66,9 @@ def bare_server(port_file: Path, workers: int) -> None:
         )
         return api.GetUserResponse(status=status_pb2.Status(code=code_pb2.CODE_OK), user=pb)
 
+    if flavour == "aio":
+        aio_server(port_file, workers, get_user)
+        return
     handler = grpc.method_handlers_generic_handler(
         "cs3.identity.user.v1beta1.UserAPI",
         {
@@ -85,6 +91,45 @@ def bare_server(port_file: Path, workers: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     server.stop(1).wait()
+
+
+def aio_server(port_file: Path, workers: int, get_user: Any) -> None:
+    """``get_user`` served by ``grpc.aio``, ``workers`` at once (as serve limits them)."""
+    import asyncio
+
+    import grpc
+    from cs3.identity.user.v1beta1 import user_api_pb2 as api
+
+    async def main() -> None:
+        slots = asyncio.Semaphore(workers)
+
+        async def handle(request: Any, context: Any) -> Any:
+            async with slots:
+                return get_user(request, context)
+
+        handler = grpc.method_handlers_generic_handler(
+            "cs3.identity.user.v1beta1.UserAPI",
+            {
+                "GetUser": grpc.unary_unary_rpc_method_handler(
+                    handle,
+                    request_deserializer=api.GetUserRequest.FromString,
+                    response_serializer=api.GetUserResponse.SerializeToString,
+                )
+            },
+        )
+        server = grpc.aio.server(
+            handlers=[handler],
+            options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0)],
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        port_file.write_text(str(port), encoding="ascii")
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(1)
+
+    asyncio.run(main())
 
 
 def _wait_port(proc: subprocess.Popen[str], find: Any, timeout: float = 300) -> int:
@@ -253,22 +298,29 @@ def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
     results: dict[str, Any] = {"workers": WORKERS, "calls_per_level": calls}
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        port_file = tmpdir / "port"
-        bare = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._serve", "bare", str(port_file), str(WORKERS)],
-            cwd=ROOT,
-            text=True,
+        port_file, threads_port_file = tmpdir / "port", tmpdir / "threads-port"
+        bare, threads = (
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks._serve", "bare", str(f), str(WORKERS), flavour],
+                cwd=ROOT,
+                text=True,
+            )
+            for f, flavour in ((port_file, "aio"), (threads_port_file, "threads"))
         )
         serve, serve_port = _start_serve(tmpdir, "plain", access_log, metrics=False)
         metered, metered_port = _start_serve(tmpdir, "metered", access_log, metrics=True)
         try:
             bare_port = _wait_port(bare, lambda: port_file.exists() and port_file.read_text())
+            threads_port = _wait_port(
+                threads, lambda: threads_port_file.exists() and threads_port_file.read_text()
+            )
             ours_port = _wait_port(serve, serve_port)
             metered_at = _wait_port(metered, metered_port)
             servers = {
                 "bare": (bare.pid, f"127.0.0.1:{bare_port}"),
                 "ours": (serve.pid, f"127.0.0.1:{ours_port}"),
                 "metrics": (metered.pid, f"127.0.0.1:{metered_at}"),
+                "threads": (threads.pid, f"127.0.0.1:{threads_port}"),
             }
             for clients in CLIENTS:
                 # Rounds in alternating order, so a burst of load from elsewhere on the machine
@@ -278,14 +330,18 @@ def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
                     order = list(servers) if number % 2 == 0 else list(reversed(servers))
                     for name in order:
                         runs[name].append(_measured(*servers[name], clients, calls // ROUNDS))
-                base, ours, with_metrics = (
+                base, ours, with_metrics, pool = (
                     sorted(runs[name], key=lambda r: r["calls_per_s"])[ROUNDS // 2]
-                    for name in ("bare", "ours", "metrics")
+                    for name in ("bare", "ours", "metrics", "threads")
                 )
                 results[f"{clients}_clients"] = {
                     "ours": ours,
                     "ours_with_metrics": with_metrics,
                     "baseline_bare_grpcio_dict": base,
+                    "reference_bare_grpcio_thread_pool": pool,
+                    "ratio_throughput_to_thread_pool": round(
+                        ours["calls_per_s"] / pool["calls_per_s"], 2
+                    ),
                     "ratio_throughput": round(ours["calls_per_s"] / base["calls_per_s"], 2),
                     "p50_added_ms": round(ours["p50_ms"] - base["p50_ms"], 3),
                     "ratio_metrics_throughput": round(
@@ -294,9 +350,9 @@ def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
                     "metrics_p50_added_ms": round(with_metrics["p50_ms"] - ours["p50_ms"], 3),
                 }
         finally:
-            for proc in (bare, serve, metered):
+            for proc in (bare, threads, serve, metered):
                 proc.send_signal(signal.SIGTERM)
-            for proc in (bare, serve, metered):
+            for proc in (bare, threads, serve, metered):
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
@@ -305,9 +361,9 @@ def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "bare":
+    if len(sys.argv) == 5 and sys.argv[1] == "bare":
         os.environ.pop("GRPC_VERBOSITY", None)
-        bare_server(Path(sys.argv[2]), int(sys.argv[3]))
+        bare_server(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         import json
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from .._errors import (
 )
 
 #: Calls a plugin method with keyword params (the server binds it to a service and a deadline).
-Invoke = Callable[[str, dict[str, Any]], Any]
+Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 #: The longest string a request field may carry: ids, claims and queries are short; a megabyte
 #: "username" is an attack on the plugin, refused before it gets there.
@@ -89,7 +89,7 @@ class Rpc:
     service: str
     request: type[Message]
     response: type[Message]
-    handle: Callable[[Invoke, Any], Message]
+    handle: Callable[[Invoke, Any], Awaitable[Message]]
     errors: Errors
 
     @property
@@ -341,42 +341,42 @@ _OK = code_pb2.CODE_OK
 # -- the handlers: one per RPC ----------------------------------------------------------------
 
 
-def _get_user(invoke: Invoke, req: user_api.GetUserRequest) -> Message:
+async def _get_user(invoke: Invoke, req: user_api.GetUserRequest) -> Message:
     params = {
         "user_id": _user_id(req.user_id),
         "skip_fetching_groups": req.skip_fetching_user_groups,
     }
-    user = invoke("get_user", params)
+    user = await invoke("get_user", params)
     response = user_api.GetUserResponse()
     response.status.code = _OK
     fill_user(response.user, user)
     return response
 
 
-def _get_user_by_claim(invoke: Invoke, req: user_api.GetUserByClaimRequest) -> Message:
+async def _get_user_by_claim(invoke: Invoke, req: user_api.GetUserByClaimRequest) -> Message:
     params = {
         "claim": _text(req.claim, "claim"),
         "value": _text(req.value, "value"),
         "skip_fetching_groups": req.skip_fetching_user_groups,
     }
-    user = invoke("get_user_by_claim", params)
+    user = await invoke("get_user_by_claim", params)
     response = user_api.GetUserByClaimResponse()
     response.status.code = _OK
     fill_user(response.user, user)
     return response
 
 
-def _get_user_groups(invoke: Invoke, req: user_api.GetUserGroupsRequest) -> Message:
-    groups = _list(invoke("get_user_groups", {"user_id": _user_id(req.user_id)}), "groups")
+async def _get_user_groups(invoke: Invoke, req: user_api.GetUserGroupsRequest) -> Message:
+    groups = _list(await invoke("get_user_groups", {"user_id": _user_id(req.user_id)}), "groups")
     return user_api.GetUserGroupsResponse(status=_ok(), groups=groups)
 
 
-def _find(
+async def _find(
     invoke: Invoke, method: str, queries: list[str], skip: dict[str, bool]
 ) -> list[Mapping[str, Any]]:
     """Call ``method`` once per query (one call with "" when there is none): every query must
     match, so the answer is the intersection, by id, in the first answer's order."""
-    answers = [_list(invoke(method, {"query": q, **skip}), method) for q in queries or [""]]
+    answers = [_list(await invoke(method, {"query": q, **skip}), method) for q in queries or [""]]
 
     def key(item: object) -> tuple[str, str]:
         if not isinstance(item, Mapping) or not isinstance(item.get("id"), Mapping):
@@ -387,22 +387,22 @@ def _find(
     return [item for item in answers[0] if key(item) in keep]
 
 
-def _find_users(invoke: Invoke, req: user_api.FindUsersRequest) -> Message:
+async def _find_users(invoke: Invoke, req: user_api.FindUsersRequest) -> Message:
     queries, types = _queries(req.filters, user_api.Filter.TYPE_QUERY)
     skip = {"skip_fetching_groups": req.skip_fetching_user_groups}
-    users = [user_pb(u) for u in _find(invoke, "find_users", queries, skip)]
+    users = [user_pb(u) for u in await _find(invoke, "find_users", queries, skip)]
     if types:
         users = [u for u in users if u.id.type in types]
     users.sort(key=lambda u: u.username)  # as Reva's service does
     return user_api.FindUsersResponse(status=_ok(), users=users)
 
 
-def _authenticate(invoke: Invoke, req: auth_api.AuthenticateRequest) -> Message:
+async def _authenticate(invoke: Invoke, req: auth_api.AuthenticateRequest) -> Message:
     params = {
         "client_id": _text(req.client_id, "client_id"),
         "client_secret": _text(req.client_secret, "client_secret"),
     }
-    result = invoke("authenticate", params)
+    result = await invoke("authenticate", params)
     if not isinstance(result, Mapping):
         raise BadResult("authenticate must return an object with user and scopes")
     scopes = result.get("scopes") or {}
@@ -416,48 +416,48 @@ def _authenticate(invoke: Invoke, req: auth_api.AuthenticateRequest) -> Message:
     return response
 
 
-def _get_group(invoke: Invoke, req: group_api.GetGroupRequest) -> Message:
+async def _get_group(invoke: Invoke, req: group_api.GetGroupRequest) -> Message:
     params = {
         "group_id": _group_id(req.group_id),
         "skip_fetching_members": req.skip_fetching_members,
     }
-    group = invoke("get_group", params)
+    group = await invoke("get_group", params)
     response = group_api.GetGroupResponse()
     response.status.code = _OK
     fill_group(response.group, group)
     return response
 
 
-def _get_group_by_claim(invoke: Invoke, req: group_api.GetGroupByClaimRequest) -> Message:
+async def _get_group_by_claim(invoke: Invoke, req: group_api.GetGroupByClaimRequest) -> Message:
     params = {
         "claim": _text(req.claim, "claim"),
         "value": _text(req.value, "value"),
         "skip_fetching_members": req.skip_fetching_members,
     }
-    group = invoke("get_group_by_claim", params)
+    group = await invoke("get_group_by_claim", params)
     response = group_api.GetGroupByClaimResponse()
     response.status.code = _OK
     fill_group(response.group, group)
     return response
 
 
-def _get_members(invoke: Invoke, req: group_api.GetMembersRequest) -> Message:
-    members = _list(invoke("get_members", {"group_id": _group_id(req.group_id)}), "members")
+async def _get_members(invoke: Invoke, req: group_api.GetMembersRequest) -> Message:
+    members = _list(await invoke("get_members", {"group_id": _group_id(req.group_id)}), "members")
     return group_api.GetMembersResponse(status=_ok(), members=[user_id_pb(m) for m in members])
 
 
-def _has_member(invoke: Invoke, req: group_api.HasMemberRequest) -> Message:
+async def _has_member(invoke: Invoke, req: group_api.HasMemberRequest) -> Message:
     params = {"group_id": _group_id(req.group_id), "user_id": _user_id(req.user_id)}
-    answer = invoke("has_member", params)
+    answer = await invoke("has_member", params)
     if not isinstance(answer, bool):
         raise BadResult("has_member must return true or false")
     return group_api.HasMemberResponse(status=_ok(), ok=answer)
 
 
-def _find_groups(invoke: Invoke, req: group_api.FindGroupsRequest) -> Message:
+async def _find_groups(invoke: Invoke, req: group_api.FindGroupsRequest) -> Message:
     queries, types = _queries(req.filters, group_api.Filter.TYPE_QUERY)
     skip = {"skip_fetching_members": req.skip_fetching_members}
-    groups = [group_pb(g) for g in _find(invoke, "find_groups", queries, skip)]
+    groups = [group_pb(g) for g in await _find(invoke, "find_groups", queries, skip)]
     if types:
         groups = [g for g in groups if g.id.type in types]
     groups.sort(key=lambda g: g.group_name)  # as Reva's service does
@@ -548,13 +548,13 @@ RPCS: tuple[Rpc, ...] = (
 )
 
 
-def convert(rpc: Rpc, invoke: Invoke, request: Any) -> Message:
+async def convert(rpc: Rpc, invoke: Invoke, request: Any) -> Message:
     """Serve ``request``: plugin calls through ``invoke``, the CS3 response (OK status).
 
     A result of the wrong type or range is a :class:`BadResult`; other errors propagate.
     """
     try:
-        return rpc.handle(invoke, request)
+        return await rpc.handle(invoke, request)
     except (TypeError, ValueError) as exc:  # protobuf refusing a field's type or range
         raise BadResult(str(exc)) from exc
 

@@ -1,8 +1,18 @@
 """``reva-plugins serve``: the configured services as CS3 gRPC services, with health checking,
-reflection, metrics, an access log, an admin API, graceful shutdown and zero-downtime reload."""
+reflection, metrics, an access log, an admin API, graceful shutdown and zero-downtime reload.
+
+The gRPC server is grpcio's asyncio flavour, on an event loop of its own thread: an RPC awaits
+its plugin call on that loop (``ServiceProxy.acall``), which writes the request and reads the
+reply itself, so no RPC costs a thread hand-off on the way to the plugin and back. Everything
+that may block (a reload, the admin API's answers, a plugin's start or restart, in-process
+drivers) runs in the loop's worker threads; the rest of this class is plain threads, as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import importlib.metadata
@@ -15,8 +25,7 @@ import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
-from concurrent import futures
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,8 +39,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
 from .. import _config, _defaults
-from .._client import Cancellation
-from .._errors import ConfigError, RevaPluginError, UsageError
+from .._errors import CallCancelled, CallTimeout, ConfigError, RevaPluginError, UsageError
 from .._hooks import hookimpl
 from .._host import Host
 from .._redact import redact
@@ -61,9 +69,6 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 #: The server's own API (Status, Reload), on the gRPC port, answered to loopback peers only.
 ADMIN_API = "reva_plugins.admin.v1.AdminAPI"
 _OK = code_pb2.CODE_OK
-#: Seconds of deadline left below which an RPC that ended is taken to have timed out, not to
-#: have been cancelled by its client.
-DEADLINE_SLACK = 0.05
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
 
 
@@ -180,7 +185,8 @@ class Server:
         # Counting calls is a wrapper around each; without an endpoint nobody reads the counts,
         # so calls skip pluggy (fixed at start, as the metrics address is).
         self._count_calls = bool(self.settings.metrics_address)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = health.aio.HealthServicer()
+        self.loop = EventLoopThread()
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._started_at = time.time()
@@ -188,7 +194,8 @@ class Server:
             self.path, options or HostOptions(), self._register, self._swapped, self._grace
         )
         self._configure_access_log(self.settings.access_log)
-        self.server: grpc.Server | None = None
+        self.server: grpc.aio.Server | None = None
+        self._slots: asyncio.Semaphore | None = None  # RPCs served at once (``workers``)
         self.port = 0
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
@@ -207,9 +214,9 @@ class Server:
             self.metrics.plugin_pid(name, None)
         for name, api in _cs3.APIS.items():
             if name not in new.backends:
-                self.health.set(api, SERVICE_UNKNOWN)
+                self._health(api, SERVICE_UNKNOWN)
             elif name in fresh:  # started and pinged; a kept backend's health stays as it is
-                self.health.set(api, SERVING)
+                self._health(api, SERVING)
         now, was = new.config.serve, self.settings
         fixed = ("address", "workers", "tls_cert", "tls_key", "metrics_address")
         for name in fixed:
@@ -228,12 +235,16 @@ class Server:
         """Set the health of ``service``'s CS3 API."""
         api = _cs3.APIS.get(service)
         if api is not None:
-            self.health.set(api, SERVING if serving else NOT_SERVING)
+            self._health(api, SERVING if serving else NOT_SERVING)
+
+    def _health(self, api: str, status: Any) -> None:
+        """Set ``api``'s health on the loop (from any thread; in order, without waiting)."""
+        self.loop.submit(self.health.set(api, status))
 
     def _set_all_health(self, gen: Generation) -> None:
         for name, api in _cs3.APIS.items():
-            self.health.set(api, SERVING if name in gen.backends else SERVICE_UNKNOWN)
-        self.health.set("", SERVING)
+            self._health(api, SERVING if name in gen.backends else SERVICE_UNKNOWN)
+        self._health("", SERVING)
 
     def _configure_access_log(self, level: str) -> None:
         self._access_level = _LEVELS.get(level)
@@ -241,7 +252,9 @@ class Server:
 
     # -- RPCs ----------------------------------------------------------------------------------
 
-    def _handler(self, rpc: _cs3.Rpc) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _handler(
+        self, rpc: _cs3.Rpc
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         metrics = self.metrics
         reloader = self.reloader
         service = rpc.service
@@ -249,9 +262,24 @@ class Server:
         ok_name = _cs3.CODE_NAMES[_OK]
         low, high = _defaults.TIMEOUT_BOUNDS
 
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             timed = self._access_level is not None
             began = time.perf_counter() if timed else 0.0
+            slots = self._slots
+            assert slots is not None
+            async with slots:
+                gen, code, response = await serve(request, context)
+            outcome = ok_name if code == _OK else _cs3.CODE_NAMES.get(code, str(code))
+            metrics.rpc_answered(rpc.api, rpc.name, outcome)
+            if timed and access.isEnabledFor(self._access_level or 0):
+                self._log_access(gen, rpc, outcome, time.perf_counter() - began, context)
+            if response is None:  # the client cancelled, or its deadline passed
+                raise asyncio.CancelledError
+            return response
+
+        async def serve(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> tuple[Generation, int, Any]:
             while True:
                 gen = reloader.current
                 assert gen is not None
@@ -263,22 +291,28 @@ class Server:
             try:
                 if backend is None:  # a reload dropped the service; this API is going away
                     raise _cs3.Unserved(service)
-                call: Callable[..., Any] = backend.proxy.call
-                # a call the client cancels is cancelled in the plugin ($/cancel)
-                cancel = Cancellation()
-                if not context.add_callback(_on_termination(context, cancel)):
-                    cancel.cancel()  # the client is gone already
+                acall = backend.proxy.acall
 
-                def invoke(method: str, params: dict[str, Any]) -> Any:
+                async def invoke(method: str, params: dict[str, Any]) -> Any:
                     # the client's deadline bounds the call; the core caps it at call_timeout
                     remaining = context.time_remaining()
                     timeout = None
                     if remaining is not None and remaining < high:
                         timeout = remaining if remaining > low else low
-                    return call(method, params, timeout=timeout, cancellation=cancel)
+                    return await acall(method, params, timeout=timeout)
 
-                response = convert(rpc, invoke, request)
-                code = _OK
+                return gen, _OK, await convert(rpc, invoke, request)
+            except asyncio.CancelledError:
+                # a client that cancelled (time left on its deadline) cancelled the plugin
+                # call ($/cancel); a deadline that passed is the call's own timeout
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining <= _defaults.DEADLINE_SLACK
+                error: Exception = (
+                    CallTimeout(f"{rpc.name}: the client's deadline passed", plugin=service)
+                    if late
+                    else CallCancelled(f"{rpc.name} was cancelled", plugin=service)
+                )
+                return gen, _cs3.error_status(rpc, error)[0], None
             except Exception as exc:  # noqa: BLE001 (every failure is a CS3 status)
                 code, message = _cs3.error_status(rpc, exc)
                 first = str(exc).splitlines()[0] if str(exc) else ""
@@ -290,15 +324,10 @@ class Server:
                     type(exc).__name__,
                     redact(first[:500]),
                 )
-                response = _cs3.failed(rpc, code, message)
+                return gen, code, _cs3.failed(rpc, code, message)
             finally:
                 if backend is not None:
                     backend.leave()
-            outcome = ok_name if code == _OK else _cs3.CODE_NAMES.get(code, str(code))
-            metrics.rpc_answered(rpc.api, rpc.name, outcome)
-            if timed and access.isEnabledFor(self._access_level or 0):
-                self._log_access(gen, rpc, outcome, time.perf_counter() - began, context)
-            return response
 
         return handle
 
@@ -308,7 +337,7 @@ class Server:
         rpc: _cs3.Rpc,
         outcome: str,
         seconds: float,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         pid = self.metrics.pids().get(rpc.service, 0)
         fields = {
@@ -353,7 +382,7 @@ class Server:
 
     # -- the admin API -------------------------------------------------------------------------
 
-    def _admin_allowed(self, context: grpc.ServicerContext, method: str) -> bool:
+    def _admin_allowed(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> bool:
         peer = context.peer()
         if is_local_peer(peer):
             return True
@@ -362,16 +391,16 @@ class Server:
         context.set_details(f"{ADMIN_API} answers on this host's loopback only")
         return False
 
-    def _admin_status(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def _admin_status(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if not self._admin_allowed(context, "Status"):
             return struct_pb2.Struct()
-        return _struct(self.status())
+        return _struct(await asyncio.to_thread(self.status))
 
-    def _admin_reload(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def _admin_reload(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if not self._admin_allowed(context, "Reload"):
             return struct_pb2.Struct()
         log.info("admin: reload requested by %s", context.peer())
-        outcome = self.reload()
+        outcome = await asyncio.to_thread(self.reload)
         return _struct(dataclasses.asdict(outcome))
 
     def status(self) -> dict[str, Any]:
@@ -425,36 +454,27 @@ class Server:
         check_free(self.address, self.address_source)
         if settings.metrics_address:
             check_free(settings.metrics_address, "metrics.address")
-        executor = futures.ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="rpc"
-        )
-        server = grpc.server(
-            executor,
-            handlers=self._generic_handlers(),
-            options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        self.loop.start(workers=settings.workers)
         try:
-            self._bind(server, credentials)
+            server = self.loop.run(self._make_server(credentials))
+        except BaseException:
+            self.loop.stop()
+            raise
+        try:
             if settings.metrics_address:
                 self._start_metrics(settings.metrics_address)
             if self.pidfile is not None:
                 _write_pidfile(self.pidfile)
             gen = self.reloader.first(config)
         except BaseException:
-            server.stop(None)
+            self.loop.run(server.stop(None))
+            self.loop.stop()
             self._close_metrics()
             if self.pidfile is not None:
                 _remove_pidfile(self.pidfile)
             raise
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        _admin_descriptors()
-        names = [*_cs3.APIS.values(), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
         self._set_all_health(gen)
-        server.start()
+        self.loop.run(server.start())
         self.server = server
         served = ", ".join(f"{n} as {_cs3.APIS[n]}" for n in gen.backends)
         log.info(
@@ -465,7 +485,28 @@ class Server:
             "TLS" if credentials else "plaintext",
         )
 
-    def _bind(self, server: grpc.Server, credentials: grpc.ServerCredentials | None) -> None:
+    async def _make_server(self, credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
+        """The server with every service on it, bound (on the loop: grpc.aio wants one)."""
+        self._slots = asyncio.Semaphore(self.settings.workers)
+        server = grpc.aio.server(
+            handlers=self._generic_handlers(),
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        try:
+            self._bind(server, credentials)
+        except BaseException:
+            await server.stop(None)
+            raise
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        _admin_descriptors()
+        names = [*_cs3.APIS.values(), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        return server
+
+    def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(self.address)
@@ -520,12 +561,13 @@ class Server:
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting RPCs, let those in flight end within the grace, close the plugins."""
         grace = self.settings.shutdown_grace if grace is None else grace
-        self.health.enter_graceful_shutdown()
         if self.server is not None:
+            self.loop.run(self.health.enter_graceful_shutdown())
             log.info("shutting down: draining RPCs in flight (up to %g s)", grace)
-            self.server.stop(grace).wait()
+            self.loop.run(self.server.stop(grace))
         self._close_metrics()
         self.reloader.close()
+        self.loop.stop()  # after the hosts: their plugins' sockets leave the loop first
         if self.pidfile is not None:
             _remove_pidfile(self.pidfile)
         log.info("stopped")
@@ -561,23 +603,60 @@ class Server:
                 signal.signal(sig, handler)
 
 
+class EventLoopThread:
+    """An asyncio event loop running in a thread of its own, for the gRPC server; its default
+    executor (``asyncio.to_thread``: in-process drivers, starts, reloads) has ``workers``
+    threads. :meth:`run` and :meth:`submit` hand it coroutines from other threads."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, *, workers: int) -> None:
+        """Start the loop and its thread."""
+        loop = self._loop = asyncio.new_event_loop()
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc")
+        )
+        self._thread = threading.Thread(target=loop.run_forever, name="serve-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the loop and wait for what it returns or raises."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` on the loop without waiting (in the order submitted); dropped when
+        the loop is not running."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # closed meanwhile
+            coro.close()
+
+    def stop(self) -> None:
+        """Run what is queued, then stop and close the loop and its executor."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            self.run(asyncio.sleep(0))  # callbacks queued by closing hosts run first
+            self.run(loop.shutdown_default_executor())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._loop = self._thread = None
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("reva-plugins")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _on_termination(context: grpc.ServicerContext, cancel: Cancellation) -> Callable[[], None]:
-    """What runs when the RPC ends: a client that cancelled (time left on its deadline) cancels
-    the plugin call; a deadline that expired is the call's own timeout already, so it stays a
-    ``CallTimeout``; after a normal answer it is a no-op."""
-
-    def ended() -> None:
-        if context.time_remaining() > DEADLINE_SLACK:
-            cancel.cancel()
-
-    return ended
 
 
 def _json_shaped(value: Any) -> Any:
