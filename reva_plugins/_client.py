@@ -42,6 +42,8 @@ SPIN = 50e-6
 SPIN_BACKOFF_MAX = 64
 #: seconds between two looks at the CPUs the core and the plugin may use
 CPUS_RECHECK = 0.25
+#: lines an event loop reads per wake-up at most (a flood must not hold the loop)
+_LOOP_READS = 256
 
 
 def _decode(line: bytes) -> tuple[Any, str]:
@@ -316,7 +318,9 @@ class Client:
         self.cpus_at = -CPUS_RECHECK  # when ``one_cpu`` was last looked at
         self.one_cpu = False  # the core and the plugin may share one CPU only
         self.overlapped = 0.0  # when a call last started while another was in flight
-        self.watcher: _LoopWatch | None = None  # the event loop reading the socket, if any
+        #: the event loops reading the socket (each on a dup of its own; ``read_lock`` decides
+        #: who reads): one per loop with calls on this client, so a busy loop starves no other
+        self.watchers: dict[asyncio.AbstractEventLoop, _LoopWatch] = {}
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -540,29 +544,27 @@ class Client:
     # -- an event loop reading ---------------------------------------------------------------
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Have ``loop`` read the socket whenever it is readable (from now until EOF or
-        close), unless a loop that still runs does already: its replies then reach ``loop``
-        through ``call_soon_threadsafe``."""
-        watcher = self.watcher
-        if watcher is not None and (watcher.loop is loop or watcher.loop.is_running()):
+        """Have ``loop`` read the socket whenever it is readable, from now until EOF or close
+        (loops that closed meanwhile let go of theirs here)."""
+        if loop in self.watchers:
             return
         with self.lock:
-            watcher = self.watcher
-            if self.eof or (
-                watcher is not None and (watcher.loop is loop or watcher.loop.is_running())
-            ):
+            if self.eof or loop in self.watchers:
                 return
+            gone = [w for w in self.watchers.values() if w.loop.is_closed()]
+            for watch in gone:
+                del self.watchers[watch.loop]
             # a dup of the socket is what the loop watches: whoever closes the socket, the
             # number the loop's selector knows is never another file's until the loop lets go
-            ours = self.watcher = _LoopWatch(loop, os.dup(self.sock.fileno()))
-        if watcher is not None:
-            watcher.release()  # a loop that stopped or closed
+            ours = self.watchers[loop] = _LoopWatch(loop, os.dup(self.sock.fileno()))
+        for watch in gone:
+            watch.release()
         ours.resume(self._loop_readable)
 
     def _loop_readable(self) -> None:
-        """The socket is readable (on the loop): read and hand out what is buffered, unless a
-        thread reads already; then let it, and look again shortly."""
-        watcher = self.watcher
+        """The socket is readable (on a loop): read and hand out what is buffered, unless
+        someone else reads already; then let them, and look again shortly."""
+        watcher = self.watchers.get(asyncio.get_running_loop())
         if watcher is None:
             return
         if not self.read_lock.acquire(blocking=False):
@@ -570,7 +572,7 @@ class Client:
             return
         reader = self.reader
         try:
-            while True:
+            for _ in range(_LOOP_READS):  # then the loop's other work has its turn
                 try:
                     got = reader.readline(0, nowait=True)
                 except _Oversized as exc:
@@ -581,8 +583,7 @@ class Client:
                 if not got:
                     with self.lock:
                         self.eof = True
-                        self.watcher = None
-                    watcher.release()
+                    self._unwatch()
                     if self.on_eof is not None:
                         self.on_eof()
                     return
@@ -593,11 +594,15 @@ class Client:
         finally:
             self.read_lock.release()
 
+    def _watched(self) -> bool:
+        """Whether a running event loop reads for everyone."""
+        return any(w.loop.is_running() for w in list(self.watchers.values()))
+
     def _unwatch(self) -> None:
-        """Let the loop go of the socket (from any thread)."""
+        """Let every loop go of the socket (from any thread)."""
         with self.lock:
-            watcher, self.watcher = self.watcher, None
-        if watcher is not None:
+            watchers, self.watchers = list(self.watchers.values()), {}
+        for watcher in watchers:
             watcher.release_threadsafe()
 
     def _lead(self, slot: _Slot, deadline: float | None, tick: float | None = None) -> None:
@@ -646,8 +651,7 @@ class Client:
             if slot.done:
                 return
             no_reader = False
-            watcher = self.watcher
-            if watcher is not None and watcher.loop.is_running() and not self.eof:
+            if not self.eof and self._watched():
                 # an event loop reads for everyone: wait for it a tick at a time (and lead
                 # if it stalls) rather than start a thread that would take the socket from it
                 no_reader = True
@@ -883,6 +887,7 @@ class _LoopWatch:
         self.loop = loop
         self.fd = fd
         self.released = False
+        self.lock = threading.Lock()  # the dup is closed once (its number may be reused)
 
     def resume(self, callback: Callable[[], None]) -> None:
         if not self.released:
@@ -896,16 +901,20 @@ class _LoopWatch:
 
     def release(self) -> None:
         """On the loop's thread (or with the loop stopped or closed)."""
-        if self.released:
-            return
-        self.released = True
+        with self.lock:
+            if self.released:
+                return
+            self.released = True
         if not self.loop.is_closed():
             with contextlib.suppress(Exception):  # a loop stopped mid-teardown
                 self.loop.remove_reader(self.fd)
         os.close(self.fd)
 
     def release_threadsafe(self) -> None:
+        if not self.loop.is_running():  # stopped (nobody would run a callback) or closed
+            self.release()
+            return
         try:
             self.loop.call_soon_threadsafe(self.release)
-        except RuntimeError:  # the loop is closed: its selector is gone with it
+        except RuntimeError:  # closed meanwhile: its selector is gone with it
             self.release()

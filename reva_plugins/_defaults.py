@@ -58,7 +58,8 @@ UNUSED_DAYS: Final = 30.0
 SERVE_ADDRESS: Final = "0.0.0.0:19000"
 #: ``[grpc] shutdown_grace``: seconds in-flight RPCs get to finish on SIGTERM.
 SERVE_SHUTDOWN_GRACE: Final = 30.0
-#: ``[grpc] workers``: threads serving RPCs (each holds one call in flight).
+#: ``[grpc] workers``: RPCs served at once (each holds one plugin call in flight), and the
+#: serving loop's worker threads (in-process drivers, plugin starts, reloads).
 SERVE_WORKERS: Final = 16
 #: ``[grpc] access_log``: the level of the one-line-per-RPC log.
 ACCESS_LOG: Final = "info"

@@ -134,13 +134,17 @@ async def around(
     error: BaseException | None = None
     task_cancelled: BaseException | None = None
     try:
-        answered, result = _enter(caller, kwargs, innermost, teardowns)
+        answered, result, after = _enter(caller, kwargs, innermost, teardowns)
         if not answered:
             try:
                 result = await inner()
             except asyncio.CancelledError as exc:
                 task_cancelled = exc
                 raise cancelled() from None
+            for impl in after if result is None else ():  # as pluggy: on to the next
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
+                if result is not None:
+                    break
     except BaseException as exc:  # noqa: BLE001 - handed to the wrappers, as pluggy does
         error = exc
     result, error = _exit(teardowns, result, error)
@@ -156,12 +160,15 @@ def _enter(
     kwargs: dict[str, Any],
     innermost: Callable[[object], bool],
     teardowns: _Teardowns,
-) -> tuple[bool, Any]:
-    """Run the wrappers up to their ``yield`` (appended to ``teardowns``) and the plain
-    implementations until one answers: (whether one did, its answer)."""
-    for impl in reversed(caller.get_hookimpls()):
+) -> tuple[bool, Any, list[Any]]:
+    """Run the wrappers up to their ``yield`` (appended to ``teardowns``; pluggy orders every
+    wrapper before the plain implementations) and the plain implementations before the
+    innermost until one answers: (whether one did, its answer, the plain implementations
+    after the innermost)."""
+    impls = list(reversed(caller.get_hookimpls()))
+    for index, impl in enumerate(impls):
         if innermost(impl.plugin):
-            continue
+            return False, None, impls[index + 1 :]
         args = [kwargs[name] for name in impl.argnames]
         if impl.hookwrapper or impl.wrapper:
             gen: Generator[Any, Any, Any] = impl.function(*args)  # type: ignore[assignment]
@@ -170,8 +177,8 @@ def _enter(
             continue
         answer = impl.function(*args)
         if answer is not None:
-            return True, answer
-    return False, None
+            return True, answer, []
+    return False, None, []
 
 
 def _exit(

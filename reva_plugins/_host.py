@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import sys
@@ -194,8 +195,9 @@ class InProcessDriver:
         cancellation: Cancellation | None = None,
     ) -> Any:
         """In-process code may block: it runs in a worker thread (which sees the caller's
-        context variables)."""
-        return await asyncio.to_thread(self.invoke, method, params, timeout, meta, cancellation)
+        context variables). Nothing can interrupt it: a task cancelled meanwhile ends when the
+        code returns (so whoever waits for its calls to end, a drain, waits for it too)."""
+        return await uninterruptible(self.invoke, method, params, timeout, meta, cancellation)
 
     def _method(self, method: str) -> Callable[..., Any]:
         if self._obj is None:
@@ -237,6 +239,18 @@ class InProcessDriver:
         with self._lock:
             self._obj = None
             self._methods = {}
+
+
+async def uninterruptible(func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)`` in a worker thread (seeing the caller's context variables), awaited; a
+    task cancelled meanwhile is cancelled once the call has returned, not before."""
+    call = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await call
+        raise
 
 
 def _typed(exc: Exception, label: str) -> RevaPluginError:

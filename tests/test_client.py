@@ -611,7 +611,7 @@ def test_a_crash_fails_every_asyncio_call_in_flight(peer: Peer) -> None:
     results = asyncio.run(main())
     server.join()
     assert all(isinstance(r, PluginCrashed) for r in results), results
-    assert peer.client.watcher is None
+    assert peer.client.watchers == {}
 
     async def after() -> Any:
         return await peer.client.acall("m", {"v": "after"}, 30)
@@ -699,7 +699,7 @@ def test_an_asyncio_write_to_a_dead_plugin_raises_what_the_watcher_recorded(peer
             await peer.client.acall("m", {"v": "x" * 100_000}, 30)
 
     # whichever the watcher recorded first: the failed write's, or the EOF's (the loop reads)
-    with pytest.raises(PluginCrashed, match="SIGKILL|exit code 3"):
+    with pytest.raises(PluginCrashed, match=r"SIGKILL|exit code 3"):
         asyncio.run(until_it_fails())
 
 

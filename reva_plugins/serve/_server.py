@@ -265,10 +265,7 @@ class Server:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             timed = self._access_level is not None
             began = time.perf_counter() if timed else 0.0
-            slots = self._slots
-            assert slots is not None
-            async with slots:
-                gen, code, response = await serve(request, context)
+            gen, code, response = await self._in_turn(rpc, serve, request, context)
             outcome = ok_name if code == _OK else _cs3.CODE_NAMES.get(code, str(code))
             metrics.rpc_answered(rpc.api, rpc.name, outcome)
             if timed and access.isEnabledFor(self._access_level or 0):
@@ -302,17 +299,8 @@ class Server:
                     return await acall(method, params, timeout=timeout)
 
                 return gen, _OK, await convert(rpc, invoke, request)
-            except asyncio.CancelledError:
-                # a client that cancelled (time left on its deadline) cancelled the plugin
-                # call ($/cancel); a deadline that passed is the call's own timeout
-                remaining = context.time_remaining()
-                late = remaining is not None and remaining <= _defaults.DEADLINE_SLACK
-                error: Exception = (
-                    CallTimeout(f"{rpc.name}: the client's deadline passed", plugin=service)
-                    if late
-                    else CallCancelled(f"{rpc.name} was cancelled", plugin=service)
-                )
-                return gen, _cs3.error_status(rpc, error)[0], None
+            except asyncio.CancelledError:  # the plugin call was cancelled too ($/cancel)
+                return gen, _cancelled_code(rpc, context), None
             except Exception as exc:  # noqa: BLE001 (every failure is a CS3 status)
                 code, message = _cs3.error_status(rpc, exc)
                 first = str(exc).splitlines()[0] if str(exc) else ""
@@ -330,6 +318,27 @@ class Server:
                     backend.leave()
 
         return handle
+
+    async def _in_turn(
+        self,
+        rpc: _cs3.Rpc,
+        serve: Callable[[Any, Any], Awaitable[tuple[Generation, int, Any]]],
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> tuple[Generation, int, Any]:
+        """``serve`` the RPC once one of the ``workers`` slots is free."""
+        slots = self._slots
+        assert slots is not None
+        try:
+            await slots.acquire()
+        except asyncio.CancelledError:  # ended while every slot was busy: counted too
+            gen = self.reloader.current
+            assert gen is not None
+            return gen, _cancelled_code(rpc, context), None
+        try:
+            return await serve(request, context)
+        finally:
+            slots.release()
 
     def _log_access(
         self,
@@ -615,9 +624,10 @@ class EventLoopThread:
     def start(self, *, workers: int) -> None:
         """Start the loop and its thread."""
         loop = self._loop = asyncio.new_event_loop()
-        loop.set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="rpc"
         )
+        loop.set_default_executor(self._executor)
         self._thread = threading.Thread(target=loop.run_forever, name="serve-loop", daemon=True)
         self._thread.start()
 
@@ -645,9 +655,10 @@ class EventLoopThread:
             return
         with contextlib.suppress(RuntimeError):
             self.run(asyncio.sleep(0))  # callbacks queued by closing hosts run first
-            self.run(loop.shutdown_default_executor())
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
+        # not waited for: in-process code that never returns must not hang the shutdown
+        self._executor.shutdown(wait=False, cancel_futures=True)
         loop.close()
         self._loop = self._thread = None
 
@@ -657,6 +668,19 @@ def _version() -> str:
         return importlib.metadata.version("reva-plugins")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _cancelled_code(rpc: _cs3.Rpc, context: grpc.aio.ServicerContext[Any, Any]) -> int:
+    """The status of an RPC that ended before its answer: a client that cancelled (time left
+    on its deadline) is CODE_CANCELLED; a deadline that passed is a timeout."""
+    remaining = context.time_remaining()
+    late = remaining is not None and remaining <= _defaults.DEADLINE_SLACK
+    error: Exception = (
+        CallTimeout(f"{rpc.name}: the client's deadline passed", plugin=rpc.service)
+        if late
+        else CallCancelled(f"{rpc.name} was cancelled", plugin=rpc.service)
+    )
+    return _cs3.error_status(rpc, error)[0]
 
 
 def _json_shaped(value: Any) -> Any:
