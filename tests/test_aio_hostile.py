@@ -4,6 +4,8 @@ real socketpairs, real threads, real event loops, real processes."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import os
 import socket
 import subprocess
@@ -95,7 +97,7 @@ def _sync_and_awaited(plugins: list[object], answer: Any) -> tuple[Any, Any]:
         pm.register(innermost)
         for plugin in plugins:
             pm.register(plugin)
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "service": "userprovider", "method": "m", "params": {}, "meta": {},
             "timeout": None, "proxy": None, "cancellation": None,
         }  # fmt: skip
@@ -110,7 +112,7 @@ def _sync_and_awaited(plugins: list[object], answer: Any) -> tuple[Any, Any]:
                         pm.hook.service_call,
                         kwargs,
                         inner,
-                        innermost=lambda plugin, i=innermost: plugin is i,
+                        innermost=functools.partial(operator.is_, innermost),
                         cancelled=lambda: CallCancelled("cancelled", plugin="p"),
                     )
                 )
@@ -143,7 +145,7 @@ def test_a_plain_impl_ordered_after_the_driver_is_not_run_when_the_driver_answer
     innermost = _Innermost("answer")
     pm.register(innermost)
     pm.register(late)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "service": "userprovider", "method": "m", "params": {}, "meta": {},
         "timeout": None, "proxy": None, "cancellation": None,
     }  # fmt: skip
@@ -250,7 +252,12 @@ def test_a_busy_loop_does_not_starve_another_loops_calls(peer: Peer) -> None:
         assert first.result(10) == 1
         # the other loop is now busy: a blocking callback (any slow sync code on it)
         busy = threading.Event()
-        other.call_soon_threadsafe(lambda: (busy.set(), time.sleep(4)))
+
+        def block() -> None:
+            busy.set()
+            time.sleep(4)
+
+        other.call_soon_threadsafe(block)
         assert busy.wait(5)
 
         async def mine() -> Any:

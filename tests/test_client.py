@@ -681,7 +681,7 @@ def test_a_thread_and_an_event_loop_share_one_client(peer: Peer) -> None:
             lambda: [peer.client.call("m", {"v": f"t{k}"}, timeout=30) for k in range(20)]
         )
         tasks = [peer.client.acall("m", {"v": k}, 30) for k in range(40)]
-        return await asyncio.gather(sync, *tasks)
+        return list(await asyncio.gather(sync, *tasks))
 
     threaded, *awaited = asyncio.run(main())
     server.join()

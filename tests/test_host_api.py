@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
+import operator
 import sys
 import textwrap
 import threading
@@ -646,7 +648,7 @@ def _both_ways(
         pm.register(innermost)
         for make in plugins:
             pm.register(make(log))  # type: ignore[operator]
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "service": "userprovider", "method": method, "params": {}, "meta": {},
             "timeout": None, "proxy": None, "cancellation": None,
         }  # fmt: skip
@@ -661,7 +663,7 @@ def _both_ways(
                         pm.hook.service_call,
                         kwargs,
                         inner,
-                        innermost=lambda plugin, i=innermost: plugin is i,
+                        innermost=functools.partial(operator.is_, innermost),
                         cancelled=lambda: CallCancelled("cancelled", plugin="p"),
                     )
                 )
