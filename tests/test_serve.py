@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -885,6 +886,45 @@ def test_a_hung_plugin_call_is_cancelled_at_the_deadline(chaos: tuple[Served, Pa
     assert timed_out >= 1
 
 
+def test_workers_bound_the_rpcs_served_at_once_and_one_that_waits_too_long_is_counted(
+    tmp_path: Path,
+) -> None:
+    """``workers = 1``: while one RPC hangs in its plugin, the next waits for the slot; if its
+    deadline passes while it waits, the client gets DEADLINE_EXCEEDED and the server counts
+    it, and the plugin never saw it. Once the slot is free, RPCs are served again."""
+    plugin = _chaos_plugin(tmp_path / "plugin")
+    config = _chaos_config(tmp_path, plugin)
+    config.write_text(config.read_text().replace("workers = 16", "workers = 1"))
+    server = Served(config)
+    state = tmp_path / "state"
+    try:
+        hung = threading.Thread(
+            target=_suppressed, args=(lambda: _get(server, "hang-slot", timeout=4),), daemon=True
+        )
+        hung.start()
+        assert wait_until((state / "hang-slot.started").exists, timeout=30)
+        with pytest.raises(grpc.RpcError) as late:
+            _get(server, "demo", timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        hung.join(timeout=30)
+        assert _get(server, "demo").status.code == OK
+        text = server.metrics()
+        expired = _sample(
+            text, "reva_plugins_rpcs_total", api=USER_API, method="GetUser", code="CODE_INTERNAL"
+        )  # fmt: skip
+        assert expired == 2  # timed out (as Reva's): the hung call, and the one that waited
+        calls = "reva_plugins_calls_total"
+        demo_calls = _sample(text, calls, service="userprovider", method="get_user", outcome="ok")
+        assert demo_calls == 1  # the waiting RPC never reached the plugin
+    finally:
+        server.kill()
+
+
+def _suppressed(func: Callable[[], object]) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        func()
+
+
 def test_sigterm_lets_calls_in_flight_finish_and_leaves_no_plugin(tmp_path: Path) -> None:
     plugin = _chaos_plugin(tmp_path / "plugin")
     server = Served(_chaos_config(tmp_path, plugin))
@@ -1176,6 +1216,19 @@ def test_a_cancelled_rpc_cancels_the_plugin_call(chaos: tuple[Served, Path]) -> 
     """A client that cancels (no deadline involved) makes the server send ``$/cancel`` at once,
     not when call_timeout ends the call."""
     server, state = chaos
+
+    def cancelled() -> float:
+        return sum(
+            _sample(server.metrics(), name, **labels)
+            for name, labels in (
+                ("reva_plugins_rpcs_total", {"api": USER_API, "method": "GetUser",
+                                             "code": "CODE_CANCELLED"}),
+                ("reva_plugins_calls_total", {"service": "userprovider", "method": "get_user",
+                                              "outcome": "CallCancelled"}),
+            )
+        )  # fmt: skip
+
+    before = cancelled()
     future = server.users.GetUser.future(
         user_api.GetUserRequest(user_id=uid("hang-cancel", idp="test")), timeout=60
     )
@@ -1186,6 +1239,8 @@ def test_a_cancelled_rpc_cancels_the_plugin_call(chaos: tuple[Served, Path]) -> 
     arrived = float((state / "hang-cancel.cancelled").read_text(encoding="utf-8"))
     assert arrived - cancelled_at < CALL_TIMEOUT / 2, arrived - cancelled_at
     assert _get(server, "demo").status.code == OK
+    # counted by the server (the RPC) and by the call wrapper (the plugin call) alike
+    assert wait_until(lambda: cancelled() == before + 2)
 
 
 def test_a_call_cancelled_by_its_client_is_no_server_fault() -> None:
