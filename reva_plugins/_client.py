@@ -348,14 +348,11 @@ class Client:
         lock = self.lock
         sendall = self.sock.sendall
         while True:
-            with lock:
-                queued = self.outbox
-                if not queued:
-                    self.flushing = False
-                    return
-                self.outbox = []
+            data = self._take_queue()
+            if data is None:
+                return
             try:
-                sendall(queued[0] if len(queued) == 1 else b"".join(queued))
+                sendall(data)
             except OSError as exc:
                 with lock:
                     self.flushing = False
@@ -368,6 +365,16 @@ class Client:
                 raise self.closed or ProtocolError(
                     f"cannot write to plugin: {exc}", plugin=self.label
                 ) from None
+
+    def _take_queue(self) -> bytes | None:
+        """What is queued, as one write; None (and the flush ends) when nothing is."""
+        with self.lock:
+            queued = self.outbox
+            if not queued:
+                self.flushing = False
+                return None
+            self.outbox = []
+        return queued[0] if len(queued) == 1 else b"".join(queued)
 
     def _flush_for_others(self) -> None:
         """Write what woken callers queued; they learn of a broken wire from the watcher."""
@@ -392,13 +399,9 @@ class Client:
         lock = self.lock
         send = self.sock.send
         while True:
-            with lock:
-                queued = self.outbox
-                if not queued:
-                    self.flushing = False
-                    return None
-                self.outbox = []
-            data = queued[0] if len(queued) == 1 else b"".join(queued)
+            data = self._take_queue()
+            if data is None:
+                return None
             try:
                 sent = send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -432,12 +435,7 @@ class Client:
         slot = _Slot()
         lock = self.lock
         with lock:
-            if self.closed is not None:
-                raise self.closed
-            call_id = next(self.ids)
-            if self.pending:
-                self.overlapped = time.monotonic()
-            self.pending[call_id] = slot
+            call_id = self._register(slot)
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
         try:
             self.send(wire.encode_request(call_id, method, params, meta))
@@ -479,6 +477,17 @@ class Client:
             raise slot.error
         return slot.result
 
+    def _register(self, slot: _Slot) -> int:
+        """A new call's id, its slot pending (call with ``self.lock`` held); raises the error
+        the process was closed with."""
+        if self.closed is not None:
+            raise self.closed
+        call_id = next(self.ids)
+        if self.pending:
+            self.overlapped = time.monotonic()
+        self.pending[call_id] = slot
+        return call_id
+
     async def acall(
         self,
         method: str,
@@ -499,12 +508,7 @@ class Client:
         slot.thread = threading.get_ident()
         lock = self.lock
         with lock:
-            if self.closed is not None:
-                raise self.closed
-            call_id = next(self.ids)
-            if self.pending:
-                self.overlapped = time.monotonic()
-            self.pending[call_id] = slot
+            call_id = self._register(slot)
             self.outbox.append(wire.encode_request(call_id, method, params, meta))
             write = not self.flushing and not (self.baton and self.hold_sends)
             if write:

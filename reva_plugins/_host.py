@@ -491,14 +491,7 @@ class ServiceProxy:
         """Call ``method`` with keyword ``params``. ``timeout`` (seconds) may shorten the driver's
         ``call_timeout``, never extend it; ``meta`` (caller context) reaches the plugin; a
         :class:`Cancellation` lets another thread end the call (:class:`CallCancelled`)."""
-        binder = self._binders.get(method)
-        if binder is None:
-            raise UsageError(
-                f"service {self.service.name} has no method {method!r} "
-                f"(methods: {', '.join(self.service.methods)})",
-                plugin=self.label,
-            )
-        arguments = binder.bind((), params)
+        arguments = self._bind(method, params)
         hook = self._call_hook
         if hook is None:
             return self.driver.invoke(method, arguments, timeout, meta or None, cancellation)
@@ -511,6 +504,16 @@ class ServiceProxy:
             proxy=self,
             cancellation=cancellation,
         )
+
+    def _bind(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        binder = self._binders.get(method)
+        if binder is None:
+            raise UsageError(
+                f"service {self.service.name} has no method {method!r} "
+                f"(methods: {', '.join(self.service.methods)})",
+                plugin=self.label,
+            )
+        return binder.bind((), params)
 
     async def acall(
         self,
@@ -527,14 +530,7 @@ class ServiceProxy:
         driver runs in a worker thread. ``service_call`` wrappers run on the loop around the
         awaited call, in the caller's context (e.g. a tracing span). A task cancelled while it
         awaits cancels the call in the plugin too (``$/cancel``)."""
-        binder = self._binders.get(method)
-        if binder is None:
-            raise UsageError(
-                f"service {self.service.name} has no method {method!r} "
-                f"(methods: {', '.join(self.service.methods)})",
-                plugin=self.label,
-            )
-        arguments = binder.bind((), params)
+        arguments = self._bind(method, params)
         hook = self._call_hook
         if hook is None:
             return await self.driver.ainvoke(method, arguments, timeout, meta or None, cancellation)

@@ -4,22 +4,16 @@ real socketpairs, real threads, real event loops, real processes."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import operator
 import os
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Generator
 from typing import Any
 
-import pluggy
 import pytest
 
-from reva_plugins import _hooks, hookimpl
-from reva_plugins._errors import CallCancelled, CallTimeout, PluginCrashed
-from reva_plugins._hooks import HostSpec
+from reva_plugins._errors import CallTimeout, PluginCrashed
 from reva_plugins._host import uninterruptible
 
 from .test_client import Peer, _line, _result
@@ -64,140 +58,6 @@ def peer() -> Any:
     yield p
     p.close()
     p.client.sock.close()
-
-
-# -- service_call implementations: around() versus pluggy's own call ----------------------------
-
-
-class _Innermost:
-    """Where the host's ``_Invoke`` stands: trylast, registered first (at Host init)."""
-
-    def __init__(self, answer: Any) -> None:
-        self.answer = answer
-
-    @hookimpl(trylast=True)
-    def service_call(self, method: str) -> Any:
-        return self.answer
-
-
-class _Fallback:
-    """An operator's default answer: a plain trylast implementation, registered later."""
-
-    @hookimpl(trylast=True)
-    def service_call(self, method: str) -> Any:
-        return "fallback"
-
-
-def _sync_and_awaited(plugins: list[object], answer: Any) -> tuple[Any, Any]:
-    outcomes = []
-    for awaited in (False, True):
-        pm = pluggy.PluginManager("reva")
-        pm.add_hookspecs(HostSpec)
-        innermost = _Innermost(answer)
-        pm.register(innermost)
-        for plugin in plugins:
-            pm.register(plugin)
-        kwargs: dict[str, Any] = {
-            "service": "userprovider", "method": "m", "params": {}, "meta": {},
-            "timeout": None, "proxy": None, "cancellation": None,
-        }  # fmt: skip
-
-        async def inner(i: _Innermost = innermost) -> Any:
-            return i.service_call("m")
-
-        try:
-            if awaited:
-                result = asyncio.run(
-                    _hooks.around(
-                        pm.hook.service_call,
-                        kwargs,
-                        inner,
-                        innermost=functools.partial(operator.is_, innermost),
-                        cancelled=lambda: CallCancelled("cancelled", plugin="p"),
-                    )
-                )
-            else:
-                result = pm.hook.service_call(**kwargs)
-        except BaseException as exc:
-            result = (type(exc).__name__, str(exc))
-        outcomes.append(result)
-    return outcomes[0], outcomes[1]
-
-
-def test_a_trylast_plain_impl_does_not_override_the_drivers_answer() -> None:
-    plain, awaited = _sync_and_awaited([_Fallback()], answer="from the plugin")
-    assert plain == "from the plugin"
-    assert awaited == plain
-
-
-def test_a_plain_impl_ordered_after_the_driver_is_not_run_when_the_driver_answers() -> None:
-    seen: list[bool] = []
-
-    class Late:  # pluggy runs it after the innermost, and only if that answered None
-        @hookimpl(trylast=True)
-        def service_call(self) -> Any:
-            seen.append(True)
-            return None
-
-    late = Late()
-    pm = pluggy.PluginManager("reva")
-    pm.add_hookspecs(HostSpec)
-    innermost = _Innermost("answer")
-    pm.register(innermost)
-    pm.register(late)
-    kwargs: dict[str, Any] = {
-        "service": "userprovider", "method": "m", "params": {}, "meta": {},
-        "timeout": None, "proxy": None, "cancellation": None,
-    }  # fmt: skip
-    assert pm.hook.service_call(**kwargs) == "answer"
-    assert seen == []
-
-    async def inner() -> Any:
-        return "answer"
-
-    awaited = asyncio.run(
-        _hooks.around(
-            pm.hook.service_call, kwargs, inner,
-            innermost=lambda plugin: plugin is innermost,
-            cancelled=lambda: CallCancelled("cancelled", plugin="p"),
-        )
-    )  # fmt: skip
-    assert awaited == "answer"
-    assert seen == [], "a plain impl pluggy never reaches ran before the driver"
-
-
-def test_wrappers_see_the_same_outcome_both_ways_for_force_exception() -> None:
-    class Forcing:
-        @hookimpl(hookwrapper=True)
-        def service_call(self) -> Generator[None, Any, None]:
-            outcome = yield
-            outcome.force_exception(ValueError("forced"))
-
-    class NewStyle:
-        @hookimpl(wrapper=True, tryfirst=True)
-        def service_call(self) -> Generator[None, Any, Any]:
-            try:
-                return (yield)
-            except ValueError as exc:
-                return f"new saw {exc}"
-
-    plain, awaited = _sync_and_awaited([Forcing(), NewStyle()], answer="x")
-    assert plain == "new saw forced"
-    assert awaited == plain
-
-
-def test_keyword_only_impl_arguments_work_both_ways() -> None:
-    class KwOnly:
-        @hookimpl(wrapper=True)
-        def service_call(self, *, method: str) -> Generator[None, Any, Any]:
-            result = yield
-            return f"{result}/{method}"
-
-    try:
-        plain, awaited = _sync_and_awaited([KwOnly()], answer="x")
-    except Exception as exc:
-        pytest.skip(f"pluggy refuses keyword-only impl arguments: {exc}")
-    assert awaited == plain
 
 
 # -- the loop's dup of the socket ------------------------------------------------------------
@@ -289,6 +149,21 @@ def test_a_sync_caller_beside_a_running_loop_gets_its_reply(peer: Peer) -> None:
 # -- a hostile plugin: floods, endless lines, stalls ----------------------------------------------
 
 
+async def _ticks_during_a_call(peer: Peer, seconds: float) -> int:
+    """How often the loop turned during ``seconds`` while a call awaited its reply: a reader
+    callback that held the loop would stop the count."""
+    ticker = _Ticker()
+    ticker.start()
+    call = asyncio.ensure_future(peer.client.acall("m", {"v": 1}, 60))
+    await asyncio.sleep(0.05)
+    before = ticker.ticks
+    await asyncio.sleep(seconds)
+    after = ticker.ticks
+    ticker.stop()
+    call.cancel()
+    return after - before
+
+
 def test_an_endless_line_never_holds_the_event_loop() -> None:
     peer = Peer(max_line=1000)
     peer.sock.setblocking(True)  # noqa: FBT003 - cat must block on a full socket, not give up
@@ -297,22 +172,11 @@ def test_an_endless_line_never_holds_the_event_loop() -> None:
         ["cat", "/dev/zero"], stdout=peer.sock.fileno(), stdin=subprocess.DEVNULL
     )
     try:
-
-        async def main() -> int:
-            ticker = _Ticker()
-            ticker.start()
-            call = asyncio.ensure_future(peer.client.acall("m", {"v": 1}, 60))
-            await asyncio.sleep(0.05)
-            before = ticker.ticks
-            # a sleep on the loop: if a reader callback holds it, no tick happens
-            await asyncio.sleep(1.0)
-            after = ticker.ticks
-            ticker.stop()
-            call.cancel()
-            return after - before
-
         result: list[int] = []
-        runner = threading.Thread(target=lambda: result.append(asyncio.run(main())), daemon=True)
+        runner = threading.Thread(
+            target=lambda: result.append(asyncio.run(_ticks_during_a_call(peer, 1.0))),
+            daemon=True,
+        )
         runner.start()
         runner.join(6)
         streamer.kill()
@@ -337,25 +201,13 @@ def test_a_flood_of_junk_lines_leaves_the_loop_turning(peer: Peer) -> None:
         except OSError:
             pass
 
-    async def main() -> int:
-        ticker = _Ticker()
-        ticker.start()
-        call = asyncio.ensure_future(peer.client.acall("m", {"v": 1}, 60))
-        await asyncio.sleep(0.05)
-        before = ticker.ticks
-        await asyncio.sleep(0.5)
-        after = ticker.ticks
-        ticker.stop()
-        call.cancel()
-        return after - before
-
     thread = threading.Thread(target=flood, daemon=True)
     thread.start()
     try:
         import logging
 
         logging.getLogger("reva_plugins.process").setLevel(logging.CRITICAL)
-        assert asyncio.run(main()) >= 3
+        assert asyncio.run(_ticks_during_a_call(peer, 0.5)) >= 3
     finally:
         logging.getLogger("reva_plugins.process").setLevel(logging.NOTSET)
         stop.set()

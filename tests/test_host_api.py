@@ -593,6 +593,8 @@ class _Innermost:
     def service_call(self, method: str) -> Any:
         if isinstance(self.answer, BaseException):
             raise self.answer
+        if self.answer is None:  # the driver answered None: pluggy goes on to the next
+            return None
         return {"answer": self.answer, "method": method}
 
 
@@ -736,3 +738,64 @@ def test_a_cancelled_task_reaches_the_wrappers_as_call_cancelled() -> None:
 
     asyncio.run(main())
     assert seen == ["cancelled"]
+
+
+class _Fallback:
+    """An operator's default answer: a plain trylast implementation, registered after the
+    host's own (which pluggy so runs first)."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    @hookimpl(trylast=True)
+    def service_call(self) -> Any:
+        self.log.append("fallback ran")
+        return {"answer": "fallback"}
+
+
+class _Forcing:
+    @hookimpl(hookwrapper=True)
+    def service_call(self) -> Generator[None, Any, None]:
+        outcome = yield
+        outcome.force_exception(ValueError("forced"))
+
+
+class _CatchesForced:
+    @hookimpl(wrapper=True, tryfirst=True)
+    def service_call(self) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        except ValueError as exc:
+            return f"new saw {exc}"
+
+
+_KW_ONLY_ERROR = "_KeywordOnly.service_call() missing 1 required keyword-only argument: 'method'"
+
+
+class _KeywordOnly:
+    @hookimpl(wrapper=True)
+    def service_call(self, *, method: str) -> Generator[None, Any, Any]:
+        return (yield)
+
+
+@pytest.mark.parametrize(
+    ("plugins", "answer", "expected"),
+    [
+        # after the driver: runs only if the driver answered None
+        ([_Fallback], "from the plugin", ({"answer": "from the plugin", "method": "m"}, [])),
+        ([_Fallback], None, ({"answer": "fallback"}, ["fallback ran"])),
+        ([lambda log: _Forcing(), lambda log: _CatchesForced()], 1, ("new saw forced", [])),
+        # pluggy passes arguments by position: a keyword-only one is an error, both ways
+        (
+            [lambda log: _KeywordOnly()],
+            2,
+            ((TypeError, _KW_ONLY_ERROR), []),
+        ),
+    ],
+)
+def test_implementations_around_the_driver_run_in_pluggys_order_both_ways(
+    plugins: list[object], answer: Any, expected: tuple[Any, list[str]]
+) -> None:
+    plain, awaited = _both_ways(plugins, answer)
+    assert plain == expected
+    assert awaited == plain
