@@ -232,12 +232,12 @@ def bare_interpreter_start(python: str, n: int) -> dict[str, float]:
     return latencies(lambda: subprocess.run([python, "-I", "-c", "pass"], check=True), n)
 
 
-def idle_interpreter_memory(python: str) -> dict[str, float]:
-    """RSS/PSS of a bare interpreter doing nothing."""
+def idle_interpreter_memory(python: str, setup: str = "") -> dict[str, float]:
+    """RSS/PSS of a bare interpreter doing nothing (after running ``setup``)."""
     from ._stats import memory_of
 
     child = subprocess.Popen(
-        [python, "-I", "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        [python, "-I", "-c", f"{setup}\nimport sys; sys.stdin.read()"], stdin=subprocess.PIPE
     )
     try:
         time.sleep(0.3)
