@@ -290,6 +290,7 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default=_defaults.STATUS_TIMEOUT,
         help="seconds",
     )
+    _tls_ca_option(status)
     status.set_defaults(handler=lazy("cmd_status"))
     reload = sub.add_parser("reload", parents=[common], help="make a running server reload")
     reload.add_argument(
@@ -306,7 +307,17 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default=_defaults.RELOAD_TIMEOUT,
         help="seconds to wait for a reload by address",
     )
+    _tls_ca_option(reload)
     reload.set_defaults(handler=lazy("cmd_reload"))
+
+
+def _tls_ca_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-ca",
+        type=_path,
+        metavar="PEM",
+        help="the gRPC port is TLS: trust this CA (or self-signed) certificate",
+    )
 
 
 def _host(args: argparse.Namespace) -> Host:

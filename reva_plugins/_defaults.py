@@ -81,6 +81,8 @@ TIMEOUT_BOUNDS: Final[tuple[float, float]] = (0.001, 86_400.0)
 #: taken to have timed out rather than to have been cancelled by its caller: whoever set the
 #: deadline cancels at it, a moment before the call's own timer would fire.
 DEADLINE_SLACK: Final = 0.05
+#: The largest TLS certificate or key file read (``[grpc] tls_cert``/``tls_key``, ``--tls-ca``).
+MAX_PEM_BYTES: Final = 1 << 20
 #: Calls in flight inside one plugin (each is a thread in the plugin process).
 MAX_CONCURRENCY_BOUNDS: Final[tuple[int, int]] = (1, 1024)
 #: ``max_download_mb``: at least a MiB; a TiB is more than any plugin archive.

@@ -728,6 +728,8 @@ def test_hostile_command_lines(tmp_path: Path) -> None:
         (["status", "http://127.0.0.1:1"], 2, "not a URL"),
         (["status", "127.0.0.1:1/metrics"], 2, "not a URL"),
         (["status", "not an address"], 2, "HOST:PORT"),
+        (["reload", "--pid", str(gone), "--tls-ca", "ca.pem"], 2, "for reload ADDRESS"),
+        (["status", "127.0.0.1:1", "--tls-ca", str(config)], 2, "not a PEM file"),
     ):
         result = cli(*args)
         assert result.returncode == code, (args, result.stderr)
@@ -1060,6 +1062,31 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         assert reply.user.username == "richard"
         with pytest.raises(grpc.RpcError):  # plaintext to a TLS port
             server.users.GetUser(user_api.GetUserRequest(user_id=uid(EINSTEIN)), timeout=5)
+        # the admin API is on the same port: status and reload by address speak TLS too
+        ca = str(tmp_path / "cert.pem")
+        status = cli("status", server.address, "--tls-ca", ca)
+        assert status.returncode == 0, status.stderr
+        assert "service authprovider" in status.stdout
+        reload = cli("reload", server.address, "--tls-ca", ca)
+        assert reload.returncode == 0, reload.stderr
+        plain = cli("status", server.address, "--timeout", "5")
+        assert plain.returncode == 1
+        assert plain.stderr.count("\n") == 1, plain.stderr
+        assert "--tls-ca" in plain.stderr
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        (tmp_path / "not.pem").write_text("hello", encoding="utf-8")
+        for bad, why in (
+            (fifo, "not a regular file"),
+            (tmp_path / "not.pem", "not a PEM file"),
+            (tmp_path / "key.pem", "not a PEM file"),  # a key is no certificate
+            (tmp_path / "missing.pem", "cannot read"),
+        ):
+            refused = cli("status", server.address, "--tls-ca", str(bad))
+            assert refused.returncode == 2, (bad, refused.stderr)
+            assert why in refused.stderr
+            assert refused.stderr.count("\n") == 1, refused.stderr
+            assert "PRIVATE KEY" not in refused.stderr
     finally:
         assert server.stop() == 0
 

@@ -112,14 +112,37 @@ def _read_metrics(address: str, timeout: float) -> tuple[str | None, str]:
         return None, f"{url} did not send Prometheus metrics"
 
 
-def admin_call(address: str, method: str, timeout: float) -> dict[str, Any]:
-    """Call the admin API's ``method`` (``Status``, ``Reload``) on a server's gRPC address."""
+def _trusted(path: Path | None) -> tuple[Path, bytes] | None:
+    """``--tls-ca`` and the PEM certificate(s) it holds (read before anything connects)."""
+    if path is None:
+        return None
+    from ._server import read_pem  # noqa: PLC0415 (the serve extra)
+
+    try:
+        return path, read_pem(path, "BEGIN CERTIFICATE-----")
+    except ValueError as exc:
+        raise UsageError(f"--tls-ca: {exc}") from None
+
+
+def admin_call(
+    address: str, method: str, timeout: float, tls_ca: tuple[Path, bytes] | None = None
+) -> dict[str, Any]:
+    """Call the admin API's ``method`` (``Status``, ``Reload``) on a server's gRPC address,
+    over TLS if ``tls_ca`` (the ``--tls-ca`` path and the certificates it holds) is given."""
     import grpc  # noqa: PLC0415 (the serve extra)
     from google.protobuf import empty_pb2, json_format, struct_pb2  # noqa: PLC0415
 
     from ._server import ADMIN_API  # noqa: PLC0415
 
-    with grpc.insecure_channel(address) as channel:
+    if tls_ca is None:
+        channel = grpc.insecure_channel(address)
+        other = "if its port is TLS, pass --tls-ca"
+    else:
+        path, certificates = tls_ca
+        creds = grpc.ssl_channel_credentials(root_certificates=certificates)
+        channel = grpc.secure_channel(address, creds)
+        other = f"is its port TLS, with a certificate --tls-ca {path} trusts for that host?"
+    with channel:
         stub = channel.unary_unary(
             f"/{ADMIN_API}/{method}",
             request_serializer=empty_pb2.Empty.SerializeToString,
@@ -136,9 +159,9 @@ def admin_call(address: str, method: str, timeout: float) -> dict[str, Any]:
             elif code == grpc.StatusCode.PERMISSION_DENIED:
                 problem = f"{address}: {first}"
             elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                problem = f"{address}: no answer within {timeout:g} s"
+                problem = f"{address}: no answer within {timeout:g} s ({other})"
             else:
-                problem = f"no reva-plugins gRPC server at {address}: {first}"
+                problem = f"no reva-plugins gRPC server at {address}: {first} ({other})"
             raise RevaPluginError(problem) from None
     out: dict[str, Any] = json_format.MessageToDict(reply)
     return out
@@ -155,11 +178,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     address (the admin API's Status, which also says what runs each service)."""
     require_extra()
     address = _client_address(args.address, "ADDRESS")
+    trusted = _trusted(args.tls_ca)
     lines: list[str] = []
     text, not_metrics = _read_metrics(address, args.timeout)
     if text is None:
         try:
-            status = admin_call(address, "Status", args.timeout)
+            status = admin_call(address, "Status", args.timeout, trusted)
         except RevaPluginError as not_grpc:
             raise RevaPluginError(f"cannot read status: {not_metrics}; {not_grpc}") from None
         text = str(status.get("metrics", ""))
@@ -253,12 +277,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
         text = str(args.pidfile)
         if not args.pidfile.exists() and _config.address_problem(text) is None:
             require_extra()
-            outcome = admin_call(_client_address(text, "ADDRESS"), "Reload", args.timeout)
+            address = _client_address(text, "ADDRESS")
+            outcome = admin_call(address, "Reload", args.timeout, _trusted(args.tls_ca))
             print(str(outcome.get("message", "")), file=sys.stderr)
             return ExitCode.FAILURE if outcome.get("result") == "failed" else ExitCode.OK
         pid = _read_pidfile(args.pidfile)
     else:
         pid = args.pid
+    if args.tls_ca is not None:
+        raise UsageError("--tls-ca is for reload ADDRESS (a signal needs no TLS)")
     if not 2 <= pid <= MAX_PID:  # 0, 1 and negatives would signal a process group or init
         raise UsageError(f"pid {pid} is not a server's pid")
     _signal_server(pid)

@@ -60,8 +60,6 @@ access = logging.getLogger("reva_plugins.serve.access")
 
 #: The largest request accepted, in bytes: CS3 identity requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 1 << 20
-#: The largest TLS certificate or key file read.
-MAX_PEM_BYTES = 1 << 20
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -766,20 +764,27 @@ def _remove_pidfile(path: Path) -> None:
         pass
 
 
-def _read_pem(path: Path, key: str, config: Path) -> bytes:
+def read_pem(path: Path, what: str = "BEGIN") -> bytes:
+    """The PEM file at ``path`` (its text must hold ``-----{what}``); raises ``ValueError``
+    with the one-line reason. Never blocks on a FIFO, never reads more than ``MAX_PEM_BYTES``."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ConfigError(
-            f"cannot read {path}: {exc.strerror}", file=str(config), key=key
-        ) from None
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path} is not a regular file", file=str(config), key=key)
+            raise ValueError(f"{path} is not a regular file")
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_PEM_BYTES + 1)
+            data = f.read(_defaults.MAX_PEM_BYTES + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_PEM_BYTES or b"-----BEGIN" not in data:
-        raise ConfigError(f"{path} is not a PEM file", file=str(config), key=key)
+    if len(data) > _defaults.MAX_PEM_BYTES or f"-----{what}".encode() not in data:
+        raise ValueError(f"{path} is not a PEM file")
     return data
+
+
+def _read_pem(path: Path, key: str, config: Path) -> bytes:
+    try:
+        return read_pem(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=str(config), key=key) from None
