@@ -26,7 +26,12 @@ MAX_METRICS_BYTES = 8 << 20
 
 
 def require_extra() -> None:
-    """A :class:`UsageError` saying what to install when the ``serve`` extra is missing."""
+    """A :class:`UsageError` saying what to install when the ``serve`` extra is missing.
+
+    Before grpc loads: its core's own log goes to stderr at ERROR and above only (unless the
+    operator set ``GRPC_VERBOSITY``), so a refused connection is our one line, not grpc's
+    INFO lines around it (grpcio 1.65 prints them for a client's failed connect)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for name in EXTRA_MODULES:
         try:
             importlib.import_module(name)
