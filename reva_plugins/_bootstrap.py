@@ -600,6 +600,9 @@ class Plugin:
                 if self.executing >= self.max_concurrency:
                     self.backlog.append(request)
                     continue
+                if self.backlog:  # calls read before this one run first
+                    self.backlog.append(request)
+                    request = self.backlog.pop(0)
                 self.executing += 1
                 method = request["method"]
                 inline = (
@@ -697,6 +700,10 @@ class Plugin:
             self.cost[method] = (self.cost.get(method, took) + took) / 2
             with self.lock:
                 self.executing -= 1
+                if self.backlog and self.waiting:
+                    # a thread that found every slot taken waits with calls backlogged: wake
+                    # it now, as the reader may block for good (nothing more is coming)
+                    self.turn.notify()
                 if epoch == self.epoch:  # a relieved reader leaves the new one's mark alone
                     self.inline_since = 0.0
                 if self.draining and not self.executing:

@@ -772,14 +772,21 @@ class Tiny:
 class Pool:
     """A ``Plugin`` pool serving ``Tiny`` on a socketpair, read by the test."""
 
-    def __init__(self, max_concurrency: int = 8, max_line: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        max_concurrency: int = 8,
+        max_line: int = 1_000_000,
+        *,
+        obj: object = None,
+        plugin: type[_TestPlugin] = _TestPlugin,
+    ) -> None:
         self.sock, theirs = socket.socketpair()
         self.theirs = theirs
         self.sock.settimeout(30)
         self.file = self.sock.makefile("rb")
-        self.obj = Tiny()
+        self.obj: Any = Tiny() if obj is None else obj
         self.wire = _RecordingWire(theirs.fileno(), max_line)
-        self.plugin = _TestPlugin(self.obj, self.wire, max_concurrency)
+        self.plugin = plugin(self.obj, self.wire, max_concurrency)
         self.plugin.ended = threading.Event()
         self.thread = threading.Thread(target=self.plugin.follow, daemon=True)
         self.thread.start()
@@ -807,7 +814,9 @@ class Pool:
         return self.replies(1)[call_id]["result"]
 
     def close(self) -> None:
-        self.obj.gate.set()
+        gate = getattr(self.obj, "gate", None)
+        if gate is not None:
+            gate.set()
         self.file.close()
         self.sock.close()  # EOF: the reading thread ends (pool threads idle on as daemons)
         assert self.plugin.ended.wait(10)
@@ -867,6 +876,53 @@ def test_at_most_max_concurrency_calls_run_and_ping_is_answered_while_all_are_bu
         assert [replies[i]["result"] for i in ids] == list(range(5))
         assert pool.obj.most == 2
     finally:
+        pool.close()
+
+
+def test_a_backlogged_call_is_run_when_the_reader_had_to_run_one_itself() -> None:
+    """``max_concurrency = 1``: call 2 waits in the backlog while call 1 runs; call 1's thread
+    is slow to come back for more, so the reader, with no thread to hand the reading to, runs
+    the next call itself; call 1's thread then finds the slot taken and waits. When the
+    reader's call ends, the backlog must still run: the reader blocks reading (nothing more
+    comes), so the waiting thread is woken (it used to wait for good, and call 2 with it).
+    Calls also start in the order they were read."""
+    holds = {key: threading.Event() for key in ("first", "later")}
+    started: list[object] = []
+    back = threading.Event()  # call 1's thread may come back for more
+
+    class Held:
+        def hold(self, v: object, key: str) -> object:
+            started.append(v)
+            assert holds[key].wait(30)
+            return v
+
+    class SlowToComeBack(_TestPlugin):
+        def run(self, request: dict[str, object], epoch: int = -1) -> bytes:
+            reply = super().run(request, epoch)
+            if request.get("id") == 1:
+                assert back.wait(30)
+            return reply
+
+    pool = Pool(max_concurrency=1, obj=Held(), plugin=SlowToComeBack)
+    plugin = pool.plugin
+    try:
+        first = pool.send(("hold", {"v": 1, "key": "first"}))
+        assert wait_until(lambda: started == [1])
+        pool.send(("hold", {"v": 2, "key": "later"}))  # backlogged: the slot is taken
+        assert wait_until(lambda: plugin.backlog)
+        holds["first"].set()  # call 1 ends; its thread is slow to come back
+        assert wait_until(lambda: plugin.executing == 0)
+        pool.send(("hold", {"v": 3, "key": "later"}))  # the reader runs one itself
+        assert wait_until(lambda: len(started) == 2)
+        back.set()  # call 1's thread comes back: the slot is taken, it waits
+        assert wait_until(lambda: plugin.waiting == 1)
+        holds["later"].set()
+        replies = pool.replies(3)
+        assert set(replies) == {first[0], first[0] + 1, first[0] + 2}
+        assert started == [1, 2, 3]
+    finally:
+        for event in (*holds.values(), back):
+            event.set()
         pool.close()
 
 
