@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from . import _protocol as wire
 from ._errors import CallCancelled, CallTimeout, ProtocolError, RevaPluginError
+from ._flood import LogFlood
 
 log = logging.getLogger("reva_plugins.process")
 
@@ -321,6 +322,8 @@ class Client:
         #: the event loops reading the socket (each on a dup of its own; ``read_lock`` decides
         #: who reads): one per loop with calls on this client, so a busy loop starves no other
         self.watchers: dict[asyncio.AbstractEventLoop, _LoopWatch] = {}
+        #: what the plugin gets wrong on the wire is logged within this limit
+        self.flood = LogFlood("log lines about its wire messages")
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -781,16 +784,25 @@ class Client:
         else:
             error = ProtocolError("reply has neither result nor error", plugin=self.label)
             found = self._fill(call_id, error=error)
-            log.error(
+            self._fault(
+                logging.ERROR,
                 "%s: protocol error: reply %.200r has neither result nor error",
-                self.label,
                 _shown(call_id),
             )
         if not found and call_id != 0:  # id 0 answers $/shutdown, which nobody waits for
-            log.warning("%s: reply for unknown call id %.200r dropped", self.label, _shown(call_id))
+            self._fault(
+                logging.WARNING, "%s: reply for unknown call id %.200r dropped", _shown(call_id)
+            )
+
+    def _fault(self, level: int, message: str, *args: object) -> None:
+        """Log what the plugin got wrong on the wire, within the flood limit (a plugin that
+        sends nothing but junk must not fill the log, nor stall the loop writing it)."""
+        if self.flood.allow():
+            log.log(level, message, self.label, *args)
+        self.flood.report(log, self.label)
 
     def _protocol_error(self, line: bytes, reason: str) -> None:
-        log.error("%s: protocol error: %s", self.label, reason)
+        self._fault(logging.ERROR, "%s: protocol error: %s", reason)
         call_id = wire.guess_id(line)
         if call_id is not None:
             self._fill(call_id, error=ProtocolError(reason, plugin=self.label))
@@ -856,6 +868,7 @@ class Client:
             for slot in pending.values():
                 if slot.future is not None:
                     _settle_from_anywhere(slot)
+        self.flood.report(log, self.label, force=True)
         self._unwatch()
 
 

@@ -27,6 +27,7 @@ from ._bootstrap import descendants
 from ._client import Cancellation, Client
 from ._environ import scrubbed
 from ._errors import CallTimeout, HandshakeError, PluginCrashed, ProcessError, RevaPluginError
+from ._flood import LogFlood
 from ._subprocess import spawn
 
 log = logging.getLogger("reva_plugins.process")
@@ -161,8 +162,7 @@ class PluginProcess:
         self._stderr_done = threading.Event()
         self._closing = False
         self.exit_reason = ""
-        self._dropped = 0
-        self._flood = _TokenBucket(LOG_RATE, LOG_BURST)
+        self._flood = LogFlood("lines from plugin", LOG_RATE, LOG_BURST)
         # unique beyond this pid namespace too: a core that sees other namespaces' processes
         # must never take another core's plugin for one of its own
         self.instance = f"{os.getpid()}-{next(_INSTANCES)}-{secrets.token_hex(6)}"
@@ -532,8 +532,7 @@ class PluginProcess:
         """One stderr line: a JSON log record or plain text. Never blocks (the pipe must keep
         draining): past the rate limit lines are only counted, and the tail still kept."""
         if text.startswith(wire.LOG_LINE_START):
-            if not self._flood.take():
-                self._dropped += 1
+            if not self._flood.allow():
                 return
             try:
                 entry = json.loads(text)
@@ -542,8 +541,7 @@ class PluginProcess:
             if isinstance(entry, dict):
                 self._emit_record(entry)
                 return
-        elif not self._flood.take():
-            self._dropped += 1
+        elif not self._flood.allow():
             self._keep_tail(text)
             return
         self._report_dropped()
@@ -580,16 +578,7 @@ class PluginProcess:
         self._stderr_tail.append(escape(text, keep_newlines=True))
 
     def _report_dropped(self, *, force: bool = False) -> None:
-        if self._dropped and (force or self._flood.since_report() >= 1.0):
-            self._log.warning(
-                "%s dropped %d lines from plugin (more than %g lines/s)",
-                self._prefix,
-                self._dropped,
-                LOG_RATE,
-                extra={"plugin_dropped": self._dropped},
-            )
-            self._dropped = 0
-            self._flood.reported()
+        self._flood.report(self._log, self._prefix, force=force)
 
     def stderr_tail(self) -> str:
         """The last lines the plugin wrote to stderr (logs of warning level and above included)."""
@@ -626,31 +615,6 @@ def escape(text: str, *, keep_newlines: bool = False) -> str:
     and line and bidi separators escaped, so it can neither forge a line nor drive the
     terminal; newlines too unless ``keep_newlines``."""
     return text.translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
-
-
-class _TokenBucket:
-    """At most ``rate`` events a second, sustained, after a ``burst``."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last = self.last_report = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-    def since_report(self) -> float:
-        return time.monotonic() - self.last_report
-
-    def reported(self) -> None:
-        self.last_report = time.monotonic()
 
 
 def _cpu_seconds_at_exit(pid: int) -> float | None:

@@ -401,13 +401,15 @@ class Server:
     async def _admin_status(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if not self._admin_allowed(context, "Status"):
             return struct_pb2.Struct()
-        return _struct(await asyncio.to_thread(self.status))
+        # on the loop: it reads what runs and renders the counters, nothing that waits, and so
+        # answers while the worker threads are all busy (a reload draining, slow starts)
+        return _struct(self.status())
 
     async def _admin_reload(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if not self._admin_allowed(context, "Reload"):
             return struct_pb2.Struct()
         log.info("admin: reload requested by %s", context.peer())
-        outcome = await asyncio.to_thread(self.reload)
+        outcome = await self.loop.in_admin_thread(self.reload)
         return _struct(dataclasses.asdict(outcome))
 
     def status(self) -> dict[str, Any]:
@@ -612,8 +614,9 @@ class Server:
 
 class EventLoopThread:
     """An asyncio event loop running in a thread of its own, for the gRPC server; its default
-    executor (``asyncio.to_thread``: in-process drivers, starts, reloads) has ``workers``
-    threads. :meth:`run` and :meth:`submit` hand it coroutines from other threads."""
+    executor (``asyncio.to_thread``: in-process drivers, plugin starts) has ``workers``
+    threads, and reloads have a thread of their own. :meth:`run` and :meth:`submit` hand it
+    coroutines from other threads."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -626,6 +629,10 @@ class EventLoopThread:
             max_workers=workers, thread_name_prefix="rpc"
         )
         loop.set_default_executor(self._executor)
+        # reloads wait out drains: never on the threads RPCs need
+        self._admin = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="admin"
+        )
         self._thread = threading.Thread(target=loop.run_forever, name="serve-loop", daemon=True)
         self._thread.start()
 
@@ -633,6 +640,10 @@ class EventLoopThread:
         """Run ``coro`` on the loop and wait for what it returns or raises."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def in_admin_thread(self, func: Callable[[], Any]) -> Any:
+        """``func()`` in the admin thread (reloads), awaited on the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._admin, func)
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` on the loop without waiting (in the order submitted); dropped when
@@ -657,6 +668,7 @@ class EventLoopThread:
         thread.join()
         # not waited for: in-process code that never returns must not hang the shutdown
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._admin.shutdown(wait=False, cancel_futures=True)
         loop.close()
         self._loop = self._thread = None
 
