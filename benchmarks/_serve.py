@@ -69,19 +69,9 @@ def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
     if flavour == "aio":
         aio_server(port_file, workers, get_user)
         return
-    handler = grpc.method_handlers_generic_handler(
-        "cs3.identity.user.v1beta1.UserAPI",
-        {
-            "GetUser": grpc.unary_unary_rpc_method_handler(
-                get_user,
-                request_deserializer=api.GetUserRequest.FromString,
-                response_serializer=api.GetUserResponse.SerializeToString,
-            )
-        },
-    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
-        handlers=[handler],
+        handlers=[_get_user_handler(get_user)],
         options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0)],
     )
     port = server.add_insecure_port("127.0.0.1:0")
@@ -93,12 +83,28 @@ def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
     server.stop(1).wait()
 
 
+def _get_user_handler(get_user: Any) -> Any:
+    """``get_user`` as the UserAPI's GetUser (a function or a coroutine function)."""
+    import grpc
+    from cs3.identity.user.v1beta1 import user_api_pb2 as api
+
+    return grpc.method_handlers_generic_handler(
+        "cs3.identity.user.v1beta1.UserAPI",
+        {
+            "GetUser": grpc.unary_unary_rpc_method_handler(
+                get_user,
+                request_deserializer=api.GetUserRequest.FromString,
+                response_serializer=api.GetUserResponse.SerializeToString,
+            )
+        },
+    )
+
+
 def aio_server(port_file: Path, workers: int, get_user: Any) -> None:
     """``get_user`` served by ``grpc.aio``, ``workers`` at once (as serve limits them)."""
     import asyncio
 
     import grpc
-    from cs3.identity.user.v1beta1 import user_api_pb2 as api
 
     async def main() -> None:
         slots = asyncio.Semaphore(workers)
@@ -107,18 +113,8 @@ def aio_server(port_file: Path, workers: int, get_user: Any) -> None:
             async with slots:
                 return get_user(request, context)
 
-        handler = grpc.method_handlers_generic_handler(
-            "cs3.identity.user.v1beta1.UserAPI",
-            {
-                "GetUser": grpc.unary_unary_rpc_method_handler(
-                    handle,
-                    request_deserializer=api.GetUserRequest.FromString,
-                    response_serializer=api.GetUserResponse.SerializeToString,
-                )
-            },
-        )
         server = grpc.aio.server(
-            handlers=[handler],
+            handlers=[_get_user_handler(handle)],
             options=[("grpc.max_receive_message_length", 1 << 20), ("grpc.so_reuseport", 0)],
         )
         port = server.add_insecure_port("127.0.0.1:0")

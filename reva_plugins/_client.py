@@ -658,7 +658,7 @@ class Client:
             if slot.done:
                 return
             no_reader = False
-            if not self.eof and self._watched():
+            if self.watchers and not self.eof and self._watched():
                 # an event loop reads for everyone: wait for it a tick at a time (and lead
                 # if it stalls) rather than start a thread that would take the socket from it
                 no_reader = True
