@@ -355,7 +355,14 @@ def test_strays_are_found_by_the_instance_variable_never_by_a_value_holding_its_
     ours = subprocess.Popen(["sleep", "30"], env={**base, _wire.INSTANCE_ENV: instance})
     lookalike = subprocess.Popen(["sleep", "30"], env={**base, "NOTE": marker})
     longer = subprocess.Popen(["sleep", "30"], env={**base, _wire.INSTANCE_ENV: instance + "0"})
+
+    def execed(proc: subprocess.Popen[bytes]) -> bool:
+        # until its exec, a child shows the test's own environment in /proc
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"sleep\0")
+
     try:
+        assert wait_until(lambda: all(execed(p) for p in (ours, lookalike, longer)))
         assert marked_processes(instance) == [ours.pid]
     finally:
         for proc in (ours, lookalike, longer):
