@@ -28,9 +28,8 @@ from ._errors import (
 from ._hooks import hookimpl, hookspec
 from ._host import Host, ServiceCheck, ServiceInfo, ServiceProxy
 from ._process import ServiceState
+from ._version import __version__
 from .services import SERVICES, ServiceType, register_service
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SERVICES",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import _config, _defaults
+from ._completion import SHELLS, completion_script
 from ._conformance import run_conformance
 from ._errors import ExitCode, RemoteError, RevaPluginError, UsageError
 from ._host import Host
@@ -22,6 +25,7 @@ from ._present import CheckRow, TickingProgress, check_table, format_report, row
 from ._redact import redact
 from ._scaffold import scaffold
 from ._store import Env, Store, default_cache_dir, dir_size, resolve_cache_dir
+from ._version import __version__
 from .services import BUILTIN
 
 # Checked when the command runs (after logging is set up), not here: reading the registry loads
@@ -37,6 +41,9 @@ PLUGINS_FROM_HELP = (
 )
 
 log = logging.getLogger("reva_plugins.cli")
+
+#: the parent parsers whose options a command takes
+Parents = Sequence[argparse.ArgumentParser]
 
 #: the build progress shown on stderr (the log handler clears its line before each record)
 PROGRESS = TickingProgress(sys.stderr)
@@ -74,8 +81,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILURE
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or isinstance(default, bool)
+            or (isinstance(default, int) and action.nargs == 0)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (and exit 2), like every other mistake."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
@@ -166,62 +193,84 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger("reva_plugins.process").setLevel(logging.WARNING)
 
 
-def _global_options(*, defaults: bool) -> _Parser:
-    """Options accepted before and after the command (only the top level sets defaults)."""
+def _global_options(*, defaults: bool) -> tuple[_Parser, _Parser, _Parser]:
+    """The global options, accepted before and after the command (only the top level sets
+    defaults): the env cache's (for commands that use it), the installer's (for commands that
+    plan or build envs) and the output's (for every command)."""
 
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    common = _Parser(add_help=False)
-    common.add_argument(
+    cache = _Parser(add_help=False)
+    cache.add_argument(
         "--cache-dir",
         type=_path,
         default=default(None),
-        help="env cache (default: $REVA_PLUGINS_CACHE_DIR or the user cache dir)",
+        metavar="DIR",
+        help="the env cache (default: $REVA_PLUGINS_CACHE_DIR, else the user cache dir)",
     )
-    common.add_argument(
-        "--installer", choices=_defaults.INSTALLERS, default=default(None), help="installer backend"
+    install = _Parser(add_help=False)
+    install.add_argument(
+        "--installer",
+        choices=_defaults.INSTALLERS,
+        default=default(None),
+        help="the installer backend (default: [plugins] installer, else auto: uv when present)",
     )
-    common.add_argument(
-        "--offline", action="store_true", default=default(None), help="never touch the network"
+    install.add_argument(
+        "--offline",
+        action="store_true",
+        default=default(None),
+        help="never touch the network (use cached envs and downloads only)",
     )
-    common.add_argument(
+    output = _Parser(add_help=False)
+    output.add_argument(
         "-v", "--verbose", action="count", default=default(0), help="more output (tracebacks)"
     )
-    common.add_argument("-q", "--quiet", action="count", default=default(0), help="less output")
-    return common
+    output.add_argument("-q", "--quiet", action="count", default=default(0), help="less output")
+    return cache, install, output
 
 
 def _parser() -> _Parser:
-    common = _global_options(defaults=False)
+    cache, install, output = _global_options(defaults=False)
+    building = [cache, install, output]  # commands that plan or build envs
+    plain = [output]  # commands for which the env cache means nothing
     parser = _Parser(
         prog="reva-plugins",
         description="Run Reva-style plugin drivers in isolated environments and processes.",
-        parents=[_global_options(defaults=True)],
+        epilog="exit codes: 0 ok; 1 a plugin, build or remote failure; 2 a usage or config error",
+        parents=list(_global_options(defaults=True)),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", parents=[common], help="build, start and ping every driver")
-    check.add_argument("config", type=_path, metavar="CONFIG")
+    check = sub.add_parser("check", parents=building, help="build, start and ping every driver")
+    _config_argument(check)
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check.set_defaults(handler=cmd_check)
 
-    call = sub.add_parser("call", parents=[common], help="call one method of a service")
-    call.add_argument("config", type=_path, metavar="CONFIG")
-    call.add_argument("service", metavar="SERVICE")
-    call.add_argument("method", metavar="METHOD")
-    call.add_argument("params", nargs="?", default="{}", metavar="PARAMS_JSON")
+    call = sub.add_parser("call", parents=building, help="call one method of a service")
+    _config_argument(call)
+    call.add_argument("service", metavar="SERVICE", help="the service, as in [grpc.services.X]")
+    call.add_argument("method", metavar="METHOD", help="the method, e.g. get_user or authenticate")
+    call.add_argument(
+        "params",
+        nargs="?",
+        default="{}",
+        metavar="PARAMS_JSON",
+        help="the keyword arguments as a JSON object, e.g. "
+        '\'{"user_id": {"idp": "...", "opaque_id": "..."}}\'',
+    )
     call.add_argument(
         "--timeout",
         type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
-        help="seconds for this call (at most the driver's call_timeout)",
+        help="seconds for this call (default and ceiling: the driver's call_timeout)",
     )
     call.set_defaults(handler=cmd_call, json_errors=True)
-    _add_env_commands(sub, common)
-    _add_lock_command(sub, common)
+    _add_env_commands(sub, building, [cache, output])
+    _add_lock_command(sub, building)
 
     conf = sub.add_parser(
-        "conformance", parents=[common], help="check a plugin against its service contract"
+        "conformance", parents=building, help="check a plugin against its service contract"
     )
     conf.add_argument(
         "spec", type=_text, metavar="SPEC", help="a driver spec (folder, wheel, git URL …)"
@@ -248,18 +297,35 @@ def _parser() -> _Parser:
     conf.add_argument("--json", action="store_true", help="print JSON instead of a table")
     conf.set_defaults(handler=cmd_conformance)
 
-    new = sub.add_parser("new", parents=[common], help="scaffold a plugin distribution")
-    new.add_argument("path", type=_path, metavar="PATH")
+    new = sub.add_parser("new", parents=plain, help="scaffold a plugin distribution")
+    new.add_argument(
+        "path", type=_path, metavar="PATH", help="the folder to create (must not exist or be empty)"
+    )
     new.add_argument("--service", required=True, type=_text, help=SERVICE_HELP)
     new.add_argument(
         "--name", type=_text, help="distribution name (default: reva-plugin-<folder name>)"
     )
     new.set_defaults(handler=cmd_new)
-    _serve_parsers(sub, common)
+    _serve_parsers(sub, building, plain)
+
+    completion = sub.add_parser("completion", parents=plain, help="print a shell completion script")
+    completion.add_argument(
+        "shell",
+        choices=SHELLS,
+        metavar="SHELL",
+        help=f"the shell: {', '.join(SHELLS)} (e.g. source <(reva-plugins completion bash))",
+    )
+    completion.set_defaults(handler=cmd_completion)
     return parser
 
 
-def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config", type=_path, metavar="CONFIG", help="a revad TOML config ([grpc.services.X])"
+    )
+
+
+def _serve_parsers(sub: Any, building: Parents, plain: Parents) -> None:
     """``serve``, ``status`` and ``reload``; their code (and grpc) is imported only when run."""
 
     def lazy(name: str) -> Callable[[argparse.Namespace], int]:
@@ -272,14 +338,18 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         return handler
 
     serve = sub.add_parser(
-        "serve", parents=[common], help="serve the config's services over CS3 gRPC (SIGHUP reloads)"
+        "serve", parents=building, help="serve the config's services over CS3 gRPC (SIGHUP reloads)"
     )
-    serve.add_argument("config", type=_path, metavar="CONFIG")
-    serve.add_argument("--address", type=_text, help="HOST:PORT (default: [grpc] address)")
-    serve.add_argument("--pidfile", type=_path, help="write the server's pid here (for reload)")
+    _config_argument(serve)
+    serve.add_argument(
+        "--address", type=_text, metavar="HOST:PORT", help="listen here (default: [grpc] address)"
+    )
+    serve.add_argument(
+        "--pidfile", type=_path, metavar="FILE", help="write the server's pid here (for reload)"
+    )
     serve.set_defaults(handler=lazy("cmd_serve"))
     status = sub.add_parser(
-        "status", parents=[common], help="the services and counters of a running server"
+        "status", parents=plain, help="the services and counters of a running server"
     )
     status.add_argument(
         "address", type=_text, metavar="ADDRESS", help="its gRPC or [metrics] address"
@@ -288,11 +358,11 @@ def _serve_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_number(_defaults.TIMEOUT_BOUNDS, "seconds"),
         default=_defaults.STATUS_TIMEOUT,
-        help="seconds",
+        help="seconds to wait for the answer",
     )
     _tls_ca_option(status)
     status.set_defaults(handler=lazy("cmd_status"))
-    reload = sub.add_parser("reload", parents=[common], help="make a running server reload")
+    reload = sub.add_parser("reload", parents=plain, help="make a running server reload")
     reload.add_argument(
         "pidfile",
         type=_path,
@@ -392,12 +462,18 @@ def _params(text: str) -> Any:
     return params
 
 
-def _add_env_commands(sub: Any, common: _Parser) -> None:
-    env = sub.add_parser("env", parents=[common], help="build, list, remove and prune plugin envs")
+def _add_env_commands(sub: Any, building: Parents, cached: Parents) -> None:
+    env = sub.add_parser("env", parents=cached, help="build, list, remove and prune plugin envs")
     env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ENV_COMMAND")
 
-    build = env_sub.add_parser("build", parents=[common], help="build envs for configs or specs")
-    build.add_argument("targets", nargs="+", type=_text, metavar="CONFIG|SPEC")
+    build = env_sub.add_parser("build", parents=building, help="build envs for configs or specs")
+    build.add_argument(
+        "targets",
+        nargs="+",
+        type=_text,
+        metavar="CONFIG|SPEC",
+        help="a revad config (*.toml: every driver it names) or a driver spec",
+    )
     build.add_argument(
         "--python", type=_text, help="interpreter for specs given directly (a version or path)"
     )
@@ -410,44 +486,64 @@ def _add_env_commands(sub: Any, common: _Parser) -> None:
     build.add_argument("--refresh", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=cmd_env_build)
 
-    listing = env_sub.add_parser("list", parents=[common], help="list the cached envs")
+    listing = env_sub.add_parser("list", parents=cached, help="list the cached envs")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=cmd_env_list)
 
-    remove = env_sub.add_parser("remove", parents=[common], help="remove envs by key (or prefix)")
-    remove.add_argument("keys", nargs="+", type=_text, metavar="KEY")
+    remove = env_sub.add_parser("remove", parents=cached, help="remove envs by key (or prefix)")
+    remove.add_argument(
+        "keys", nargs="+", type=_text, metavar="KEY", help="an env key or a unique prefix of one"
+    )
     remove.set_defaults(handler=cmd_env_remove)
 
-    prune = env_sub.add_parser("prune", parents=[common], help="remove envs not used lately")
+    prune = env_sub.add_parser("prune", parents=cached, help="remove envs not used lately")
     prune.add_argument(
         "--unused-days",
         type=_number(_defaults.UNUSED_DAYS_BOUNDS, "days"),
         default=_defaults.UNUSED_DAYS,
         metavar="N",
+        help="remove envs and downloads not used for N days",
     )
     prune.set_defaults(handler=cmd_env_prune)
 
     export = env_sub.add_parser(
-        "export", parents=[common], help="bundle every wheel a locked config needs"
+        "export", parents=building, help="bundle every wheel a locked config needs"
     )
-    export.add_argument("config", type=_path, metavar="CONFIG")
-    export.add_argument("-o", "--output", type=_path, required=True, metavar="OUT")
-    export.add_argument("--format", choices=("tar", "dir"), default="tar", help="default: tar")
+    _config_argument(export)
+    export.add_argument(
+        "-o", "--output", type=_path, required=True, metavar="OUT", help="the bundle to write"
+    )
+    export.add_argument(
+        "--format", choices=("tar", "dir"), default="tar", help="a tar file or a folder"
+    )
     export.set_defaults(handler=cmd_env_export)
 
     imp = env_sub.add_parser(
-        "import", parents=[common], help="build the envs of a bundle, with no network"
+        "import", parents=building, help="build the envs of a bundle, with no network"
     )
-    imp.add_argument("bundle", type=_path, metavar="BUNDLE")
+    imp.add_argument(
+        "bundle", type=_path, metavar="BUNDLE", help="a bundle of env export (tar or folder)"
+    )
     imp.add_argument("--python", type=_text, help="interpreter (default: the lock's version)")
     imp.set_defaults(handler=cmd_env_import)
 
 
-def _add_lock_command(sub: Any, common: _Parser) -> None:
+def _add_lock_command(sub: Any, building: Parents) -> None:
     lock = sub.add_parser(
-        "lock", parents=[common], help="pin what a config's drivers resolve to (CONFIG.lock)"
+        "lock",
+        parents=building,
+        usage="%(prog)s [--check | --upgrade | --upgrade-package DRIVER] [--python X.Y] CONFIG",
+        help="pin what a config's drivers resolve to (CONFIG.lock)",
     )
-    lock.add_argument("config", type=_path, metavar="CONFIG")
+    # Optional for argparse only: `lock --upgrade CONFIG` hands CONFIG to --upgrade (its older
+    # form took a driver), and cmd_lock takes it back from there.
+    lock.add_argument(
+        "config",
+        type=_path,
+        nargs="?",
+        metavar="CONFIG",
+        help="a revad TOML config; the lock is written beside it as CONFIG.lock",
+    )
     mode = lock.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 if the lock is stale")
     mode.add_argument(
@@ -456,7 +552,13 @@ def _add_lock_command(sub: Any, common: _Parser) -> None:
         const="*",
         type=_text,
         metavar="DRIVER",
-        help="re-resolve every driver, or only DRIVER (a service or plugin name)",
+        help="re-resolve every driver (--upgrade DRIVER CONFIG, the older form, names one)",
+    )
+    mode.add_argument(
+        "--upgrade-package",
+        type=_text,
+        metavar="DRIVER",
+        help="re-resolve only DRIVER (a service or plugin name), keep the others' pins",
     )
     lock.add_argument(
         "--python",
@@ -468,19 +570,33 @@ def _add_lock_command(sub: Any, common: _Parser) -> None:
     lock.set_defaults(handler=cmd_lock)
 
 
+def _lock_target(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """CONFIG and what to upgrade (``*``: every driver; a name: one; None: nothing)."""
+    upgrade: str | None = args.upgrade_package or args.upgrade
+    if args.config is not None:
+        return args.config, upgrade
+    if args.upgrade not in (None, "*"):  # `lock --upgrade CONFIG`
+        return Path(args.upgrade), "*"
+    raise UsageError("lock: the following arguments are required: CONFIG")
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
     """``lock CONFIG``: write CONFIG.lock; ``--check``: exit 1 when it is stale."""
     from . import _fleet  # noqa: PLC0415 - only these commands need it
 
-    config = _config.load_file(args.config).with_overrides(**_overrides(args))
+    path, upgrade = _lock_target(args)
+    config = _config.load_file(path).with_overrides(**_overrides(args))
     planner = Planner(config)
     try:
         if args.check:
             problems = _fleet.stale(planner, args.python or ())
             for problem in problems:
                 print(f"reva-plugins: stale: {redact(problem)}", file=sys.stderr)
-            return ExitCode.FAILURE if problems else ExitCode.OK
-        written, changed = _fleet.lock(planner, args.upgrade, args.python or ())
+            if problems:
+                return ExitCode.FAILURE
+            print(f"{path}.lock: up to date")
+            return ExitCode.OK
+        written, changed = _fleet.lock(planner, upgrade, args.python or ())
     finally:
         planner.close()
     for name in sorted(written.services):
@@ -587,7 +703,7 @@ def cmd_env_list(args: argparse.Namespace) -> int:
             "installer": "?",
             "size": dir_size(entry.path),
             "created": "",
-            "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(store.last_used(entry))),
+            "last_used": _utc(store.last_used(entry)),
             "health": _shown(entry.health() or "ok"),
         }
         if isinstance(entry, Env):
@@ -605,22 +721,46 @@ def cmd_env_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return ExitCode.OK
-    header = ("KEY", "KIND", "SOURCE", "IDENTITY", "PYTHON", "SIZE", "LAST USED", "HEALTH")
+    header = (
+        "KEY", "KIND", "SOURCE", "IDENTITY", "PYTHON", "INSTALLER", "SIZE", "LAST USED", "HEALTH"
+    )  # fmt: skip
     table = [
         (
             r["key"],
             _shown(r["kind"]),
             _shown(r["source"]),
-            _shown(str(r["identity"]).split(":")[-1][:12]),
+            _shown(_short_identity(str(r["identity"]))),
             _shown(r["python"]),
+            _shown(r["installer"]),
             _human_size(int(r["size"])),
-            r["last_used"],
+            _local_minute(r["last_used"]),
             r["health"],
         )
         for r in rows
     ]
     print(rows_table(header, table))
     return ExitCode.OK
+
+
+def _utc(seconds: float) -> str:
+    """A time as ISO-8601 UTC, as the env metadata writes ``created``."""
+    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return when.isoformat(timespec="seconds")
+
+
+def _local_minute(iso: str) -> str:
+    """An ISO-8601 time as the table shows it: local time, to the minute."""
+    return datetime.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _short_identity(identity: str) -> str:
+    """What tells an env's source apart in a table: a requirement whole (``name==1.0``), a
+    digest or commit shortened to 12 hex digits (``sha256:``/``tree:`` prefixes dropped)."""
+    kind, sep, value = identity.rpartition(":")
+    digest = value if sep and kind.isalnum() else identity
+    if len(digest) > 12 and all(c in "0123456789abcdef" for c in digest):
+        return digest[:12]
+    return identity
 
 
 def _shown(text: str) -> str:
@@ -651,6 +791,8 @@ def cmd_env_prune(args: argparse.Namespace) -> int:
         print(f"removed {built}")
     for key in pruned.in_use:
         print(f"reva-plugins: kept env {key}: a running host uses it", file=sys.stderr)
+    if not (pruned.envs or pruned.downloads or pruned.built):
+        print(f"nothing to prune (nothing unused for {args.unused_days:g} days)")
     return ExitCode.OK
 
 
@@ -698,8 +840,15 @@ def cmd_new(args: argparse.Namespace) -> int:
     written = scaffold(args.path, args.service, name=args.name)
     for path in written:
         print(path)
+    folder = shlex.quote(str(args.path))
     print(
-        f"created a {args.service} plugin in {args.path}; next: cd {args.path} && nox",
+        f"created a plugin for {args.service} in {folder}; next: cd {folder} && nox",
         file=sys.stderr,
     )
+    return ExitCode.OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """``completion bash|zsh|fish``: a completion script for the shell, on stdout."""
+    print(completion_script(_parser(), args.shell), end="")
     return ExitCode.OK

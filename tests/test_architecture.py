@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reva_plugins"
 LAYERS: dict[str, int] = {
     # 0 - leaves: shared by both halves
     **dict.fromkeys(["_errors", "_redact", "_fs", "_environ", "_subprocess", "_wire"], 0),
+    "_version": 0,
     # 1 - the build half, the run half, defaults, service types
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
@@ -38,6 +39,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["serve._reload", "serve._server"], 5),
     # 6 - the faces: command line, its presentation, the authors' kit, the public API
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
+    "_completion": 6,
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
@@ -153,6 +155,7 @@ def test_nothing_imports_the_faces() -> None:
     allowed = {
         "_cli": {"__main__"},
         "_present": {"_cli", "testing"},
+        "_completion": {"_cli"},
         "testing": set(),
         "__main__": set(),
     }

@@ -1,0 +1,241 @@
+"""The command line's conventions: --version, help on everything, global options only where they
+mean something, shell completion, verdict lines, ``lock --upgrade CONFIG`` and ``env list``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import reva_plugins
+from reva_plugins._cli import _parser, _short_identity
+from reva_plugins._completion import SHELLS
+
+from .conftest import SAMPLES, cli
+from .factory import commit_marker, make_repo
+
+CALL_DEMO = ("userprovider", "get_user", '{"user_id": {"opaque_id": "demo"}}')
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {k}": v for k, v in _subparsers(sub).items()})
+    return found
+
+
+def test_version_is_the_package_metadata_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"reva-plugins {reva_plugins.__version__}"
+    assert importlib.metadata.version("reva-plugins") == reva_plugins.__version__
+
+
+def test_every_positional_and_option_has_help() -> None:
+    missing = [
+        f"{name}: {action.metavar or action.dest}"
+        for name, sub in _subparsers(_parser()).items()
+        for action in sub._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+
+
+def test_defaults_are_shown_in_help() -> None:
+    result = cli("env", "prune", "--help")
+    assert result.returncode == 0
+    assert "(default: 30" in " ".join(result.stdout.split())
+    status = " ".join(cli("status", "--help").stdout.split())
+    assert "seconds to wait for the answer (default: " in status
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("new", "x", "--service", "userprovider", "--offline"),
+        ("status", "127.0.0.1:1", "--installer", "uv"),
+        ("reload", "127.0.0.1:1", "--cache-dir", "/tmp"),
+        ("env", "list", "--offline"),
+        ("completion", "bash", "--installer", "uv"),
+    ],
+)
+def test_global_options_are_refused_where_they_mean_nothing(argv: tuple[str, ...]) -> None:
+    result = cli(*argv)
+    assert result.returncode == 2, result.stderr
+    assert "unrecognized arguments" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_global_options_still_work_before_the_command(tmp_path: Path) -> None:
+    result = cli("--cache-dir", str(tmp_path / "cache"), "env", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def _bash_complete(script: str, *words: str) -> list[str]:
+    line = " ".join(f"'{w}'" for w in words)
+    program = (
+        f"{script}\nCOMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1))\n"
+        'cd /nonexistent-dir-for-completion 2>/dev/null; _reva_plugins; printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile"],
+        input=program,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return done.stdout.split()
+
+
+def test_bash_completion_completes_commands_options_and_choices() -> None:
+    result = cli("completion", "bash")
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    assert "check" in _bash_complete(script, "reva-plugins", "")
+    assert _bash_complete(script, "reva-plugins", "en") == ["env"]
+    assert _bash_complete(script, "reva-plugins", "env", "pr") == ["prune"]
+    assert "--unused-days" in _bash_complete(script, "reva-plugins", "env", "prune", "--")
+    assert _bash_complete(script, "reva-plugins", "check", "--installer", "") == [
+        "auto",
+        "uv",
+        "pip",
+    ]
+    assert _bash_complete(script, "reva-plugins", "completion", "z") == ["zsh"]
+    assert set(_bash_complete(script, "reva-plugins", "lock", "--up")) == {
+        "--upgrade",
+        "--upgrade-package",
+    }
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_scripts_parse_in_their_shell(shell: str, tmp_path: Path) -> None:
+    result = cli("completion", shell)
+    assert result.returncode == 0, result.stderr
+    assert "reva-plugins" in result.stdout
+    assert "unused-days" in result.stdout
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed here: only the script's content is checked")
+    script = tmp_path / f"completion.{shell}"
+    script.write_text(result.stdout)
+    checked = subprocess.run(
+        [shell, "-n", str(script)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_fish_completes_subcommands_in_fish(tmp_path: Path) -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed here")
+    script = tmp_path / "reva-plugins.fish"
+    script.write_text(cli("completion", "fish").stdout)
+    done = subprocess.run(
+        ["fish", "--no-config", "-c", f"source {script}; complete -C 'reva-plugins env pr'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.split()[0] == "prune"
+
+
+def test_an_unknown_shell_is_a_usage_error() -> None:
+    result = cli("completion", "tcsh")
+    assert result.returncode == 2
+    assert "invalid choice: 'tcsh'" in result.stderr
+    assert set(SHELLS) == {"bash", "zsh", "fish"}
+
+
+def test_lock_without_a_config_is_one_line_exit_2() -> None:
+    for argv in (("lock",), ("lock", "--upgrade"), ("lock", "--check")):
+        result = cli(*argv)
+        assert result.returncode == 2, argv
+        assert "CONFIG" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_new_names_the_folder_quoted(tmp_path: Path) -> None:
+    result = cli("new", "Bad Name", "--service", "authprovider", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "created a plugin for authprovider in 'Bad Name'; next: cd 'Bad Name'" in result.stderr
+    result = cli("new", "users", "--service", "userprovider", cwd=tmp_path)
+    assert "created a plugin for userprovider in users;" in result.stderr
+
+
+@pytest.mark.slow
+def test_lock_upgrade_config_as_documented_and_upgrade_package(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", marker="first")
+    spec = f"git+file://{repo}@main#subdirectory=plugins/demo"
+    config = tmp_path / "revad.toml"
+    config.write_text(f'[grpc.services.userprovider]\ndriver = "{spec}"\n')
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    assert cli("lock", str(config), *cache).returncode == 0
+    check = cli("lock", "--check", str(config), *cache)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == f"{config}.lock: up to date"
+
+    commit_marker(repo, "plugins/demo", "second")
+    upgraded = cli("lock", "--upgrade", str(config), *cache)  # as docs/lock.md shows it
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "\tlocked" in upgraded.stdout
+    reply = cli("call", str(config), *CALL_DEMO, *cache)
+    assert json.loads(reply.stdout)["display_name"] == "second"
+
+    commit_marker(repo, "plugins/demo", "third")
+    one = cli("lock", "--upgrade-package", "userprovider", str(config), *cache)
+    assert one.returncode == 0, one.stderr
+    assert "\tlocked" in one.stdout
+    older = cli("lock", "--upgrade", "userprovider", str(config), *cache)  # the older form
+    assert older.returncode == 0, older.stderr
+    assert "\tunchanged" in older.stdout
+    both = cli("lock", "--upgrade", "--upgrade-package", "userprovider", str(config), *cache)
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr
+
+
+@pytest.mark.slow
+def test_env_list_shows_whole_identities_the_installer_and_utc_times(tmp_path: Path) -> None:
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    nothing = cli("env", "prune", *cache)
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout.strip() == "nothing to prune (nothing unused for 30 days)"
+    built = cli("env", "build", str(SAMPLES / "json_users"), *cache)
+    assert built.returncode == 0, built.stderr
+    rows = json.loads(cli("env", "list", "--json", *cache).stdout)
+    assert len(rows) == 1
+    row = rows[0]
+    for field in ("created", "last_used"):
+        when = datetime.datetime.fromisoformat(row[field])
+        assert when.utcoffset() == datetime.timedelta(0), (field, row[field])
+    table = cli("env", "list", *cache).stdout.splitlines()
+    assert table[0].split()[:6] == ["KEY", "KIND", "SOURCE", "IDENTITY", "PYTHON", "INSTALLER"]
+    assert row["installer"] in table[1].split()
+
+
+@pytest.mark.parametrize(
+    ("identity", "shown"),
+    [
+        ("reva-plugin-ldap==2.4.1", "reva-plugin-ldap==2.4.1"),
+        (
+            "reva-plugin-very-long-name-indeed==10.20.30",
+            "reva-plugin-very-long-name-indeed==10.20.30",
+        ),
+        ("tree:" + "ab" * 32, "ab" * 6),
+        ("sha256:" + "0f" * 32, "0f" * 6),
+        ("1b2c3d4e5f60718293a4b5c6d7e8f90112233445", "1b2c3d4e5f60"),
+        ("", ""),
+    ],
+)
+def test_env_list_cuts_digests_never_requirements(identity: str, shown: str) -> None:
+    assert _short_identity(identity) == shown
