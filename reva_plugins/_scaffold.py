@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import keyword
 import re
 import textwrap
@@ -70,30 +71,77 @@ def test_conforms(tmp_path: Path) -> None:
 NOXFILE = '''\
 """Test this plugin on several Pythons, from each source kind, with uv and with pip.
 
+    nox -l                   # the sessions
     nox                      # everything
     nox -s "conformance-3.12(kind='wheel', installer='uv')"
+
+This file needs nothing but nox: the core (reva-plugins) is installed into each session. By
+default it comes from the index; point REVA_PLUGINS_CORE at a wheel, a source checkout or any
+requirement to test against another (PIP_FIND_LINKS / UV_FIND_LINKS work as usual, too):
+
+    REVA_PLUGINS_CORE=~/src/reva-plugins nox
+    REVA_PLUGINS_CORE="reva-plugins[uv]==0.1.0" nox
 """
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import nox
 
-from reva_plugins.testing import INSTALLERS, KINDS, conformance_session
-
 nox.options.error_on_missing_interpreters = False
 
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+KINDS = {kinds}
+INSTALLERS = {installers}
 
-@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+
+def _core() -> list[str]:
+    """What installs the core: $REVA_PLUGINS_CORE (a wheel, a folder, a requirement), else the
+    index's reva-plugins; with the uv extra, the installer the conformance sessions use."""
+    core = os.environ.get("REVA_PLUGINS_CORE", "").strip() or "reva-plugins"
+    path = Path(core).expanduser()
+    if path.exists():
+        return [f"reva-plugins[uv] @ {{path.resolve().as_uri()}}"]
+    return [core if "[" in core else core.replace("reva-plugins", "reva-plugins[uv]", 1)]
+
+
+def _interpreter_dirs() -> list[str]:
+    """Where the wanted Pythons live besides PATH, as the core looks for them: pyenv's versions
+    folder (its python3.X shims fail unless PYENV_VERSION names the version) and uv's managed
+    Pythons. Only folders holding one of the wanted python3.X are taken."""
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    roots = [
+        Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions",
+        Path(os.environ.get("UV_PYTHON_INSTALL_DIR") or data / "uv" / "python"),
+    ]
+    found = []
+    for root in roots:
+        for version in sorted(root.iterdir()) if root.is_dir() else ():
+            if any((version / "bin" / f"python{{wanted}}").exists() for wanted in PYTHONS):
+                found.append(str(version / "bin"))
+    return found
+
+
+os.environ["PATH"] = os.pathsep.join([*_interpreter_dirs(), os.environ.get("PATH", "")])
+
+
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
+    session.install(*_core())
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
 
-@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+@nox.session(python=PYTHONS)
 @nox.parametrize("kind", KINDS)
 @nox.parametrize("installer", INSTALLERS)
 def conformance(session: nox.Session, kind: str, installer: str) -> None:
-    session.install("reva-plugins[uv]", "build")
-    conformance_session(
-        session, service="{service}", kind=kind, installer=installer{credentials_nox}
+    session.install(*_core(), "build")
+    session.run(
+        "python", "-m", "reva_plugins.testing", ".", "--service", "{service}",
+        "--kind", kind, "--installer", installer{credentials_args},
     )
 '''
 
@@ -119,6 +167,7 @@ python -m pip install -e '.[test]'
 pytest                                        # the conformance suite, from this folder
 reva-plugins conformance . --service {service}{credentials_cli}
 nox                                           # Pythons x source kinds x installers
+REVA_PLUGINS_CORE=../reva-plugins nox         # against a core not on your index (or PIP_FIND_LINKS)
 ```
 
 ## Publish it
@@ -168,8 +217,14 @@ def scaffold(path: Path, service: str, *, name: str | None = None) -> list[Path]
         "service": service,
         "group": service_type.group,
         "credentials": f", credentials={credentials!r}" if credentials else "",
-        "credentials_nox": f", credentials={':'.join(credentials)!r}" if credentials else "",
         "credentials_cli": f" --credentials {':'.join(credentials)}" if credentials else "",
+        "credentials_args": (
+            f', "--credentials", {json.dumps(":".join(credentials))}' if credentials else ""
+        ),
+        # The noxfile imports nothing of the core: the matrix is written into it (the same as
+        # reva_plugins.testing's KINDS and INSTALLERS; a test holds the two together).
+        "kinds": json.dumps(["folder", "sdist", "wheel", "git"]),
+        "installers": json.dumps(["uv", "pip"]),
     }
     files = {
         "pyproject.toml": PYPROJECT.format(**values),

@@ -18,6 +18,11 @@ In a plugin's ``noxfile.py`` (a matrix of source kinds and installers on several
     def conformance(session, kind, installer):
         session.install("reva-plugins[uv]", "build")
         conformance_session(session, service="userprovider", kind=kind, installer=installer)
+
+A noxfile that must not import the core (the scaffold's) runs the same inside the session::
+
+    session.run("python", "-m", "reva_plugins.testing", ".", "--service", "userprovider",
+                "--kind", kind, "--installer", installer)
 """
 
 from __future__ import annotations
@@ -156,3 +161,46 @@ def conformance_session(
         if config:
             args += ["--config", str(config)]
         session.run(*args)
+
+
+class _Here:
+    """``conformance_session``'s session, for ``python -m reva_plugins.testing``: runs the
+    command in this interpreter's environment (the session's venv)."""
+
+    def run(self, *args: str) -> None:
+        command = [sys.executable, "-m", "reva_plugins", *args[1:]]  # args[0]: reva-plugins
+        code = subprocess.run(command, check=False).returncode
+        if code:
+            raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reva_plugins.testing [PATH] --service S [--kind K] [--installer I]``: what
+    :func:`conformance_session` runs, from inside a session that has the core installed."""
+    import argparse  # noqa: PLC0415 - only this entry point needs it
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reva_plugins.testing",
+        description="Run the conformance suite on a plugin folder, built as one source kind.",
+    )
+    parser.add_argument("path", nargs="?", default=".", help="the plugin's folder")
+    parser.add_argument("--service", required=True, help="the service type it implements")
+    parser.add_argument("--kind", choices=KINDS, default="folder", help="the source kind")
+    parser.add_argument("--installer", choices=INSTALLERS, default="uv", help="the installer")
+    parser.add_argument("--credentials", metavar="ID:SECRET", help="valid credentials")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the driver's table")
+    args = parser.parse_args(argv)
+    conformance_session(
+        _Here(),
+        service=args.service,
+        path=args.path,
+        kind=args.kind,
+        installer=args.installer,
+        credentials=args.credentials,
+        config=args.config,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
