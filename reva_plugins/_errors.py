@@ -91,6 +91,13 @@ class EnvBuildError(RevaPluginError):
         self.returncode = returncode
         self.output_tail = output_tail
 
+    @property
+    def reason(self) -> str:
+        """The failed command's own reason, on one line: its error and cause lines (uv's
+        ``error:``, pip's ``ERROR:``, git's ``fatal:``), else its last line; empty when
+        it said nothing. Not redacted: redact it before showing it."""
+        return installer_reason(self.output_tail)
+
     @classmethod
     def of_command(
         cls, message: str, failed: FailedCommand, *, plugin: str | None = None
@@ -103,6 +110,40 @@ class EnvBuildError(RevaPluginError):
             returncode=failed.returncode,
             output_tail=failed.tail,
         )
+
+
+#: how the installers (and git, build backends) start the lines that say why they failed: uv's
+#: "error:", "caused by:", "\u00d7" and "\u2570\u2500\u25b6", pip's "ERROR:", git's "fatal:"
+_REASON_MARKS = (
+    "error:",
+    "cause:",
+    "caused by:",
+    "hint:",
+    "fatal:",
+    "\u00d7",
+    "\u2570\u2500\u25b6",
+)
+_MARK_CHARS = "\u00d7\u2570\u2500\u25b6 "
+_MARK_WORDS = ("error", "cause", "caused by", "fatal")
+
+
+def installer_reason(output: str) -> str:
+    """What a failed command's ``output`` says about why it failed, on one line: from its first
+    error line on (continuation lines included), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    marked = [line.lower().startswith(_REASON_MARKS) for line in lines]
+    first = marked.index(True) if True in marked else max(len(lines) - 1, 0)
+    reason = ""
+    for line, mark in zip(lines[first:], marked[first:], strict=True):
+        text = _unmarked(line)
+        reason = f"{reason.rstrip(':')}: {text}" if reason and mark else f"{reason} {text}"
+    return " ".join(reason.split())
+
+
+def _unmarked(line: str) -> str:
+    line = line.lstrip(_MARK_CHARS)
+    word, sep, rest = line.partition(":")
+    return rest.strip() if sep and word.lower() in _MARK_WORDS else line
 
 
 class FailedCommand(Protocol):

@@ -11,10 +11,31 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ._conformance import Report
-from ._errors import ExitCode
+from ._errors import EnvBuildError, ExitCode, RevaPluginError
 from ._host import ServiceCheck
 from ._plan import shown_env
 from ._redact import redact
+
+#: the widest STATUS cell of the ``check`` table (``--json`` and the error lines carry it whole)
+STATUS_WIDTH = 100
+
+
+def failure(error: RevaPluginError) -> str:
+    """One line saying why a service failed, without the plugin label a row already shows: the
+    first line of the error, and for a failed build the installer's own reason."""
+    first = error.message.partition("\n")[0]
+    if error.plugin and first.startswith(f"{error.plugin}: "):
+        first = first.removeprefix(f"{error.plugin}: ")
+    if isinstance(error, EnvBuildError):
+        if error.command and "/" in error.command[0]:  # the installer by name, not its path
+            first = first.replace(error.command[0], error.command[0].rsplit("/", 1)[1])
+        if error.reason:
+            return f"{first}: {error.reason}"
+    return first
+
+
+def _cell(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -38,7 +59,7 @@ class CheckRow:
         env = shown_env(result.kind, result.env_key)
         service, driver, kind = result.service, redact(result.driver), result.kind or "-"
         if result.error is not None:
-            status = redact((str(result.error).splitlines() or [""])[0])
+            status = redact(failure(result.error))
             return cls(
                 service,
                 driver,
@@ -83,7 +104,7 @@ def check_table(rows: Sequence[CheckRow]) -> str:
                 r.driver,
                 r.kind,
                 r.env,
-                r.status,
+                _cell(r.status, STATUS_WIDTH),
                 "-" if r.start_ms is None else f"{r.start_ms:.1f}",
                 "-" if r.ping_ms is None else f"{r.ping_ms:.2f}",
             )

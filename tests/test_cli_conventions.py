@@ -16,6 +16,7 @@ import pytest
 import reva_plugins
 from reva_plugins._cli import _parser, _short_identity
 from reva_plugins._completion import SHELLS
+from reva_plugins._errors import installer_reason
 
 from .conftest import SAMPLES, cli
 from .factory import commit_marker, make_repo
@@ -239,3 +240,65 @@ def test_env_list_shows_whole_identities_the_installer_and_utc_times(tmp_path: P
 )
 def test_env_list_cuts_digests_never_requirements(identity: str, shown: str) -> None:
     assert _short_identity(identity) == shown
+
+
+UV_NO_SOLUTION = """\
+Using Python 3.11.7 environment at: /c/tmp/x
+  \u00d7 No solution found when resolving dependencies:
+  \u2570\u2500\u25b6 Because reva-plugin-ldap was not found in the package registry and you require
+      reva-plugin-ldap==9.9, we can conclude that your requirements are unsatisfiable.
+"""
+PIP_NO_DIST = """\
+Looking in indexes: https://***@example.org/simple
+ERROR: Could not find a version that satisfies the requirement reva-plugin-ldap==9.9 (from versions: none)
+ERROR: No matching distribution found for reva-plugin-ldap==9.9
+"""
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        (
+            UV_NO_SOLUTION,
+            (
+                "No solution found when resolving dependencies: Because reva-plugin-ldap was not "
+                "found in the package registry and you require reva-plugin-ldap==9.9"
+            ),
+        ),
+        (PIP_NO_DIST, "Could not find a version that satisfies the requirement"),
+        ("fatal: repository 'x' not found\n", "repository 'x' not found"),
+        ("building...\nsomething odd happened\n", "something odd happened"),
+        ("", ""),
+    ],
+)
+def test_the_installers_reason_is_its_error_lines_on_one_line(output: str, reason: str) -> None:
+    found = installer_reason(output)
+    assert found.startswith(reason)
+    assert "\n" not in found
+    assert "Using Python" not in found
+    assert "Looking in indexes" not in found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_check_says_why_a_build_failed_once_per_line(installer: str, tmp_path: Path) -> None:
+    index = tmp_path / "index" / "simple"
+    index.mkdir(parents=True)
+    (index / "index.html").write_text("<html></html>\n")
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f'[plugins]\nindex_url = "{index.as_uri()}"\n'
+        '[grpc.services.userprovider]\ndriver = "reva-plugin-ldap==9.9"\n'
+    )
+    args = ("--cache-dir", str(tmp_path / "cache"), "--installer", installer)
+    result = cli("check", str(config), *args)
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("reva-plugins: error: userprovider: building the env failed: ")
+    assert error.count("userprovider") == 1  # no doubled prefix
+    assert "reva-plugin-ldap==9.9" in error.split("exited with 1: ", 1)[1]
+    row = result.stdout.splitlines()[1]
+    assert row.count("\u2026") == 2, row  # the installer's "…" and the cell's
+    assert len(row) < 200, row
+    listed = json.loads(cli("check", str(config), "--json", *args).stdout)
+    assert "reva-plugin-ldap==9.9" in listed[0]["status"]
