@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     # 0 - leaves: shared by both halves
     **dict.fromkeys(["_errors", "_redact", "_fs", "_environ", "_subprocess", "_wire"], 0),
     "_version": 0,
+    "_sandbox": 0,
     # 1 - the build half, the run half, defaults, service types
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
