@@ -23,6 +23,7 @@ from ._host import Host
 from ._plan import Planner, absolute_spec
 from ._present import CheckRow, TickingProgress, check_table, format_report, rows_table
 from ._redact import redact
+from ._sandbox import make_undumpable
 from ._scaffold import scaffold
 from ._store import Env, Store, default_cache_dir, dir_size, resolve_cache_dir
 from ._version import __version__
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose - args.quiet)
+    make_undumpable()  # before any secret is read: plugins cannot read the core's memory
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

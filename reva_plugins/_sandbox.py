@@ -18,6 +18,7 @@ _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH, _RULE_NET_PORT = 1, 2
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_DUMPABLE, _PR_GET_DUMPABLE = 4, 3
 
 # Filesystem access rights (ABI 1 has bits 0-12; REFER came with ABI 2, TRUNCATE with 3,
 # IOCTL_DEV with 5).
@@ -63,6 +64,14 @@ def abi() -> int:
     built in, disabled at boot, or the system call filtered)."""
     version = _libc_call("syscall", _CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
     return max(version, 0)
+
+
+def make_undumpable() -> bool:
+    """Make this process non-dumpable: processes of the same user (a plugin among them) can no
+    longer read its ``/proc/PID/environ`` or ``mem``, nor ptrace it. The core calls it at start;
+    the flag does not pass to the programs it runs (``execve`` resets it). True when it holds."""
+    _libc_call("prctl", _PR_SET_DUMPABLE, 0, 0, 0, 0)
+    return _libc_call("prctl", _PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
 
 
 def _handled_fs(version: int) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -176,3 +178,76 @@ def test_a_refused_step_leaves_a_clear_error_and_no_sandbox(tmp_path: Path) -> N
         "refused: landlock_add_rule refused TCP port 99999999999",
         "still readable",
     ]
+
+
+def test_the_core_is_not_dumpable_so_a_same_user_process_cannot_read_it() -> None:
+    """As an ordinary user (here: nobody), a process cannot read a non-dumpable process's environ
+    though both run as that user; the dumpable one beside it stays readable."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.getuid() != 0 or python is None:
+        pytest.skip("needs root (to run both processes as nobody) and a system python3")
+    script = textwrap.dedent(
+        """\
+        import importlib.util, os, sys, time
+        spec = importlib.util.spec_from_file_location("_sandbox", sys.argv[1])
+        sandbox = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sandbox)
+        if sys.argv[2] == "undumpable":
+            assert sandbox.make_undumpable()
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    reader = (
+        "import sys\ntry:\n    print(open(sys.argv[1], 'rb').read().count(b'CORE_SECRET'))\n"
+        "except OSError as e:\n    print(type(e).__name__)\n"
+    )
+    seen = {}
+    with tempfile.TemporaryDirectory() as shared:  # /tmp: readable by nobody, unlike tmp_path
+        folder = Path(shared)
+        folder.chmod(0o755)
+        (folder / "core.py").write_text(script)
+        (folder / "reader.py").write_text(reader)
+        shutil.copy(SANDBOX, folder / "_sandbox.py")
+        for mode in ("dumpable", "undumpable"):
+            core = subprocess.Popen(
+                [python, "-I", str(folder / "core.py"), str(folder / "_sandbox.py"), mode],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={"CORE_SECRET_TOKEN": "hunter2", "PATH": "/usr/bin:/bin"},
+                user="nobody",
+            )
+            try:
+                assert core.stdout is not None
+                assert core.stdout.readline().strip() == "ready"
+                read = subprocess.run(
+                    [python, "-I", str(folder / "reader.py"), f"/proc/{core.pid}/environ"],
+                    capture_output=True,
+                    text=True,
+                    user="nobody",
+                    timeout=30,
+                    check=True,
+                )
+                seen[mode] = read.stdout.strip()
+            finally:
+                core.kill()
+                core.wait()
+    assert seen == {"dumpable": "1", "undumpable": "PermissionError"}
+
+
+def test_the_command_line_makes_the_core_non_dumpable(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from reva_plugins import _cli, _sandbox\n"
+        "before = _sandbox._libc_call('prctl', 3, 0, 0, 0, 0)\n"
+        "_cli.main(['env', 'list', '--json', '--cache-dir', sys.argv[1]])\n"
+        "print(before, _sandbox._libc_call('prctl', 3, 0, 0, 0, 0))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split()[-2:] == ["1", "0"]  # PR_GET_DUMPABLE: dumpable before, not after
