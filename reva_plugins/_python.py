@@ -132,13 +132,21 @@ def pyenv_root() -> Path:
     return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
 
 
+def uv_python_dir() -> Path:
+    """Where uv keeps the Pythons it manages (``$UV_PYTHON_INSTALL_DIR``, else
+    ``$XDG_DATA_HOME/uv/python``, else ``~/.local/share/uv/python``)."""
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return Path(os.environ.get("UV_PYTHON_INSTALL_DIR") or data / "uv" / "python")
+
+
 def find(
     request: str | None, cache: InterpreterCache | None = None, *, key: str = "python"
 ) -> Interpreter:
     """The interpreter for ``request``: None (the core's own), a version (``3.12``) or a path.
 
-    Versions are looked up as ``python3.X`` on PATH and in pyenv's versions folder; a pyenv shim
-    that cannot run the version is skipped. A :class:`ConfigError` names ``key`` if nothing fits.
+    Versions are looked up as ``python3.X`` in pyenv's versions folder, among uv's managed
+    Pythons and on PATH; a pyenv shim that cannot run the version is skipped. A
+    :class:`ConfigError` names ``key`` if nothing fits.
     """
     if request is None:
         return current()
@@ -162,7 +170,9 @@ def find(
         if found is not None and _version_matches(found.version, wanted):
             return found
     raise ConfigError(
-        f"no Python {wanted} found (looked on PATH and in {pyenv_root() / 'versions'})", key=key
+        f"no Python {wanted} found (looked on PATH, in {pyenv_root() / 'versions'} and in "
+        f"{uv_python_dir()})",
+        key=key,
     )
 
 
@@ -184,10 +194,16 @@ def _version_matches(version: str, wanted: str) -> bool:
 def _candidates(wanted: str) -> list[str]:
     short = ".".join(wanted.split(".")[:2])
     found: list[str] = []
-    versions = pyenv_root() / "versions"
-    if versions.is_dir():
-        dirs = [d for d in versions.iterdir() if _version_matches(d.name, wanted)]
-        for d in sorted(dirs, key=lambda d: _sort_key(d.name), reverse=True):
+    # pyenv names a version's folder 3.12.1; uv, cpython-3.12.1-linux-x86_64-gnu.
+    for root, version_of in (
+        (pyenv_root() / "versions", lambda name: name),
+        (uv_python_dir(), lambda name: name.split("-")[1] if name.count("-") >= 2 else ""),
+    ):
+        if not root.is_dir():
+            continue
+        dirs = [(version_of(d.name), d) for d in root.iterdir()]
+        dirs = [(v, d) for v, d in dirs if _version_matches(v, wanted)]
+        for _, d in sorted(dirs, key=lambda vd: _sort_key(vd[0]), reverse=True):
             exe = d / "bin" / f"python{short}"
             if exe.exists():
                 found.append(str(exe))
