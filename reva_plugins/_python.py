@@ -195,13 +195,10 @@ def _candidates(wanted: str) -> list[str]:
     short = ".".join(wanted.split(".")[:2])
     found: list[str] = []
     # pyenv names a version's folder 3.12.1; uv, cpython-3.12.1-linux-x86_64-gnu.
-    for root, version_of in (
-        (pyenv_root() / "versions", lambda name: name),
-        (uv_python_dir(), lambda name: name.split("-")[1] if name.count("-") >= 2 else ""),
-    ):
+    for root, uv in ((pyenv_root() / "versions", False), (uv_python_dir(), True)):
         if not root.is_dir():
             continue
-        dirs = [(version_of(d.name), d) for d in root.iterdir()]
+        dirs = [(_uv_version(d.name) if uv else d.name, d) for d in root.iterdir()]
         dirs = [(v, d) for v, d in dirs if _version_matches(v, wanted)]
         for _, d in sorted(dirs, key=lambda vd: _sort_key(vd[0]), reverse=True):
             exe = d / "bin" / f"python{short}"
@@ -211,6 +208,12 @@ def _candidates(wanted: str) -> list[str]:
     if on_path:
         found.append(on_path)
     return found
+
+
+def _uv_version(name: str) -> str:
+    """The version in the name of a folder of uv's (``cpython-3.12.1-linux-x86_64-gnu``)."""
+    parts = name.split("-")
+    return parts[1] if len(parts) > 2 else ""
 
 
 def _sort_key(version: str) -> tuple[int, ...]:
