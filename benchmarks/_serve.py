@@ -205,7 +205,7 @@ def metrics_wrapper_cost(
     driver behind a proxy without call hooks (the baseline: no pluggy at all) and behind one whose
     host has the server's metrics hooks registered. Alternating batches; medians per call."""
     from reva_plugins import Host
-    from reva_plugins._host import ServiceProxy
+    from reva_plugins._proxy import ServiceProxy
     from reva_plugins.serve._metrics import Metrics
 
     host = Host({})

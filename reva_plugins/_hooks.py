@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
     from ._client import Cancellation
     from ._errors import RevaPluginError
-    from ._host import ServiceProxy
+    from ._proxy import ServiceProxy
 
 PROJECT = "reva"
 

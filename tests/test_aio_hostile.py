@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from reva_plugins._drivers import uninterruptible
 from reva_plugins._errors import CallTimeout, PluginCrashed
-from reva_plugins._host import uninterruptible
 
 from .test_client import Peer, _line, _result
 

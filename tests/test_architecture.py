@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
-    "_flood": 1,
+    **dict.fromkeys(["_flood", "_plugin_stderr", "_supervisor"], 1),
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
     # 2 - configuration, host hook specs
@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     # 3 - planning: a service's config to a plan (env build, env inspection, wheel tags)
     **dict.fromkeys(["_plan", "_build", "_envinfo", "_wheels", "_lock", "_bundle"], 3),
     # 4 - the host
-    "_host": 4,
+    **dict.fromkeys(["_host", "_proxy", "_drivers"], 4),
     # 5 - what runs on a host
     **dict.fromkeys(["_conformance", "_scaffold", "_fleet"], 5),
     # 5 - the CS3 gRPC server (imported only by the serve commands)
@@ -41,7 +41,8 @@ LAYERS: dict[str, int] = {
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
-RUN_HALF = {"_process", "_client", "_flood", "_protocol", "_wire", "_launch", "_bootstrap"}
+RUN_HALF = {"_process", "_plugin_stderr", "_supervisor", "_client", "_flood", "_protocol", "_wire"}
+RUN_HALF |= {"_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:

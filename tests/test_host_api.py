@@ -402,7 +402,7 @@ def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
-    from reva_plugins._process import Supervisor
+    from reva_plugins._supervisor import Supervisor
 
     recorder = _Recorder()
     with Host(_fault_config(), base_dir=tmp_path) as host:

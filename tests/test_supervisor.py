@@ -34,10 +34,11 @@ from reva_plugins import (
     _wire,
     hookimpl,
 )
-from reva_plugins._host import IsolatedDriver
+from reva_plugins._drivers import IsolatedDriver
 from reva_plugins._plan import IsolatedPlan
-from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor, marked_processes
+from reva_plugins._process import LaunchSpec, PluginProcess, marked_processes
 from reva_plugins._protocol import ResourceLimits
+from reva_plugins._supervisor import Supervisor
 
 from .conftest import pid_alive, wait_until
 
