@@ -210,9 +210,7 @@ def metrics_wrapper_cost(
 
     host = Host({})
     host.register(Metrics().hooks())
-    metered = ServiceProxy(
-        plain.service, plain.driver, "metered", call_hook=host.hooks.hook.service_call
-    )
+    metered = ServiceProxy(plain.service, plain.driver, "metered", wrappers=host._wrappers)
     assert metered.get_user(uid) == plain.get_user(uid)
     batch = max(1, n // rounds)
     clock = time.perf_counter

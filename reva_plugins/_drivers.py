@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import Any, Protocol
 
-from ._client import Cancellation
+from ._call import Call
 from ._errors import (
-    CallCancelled,
     HandshakeError,
     RemoteError,
     RevaPluginError,
@@ -68,26 +67,12 @@ class Driver(Protocol):
         itself (the handshake)."""
         ...
 
-    def invoke(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
-        """Call one method with keyword params, starting the driver first if need be; a
-        ``cancellation`` fired meanwhile ends the call with :class:`CallCancelled`."""
+    def invoke(self, call: Call) -> Any:
+        """Make ``call``, starting the driver first if need be; its ``cancellation`` fired
+        meanwhile ends it with :class:`CallCancelled`."""
         ...
 
-    async def ainvoke(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
+    async def ainvoke(self, call: Call) -> Any:
         """:meth:`invoke` for a coroutine: never blocks the running event loop."""
         ...
 
@@ -146,40 +131,27 @@ class InProcessDriver:
             "methods": methods,
         }
 
-    def invoke(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
-        """Call the method directly; neither ``timeout`` nor a ``cancellation`` can interrupt
+    def invoke(self, call: Call) -> Any:
+        """Call the method directly; neither a timeout nor a cancellation can interrupt
         in-process code (one cancelled already stops the call before it starts)."""
+        cancellation = call.cancellation
         if cancellation is not None and cancellation.cancelled:
-            raise CallCancelled(f"{method} was cancelled", plugin=self.label)
-        func = self._methods.get(method) or self._method(method)
+            raise call.cancelled(self.label)
+        func = self._methods.get(call.method) or self._method(call.method)
         active = self._active
         active.append(None)
         try:
-            return func(**params)
+            return func(**call.params)
         except Exception as exc:
             raise _typed(exc, self.label) from exc
         finally:
             active.pop()
 
-    async def ainvoke(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
+    async def ainvoke(self, call: Call) -> Any:
         """In-process code may block: it runs in a worker thread (which sees the caller's
         context variables). Nothing can interrupt it: a task cancelled meanwhile ends when the
         code returns (so whoever waits for its calls to end, a drain, waits for it too)."""
-        return await uninterruptible(self.invoke, method, params, timeout, meta, cancellation)
+        return await uninterruptible(self.invoke, call)
 
     def _method(self, method: str) -> Callable[..., Any]:
         if self._obj is None:
@@ -284,35 +256,17 @@ class IsolatedDriver:
         """Start the process (if not running) and return its handshake."""
         return self._started().handshake
 
-    def invoke(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
+    def invoke(self, call: Call) -> Any:
         """Send the call over the wire."""
-        return self._started().call(
-            method, params, timeout=timeout, meta=meta, cancellation=cancellation
-        )
+        return self._started().invoke(call)
 
-    async def ainvoke(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        meta: dict[str, Any] | None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
+    async def ainvoke(self, call: Call) -> Any:
         """Send the call over the wire from the event loop; a start (or restart, or rebuild)
         that has to wait for a process waits in a worker thread."""
         process = self.supervisor.running()
         if process is None:
             process = await asyncio.to_thread(self._started)
-        return await process.acall(
-            method, params, timeout=timeout, meta=meta, cancellation=cancellation
-        )
+        return await process.ainvoke(call)
 
     def ping(self) -> float:
         """Round-trip ``$/ping``."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
@@ -26,17 +26,14 @@ from ._drivers import Driver, InProcessDriver, IsolatedDriver, ServiceInfo
 from ._errors import (
     RevaPluginError,
 )
-from ._hooks import PROJECT, HostSpec
+from ._hooks import PROJECT, CallWrappers, HostSpec
 from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess
-from ._proxy import ServiceProxy, _Invoke
+from ._proxy import Invoke, ServiceProxy
 from ._redact import redact
 from ._store import resolve_cache_dir
 from ._supervisor import Supervisor
 from .services import SERVICES
-
-if TYPE_CHECKING:
-    from pluggy import HookCaller
 
 log = logging.getLogger("reva_plugins.host")
 
@@ -130,10 +127,10 @@ class Host:
         self._plans: dict[str, Plan] = {}
         self._lock = threading.Lock()  # guards _slots and _closed; never held while loading
         self._closed = False
-        self._call_hook: HookCaller | None = None
-        self._invoke = _Invoke()
+        self._wrappers: CallWrappers | None = None
+        self._invoke = Invoke()
         #: the host's extension points (see ``reva_plugins._hooks``)
-        self.hooks: pluggy.PluginManager = _HookManager(self._refresh_call_hook)
+        self.hooks: pluggy.PluginManager = _HookManager(self._refresh_wrappers)
         self.hooks.add_hookspecs(HostSpec)
         self.hooks.register(self._invoke, name="reva-plugins.invoke")
 
@@ -157,15 +154,16 @@ class Host:
         """Undo :meth:`register`."""
         self.hooks.unregister(plugin)
 
-    def _refresh_call_hook(self) -> None:
-        # Decided here, once per (un)registration, so a call without wrappers skips pluggy.
+    def _refresh_wrappers(self) -> None:
+        # Decided here, once per (un)registration, so a call without wrappers skips them.
         caller = self.hooks.hook.service_call
-        wrapped = any(impl.plugin is not self._invoke for impl in caller.get_hookimpls())
+        invoke = self._invoke
+        wrapped = any(impl.plugin is not invoke for impl in caller.get_hookimpls())
         with self._lock:
-            self._call_hook = caller if wrapped else None
+            self._wrappers = CallWrappers(caller, lambda p: p is invoke) if wrapped else None
             for slot in self._slots.values():
                 if slot.proxy is not None:
-                    slot.proxy._call_hook = self._call_hook
+                    slot.proxy.wrappers = self._wrappers
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -193,7 +191,7 @@ class Host:
                     if self._closed:  # closed while building: never start what was built
                         proxy.driver.close()
                         self._check_open()
-                    proxy._call_hook = self._call_hook
+                    proxy.wrappers = self._wrappers
                     slot.proxy = proxy
             return slot.proxy
 

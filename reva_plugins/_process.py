@@ -23,9 +23,10 @@ from typing import Any, Literal, NoReturn
 
 from . import _defaults, _protocol
 from ._bootstrap import descendants
+from ._call import Call
 from ._client import Cancellation, Client
 from ._environ import scrubbed
-from ._errors import CallTimeout, HandshakeError, PluginCrashed, RevaPluginError
+from ._errors import HandshakeError, PluginCrashed, RevaPluginError
 from ._plugin_stderr import StderrLog
 from ._subprocess import spawn
 
@@ -369,42 +370,31 @@ class PluginProcess:
         meta: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
     ) -> Any:
-        """Call ``method`` with keyword ``params``; raise the plugin's error, typed.
+        """:meth:`invoke` a call of ``method`` made of these parts."""
+        return self.invoke(
+            Call(self.spec.service, method, params, timeout, meta or {}, cancellation)
+        )
 
-        ``timeout`` may shorten the driver's ``call_timeout``, never extend it: the operator's
-        bound holds whoever calls (a gRPC client's deadline, a script's ``--timeout``).
+    def invoke(self, call: Call) -> Any:
+        """Send ``call``; raise the plugin's error, typed.
+
+        Its ``timeout`` may shorten the driver's ``call_timeout``, never extend it: the
+        operator's bound holds whoever calls (a gRPC client's deadline, a script's
+        ``--timeout``).
         """
-        client, timeout, meta = self._prepare(method, timeout, meta)
-        return client.call(method, params, timeout, meta, cancellation)
+        client = self._running_client()
+        return client.invoke(call.bounded(self.spec.call_timeout, self.spec.label))
 
-    async def acall(
-        self,
-        method: str,
-        params: dict[str, Any],
-        *,
-        timeout: float | None = None,
-        meta: dict[str, Any] | None = None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
-        """:meth:`call` for a coroutine, never blocking its event loop."""
-        client, timeout, meta = self._prepare(method, timeout, meta)
-        return await client.acall(method, params, timeout, meta, cancellation)
+    async def ainvoke(self, call: Call) -> Any:
+        """:meth:`invoke` for a coroutine, never blocking its event loop."""
+        client = self._running_client()
+        return await client.ainvoke(call.bounded(self.spec.call_timeout, self.spec.label))
 
-    def _prepare(
-        self, method: str, timeout: float | None, meta: dict[str, Any] | None
-    ) -> tuple[Client, float, dict[str, Any] | None]:
-        """The client, the call's timeout (``call_timeout`` is the ceiling) and its meta with
-        the deadline the plugin sees."""
+    def _running_client(self) -> Client:
         client = self._client
         if client is None:
             raise self._crashed("plugin is not running")
-        limit = self.spec.call_timeout
-        timeout = limit if timeout is None else min(timeout, limit)
-        if timeout <= 0:  # a deadline already past (never "no deadline")
-            raise CallTimeout(f"{method}: no time left for the call", plugin=self.spec.label)
-        if meta is not None and timeout:
-            meta = {**meta, _protocol.META_DEADLINE: time.time() + timeout}
-        return client, timeout, meta
+        return client
 
     def ping(self, timeout: float = 5.0) -> float:
         """Round-trip a ``$/ping``; return its time in milliseconds."""

@@ -5,25 +5,15 @@ arguments to the service's signature and hands them to the driver, through the h
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from . import _hooks
+from ._call import Call
 from ._client import Cancellation
-from ._defaults import DEADLINE_SLACK
 from ._drivers import Driver, ServiceInfo
-from ._errors import (
-    CallCancelled,
-    CallTimeout,
-    RevaPluginError,
-    UsageError,
-)
-from ._hooks import hookimpl
+from ._errors import UsageError
+from ._hooks import CallWrappers, hookimpl
 from .services import ServiceType
-
-if TYPE_CHECKING:
-    from pluggy import HookCaller
 
 
 class _Binder:
@@ -90,7 +80,8 @@ class ServiceProxy:
     """A configured service: call its methods as attributes (``users.get_user(uid)``).
 
     A call binds its arguments to the service method's signature and hands them to the driver
-    (``driver.invoke``); when the host has ``service_call`` hooks registered, they wrap it.
+    as one :class:`~._call.Call` (``driver.invoke``); when the host has ``service_call`` hooks
+    registered, they wrap it.
     """
 
     def __init__(
@@ -99,12 +90,13 @@ class ServiceProxy:
         driver: Driver,
         label: str,
         *,
-        call_hook: HookCaller | None = None,
+        wrappers: CallWrappers | None = None,
     ) -> None:
         self.service = service
         self.driver = driver
         self.label = label
-        self._call_hook = call_hook
+        #: the host's ``service_call`` implementations; None when there is none but its own
+        self.wrappers = wrappers
         self._binders = {
             name: _Binder(f"{service.name}.{name}", sig, label)
             for name, sig in service.signatures.items()
@@ -114,24 +106,11 @@ class ServiceProxy:
         if method.startswith("_") or method not in self.service.signatures:
             raise AttributeError(f"service {self.service.name} has no method {method!r}")
         bind = self._binders[method].bind
-        invoke = self.driver.invoke
         name = self.service.name
         proxy = self
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            params = bind(args, kwargs)
-            hook = proxy._call_hook
-            if hook is None:
-                return invoke(method, params, None, None)
-            return hook(
-                service=name,
-                method=method,
-                params=params,
-                meta={},
-                timeout=None,
-                proxy=proxy,
-                cancellation=None,
-            )
+            return proxy._invoke(Call(name, method, bind(args, kwargs)))
 
         call.__name__ = method
         call.__doc__ = self.service.doc(method)
@@ -154,29 +133,7 @@ class ServiceProxy:
         """Call ``method`` with keyword ``params``. ``timeout`` (seconds) may shorten the driver's
         ``call_timeout``, never extend it; ``meta`` (caller context) reaches the plugin; a
         :class:`Cancellation` lets another thread end the call (:class:`CallCancelled`)."""
-        arguments = self._bind(method, params)
-        hook = self._call_hook
-        if hook is None:
-            return self.driver.invoke(method, arguments, timeout, meta or None, cancellation)
-        return hook(
-            service=self.service.name,
-            method=method,
-            params=arguments,
-            meta=dict(meta) if meta else {},
-            timeout=timeout,
-            proxy=self,
-            cancellation=cancellation,
-        )
-
-    def _bind(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        binder = self._binders.get(method)
-        if binder is None:
-            raise UsageError(
-                f"service {self.service.name} has no method {method!r} "
-                f"(methods: {', '.join(self.service.methods)})",
-                plugin=self.label,
-            )
-        return binder.bind((), params)
+        return self._invoke(self._call(method, params, timeout, meta, cancellation))
 
     async def acall(
         self,
@@ -193,35 +150,41 @@ class ServiceProxy:
         driver runs in a worker thread. ``service_call`` wrappers run on the loop around the
         awaited call, in the caller's context (e.g. a tracing span). A task cancelled while it
         awaits cancels the call in the plugin too (``$/cancel``)."""
-        arguments = self._bind(method, params)
-        hook = self._call_hook
-        if hook is None:
-            return await self.driver.ainvoke(method, arguments, timeout, meta or None, cancellation)
-        began = time.monotonic()
-
-        def cancelled() -> RevaPluginError:
-            # cancelled at its deadline (by whoever set it): the call timed out
-            if timeout is not None and time.monotonic() - began >= timeout - DEADLINE_SLACK:
-                return CallTimeout(f"{method} timed out after {timeout:g} s", plugin=self.label)
-            return CallCancelled(f"{method} was cancelled", plugin=self.label)
-
-        sent: dict[str, Any] = dict(meta) if meta else {}  # wrappers may add to it
-        kwargs = {
-            "service": self.service.name,
-            "method": method,
-            "params": arguments,
-            "meta": sent,
-            "timeout": timeout,
-            "proxy": self,
-            "cancellation": cancellation,
-        }
-        return await _hooks.around(
-            hook,
-            kwargs,
-            lambda: self.driver.ainvoke(method, arguments, timeout, sent or None, cancellation),
-            innermost=lambda plugin: isinstance(plugin, _Invoke),
-            cancelled=cancelled,
+        call = self._call(method, params, timeout, meta, cancellation)
+        wrappers = self.wrappers
+        if wrappers is None:
+            return await self.driver.ainvoke(call)
+        return await wrappers.arun(
+            call.hook_kwargs(self),
+            lambda: self.driver.ainvoke(call),
+            lambda: call.interrupted(self.label),
         )
+
+    def _call(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None,
+        cancellation: Cancellation | None,
+    ) -> Call:
+        binder = self._binders.get(method)
+        if binder is None:
+            raise UsageError(
+                f"service {self.service.name} has no method {method!r} "
+                f"(methods: {', '.join(self.service.methods)})",
+                plugin=self.label,
+            )
+        arguments = binder.bind((), params)
+        return Call(
+            self.service.name, method, arguments, timeout, dict(meta) if meta else {}, cancellation
+        )
+
+    def _invoke(self, call: Call) -> Any:
+        wrappers = self.wrappers
+        if wrappers is None:
+            return self.driver.invoke(call)
+        return wrappers.run(call.hook_kwargs(self), lambda: self.driver.invoke(call))
 
     def start(self) -> ServiceInfo:
         """Start the driver unless it runs: import it (in-process) or spawn its plugin process and
@@ -239,12 +202,14 @@ class ServiceProxy:
         return self.driver.info()
 
 
-class _Invoke:
-    """The innermost ``service_call`` implementation: the call itself."""
+class Invoke:
+    """The host's own ``service_call`` implementation: where the call itself goes among the
+    implementations (:class:`~._hooks.CallWrappers` calls the driver in its place)."""
 
     @hookimpl(trylast=True)
     def service_call(
         self,
+        service: str,
         method: str,
         params: dict[str, Any],
         meta: dict[str, Any],
@@ -252,4 +217,5 @@ class _Invoke:
         proxy: ServiceProxy,
         cancellation: Cancellation | None,
     ) -> Any:
-        return proxy.driver.invoke(method, params, timeout, meta or None, cancellation)
+        """The call, for whoever calls the hook through pluggy itself."""
+        return proxy.driver.invoke(Call(service, method, params, timeout, meta, cancellation))

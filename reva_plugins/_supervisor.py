@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from . import _defaults
-from ._client import Cancellation
 from ._errors import PluginCrashed, ProcessError, RevaPluginError
 from ._process import LaunchSpec, PluginProcess
 
@@ -163,19 +162,9 @@ class Supervisor:
         if self._on_exit is not None:
             self._on_exit(process, returncode, expected)
 
-    def call(
-        self,
-        method: str,
-        params: dict[str, Any],
-        *,
-        timeout: float | None = None,
-        meta: dict[str, Any] | None = None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
+    def call(self, method: str, params: dict[str, Any], *, timeout: float | None = None) -> Any:
         """Call ``method`` in the plugin, starting it first if need be."""
-        return self.start().call(
-            method, params, timeout=timeout, meta=meta, cancellation=cancellation
-        )
+        return self.start().call(method, params, timeout=timeout)
 
     def running(self) -> PluginProcess | None:
         """The process if it runs (no start, no wait): an event loop's fast path."""

@@ -1,4 +1,4 @@
-"""Hostile and careless uses of the asyncio call path (``Client.acall``, ``_hooks.around``):
+"""Hostile and careless uses of the asyncio call path (``Client.acall``, ``CallWrappers.arun``):
 real socketpairs, real threads, real event loops, real processes."""
 
 from __future__ import annotations

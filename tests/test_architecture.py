@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
-    **dict.fromkeys(["_flood", "_plugin_stderr", "_supervisor"], 1),
+    **dict.fromkeys(["_flood", "_plugin_stderr", "_supervisor", "_call"], 1),
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
     # 2 - configuration, host hook specs
@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
 RUN_HALF = {"_process", "_plugin_stderr", "_supervisor", "_client", "_flood", "_protocol", "_wire"}
-RUN_HALF |= {"_launch", "_bootstrap"}
+RUN_HALF |= {"_call", "_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:
