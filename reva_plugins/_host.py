@@ -163,7 +163,7 @@ class Host:
             self._wrappers = CallWrappers(caller, lambda p: p is invoke) if wrapped else None
             for slot in self._slots.values():
                 if slot.proxy is not None:
-                    slot.proxy.wrappers = self._wrappers
+                    slot.proxy._wrappers = self._wrappers
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -191,7 +191,7 @@ class Host:
                     if self._closed:  # closed while building: never start what was built
                         proxy.driver.close()
                         self._check_open()
-                    proxy.wrappers = self._wrappers
+                    proxy._wrappers = self._wrappers
                     slot.proxy = proxy
             return slot.proxy
 

@@ -95,8 +95,8 @@ class ServiceProxy:
         self.service = service
         self.driver = driver
         self.label = label
-        #: the host's ``service_call`` implementations; None when there is none but its own
-        self.wrappers = wrappers
+        # the host's service_call implementations; None when there is none but its own
+        self._wrappers = wrappers
         self._binders = {
             name: _Binder(f"{service.name}.{name}", sig, label)
             for name, sig in service.signatures.items()
@@ -151,7 +151,7 @@ class ServiceProxy:
         awaited call, in the caller's context (e.g. a tracing span). A task cancelled while it
         awaits cancels the call in the plugin too (``$/cancel``)."""
         call = self._call(method, params, timeout, meta, cancellation)
-        wrappers = self.wrappers
+        wrappers = self._wrappers
         if wrappers is None:
             return await self.driver.ainvoke(call)
         return await wrappers.arun(
@@ -181,7 +181,7 @@ class ServiceProxy:
         )
 
     def _invoke(self, call: Call) -> Any:
-        wrappers = self.wrappers
+        wrappers = self._wrappers
         if wrappers is None:
             return self.driver.invoke(call)
         return wrappers.run(call.hook_kwargs(self), lambda: self.driver.invoke(call))

@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_conformance", "_scaffold", "_fleet"], 5),
     # 5 - the CS3 gRPC server (imported only by the serve commands)
     **dict.fromkeys(["serve", "serve._commands", "serve._cs3", "serve._metrics"], 5),
-    **dict.fromkeys(["serve._reload", "serve._server"], 5),
+    **dict.fromkeys(["serve._reload", "serve._server", "serve._loop", "serve._files"], 5),
     # 6 - the faces: command line, its presentation, the authors' kit, the public API
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
 }

@@ -223,14 +223,14 @@ def test_without_call_hooks_a_call_never_enters_pluggy(inproc_host: Host) -> Non
         inproc_host.register(_Recorder())  # lifecycle hooks only
         users.get_user({"opaque_id": "demo"})
         users.call("get_user", {"user_id": {"opaque_id": "demo"}})
-        assert users.wrappers is None
+        assert users._wrappers is None
         metrics = _Metrics()
         inproc_host.hooks.register(metrics)  # straight on the plugin manager works too
-        assert users.wrappers is not None
+        assert users._wrappers is not None
         users.get_user({"opaque_id": "demo"})
         assert len(metrics.calls) == 1
         inproc_host.hooks.unregister(metrics)
-        assert users.wrappers is None
+        assert users._wrappers is None
         users.get_user({"opaque_id": "demo"})
         assert len(metrics.calls) == 1
         assert "service_call" not in seen
@@ -394,7 +394,7 @@ def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
         assert started["distribution"] == "reva-fault-plugin"
 
         sleeper = threading.Thread(
-            target=users.driver.invoke, args=("sleep", {"seconds": 1}, None, None)
+            target=users.driver.invoke, args=(Call("userprovider", "sleep", {"seconds": 1}),)
         )
         sleeper.start()
         assert wait_until(lambda: users.info().calls_in_flight == 1)
