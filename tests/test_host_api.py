@@ -768,6 +768,21 @@ class _CatchesForced:
 _KW_ONLY_ERROR = "_KeywordOnly.service_call() missing 1 required keyword-only argument: 'method'"
 
 
+class _YieldsTwice:
+    @hookimpl(wrapper=True)
+    def service_call(self) -> Generator[None, Any, Any]:
+        yield
+        return (yield)
+
+
+class _NeverYields:
+    @hookimpl(wrapper=True)
+    def service_call(self) -> Generator[None, Any, Any]:
+        if False:  # a generator that ends before its yield
+            yield
+        return "never"
+
+
 class _KeywordOnly:
     @hookimpl(wrapper=True)
     def service_call(self, *, method: str) -> Generator[None, Any, Any]:
@@ -781,6 +796,9 @@ class _KeywordOnly:
         ([_Fallback], "from the plugin", ({"answer": "from the plugin", "method": "m"}, [])),
         ([_Fallback], None, ({"answer": "fallback"}, ["fallback ran"])),
         ([lambda log: _Forcing(), lambda log: _CatchesForced()], 1, ("new saw forced", [])),
+        # a wrapper must yield exactly once: pluggy's errors, every way
+        ([lambda log: _YieldsTwice()], 3, ((RuntimeError, "has second yield"), [])),
+        ([lambda log: _NeverYields()], 3, ((RuntimeError, "did not yield"), [])),
         # pluggy passes arguments by position: a keyword-only one is an error, both ways
         (
             [lambda log: _KeywordOnly()],
@@ -793,6 +811,11 @@ def test_implementations_around_the_driver_run_in_pluggys_order_both_ways(
     plugins: list[object], answer: Any, expected: tuple[Any, list[str]]
 ) -> None:
     plain, wrapped, awaited = _three_ways(plugins, answer)
-    assert plain == expected
+    if isinstance(expected[0], tuple) and expected[0][0] is RuntimeError:
+        # pluggy's message names the wrapper's code: its file and line
+        (kind, message), log = plain
+        assert (kind, message.endswith(expected[0][1]), log) == (RuntimeError, True, expected[1])
+    else:
+        assert plain == expected
     assert wrapped == plain
     assert awaited == plain
