@@ -29,7 +29,7 @@ from ._errors import (
 from ._hooks import PROJECT, CallWrappers, HostSpec
 from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess
-from ._proxy import Invoke, ServiceProxy
+from ._proxy import DriverCall, ServiceProxy
 from ._redact import redact
 from ._store import resolve_cache_dir
 from ._supervisor import Supervisor
@@ -128,7 +128,7 @@ class Host:
         self._lock = threading.Lock()  # guards _slots and _closed; never held while loading
         self._closed = False
         self._wrappers: CallWrappers | None = None
-        self._invoke = Invoke()
+        self._invoke = DriverCall()
         #: the host's extension points (see ``reva_plugins._hooks``)
         self.hooks: pluggy.PluginManager = _HookManager(self._refresh_wrappers)
         self.hooks.add_hookspecs(HostSpec)

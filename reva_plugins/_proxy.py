@@ -202,7 +202,7 @@ class ServiceProxy:
         return self.driver.info()
 
 
-class Invoke:
+class DriverCall:
     """The host's own ``service_call`` implementation: where the call itself goes among the
     implementations (:class:`~._hooks.CallWrappers` calls the driver in its place)."""
 
