@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from reva_plugins import Host
-from reva_plugins._host import InProcessDriver, ServiceProxy
+from reva_plugins._drivers import InProcessDriver
 from reva_plugins._plan import EntryPoint, InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins._protocol import encode_request
+from reva_plugins._proxy import ServiceProxy
 from reva_plugins.services import SERVICES
 
 from . import _fleets, _peers, _serve

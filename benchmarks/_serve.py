@@ -205,14 +205,12 @@ def metrics_wrapper_cost(
     driver behind a proxy without call hooks (the baseline: no pluggy at all) and behind one whose
     host has the server's metrics hooks registered. Alternating batches; medians per call."""
     from reva_plugins import Host
-    from reva_plugins._host import ServiceProxy
+    from reva_plugins._proxy import ServiceProxy
     from reva_plugins.serve._metrics import Metrics
 
     host = Host({})
     host.register(Metrics().hooks())
-    metered = ServiceProxy(
-        plain.service, plain.driver, "metered", call_hook=host.hooks.hook.service_call
-    )
+    metered = ServiceProxy(plain.service, plain.driver, "metered", wrappers=host._wrappers)
     assert metered.get_user(uid) == plain.get_user(uid)
     batch = max(1, n // rounds)
     clock = time.perf_counter

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._build import BuildProgress
 from ._client import Cancellation
 from ._config import Config, load_file
+from ._drivers import ServiceInfo
 from ._errors import (
     CallCancelled,
     CallTimeout,
@@ -26,8 +27,9 @@ from ._errors import (
     UsageError,
 )
 from ._hooks import hookimpl, hookspec
-from ._host import Host, ServiceCheck, ServiceInfo, ServiceProxy
-from ._process import ServiceState
+from ._host import Host, ServiceCheck
+from ._proxy import ServiceProxy
+from ._supervisor import ServiceState
 from ._version import __version__
 from .services import SERVICES, ServiceType, register_service
 

@@ -27,14 +27,22 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from . import _protocol as wire
-from ._errors import CallCancelled, CallTimeout, ProtocolError, RevaPluginError
+from ._call import Call
+from ._errors import CallCancelled, ProtocolError, RevaPluginError
 from ._flood import LogFlood
+from ._protocol import (
+    CANCEL,
+    HANDSHAKE,
+    encode_request,
+    error_to_exception,
+    guess_id,
+    loads,
+)
 
 log = logging.getLogger("reva_plugins.process")
 
 _TIMEOUT: Final = object()
-_loads = wire.loads
+_loads = loads
 #: how long a failed write waits for the process's exit to be recorded (see ``Client.send``)
 _EXIT_GRACE = 5.0
 #: seconds a lone caller polls for its reply before its read blocks (see ``LineReader.spin``)
@@ -389,7 +397,7 @@ class Client:
         never blocks (a cancelling thread, an event loop, must not stall): what the socket
         does not take at once a thread writes; errors are ignored."""
         with self.lock:
-            self.outbox.append(wire.encode_request(None, method, params))
+            self.outbox.append(encode_request(None, method, params))
             if self.flushing:
                 return
             self.flushing = True
@@ -432,16 +440,21 @@ class Client:
         meta: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
     ) -> Any:
+        """:meth:`invoke` a call of ``method`` made of these parts."""
+        return self.invoke(Call(self.label, method, params, timeout, meta or {}, cancellation))
+
+    def invoke(self, call: Call) -> Any:
         """Send a request and wait for its reply, reading the wire ourselves if nobody is."""
+        method, timeout, cancellation = call.method, call.timeout, call.cancellation
         if cancellation is not None and cancellation.cancelled:
-            raise CallCancelled(f"{method} was cancelled", plugin=self.label)
+            raise call.cancelled(self.label)
         slot = _Slot()
         lock = self.lock
         with lock:
             call_id = self._register(slot)
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
         try:
-            self.send(wire.encode_request(call_id, method, params, meta))
+            self.send(encode_request(call_id, method, call.params, call.meta))
         except RevaPluginError:
             with lock:
                 self.pending.pop(call_id, None)
@@ -467,11 +480,9 @@ class Client:
                     if cancel:
                         del self.pending[call_id]
                         slot.done = True
-                        slot.error = CallTimeout(
-                            f"{method} timed out after {timeout:g} s", plugin=self.label
-                        )
+                        slot.error = call.timed_out(self.label)
                 if cancel:
-                    self.notify(wire.CANCEL, {"id": call_id})
+                    self.notify(CANCEL, {"id": call_id})
         if forget is not None:
             forget()
         if slot.waker is not None:
@@ -499,11 +510,17 @@ class Client:
         meta: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
     ) -> Any:
-        """:meth:`call` for a coroutine: the running loop reads the replies (unless a thread is
+        """:meth:`ainvoke` a call of ``method`` made of these parts."""
+        call = Call(self.label, method, params, timeout, meta or {}, cancellation)
+        return await self.ainvoke(call)
+
+    async def ainvoke(self, call: Call) -> Any:
+        """:meth:`invoke` for a coroutine: the running loop reads the replies (unless a thread is
         reading already) and nothing blocks it. A task cancelled while it awaits its reply
         cancels the call in the plugin (``$/cancel``)."""
+        method, timeout, cancellation = call.method, call.timeout, call.cancellation
         if cancellation is not None and cancellation.cancelled:
-            raise CallCancelled(f"{method} was cancelled", plugin=self.label)
+            raise call.cancelled(self.label)
         loop = asyncio.get_running_loop()
         slot = _Slot()
         future = slot.future = loop.create_future()
@@ -512,7 +529,7 @@ class Client:
         lock = self.lock
         with lock:
             call_id = self._register(slot)
-            self.outbox.append(wire.encode_request(call_id, method, params, meta))
+            self.outbox.append(encode_request(call_id, method, call.params, call.meta))
             write = not self.flushing and not (self.baton and self.hold_sends)
             if write:
                 self.flushing = True
@@ -528,7 +545,7 @@ class Client:
             ) from None
         timer = None
         if timeout is not None and timeout > 0:
-            timer = loop.call_later(timeout, self._expire, call_id, method, timeout)
+            timer = loop.call_later(timeout, self._expire, call_id, call)
         forget = None
         if cancellation is not None:
             forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
@@ -543,10 +560,9 @@ class Client:
             if forget is not None:
                 forget()
 
-    def _expire(self, call_id: int, method: str, timeout: float) -> None:
-        error = CallTimeout(f"{method} timed out after {timeout:g} s", plugin=self.label)
-        if self._fill(call_id, error=error):
-            self.notify(wire.CANCEL, {"id": call_id})
+    def _expire(self, call_id: int, call: Call) -> None:
+        if self._fill(call_id, error=call.timed_out(self.label)):
+            self.notify(CANCEL, {"id": call_id})
 
     # -- an event loop reading ---------------------------------------------------------------
 
@@ -628,7 +644,7 @@ class Client:
         """The caller's :class:`Cancellation` fired: fail the call now, cancel it in the plugin."""
         error = CallCancelled(f"{method} was cancelled", plugin=self.label)
         if self._fill(call_id, error=error):
-            self.notify(wire.CANCEL, {"id": call_id})
+            self.notify(CANCEL, {"id": call_id})
 
     def _read_one(self, timeout: float | None, *, spin: bool = False) -> bool | None:
         """Read and dispatch one line: True; None on timeout; False at EOF. ``spin``: poll
@@ -776,7 +792,7 @@ class Client:
             found = self._fill(call_id, message["result"])
         elif "error" in message and isinstance(message["error"], dict):
             found = self._fill(
-                call_id, error=wire.error_to_exception(message["error"], plugin=self.label)
+                call_id, error=error_to_exception(message["error"], plugin=self.label)
             )
         elif "method" in message:
             log.debug("%s: notification %.200r ignored", self.label, _shown(message["method"]))
@@ -803,7 +819,7 @@ class Client:
 
     def _protocol_error(self, line: bytes, reason: str) -> None:
         self._fault(logging.ERROR, "%s: protocol error: %s", reason)
-        call_id = wire.guess_id(line)
+        call_id = guess_id(line)
         if call_id is not None:
             self._fill(call_id, error=ProtocolError(reason, plugin=self.label))
 
@@ -826,7 +842,7 @@ class Client:
             message, problem = _decode(line)
             if problem:
                 return None, instead, problem
-            if not isinstance(message, dict) or message.get("method") != wire.HANDSHAKE:
+            if not isinstance(message, dict) or message.get("method") != HANDSHAKE:
                 return None, instead, "not a $/handshake notification"
             params = message.get("params")
             if not isinstance(params, dict):

@@ -3,8 +3,8 @@
 pluggy carries what an application embedding the core plugs into its :class:`~reva_plugins.Host`
 (metrics, tracing, audit logs, alerts): implement any of the hooks below on an object, mark them
 with :data:`hookimpl`, and ``host.register(obj)``. pluggy is *not* the way to a driver: a call is
-a plain method call, ``ServiceProxy.method(*args)`` → bind the arguments → ``driver.invoke(method,
-params, timeout, meta)``, and service types are plain classes (their methods are the contract).
+a plain method call, ``ServiceProxy.method(*args)`` → bind the arguments → ``driver.invoke(call)``
+(one :class:`~._call.Call`), and service types are plain classes (their methods are the contract).
 
 **Lifecycle hooks** are called once per event, from the thread where it happened (a caller's, or
 a process watcher's): keep them quick and do not call the service from them.
@@ -48,24 +48,25 @@ implementation registered a call does not touch pluggy at all.
 ``ServiceProxy.acall`` (and so ``reva-plugins serve``) runs the same implementations, in the same
 order, around a call it awaits: each wrapper runs up to its ``yield`` on the event loop, before
 the request is sent, and resumes there when the reply is in, so it never blocks the loop if it
-is quick. A task cancelled meanwhile reaches the wrappers as :class:`CallCancelled`, as a
-cancelled call in a thread does.
+is quick. A task cancelled meanwhile reaches the wrappers as :class:`CallCancelled` (as a
+cancelled call in a thread does), or as :class:`CallTimeout` when it was cancelled at the call's
+deadline. Both ways run the implementations through one :class:`CallWrappers`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pluggy
 
 if TYPE_CHECKING:
-    from pluggy import HookCaller
+    from pluggy import HookCaller, HookImpl
 
     from ._client import Cancellation
     from ._errors import RevaPluginError
-    from ._host import ServiceProxy
+    from ._proxy import ServiceProxy
 
 PROJECT = "reva"
 
@@ -113,108 +114,194 @@ class HostSpec:
         """One call through ``proxy``; wrap it with ``@hookimpl(wrapper=True)``."""
 
 
-_Teardowns = list[tuple[bool, Generator[Any, Any, Any]]]
+class CallWrappers:
+    """The ``service_call`` implementations as one list, in the order pluggy calls them, run
+    around a call made in a thread (:meth:`run`) or awaited (:meth:`arun`) alike.
 
+    pluggy registers, validates and orders the implementations; it cannot run them around an
+    awaited call (its hook calls are synchronous), so both paths run them here, by the rules
+    pluggy documents for a ``firstresult`` hook: wrappers first to last up to their ``yield``,
+    then the plain implementations until one answers (the call itself stands where the
+    host's own implementation stands), then the wrappers' rest in reverse, each given the
+    result (or the error thrown in) and returning (or raising) what the next one gets.
+    Old-style ``hookwrapper=True`` wrappers get a :class:`pluggy.Result`, as pluggy gives them.
+    """
 
-async def around(
-    caller: HookCaller,
-    kwargs: dict[str, Any],
-    inner: Callable[[], Awaitable[Any]],
-    *,
-    innermost: Callable[[object], bool],
-    cancelled: Callable[[], BaseException],
-) -> Any:
-    """Run ``caller``'s implementations around an awaited call, as pluggy runs them around a
-    plain one (``firstresult``): wrappers first to last up to their ``yield``, the first plain
-    implementation that answers (else ``inner()``, awaited, in place of the implementation
-    ``innermost`` picks out), then the wrappers' rest in reverse. A task cancelled meanwhile
-    is thrown into the wrappers as ``cancelled()``, and re-raised to the task after them."""
-    teardowns: _Teardowns = []
-    result: Any = None
-    error: BaseException | None = None
-    task_cancelled: BaseException | None = None
-    try:
-        answered, result, after = _enter(caller, kwargs, innermost, teardowns)
-        if not answered:
+    __slots__ = ("_links",)
+
+    def __init__(self, caller: HookCaller, innermost: Callable[[object], bool]) -> None:
+        """The implementations of ``caller`` now; the call goes where ``innermost`` picks out
+        an implementation's plugin (after every implementation if it picks none)."""
+        links: list[_Link] = []
+        for impl in reversed(caller.get_hookimpls()):
+            if innermost(impl.plugin):
+                links.append(_CALL)
+                continue
+            function = _old_style(impl) if impl.hookwrapper else impl.function
+            names = tuple(impl.argnames), tuple(impl.kwargnames)
+            links.append(_Link(function, *names, wraps=impl.hookwrapper or impl.wrapper))
+        if _CALL not in links:
+            links.append(_CALL)
+        self._links = tuple(links)
+
+    def run(self, kwargs: dict[str, Any], call: Callable[[], Any]) -> Any:
+        """The implementations around ``call()``, given ``kwargs`` (the hook's arguments)."""
+        steps = self._steps(kwargs)
+        try:
+            next(steps)
             try:
-                result = await inner()
+                result = call()
+            except BaseException as exc:  # noqa: BLE001 - the wrappers get it, as in pluggy
+                steps.throw(exc)
+            else:
+                steps.send(result)
+        except StopIteration as done:
+            return done.value
+        raise AssertionError("unreachable: the steps end after the call")  # pragma: no cover
+
+    async def arun(
+        self,
+        kwargs: dict[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        interrupted: Callable[[], BaseException],
+    ) -> Any:
+        """:meth:`run` around an awaited call, on the running loop. A task cancelled meanwhile
+        reaches the wrappers as ``interrupted()`` and is cancelled after them."""
+        steps = self._steps(kwargs)
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            next(steps)
+            try:
+                result = await call()
             except asyncio.CancelledError as exc:
-                task_cancelled = exc
-                raise cancelled() from None
-            for impl in after if result is None else ():  # as pluggy: on to the next
-                result = impl.function(*[kwargs[name] for name in impl.argnames])
+                cancelled = exc
+                steps.throw(interrupted())
+            except BaseException as exc:  # noqa: BLE001 - the wrappers get it, as in pluggy
+                steps.throw(exc)
+            else:
+                steps.send(result)
+        except StopIteration as done:
+            if cancelled is not None:
+                raise cancelled from None
+            return done.value
+        except BaseException:
+            if cancelled is not None:
+                raise cancelled from None
+            raise
+        raise AssertionError("unreachable: the steps end after the call")  # pragma: no cover
+
+    def _steps(self, kwargs: dict[str, Any]) -> Generator[None, Any, Any]:
+        """The implementations as one generator: it yields where the call goes (unless an
+        implementation answered first), is sent its result or thrown its error, and returns
+        what the outermost wrapper made of it."""
+        teardowns: list[Generator[Any, Any, Any]] = []
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            links = self._links
+            for index, link in enumerate(links):
+                if link is _CALL:
+                    result = yield
+                    for after in links[index + 1 :] if result is None else ():
+                        result = after.invoke(kwargs)  # pluggy orders wrappers first
+                        if result is not None:
+                            break
+                    break
+                if link.wraps:
+                    gen = link.invoke(kwargs)
+                    try:
+                        next(gen)
+                    except StopIteration:
+                        _wrapfail(gen, "did not yield")
+                    teardowns.append(gen)
+                    continue
+                result = link.invoke(kwargs)
                 if result is not None:
                     break
-    except BaseException as exc:  # noqa: BLE001 - handed to the wrappers, as pluggy does
-        error = exc
-    result, error = _exit(teardowns, result, error)
-    if task_cancelled is not None:
-        raise task_cancelled
-    if error is not None:
-        raise error
-    return result
-
-
-def _enter(
-    caller: HookCaller,
-    kwargs: dict[str, Any],
-    innermost: Callable[[object], bool],
-    teardowns: _Teardowns,
-) -> tuple[bool, Any, list[Any]]:
-    """Run the wrappers up to their ``yield`` (appended to ``teardowns``; pluggy orders every
-    wrapper before the plain implementations) and the plain implementations before the
-    innermost until one answers: (whether one did, its answer, the plain implementations
-    after the innermost)."""
-    impls = list(reversed(caller.get_hookimpls()))
-    for index, impl in enumerate(impls):
-        if innermost(impl.plugin):
-            return False, None, impls[index + 1 :]
-        args = [kwargs[name] for name in impl.argnames]
-        if impl.hookwrapper or impl.wrapper:
-            gen: Generator[Any, Any, Any] = impl.function(*args)  # type: ignore[assignment]
-            next(gen)
-            teardowns.append((impl.hookwrapper, gen))
-            continue
-        answer = impl.function(*args)
-        if answer is not None:
-            return True, answer, []
-    return False, None, []
-
-
-def _exit(
-    teardowns: _Teardowns, result: Any, error: BaseException | None
-) -> tuple[Any, BaseException | None]:
-    """Resume the wrappers, innermost first, with the result or the error; what the
-    outermost made of it."""
-    for old_style, gen in reversed(teardowns):
-        outcome = pluggy.Result.from_call(_outcome(result, error)) if old_style else None
-        try:
-            if outcome is not None:
-                gen.send(outcome)
-            elif error is not None:
-                gen.throw(error)
-            else:
-                gen.send(result)
-        except StopIteration as stop:
-            if outcome is None:
+        except BaseException as exc:  # noqa: BLE001 - handed to the wrappers, as pluggy does
+            error = exc
+        for gen in reversed(teardowns):
+            try:
+                if error is not None:
+                    gen.throw(error)
+                else:
+                    gen.send(result)
+                gen.close()
+            except StopIteration as stop:
                 result, error = stop.value, None
                 continue
-            try:
-                result, error = outcome.get_result(), None
             except BaseException as exc:  # noqa: BLE001
                 error = exc
-            continue
-        except BaseException as exc:  # noqa: BLE001
-            error = exc
-            continue
-        error = RuntimeError(f"service_call wrapper {gen!r} has a second yield")
-    return result, error
-
-
-def _outcome(result: Any, error: BaseException | None) -> Callable[[], Any]:
-    def get() -> Any:
+                continue
+            _wrapfail(gen, "has second yield")
         if error is not None:
             raise error
         return result
 
-    return get
+
+class _Link:
+    """One implementation in a :class:`CallWrappers` list (or the call's own place)."""
+
+    __slots__ = ("argnames", "function", "kwargnames", "wraps")
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        argnames: tuple[str, ...],
+        kwargnames: tuple[str, ...],
+        *,
+        wraps: bool,
+    ) -> None:
+        #: a wrapper (its generator runs around what follows), else a plain implementation
+        self.wraps = wraps
+        self.function = function
+        self.argnames = argnames
+        self.kwargnames = kwargnames
+
+    def invoke(self, kwargs: dict[str, Any]) -> Any:
+        """The implementation given the hook's arguments as pluggy passes them: by position,
+        and those with a default by name."""
+        args = [kwargs[name] for name in self.argnames]
+        if not self.kwargnames:
+            return self.function(*args)
+        named = {name: kwargs[name] for name in self.kwargnames if name in kwargs}
+        return self.function(*args, **named)
+
+
+#: the call's own place among the implementations
+_CALL = _Link(lambda: None, (), (), wraps=False)
+
+
+def _old_style(impl: HookImpl) -> Callable[..., Generator[None, Any, Any]]:
+    """An old-style wrapper as a new-style one: it is sent the outcome as a
+    :class:`pluggy.Result` (which it may change) and the result is what that holds."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
+        gen: Generator[None, Any, None] = impl.function(*args, **kwargs)  # type: ignore[assignment]
+        try:
+            next(gen)
+        except StopIteration:
+            _wrapfail(gen, "did not yield")
+        try:
+            outcome: pluggy.Result[Any] = pluggy.Result((yield), None)
+        except BaseException as exc:  # noqa: BLE001 - an outcome, as pluggy makes it
+            outcome = pluggy.Result(None, exc)
+        try:
+            gen.send(outcome)
+        except StopIteration:
+            pass
+        else:
+            _wrapfail(gen, "has second yield")
+        finally:
+            gen.close()
+        return outcome.get_result()
+
+    return wrapper
+
+
+def _wrapfail(gen: Generator[Any, Any, Any], message: str) -> NoReturn:
+    """pluggy's error for a wrapper that does not yield once."""
+    code = gen.gi_code  # type: ignore[attr-defined]
+    raise RuntimeError(
+        f"wrap_controller at {code.co_name!r} {code.co_filename}:{code.co_firstlineno} {message}"
+    )

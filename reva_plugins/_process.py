@@ -1,8 +1,9 @@
-"""Plugin processes: spawn, handshake, multiplexed calls, logs, crashes, restarts and reaping."""
+"""One plugin process: spawned in its venv, the handshake, calls over its wire, its exit
+watched and explained, what it left behind reaped. Its stderr is :mod:`._plugin_stderr`'s;
+keeping it running is :mod:`._supervisor`'s."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import itertools
@@ -10,7 +11,6 @@ import json
 import logging
 import os
 import secrets
-import select
 import signal
 import socket
 import subprocess
@@ -21,32 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from . import _defaults
-from . import _protocol as wire
+from . import _defaults, _protocol
 from ._bootstrap import descendants
+from ._call import Call
 from ._client import Cancellation, Client
 from ._environ import scrubbed
-from ._errors import CallTimeout, HandshakeError, PluginCrashed, ProcessError, RevaPluginError
-from ._flood import LogFlood
+from ._errors import HandshakeError, PluginCrashed, RevaPluginError
+from ._plugin_stderr import StderrLog
 from ._subprocess import spawn
 
 log = logging.getLogger("reva_plugins.process")
 
-STDERR_TAIL = 40
-STDERR_TAIL_LINE = 2000  # characters of one line kept in the tail
-STDERR_LINE_LIMIT = 1024 * 1024
-LOG_RATE = _defaults.LOG_RATE
-LOG_BURST = _defaults.LOG_BURST
 SHUTDOWN_GRACE = _defaults.SHUTDOWN_GRACE
-_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
 _LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 _LOG_LEVELS: tuple[tuple[int, _LogLevel], ...] = (
     (logging.CRITICAL, "critical"),
@@ -61,7 +47,6 @@ def _level_name(level: int) -> _LogLevel:
     return next((name for floor, name in _LOG_LEVELS if level >= floor), "debug")
 
 
-_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _INSTANCES = itertools.count(1)
 
 
@@ -80,9 +65,9 @@ class LaunchSpec:
     restart: str = _defaults.RESTART
     max_concurrency: int = _defaults.MAX_CONCURRENCY
     max_line: int = _defaults.MAX_LINE
-    protocol_versions: tuple[int, ...] = wire.PROTOCOL_VERSIONS
+    protocol_versions: tuple[int, ...] = _protocol.PROTOCOL_VERSIONS
     config: Mapping[str, Any] = field(default_factory=dict)
-    limits: wire.ResourceLimits = field(default_factory=wire.ResourceLimits)
+    limits: _protocol.ResourceLimits = field(default_factory=_protocol.ResourceLimits)
 
     @property
     def logger_name(self) -> str:
@@ -101,11 +86,11 @@ def plugin_environment(
     env["PATH"] = os.pathsep.join(filter(None, [venv_bin, env.get("PATH", os.defpath)]))
     env["VIRTUAL_ENV"] = str(spec.python.parent.parent)
     env.update(spec.env)
-    env[wire.COOKIE_KEY] = wire.COOKIE_VALUE
-    env[wire.VERSIONS_ENV] = ",".join(map(str, spec.protocol_versions))
+    env[_protocol.COOKIE_KEY] = _protocol.COOKIE_VALUE
+    env[_protocol.VERSIONS_ENV] = ",".join(map(str, spec.protocol_versions))
     env["PYTHONUNBUFFERED"] = "1"
     if instance:
-        env[wire.INSTANCE_ENV] = instance
+        env[_protocol.INSTANCE_ENV] = instance
     return env
 
 
@@ -113,7 +98,7 @@ def marked_processes(instance: str) -> list[int]:
     """Every process (of ours to see: Linux ``/proc``) whose environment carries the plugin
     instance marker: the plugin's descendants, wherever they moved (a new session, another
     parent) unless they dropped the variable."""
-    needle = f"{wire.INSTANCE_ENV}={instance}\0".encode()
+    needle = f"{_protocol.INSTANCE_ENV}={instance}\0".encode()
     me = os.getpid()
     try:
         entries = os.listdir("/proc")
@@ -153,16 +138,14 @@ class PluginProcess:
         self.start_ms = 0.0
         self.returncode: int | None = None
         self._on_exit = on_exit
-        self._log = logging.getLogger(spec.logger_name)
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: Client | None = None
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._stderr = StderrLog(logging.getLogger(spec.logger_name), self._prefix)
         self._threads: list[threading.Thread] = []
         self._exited = threading.Event()
         self._stderr_done = threading.Event()
         self._closing = False
         self.exit_reason = ""
-        self._flood = LogFlood("lines from plugin", LOG_RATE, LOG_BURST)
         # unique beyond this pid namespace too: a core that sees other namespaces' processes
         # must never take another core's plugin for one of its own
         self.instance = f"{os.getpid()}-{next(_INSTANCES)}-{secrets.token_hex(6)}"
@@ -198,7 +181,7 @@ class PluginProcess:
             # stdout: whatever runs before the bootstrap (a .pth file) and prints goes to stderr.
             wire_fd = fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
             self._proc = spawn(
-                [self.spec.python, "-I", wire.BOOTSTRAP_FILE, self._bootstrap_arg(wire_fd)],
+                [self.spec.python, "-I", _protocol.BOOTSTRAP_FILE, self._bootstrap_arg(wire_fd)],
                 env=plugin_environment(self.spec, instance=self.instance),
                 cwd=self.spec.cwd,
                 stdin=subprocess.DEVNULL,
@@ -226,7 +209,9 @@ class PluginProcess:
         try:
             self._handshake()
             self.call(
-                wire.CONFIGURE, {"config": dict(self.spec.config)}, timeout=self.spec.start_timeout
+                _protocol.CONFIGURE,
+                {"config": dict(self.spec.config)},
+                timeout=self.spec.start_timeout,
             )
         except BaseException:
             self.close(grace=0)
@@ -237,7 +222,7 @@ class PluginProcess:
     def _bootstrap_arg(self, wire_fd: int) -> str:
         level = logging.getLogger(self.spec.logger_name).getEffectiveLevel()
         entry = self.spec.entry
-        arg: wire.BootstrapInput = {
+        arg: _protocol.BootstrapInput = {
             "group": str(entry["group"]),
             "name": str(entry["name"]),
             "value": str(entry.get("value", "")),
@@ -307,7 +292,7 @@ class PluginProcess:
         client = self._client
         if client is not None and self.alive and grace > 0:
             with contextlib.suppress(RevaPluginError):
-                client.send(wire.encode_request(0, wire.SHUTDOWN, {}))
+                client.send(_protocol.encode_request(0, _protocol.SHUTDOWN, {}))
         if client is not None:
             with contextlib.suppress(OSError):
                 client.sock.shutdown(socket.SHUT_WR)
@@ -385,47 +370,36 @@ class PluginProcess:
         meta: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
     ) -> Any:
-        """Call ``method`` with keyword ``params``; raise the plugin's error, typed.
+        """:meth:`invoke` a call of ``method`` made of these parts."""
+        return self.invoke(
+            Call(self.spec.service, method, params, timeout, meta or {}, cancellation)
+        )
 
-        ``timeout`` may shorten the driver's ``call_timeout``, never extend it: the operator's
-        bound holds whoever calls (a gRPC client's deadline, a script's ``--timeout``).
+    def invoke(self, call: Call) -> Any:
+        """Send ``call``; raise the plugin's error, typed.
+
+        Its ``timeout`` may shorten the driver's ``call_timeout``, never extend it: the
+        operator's bound holds whoever calls (a gRPC client's deadline, a script's
+        ``--timeout``).
         """
-        client, timeout, meta = self._prepare(method, timeout, meta)
-        return client.call(method, params, timeout, meta, cancellation)
+        client = self._running_client()
+        return client.invoke(call.bounded(self.spec.call_timeout, self.spec.label))
 
-    async def acall(
-        self,
-        method: str,
-        params: dict[str, Any],
-        *,
-        timeout: float | None = None,
-        meta: dict[str, Any] | None = None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
-        """:meth:`call` for a coroutine, never blocking its event loop."""
-        client, timeout, meta = self._prepare(method, timeout, meta)
-        return await client.acall(method, params, timeout, meta, cancellation)
+    async def ainvoke(self, call: Call) -> Any:
+        """:meth:`invoke` for a coroutine, never blocking its event loop."""
+        client = self._running_client()
+        return await client.ainvoke(call.bounded(self.spec.call_timeout, self.spec.label))
 
-    def _prepare(
-        self, method: str, timeout: float | None, meta: dict[str, Any] | None
-    ) -> tuple[Client, float, dict[str, Any] | None]:
-        """The client, the call's timeout (``call_timeout`` is the ceiling) and its meta with
-        the deadline the plugin sees."""
+    def _running_client(self) -> Client:
         client = self._client
         if client is None:
             raise self._crashed("plugin is not running")
-        limit = self.spec.call_timeout
-        timeout = limit if timeout is None else min(timeout, limit)
-        if timeout <= 0:  # a deadline already past (never "no deadline")
-            raise CallTimeout(f"{method}: no time left for the call", plugin=self.spec.label)
-        if meta is not None and timeout:
-            meta = {**meta, wire.META_DEADLINE: time.time() + timeout}
-        return client, timeout, meta
+        return client
 
     def ping(self, timeout: float = 5.0) -> float:
         """Round-trip a ``$/ping``; return its time in milliseconds."""
         began = time.perf_counter()
-        self.call(wire.PING, {}, timeout=timeout)
+        self.call(_protocol.PING, {}, timeout=timeout)
         return (time.perf_counter() - began) * 1000
 
     # -- watching --------------------------------------------------------------------------
@@ -441,15 +415,16 @@ class PluginProcess:
         proc = self._proc
         assert proc is not None
         assert self._client is not None
-        self._pump_stderr(proc)
+        if self._stderr.pump(proc, self._reap_strays):
+            self._stderr_done.set()
+        else:
+            self._start_thread(self._read_stderr, "stderr")
         cpu = _cpu_seconds_at_exit(proc.pid)  # waits for the exit, leaves the zombie
         self._reap_strays()
         self.returncode = proc.wait()
         self._join_stderr()
         expected = self._closing
-        self.exit_reason = _exit_reason(
-            self.returncode, self.spec.limits, cpu, "\n".join(self._stderr_tail)
-        )
+        self.exit_reason = _exit_reason(self.returncode, self.spec.limits, cpu, self._stderr.tail())
         if self._on_death is not None:
             self._on_death(self, self.returncode, expected)
         with contextlib.suppress(OSError):
@@ -462,127 +437,22 @@ class PluginProcess:
         if self._on_exit is not None:
             self._on_exit(self, self.returncode, expected)
 
-    def _pump_stderr(self, proc: subprocess.Popen[bytes]) -> None:
-        """Log the plugin's stderr lines until its exit (and up to a second after, while a
-        grandchild may still hold the pipe): one thread per plugin watches both, polling a
-        pidfd and the pipe. Without pidfds, a second thread reads stderr as before."""
-        stream = proc.stderr
-        assert stream is not None
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            self._start_thread(self._read_stderr, "stderr")
-            return
-        fd = stream.fileno()
-        lines = _StderrLines(self._emit_stderr)
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(pidfd, select.POLLIN)
-        exited_at: float | None = None
-        try:
-            while True:
-                wait = None if exited_at is None else (exited_at + 1.0 - time.monotonic()) * 1000
-                events = poller.poll(None if wait is None else max(0.0, wait))
-                if not events:
-                    break  # gone a second ago; whoever holds the pipe now is not the plugin
-                for ready, _ in events:
-                    if ready == pidfd:
-                        poller.unregister(pidfd)
-                        exited_at = time.monotonic()
-                        self._reap_strays()  # they may hold the pipe open
-                        continue
-                    data = os.read(fd, 65536)
-                    if not data:
-                        return
-                    lines.feed(data)
-        except (OSError, ValueError):
-            pass
-        finally:
-            lines.finish()
-            os.close(pidfd)
-            self._report_dropped(force=True)
-            self._stderr_done.set()
-
     def _read_stderr(self) -> None:
+        """Without pidfds: stderr read by a thread of its own, until its end."""
         assert self._proc is not None
-        stream = self._proc.stderr
-        assert stream is not None
+        assert self._proc.stderr is not None
         try:
-            while True:
-                line = stream.readline(STDERR_LINE_LIMIT)
-                if not line:
-                    break
-                if not line.endswith(b"\n"):
-                    line += b" [truncated]"
-                    while (more := stream.readline(STDERR_LINE_LIMIT)) and not more.endswith(b"\n"):
-                        pass
-                self._emit_stderr(line.decode("utf-8", "replace").rstrip("\r\n"))
-        except (OSError, ValueError):
-            pass
+            self._stderr.read(self._proc.stderr)
         finally:
-            self._report_dropped(force=True)
             self._stderr_done.set()
 
-    @property
     def _prefix(self) -> str:
         """What marks a line as this plugin's: ``[userprovider pid 123]``."""
         return f"[{self.spec.service} pid {self.pid}]"
 
-    def _emit_stderr(self, text: str) -> None:
-        """One stderr line: a JSON log record or plain text. Never blocks (the pipe must keep
-        draining): past the rate limit lines are only counted, and the tail still kept."""
-        if text.startswith(wire.LOG_LINE_START):
-            if not self._flood.allow():
-                return
-            try:
-                entry = json.loads(text)
-            except ValueError:
-                entry = None
-            if isinstance(entry, dict):
-                self._emit_record(entry)
-                return
-        elif not self._flood.allow():
-            self._keep_tail(text)
-            return
-        self._report_dropped()
-        self._keep_tail(text)
-        text = escape(text)
-        self._log.info(
-            "%s %s", self._prefix, text, extra={"plugin_stream": "stderr", "plugin_message": text}
-        )
-
-    def _emit_record(self, entry: dict[str, Any]) -> None:
-        self._report_dropped()
-        level = _LEVELS.get(str(entry.pop(wire.LOG_LEVEL, "info")).lower(), logging.INFO)
-        message = escape(str(entry.pop(wire.LOG_MESSAGE, "")))
-        exc_text = entry.pop(wire.LOG_EXCEPTION, None)
-        extra = {
-            k: escape(v) if isinstance(v, str) else v
-            for k, v in entry.items()
-            if k not in _RESERVED and not k.startswith(wire.LOG_MEMBER_PREFIX)
-        }
-        extra["plugin_logger"] = escape(str(entry.get(wire.LOG_MODULE, "")))
-        extra["plugin_fields"] = dict(extra)
-        if exc_text:
-            # a traceback keeps its lines, each escaped and indented under the plugin's marker
-            lines = str(exc_text).splitlines()
-            message = "\n    | ".join([message, *(escape(line) for line in lines)])
-        if level >= logging.WARNING:
-            self._keep_tail(message)
-        extra["plugin_message"] = message
-        self._log.log(level, "%s %s", self._prefix, message, extra=extra)
-
-    def _keep_tail(self, text: str) -> None:
-        if len(text) > STDERR_TAIL_LINE:
-            text = text[:STDERR_TAIL_LINE] + " [truncated]"
-        self._stderr_tail.append(escape(text, keep_newlines=True))
-
-    def _report_dropped(self, *, force: bool = False) -> None:
-        self._flood.report(self._log, self._prefix, force=force)
-
     def stderr_tail(self) -> str:
         """The last lines the plugin wrote to stderr (logs of warning level and above included)."""
-        return "\n".join(self._stderr_tail)
+        return self._stderr.tail()
 
     def _join_stderr(self) -> None:
         current = threading.current_thread()
@@ -590,7 +460,7 @@ class PluginProcess:
             if thread.name.endswith("stderr") and thread is not current:
                 thread.join(timeout=1)
         if self._threads and self._threads[0] is not current:
-            self._stderr_done.wait(1)  # the watcher reads stderr (see _pump_stderr)
+            self._stderr_done.wait(1)  # the watcher reads stderr (see StderrLog.pump)
 
     def _crashed(self, message: str) -> PluginCrashed:
         return PluginCrashed(
@@ -599,22 +469,6 @@ class PluginProcess:
             returncode=self.returncode,
             stderr_tail=self.stderr_tail(),
         )
-
-
-_ESCAPES = {
-    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09},
-    **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-}
-_ESCAPES_KEEP_NEWLINES = {**_ESCAPES, ord("\n"): "\n"}
-
-
-def escape(text: str, *, keep_newlines: bool = False) -> str:
-    """``text`` from a plugin, safe to show: control characters (ESC, CR, NUL, C1...) but tab,
-    and line and bidi separators escaped, so it can neither forge a line nor drive the
-    terminal; newlines too unless ``keep_newlines``."""
-    return text.translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
 
 
 def _cpu_seconds_at_exit(pid: int) -> float | None:
@@ -640,7 +494,7 @@ _MEMORY_SIGNS = (
 
 
 def _exit_reason(
-    returncode: int | None, limits: wire.ResourceLimits, cpu: float | None, tail: str
+    returncode: int | None, limits: _protocol.ResourceLimits, cpu: float | None, tail: str
 ) -> str:
     """Why the plugin exited, naming the resource limit it exceeded if it was one."""
     described = f"plugin exited with {_describe_exit(returncode)}"
@@ -659,47 +513,6 @@ def _exit_reason(
     return f"plugin exceeded {exceeded} ({described})" if exceeded else described
 
 
-class _StderrLines:
-    """Bytes from a plugin's stderr as lines, each cut at ``STDERR_LINE_LIMIT`` bytes (marked
-    ``[truncated]``, the rest of it dropped), as ``readline(STDERR_LINE_LIMIT)`` would."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emit = emit
-        self.buf = bytearray()
-        self.skipping = False
-
-    def feed(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while buf:
-            end = buf.find(b"\n")
-            if self.skipping:
-                if end < 0:
-                    buf.clear()
-                    return
-                del buf[: end + 1]
-                self.skipping = False
-                continue
-            if 0 <= end < STDERR_LINE_LIMIT:
-                self._line(bytes(buf[: end + 1]))
-                del buf[: end + 1]
-            elif end >= STDERR_LINE_LIMIT or len(buf) >= STDERR_LINE_LIMIT:
-                self._line(bytes(buf[:STDERR_LINE_LIMIT]) + b" [truncated]")
-                del buf[:STDERR_LINE_LIMIT]
-                self.skipping = True
-            else:
-                return
-
-    def finish(self) -> None:
-        """The end of the stream: an unterminated last line is shown as cut."""
-        if self.buf and not self.skipping:
-            self._line(bytes(self.buf) + b" [truncated]")
-        self.buf.clear()
-
-    def _line(self, line: bytes) -> None:
-        self.emit(line.decode("utf-8", "replace").rstrip("\r\n"))
-
-
 def _describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "an unknown status"
@@ -709,186 +522,3 @@ def _describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"signal {-returncode}"
     return f"exit code {returncode}"
-
-
-ServiceState = Literal["stopped", "starting", "running", "restarting", "failed"]
-
-
-class Supervisor:
-    """Keeps one plugin process running: starts it, restarts it after a crash with exponential
-    backoff, and marks the service failed after too many crashes.
-
-    Starting is explicit, as go-plugin's ``Start()``: :meth:`start` spawns the process unless one
-    is running, and is idempotent and thread-safe. :meth:`call` calls it first, so a plugin nobody
-    started starts on its first call, and a crashed one restarts on the next call.
-    """
-
-    MAX_CRASHES = _defaults.MAX_CRASHES
-    CRASH_WINDOW = _defaults.CRASH_WINDOW
-    BACKOFF_FIRST = _defaults.BACKOFF_FIRST
-    BACKOFF_CAP = _defaults.BACKOFF_CAP
-
-    def __init__(
-        self,
-        spec: LaunchSpec,
-        *,
-        on_start: Callable[[PluginProcess], None] | None = None,
-        on_exit: Callable[[PluginProcess, int | None, bool], None] | None = None,
-        on_restart: Callable[[int, float], None] | None = None,
-    ) -> None:
-        """``on_restart(restarts, delay)`` runs before a crashed plugin is started again."""
-        self.spec = spec
-        self._on_start = on_start
-        self._on_exit = on_exit
-        self._on_restart = on_restart
-        self._lock = threading.Lock()
-        self._process: PluginProcess | None = None
-        self._crashes: collections.deque[float] = collections.deque(maxlen=self.MAX_CRASHES)
-        self._failed: ProcessError | None = None
-        self._closed = False
-        self._closing = threading.Event()  # interrupts a backoff wait
-        self._starting = False
-        self._starting_process: PluginProcess | None = None
-        self.restarts = 0
-
-    @property
-    def process(self) -> PluginProcess | None:
-        """The current process (it may have exited), None before the first start; never
-        starts one (:meth:`start` does)."""
-        return self._process
-
-    @property
-    def failure(self) -> ProcessError | None:
-        """Why the service is marked failed (it crashed too often), or None."""
-        return self._failed
-
-    @property
-    def state(self) -> ServiceState:
-        """Where the plugin is in its life; ``restarting`` also when a crashed plugin waits for
-        the next call to restart it."""
-        if self._failed is not None:
-            return "failed"
-        if self._closed:
-            return "stopped"
-        current = self._process
-        if self._starting:
-            return "starting" if current is None else "restarting"
-        if current is None:
-            return "stopped"
-        if current.alive:
-            return "running"
-        return "failed" if self.spec.restart == "never" else "restarting"
-
-    def start(self) -> PluginProcess:
-        """Start the plugin unless it is running; return the running process.
-
-        Idempotent: while the process runs this returns it at once; concurrent callers wait for
-        one start. After a crash it starts a new process (after the backoff) unless
-        ``restart = 'never'`` or the service is marked failed; after :meth:`close` it raises.
-        Waits up to ``start_timeout`` for the handshake.
-        """
-        current = self._process
-        if current is not None and current.alive:
-            return current
-        with self._lock:
-            return self._ensure()
-
-    def _ensure(self) -> PluginProcess:
-        current = self._process
-        if current is not None and current.alive:
-            return current
-        if self._closed:
-            raise PluginCrashed("the host is closed", plugin=self.spec.label)
-        if self._failed is not None:
-            raise self._failed
-        if current is not None and self.spec.restart == "never":
-            raise current._crashed(f"{current.exit_reason} and restart = 'never'")
-        self._starting = True
-        try:
-            if current is not None:
-                self.restarts += 1
-                if self._on_restart is not None:
-                    self._on_restart(self.restarts, self._backoff_delay())
-            self._wait_backoff()
-            process = PluginProcess(self.spec, on_exit=self._exited, on_death=self._count_crash)
-            self._starting_process = process  # before the check: close() sees it, or we see closed
-            if self._closed:
-                raise PluginCrashed("the host is closed", plugin=self.spec.label)
-            try:
-                process.start()
-            except RevaPluginError:
-                if self._closed:  # aborted by close()
-                    raise PluginCrashed("the host is closed", plugin=self.spec.label) from None
-                raise
-            if self._closed:
-                process.close(grace=0)
-                raise PluginCrashed("the host is closed", plugin=self.spec.label)
-            self._process = process
-        finally:
-            self._starting = False
-            self._starting_process = None
-        if self._on_start is not None:
-            self._on_start(process)
-        return process
-
-    def _backoff_delay(self) -> float:
-        if not self._crashes:
-            return 0.0
-        delay = min(self.BACKOFF_FIRST * 2.0 ** (len(self._crashes) - 1), self.BACKOFF_CAP)
-        return max(0.0, self._crashes[-1] + delay - time.monotonic())
-
-    def _wait_backoff(self) -> None:
-        remaining = self._backoff_delay()
-        if remaining > 0:
-            self._closing.wait(remaining)
-
-    def _count_crash(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
-        if not expected:
-            now = time.monotonic()
-            self._crashes.append(now)
-            recent = [t for t in self._crashes if now - t <= self.CRASH_WINDOW]
-            if len(recent) >= self.MAX_CRASHES:
-                self._failed = PluginCrashed(
-                    f"crashed {len(recent)} times in {self.CRASH_WINDOW:g} s; the service is "
-                    "marked failed until the host is reloaded",
-                    plugin=self.spec.label,
-                    returncode=returncode,
-                    stderr_tail=process.stderr_tail(),
-                )
-
-    def _exited(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
-        if self._on_exit is not None:
-            self._on_exit(process, returncode, expected)
-
-    def call(
-        self,
-        method: str,
-        params: dict[str, Any],
-        *,
-        timeout: float | None = None,
-        meta: dict[str, Any] | None = None,
-        cancellation: Cancellation | None = None,
-    ) -> Any:
-        """Call ``method`` in the plugin, starting it first if need be."""
-        return self.start().call(
-            method, params, timeout=timeout, meta=meta, cancellation=cancellation
-        )
-
-    def running(self) -> PluginProcess | None:
-        """The process if it runs (no start, no wait): an event loop's fast path."""
-        current = self._process
-        return current if current is not None and current.alive else None
-
-    def close(self) -> None:
-        """Shut the plugin down; later calls fail. A start in progress (a slow import, a
-        backoff) is cut short rather than waited for."""
-        self._closed = True
-        self._closing.set()
-        starting = self._starting_process
-        if starting is not None:
-            starting.abort()
-        with self._lock:
-            self._closed = True
-            process, self._process = self._process, None
-        if process is not None:
-            process.close()

@@ -1,4 +1,4 @@
-"""Hostile and careless uses of the asyncio call path (``Client.acall``, ``_hooks.around``):
+"""Hostile and careless uses of the asyncio call path (``Client.acall``, ``CallWrappers.arun``):
 real socketpairs, real threads, real event loops, real processes."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from reva_plugins._drivers import uninterruptible
 from reva_plugins._errors import CallTimeout, PluginCrashed
-from reva_plugins._host import uninterruptible
 
 from .test_client import Peer, _line, _result
 

@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
-    "_flood": 1,
+    **dict.fromkeys(["_flood", "_plugin_stderr", "_supervisor", "_call"], 1),
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
     # 2 - configuration, host hook specs
@@ -32,19 +32,20 @@ LAYERS: dict[str, int] = {
     # 3 - planning: a service's config to a plan (env build, env inspection, wheel tags)
     **dict.fromkeys(["_plan", "_build", "_envinfo", "_wheels", "_lock", "_bundle"], 3),
     # 4 - the host
-    "_host": 4,
+    **dict.fromkeys(["_host", "_proxy", "_drivers"], 4),
     # 5 - what runs on a host
     **dict.fromkeys(["_conformance", "_scaffold", "_fleet"], 5),
     # 5 - the CS3 gRPC server (imported only by the serve commands)
     **dict.fromkeys(["serve", "serve._commands", "serve._cs3", "serve._metrics"], 5),
-    **dict.fromkeys(["serve._reload", "serve._server"], 5),
+    **dict.fromkeys(["serve._reload", "serve._server", "serve._loop", "serve._files"], 5),
     # 6 - the faces: command line, its presentation, the authors' kit, the public API
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
     "_completion": 6,
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
-RUN_HALF = {"_process", "_client", "_flood", "_protocol", "_wire", "_launch", "_bootstrap"}
+RUN_HALF = {"_process", "_plugin_stderr", "_supervisor", "_client", "_flood", "_protocol", "_wire"}
+RUN_HALF |= {"_call", "_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reva_plugins import _bootstrap, _client, _process
+from reva_plugins import _bootstrap, _client, _plugin_stderr
 from reva_plugins._client import Cancellation, Client
 from reva_plugins._errors import (
     CallCancelled,
@@ -1009,9 +1009,9 @@ def _reference_lines(data: bytes, limit: int) -> list[str]:
 def test_stderr_lines_from_chunks_match_the_line_reader(chunks: list[bytes], cut: int) -> None:
     limit = 16
     got: list[str] = []
-    lines = _process._StderrLines(got.append)
+    lines = _plugin_stderr._StderrLines(got.append)
     data = b"".join(chunks)
-    with patch.object(_process, "STDERR_LINE_LIMIT", limit):
+    with patch.object(_plugin_stderr, "STDERR_LINE_LIMIT", limit):
         for start in range(0, len(data), cut * 7):
             lines.feed(data[start : start + cut * 7])
         lines.finish()

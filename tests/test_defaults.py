@@ -12,7 +12,8 @@ import pytest
 
 from reva_plugins import _config, _defaults
 from reva_plugins._cli import _parser
-from reva_plugins._process import LaunchSpec, Supervisor
+from reva_plugins._process import LaunchSpec
+from reva_plugins._supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "config.md"

@@ -32,6 +32,7 @@ from reva_plugins import (
     hookimpl,
 )
 from reva_plugins import _errors as errors_module
+from reva_plugins._call import Call
 
 from .conftest import pid_alive, wait_until
 
@@ -211,6 +212,8 @@ def test_wrappers_see_calls_in_flight(inproc_host: Host) -> None:
 
 
 def test_without_call_hooks_a_call_never_enters_pluggy(inproc_host: Host) -> None:
+    """pluggy registers and orders the ``service_call`` implementations; ``CallWrappers`` runs
+    them (both ways alike), and a call with none but the host's own skips them."""
     seen: list[str] = []
     undo = inproc_host.hooks.add_hookcall_monitoring(
         lambda name, impls, kwargs: seen.append(name), lambda *_: None
@@ -220,15 +223,17 @@ def test_without_call_hooks_a_call_never_enters_pluggy(inproc_host: Host) -> Non
         inproc_host.register(_Recorder())  # lifecycle hooks only
         users.get_user({"opaque_id": "demo"})
         users.call("get_user", {"user_id": {"opaque_id": "demo"}})
-        assert "service_call" not in seen
+        assert users._wrappers is None
         metrics = _Metrics()
         inproc_host.hooks.register(metrics)  # straight on the plugin manager works too
+        assert users._wrappers is not None
         users.get_user({"opaque_id": "demo"})
-        assert seen.count("service_call") == 1
         assert len(metrics.calls) == 1
         inproc_host.hooks.unregister(metrics)
+        assert users._wrappers is None
         users.get_user({"opaque_id": "demo"})
-        assert seen.count("service_call") == 1
+        assert len(metrics.calls) == 1
+        assert "service_call" not in seen
     finally:
         undo()
 
@@ -389,7 +394,7 @@ def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
         assert started["distribution"] == "reva-fault-plugin"
 
         sleeper = threading.Thread(
-            target=users.driver.invoke, args=("sleep", {"seconds": 1}, None, None)
+            target=users.driver.invoke, args=(Call("userprovider", "sleep", {"seconds": 1}),)
         )
         sleeper.start()
         assert wait_until(lambda: users.info().calls_in_flight == 1)
@@ -402,7 +407,7 @@ def test_info_and_explicit_start_of_a_plugin_process(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
-    from reva_plugins._process import Supervisor
+    from reva_plugins._supervisor import Supervisor
 
     recorder = _Recorder()
     with Host(_fault_config(), base_dir=tmp_path) as host:
@@ -410,7 +415,7 @@ def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
         users = host.service("userprovider")
         first = users.start().pid
         with pytest.raises(PluginCrashed):
-            users.driver.invoke("crash", {"code": 3}, None, None)
+            users.driver.invoke(Call("userprovider", "crash", {"code": 3}))
         assert wait_until(lambda: users.info().state == "restarting")
         assert users.info().pid is None
         second = users.start()
@@ -423,7 +428,7 @@ def test_restart_and_failure_hooks_and_states(tmp_path: Path) -> None:
         )
         for _ in range(Supervisor.MAX_CRASHES - 1):
             with pytest.raises(PluginCrashed):
-                users.driver.invoke("crash", {"code": 3}, None, None)
+                users.driver.invoke(Call("userprovider", "crash", {"code": 3}))
         assert wait_until(lambda: len(recorder.named("service_failed")) == 1)
         failed = recorder.named("service_failed")[0]
         assert failed["service"] == "userprovider"
@@ -438,7 +443,7 @@ def test_restart_never_reads_as_failed(tmp_path: Path) -> None:
     with Host(_fault_config(restart="never"), base_dir=tmp_path) as host:
         users = host.service("userprovider")
         with pytest.raises(PluginCrashed):
-            users.driver.invoke("crash", {"code": 3}, None, None)
+            users.driver.invoke(Call("userprovider", "crash", {"code": 3}))
         assert wait_until(lambda: users.info().state == "failed")
         with pytest.raises(PluginCrashed, match="restart = 'never'"):
             users.start()
@@ -633,16 +638,15 @@ class _Answers:
         return {"answer": "cached"} if method == "cached" else None
 
 
-def _both_ways(
+def _three_ways(
     plugins: list[object], answer: Any, method: str = "m"
-) -> tuple[tuple[Any, list[str]], tuple[Any, list[str]]]:
-    """What pluggy makes of a plain call and what ``around`` makes of an awaited one, with
-    the same implementations: (result or error, log) each."""
-    from reva_plugins import _hooks
-    from reva_plugins._hooks import HostSpec
+) -> tuple[tuple[Any, list[str]], tuple[Any, list[str]], tuple[Any, list[str]]]:
+    """What pluggy itself makes of a call, and what ``CallWrappers`` makes of one in a thread
+    and of an awaited one, with the same implementations: (result or error, log) each."""
+    from reva_plugins._hooks import CallWrappers, HostSpec
 
     outcomes = []
-    for awaited in (False, True):
+    for way in ("pluggy", "run", "arun"):
         log: list[str] = []
         pm = pluggy.PluginManager("reva")
         pm.add_hookspecs(HostSpec)
@@ -658,23 +662,20 @@ def _both_ways(
         async def inner() -> Any:
             return innermost.service_call(method)
 
+        wrappers = CallWrappers(pm.hook.service_call, functools.partial(operator.is_, innermost))
         try:
-            if awaited:
+            if way == "arun":
                 result = asyncio.run(
-                    _hooks.around(
-                        pm.hook.service_call,
-                        kwargs,
-                        inner,
-                        innermost=functools.partial(operator.is_, innermost),
-                        cancelled=lambda: CallCancelled("cancelled", plugin="p"),
-                    )
+                    wrappers.arun(kwargs, inner, lambda: CallCancelled("cancelled", plugin="p"))
                 )
+            elif way == "run":
+                result = wrappers.run(kwargs, lambda: innermost.service_call(method))
             else:
                 result = pm.hook.service_call(**kwargs)
         except BaseException as exc:  # the test compares what was raised
             result = (type(exc), str(exc))
         outcomes.append((result, log))
-    return outcomes[0], outcomes[1]
+    return outcomes[0], outcomes[1], outcomes[2]
 
 
 @pytest.mark.parametrize(
@@ -695,13 +696,13 @@ def _both_ways(
 def test_wrappers_around_an_awaited_call_do_what_they_do_around_a_plain_one(
     plugins: list[object], answer: Any, method: str
 ) -> None:
-    plain, awaited = _both_ways(plugins, answer, method)
+    plain, wrapped, awaited = _three_ways(plugins, answer, method)
+    assert wrapped == plain
     assert awaited == plain
 
 
 def test_a_cancelled_task_reaches_the_wrappers_as_call_cancelled() -> None:
-    from reva_plugins import _hooks
-    from reva_plugins._hooks import HostSpec
+    from reva_plugins._hooks import CallWrappers, HostSpec
 
     seen: list[str] = []
 
@@ -722,14 +723,9 @@ def test_a_cancelled_task_reaches_the_wrappers_as_call_cancelled() -> None:
         async def inner() -> Any:
             await asyncio.sleep(30)
 
+        wrappers = CallWrappers(pm.hook.service_call, lambda plugin: False)
         task = asyncio.ensure_future(
-            _hooks.around(
-                pm.hook.service_call,
-                {},
-                inner,
-                innermost=lambda plugin: False,
-                cancelled=lambda: CallCancelled("cancelled", plugin="p"),
-            )
+            wrappers.arun({}, inner, lambda: CallCancelled("cancelled", plugin="p"))
         )
         await asyncio.sleep(0.05)
         task.cancel()
@@ -772,6 +768,21 @@ class _CatchesForced:
 _KW_ONLY_ERROR = "_KeywordOnly.service_call() missing 1 required keyword-only argument: 'method'"
 
 
+class _YieldsTwice:
+    @hookimpl(wrapper=True)
+    def service_call(self) -> Generator[None, Any, Any]:
+        yield
+        return (yield)
+
+
+class _NeverYields:
+    @hookimpl(wrapper=True)
+    def service_call(self) -> Generator[None, Any, Any]:
+        if False:  # a generator that ends before its yield
+            yield
+        return "never"
+
+
 class _KeywordOnly:
     @hookimpl(wrapper=True)
     def service_call(self, *, method: str) -> Generator[None, Any, Any]:
@@ -785,6 +796,9 @@ class _KeywordOnly:
         ([_Fallback], "from the plugin", ({"answer": "from the plugin", "method": "m"}, [])),
         ([_Fallback], None, ({"answer": "fallback"}, ["fallback ran"])),
         ([lambda log: _Forcing(), lambda log: _CatchesForced()], 1, ("new saw forced", [])),
+        # a wrapper must yield exactly once: pluggy's errors, every way
+        ([lambda log: _YieldsTwice()], 3, ((RuntimeError, "has second yield"), [])),
+        ([lambda log: _NeverYields()], 3, ((RuntimeError, "did not yield"), [])),
         # pluggy passes arguments by position: a keyword-only one is an error, both ways
         (
             [lambda log: _KeywordOnly()],
@@ -796,6 +810,12 @@ class _KeywordOnly:
 def test_implementations_around_the_driver_run_in_pluggys_order_both_ways(
     plugins: list[object], answer: Any, expected: tuple[Any, list[str]]
 ) -> None:
-    plain, awaited = _both_ways(plugins, answer)
-    assert plain == expected
+    plain, wrapped, awaited = _three_ways(plugins, answer)
+    if isinstance(expected[0], tuple) and expected[0][0] is RuntimeError:
+        # pluggy's message names the wrapper's code: its file and line
+        (kind, message), log = plain
+        assert (kind, message.endswith(expected[0][1]), log) == (RuntimeError, True, expected[1])
+    else:
+        assert plain == expected
+    assert wrapped == plain
     assert awaited == plain

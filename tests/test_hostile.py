@@ -59,19 +59,13 @@ from reva_plugins._config import (
     parse,
 )
 from reva_plugins._defaults import MAX_NESTING
+from reva_plugins._drivers import IsolatedDriver
 from reva_plugins._errors import FetchError, UsageError
 from reva_plugins._git import parse as _sources_git_parse
-from reva_plugins._host import IsolatedDriver
 from reva_plugins._installers import InstallOptions, _index_args, find_uv
 from reva_plugins._plan import IsolatedPlan, classify_driver
-from reva_plugins._process import (
-    LOG_BURST,
-    LaunchSpec,
-    PluginProcess,
-    Supervisor,
-    escape,
-    plugin_environment,
-)
+from reva_plugins._plugin_stderr import LOG_BURST, escape
+from reva_plugins._process import LaunchSpec, PluginProcess, plugin_environment
 from reva_plugins._protocol import (
     BOOTSTRAP_FILE,
     PARSE_ERROR,
@@ -91,6 +85,7 @@ from reva_plugins._sources import (
     tree_digest,
 )
 from reva_plugins._store import EnvMetadata, Store, default_cache_dir, make_key
+from reva_plugins._supervisor import Supervisor
 from reva_plugins._urls import check_url as _sources_check_url
 from reva_plugins._urls import origin as _sources_url_origin
 from reva_plugins.testing import run_conformance

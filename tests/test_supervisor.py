@@ -34,10 +34,11 @@ from reva_plugins import (
     _wire,
     hookimpl,
 )
-from reva_plugins._host import IsolatedDriver
+from reva_plugins._drivers import IsolatedDriver
 from reva_plugins._plan import IsolatedPlan
-from reva_plugins._process import LaunchSpec, PluginProcess, Supervisor, marked_processes
+from reva_plugins._process import LaunchSpec, PluginProcess, marked_processes
 from reva_plugins._protocol import ResourceLimits
+from reva_plugins._supervisor import Supervisor
 
 from .conftest import pid_alive, wait_until
 
@@ -533,10 +534,12 @@ def test_sigkill_of_the_core_leaves_no_plugin_behind(tmp_path: Path) -> None:
         f"""
         import json, sys, time
         from reva_plugins import Host
+        from reva_plugins._call import Call
         host = Host({fault_config()!r}, base_dir={str(tmp_path)!r})
         users = host.service("userprovider")
         pid = users.start().pid
-        print(json.dumps([pid, users.driver.invoke("spawn_grandchild", {{}}, None, None)]), flush=True)
+        grandchild = users.driver.invoke(Call("userprovider", "spawn_grandchild", {{}}))
+        print(json.dumps([pid, grandchild]), flush=True)
         time.sleep(300)
         """
     )

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from reva_plugins import SERVICES, ConfigError, SourceError, UsageError, _wire
 from reva_plugins._config import parse
+from reva_plugins._drivers import ServiceInfo
 from reva_plugins._envinfo import env_metadata
 from reva_plugins._errors import EnvBuildError, ExitCode, InvalidArgument, RemoteError
-from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
+from reva_plugins._host import ServiceCheck
 from reva_plugins._installers import InstallOptions
 from reva_plugins._plan import (
     NO_ENV,
@@ -29,6 +30,7 @@ from reva_plugins._plan import (
 )
 from reva_plugins._present import CheckRow, TickingProgress
 from reva_plugins._protocol import error_to_exception
+from reva_plugins._proxy import _Binder
 from reva_plugins._python import Interpreter
 from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
 from reva_plugins._store import EnvMetadata, MetadataError

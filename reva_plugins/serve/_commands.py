@@ -121,7 +121,7 @@ def _trusted(path: Path | None) -> tuple[Path, bytes] | None:
     """``--tls-ca`` and the PEM certificate(s) it holds (read before anything connects)."""
     if path is None:
         return None
-    from ._server import read_pem  # noqa: PLC0415 (the serve extra)
+    from ._files import read_pem  # noqa: PLC0415 (the serve extra)
 
     try:
         return path, read_pem(path, "BEGIN CERTIFICATE-----")

@@ -22,7 +22,8 @@ from typing import Any
 
 from .. import _config
 from .._errors import RevaPluginError
-from .._host import Host, ServiceProxy
+from .._host import Host
+from .._proxy import ServiceProxy
 from .._redact import redact
 from ._cs3 import APIS
 

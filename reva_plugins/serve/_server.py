@@ -11,21 +11,17 @@ drivers) runs in the loop's worker threads; the rest of this class is plain thre
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import dataclasses
-import errno
 import importlib.metadata
 import ipaddress
 import logging
 import os
 import signal
 import socket
-import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,11 +35,19 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
 from .. import _config, _defaults
-from .._errors import CallCancelled, CallTimeout, ConfigError, RevaPluginError, UsageError
+from .._errors import CallCancelled, CallTimeout, ConfigError, RevaPluginError
 from .._hooks import hookimpl
 from .._host import Host
 from .._redact import redact
 from . import _cs3
+from ._files import (
+    check_free,
+    listen_error,
+    read_config_pem,
+    remove_pidfile,
+    write_pidfile,
+)
+from ._loop import EventLoopThread
 from ._metrics import Metrics
 from ._reload import (
     Backend,
@@ -473,14 +477,14 @@ class Server:
             if settings.metrics_address:
                 self._start_metrics(settings.metrics_address)
             if self.pidfile is not None:
-                _write_pidfile(self.pidfile)
+                write_pidfile(self.pidfile)
             gen = self.reloader.first(config)
         except BaseException:
             self.loop.run(server.stop(None))
             self.loop.stop()
             self._close_metrics()
             if self.pidfile is not None:
-                _remove_pidfile(self.pidfile)
+                remove_pidfile(self.pidfile)
             raise
         self._set_all_health(gen)
         self.loop.run(server.start())
@@ -524,14 +528,14 @@ class Server:
         except RuntimeError:
             self.port = 0
         if not self.port:
-            raise _listen_error(self.address, self.address_source, "the port is not available")
+            raise listen_error(self.address, self.address_source, "the port is not available")
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
         if s.tls_cert is None or s.tls_key is None:
             return None
-        cert = _read_pem(s.tls_cert, "grpc.tls_cert", self.path)
-        key = _read_pem(s.tls_key, "grpc.tls_key", self.path)
+        cert = read_config_pem(s.tls_cert, "grpc.tls_cert", self.path)
+        key = read_config_pem(s.tls_key, "grpc.tls_key", self.path)
         return grpc.ssl_server_credentials([(key, cert)])
 
     def _start_metrics(self, address: str) -> None:
@@ -543,7 +547,7 @@ class Server:
                 (bind, int(port)), handler
             )
         except OSError as exc:
-            raise _listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
+            raise listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._metrics_server = server
@@ -578,7 +582,7 @@ class Server:
         self.reloader.close()
         self.loop.stop()  # after the hosts: their plugins' sockets leave the loop first
         if self.pidfile is not None:
-            _remove_pidfile(self.pidfile)
+            remove_pidfile(self.pidfile)
         log.info("stopped")
 
     def run(self) -> None:
@@ -610,67 +614,6 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-class EventLoopThread:
-    """An asyncio event loop running in a thread of its own, for the gRPC server; its default
-    executor (``asyncio.to_thread``: in-process drivers, plugin starts) has ``workers``
-    threads, and reloads have a thread of their own. :meth:`run` and :meth:`submit` hand it
-    coroutines from other threads."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, *, workers: int) -> None:
-        """Start the loop and its thread."""
-        loop = self._loop = asyncio.new_event_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="rpc"
-        )
-        loop.set_default_executor(self._executor)
-        # reloads wait out drains: never on the threads RPCs need
-        self._admin = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="admin"
-        )
-        self._thread = threading.Thread(target=loop.run_forever, name="serve-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the loop and wait for what it returns or raises."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def in_admin_thread(self, func: Callable[[], Any]) -> Any:
-        """``func()`` in the admin thread (reloads), awaited on the loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._admin, func)
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` on the loop without waiting (in the order submitted); dropped when
-        the loop is not running."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(coro, loop)
-        except RuntimeError:  # closed meanwhile
-            coro.close()
-
-    def stop(self) -> None:
-        """Run what is queued, then stop and close the loop and its executor."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            self.run(asyncio.sleep(0))  # callbacks queued by closing hosts run first
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        # not waited for: in-process code that never returns must not hang the shutdown
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._admin.shutdown(wait=False, cancel_futures=True)
-        loop.close()
-        self._loop = self._thread = None
 
 
 def _version() -> str:
@@ -708,95 +651,5 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-def _listen_error(address: str, source: str, reason: str) -> RevaPluginError:
-    message = f"cannot listen on {address}: {reason}"
-    if source.startswith("--"):
-        return UsageError(f"{source} {address}: cannot listen: {reason}")
-    return ConfigError(message, key=source)
-
-
-def check_free(address: str, source: str) -> None:
-    """Raise the one-line error for ``address`` (named by ``source``: a config key or an
-    option) when nothing can listen there: taken, not this host's, or not resolvable.
-
-    gRPC reports a failed bind only after logging lines of its own, so the common case is
-    checked first with a plain socket (bound the way gRPC binds, then closed). Port 0 always
-    binds.
-    """
-    host, _, port = address.rpartition(":")
-    if int(port) == 0:
-        return
-    name = host.strip("[]") or None
-    try:
-        found = socket.getaddrinfo(
-            name, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise _listen_error(address, source, f"cannot resolve {host!r}: {exc.strerror}") from None
-    problem = ""
-    for family, kind, proto, _, sockaddr in found:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(sockaddr)
-                return  # gRPC serves if it can bind any of the addresses
-            except OSError as exc:
-                if not problem or exc.errno == errno.EADDRINUSE:
-                    problem = exc.strerror or str(exc)
-    raise _listen_error(address, source, problem or "no address to bind")
-
-
 class _HTTPServer6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
-
-
-def _write_pidfile(path: Path) -> None:
-    """Write our pid; never through a symlink (someone else's file) or into a non-file."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
-    except OSError as exc:
-        raise UsageError(f"--pidfile {path}: cannot write it: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UsageError(f"--pidfile {path}: not a regular file")
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-    finally:
-        os.close(fd)
-
-
-def _remove_pidfile(path: Path) -> None:
-    """Remove the pid file if it is still ours (another server may have taken the name)."""
-    try:
-        with open(path, "rb") as f:
-            ours = f.read(64).strip() == str(os.getpid()).encode("ascii")
-        if ours:
-            path.unlink()
-    except OSError:
-        pass
-
-
-def read_pem(path: Path, what: str = "BEGIN") -> bytes:
-    """The PEM file at ``path`` (its text must hold ``-----{what}``); raises ``ValueError``
-    with the one-line reason. Never blocks on a FIFO, never reads more than ``MAX_PEM_BYTES``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(_defaults.MAX_PEM_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _defaults.MAX_PEM_BYTES or f"-----{what}".encode() not in data:
-        raise ValueError(f"{path} is not a PEM file")
-    return data
-
-
-def _read_pem(path: Path, key: str, config: Path) -> bytes:
-    try:
-        return read_pem(path)
-    except ValueError as exc:
-        raise ConfigError(str(exc), file=str(config), key=key) from None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import REMOTE_ERRORS, RemoteError, RevaPluginError
 
 if TYPE_CHECKING:  # a cycle at run time: the host serves services
-    from .._host import ServiceProxy
+    from .._proxy import ServiceProxy
 
 GROUP_PREFIX = "reva."
 """What every plugin entry-point group starts with: ``reva.<service>`` (the one place it is
