@@ -31,6 +31,7 @@ from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess
 from ._proxy import DriverCall, ServiceProxy
 from ._redact import redact
+from ._sandbox import make_undumpable
 from ._store import resolve_cache_dir
 from ._supervisor import Supervisor
 from .services import SERVICES
@@ -113,7 +114,12 @@ class Host:
         refresh: bool = False,
         progress: BuildProgress | None = None,
     ) -> None:
-        """``progress`` is told when an env build starts and ends (see :class:`BuildProgress`)."""
+        """``progress`` is told when an env build starts and ends (see :class:`BuildProgress`).
+
+        A host makes its process non-dumpable first: plugins (and any process of the same user)
+        cannot read its environment or memory through ``/proc`` (see SECURITY.md).
+        """
+        make_undumpable()
         if not isinstance(config, _config.Config):
             config = _config.parse(config, base_dir=Path(base_dir or Path.cwd()).resolve())
         self.config = config.with_overrides(

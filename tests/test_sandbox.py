@@ -251,3 +251,16 @@ def test_the_command_line_makes_the_core_non_dumpable(tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.split()[-2:] == ["1", "0"]  # PR_GET_DUMPABLE: dumpable before, not after
+
+
+def test_a_host_makes_its_process_non_dumpable() -> None:
+    code = (
+        "from reva_plugins import Host, _sandbox\n"
+        "before = _sandbox._libc_call('prctl', 3, 0, 0, 0, 0)\n"
+        "Host({}).close()\n"
+        "print(before, _sandbox._libc_call('prctl', 3, 0, 0, 0, 0))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["1", "0"]
