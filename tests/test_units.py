@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,21 @@ from reva_plugins._plan import (
     PREBUILT_ENV,
     InProcessPlan,
     absolute_spec,
+    check_fits,
     classify_driver,
-    for_build,
     shown_env,
 )
 from reva_plugins._present import CheckRow, TickingProgress
 from reva_plugins._protocol import error_to_exception
 from reva_plugins._python import Interpreter
-from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
+from reva_plugins._sources import (
+    ArchiveURL,
+    InProcess,
+    NeedsNetwork,
+    PrebuiltVenv,
+    ResolveContext,
+    Resolved,
+)
 from reva_plugins._store import EnvMetadata, MetadataError
 from reva_plugins.testing import result_problems
 
@@ -105,24 +114,40 @@ def test_absolute_spec_resolves_paths_only(tmp_path: Path) -> None:
         ("reva-plugin-demo==1.0", None, False),
     ],
 )
-def test_planning_tells_the_builder_what_a_kind_means(
+def test_a_kind_tells_the_builder_what_it_means(
     tmp_path: Path, spec: str, wheel: str | None, archive: bool
 ) -> None:
+    """The wheel to tag-check, and whether a locked env fetches the plugin late (an archive
+    a lock pins without fetching it: offline, that fetch is refused as needing the network)."""
     source = classify_driver(spec, base_dir=_tree(tmp_path))
     assert not isinstance(source, (InProcess, PrebuiltVenv))
-    buildable = for_build(source)
-    assert buildable.source is source
-    assert (buildable.wheel, buildable.archive is not None) == (wheel, archive)
+    assert source.wheel_file == wheel
+    entry = _Pins(source.kind, source.spec, "sha256:" + "0" * 64, "demo", {"sha256": "0" * 64})
+    ctx = ResolveContext(offline=True, downloads=tmp_path / "downloads")
+    if archive:
+        with pytest.raises(NeedsNetwork):
+            source.fetch_late(entry, ctx)
+    else:
+        assert source.fetch_late(entry, ctx) is None
+
+
+@dataclass(frozen=True)
+class _Pins:
+    kind: str
+    spec: str
+    identity: str
+    plugin: str
+    pins: Mapping[str, str]
 
 
 def test_a_wheel_url_that_cannot_fit_is_refused_before_it_is_fetched() -> None:
-    """The tags are read from the file name the plan hands over: nothing is downloaded (the
+    """The tags are read from the file name the source names: nothing is downloaded (the
     host does not exist), and a wheel that fits passes."""
     python = Interpreter("/usr/bin/python3", "CPython", "3.12.1")
     unfit = ArchiveURL("https://nowhere.invalid/demo-1.0-cp27-cp27mu-linux_x86_64.whl")
     with pytest.raises(SourceError, match=r"does not fit Python 3\.12\.1"):
-        for_build(unfit).check_fits(python)
-    for_build(ArchiveURL("https://nowhere.invalid/demo-1.0-py3-none-any.whl")).check_fits(python)
+        check_fits(unfit, python)
+    check_fits(ArchiveURL("https://nowhere.invalid/demo-1.0-py3-none-any.whl"), python)
 
 
 # -- env metadata -------------------------------------------------------------------------------

@@ -1,0 +1,275 @@
+"""Driver specs: what a config's ``driver`` names (one class per kind, one module each) and the
+few things every kind shares.
+
+A kind is one class: it recognises nothing by itself (:func:`classify` tries the kinds in SPEC
+order), but owns everything else its kind means: its ``allowed_sources`` origin, resolving to
+pins, drift against a lock entry and the pins it requires, the build hints (the wheel to
+tag-check, the archive to fetch late), and how ``check`` shows it. Nothing outside this package
+tells kinds apart: planning hands a classified source a :class:`SourceHandler`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from .. import _git
+from .._errors import SourceError
+from .._redact import redact
+from ._base import (
+    Kind,
+    LockedPins,
+    NeedsNetwork,
+    Origin,
+    OriginKind,
+    ResolveContext,
+    Resolved,
+    Source,
+    SourceHandler,
+    WheelFrom,
+)
+from ._digest import MAX_TREE_BYTES, MAX_TREE_ENTRIES, check_sha256, file_digest, tree_digest
+from ._download import MAX_DOWNLOAD_SECONDS, SDIST_SUFFIXES, UNSHOWABLE, archive_filename, download
+from ._policy import SourcePolicy
+from .archive import HEX64, ArchiveURL
+from .file import LocalFile
+from .folder import LocalFolder
+from .git import GitSource
+from .inprocess import InProcess
+from .requirement import RequirementSource
+from .venv import PrebuiltVenv
+
+__all__ = [
+    "LOCKED_KINDS",
+    "MAX_DOWNLOAD_SECONDS",
+    "MAX_SPEC_LENGTH",
+    "MAX_TREE_BYTES",
+    "MAX_TREE_ENTRIES",
+    "NO_ENV",
+    "PREBUILT_ENV",
+    "ArchiveURL",
+    "Classified",
+    "GitSource",
+    "InProcess",
+    "Kind",
+    "LocalFile",
+    "LocalFolder",
+    "LockedPins",
+    "NeedsNetwork",
+    "Origin",
+    "OriginKind",
+    "PrebuiltVenv",
+    "RequirementSource",
+    "ResolveContext",
+    "Resolved",
+    "Source",
+    "SourceHandler",
+    "SourcePolicy",
+    "WheelFrom",
+    "archive_filename",
+    "check_sha256",
+    "classify",
+    "download",
+    "file_digest",
+    "lock_entry_problem",
+    "shown_env",
+    "tree_digest",
+]
+
+Classified = Source | InProcess | PrebuiltVenv
+
+#: The kinds that get an env of their own, in the order a lock's error message lists them.
+_Built = LocalFolder | LocalFile | GitSource | ArchiveURL | RequirementSource
+_BUILT: tuple[type[_Built], ...] = (
+    LocalFolder,
+    LocalFile,
+    GitSource,
+    ArchiveURL,
+    RequirementSource,
+)
+_LOCKED: Mapping[str, type[_Built]] = {kind: cls for cls in _BUILT for kind in cls.KINDS}
+LOCKED_KINDS: tuple[str, ...] = tuple(_LOCKED)
+"""The source kinds a lock entry may have (in-process drivers and prebuilt venvs are not locked)."""
+
+
+def lock_entry_problem(kind: str, pins: Mapping[str, str], wheel: str) -> str | None:
+    """What a lock entry of ``kind`` (one of :data:`LOCKED_KINDS`) lacks: a lock whose fields
+    contradict each other is refused before anything reads a pin it does not have."""
+    cls = _LOCKED[kind]
+    missing = [name for name in cls.REQUIRED_PINS if name not in pins]
+    if missing:
+        return f"a {kind} entry needs pins.{missing[0]}"
+    if bool(wheel) != cls.LOCKS_A_WHEEL:
+        return f"a {kind} entry {'has no' if wheel else 'needs a'} plugin wheel"
+    return None
+
+
+#: What ``check`` shows in its ENV column for a plan without an env of its own in the cache.
+NO_ENV = "-"
+PREBUILT_ENV = "(prebuilt)"
+
+
+def shown_env(kind: str | None, env_key: str | None) -> str:
+    """How ``check`` names where a planned driver runs, from its plan's ``kind`` and
+    ``env_key``: the env key; :data:`PREBUILT_ENV` for a venv used as is; :data:`NO_ENV`
+    in-process, or when planning failed (``kind`` None)."""
+    if env_key:
+        return env_key
+    if kind is None or kind == InProcess.kind:
+        return NO_ENV
+    return PREBUILT_ENV
+
+
+MAX_SPEC_LENGTH = 8192
+_TRANSPORT = re.compile(r"^(git\+)?[A-Za-z][\w+.-]*::")
+# Requirement syntax: a relative path holding one of these must be written ./… to count as a path.
+_REQUIREMENT_SYNTAX = re.compile(r"[<>=!~;\[\],@ ]")
+
+
+def classify(spec: str, *, base_dir: Path, sha256: str | None = None) -> Classified:
+    """What ``spec`` names, tried in SPEC order: name, venv, file or folder, VCS URL, archive
+    URL, requirement.
+
+    Pure classification (it may stat files, never reads them or touches the network); the policy
+    (``allowed_sources``) is applied on top by the loader's one planning entry point. Ambiguous
+    specs, which a person and this function would read differently, are refused:
+
+    - control, format or line-separator characters anywhere (a NUL included);
+    - a path with a backslash, or a ``..`` after a named folder (``a/../b``, ``/x/../y``): write
+      the normalised path (``..`` may only lead a relative path, as in ``../plugins/x``);
+    - a relative path not written ``./…``/``../…`` that holds requirement syntax
+      (``<>=!~;[],@`` or a space);
+    - a URL with a backslash, a percent-encoded separator or control character, or a
+      ``.``/``..`` segment (also in a GitHub ``/tree/REF/SUBDIR`` or ``#subdirectory=``).
+    """
+    shown = redact(spec)
+    _check_text(spec, shown)
+    if sha256 is not None and not HEX64.match(sha256):
+        raise SourceError(f"driver {shown!r}: sha256 must be 64 hexadecimal digits")
+    if _is_bare_name(spec):
+        return InProcess(spec)
+    if _TRANSPORT.match(spec):
+        raise SourceError(
+            f"unsupported URL scheme in driver {shown!r}: git remote "
+            "helpers (name::…) are never run; use git+https://, git+ssh:// or git+file://"
+        )
+    if _looks_like_path(spec):
+        return _classify_path(spec, base_dir, sha256)
+    if _git.is_git_spec(spec):
+        return GitSource(_git.parse(spec))
+    if "://" in spec or spec.startswith(("ext::", "fd::")):
+        return _classify_url(spec, sha256)
+    try:
+        requirement = Requirement(spec)
+    except InvalidRequirement:
+        pass
+    else:
+        if requirement.url:
+            raise SourceError(
+                f"driver {shown!r}: write the URL itself (git+…, https://…) instead of 'name @ URL'"
+            )
+        return RequirementSource(requirement)
+    raise SourceError(
+        f"cannot tell what driver {shown!r} is: expected an installed driver name, a path to a "
+        "venv, wheel, sdist or package folder, a git+… URL, an archive URL or a requirement "
+        "with a version specifier"
+    )
+
+
+def _check_text(spec: str, shown: str) -> None:
+    if not spec.strip():
+        raise SourceError("the driver spec is empty")
+    if len(spec) > MAX_SPEC_LENGTH:
+        raise SourceError(
+            f"driver spec {shown[:60]!r}… is longer than {MAX_SPEC_LENGTH} characters"
+        )
+    bad = next((c for c in spec if unicodedata.category(c) in UNSHOWABLE), None)
+    if bad is not None:
+        raise SourceError(f"driver {shown!a} contains the control character U+{ord(bad):04X}")
+
+
+def _classify_path(spec: str, base_dir: Path, sha256: str | None) -> Source | PrebuiltVenv:
+    shown = redact(spec)
+    if "\\" in spec:
+        raise SourceError(
+            f"ambiguous driver path {shown!r}: a backslash is not a separator here; write '/'"
+        )
+    parts = spec.split("/")
+    leading = spec.startswith(("./", "../")) or spec in (".", "..")
+    named = not leading
+    for part in parts:
+        if part == ".." and named:
+            raise SourceError(
+                f"ambiguous driver path {shown!r}: '..' after a folder name; write the "
+                "normalised path (a leading '../' is fine)"
+            )
+        if part not in ("", ".", ".."):
+            named = True
+    if not spec.startswith(("/", "./", "../", "~")) and _REQUIREMENT_SYNTAX.search(spec):
+        raise SourceError(
+            f"ambiguous driver path {shown!r}: it holds requirement syntax (<>=!~;[],@ or "
+            "a space); write './…' for a path"
+        )
+    try:
+        path = (base_dir / Path(spec).expanduser()).resolve()
+        if not path.exists():
+            raise SourceError(f"driver path {shown!r} does not exist ({path})")
+        if path.is_dir():
+            if (path / "pyvenv.cfg").is_file():
+                return PrebuiltVenv(path)
+            if (path / "pyproject.toml").is_file() or (path / "setup.py").is_file():
+                return LocalFolder(path)
+            raise SourceError(
+                f"driver folder {path} is neither a venv (pyvenv.cfg) nor a package "
+                "(pyproject.toml or setup.py)"
+            )
+        is_file = path.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SourceError(f"driver path {shown!r}: {reason}") from None
+    if not path.name.endswith((".whl", *SDIST_SUFFIXES)):
+        raise SourceError(f"driver file {path} is not a wheel (.whl) or sdist (.tar.gz, .zip)")
+    if not is_file:
+        raise SourceError(f"driver file {path} is not a regular file")
+    return LocalFile(path, sha256)
+
+
+def _classify_url(spec: str, sha256: str | None) -> ArchiveURL:
+    shown = redact(spec)
+    scheme = spec.split(":", 1)[0].lower()
+    if scheme not in ("https", "http", "file"):
+        raise SourceError(
+            f"unsupported URL scheme {scheme!r} in driver {shown!r} (use git+https://, "
+            "git+ssh://, git+file://, https://…/x.whl or https://…/x.tar.gz)"
+        )
+    url, _, fragment = spec.partition("#")
+    pinned = sha256.lower() if sha256 else None
+    if fragment:
+        name, _, value = fragment.partition("=")
+        if name != "sha256" or not HEX64.match(value):
+            raise SourceError(
+                f"driver {shown!r}: the only URL fragment accepted is #sha256=<64 hex>"
+            )
+        if pinned and pinned != value.lower():
+            raise SourceError(f"driver {shown!r}: #sha256 and plugin.sha256 disagree")
+        pinned = value.lower()
+    return ArchiveURL(url, pinned)
+
+
+def _is_bare_name(spec: str) -> bool:
+    return spec.replace("-", "").replace("_", "").replace(".", "").isalnum() and not (
+        spec.startswith(".") or spec.endswith((".whl", *SDIST_SUFFIXES))
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith((".", "/", "~"))
+        or (os.sep in spec and not _git.is_git_spec(spec) and "://" not in spec and "@" not in spec)
+        or spec.endswith((".whl", *SDIST_SUFFIXES))
+    ) and "://" not in spec

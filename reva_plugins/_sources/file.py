@@ -1,0 +1,76 @@
+"""The ``wheel`` and ``sdist`` kinds: a local file, keyed by its sha256."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ._base import BuiltSource, Kind, LockedPins, Origin, ResolveContext, Resolved, short_identity
+from ._digest import check_sha256, file_digest
+
+
+@dataclass(frozen=True)
+class LocalFile(BuiltSource):
+    """A wheel or sdist file, keyed by its sha256 (checked against ``sha256`` when pinned)."""
+
+    KINDS: ClassVar[tuple[Kind, ...]] = ("sdist", "wheel")
+    REQUIRED_PINS: ClassVar[tuple[str, ...]] = ("sha256",)
+    LOCKS_A_WHEEL: ClassVar[bool] = True
+
+    path: Path
+    sha256: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``wheel`` or ``sdist``."""
+        return "wheel" if self.is_wheel else "sdist"
+
+    @property
+    def is_wheel(self) -> bool:
+        """Whether the file is a wheel (installed as it is)."""
+        return self.path.suffix == ".whl"
+
+    @property
+    def spec(self) -> str:
+        """The file's path."""
+        return str(self.path)
+
+    @property
+    def origin(self) -> Origin:
+        """The file's resolved path."""
+        return Origin("path", str(self.path))
+
+    @property
+    def local_path(self) -> Path | None:
+        """The file's path."""
+        return self.path
+
+    @property
+    def wheel_file(self) -> str | None:
+        """The wheel's file name (None for an sdist)."""
+        return self.path.name if self.is_wheel else None
+
+    def resolve(self, ctx: ResolveContext) -> Resolved:
+        """Hash the file and check the pin."""
+        digest = file_digest(self.path)
+        check_sha256(self.spec, self.sha256, digest)
+        return Resolved(
+            self.kind,
+            self.spec,
+            f"sha256:{digest}",
+            (str(self.path),),
+            pins={"sha256": digest},
+            wheel_from="file" if self.is_wheel else "build",
+            local=True,
+        )
+
+    def drift(self, entry: LockedPins, ctx: ResolveContext) -> str | None:
+        """The file's sha256 moved."""
+        now = self.resolve(ctx).identity
+        if now != entry.identity:
+            return (
+                f"the lock pins {short_identity(entry.identity)} for {self.spec}, the file now "
+                f"is {short_identity(now)}"
+            )
+        return None
