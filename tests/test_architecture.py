@@ -179,7 +179,8 @@ def test_only_the_planning_layer_imports_sources() -> None:
         and any(d == "_sources" or d.startswith("_sources.") for d in deps)
     }
     planning = {"_plan", "_resolvers", "_build", "_envinfo", "_lockfile", "_locker", "_bundle"}
-    assert importers <= planning
+    # The authors' kit asks the kinds for sample specs (strings), holding no source object.
+    assert importers <= planning | {"testing"}
 
 
 def test_a_source_kind_is_one_module() -> None:

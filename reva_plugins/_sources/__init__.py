@@ -52,6 +52,7 @@ __all__ = [
     "MAX_TREE_ENTRIES",
     "NO_ENV",
     "PREBUILT_ENV",
+    "SAMPLE_KINDS",
     "ArchiveURL",
     "Classified",
     "GitSource",
@@ -77,6 +78,7 @@ __all__ = [
     "download",
     "file_digest",
     "lock_entry_problem",
+    "sample_spec",
     "shown_env",
     "tree_digest",
 ]
@@ -107,6 +109,22 @@ def lock_entry_problem(kind: str, pins: Mapping[str, str], wheel: str) -> str | 
     if bool(wheel) != cls.LOCKS_A_WHEEL:
         return f"a {kind} entry {'has no' if wheel else 'needs a'} plugin wheel"
     return None
+
+
+#: The kinds that make a spec from a package folder (the plugin authors' kit).
+_SAMPLED: Mapping[str, type[LocalFolder | LocalFile | GitSource]] = {
+    kind: cls for cls in (LocalFolder, LocalFile, GitSource) for kind in cls.KINDS
+}
+SAMPLE_KINDS: tuple[str, ...] = tuple(_SAMPLED)
+"""The kinds :func:`sample_spec` makes: ``folder``, ``sdist``, ``wheel``, ``git``."""
+
+
+def sample_spec(kind: str, folder: Path, workdir: Path) -> str:
+    """A driver spec of ``kind`` for the package folder ``folder`` (files go to ``workdir``)."""
+    cls = _SAMPLED.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown source kind {kind!r} (one of {', '.join(SAMPLE_KINDS)})")
+    return cls.sample(kind, folder, workdir)
 
 
 #: What ``check`` shows in its ENV column for a plan without an env of its own in the cache.

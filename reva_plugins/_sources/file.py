@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -74,3 +76,15 @@ class LocalFile(BuiltSource):
                 f"is {short_identity(now)}"
             )
         return None
+
+    @classmethod
+    def sample(cls, kind: str, folder: Path, workdir: Path) -> str:
+        """A spec of ``kind`` (``sdist`` or ``wheel``) for the package folder ``folder`` (the
+        plugin authors' kit): built with pypa/build into ``workdir/dist``."""
+        out = workdir / "dist"
+        subprocess.run(
+            [sys.executable, "-m", "build", f"--{kind}", "--outdir", str(out), str(folder)],
+            check=True,
+            capture_output=True,
+        )
+        return str(next(out.glob("*.whl" if kind == "wheel" else "*.tar.gz")))

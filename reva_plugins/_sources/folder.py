@@ -57,3 +57,9 @@ class LocalFolder(BuiltSource):
                 f"is {short_identity(now)}"
             )
         return None
+
+    @classmethod
+    def sample(cls, kind: str, folder: Path, workdir: Path) -> str:
+        """A spec of this kind for the package folder ``folder`` (the plugin authors' kit):
+        the folder itself."""
+        return str(folder)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from .. import _git
@@ -75,3 +78,41 @@ class GitSource(BuiltSource):
         """The locked commit, resolved again."""
         at = GitSource(dataclasses.replace(self.git, ref=entry.pins["commit"]))
         return dataclasses.replace(at.resolve(ctx), spec=self.spec, mutable=False)
+
+    @classmethod
+    def sample(cls, kind: str, folder: Path, workdir: Path) -> str:
+        """A spec of this kind for the package folder ``folder`` (the plugin authors' kit): a
+        ``git+file://`` URL of a fresh commit of it in ``workdir/repo``."""
+        repo = workdir / "repo"
+        subprocess.run(
+            ["git", "clone", "-q", "--no-hardlinks", str(folder), str(repo)],
+            check=False,
+            capture_output=True,
+        )
+        if not (repo / ".git").exists():
+            shutil.copytree(
+                folder, repo, ignore=shutil.ignore_patterns(".git", "dist", "build", ".nox")
+            )
+            _run_git(repo, "init", "-q")
+        _run_git(repo, "add", "-A")
+        _run_git(
+            repo,
+            "-c",
+            "user.name=reva",
+            "-c",
+            "user.email=reva@localhost",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "conformance",
+        )
+        commit = _run_git(repo, "rev-parse", "HEAD")
+        return f"git+file://{repo}@{commit}"
+
+
+def _run_git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    )
+    return result.stdout.strip()
