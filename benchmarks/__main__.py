@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from reva_plugins import Host
+from reva_plugins._envmeta import EntryPointInfo
 from reva_plugins._host import InProcessDriver, ServiceProxy
 from reva_plugins._plan import InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins._protocol import encode_request
-from reva_plugins._store import EntryPointInfo
 from reva_plugins.services import SERVICES
 
 from . import _fleets, _peers, _serve

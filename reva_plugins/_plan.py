@@ -26,6 +26,7 @@ from ._build import Builder, BuildProgress
 from ._bundle import Bundle, open_bundle
 from ._config import Config, ServiceConfig
 from ._envinfo import scan_entry_points
+from ._envmeta import EntryPointInfo
 from ._errors import SourceError
 from ._process import LaunchSpec
 from ._redact import redact
@@ -42,7 +43,7 @@ from ._sources import (
     classify,
     shown_env,
 )
-from ._store import EntryPointInfo, Env, Store
+from ._store import Env, Store
 from ._wheels import check_tags
 from .services import SERVICES, ServiceType
 

@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys([f"_sources.{kind}" for kind in SOURCE_KINDS], 1),
     **dict.fromkeys(["_sources._base", "_sources._digest", "_sources._download"], 1),
     "_sources._policy": 1,
-    "_store": 1,
+    **dict.fromkeys(["_store", "_envmeta", "_holds"], 1),
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
     "_flood": 1,
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
@@ -47,9 +47,15 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
 }
 
-BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"} | {
-    name for name in LAYERS if name.startswith("_sources.")
-}
+BUILD_HALF = (
+    {"_sources", "_git", "_store", "_envmeta", "_holds", "_installers", "_python"}
+    | {
+        "_auth",
+        "_urls",
+        "_fs",
+    }
+    | {name for name in LAYERS if name.startswith("_sources.")}
+)
 RUN_HALF = {"_process", "_client", "_flood", "_protocol", "_wire", "_launch", "_bootstrap"}
 
 
@@ -257,15 +263,15 @@ def dict_literal_keys(source: str) -> list[set[str]]:
 
 
 def test_the_env_metadata_schema_is_written_only_by_its_record() -> None:
-    """``EnvMetadata`` (in ``_store``) is the one writer of the metadata file's fields: nothing
+    """``EnvMetadata`` (in ``_envmeta``) is the one writer of the metadata file's fields: nothing
     else builds a dict with most of them (``_envinfo`` builds the record itself)."""
-    from reva_plugins._store import EnvMetadata
+    from reva_plugins._envmeta import EnvMetadata
 
     fields = {f for f in EnvMetadata.__dataclass_fields__ if f != "extra"}
     writers = sorted(
         name
         for name, path in MODULES.items()
-        if name != "_store"
+        if name != "_envmeta"
         and any(
             len(keys & fields) * 2 >= len(fields)
             for keys in dict_literal_keys(path.read_text(encoding="utf-8"))
@@ -274,7 +280,7 @@ def test_the_env_metadata_schema_is_written_only_by_its_record() -> None:
     assert writers == []
     assert any(
         len(keys & fields) * 2 >= len(fields)
-        for keys in dict_literal_keys(MODULES["_store"].read_text(encoding="utf-8"))
+        for keys in dict_literal_keys(MODULES["_envmeta"].read_text(encoding="utf-8"))
     )
 
 

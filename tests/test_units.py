@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from reva_plugins import SERVICES, ConfigError, SourceError, UsageError, _wire
 from reva_plugins._config import parse
 from reva_plugins._envinfo import env_metadata
+from reva_plugins._envmeta import EnvMetadata, MetadataError
 from reva_plugins._errors import EnvBuildError, ExitCode, InvalidArgument, RemoteError
 from reva_plugins._host import ServiceCheck, ServiceInfo, _Binder
 from reva_plugins._installers import InstallOptions
@@ -40,7 +41,6 @@ from reva_plugins._sources import (
     ResolveContext,
     Resolved,
 )
-from reva_plugins._store import EnvMetadata, MetadataError
 from reva_plugins.testing import result_problems
 
 # -- spec classification ------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from packaging.utils import parse_sdist_filename, parse_wheel_filename
 from .. import _auth, _urls
 from .._errors import FetchError, SourceError
 from .._fs import remove_tree
+from .._holds import hold_download
 from .._redact import redact
-from .._store import hold_download
 from ._digest import check_sha256, open_regular
 
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")

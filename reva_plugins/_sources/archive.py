@@ -14,8 +14,8 @@ from typing import ClassVar
 
 from .. import _urls
 from .._errors import SourceError
+from .._holds import hold_download
 from .._redact import redact
-from .._store import hold_download
 from ._base import (
     BuiltSource,
     Kind,
