@@ -16,8 +16,6 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from .. import _git
 from .._errors import SourceError
 from .._redact import redact
@@ -86,15 +84,14 @@ __all__ = [
 Classified = Source | InProcess | PrebuiltVenv
 
 #: The kinds that get an env of their own, in the order a lock's error message lists them.
-_Built = LocalFolder | LocalFile | GitSource | ArchiveURL | RequirementSource
-_BUILT: tuple[type[_Built], ...] = (
+_BUILT: tuple[type[Source], ...] = (
     LocalFolder,
     LocalFile,
     GitSource,
     ArchiveURL,
     RequirementSource,
 )
-_LOCKED: Mapping[str, type[_Built]] = {kind: cls for cls in _BUILT for kind in cls.KINDS}
+_LOCKED: Mapping[str, type[Source]] = {kind: cls for cls in _BUILT for kind in cls.KINDS}
 LOCKED_KINDS: tuple[str, ...] = tuple(_LOCKED)
 """The source kinds a lock entry may have (in-process drivers and prebuilt venvs are not locked)."""
 
@@ -169,8 +166,9 @@ def classify(spec: str, *, base_dir: Path, sha256: str | None = None) -> Classif
     _check_text(spec, shown)
     if sha256 is not None and not HEX64.match(sha256):
         raise SourceError(f"driver {shown!r}: sha256 must be 64 hexadecimal digits")
-    if _is_bare_name(spec):
-        return InProcess(spec)
+    in_process = InProcess.recognise(spec)
+    if in_process is not None:
+        return in_process
     if _TRANSPORT.match(spec):
         raise SourceError(
             f"unsupported URL scheme in driver {shown!r}: git remote "
@@ -178,20 +176,13 @@ def classify(spec: str, *, base_dir: Path, sha256: str | None = None) -> Classif
         )
     if _looks_like_path(spec):
         return _classify_path(spec, base_dir, sha256)
-    if _git.is_git_spec(spec):
-        return GitSource(_git.parse(spec))
-    if "://" in spec or spec.startswith(("ext::", "fd::")):
-        return _classify_url(spec, sha256)
-    try:
-        requirement = Requirement(spec)
-    except InvalidRequirement:
-        pass
-    else:
-        if requirement.url:
-            raise SourceError(
-                f"driver {shown!r}: write the URL itself (git+…, https://…) instead of 'name @ URL'"
-            )
-        return RequirementSource(requirement)
+    found = (
+        GitSource.recognise(spec)
+        or ArchiveURL.recognise(spec, sha256)
+        or RequirementSource.recognise(spec)
+    )
+    if found is not None:
+        return found
     raise SourceError(
         f"cannot tell what driver {shown!r} is: expected an installed driver name, a path to a "
         "venv, wheel, sdist or package folder, a git+… URL, an archive URL or a requirement "
@@ -238,10 +229,9 @@ def _classify_path(spec: str, base_dir: Path, sha256: str | None) -> Source | Pr
         if not path.exists():
             raise SourceError(f"driver path {shown!r} does not exist ({path})")
         if path.is_dir():
-            if (path / "pyvenv.cfg").is_file():
-                return PrebuiltVenv(path)
-            if (path / "pyproject.toml").is_file() or (path / "setup.py").is_file():
-                return LocalFolder(path)
+            found = PrebuiltVenv.at(path) or LocalFolder.at(path)
+            if found is not None:
+                return found
             raise SourceError(
                 f"driver folder {path} is neither a venv (pyvenv.cfg) nor a package "
                 "(pyproject.toml or setup.py)"
@@ -250,39 +240,7 @@ def _classify_path(spec: str, base_dir: Path, sha256: str | None) -> Source | Pr
     except (OSError, RuntimeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise SourceError(f"driver path {shown!r}: {reason}") from None
-    if not path.name.endswith((".whl", *SDIST_SUFFIXES)):
-        raise SourceError(f"driver file {path} is not a wheel (.whl) or sdist (.tar.gz, .zip)")
-    if not is_file:
-        raise SourceError(f"driver file {path} is not a regular file")
-    return LocalFile(path, sha256)
-
-
-def _classify_url(spec: str, sha256: str | None) -> ArchiveURL:
-    shown = redact(spec)
-    scheme = spec.split(":", 1)[0].lower()
-    if scheme not in ("https", "http", "file"):
-        raise SourceError(
-            f"unsupported URL scheme {scheme!r} in driver {shown!r} (use git+https://, "
-            "git+ssh://, git+file://, https://…/x.whl or https://…/x.tar.gz)"
-        )
-    url, _, fragment = spec.partition("#")
-    pinned = sha256.lower() if sha256 else None
-    if fragment:
-        name, _, value = fragment.partition("=")
-        if name != "sha256" or not HEX64.match(value):
-            raise SourceError(
-                f"driver {shown!r}: the only URL fragment accepted is #sha256=<64 hex>"
-            )
-        if pinned and pinned != value.lower():
-            raise SourceError(f"driver {shown!r}: #sha256 and plugin.sha256 disagree")
-        pinned = value.lower()
-    return ArchiveURL(url, pinned)
-
-
-def _is_bare_name(spec: str) -> bool:
-    return spec.replace("-", "").replace("_", "").replace(".", "").isalnum() and not (
-        spec.startswith(".") or spec.endswith((".whl", *SDIST_SUFFIXES))
-    )
+    return LocalFile.at(path, sha256, is_file=is_file)
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,95 +121,69 @@ class SourceHandler(Protocol[_T_co]):
         ...
 
 
-class Source(Protocol):
+class Source(ABC):
     """One kind of driver spec that gets an env of its own (folder, wheel, git URL …): all a
-    kind means, from its spec to its lock entry."""
+    kind means, from its spec to its lock entry. The kinds are frozen dataclasses."""
 
+    #: The kinds the class stands for (what ``check`` shows, what a lock entry records).
+    KINDS: ClassVar[tuple[Kind, ...]]
     #: The pins a lock entry of this kind must have.
-    REQUIRED_PINS: ClassVar[tuple[str, ...]]
+    REQUIRED_PINS: ClassVar[tuple[str, ...]] = ()
+    #: Whether a lock entry of this kind pins a plugin wheel of its own.
+    LOCKS_A_WHEEL: ClassVar[bool] = True
+    #: Whether a lock entry of this kind pins a plugin wheel of its own.
 
     @property
+    @abstractmethod
     def kind(self) -> str:
         """A short name of the kind, shown by ``check``."""
-        ...
 
     @property
+    @abstractmethod
     def spec(self) -> str:
         """The spec as written (credentials stripped)."""
-        ...
 
     @property
+    @abstractmethod
     def origin(self) -> Origin:
         """What ``allowed_sources`` matches."""
-        ...
 
     @property
     def local_path(self) -> Path | None:
         """The resolved path of a source on this host (None for a name or URL)."""
-        ...
+        return None
 
     @property
     def wheel_file(self) -> str | None:
         """The file name of a wheel the source installs as it is: its tags are checked against
-        the plugin's Python before anything is fetched or built."""
-        ...
+        the plugin's Python before anything is fetched or built (None: nothing to check)."""
+        return None
 
     def accept(self, handler: SourceHandler[_T_co]) -> _T_co:
         """``handler.built(self)``."""
-        ...
+        return handler.built(self)
 
+    @abstractmethod
     def resolve(self, ctx: ResolveContext) -> Resolved:
         """Pin the source to its content; may read files or ask a remote."""
-        ...
 
+    @abstractmethod
     def drift(self, entry: LockedPins, ctx: ResolveContext) -> str | None:
         """Why this source no longer matches what ``entry`` (of the same kind) pins."""
-        ...
 
     def pinned(self, entry: LockedPins, ctx: ResolveContext) -> Resolved:
         """What this source resolves to under ``entry``'s pins, never asking a remote (call it
-        when it does not drift)."""
-        ...
+        when it does not drift). By default resolved as is: local content, just checked."""
+        return self.resolve(ctx)
 
     def repin(self, entry: LockedPins, ctx: ResolveContext) -> Resolved:
-        """Resolved anew at ``entry``'s pins: what locking it now gives without moving it."""
-        ...
+        """Resolved anew at ``entry``'s pins: what locking it now gives without moving it. By
+        default resolved as is (a local source has no pin to hold)."""
+        return self.resolve(ctx)
 
     def fetch_late(self, entry: LockedPins, ctx: ResolveContext) -> Resolved | None:
         """What a locked env installs the plugin from when its wheel is not cached, fetched
-        now (an archive a lock pins without fetching it); None when :meth:`pinned` says."""
-        ...
-
-
-class BuiltSource:
-    """Defaults shared by the kinds of :class:`Source` (a mixin of their dataclasses)."""
-
-    REQUIRED_PINS: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def local_path(self) -> Path | None:
-        """None: not a local path."""
-        return None
-
-    @property
-    def wheel_file(self) -> str | None:
-        """None: nothing to tag-check before building."""
-        return None
-
-    def accept(self: Source, handler: SourceHandler[_T_co]) -> _T_co:
-        """``handler.built(self)``."""
-        return handler.built(self)
-
-    def pinned(self: Source, entry: LockedPins, ctx: ResolveContext) -> Resolved:
-        """Resolved as is: the content is local and was just checked against the lock."""
-        return self.resolve(ctx)
-
-    def repin(self: Source, entry: LockedPins, ctx: ResolveContext) -> Resolved:
-        """Resolved as is (a local source has no pin to hold)."""
-        return self.resolve(ctx)
-
-    def fetch_late(self, entry: LockedPins, ctx: ResolveContext) -> Resolved | None:
-        """None: :meth:`pinned` already names what to install."""
+        now (an archive a lock pins without fetching it); None: :meth:`pinned` says."""
         return None
 
 

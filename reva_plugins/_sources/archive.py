@@ -17,13 +17,13 @@ from .._errors import SourceError
 from .._holds import hold_download
 from .._redact import redact
 from ._base import (
-    BuiltSource,
     Kind,
     LockedPins,
     NeedsNetwork,
     Origin,
     ResolveContext,
     Resolved,
+    Source,
     locked_resolved,
 )
 from ._digest import is_regular_file
@@ -33,7 +33,7 @@ HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True)
-class ArchiveURL(BuiltSource):
+class ArchiveURL(Source):
     """An ``https://…/x.whl`` or ``.tar.gz`` URL, downloaded and keyed by its sha256.
 
     Made only from a checked URL: its file name is validated on construction (see
@@ -42,7 +42,6 @@ class ArchiveURL(BuiltSource):
 
     KINDS: ClassVar[tuple[Kind, ...]] = ("wheel-url", "sdist-url")
     REQUIRED_PINS: ClassVar[tuple[str, ...]] = ("sha256", "url")
-    LOCKS_A_WHEEL: ClassVar[bool] = True
 
     url: str
     sha256: str | None = None
@@ -53,6 +52,32 @@ class ArchiveURL(BuiltSource):
         if self.sha256 is not None and not HEX64.match(self.sha256):
             raise SourceError(f"{self.spec}: sha256 must be 64 hexadecimal digits")
         object.__setattr__(self, "filename", archive_filename(self.url))
+
+    @classmethod
+    def recognise(cls, spec: str, sha256: str | None) -> ArchiveURL | None:
+        """A URL (``https``, ``http`` or ``file``) of a wheel or sdist, pinned by a
+        ``#sha256=`` fragment or ``sha256``; another scheme is refused."""
+        if "://" not in spec and not spec.startswith(("ext::", "fd::")):
+            return None
+        shown = redact(spec)
+        scheme = spec.split(":", 1)[0].lower()
+        if scheme not in ("https", "http", "file"):
+            raise SourceError(
+                f"unsupported URL scheme {scheme!r} in driver {shown!r} (use git+https://, "
+                "git+ssh://, git+file://, https://…/x.whl or https://…/x.tar.gz)"
+            )
+        url, _, fragment = spec.partition("#")
+        pinned = sha256.lower() if sha256 else None
+        if fragment:
+            name, _, value = fragment.partition("=")
+            if name != "sha256" or not HEX64.match(value):
+                raise SourceError(
+                    f"driver {shown!r}: the only URL fragment accepted is #sha256=<64 hex>"
+                )
+            if pinned and pinned != value.lower():
+                raise SourceError(f"driver {shown!r}: #sha256 and plugin.sha256 disagree")
+            pinned = value.lower()
+        return cls(url, pinned)
 
     @property
     def is_wheel(self) -> bool:

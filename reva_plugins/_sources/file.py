@@ -8,17 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ._base import BuiltSource, Kind, LockedPins, Origin, ResolveContext, Resolved, short_identity
+from .._errors import SourceError
+from ._base import Kind, LockedPins, Origin, ResolveContext, Resolved, Source, short_identity
 from ._digest import check_sha256, file_digest
+from ._download import SDIST_SUFFIXES
 
 
 @dataclass(frozen=True)
-class LocalFile(BuiltSource):
+class LocalFile(Source):
     """A wheel or sdist file, keyed by its sha256 (checked against ``sha256`` when pinned)."""
 
     KINDS: ClassVar[tuple[Kind, ...]] = ("sdist", "wheel")
     REQUIRED_PINS: ClassVar[tuple[str, ...]] = ("sha256",)
-    LOCKS_A_WHEEL: ClassVar[bool] = True
 
     path: Path
     sha256: str | None = None
@@ -52,6 +53,15 @@ class LocalFile(BuiltSource):
     def wheel_file(self) -> str | None:
         """The wheel's file name (None for an sdist)."""
         return self.path.name if self.is_wheel else None
+
+    @classmethod
+    def at(cls, path: Path, sha256: str | None, *, is_file: bool) -> LocalFile:
+        """The file ``path``, which must be a wheel or sdist and a regular file."""
+        if not path.name.endswith((".whl", *SDIST_SUFFIXES)):
+            raise SourceError(f"driver file {path} is not a wheel (.whl) or sdist (.tar.gz, .zip)")
+        if not is_file:
+            raise SourceError(f"driver file {path} is not a regular file")
+        return cls(path, sha256)
 
     def resolve(self, ctx: ResolveContext) -> Resolved:
         """Hash the file and check the pin."""

@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ._base import BuiltSource, Kind, LockedPins, Origin, ResolveContext, Resolved, short_identity
+from ._base import Kind, LockedPins, Origin, ResolveContext, Resolved, Source, short_identity
 from ._digest import tree_digest
 
 
 @dataclass(frozen=True)
-class LocalFolder(BuiltSource):
+class LocalFolder(Source):
     """A package folder (``pyproject.toml`` or ``setup.py``), keyed by a digest of its tree."""
 
     KINDS: ClassVar[tuple[Kind, ...]] = ("folder",)
-    LOCKS_A_WHEEL: ClassVar[bool] = True
 
     path: Path
     kind: str = "folder"
@@ -35,6 +34,13 @@ class LocalFolder(BuiltSource):
     def local_path(self) -> Path | None:
         """The folder's path."""
         return self.path
+
+    @classmethod
+    def at(cls, path: Path) -> LocalFolder | None:
+        """The folder ``path`` if it holds a package (``pyproject.toml`` or ``setup.py``)."""
+        if (path / "pyproject.toml").is_file() or (path / "setup.py").is_file():
+            return cls(path)
+        return None
 
     def resolve(self, ctx: ResolveContext) -> Resolved:
         """Digest the source tree (ignoring VCS data, caches, build outputs and venvs)."""

@@ -11,24 +11,23 @@ from typing import ClassVar
 
 from .. import _git
 from ._base import (
-    BuiltSource,
     Kind,
     LockedPins,
     NeedsNetwork,
     Origin,
     ResolveContext,
     Resolved,
+    Source,
     locked_resolved,
 )
 
 
 @dataclass(frozen=True)
-class GitSource(BuiltSource):
+class GitSource(Source):
     """A pip-style VCS URL; a branch or tag is re-resolved on each load, a commit never."""
 
     KINDS: ClassVar[tuple[Kind, ...]] = ("git",)
     REQUIRED_PINS: ClassVar[tuple[str, ...]] = ("commit",)
-    LOCKS_A_WHEEL: ClassVar[bool] = True
 
     git: _git.GitURL
     kind: str = "git"
@@ -42,6 +41,11 @@ class GitSource(BuiltSource):
     def origin(self) -> Origin:
         """``git+`` and the normalised repository URL (no credentials, ref or fragment)."""
         return Origin("url", self.git.origin())
+
+    @classmethod
+    def recognise(cls, spec: str) -> GitSource | None:
+        """A pip-style VCS URL (``git+https://…``, ``git+ssh://…``, a GitHub web URL …)."""
+        return cls(_git.parse(spec)) if _git.is_git_spec(spec) else None
 
     def resolve(self, ctx: ResolveContext) -> Resolved:
         """``git ls-remote`` the ref (unless it is a full commit) and pin the install to it."""

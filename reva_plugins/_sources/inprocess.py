@@ -10,6 +10,7 @@ from typing import TypeVar
 from packaging.utils import canonicalize_name
 
 from ._base import Origin, SourceHandler
+from ._download import SDIST_SUFFIXES
 
 _T = TypeVar("_T")
 
@@ -34,6 +35,14 @@ class InProcess:
     @property
     def local_path(self) -> Path | None:
         """None: a name."""
+        return None
+
+    @classmethod
+    def recognise(cls, spec: str) -> InProcess | None:
+        """A bare name (letters, digits, ``-``, ``_``, ``.``; not a file name)."""
+        bare = spec.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        if bare and not (spec.startswith(".") or spec.endswith((".whl", *SDIST_SUFFIXES))):
+            return cls(spec)
         return None
 
     def accept(self, handler: SourceHandler[_T]) -> _T:

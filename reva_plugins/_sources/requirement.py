@@ -6,25 +6,26 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from .._errors import SourceError
 from .._redact import redact
 from ._base import (
-    BuiltSource,
     Kind,
     LockedPins,
     NeedsNetwork,
     Origin,
     ResolveContext,
     Resolved,
+    Source,
     locked_resolved,
 )
 
 
 @dataclass(frozen=True)
-class RequirementSource(BuiltSource):
+class RequirementSource(Source):
     """A PEP 508 requirement installed from the configured index; a range is resolved to the
     newest matching version on each load, an exact ``==`` pin is not."""
 
@@ -35,6 +36,20 @@ class RequirementSource(BuiltSource):
 
     requirement: Requirement
     kind: str = "requirement"
+
+    @classmethod
+    def recognise(cls, spec: str) -> RequirementSource | None:
+        """A PEP 508 requirement (with a version specifier; ``name @ URL`` is refused)."""
+        try:
+            requirement = Requirement(spec)
+        except InvalidRequirement:
+            return None
+        if requirement.url:
+            raise SourceError(
+                f"driver {redact(spec)!r}: write the URL itself (git+…, https://…) instead of "
+                "'name @ URL'"
+            )
+        return cls(requirement)
 
     @property
     def spec(self) -> str:

@@ -38,6 +38,11 @@ class PrebuiltVenv:
         """The venv's interpreter."""
         return self.path / "bin" / "python"
 
+    @classmethod
+    def at(cls, path: Path) -> PrebuiltVenv | None:
+        """The folder ``path`` if it holds a venv (``pyvenv.cfg``)."""
+        return cls(path) if (path / "pyvenv.cfg").is_file() else None
+
     def accept(self, handler: SourceHandler[_T]) -> _T:
         """``handler.prebuilt(self)``."""
         return handler.prebuilt(self)
