@@ -50,13 +50,12 @@ class _Locking:
             planner.builder.install_options(),
             planner.builder.wheel_cache,
         )
-        self._cache = _python.InterpreterCache(root / "interpreters.json")
         self._done: dict[tuple[str, str, tuple[str, ...]], _lockfile.LockedService] = {}
 
     def interpreter(self, python: str, key: str) -> _python.Interpreter:
         """The interpreter of target Python ``python`` on this host (ConfigError naming ``key``
         when there is none: a lock is made and checked with the Pythons it targets)."""
-        return _python.find(python, self._cache, key=key)
+        return _python.find(python, self.planner.builder.interpreters, key=key)
 
     def lock(
         self,

@@ -110,15 +110,6 @@ class LockedService:
         """One entry per target Python."""
         return [e for python in sorted(self.targets) if (e := self.at(python)) is not None]
 
-    @classmethod
-    def of(cls, entries: Sequence[LockEntry]) -> LockedService:
-        """The service table of per-Python entries of one driver."""
-        first = entries[0]
-        return cls(
-            first.service, first.spec, first.kind, first.identity, first.plugin, first.wheel,
-            first.wheel_sha256, first.pins, {e.python: e.packages for e in entries},
-        )  # fmt: skip
-
 
 @dataclass(frozen=True)
 class LockFile:

@@ -1,11 +1,12 @@
 """Driver specs: what a config's ``driver`` names (one class per kind, one module each) and the
 few things every kind shares.
 
-A kind is one class: it recognises nothing by itself (:func:`classify` tries the kinds in SPEC
-order), but owns everything else its kind means: its ``allowed_sources`` origin, resolving to
-pins, drift against a lock entry and the pins it requires, the build hints (the wheel to
-tag-check, the archive to fetch late), and how ``check`` shows it. Nothing outside this package
-tells kinds apart: planning hands a classified source a :class:`SourceHandler`.
+A kind is one class (a :class:`Source`, or :class:`InProcess`/:class:`PrebuiltVenv`, which get
+no env of their own) owning all its kind means: recognising its spec (:func:`classify` asks the
+kinds in SPEC order, after the checks every spec gets), its ``allowed_sources`` origin,
+resolving to pins, drift against a lock entry and the pins it requires, the build hints (the
+wheel to tag-check, the archive to fetch late) and the kit's sample spec. Nothing outside this
+package tells kinds apart: planning hands a classified source a :class:`SourceHandler`.
 """
 
 from __future__ import annotations
