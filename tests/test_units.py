@@ -34,12 +34,14 @@ from reva_plugins._present import CheckRow, TickingProgress
 from reva_plugins._protocol import error_to_exception
 from reva_plugins._python import Interpreter
 from reva_plugins._sources import (
+    LOCKED_KINDS,
     ArchiveURL,
     InProcess,
     NeedsNetwork,
     PrebuiltVenv,
     ResolveContext,
     Resolved,
+    lock_entry_problem,
 )
 from reva_plugins.testing import result_problems
 
@@ -129,6 +131,43 @@ def test_a_kind_tells_the_builder_what_it_means(
             source.fetch_late(entry, ctx)
     else:
         assert source.fetch_late(entry, ctx) is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "./plugins/demo",
+        "./dist/demo-1.0-py3-none-any.whl",
+        "./dist/demo-1.0.tar.gz",
+        "reva-plugin-demo[x]==1.0",
+        "file:///ARCHIVE",
+    ],
+)
+def test_what_a_kind_resolves_to_is_a_lock_entry_of_that_kind(tmp_path: Path, spec: str) -> None:
+    """A kind's pins, its wheel and the lock's validation of an entry of it agree: resolving
+    gives every pin the kind requires, and pinning it (``repin``) again gives the same."""
+    base = _tree(tmp_path)
+    spec = spec.replace("/ARCHIVE", str(base / "dist" / "demo-1.0-py3-none-any.whl"))
+    source = classify_driver(spec, base_dir=base)
+    assert not isinstance(source, (InProcess, PrebuiltVenv))
+    ctx = ResolveContext(downloads=tmp_path / "downloads")
+    resolved = source.resolve(ctx)
+    assert resolved.kind in LOCKED_KINDS
+    wheel = "" if resolved.wheel_from == "index" else "demo-1.0-py3-none-any.whl"
+    assert lock_entry_problem(resolved.kind, resolved.pins, wheel) is None
+    assert (
+        lock_entry_problem(resolved.kind, resolved.pins, "x.whl" if not wheel else "") is not None
+    )
+    entry = _Pins(
+        resolved.kind, resolved.spec, resolved.identity, "reva-plugin-demo", resolved.pins
+    )
+    assert source.drift(entry, ctx) is None
+    again = source.repin(entry, ctx)
+    assert (again.identity, dict(again.pins), again.mutable) == (
+        resolved.identity,
+        dict(resolved.pins),
+        False,
+    )
 
 
 @dataclass(frozen=True)
