@@ -25,7 +25,8 @@ from typing import Any
 
 from reva_plugins import Host
 from reva_plugins._drivers import InProcessDriver
-from reva_plugins._plan import EntryPoint, InProcessPlan, IsolatedPlan
+from reva_plugins._envmeta import EntryPointInfo
+from reva_plugins._plan import InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
 from reva_plugins._protocol import encode_request
 from reva_plugins._proxy import ServiceProxy
@@ -109,7 +110,7 @@ def in_process_pair(spec: LaunchSpec) -> tuple[ServiceProxy, Any]:
     sys.path.insert(0, str(site))
     service = SERVICES["userprovider"]
     value = str(spec.entry["value"])
-    plan = InProcessPlan(service, EntryPoint("json", value, "", ""), {"users": str(USERS)})
+    plan = InProcessPlan(service, EntryPointInfo("json", value, "", ""), {"users": str(USERS)})
     proxy = ServiceProxy(service, InProcessDriver(plan, "in-process"), "in-process")
     proxy.start()
     driver = importlib_metadata.EntryPoint("json", value, service.group).load()()

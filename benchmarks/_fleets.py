@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reva_plugins import _bundle, _fleet, _lock, _python
+from reva_plugins import _bundle, _fleet, _locker, _lockfile, _python
 from reva_plugins._config import Config, LoaderSettings, PluginOptions, ServiceConfig
 from reva_plugins._installers import InstallOptions, for_locking
 from reva_plugins._sources import LocalFolder, ResolveContext
@@ -31,7 +31,7 @@ SAMPLES = ("json_users", "sqlite_users", "logging_users", "hashed_auth", "pinned
 def make_bundle(work: Path) -> Path:
     """Lock the five samples (one entry each) and export their bundle as a tar."""
     interpreter = _python.current()
-    locker = _lock.Locker(
+    locker = _locker.Locker(
         for_locking(app_data=work / "virtualenv"), InstallOptions(), work / "wheels"
     )
     entries = {}
@@ -39,10 +39,10 @@ def make_bundle(work: Path) -> Path:
         folder = LocalFolder(ROOT / "sample_plugins" / name)
         svc = ServiceConfig(name, str(folder.path), PluginOptions(), {})
         entries[name] = locker.lock(svc, folder.resolve(ResolveContext()), interpreter)
-    lock = _lock.LockFile(entries)
-    text = _lock.dumps(lock, "samples.toml").encode()
+    lock = _lockfile.LockFile(entries)
+    text = _lockfile.dumps(lock, "samples.toml").encode()
     bundle = work / "bundle.tar"
-    _bundle.export(_lock.loads(text), text, locker, bundle, "tar")
+    _bundle.export(_lockfile.loads(text), text, locker, bundle, "tar")
     return bundle
 
 
@@ -62,7 +62,7 @@ def timed_bare(uv: str, bundle: Path) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
         subprocess.run(["tar", "-xf", str(bundle), "-C", tmp], check=True)
-        lock = _lock.loads((Path(tmp) / "lock.toml").read_bytes())
+        lock = _lockfile.loads((Path(tmp) / "lock.toml").read_bytes())
         began = time.perf_counter()
         for name, locked in lock.services.items():
             entry = locked.entries()[0]

@@ -31,9 +31,10 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from . import _lock
+from . import _lockfile
 from ._errors import EnvBuildError, SourceError
 from ._fs import is_inside, remove_tree
+from ._locker import Locker
 from ._sources import file_digest
 from ._subprocess import CommandFailed
 
@@ -59,7 +60,7 @@ class Bundle:
 
     root: Path
     source: Path
-    lock: _lock.LockFile
+    lock: _lockfile.LockFile
     files: Mapping[str, str]
 
     @property
@@ -82,7 +83,7 @@ class Bundle:
             if filename not in used:
                 raise self.refuse(f"{WHEELS}/{filename} is a wheel its lock does not pin")
 
-    def check(self, entry: _lock.LockEntry) -> set[str]:
+    def check(self, entry: _lockfile.LockEntry) -> set[str]:
         """Every wheel ``entry`` installs is here with a hash the lock pins for it; return their
         file names."""
         used = set()
@@ -295,7 +296,7 @@ def _verify(root: Path, source: Path) -> Bundle:
             )
     if LOCK not in files:
         raise _refuse(source, f"it has no {LOCK}")
-    lock = _lock.loads((root / LOCK).read_bytes(), source / LOCK)
+    lock = _lockfile.loads((root / LOCK).read_bytes(), source / LOCK)
     bundle = Bundle(root, source, lock, files)
     bundle.check_all()
     return bundle
@@ -305,9 +306,9 @@ def _verify(root: Path, source: Path) -> Bundle:
 
 
 def export(
-    lock: _lock.LockFile,
+    lock: _lockfile.LockFile,
     lock_text: bytes,
-    locker: _lock.Locker,
+    locker: Locker,
     out: Path,
     fmt: Format,
 ) -> int:
@@ -350,7 +351,7 @@ def export(
             remove_tree(staging, within=parent)
 
 
-def _add_plugin_wheel(entry: _lock.LockedService, locker: _lock.Locker, wheels: Path) -> None:
+def _add_plugin_wheel(entry: _lockfile.LockedService, locker: Locker, wheels: Path) -> None:
     if not entry.wheel:
         return
     wheel = locker.cached_wheel(entry)
@@ -368,11 +369,11 @@ def _add_plugin_wheel(entry: _lock.LockedService, locker: _lock.Locker, wheels: 
     shutil.copyfile(wheel, target)
 
 
-def _download(entry: _lock.LockEntry, locker: _lock.Locker, wheels: Path) -> None:
+def _download(entry: _lockfile.LockEntry, locker: Locker, wheels: Path) -> None:
     """The wheels of ``entry``'s packages, checked by the installer against the lock's hashes."""
     try:
         locker.installer.download(
-            _lock.pins(entry, with_plugin=False), wheels, entry.python, locker.options
+            _lockfile.pins(entry, with_plugin=False), wheels, entry.python, locker.options
         )
     except CommandFailed as exc:
         raise EnvBuildError.of_command(

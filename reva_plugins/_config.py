@@ -17,6 +17,7 @@ from typing import Any
 from . import _defaults
 from ._errors import ConfigError, UsageError
 from ._protocol import ResourceLimits
+from ._redact import redact
 from .services import SERVICES, get_service
 
 if sys.version_info >= (3, 11):
@@ -86,6 +87,12 @@ class ServiceConfig:
     def key(self) -> str:
         """The TOML key of this service's table, for messages."""
         return f"grpc.services.{_show(self.service)}"
+
+    @property
+    def label(self) -> str:
+        """How messages and logs name this service's driver: ``service (driver)``, the driver
+        without credentials."""
+        return f"{self.service} ({redact(self.driver)})"
 
     def driver_config(self, *names: str) -> dict[str, Any]:
         """The driver's own config: the keys beside ``driver``, overridden by the first of

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import _python
+from ._envmeta import DistributionInfo, EntryPointInfo, EnvMetadata, InstallerInfo, PythonInfo
 from ._errors import EnvBuildError
 from ._installers import InstallOptions
 from ._sources import Resolved
-from ._store import DistributionInfo, EntryPointInfo, EnvMetadata, InstallerInfo, PythonInfo
 from ._wire import PROTOCOL_VERSIONS
 from .services import GROUP_PREFIX
 

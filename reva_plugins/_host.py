@@ -30,7 +30,6 @@ from ._hooks import PROJECT, CallWrappers, HostSpec
 from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess
 from ._proxy import DriverCall, ServiceProxy
-from ._redact import redact
 from ._sandbox import make_undumpable
 from ._store import resolve_cache_dir
 from ._supervisor import Supervisor
@@ -212,7 +211,7 @@ class Host:
             self.hooks.hook.env_built(
                 service=svc.service, env_key=plan.env_key, seconds=plan.build_seconds
             )
-        label = f"{svc.service} ({redact(svc.driver)})"
+        label = svc.label
         driver = plan.handle(_DriverMaker(self, svc.service, label))
         return ServiceProxy(SERVICES[svc.service], driver, label)
 

@@ -6,11 +6,11 @@ launch spec for a plugin process). The host, every CLI command (``check``, ``cal
 ``env build``, ``conformance``, and through ``_fleet`` ``lock`` and ``env export``/``import``)
 and the testing kit plan through here.
 
-This is where source kinds are told apart, and nowhere else but ``_sources`` itself and the
-lock and bundle (``_lock``, ``_bundle``: they pin what planning resolves). What a kind means
-further on is handed over as data: the builder gets a :class:`~._build.Buildable` (the wheel to
-tag-check, the archive to fetch late) from :func:`for_build`, and ``check`` shows where a plan
-runs with :func:`shown_env`.
+Planning tells no source kinds apart: a classified source answers through a
+:class:`~._sources.SourceHandler` (in-process, prebuilt venv, or built). It picks the resolver
+(``_resolvers``: unlocked, a ``CONFIG.lock``, a bundle) that turns a source into an
+:class:`~._build.Install`, and hands that to the builder; the walk goes down the floors
+(planning -> resolver -> builder -> store and installers).
 """
 
 from __future__ import annotations
@@ -21,29 +21,47 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from . import _defaults, _lock
-from ._build import Buildable, Builder, BuildProgress
+from . import _defaults, _lockfile, _python
+from ._build import Builder, BuildProgress
+from ._bundle import Bundle, open_bundle
 from ._config import Config, ServiceConfig
 from ._envinfo import scan_entry_points
+from ._envmeta import EntryPointInfo
 from ._errors import SourceError
 from ._process import LaunchSpec
 from ._redact import redact
+from ._resolvers import Bundled, Locked, Resolver, Unlocked, interpreter_for
 from ._sources import (
-    ArchiveURL,
+    NO_ENV,
+    PREBUILT_ENV,
     Classified,
     InProcess,
-    LocalFile,
-    LocalFolder,
+    NeedsNetwork,
     PrebuiltVenv,
     Source,
     SourcePolicy,
     classify,
+    shown_env,
 )
-from ._store import EntryPointInfo, Store
+from ._store import Env, Store
+from ._wheels import check_tags
 from .services import SERVICES, ServiceType
 
-#: An entry point: its name, ``module:attr`` value, and the distribution and version declaring it.
-EntryPoint = EntryPointInfo
+__all__ = [
+    "NO_ENV",
+    "PREBUILT_ENV",
+    "InProcessPlan",
+    "IsolatedPlan",
+    "Plan",
+    "PlanHandler",
+    "Planner",
+    "Prepared",
+    "absolute_spec",
+    "check_fits",
+    "choose_entry_point",
+    "classify_driver",
+    "shown_env",
+]
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -66,7 +84,7 @@ class InProcessPlan:
     """Load ``entry_point`` into the core itself."""
 
     service: ServiceType
-    entry_point: EntryPoint
+    entry_point: EntryPointInfo
     config: dict[str, Any]
     kind: Literal["in-process"] = "in-process"
     env_key: None = None
@@ -132,35 +150,15 @@ def classify_driver(
     A relative spec resolves against ``base_dir``, a relative pattern against ``policy_dir``
     (the folder of the file the patterns come from; default ``base_dir``)."""
     source = classify(driver, base_dir=base_dir, sha256=sha256)
-    SourcePolicy(allowed, policy_dir or base_dir).check(driver, source)
+    SourcePolicy(allowed, policy_dir or base_dir).check(driver, source.origin)
     return source
 
 
-def for_build(source: Source) -> Buildable:
-    """``source`` with what its kind means for building its env: a wheel file (local or an
-    archive URL) is tag-checked first; an archive URL may be fetched late under a lock."""
-    if isinstance(source, LocalFile):
-        return Buildable(source, wheel=source.path.name if source.kind == "wheel" else None)
-    if isinstance(source, ArchiveURL):
-        wheel = source.filename if source.kind == "wheel-url" else None
-        return Buildable(source, wheel=wheel, archive=source)
-    return Buildable(source)
-
-
-#: What ``check`` shows in its ENV column for a plan without an env of its own in the cache.
-NO_ENV = "-"
-PREBUILT_ENV = "(prebuilt)"
-
-
-def shown_env(kind: str | None, env_key: str | None) -> str:
-    """How ``check`` names where a planned driver runs, from its plan's ``kind`` and
-    ``env_key``: the env key; :data:`PREBUILT_ENV` for a venv used as is; :data:`NO_ENV`
-    in-process, or when planning failed (``kind`` None)."""
-    if env_key:
-        return env_key
-    if kind is None or kind == InProcessPlan.kind:
-        return NO_ENV
-    return PREBUILT_ENV
+def check_fits(source: Source, interpreter: _python.Interpreter) -> None:
+    """Refuse (exit 2) a wheel whose tags do not fit ``interpreter``, before anything is fetched
+    or built; any other source fits as far as can be told before building it."""
+    if source.wheel_file is not None:
+        check_tags(source.wheel_file, interpreter, source.spec)
 
 
 def absolute_spec(spec: str, base_dir: Path) -> str:
@@ -168,10 +166,8 @@ def absolute_spec(spec: str, base_dir: Path) -> str:
 
     For specs given on a command line (relative to the working directory) that are then planned
     against another folder (``conformance --config``)."""
-    source = classify(spec, base_dir=base_dir)
-    if isinstance(source, (LocalFolder, LocalFile, PrebuiltVenv)):
-        return str(source.path)
-    return spec
+    path = classify(spec, base_dir=base_dir).local_path
+    return str(path) if path is not None else spec
 
 
 class Planner:
@@ -183,6 +179,11 @@ class Planner:
         self.config = config
         self.settings = config.plugins
         self.builder = Builder(config, refresh=refresh, progress=progress)
+        #: Whether a lock beside the config (or the bundle's) pins what is built; ``lock``
+        #: itself turns this off to re-resolve.
+        self.use_lock = True
+        self._lock: _lockfile.LockFile | None = None
+        self._bundle: Bundle | None = None
 
     def close(self) -> None:
         """Stop marking the envs this planner handed out as in use."""
@@ -193,9 +194,45 @@ class Planner:
         """The env cache the builds go to."""
         return self.builder.store
 
-    def prepare_locked(self, locked: _lock.LockedService, python: str | None = None) -> Prepared:
-        """Build the env a lock's service table pins, with no config (``env import``)."""
-        entry, env, built, seconds = self.builder.locked_env(locked, python)
+    def bundle(self) -> Bundle | None:
+        """The ``[plugins] bundle``, opened and checked once."""
+        if self.settings.bundle is not None and self._bundle is None:
+            self._bundle = open_bundle(self.settings.bundle, self.store.root)
+        return self._bundle
+
+    def lock(self) -> _lockfile.LockFile | None:
+        """The lock every build follows: the one beside the config, else the bundle's."""
+        if not self.use_lock:
+            return None
+        if self._lock is None:
+            bundle = self.bundle()
+            self._lock = _lockfile.beside(self.config) or (bundle.lock if bundle else None)
+        return self._lock
+
+    def resolver(self) -> Resolver:
+        """How sources resolve for a build: the lock's pins (from the bundle's wheels when there
+        is a bundle), else anew."""
+        lock = self.lock()
+        if lock is None:
+            return Unlocked()
+        bundle = self.bundle()
+        if bundle is not None:
+            return Bundled(lock, bundle)
+        return Locked(lock, self.builder.wheel_cache)
+
+    def prepare_locked(
+        self, locked: _lockfile.LockedService, python: str | None = None
+    ) -> Prepared:
+        """Build the env a bundle's lock table pins, with no config (``env import``), for
+        ``python`` or the first of its target Pythons found here."""
+        bundle = self.bundle()
+        assert bundle is not None
+        builder = self.builder
+        interpreter, entry = interpreter_for(locked, python, builder.interpreters)
+        what = Bundled(bundle.lock, bundle).entry(entry)
+        env, built, seconds = builder.env(
+            what, interpreter, builder.installer(), builder.install_options()
+        )
         return Prepared(entry.kind, env.key, built, seconds)
 
     def source(self, svc: ServiceConfig) -> Classified:
@@ -211,59 +248,42 @@ class Planner:
     def built_source(self, svc: ServiceConfig) -> Source | None:
         """``svc``'s driver as a source its own env is built from; None for an in-process driver
         or a prebuilt venv (nothing to build or lock)."""
-        source = self.source(svc)
-        return None if isinstance(source, (InProcess, PrebuiltVenv)) else source
+        return self.source(svc).accept(_BuiltOnly())
+
+    def env(self, svc: ServiceConfig, source: Source) -> tuple[Env, bool, float]:
+        """The cached env for ``source`` (built now if missing); whether built; seconds taken.
+
+        With a lock, the source is pinned to what the lock says (drift is an error) and the env
+        is installed with the lock's hashes."""
+        builder = self.builder
+        interpreter = builder.interpreter(svc)
+        check_fits(source, interpreter)
+        installer = builder.installer()
+        options = builder.install_options()
+        ctx = builder.resolve_context(installer, interpreter, options)
+        resolver = self.resolver()
+        try:
+            what = resolver.resolve(svc, source, interpreter, ctx)
+        except NeedsNetwork as exc:
+            return builder.newest_cached(source.spec, interpreter, exc), False, 0.0
+        return builder.env(what, interpreter, installer, options)
 
     def prepare(self, svc: ServiceConfig) -> Prepared:
         """Build ``svc``'s env if it is missing (``env build``); start nothing."""
-        source = self.source(svc)
-        if isinstance(source, (InProcess, PrebuiltVenv)):
-            return Prepared(source.kind, None)
-        env, built, seconds = self.builder.env_for(svc, for_build(source))
-        return Prepared(env.meta.kind or source.kind, env.key, built, seconds)
+        return self.source(svc).accept(_Preparing(self, svc))
 
     def plan(self, svc: ServiceConfig) -> Plan:
         """What running ``svc``'s driver takes; builds its env if it is not cached."""
-        service = SERVICES[svc.service]
-        source = self.source(svc)
-        if isinstance(source, InProcess):
-            ep = self._in_process_entry_point(service, source.name)
-            return InProcessPlan(service, ep, svc.driver_config(ep.name))
-        if isinstance(source, PrebuiltVenv):
-            entry_points = scan_entry_points(source.path)
-            ep = choose_entry_point(svc, service, entry_points.get(service.group, {}))
-            launch = self.launch_spec(svc, service, source.python, ep)
-            return IsolatedPlan(launch, None, source.kind)
-        env, built, seconds = self.builder.env_for(svc, for_build(source))
-        ep = choose_entry_point(svc, service, env.meta.entry_points.get(service.group, {}))
-        launch = self.launch_spec(svc, service, env.python, ep)
-        return IsolatedPlan(launch, env.key, env.meta.kind or source.kind, built, seconds)
-
-    def _in_process_entry_point(self, service: ServiceType, name: str) -> EntryPoint:
-        found = list(importlib_metadata.entry_points(group=service.group, name=name))
-        if not found:
-            installed = sorted(
-                ep.name for ep in importlib_metadata.entry_points(group=service.group)
-            )
-            raise SourceError(
-                f"no driver named {name!r} is installed in the core's environment "
-                f"(entry points in {service.group}: {', '.join(installed) or 'none'}); to install "
-                f"a plugin from the package index give a version, e.g. '{name}>=0'"
-            )
-        ep = found[0]
-        dist = ep.dist
-        return EntryPoint(
-            ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""
-        )
+        return self.source(svc).accept(_Planning(self, svc))
 
     def launch_spec(
-        self, svc: ServiceConfig, service: ServiceType, python: Path, ep: EntryPoint
+        self, svc: ServiceConfig, service: ServiceType, python: Path, ep: EntryPointInfo
     ) -> LaunchSpec:
         """How to start ``ep`` from ``python`` with the timeouts and env of ``svc``."""
         opts = svc.plugin
         return LaunchSpec(
             service=svc.service,
-            label=f"{svc.service} ({redact(svc.driver)})",
+            label=svc.label,
             python=python,
             entry={"group": service.group, **ep.to_json()},
             env=opts.env,
@@ -277,9 +297,25 @@ class Planner:
         )
 
 
+def _in_process_entry_point(service: ServiceType, name: str) -> EntryPointInfo:
+    found = list(importlib_metadata.entry_points(group=service.group, name=name))
+    if not found:
+        installed = sorted(ep.name for ep in importlib_metadata.entry_points(group=service.group))
+        raise SourceError(
+            f"no driver named {name!r} is installed in the core's environment "
+            f"(entry points in {service.group}: {', '.join(installed) or 'none'}); to install "
+            f"a plugin from the package index give a version, e.g. '{name}>=0'"
+        )
+    ep = found[0]
+    dist = ep.dist
+    return EntryPointInfo(
+        ep.name, ep.value, dist.name if dist else "", dist.version if dist else ""
+    )
+
+
 def choose_entry_point(
-    svc: ServiceConfig, service: ServiceType, found: Mapping[str, EntryPoint]
-) -> EntryPoint:
+    svc: ServiceConfig, service: ServiceType, found: Mapping[str, EntryPointInfo]
+) -> EntryPointInfo:
     """The entry point ``svc`` uses: the one named in ``plugin.entry_point``, or the only one."""
     names = ", ".join(sorted(found)) or "none"
     wanted = svc.plugin.entry_point
@@ -301,3 +337,61 @@ def choose_entry_point(
         f"{redact(svc.driver)} declares several entry points in {service.group} ({names}); "
         f"choose one with {svc.key}.plugin.entry_point"
     )
+
+
+class _BuiltOnly:
+    """A source its own env is built from, else None."""
+
+    def in_process(self, source: InProcess) -> Source | None:
+        return None
+
+    def prebuilt(self, source: PrebuiltVenv) -> Source | None:
+        return None
+
+    def built(self, source: Source) -> Source | None:
+        return source
+
+
+@dataclass(frozen=True)
+class _Preparing:
+    """``env build`` of one service: nothing to build in-process or for a prebuilt venv."""
+
+    planner: Planner
+    svc: ServiceConfig
+
+    def in_process(self, source: InProcess) -> Prepared:
+        return Prepared(source.kind, None)
+
+    def prebuilt(self, source: PrebuiltVenv) -> Prepared:
+        return Prepared(source.kind, None)
+
+    def built(self, source: Source) -> Prepared:
+        env, built, seconds = self.planner.env(self.svc, source)
+        return Prepared(env.meta.kind or source.kind, env.key, built, seconds)
+
+
+@dataclass(frozen=True)
+class _Planning:
+    """The plan of one service, by how its driver runs."""
+
+    planner: Planner
+    svc: ServiceConfig
+
+    def in_process(self, source: InProcess) -> Plan:
+        service = SERVICES[self.svc.service]
+        ep = _in_process_entry_point(service, source.name)
+        return InProcessPlan(service, ep, self.svc.driver_config(ep.name))
+
+    def prebuilt(self, source: PrebuiltVenv) -> Plan:
+        service = SERVICES[self.svc.service]
+        entry_points = scan_entry_points(source.path)
+        ep = choose_entry_point(self.svc, service, entry_points.get(service.group, {}))
+        launch = self.planner.launch_spec(self.svc, service, source.python, ep)
+        return IsolatedPlan(launch, None, source.kind)
+
+    def built(self, source: Source) -> Plan:
+        service = SERVICES[self.svc.service]
+        env, built, seconds = self.planner.env(self.svc, source)
+        ep = choose_entry_point(self.svc, service, env.meta.entry_points.get(service.group, {}))
+        launch = self.planner.launch_spec(self.svc, service, env.python, ep)
+        return IsolatedPlan(launch, env.key, env.meta.kind or source.kind, built, seconds)

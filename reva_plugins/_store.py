@@ -3,7 +3,8 @@
 Layout under the cache root: ``envs/<key>`` (venvs, each with its ``reva-env.json`` written last),
 ``locks/`` (``<key>.lock`` for builds, ``<key>.inuse`` held shared by every running host that uses
 the env), ``tmp/`` (builds in progress) and ``downloads/<sha256>/`` (fetched archives, each held
-shared by every process that resolved it: :func:`hold_download`).
+shared by every process that resolved it: :func:`._holds.hold_download`). The metadata
+record of an env is :mod:`._envmeta`.
 Everything this module deletes goes through :func:`reva_plugins._fs.remove_tree`, and only ever
 names the core itself makes (:data:`LAYOUT`): a folder that is not a cache is never adopted, and
 what someone else put into a cache is left alone.
@@ -24,32 +25,54 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import filelock
 import platformdirs
 
+from ._envmeta import (
+    KEY_LENGTH,
+    KEY_PATTERN,
+    METADATA,
+    EnvMetadata,
+    MetadataError,
+    is_key,
+    read_metadata,
+)
 from ._errors import ConfigError, EnvBuildError, EnvInUse, UsageError
 from ._fs import is_inside, remove_tree
+from ._holds import download_unheld, held_exclusively
 
 log = logging.getLogger("reva_plugins.store")
 
+__all__ = [
+    "CACHE_ENV",
+    "LAYOUT",
+    "BrokenEnv",
+    "Env",
+    "EnvMetadata",
+    "Pruned",
+    "Store",
+    "default_cache_dir",
+    "dir_size",
+    "env_health",
+    "make_key",
+    "resolve_cache_dir",
+]
+
 CACHE_ENV = "REVA_PLUGINS_CACHE_DIR"
-METADATA = "reva-env.json"
 LAST_USED = "reva-env.last-used"
 KEY_SCHEMA = 1
-KEY_LENGTH = 24
-MAX_METADATA_BYTES = 16 << 20
 TMP_GRACE_SECONDS = 3600.0
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by reva-plugins.\n"
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
-_KEY = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}")
+_KEY = KEY_PATTERN
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # The signature line and our own comment: another program's tag has the first, never both.
 _TAG_HEAD = "".join(CACHEDIR_TAG.splitlines(keepends=True)[:2]).encode()
@@ -97,250 +120,6 @@ def make_key(material: dict[str, Any]) -> str:
     """A short, stable hash of everything that decides an env's content."""
     blob = json.dumps({"schema": KEY_SCHEMA, **material}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
-
-
-def is_key(name: str) -> bool:
-    """True for a well-formed env key (lowercase hex of the expected length)."""
-    return _KEY.fullmatch(name) is not None
-
-
-# -- the metadata record ------------------------------------------------------------------------
-
-
-class MetadataError(ValueError):
-    """An env's metadata is missing, unreadable or not of the expected shape."""
-
-
-_T = TypeVar("_T")
-
-
-def _field(data: Mapping[str, Any], name: str, kind: type[_T], where: str) -> _T:
-    if name not in data:
-        raise MetadataError(f"{where}{name} is missing")
-    value = data[name]
-    # bool is an int subclass: an int field must not accept true/false, nor the reverse.
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise MetadataError(f"{where}{name} must be {kind.__name__}, not {type(value).__name__}")
-    return value
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise MetadataError(f"{where} must be an object, not {type(value).__name__}")
-    return value
-
-
-def _strings(value: Any, where: str) -> dict[str, str]:
-    table = _object(value, where)
-    for name, item in table.items():
-        if not isinstance(item, str):
-            raise MetadataError(f"{where}.{name} must be str, not {type(item).__name__}")
-    return dict(table)
-
-
-@dataclass(frozen=True)
-class PythonInfo:
-    """The interpreter an env was built for."""
-
-    implementation: str
-    version: str
-    executable: str
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "python.") -> PythonInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        return cls(
-            *(_field(table, n, str, where) for n in ("implementation", "version", "executable"))
-        )
-
-
-@dataclass(frozen=True)
-class InstallerInfo:
-    """The installer that built an env."""
-
-    name: str
-    version: str
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "installer.") -> InstallerInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        return cls(_field(table, "name", str, where), _field(table, "version", str, where))
-
-
-@dataclass(frozen=True)
-class EntryPointInfo:
-    """One ``reva.*`` entry point an env's distributions declare."""
-
-    name: str
-    value: str
-    distribution: str
-    version: str
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> EntryPointInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        names = ("name", "value", "distribution", "version")
-        return cls(*(_field(table, n, str, where) for n in names))
-
-    def to_json(self) -> dict[str, str]:
-        """The JSON object written to the metadata file."""
-        return {
-            "name": self.name,
-            "value": self.value,
-            "distribution": self.distribution,
-            "version": self.version,
-        }
-
-
-@dataclass(frozen=True)
-class DistributionInfo:
-    """One distribution installed in an env (``direct_url`` is PEP 610's record, if any)."""
-
-    name: str
-    version: str
-    direct_url: Mapping[str, Any] | None = None
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> DistributionInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        direct = table.get("direct_url")
-        return cls(
-            _field(table, "name", str, where),
-            _field(table, "version", str, where),
-            None if direct is None else _object(direct, f"{where}direct_url"),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object written to the metadata file."""
-        out: dict[str, Any] = {"name": self.name, "version": self.version}
-        if self.direct_url is not None:
-            out["direct_url"] = dict(self.direct_url)
-        return out
-
-
-@dataclass(frozen=True)
-class EnvMetadata:
-    """What an env records about itself (``reva-env.json``), validated field by field."""
-
-    key: str
-    spec: str
-    kind: str
-    identity: str
-    mutable: bool
-    resolved: Mapping[str, str]
-    python: PythonInfo
-    installer: InstallerInfo
-    options: Mapping[str, Any]
-    protocol: tuple[int, ...]
-    distributions: tuple[DistributionInfo, ...]
-    entry_points: Mapping[str, Mapping[str, EntryPointInfo]]
-    created: str
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: Any) -> EnvMetadata:
-        """Validate every field of a decoded metadata file; raises :class:`MetadataError`."""
-        table = _object(data, "the metadata")
-        key = _field(table, "key", str, "")
-        if not is_key(key):
-            raise MetadataError(f"key {key!r} is not an env key")
-        protocol = _field(table, "protocol", list, "")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in protocol):
-            raise MetadataError("protocol must be a list of integers")
-        dists = _field(table, "distributions", list, "")
-        groups = _object(_field(table, "entry_points", dict, ""), "entry_points")
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        return cls(
-            key=key,
-            spec=_field(table, "spec", str, ""),
-            kind=_field(table, "kind", str, ""),
-            identity=_field(table, "identity", str, ""),
-            mutable=_field(table, "mutable", bool, ""),
-            resolved=_strings(_field(table, "resolved", dict, ""), "resolved"),
-            python=PythonInfo.from_json(table.get("python"), "python."),
-            installer=InstallerInfo.from_json(table.get("installer"), "installer."),
-            options=dict(_field(table, "options", dict, "")),
-            protocol=tuple(protocol),
-            distributions=tuple(
-                DistributionInfo.from_json(d, f"distributions[{i}].") for i, d in enumerate(dists)
-            ),
-            entry_points={
-                group: {
-                    name: EntryPointInfo.from_json(ep, f"entry_points.{group}.{name}.")
-                    for name, ep in _object(eps, f"entry_points.{group}").items()
-                }
-                for group, eps in groups.items()
-            },
-            created=_field(table, "created", str, ""),
-            extra={k: v for k, v in table.items() if k not in known},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object written to (and read back from) the metadata file."""
-        return {
-            **self.extra,
-            "key": self.key,
-            "spec": self.spec,
-            "kind": self.kind,
-            "identity": self.identity,
-            "mutable": self.mutable,
-            "resolved": dict(self.resolved),
-            "python": {
-                "implementation": self.python.implementation,
-                "version": self.python.version,
-                "executable": self.python.executable,
-            },
-            "installer": {"name": self.installer.name, "version": self.installer.version},
-            "options": dict(self.options),
-            "protocol": list(self.protocol),
-            "distributions": [d.to_json() for d in self.distributions],
-            "entry_points": {
-                group: {name: ep.to_json() for name, ep in eps.items()}
-                for group, eps in self.entry_points.items()
-            },
-            "created": self.created,
-        }
-
-    def references(self, sha256: str) -> bool:
-        """True when this env was built from the download with digest ``sha256``."""
-        return self.resolved.get("sha256") == sha256 or self.identity == f"sha256:{sha256}"
-
-
-def read_metadata(path: Path) -> EnvMetadata:
-    """The validated metadata of the env folder ``path``; raises :class:`MetadataError`.
-
-    Only a regular file of bounded size is read: a FIFO or a device there must not hang or
-    exhaust the reader.
-    """
-    file = path / METADATA
-    try:
-        info = os.lstat(file)
-    except FileNotFoundError:
-        raise MetadataError(f"{METADATA} is missing") from None
-    except OSError as exc:
-        raise MetadataError(f"cannot read {METADATA}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise MetadataError(f"{METADATA} is not a regular file")
-    if info.st_size > MAX_METADATA_BYTES:
-        raise MetadataError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
-    try:
-        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(MAX_METADATA_BYTES + 1)
-    except OSError as exc:
-        raise MetadataError(f"cannot read {METADATA}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise MetadataError(f"{METADATA} is not valid JSON ({type(exc).__name__})") from None
-    metadata = EnvMetadata.from_json(data)
-    if metadata.key != path.name:
-        raise MetadataError(f"{METADATA} is for env {metadata.key}, not {path.name}")
-    return metadata
 
 
 # -- envs ---------------------------------------------------------------------------------------
@@ -562,7 +341,7 @@ class Store:
     def _unused(self, key: str) -> Iterator[bool]:
         """Hold ``key`` exclusively if no host uses it; yields whether that worked."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-        with _held_exclusively(self.locks / f"{key}.inuse", flags, unopenable=False) as held:
+        with held_exclusively(self.locks / f"{key}.inuse", flags, unopenable=False) as held:
             yield held
 
     # -- building ---------------------------------------------------------------------------------
@@ -754,7 +533,7 @@ class Store:
             if _SHA256.fullmatch(name):
                 if any(env.meta.references(name) for env in envs) or _newest(path) >= cutoff:
                     continue
-                with _download_unheld(path) as free:
+                with download_unheld(path) as free:
                     if free:
                         remove_tree(path, within=self.downloads)
                         removed.append(name)
@@ -895,80 +674,6 @@ def _foreign_entry(root: Path) -> str | None:
         elif not (_LAYOUT_FILES.fullmatch(name) and _read_small(path, 0) is not None):
             return _safe(name)
     return None
-
-
-_held_downloads: dict[str, int] = {}
-_held_mutex = threading.Lock()
-
-
-def hold_download(folder: Path) -> bool:
-    """Mark the download folder ``downloads/<sha256>`` in use until this process ends.
-
-    A shared lock on the folder: ``env prune`` (which needs it exclusively) in any process
-    leaves a download alone while a process that resolved it, to build from it, still runs.
-    Taken before the download is moved in or used from the cache. False when the folder is
-    gone or was replaced (pruned meanwhile): make it again and retry.
-    """
-    key = str(folder)
-    with _held_mutex:
-        held = _held_downloads.get(key)
-        if held is not None:
-            if _same_file(held, folder):
-                return True
-            os.close(held)
-            del _held_downloads[key]
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            # Blocks only while a prune removes this very folder; then it is gone (below).
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:
-            os.close(fd)
-            return False
-        if not _same_file(fd, folder):
-            os.close(fd)
-            return False
-        _held_downloads[key] = fd
-        return True
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        held, now = os.fstat(fd), os.lstat(path)
-    except OSError:
-        return False
-    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
-
-
-@contextlib.contextmanager
-def _download_unheld(path: Path) -> Iterator[bool]:
-    """Hold the download ``path`` exclusively if no process holds it; yields whether it does
-    (a path that is not a real folder nobody can hold)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    with _held_exclusively(path, flags, unopenable=True) as held:
-        yield held
-
-
-@contextlib.contextmanager
-def _held_exclusively(path: Path, flags: int, *, unopenable: bool) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` (opened with ``flags``) for the block, if nobody holds
-    a lock on it; yields whether it is held, or ``unopenable`` when the path cannot be opened."""
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        yield unopenable
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _why(exc: OSError) -> str:

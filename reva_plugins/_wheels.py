@@ -1,7 +1,7 @@
 """Wheel tag checks: refuse, before building, a wheel the plugin's Python cannot install.
 
-Which file is a wheel is planning's to say (it alone tells source kinds apart): the builder
-gets the wheel's file name with the source and checks it here before anything is fetched.
+Which file is a wheel is its source kind's to say (``Source.wheel_file``): planning checks
+that file name here before anything is fetched or built.
 """
 
 from __future__ import annotations

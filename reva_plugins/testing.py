@@ -36,6 +36,7 @@ from typing import Any
 
 from ._conformance import Check, Report, run_conformance
 from ._present import format_report
+from ._sources import SAMPLE_KINDS, sample_spec
 from .services import get_service
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
     "run_conformance",
 ]
 
-KINDS = ("folder", "sdist", "wheel", "git")
+KINDS = SAMPLE_KINDS
 INSTALLERS = ("uv", "pip")
 
 
@@ -89,55 +90,7 @@ def result_problems(service: str, method: str, value: object) -> list[str]:
 def prepare_source(path: str | Path, kind: str, workdir: str | Path) -> str:
     """A driver spec of ``kind`` for the package folder at ``path``: the folder itself, an
     sdist or wheel built with pypa/build, or a ``git+file://`` URL of a fresh commit."""
-    path = Path(path).resolve()
-    workdir = Path(workdir)
-    if kind == "folder":
-        return str(path)
-    if kind in ("sdist", "wheel"):
-        out = workdir / "dist"
-        subprocess.run(
-            [sys.executable, "-m", "build", f"--{kind}", "--outdir", str(out), str(path)],
-            check=True,
-            capture_output=True,
-        )
-        return str(next(out.glob("*.whl" if kind == "wheel" else "*.tar.gz")))
-    if kind == "git":
-        repo = workdir / "repo"
-        subprocess.run(
-            ["git", "clone", "-q", "--no-hardlinks", str(path), str(repo)],
-            check=False,
-            capture_output=True,
-        )
-        if not (repo / ".git").exists():
-            import shutil  # noqa: PLC0415
-
-            shutil.copytree(
-                path, repo, ignore=shutil.ignore_patterns(".git", "dist", "build", ".nox")
-            )
-            _git(repo, "init", "-q")
-        _git(repo, "add", "-A")
-        _git(
-            repo,
-            "-c",
-            "user.name=reva",
-            "-c",
-            "user.email=reva@localhost",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "conformance",
-        )
-        commit = _git(repo, "rev-parse", "HEAD")
-        return f"git+file://{repo}@{commit}"
-    raise ValueError(f"unknown source kind {kind!r} (one of {', '.join(KINDS)})")
-
-
-def _git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    )
-    return result.stdout.strip()
+    return sample_spec(kind, Path(path).resolve(), Path(workdir))
 
 
 def conformance_session(

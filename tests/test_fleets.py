@@ -1117,7 +1117,7 @@ def test_lock_and_bundle_leave_installers_to_the_installers() -> None:
     import ast
 
     package = Path(__file__).resolve().parent.parent / "reva_plugins"
-    for module in ("_lock.py", "_bundle.py"):
+    for module in ("_lockfile.py", "_locker.py", "_resolvers.py", "_bundle.py"):
         tree = ast.parse((package / module).read_text())
         docstrings = {
             id(node.body[0].value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from reva_plugins import SERVICES, ConfigError, SourceError, UsageError, _wire
 from reva_plugins._config import parse
 from reva_plugins._drivers import ServiceInfo
 from reva_plugins._envinfo import env_metadata
+from reva_plugins._envmeta import EnvMetadata, MetadataError
 from reva_plugins._errors import EnvBuildError, ExitCode, InvalidArgument, RemoteError
 from reva_plugins._host import ServiceCheck
 from reva_plugins._installers import InstallOptions
@@ -24,16 +27,24 @@ from reva_plugins._plan import (
     PREBUILT_ENV,
     InProcessPlan,
     absolute_spec,
+    check_fits,
     classify_driver,
-    for_build,
     shown_env,
 )
 from reva_plugins._present import CheckRow, TickingProgress
 from reva_plugins._protocol import error_to_exception
 from reva_plugins._proxy import _Binder
 from reva_plugins._python import Interpreter
-from reva_plugins._sources import ArchiveURL, InProcess, PrebuiltVenv, Resolved
-from reva_plugins._store import EnvMetadata, MetadataError
+from reva_plugins._sources import (
+    LOCKED_KINDS,
+    ArchiveURL,
+    InProcess,
+    NeedsNetwork,
+    PrebuiltVenv,
+    ResolveContext,
+    Resolved,
+    lock_entry_problem,
+)
 from reva_plugins.testing import result_problems
 
 # -- spec classification ------------------------------------------------------------------------
@@ -107,24 +118,77 @@ def test_absolute_spec_resolves_paths_only(tmp_path: Path) -> None:
         ("reva-plugin-demo==1.0", None, False),
     ],
 )
-def test_planning_tells_the_builder_what_a_kind_means(
+def test_a_kind_tells_the_builder_what_it_means(
     tmp_path: Path, spec: str, wheel: str | None, archive: bool
 ) -> None:
+    """The wheel to tag-check, and whether a locked env fetches the plugin late (an archive
+    a lock pins without fetching it: offline, that fetch is refused as needing the network)."""
     source = classify_driver(spec, base_dir=_tree(tmp_path))
     assert not isinstance(source, (InProcess, PrebuiltVenv))
-    buildable = for_build(source)
-    assert buildable.source is source
-    assert (buildable.wheel, buildable.archive is not None) == (wheel, archive)
+    assert source.wheel_file == wheel
+    entry = _Pins(source.kind, source.spec, "sha256:" + "0" * 64, "demo", {"sha256": "0" * 64})
+    ctx = ResolveContext(offline=True, downloads=tmp_path / "downloads")
+    if archive:
+        with pytest.raises(NeedsNetwork):
+            source.fetch_late(entry, ctx)
+    else:
+        assert source.fetch_late(entry, ctx) is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "./plugins/demo",
+        "./dist/demo-1.0-py3-none-any.whl",
+        "./dist/demo-1.0.tar.gz",
+        "reva-plugin-demo[x]==1.0",
+        "file:///ARCHIVE",
+    ],
+)
+def test_what_a_kind_resolves_to_is_a_lock_entry_of_that_kind(tmp_path: Path, spec: str) -> None:
+    """A kind's pins, its wheel and the lock's validation of an entry of it agree: resolving
+    gives every pin the kind requires, and pinning it (``repin``) again gives the same."""
+    base = _tree(tmp_path)
+    spec = spec.replace("/ARCHIVE", str(base / "dist" / "demo-1.0-py3-none-any.whl"))
+    source = classify_driver(spec, base_dir=base)
+    assert not isinstance(source, (InProcess, PrebuiltVenv))
+    ctx = ResolveContext(downloads=tmp_path / "downloads")
+    resolved = source.resolve(ctx)
+    assert resolved.kind in LOCKED_KINDS
+    wheel = "" if resolved.wheel_from == "index" else "demo-1.0-py3-none-any.whl"
+    assert lock_entry_problem(resolved.kind, resolved.pins, wheel) is None
+    assert (
+        lock_entry_problem(resolved.kind, resolved.pins, "x.whl" if not wheel else "") is not None
+    )
+    entry = _Pins(
+        resolved.kind, resolved.spec, resolved.identity, "reva-plugin-demo", resolved.pins
+    )
+    assert source.drift(entry, ctx) is None
+    again = source.repin(entry, ctx)
+    assert (again.identity, dict(again.pins), again.mutable) == (
+        resolved.identity,
+        dict(resolved.pins),
+        False,
+    )
+
+
+@dataclass(frozen=True)
+class _Pins:
+    kind: str
+    spec: str
+    identity: str
+    plugin: str
+    pins: Mapping[str, str]
 
 
 def test_a_wheel_url_that_cannot_fit_is_refused_before_it_is_fetched() -> None:
-    """The tags are read from the file name the plan hands over: nothing is downloaded (the
+    """The tags are read from the file name the source names: nothing is downloaded (the
     host does not exist), and a wheel that fits passes."""
     python = Interpreter("/usr/bin/python3", "CPython", "3.12.1")
     unfit = ArchiveURL("https://nowhere.invalid/demo-1.0-cp27-cp27mu-linux_x86_64.whl")
     with pytest.raises(SourceError, match=r"does not fit Python 3\.12\.1"):
-        for_build(unfit).check_fits(python)
-    for_build(ArchiveURL("https://nowhere.invalid/demo-1.0-py3-none-any.whl")).check_fits(python)
+        check_fits(unfit, python)
+    check_fits(ArchiveURL("https://nowhere.invalid/demo-1.0-py3-none-any.whl"), python)
 
 
 # -- env metadata -------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The ``folder`` kind: a package folder (``pyproject.toml`` or ``setup.py``), keyed by a
+digest of its tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ._base import Kind, LockedPins, Origin, ResolveContext, Resolved, Source, short_identity
+from ._digest import tree_digest
+
+
+@dataclass(frozen=True)
+class LocalFolder(Source):
+    """A package folder (``pyproject.toml`` or ``setup.py``), keyed by a digest of its tree."""
+
+    KINDS: ClassVar[tuple[Kind, ...]] = ("folder",)
+
+    path: Path
+    kind: str = "folder"
+
+    @property
+    def spec(self) -> str:
+        """The folder's path."""
+        return str(self.path)
+
+    @property
+    def origin(self) -> Origin:
+        """The folder's resolved path."""
+        return Origin("path", str(self.path))
+
+    @property
+    def local_path(self) -> Path | None:
+        """The folder's path."""
+        return self.path
+
+    @classmethod
+    def at(cls, path: Path) -> LocalFolder | None:
+        """The folder ``path`` if it holds a package (``pyproject.toml`` or ``setup.py``)."""
+        if (path / "pyproject.toml").is_file() or (path / "setup.py").is_file():
+            return cls(path)
+        return None
+
+    def resolve(self, ctx: ResolveContext) -> Resolved:
+        """Digest the source tree (ignoring VCS data, caches, build outputs and venvs)."""
+        digest = tree_digest(self.path)
+        return Resolved(
+            self.kind,
+            self.spec,
+            f"tree:{digest}",
+            (str(self.path),),
+            wheel_from="build",
+            local=True,
+        )
+
+    def drift(self, entry: LockedPins, ctx: ResolveContext) -> str | None:
+        """The tree digest moved."""
+        now = self.resolve(ctx).identity
+        if now != entry.identity:
+            return (
+                f"the lock pins {short_identity(entry.identity)} for {self.spec}, the folder now "
+                f"is {short_identity(now)}"
+            )
+        return None
+
+    @classmethod
+    def sample(cls, kind: str, folder: Path, workdir: Path) -> str:
+        """A spec of this kind for the package folder ``folder`` (the plugin authors' kit):
+        the folder itself."""
+        return str(folder)
