@@ -41,13 +41,16 @@ PLUGIN_SIDE: dict[str, tuple[str, str]] = {
     "inline_calls": ("_bootstrap.py", "INLINE_BELOW = -1.0"),
 }
 CORE_SIDE = ("caller_poll", "baton")
-PIECES = (*PLUGIN_SIDE, *CORE_SIDE)
+#: Nothing off: a second baseline, measured as the pieces are (the harness's own noise and bias).
+CONTROL = "control"
+PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
 #: The files the bootstrap's copy needs beside it (those it loads by path).
 BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py", "_poll.py")
 MAIN_GUARD = 'if __name__ == "__main__":'
 FIGURES = (
     "host_1_thread",
     "host_16_threads",
+    "host_16_threads_one_cpu",
     "acall_16_tasks",
     "serve_1_client",
     "serve_16_clients",
@@ -162,6 +165,20 @@ def _threads(users: Any, threads: int, n: int) -> float:
     return per * threads / (time.perf_counter() - began)
 
 
+@contextlib.contextmanager
+def _one_cpu(pid: int) -> Iterator[None]:
+    """This process and the plugin ``pid`` on CPU 0 only, meanwhile."""
+    from ._cpu import all_cpus, pin
+
+    pin(0, {0})
+    pin(pid, {0})
+    try:
+        yield
+    finally:
+        pin(0, all_cpus())
+        pin(pid, all_cpus())
+
+
 def _acall(users: Any, tasks: int, n: int) -> float:
     """calls/s of ``tasks`` asyncio tasks awaiting ``acall`` ``n`` times in all, on one loop."""
     import time
@@ -207,11 +224,14 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
         workdir = Path(tmp)
         hosts: dict[str, Any] = {}
         for config in configs:
+            if config in CORE_SIDE:  # the baseline's plugin: only the core differs
+                continue
             with launching(config, workdir):
                 host = stack.enter_context(Host(_config(), base_dir=ROOT))
                 users = host.service("userprovider")
                 users.get_user(UID)  # the plugin starts now, from the copy
                 hosts[config] = users
+        hosts.update(dict.fromkeys(CORE_SIDE, hosts["baseline"]))
         servers = {config: _serve_with(config, workdir) for config in configs}
         try:
             addresses = {
@@ -224,9 +244,12 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
                 n, m = max(16, int(calls * scale)), max(16, int(serve_calls * scale))
                 with core_side(config):
                     if figure == "host_1_thread":
-                        return _threads(users, 1, n // 4)
+                        return _threads(users, 1, n // 2)
                     if figure == "host_16_threads":
                         return _threads(users, 16, n)
+                    if figure == "host_16_threads_one_cpu":
+                        with _one_cpu(users.info().pid):
+                            return _threads(users, 16, n // 2)
                     if figure == "acall_16_tasks":
                         return _acall(users, 16, n)
                 if figure == "serve_1_client":
