@@ -1,10 +1,10 @@
 """What each piece of the wire's latency machinery earns: every user-visible path measured with
-the piece switched off, beside the same path with everything on, in interleaved rounds.
+the piece switched off, between two measurements with everything on, in rounds.
 
-Nothing in the product switches a piece off. On the core's side a piece is patched out of the
-benchmark's own process (or of a ``serve`` process started through :func:`serve_main`) for the
-time of a measurement; on the plugin's side the plugin runs a copy of the bootstrap with the
-piece patched out, launched by pointing ``_protocol.BOOTSTRAP_FILE`` at the copy.
+Nothing in the product switches a piece off: the plugin runs a copy of the bootstrap with the
+piece patched out, launched by pointing ``_protocol.BOOTSTRAP_FILE`` at the copy (in this
+process, or in a ``serve`` process started through :func:`serve_main`). The pieces that did not
+pay (both polls, the wake-up baton) are gone; ``benchmarks/ABLATION.md`` has their figures.
 ``python -m benchmarks._ablate PIECE WORKDIR serve CONFIG`` is ``reva-plugins serve CONFIG``
 with ``PIECE`` off.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from reva_plugins import Host, _client, _poll, _protocol
+from reva_plugins import Host, _protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reva_plugins"
@@ -32,20 +32,17 @@ SAMPLE = ROOT / "sample_plugins" / "json_users"
 USERS = ROOT / "examples" / "users.demo.json"
 UID = {"idp": "http://localhost:20080", "opaque_id": "einstein"}
 
-#: The pieces, each with what switches it off: for the plugin's side, Python run at the end of
-#: one of the bootstrap's files (before the bootstrap starts); the core's side is
-#: :func:`core_side`.
+#: The pieces, each with what switches it off: Python run at the end of one of the bootstrap's
+#: files, before the bootstrap starts.
 PLUGIN_SIDE: dict[str, tuple[str, str]] = {
-    "plugin_poll": ("_poll.py", "Spinner.spin = lambda self: None"),
     "relief_watch": ("_bootstrap.py", "Plugin._wake_watch = lambda self: None"),
     "inline_calls": ("_bootstrap.py", "INLINE_BELOW = -1.0"),
 }
-CORE_SIDE = ("caller_poll", "baton")
 #: Nothing off: a second baseline, measured as the pieces are (the harness's own noise and bias).
 CONTROL = "control"
-PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
+PIECES = (*PLUGIN_SIDE, CONTROL)
 #: The files the bootstrap's copy needs beside it (those it loads by path).
-BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py", "_poll.py")
+BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py")
 MAIN_GUARD = 'if __name__ == "__main__":'
 FIGURES = (
     "host_1_thread",
@@ -58,14 +55,13 @@ FIGURES = (
 
 
 def bootstrap_copy(piece: str, workdir: Path) -> Path:
-    """The launch file of a bootstrap copy with ``piece`` off (everything on for a core-side
-    piece or ``"baseline"``)."""
+    """The launch file of a bootstrap copy with ``piece`` off (everything on for the baseline and
+    the control)."""
     folder = workdir / f"bootstrap-{piece}"
     if not folder.exists():
         folder.mkdir(parents=True)
         for name in BOOTSTRAP_FILES:
-            if (PACKAGE / name).exists():
-                shutil.copy(PACKAGE / name, folder / name)
+            shutil.copy(PACKAGE / name, folder / name)
         if piece in PLUGIN_SIDE:
             name, patch = PLUGIN_SIDE[piece]
             path = folder / name
@@ -87,40 +83,6 @@ def _patches_something(patch: str, text: str) -> bool:
     if owner:
         return f"class {owner}" in text and f"def {attribute}(" in text
     return f"\n{target} = " in text
-
-
-def _no_baton_pass(self: _client.Client) -> tuple[Any, bool]:
-    """``Client._pass_baton`` without the baton: every reply wakes its owner at once."""
-    ready = self.ready
-    while ready:
-        slot = ready.popleft()
-        if slot.waiting and not slot.signalled and slot.waker is not None:
-            slot.signalled = True
-            return slot.waker, False
-    if self.outbox and not self.flushing:
-        self.flushing = True
-        return None, True
-    return None, False
-
-
-@contextlib.contextmanager
-def core_side(piece: str) -> Iterator[None]:
-    """``piece`` patched out of this process meanwhile (nothing for a plugin-side piece)."""
-    saved: list[tuple[object, str, object]] = []
-
-    def patch(owner: object, name: str, value: object) -> None:
-        saved.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, value)
-
-    if piece == "caller_poll":
-        patch(_poll.Spinner, "spin", lambda self: None)
-    elif piece == "baton":
-        patch(_client.Client, "_pass_baton", _no_baton_pass)
-    try:
-        yield
-    finally:
-        for owner, name, value in reversed(saved):
-            setattr(owner, name, value)
 
 
 @contextlib.contextmanager
@@ -224,14 +186,11 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
         workdir = Path(tmp)
         hosts: dict[str, Any] = {}
         for config in configs:
-            if config in CORE_SIDE:  # the baseline's plugin: only the core differs
-                continue
             with launching(config, workdir):
                 host = stack.enter_context(Host(_config(), base_dir=ROOT))
                 users = host.service("userprovider")
                 users.get_user(UID)  # the plugin starts now, from the copy
                 hosts[config] = users
-        hosts.update(dict.fromkeys(CORE_SIDE, hosts["baseline"]))
         servers = {config: _serve_with(config, workdir) for config in configs}
         try:
             addresses = {
@@ -242,16 +201,15 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
             def one(figure: str, config: str, scale: float = 1.0) -> float:
                 users, address = hosts[config], addresses[config]
                 n, m = max(16, int(calls * scale)), max(16, int(serve_calls * scale))
-                with core_side(config):
-                    if figure == "host_1_thread":
-                        return _threads(users, 1, n // 2)
-                    if figure == "host_16_threads":
-                        return _threads(users, 16, n)
-                    if figure == "host_16_threads_one_cpu":
-                        with _one_cpu(users.info().pid):
-                            return _threads(users, 16, n // 2)
-                    if figure == "acall_16_tasks":
-                        return _acall(users, 16, n)
+                if figure == "host_1_thread":
+                    return _threads(users, 1, n // 2)
+                if figure == "host_16_threads":
+                    return _threads(users, 16, n)
+                if figure == "host_16_threads_one_cpu":
+                    with _one_cpu(users.info().pid):
+                        return _threads(users, 16, n // 2)
+                if figure == "acall_16_tasks":
+                    return _acall(users, 16, n)
                 if figure == "serve_1_client":
                     return float(_serve._load(address, 1, m // 4)["calls_per_s"])
                 return float(_serve._load(address, 16, m)["calls_per_s"])
@@ -337,10 +295,7 @@ def serve_main(argv: list[str]) -> int:
     piece, workdir, *rest = argv
     from reva_plugins._cli import main
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(launching(piece, Path(workdir)))
-    stack.enter_context(core_side(piece))
-    with stack:
+    with launching(piece, Path(workdir)):
         return main(rest)
 
 

@@ -14,7 +14,6 @@ that would block is finished by a thread) and learns of replies another thread r
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -27,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from . import _poll
 from . import _protocol as wire
 from ._errors import CallCancelled, CallTimeout, ProtocolError, RevaPluginError
 from ._flood import LogFlood
@@ -69,7 +67,7 @@ class LineReader:
     #: common case, instead of a poll before every read.
     TICK = 0.05
 
-    def __init__(self, sock: socket.socket, max_line: int, peer: int | None = None) -> None:
+    def __init__(self, sock: socket.socket, max_line: int) -> None:
         self.sock = sock
         self.max_line = max_line
         self.buf = bytearray()
@@ -77,8 +75,6 @@ class LineReader:
         self.view = memoryview(self.chunk)
         self.scanned = 0
         self.skipping = False
-        #: a lone caller polls for its reply before its read blocks (``spin``)
-        self.spinner = _poll.Spinner(sock.fileno(), peer)
         usec = int(self.TICK * 1_000_000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
 
@@ -86,12 +82,9 @@ class LineReader:
         """Whether a whole line is buffered (the next :meth:`readline` needs no read)."""
         return self.buf.find(b"\n", self.scanned) >= 0
 
-    def readline(
-        self, timeout: float | None, spin: bool = False, *, nowait: bool = False
-    ) -> bytes | object:
+    def readline(self, timeout: float | None, *, nowait: bool = False) -> bytes | object:
         """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit.
-        ``spin``: poll briefly before blocking (``_poll.Spinner``); ``nowait``: never block, a read
-        that would is ``_TIMEOUT`` (an event loop's read)."""
+        ``nowait``: never block, a read that would is ``_TIMEOUT`` (an event loop's read)."""
         buf = self.buf
         flags = socket.MSG_DONTWAIT if nowait else 0
         while True:
@@ -114,8 +107,6 @@ class LineReader:
                 raise _Oversized(head)
             self.scanned = len(buf)
             deadline = None if timeout is None else time.monotonic() + timeout
-            if spin:
-                self.spinner.spin()
             while True:
                 try:
                     size = self.sock.recv_into(self.chunk, 0, flags)
@@ -256,10 +247,9 @@ class Client:
 
     A lone caller reads its own reply (no thread hand-off). While another caller already reads,
     a reader thread takes the socket over and stays until no call has been in flight for a
-    ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (a per-call
-    lock), and woken owners pass the wake on one at a time (a baton) so a burst of replies
-    makes one thread runnable, not sixteen. No lock is held across a syscall: a caller queues
-    its request, and whoever finds no write in progress writes everything queued at once.
+    ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (its waker). No
+    lock is held across a syscall: a caller queues its request, and whoever finds no write in
+    progress writes everything queued at once.
     """
 
     def __init__(
@@ -274,7 +264,7 @@ class Client:
         self.sock = sock
         self.peer_pid = peer_pid
         self.label = label
-        self.reader = LineReader(sock, max_line, peer_pid)
+        self.reader = LineReader(sock, max_line)
         self.on_eof = on_eof
         self.pending: dict[int, _Slot] = {}
         self.ids = itertools.count(1)
@@ -285,10 +275,7 @@ class Client:
         self.gone = threading.Event()  # set once ``closed`` is
         self.outbox: list[bytes] = []
         self.flushing = False
-        self.ready: collections.deque[_Slot] = collections.deque()
-        self.baton = False  # a woken owner is yet to pass the wake-up on
         self.reading = False  # a reader thread runs (or is about to)
-        self.hold_sends = False  # while woken callers pass the wake-up on (see ``send``)
         self.overlapped = 0.0  # when a call last started while another was in flight
         #: the event loops reading the socket (each on a dup of its own; ``read_lock`` decides
         #: who reads): one per loop with calls on this client, so a busy loop starves no other
@@ -299,18 +286,11 @@ class Client:
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue one message and write the queue unless someone else will; a broken wire raises
-        the error the process was closed with.
-
-        Someone else will when a write is in progress, or, when the core and the plugin share
-        one CPU, while woken callers are still passing the wake-up on (the last of them writes
-        what they all queued): that turns a burst of replies into one write of as many
-        requests, instead of the plugin preempting the core at every request. With a CPU each,
-        holding them back would leave the plugin idle while the core works: they go at once.
-        """
+        """Queue one message and write the queue unless a write is in progress (its writer
+        writes this too); a broken wire raises the error the process was closed with."""
         with self.lock:
             self.outbox.append(data)
-            if self.flushing or (self.baton and self.hold_sends):
+            if self.flushing:
                 return
             self.flushing = True
         self._flush()
@@ -484,7 +464,7 @@ class Client:
         with lock:
             call_id = self._register(slot)
             self.outbox.append(wire.encode_request(call_id, method, params, meta))
-            write = not self.flushing and not (self.baton and self.hold_sends)
+            write = not self.flushing
             if write:
                 self.flushing = True
         self._watch(loop)
@@ -592,7 +572,7 @@ class Client:
                 return
             if tick is not None:
                 remaining = tick if remaining is None else min(remaining, tick)
-            if self._read_one(remaining, spin=True) is not True:
+            if self._read_one(remaining) is not True:
                 return
 
     def _cancel(self, call_id: int, method: str) -> None:
@@ -601,13 +581,11 @@ class Client:
         if self._fill(call_id, error=error):
             self.notify(wire.CANCEL, {"id": call_id})
 
-    def _read_one(self, timeout: float | None, *, spin: bool = False) -> bool | None:
-        """Read and dispatch one line: True; None on timeout; False at EOF. ``spin``: poll
-        briefly before blocking (a lone caller: a reader thread must not, it would only keep
-        the GIL from the callers it reads for)."""
+    def _read_one(self, timeout: float | None) -> bool | None:
+        """Read and dispatch one line: True; None on timeout; False at EOF."""
         reader = self.reader
         try:
-            got = reader.readline(timeout, spin)
+            got = reader.readline(timeout)
         except _Oversized as exc:
             self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
             return True
@@ -635,9 +613,6 @@ class Client:
                 no_reader = True
             elif not self.reading and not self.eof:
                 self.reading = True
-                spinner = self.reader.spinner
-                spinner.recheck()  # look again: calls start to overlap now
-                self.hold_sends = spinner.one_cpu()
                 try:
                     threading.Thread(
                         target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
@@ -656,13 +631,8 @@ class Client:
         with self.lock:
             slot.waiting = False
             signalled, slot.signalled = slot.signalled, False
-            following, flush = self._pass_baton() if signalled else (None, False)
         if signalled and not woken:
             waker.wait(None)  # the wake-up is on its way: take it, the waker is used again
-        if following is not None:
-            following.wake()
-        if flush:
-            self._flush_for_others()
 
     def _reader_thread(self) -> None:
         """Read for the waiting callers; leave once nothing is in flight and no two calls have
@@ -679,23 +649,6 @@ class Client:
                         self.reading = False
                         return
 
-    def _pass_baton(self) -> tuple[_Waker | None, bool]:
-        """Pick the next owner whose reply is in (call with ``self.lock`` held): the caller
-        wakes it once the lock is released. Flush is True when the chain ends with requests
-        queued: the caller must then write them (``_flush``)."""
-        ready = self.ready
-        while ready:
-            slot = ready.popleft()
-            if slot.waiting and not slot.signalled and slot.waker is not None:
-                slot.signalled = True
-                self.baton = True
-                return slot.waker, False
-        self.baton = False
-        if self.outbox and not self.flushing:
-            self.flushing = True
-            return None, True
-        return None, False
-
     def _fill(self, call_id: Any, result: Any = None, error: BaseException | None = None) -> bool:
         with self.lock:
             # type(): true == 1 as a key, and a reply with id true must not fill call 1
@@ -703,17 +656,14 @@ class Client:
             if slot is None:
                 return False
             slot.result, slot.error, slot.done = result, error, True
-            following, flush = None, False
-            if slot.waiting:
-                self.ready.append(slot)
-                if not self.baton:
-                    following, flush = self._pass_baton()
+            waker = None
+            if slot.waiting and not slot.signalled and slot.waker is not None:
+                slot.signalled = True
+                waker = slot.waker
         if slot.future is not None:
             _settle_from_anywhere(slot)
-        if following is not None:
-            following.wake()
-        if flush:
-            self._flush_for_others()
+        if waker is not None:
+            waker.wake()
         return True
 
     # -- incoming messages -----------------------------------------------------------------
@@ -807,14 +757,9 @@ class Client:
                 self.closed = error
                 self.gone.set()
                 pending, self.pending = self.pending, {}
-                # replies in that no woken caller has passed the wake-up to yet: nobody would
-                # pass it on now, so they are woken here with the rest
-                ready, self.ready = list(self.ready), collections.deque()
-                self.baton = False
                 woken = []
                 for slot in pending.values():
                     slot.error, slot.done = error, True
-                for slot in [*ready, *pending.values()]:
                     if slot.waiting and not slot.signalled and slot.waker is not None:
                         slot.signalled = True
                         woken.append(slot.waker)
