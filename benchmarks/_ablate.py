@@ -1,10 +1,12 @@
 """What each piece of the wire's latency machinery earns: every user-visible path measured with
 the piece switched off, between two measurements with everything on, in rounds.
 
-Nothing in the product switches a piece off: the plugin runs a copy of the bootstrap with the
-piece patched out, launched by pointing ``_protocol.BOOTSTRAP_FILE`` at the copy (in this
-process, or in a ``serve`` process started through :func:`serve_main`). The pieces that did not
-pay (both polls, the wake-up baton) are gone; ``benchmarks/ABLATION.md`` has their figures.
+Nothing in the product switches a piece off. On the plugin's side the plugin runs a copy of the
+bootstrap with the piece patched out, launched by pointing ``_protocol.BOOTSTRAP_FILE`` at the
+copy; on the core's side the piece is patched out of the core's process for the time of a
+measurement (this process, or a ``serve`` process started through :func:`serve_main`). The
+pieces that did not pay (the plugin's poll, the wake-up baton) are gone;
+``benchmarks/ABLATION.md`` has the figures.
 ``python -m benchmarks._ablate PIECE WORKDIR serve CONFIG`` is ``reva-plugins serve CONFIG``
 with ``PIECE`` off.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from reva_plugins import Host, _protocol
+from reva_plugins import Host, _poll, _protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reva_plugins"
@@ -32,20 +34,23 @@ SAMPLE = ROOT / "sample_plugins" / "json_users"
 USERS = ROOT / "examples" / "users.demo.json"
 UID = {"idp": "http://localhost:20080", "opaque_id": "einstein"}
 
-#: The pieces, each with what switches it off: Python run at the end of one of the bootstrap's
-#: files, before the bootstrap starts.
+#: The plugin's pieces, each with what switches it off: Python run at the end of one of the
+#: bootstrap's files, before the bootstrap starts.
 PLUGIN_SIDE: dict[str, tuple[str, str]] = {
     "relief_watch": ("_bootstrap.py", "Plugin._wake_watch = lambda self: None"),
     "inline_calls": ("_bootstrap.py", "INLINE_BELOW = -1.0"),
 }
+#: The core's pieces (see :func:`core_side`), measured on the baseline's plugin.
+CORE_SIDE = ("caller_poll",)
 #: Nothing off: a second baseline, measured as the pieces are (the harness's own noise and bias).
 CONTROL = "control"
-PIECES = (*PLUGIN_SIDE, CONTROL)
+PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
 #: The files the bootstrap's copy needs beside it (those it loads by path).
 BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py")
 MAIN_GUARD = 'if __name__ == "__main__":'
 FIGURES = (
     "host_1_thread",
+    "host_1_thread_two_cpus",
     "host_16_threads",
     "host_16_threads_one_cpu",
     "acall_16_tasks",
@@ -83,6 +88,18 @@ def _patches_something(patch: str, text: str) -> bool:
     if owner:
         return f"class {owner}" in text and f"def {attribute}(" in text
     return f"\n{target} = " in text
+
+
+@contextlib.contextmanager
+def core_side(piece: str) -> Iterator[None]:
+    """``piece`` patched out of this process meanwhile (nothing for a plugin-side piece)."""
+    saved = _poll.Spinner.spin
+    if piece == "caller_poll":
+        _poll.Spinner.spin = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _poll.Spinner.spin = saved  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -128,12 +145,12 @@ def _threads(users: Any, threads: int, n: int) -> float:
 
 
 @contextlib.contextmanager
-def _one_cpu(pid: int) -> Iterator[None]:
-    """This process and the plugin ``pid`` on CPU 0 only, meanwhile."""
+def _pinned(pid: int, core: set[int], plugin: set[int]) -> Iterator[None]:
+    """This process on the CPUs ``core``, the plugin ``pid`` on ``plugin``, meanwhile."""
     from ._cpu import all_cpus, pin
 
-    pin(0, {0})
-    pin(pid, {0})
+    pin(0, core)
+    pin(pid, plugin if len(all_cpus()) > 1 else core)
     try:
         yield
     finally:
@@ -186,11 +203,14 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
         workdir = Path(tmp)
         hosts: dict[str, Any] = {}
         for config in configs:
+            if config in CORE_SIDE:  # the baseline's plugin: only the core differs
+                continue
             with launching(config, workdir):
                 host = stack.enter_context(Host(_config(), base_dir=ROOT))
                 users = host.service("userprovider")
                 users.get_user(UID)  # the plugin starts now, from the copy
                 hosts[config] = users
+        hosts.update(dict.fromkeys(CORE_SIDE, hosts["baseline"]))
         servers = {config: _serve_with(config, workdir) for config in configs}
         try:
             addresses = {
@@ -201,15 +221,19 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
             def one(figure: str, config: str, scale: float = 1.0) -> float:
                 users, address = hosts[config], addresses[config]
                 n, m = max(16, int(calls * scale)), max(16, int(serve_calls * scale))
-                if figure == "host_1_thread":
-                    return _threads(users, 1, n // 2)
-                if figure == "host_16_threads":
-                    return _threads(users, 16, n)
-                if figure == "host_16_threads_one_cpu":
-                    with _one_cpu(users.info().pid):
-                        return _threads(users, 16, n // 2)
-                if figure == "acall_16_tasks":
-                    return _acall(users, 16, n)
+                with core_side(config):
+                    if figure == "host_1_thread":
+                        return _threads(users, 1, n // 2)
+                    if figure == "host_1_thread_two_cpus":
+                        with _pinned(users.info().pid, {0}, {1}):
+                            return _threads(users, 1, n // 2)
+                    if figure == "host_16_threads":
+                        return _threads(users, 16, n)
+                    if figure == "host_16_threads_one_cpu":
+                        with _pinned(users.info().pid, {0}, {0}):
+                            return _threads(users, 16, n // 2)
+                    if figure == "acall_16_tasks":
+                        return _acall(users, 16, n)
                 if figure == "serve_1_client":
                     return float(_serve._load(address, 1, m // 4)["calls_per_s"])
                 return float(_serve._load(address, 16, m)["calls_per_s"])
@@ -295,7 +319,7 @@ def serve_main(argv: list[str]) -> int:
     piece, workdir, *rest = argv
     from reva_plugins._cli import main
 
-    with launching(piece, Path(workdir)):
+    with launching(piece, Path(workdir)), core_side(piece):
         return main(rest)
 
 

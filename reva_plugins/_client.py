@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from . import _poll
 from . import _protocol as wire
 from ._errors import CallCancelled, CallTimeout, ProtocolError, RevaPluginError
 from ._flood import LogFlood
@@ -67,7 +68,7 @@ class LineReader:
     #: common case, instead of a poll before every read.
     TICK = 0.05
 
-    def __init__(self, sock: socket.socket, max_line: int) -> None:
+    def __init__(self, sock: socket.socket, max_line: int, peer: int | None = None) -> None:
         self.sock = sock
         self.max_line = max_line
         self.buf = bytearray()
@@ -75,6 +76,8 @@ class LineReader:
         self.view = memoryview(self.chunk)
         self.scanned = 0
         self.skipping = False
+        #: a lone caller polls for its reply before its read blocks (``spin``)
+        self.spinner = _poll.Spinner(sock.fileno(), peer)
         usec = int(self.TICK * 1_000_000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
 
@@ -82,9 +85,12 @@ class LineReader:
         """Whether a whole line is buffered (the next :meth:`readline` needs no read)."""
         return self.buf.find(b"\n", self.scanned) >= 0
 
-    def readline(self, timeout: float | None, *, nowait: bool = False) -> bytes | object:
+    def readline(
+        self, timeout: float | None, spin: bool = False, *, nowait: bool = False
+    ) -> bytes | object:
         """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit.
-        ``nowait``: never block, a read that would is ``_TIMEOUT`` (an event loop's read)."""
+        ``spin``: poll briefly before blocking (``_poll.Spinner``); ``nowait``: never block, a read
+        that would is ``_TIMEOUT`` (an event loop's read)."""
         buf = self.buf
         flags = socket.MSG_DONTWAIT if nowait else 0
         while True:
@@ -107,6 +113,8 @@ class LineReader:
                 raise _Oversized(head)
             self.scanned = len(buf)
             deadline = None if timeout is None else time.monotonic() + timeout
+            if spin:
+                self.spinner.spin()
             while True:
                 try:
                     size = self.sock.recv_into(self.chunk, 0, flags)
@@ -264,7 +272,7 @@ class Client:
         self.sock = sock
         self.peer_pid = peer_pid
         self.label = label
-        self.reader = LineReader(sock, max_line)
+        self.reader = LineReader(sock, max_line, peer_pid)
         self.on_eof = on_eof
         self.pending: dict[int, _Slot] = {}
         self.ids = itertools.count(1)
@@ -572,7 +580,7 @@ class Client:
                 return
             if tick is not None:
                 remaining = tick if remaining is None else min(remaining, tick)
-            if self._read_one(remaining) is not True:
+            if self._read_one(remaining, spin=True) is not True:
                 return
 
     def _cancel(self, call_id: int, method: str) -> None:
@@ -581,11 +589,13 @@ class Client:
         if self._fill(call_id, error=error):
             self.notify(wire.CANCEL, {"id": call_id})
 
-    def _read_one(self, timeout: float | None) -> bool | None:
-        """Read and dispatch one line: True; None on timeout; False at EOF."""
+    def _read_one(self, timeout: float | None, *, spin: bool = False) -> bool | None:
+        """Read and dispatch one line: True; None on timeout; False at EOF. ``spin``: poll
+        briefly before blocking (a lone caller: a reader thread must not, it would only keep
+        the GIL from the callers it reads for)."""
         reader = self.reader
         try:
-            got = reader.readline(timeout)
+            got = reader.readline(timeout, spin)
         except _Oversized as exc:
             self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
             return True

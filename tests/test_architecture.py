@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
+    "_poll": 1,
     "_flood": 1,
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
@@ -41,7 +42,7 @@ LAYERS: dict[str, int] = {
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
-RUN_HALF = {"_process", "_client", "_flood", "_protocol", "_wire", "_launch", "_bootstrap"}
+RUN_HALF = {"_process", "_client", "_poll", "_flood", "_protocol", "_wire", "_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _wire
+from reva_plugins import _client, _poll, _wire
 from reva_plugins._protocol import BOOTSTRAP_FILE
 
 #: What the plugin runs of the core (``BOOTSTRAP_FILE`` only launches it), ``_wire`` apart.
@@ -317,3 +317,66 @@ def test_bootstrap_and_core_share_no_literal_outside_wire() -> None:
     bootstrap = _string_literals(BOOTSTRAP_SOURCE)
     shared = sorted((text, line) for text, line in bootstrap.items() if text in core - allowed)
     assert shared == []
+
+
+# -- the lone caller's poll before its read -------------------------------------
+
+
+def test_a_lone_caller_polls_through_the_spinner() -> None:
+    """The core's reader polls through ``_poll.Spinner`` (the plugin's side never polls)."""
+    core, plugin = socket.socketpair()
+    with core, plugin:
+        reader = _client.LineReader(core, 1000, peer=os.getpid())
+        assert isinstance(reader.spinner, _poll.Spinner)
+        assert reader.spinner.peer == os.getpid()
+        plugin.sendall(b"reply\n")
+        assert reader.readline(1.0, spin=True) == b"reply\n"
+
+
+def test_a_poll_that_finds_nothing_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader polls briefly before its read blocks; each poll that finds nothing makes more of
+    the following reads block at once (a slow peer is not polled for), and a poll that finds
+    its message starts over."""
+    monkeypatch.setattr(_poll.Spinner, "one_cpu", lambda self: False)
+    core, plugin = socket.socketpair()
+    with core, plugin:
+        spinner = _poll.Spinner(core.fileno())
+        spinner.spin()  # nothing arrives
+        assert (spinner.skip, spinner.backoff) == (1, 1)
+        spinner.spin()  # skipped
+        assert spinner.skip == 0
+        spinner.spin()
+        assert (spinner.skip, spinner.backoff) == (2, 2)
+        for _ in range(2):
+            spinner.spin()
+        for _ in range(8):  # misses double the backoff up to its cap
+            spinner.spin()
+            while spinner.skip:
+                spinner.spin()
+        assert spinner.backoff == _poll.SPIN_BACKOFF_MAX
+        plugin.sendall(b"reply\n")
+        spinner.spin()
+        while spinner.skip:
+            spinner.spin()
+        spinner.spin()  # finds the reply waiting
+        assert spinner.backoff == 0
+
+
+def test_nothing_is_polled_for_on_one_cpu() -> None:
+    """Pinned to one CPU (itself and its peer), a reader never polls: the poll would take the
+    CPU from the process it waits for. The CPUs are looked at again every ``CPUS_RECHECK``."""
+    core, plugin = socket.socketpair()
+    every = os.sched_getaffinity(0)
+    with core, plugin:
+        spinner = _poll.Spinner(core.fileno(), peer=os.getpid())
+        try:
+            os.sched_setaffinity(0, {min(every)})
+            spinner.cpus_at = -_poll.CPUS_RECHECK
+            assert spinner.one_cpu()
+            spinner.spin()
+            assert (spinner.poll, spinner.skip, spinner.backoff) == (None, 0, 0)
+        finally:
+            os.sched_setaffinity(0, every)
+        assert spinner.one_cpu()  # looked at again only after CPUS_RECHECK
+        spinner.cpus_at = -_poll.CPUS_RECHECK
+        assert spinner.one_cpu() == (len(every) == 1)
