@@ -5,7 +5,7 @@ Nothing in the product switches a piece off. On the plugin's side the plugin run
 bootstrap with the piece patched out, launched by pointing ``_protocol.BOOTSTRAP_FILE`` at the
 copy; on the core's side the piece is patched out of the core's process for the time of a
 measurement (this process, or a ``serve`` process started through :func:`serve_main`). The
-pieces that did not pay (the plugin's poll, the wake-up baton) are gone;
+pieces that did not pay (the plugin's poll, the baton's held sends on one CPU) are gone;
 ``benchmarks/ABLATION.md`` has the figures.
 ``python -m benchmarks._ablate PIECE WORKDIR serve CONFIG`` is ``reva-plugins serve CONFIG``
 with ``PIECE`` off.
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from reva_plugins import Host, _poll, _protocol
+from reva_plugins import Host, _client, _poll, _protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reva_plugins"
@@ -41,7 +41,7 @@ PLUGIN_SIDE: dict[str, tuple[str, str]] = {
     "inline_calls": ("_bootstrap.py", "INLINE_BELOW = -1.0"),
 }
 #: The core's pieces (see :func:`core_side`), measured on the baseline's plugin.
-CORE_SIDE = ("caller_poll",)
+CORE_SIDE = ("caller_poll", "baton")
 #: Nothing off: a second baseline, measured as the pieces are (the harness's own noise and bias).
 CONTROL = "control"
 PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
@@ -90,16 +90,30 @@ def _patches_something(patch: str, text: str) -> bool:
     return f"\n{target} = " in text
 
 
+def _no_baton_pass(self: _client.Client) -> Any:
+    """``Client._pass_baton`` without the baton: every reply wakes its owner at once."""
+    ready = self.ready
+    while ready:
+        slot = ready.popleft()
+        if slot.waiting and not slot.signalled and slot.waker is not None:
+            slot.signalled = True
+            return slot.waker
+    return None
+
+
 @contextlib.contextmanager
 def core_side(piece: str) -> Iterator[None]:
     """``piece`` patched out of this process meanwhile (nothing for a plugin-side piece)."""
-    saved = _poll.Spinner.spin
+    spin, pass_baton = _poll.Spinner.spin, _client.Client._pass_baton
     if piece == "caller_poll":
         _poll.Spinner.spin = lambda self: None  # type: ignore[method-assign]
+    elif piece == "baton":
+        _client.Client._pass_baton = _no_baton_pass  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _poll.Spinner.spin = saved  # type: ignore[method-assign]
+        _poll.Spinner.spin = spin  # type: ignore[method-assign]
+        _client.Client._pass_baton = pass_baton  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

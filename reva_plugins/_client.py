@@ -14,6 +14,7 @@ that would block is finished by a thread) and learns of replies another thread r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -255,9 +256,10 @@ class Client:
 
     A lone caller reads its own reply (no thread hand-off). While another caller already reads,
     a reader thread takes the socket over and stays until no call has been in flight for a
-    ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (its waker). No
-    lock is held across a syscall: a caller queues its request, and whoever finds no write in
-    progress writes everything queued at once.
+    ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (its eventfd
+    waker), and woken owners pass the wake on one at a time (a baton) so a burst of replies
+    makes one thread runnable, not sixteen. No lock is held across a syscall: a caller queues
+    its request, and whoever finds no write in progress writes everything queued at once.
     """
 
     def __init__(
@@ -283,6 +285,8 @@ class Client:
         self.gone = threading.Event()  # set once ``closed`` is
         self.outbox: list[bytes] = []
         self.flushing = False
+        self.ready: collections.deque[_Slot] = collections.deque()
+        self.baton = False  # a woken owner is yet to pass the wake-up on
         self.reading = False  # a reader thread runs (or is about to)
         self.overlapped = 0.0  # when a call last started while another was in flight
         #: the event loops reading the socket (each on a dup of its own; ``read_lock`` decides
@@ -641,8 +645,11 @@ class Client:
         with self.lock:
             slot.waiting = False
             signalled, slot.signalled = slot.signalled, False
+            following = self._pass_baton() if signalled else None
         if signalled and not woken:
             waker.wait(None)  # the wake-up is on its way: take it, the waker is used again
+        if following is not None:
+            following.wake()
 
     def _reader_thread(self) -> None:
         """Read for the waiting callers; leave once nothing is in flight and no two calls have
@@ -659,6 +666,19 @@ class Client:
                         self.reading = False
                         return
 
+    def _pass_baton(self) -> _Waker | None:
+        """Pick the next owner whose reply is in (call with ``self.lock`` held): the caller
+        wakes it once the lock is released."""
+        ready = self.ready
+        while ready:
+            slot = ready.popleft()
+            if slot.waiting and not slot.signalled and slot.waker is not None:
+                slot.signalled = True
+                self.baton = True
+                return slot.waker
+        self.baton = False
+        return None
+
     def _fill(self, call_id: Any, result: Any = None, error: BaseException | None = None) -> bool:
         with self.lock:
             # type(): true == 1 as a key, and a reply with id true must not fill call 1
@@ -666,14 +686,15 @@ class Client:
             if slot is None:
                 return False
             slot.result, slot.error, slot.done = result, error, True
-            waker = None
-            if slot.waiting and not slot.signalled and slot.waker is not None:
-                slot.signalled = True
-                waker = slot.waker
+            following = None
+            if slot.waiting:
+                self.ready.append(slot)
+                if not self.baton:
+                    following = self._pass_baton()
         if slot.future is not None:
             _settle_from_anywhere(slot)
-        if waker is not None:
-            waker.wake()
+        if following is not None:
+            following.wake()
         return True
 
     # -- incoming messages -----------------------------------------------------------------
@@ -767,9 +788,14 @@ class Client:
                 self.closed = error
                 self.gone.set()
                 pending, self.pending = self.pending, {}
+                # replies in that no woken caller has passed the wake-up to yet: nobody would
+                # pass it on now, so they are woken here with the rest
+                ready, self.ready = list(self.ready), collections.deque()
+                self.baton = False
                 woken = []
                 for slot in pending.values():
                     slot.error, slot.done = error, True
+                for slot in [*ready, *pending.values()]:
                     if slot.waiting and not slot.signalled and slot.waker is not None:
                         slot.signalled = True
                         woken.append(slot.waker)
