@@ -5,8 +5,8 @@ Nothing in the product switches a piece off. On the plugin's side the plugin run
 bootstrap with the piece patched out, launched by pointing ``_protocol.BOOTSTRAP_FILE`` at the
 copy; on the core's side the piece is patched out of the core's process for the time of a
 measurement (this process, or a ``serve`` process started through :func:`serve_main`). The
-pieces that did not pay (the plugin's poll, the baton's held sends on one CPU) are gone;
-``benchmarks/ABLATION.md`` has the figures.
+piece that did not pay (the baton's held sends on one CPU) is gone; ``benchmarks/ABLATION.md``
+has the figures.
 ``python -m benchmarks._ablate PIECE WORKDIR serve CONFIG`` is ``reva-plugins serve CONFIG``
 with ``PIECE`` off.
 """
@@ -37,6 +37,7 @@ UID = {"idp": "http://localhost:20080", "opaque_id": "einstein"}
 #: The plugin's pieces, each with what switches it off: Python run at the end of one of the
 #: bootstrap's files, before the bootstrap starts.
 PLUGIN_SIDE: dict[str, tuple[str, str]] = {
+    "plugin_poll": ("_poll.py", "Spinner.spin = lambda self: None"),
     "relief_watch": ("_bootstrap.py", "Plugin._wake_watch = lambda self: None"),
     "inline_calls": ("_bootstrap.py", "INLINE_BELOW = -1.0"),
 }
@@ -46,7 +47,7 @@ CORE_SIDE = ("caller_poll", "baton")
 CONTROL = "control"
 PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
 #: The files the bootstrap's copy needs beside it (those it loads by path).
-BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py")
+BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py", "_poll.py")
 MAIN_GUARD = 'if __name__ == "__main__":'
 FIGURES = (
     "host_1_thread",

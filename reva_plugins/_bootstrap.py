@@ -2,8 +2,9 @@
 
 Every name, code, limit and key the core also knows comes from ``_wire.py``, loaded by path from
 this file's folder (``-I`` puts no folder on ``sys.path``, and the plugin's venv holds nothing of
-the core); this file repeats none of them. Standard library only, and only what a call needs at
-start. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
+the core); this file repeats none of them. The poll before a read is ``_poll.py``'s (the core's
+own), loaded the same way at the first read. Standard library only, and only what a call needs
+at start. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
 JSON argument); stdin is /dev/null and stdout is the stderr pipe from the first byte the
 interpreter runs, so nothing (a ``.pth`` file, a plugin, a C extension) that prints can corrupt
 the protocol. Before the plugin is imported fd 0/1 and ``sys.stdin``/``sys.stdout`` are pointed
@@ -24,30 +25,32 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 
-def _load_wire() -> ModuleType:
-    """The shared protocol definitions: the core's own module when the core imports this file,
-    else ``_wire.py`` beside it, loaded by path (through the bytecode cache when it is writable)."""
+def _load(name: str) -> ModuleType:
+    """A module of the core this file needs (``_wire``, ``_poll``): the core's own when the core
+    imports this file, else the file beside it, loaded by path (through the bytecode cache when
+    it is writable)."""
     if __package__:
-        from . import _wire
+        from . import _poll, _wire
 
-        return _wire
+        return _poll if name == "_poll" else _wire
     # This script's own loader is a SourceFileLoader already: reusing its type spares importing
     # importlib.machinery (up to 0.2 ms of every start).
     loader_type: Any = type(globals().get("__loader__"))
     if loader_type.__name__ != "SourceFileLoader":  # pragma: no cover - run some other way
         from importlib.machinery import SourceFileLoader as loader_type
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_wire.py")
-    module = type(sys)("_reva_plugins_wire")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    module = type(sys)(f"_reva_plugins{name}")
     module.__file__ = path
     loader_type(module.__name__, path).exec_module(module)
     return module
 
 
 if TYPE_CHECKING:
+    from . import _poll
     from . import _wire as wire
 else:
-    wire = _load_wire()
+    wire = _load("_wire")
 PARSE_ERROR: int = wire.PARSE_ERROR
 INVALID_REQUEST: int = wire.INVALID_REQUEST
 METHOD_NOT_FOUND: int = wire.METHOD_NOT_FOUND
@@ -222,6 +225,7 @@ class LineChannel:
         self.oversized = False  # one oversized line to report
         self.chunk: bytearray | None = None
         self.view = memoryview(b"")
+        self.spinner: _poll.Spinner | None = None  # made at the first read
 
     def encode(self, message: dict[str, object], method: object = None) -> bytes:
         """One message as a line; one that cannot be encoded becomes an error reply instead
@@ -270,6 +274,11 @@ class LineChannel:
             # mmap, an mremap, a munmap and page faults each time
             chunk = self.chunk = bytearray(self.CHUNK)
             self.view = memoryview(chunk)
+        spinner = self.spinner
+        if spinner is None:
+            # loaded now, not at start: the first read comes after the handshake is out
+            spinner = self.spinner = _load("_poll").Spinner(self.fd)
+        spinner.spin()
         try:
             size = os.readv(self.fd, [chunk])
         except OSError:

@@ -1,12 +1,14 @@
-"""The lone caller's poll for its reply before its read blocks (``_client``).
+"""Polling a socket briefly before a read blocks, for both ends of the wire: the core's lone
+caller waiting for its reply, and the plugin's reader waiting for the next request.
 
-With the plugin on another CPU, a reply that arrives while the caller polls needs no wake-up: a
-cross-CPU interrupt, which on a virtual machine costs tens of microseconds on both sides (the
-benchmark's ablation: a 1-thread call pinned to two CPUs takes ~60% longer without it). A poll
-that finds nothing makes the next reads block at once (more of them each time), so a slow
-method is hardly polled for; on one CPU nothing is polled (the poll would take the CPU from the
-plugin it waits for). The plugin does not poll for requests: measured the same way, that
-gained ~5% at best.
+With the other process on another CPU, a message that arrives while the reader polls needs no
+wake-up: a cross-CPU interrupt, which on a virtual machine costs tens of microseconds on both
+sides. A poll that finds nothing makes the next reads block at once (more of them each time),
+so a slow peer or an idle plugin is hardly polled for; on one CPU nothing is polled (the poll
+would take the CPU from the process it waits for).
+
+Standard library only: the bootstrap loads this file by path (as it loads ``_wire``), at its
+first read, so a plugin's start does not pay for it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: seconds a reader polls before its read blocks
 SPIN = 50e-6
@@ -25,7 +30,7 @@ CPUS_RECHECK = 0.25
 
 
 class Spinner:
-    """The poll before each read of one fd; ``peer``: the plugin's pid, when known (both
+    """The poll before each read of one fd; ``peer``: the other process's pid, when known (both
     processes count for whether they share one CPU)."""
 
     __slots__ = ("alone", "backoff", "cpus_at", "fd", "peer", "poll", "skip")

@@ -18,11 +18,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reva_plugins"
 LAYERS: dict[str, int] = {
     # 0 - leaves: shared by both halves
     **dict.fromkeys(["_errors", "_redact", "_fs", "_environ", "_subprocess", "_wire"], 0),
+    "_poll": 0,
     # 1 - the build half, the run half, defaults, service types
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     "_store": 1,
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
-    "_poll": 1,
     "_flood": 1,
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_installers", "_python", "_auth", "_urls", "_fs"}
-RUN_HALF = {"_process", "_client", "_poll", "_flood", "_protocol", "_wire", "_launch", "_bootstrap"}
+RUN_HALF = {"_process", "_client", "_flood", "_protocol", "_wire", "_poll", "_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:
@@ -128,7 +128,8 @@ def test_the_build_half_and_the_run_half_never_import_each_other() -> None:
 
 
 def test_the_bootstrap_imports_nothing_of_the_core_but_the_protocol_module() -> None:
-    assert IMPORTS["_bootstrap"] <= {"_wire"}
+    assert IMPORTS["_bootstrap"] <= {"_wire", "_poll"}
+    assert IMPORTS["_poll"] == set()  # the bootstrap loads it by path, beside _wire
     assert IMPORTS["_launch"] == set()
 
 
@@ -309,7 +310,8 @@ def test_the_env_metadata_schema_is_written_only_by_its_record() -> None:
 def test_the_checker_sees_imports() -> None:
     """The checker itself: it finds what a module imports (else every rule would pass)."""
     assert IMPORTS["_cli"] >= {"_config", "_host", "_plan", "_present"}
-    assert IMPORTS["_bootstrap"] == {"_wire"}  # the package-mode import, outside TYPE_CHECKING
+    # the package-mode import, outside TYPE_CHECKING
+    assert IMPORTS["_bootstrap"] == {"_wire", "_poll"}
     assert "_host" not in IMPORTS["_hooks"]  # only under TYPE_CHECKING
     assert IMPORTS["services.groupprovider"] >= {"services._base"}
 

@@ -35,11 +35,11 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _client, _poll, _wire
+from reva_plugins import _bootstrap, _client, _poll, _wire
 from reva_plugins._protocol import BOOTSTRAP_FILE
 
-#: What the plugin runs of the core (``BOOTSTRAP_FILE`` only launches it), ``_wire`` apart.
-BOOTSTRAP_SOURCE = BOOTSTRAP_FILE.with_name("_bootstrap.py")
+#: The files a plugin runs of the core: the bootstrap, and what it loads by path but ``_wire``.
+PLUGIN_FILES = (BOOTSTRAP_FILE.with_name("_bootstrap.py"), BOOTSTRAP_FILE.with_name("_poll.py"))
 
 PLUGIN = """
 class Plugin:
@@ -198,14 +198,15 @@ def test_the_bootstrap_refuses_versions_it_does_not_speak(bare_python: Path) -> 
         started.close()
 
 
-def test_the_bootstrap_holds_no_literal_of_the_protocol() -> None:
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.name)
+def test_the_bootstrap_holds_no_literal_of_the_protocol(path: Path) -> None:
     """Every value ``_wire`` defines (names, codes, limits) is read from it, never repeated."""
     shared = {
         value
         for name, value in vars(_wire).items()
         if name.isupper() and isinstance(value, (str, int)) and not isinstance(value, bool)
     }
-    tree = ast.parse(BOOTSTRAP_SOURCE.read_text(encoding="utf-8"))
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     # attribute names (``CallContext.meta``, the plugins' API) are not the protocol's values
     slots = {
         id(const)
@@ -314,21 +315,28 @@ def test_bootstrap_and_core_share_no_literal_outside_wire() -> None:
     for name in CORE_WIRE_MODULES:
         core |= set(_string_literals(package / f"{name}.py"))
     allowed = JSONRPC_MEMBERS | NOT_PROTOCOL | _typed_dict_keys()
-    bootstrap = _string_literals(BOOTSTRAP_SOURCE)
-    shared = sorted((text, line) for text, line in bootstrap.items() if text in core - allowed)
-    assert shared == []
+    for path in PLUGIN_FILES:
+        bootstrap = _string_literals(path)
+        shared = sorted((text, line) for text, line in bootstrap.items() if text in core - allowed)
+        assert shared == [], path.name
 
 
-# -- the lone caller's poll before its read -------------------------------------
+# -- the poll before a read: one implementation, both ends -------------------------------------
 
 
-def test_a_lone_caller_polls_through_the_spinner() -> None:
-    """The core's reader polls through ``_poll.Spinner`` (the plugin's side never polls)."""
+def test_both_ends_poll_with_the_one_spinner() -> None:
+    """The core's reader and the plugin's channel read through ``_poll.Spinner``; the plugin
+    loads it at its first read, not at start."""
     core, plugin = socket.socketpair()
     with core, plugin:
         reader = _client.LineReader(core, 1000, peer=os.getpid())
-        assert isinstance(reader.spinner, _poll.Spinner)
+        assert type(reader.spinner) is _poll.Spinner
         assert reader.spinner.peer == os.getpid()
+        channel = _bootstrap.LineChannel(plugin.fileno(), 1000)
+        assert channel.spinner is None
+        core.sendall(b"request\n")
+        assert channel.read() == b"request\n"
+        assert isinstance(channel.spinner, _poll.Spinner)
         plugin.sendall(b"reply\n")
         assert reader.readline(1.0, spin=True) == b"reply\n"
 
