@@ -32,7 +32,7 @@ from reva_plugins._protocol import encode_request
 from reva_plugins._proxy import ServiceProxy
 from reva_plugins.services import SERVICES
 
-from . import _fleets, _peers, _serve
+from . import _ablate, _fleets, _peers, _serve
 from ._cpu import all_cpus, core_usage, per_call, pin, process_usage
 from ._stats import latencies, median_ms, memory_of, ratio
 
@@ -52,10 +52,19 @@ class Sizes:
     builds: int
     plugins: int
     serve: int
+    ablation_rounds: int
 
 
-FULL = Sizes(starts=25, calls=20_000, throughput=40_000, builds=3, plugins=50, serve=4_000)
-QUICK = Sizes(starts=2, calls=200, throughput=400, builds=1, plugins=3, serve=64)
+FULL = Sizes(
+    starts=25,
+    calls=20_000,
+    throughput=40_000,
+    builds=3,
+    plugins=50,
+    serve=4_000,
+    ablation_rounds=5,
+)
+QUICK = Sizes(starts=2, calls=200, throughput=400, builds=1, plugins=3, serve=64, ablation_rounds=1)
 
 
 def config(driver: str, **plugins: Any) -> dict[str, Any]:
@@ -177,10 +186,14 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
     pin(0, every)
     raw_socket = _peers.raw_echo(python, n, cpus, transport="socketpair", payload=REQUEST)
     pin(0, every)
+    loop = _peers.json_rpc_loop(python, n, cpus)
+    pin(0, every)
     execnet = _peers.execnet_latency(python, n, cpus)
     pin(0, every)
     return {
         "ours": ours,
+        "baseline_json_rpc_loop": loop,
+        "ratio_to_json_rpc_loop": ratio(ours["p50_us"], loop["p50_us"]),
         "baseline_raw_pipe_echo": raw,
         "baseline_raw_socketpair_echo": raw_socket,
         "baseline_execnet": execnet,
@@ -354,7 +367,13 @@ def run_wire(sizes: Sizes) -> dict[str, Any]:
             results["latency_one_cpu"] = call_latency(host, spec, sizes.calls, (0, 0))
             results["latency_two_cpus"] = call_latency(host, spec, sizes.calls, two)
             results["throughput"] = throughput(host, spec, sizes.throughput)
+    results["ablation"] = ablation(sizes)
     return results
+
+
+def ablation(sizes: Sizes) -> dict[str, Any]:
+    """What each piece of the latency machinery earns (``_ablate``)."""
+    return _ablate.measure(sizes.throughput // 5, sizes.serve // 2, sizes.ablation_rounds)
 
 
 def run(sizes: Sizes) -> dict[str, Any]:
@@ -376,6 +395,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             results["memory"] = memory(host, spec)
             results["scale"] = scale(spec, sizes.plugins)
             results["serve"] = _serve.measure(sizes.serve)
+        results["ablation"] = ablation(sizes)
         results["provisioning"] = provisioning(sizes.builds, wheel)
         results["bundle_import"] = _fleets.bundle_import(sizes.builds)
     return results
@@ -397,14 +417,25 @@ def wire_table(results: dict[str, Any]) -> str:
             lat2["baseline_raw_pipe_echo"]["p50_us"],
             lat2["ratio_to_raw_echo"],
         ),
+        _loop_row(lat1),
         *_throughput_rows(results["throughput"]),
+        *_ablate.rows(results["ablation"]),
     ]
     return _render(rows)
 
 
+def _loop_row(lat1: dict[str, Any]) -> tuple[str, Any, Any, Any]:
+    return (
+        "  vs a JSON-RPC loop, 1 CPU (us)",
+        lat1["ours"]["p50_us"],
+        lat1["baseline_json_rpc_loop"]["p50_us"],
+        lat1["ratio_to_json_rpc_loop"],
+    )
+
+
 def _render(rows: list[tuple[str, Any, Any, Any]]) -> str:
-    lines = [f"{'figure':<38}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
-    lines += [f"{name:<38}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
+    lines = [f"{'figure':<48}{'ours':>12}{'baseline':>12}{'ratio':>8}"]
+    lines += [f"{name:<48}{_fmt(a):>12}{_fmt(b):>12}{_fmt(c):>8}" for name, a, b, c in rows]
     return "\n".join(lines)
 
 
@@ -445,7 +476,9 @@ def table(results: dict[str, Any]) -> str:
             lat2["baseline_raw_pipe_echo"]["p50_us"],
             lat2["ratio_to_raw_echo"],
         ),
+        _loop_row(lat1),
         *_throughput_rows(tp),
+        *_ablate.rows(results["ablation"]),
         (
             "idle RSS (MiB)",
             mem["ours"]["rss_mib"],
@@ -547,16 +580,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny iteration counts (smoke test)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--wire", action="store_true", help="only latency and throughput")
+    parser.add_argument(
+        "--ablation", action="store_true", help="only what each latency piece earns"
+    )
     args = parser.parse_args(argv)
     began = time.perf_counter()
     sizes = QUICK if args.quick else FULL
-    results = run_wire(sizes) if args.wire else run(sizes)
+    results: dict[str, Any]
+    if args.ablation:
+        results = {"ablation": ablation(sizes)}
+    else:
+        results = run_wire(sizes) if args.wire else run(sizes)
     results["seconds"] = round(time.perf_counter() - began, 1)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
-    print((wire_table if args.wire else table)(results), file=sys.stderr)
+    if args.ablation:
+        print(_render(_ablate.rows(results["ablation"])), file=sys.stderr)
+    else:
+        print((wire_table if args.wire else table)(results), file=sys.stderr)
     return 0
 
 

@@ -90,6 +90,38 @@ def raw_echo(
         child.wait()
 
 
+def json_rpc_loop(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[str, float]:
+    """A featureless two-process JSON-RPC loop: each request line (``json`` both sides) over a
+    socketpair answered by a child that replies with its params as the result."""
+    import itertools
+    import json
+    import socket
+
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(
+        [python, "-I", "-c", ECHO_CHILD, "json"], stdin=theirs.fileno(), stdout=theirs.fileno()
+    )
+    theirs.close()
+    _pin(0, cpus[0])
+    _pin(child.pid, cpus[1])
+    reader = ours.makefile("rb")
+    ids = itertools.count()
+    params = {"user_id": {"idp": "http://localhost:20080", "opaque_id": "einstein"}}
+
+    def once() -> None:
+        request = {"jsonrpc": "2.0", "id": next(ids), "method": "get_user", "params": params}
+        ours.sendall((json.dumps(request) + "\n").encode())
+        json.loads(reader.readline())
+
+    try:
+        return latencies(once, n)
+    finally:
+        reader.close()
+        ours.close()
+        child.kill()
+        child.wait()
+
+
 def json_lines_throughput(python: str, n: int) -> float:
     """Pipelined stdlib JSON lines: one writer thread, one reader, calls/s."""
     child = _echo_child(python, "json")

@@ -238,8 +238,15 @@ def metrics_wrapper_cost(
     }
 
 
-def _start_serve(tmpdir: Path, name: str, access_log: str, metrics: bool) -> tuple[Any, Any]:
-    """A ``reva-plugins serve`` process on the JSON sample; returns it and its port finder."""
+def _start_serve(
+    tmpdir: Path,
+    name: str,
+    access_log: str,
+    metrics: bool,
+    command: list[str] | None = None,
+) -> tuple[Any, Any]:
+    """A ``reva-plugins serve`` process on the JSON sample; returns it and its port finder.
+    ``command``: what runs ``serve CONFIG`` instead of ``python -m reva_plugins``."""
     config = tmpdir / f"{name}.toml"
     metrics_table = '[metrics]\naddress = "127.0.0.1:0"\n' if metrics else ""
     config.write_text(
@@ -261,7 +268,7 @@ users = "{USERS}"
     )
     lines: list[str] = []
     serve = subprocess.Popen(
-        [sys.executable, "-m", "reva_plugins", "serve", str(config)],
+        [*(command or [sys.executable, "-m", "reva_plugins", "serve"]), str(config)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -2,8 +2,9 @@
 
 Every name, code, limit and key the core also knows comes from ``_wire.py``, loaded by path from
 this file's folder (``-I`` puts no folder on ``sys.path``, and the plugin's venv holds nothing of
-the core); this file repeats none of them. Standard library only, and only what a call needs at
-start. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
+the core); this file repeats none of them. The poll before a read is ``_poll.py``'s (the core's
+own), loaded the same way at the first read. Standard library only, and only what a call needs
+at start. The core's wire is a socket passed as an extra fd (its number is ``wire_fd`` in the
 JSON argument); stdin is /dev/null and stdout is the stderr pipe from the first byte the
 interpreter runs, so nothing (a ``.pth`` file, a plugin, a C extension) that prints can corrupt
 the protocol. Before the plugin is imported fd 0/1 and ``sys.stdin``/``sys.stdout`` are pointed
@@ -24,30 +25,32 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 
-def _load_wire() -> ModuleType:
-    """The shared protocol definitions: the core's own module when the core imports this file,
-    else ``_wire.py`` beside it, loaded by path (through the bytecode cache when it is writable)."""
+def _load(name: str) -> ModuleType:
+    """A module of the core this file needs (``_wire``, ``_poll``): the core's own when the core
+    imports this file, else the file beside it, loaded by path (through the bytecode cache when
+    it is writable)."""
     if __package__:
-        from . import _wire
+        from . import _poll, _wire
 
-        return _wire
+        return _poll if name == "_poll" else _wire
     # This script's own loader is a SourceFileLoader already: reusing its type spares importing
     # importlib.machinery (up to 0.2 ms of every start).
     loader_type: Any = type(globals().get("__loader__"))
     if loader_type.__name__ != "SourceFileLoader":  # pragma: no cover - run some other way
         from importlib.machinery import SourceFileLoader as loader_type
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_wire.py")
-    module = type(sys)("_reva_plugins_wire")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    module = type(sys)(f"_reva_plugins{name}")
     module.__file__ = path
     loader_type(module.__name__, path).exec_module(module)
     return module
 
 
 if TYPE_CHECKING:
+    from . import _poll
     from . import _wire as wire
 else:
-    wire = _load_wire()
+    wire = _load("_wire")
 PARSE_ERROR: int = wire.PARSE_ERROR
 INVALID_REQUEST: int = wire.INVALID_REQUEST
 METHOD_NOT_FOUND: int = wire.METHOD_NOT_FOUND
@@ -64,14 +67,6 @@ INLINE_BELOW = 0.001  # seconds: calls quicker than this (on average) run on the
 RELIEVE_AFTER = 0.005
 #: ticks of RELIEVE_AFTER with no quick call running before the watch sleeps until the next one
 WATCH_IDLE_TICKS = 200
-#: seconds the reader polls for the next request before it sleeps: with the core on another
-#: CPU, a request that arrives meanwhile needs no wake-up (a cross-CPU interrupt, which on a
-#: virtual machine costs tens of microseconds on both sides)
-SPIN = 50e-6
-#: after a poll that found nothing, that many reads (doubling, up to this) sleep at once
-SPIN_BACKOFF_MAX = 64
-#: seconds between two looks at the CPUs this process may use (pinning changes them)
-CPUS_RECHECK = 0.25
 _clock = time.perf_counter
 WIRE_FD = -1  # the private protocol fd, once taken (fault-injection tests write to it)
 
@@ -209,8 +204,8 @@ class CallContext:
         return float(value) if isinstance(value, (int, float)) else None
 
 
-class Wire:
-    """Line-delimited JSON over the private fd.
+class LineChannel:
+    """The plugin's end of the wire: line-delimited JSON over the private fd.
 
     The reader takes lines out of whatever one ``read`` returned (several requests arrive
     together under load), and a batch of replies goes out with one ``write``; writes are whole
@@ -230,11 +225,7 @@ class Wire:
         self.oversized = False  # one oversized line to report
         self.chunk: bytearray | None = None
         self.view = memoryview(b"")
-        self.poll: Callable[[int], list[tuple[int, int]]] | None = None  # made at the first spin
-        self.skip = 0  # reads left that sleep at once
-        self.backoff = 0
-        self.cpus_at = -CPUS_RECHECK  # when the CPUs were looked at
-        self.alone = False  # this process may use one CPU only: polling would take it from the core
+        self.spinner: _poll.Spinner | None = None  # made at the first read
 
     def encode(self, message: dict[str, object], method: object = None) -> bytes:
         """One message as a line; one that cannot be encoded becomes an error reply instead
@@ -283,10 +274,11 @@ class Wire:
             # mmap, an mremap, a munmap and page faults each time
             chunk = self.chunk = bytearray(self.CHUNK)
             self.view = memoryview(chunk)
-        if self.skip:
-            self.skip -= 1
-        elif not self._one_cpu():
-            self._spin()
+        spinner = self.spinner
+        if spinner is None:
+            # loaded now, not at start: the first read comes after the handshake is out
+            spinner = self.spinner = _load("_poll").Spinner(self.fd)
+        spinner.spin()
         try:
             size = os.readv(self.fd, [chunk])
         except OSError:
@@ -311,35 +303,6 @@ class Wire:
             self.scanned = 0
             self.skipping = self.oversized = True
         return True
-
-    def _one_cpu(self) -> bool:
-        """Whether this process may run on one CPU only (looked at every ``CPUS_RECHECK``)."""
-        now = _clock()
-        if now - self.cpus_at >= CPUS_RECHECK:
-            self.cpus_at = now
-            try:
-                self.alone = len(os.sched_getaffinity(0)) == 1
-            except (AttributeError, OSError):
-                self.alone = (os.cpu_count() or 1) == 1
-        return self.alone
-
-    def _spin(self) -> None:
-        """Poll the wire for up to ``SPIN`` before the read blocks; found nothing: the next
-        reads sleep at once, more of them each time (an idle plugin hardly polls)."""
-        poll = self.poll
-        if poll is None:
-            import select
-
-            poller = select.poll()
-            poller.register(self.fd, select.POLLIN)
-            poll = self.poll = poller.poll
-        clock = _clock
-        deadline = clock() + SPIN
-        while not poll(0):
-            if clock() >= deadline:
-                self.backoff = self.skip = min(self.backoff * 2 or 1, SPIN_BACKOFF_MAX)
-                return
-        self.backoff = 0
 
     def read(self) -> bytes | None:
         """The next line, blocking (b"" at EOF); None for a line over the size limit."""
@@ -527,7 +490,7 @@ class Plugin:
     while the slow call finishes where it runs.
     """
 
-    def __init__(self, obj: object, wire: Wire, max_concurrency: int) -> None:
+    def __init__(self, obj: object, wire: LineChannel, max_concurrency: int) -> None:
         self.obj = obj
         self.wire = wire
         self.max_concurrency = max(1, max_concurrency)
@@ -861,7 +824,7 @@ def main(argv: list[str]) -> int:
     os.register_at_fork(after_in_child=_drop_wire)
     version = _negotiate()
     _hook_logging(spec["log_level"])
-    channel = Wire(wire_fd, spec["max_line"])
+    channel = LineChannel(wire_fd, spec["max_line"])
     obj, name, dist, dist_version = _load_entry_point(spec)
     methods = sorted(
         n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))

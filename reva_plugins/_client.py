@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from . import _poll
 from ._call import Call
 from ._errors import CallCancelled, ProtocolError, RevaPluginError
 from ._flood import LogFlood
@@ -45,12 +46,6 @@ _TIMEOUT: Final = object()
 _loads = loads
 #: how long a failed write waits for the process's exit to be recorded (see ``Client.send``)
 _EXIT_GRACE = 5.0
-#: seconds a lone caller polls for its reply before its read blocks (see ``LineReader.spin``)
-SPIN = 50e-6
-#: after a poll that found nothing, that many reads (doubling, up to this) block at once
-SPIN_BACKOFF_MAX = 64
-#: seconds between two looks at the CPUs the core and the plugin may use
-CPUS_RECHECK = 0.25
 #: lines an event loop reads per wake-up at most (a flood must not hold the loop)
 _LOOP_READS = 256
 
@@ -82,7 +77,7 @@ class LineReader:
     #: common case, instead of a poll before every read.
     TICK = 0.05
 
-    def __init__(self, sock: socket.socket, max_line: int) -> None:
+    def __init__(self, sock: socket.socket, max_line: int, peer: int | None = None) -> None:
         self.sock = sock
         self.max_line = max_line
         self.buf = bytearray()
@@ -90,32 +85,10 @@ class LineReader:
         self.view = memoryview(self.chunk)
         self.scanned = 0
         self.skipping = False
-        self.poll: Callable[[int], list[tuple[int, int]]] | None = None  # made at the first spin
-        self.skip = 0  # reads left that block at once
-        self.backoff = 0
+        #: a lone caller polls for its reply before its read blocks (``spin``)
+        self.spinner = _poll.Spinner(sock.fileno(), peer)
         usec = int(self.TICK * 1_000_000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
-
-    def spin(self) -> None:
-        """Poll the socket for up to ``SPIN`` before a read blocks: a reply that arrives
-        meanwhile needs no wake-up (with the plugin on another CPU, an interrupt that costs
-        both sides tens of microseconds on a virtual machine). Found nothing: the next reads
-        block at once, more of them each time (a slow method is not polled for)."""
-        if self.skip:
-            self.skip -= 1
-            return
-        poll = self.poll
-        if poll is None:
-            poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            poll = self.poll = poller.poll
-        clock = time.perf_counter
-        deadline = clock() + SPIN
-        while not poll(0):
-            if clock() >= deadline:
-                self.backoff = self.skip = min(self.backoff * 2 or 1, SPIN_BACKOFF_MAX)
-                return
-        self.backoff = 0
 
     def has_line(self) -> bool:
         """Whether a whole line is buffered (the next :meth:`readline` needs no read)."""
@@ -125,7 +98,7 @@ class LineReader:
         self, timeout: float | None, spin: bool = False, *, nowait: bool = False
     ) -> bytes | object:
         """A whole line; ``b""`` at EOF; ``_TIMEOUT``; raises ``_Oversized`` past the limit.
-        ``spin``: poll briefly before blocking (:meth:`spin`); ``nowait``: never block, a read
+        ``spin``: poll briefly before blocking (``_poll.Spinner``); ``nowait``: never block, a read
         that would is ``_TIMEOUT`` (an event loop's read)."""
         buf = self.buf
         flags = socket.MSG_DONTWAIT if nowait else 0
@@ -150,7 +123,7 @@ class LineReader:
             self.scanned = len(buf)
             deadline = None if timeout is None else time.monotonic() + timeout
             if spin:
-                self.spin()
+                self.spinner.spin()
             while True:
                 try:
                     size = self.sock.recv_into(self.chunk, 0, flags)
@@ -291,8 +264,8 @@ class Client:
 
     A lone caller reads its own reply (no thread hand-off). While another caller already reads,
     a reader thread takes the socket over and stays until no call has been in flight for a
-    ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (a per-call
-    lock), and woken owners pass the wake on one at a time (a baton) so a burst of replies
+    ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (its eventfd
+    waker), and woken owners pass the wake on one at a time (a baton) so a burst of replies
     makes one thread runnable, not sixteen. No lock is held across a syscall: a caller queues
     its request, and whoever finds no write in progress writes everything queued at once.
     """
@@ -309,7 +282,7 @@ class Client:
         self.sock = sock
         self.peer_pid = peer_pid
         self.label = label
-        self.reader = LineReader(sock, max_line)
+        self.reader = LineReader(sock, max_line, peer_pid)
         self.on_eof = on_eof
         self.pending: dict[int, _Slot] = {}
         self.ids = itertools.count(1)
@@ -323,9 +296,6 @@ class Client:
         self.ready: collections.deque[_Slot] = collections.deque()
         self.baton = False  # a woken owner is yet to pass the wake-up on
         self.reading = False  # a reader thread runs (or is about to)
-        self.hold_sends = False  # while woken callers pass the wake-up on (see ``send``)
-        self.cpus_at = -CPUS_RECHECK  # when ``one_cpu`` was last looked at
-        self.one_cpu = False  # the core and the plugin may share one CPU only
         self.overlapped = 0.0  # when a call last started while another was in flight
         #: the event loops reading the socket (each on a dup of its own; ``read_lock`` decides
         #: who reads): one per loop with calls on this client, so a busy loop starves no other
@@ -336,18 +306,11 @@ class Client:
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue one message and write the queue unless someone else will; a broken wire raises
-        the error the process was closed with.
-
-        Someone else will when a write is in progress, or, when the core and the plugin share
-        one CPU, while woken callers are still passing the wake-up on (the last of them writes
-        what they all queued): that turns a burst of replies into one write of as many
-        requests, instead of the plugin preempting the core at every request. With a CPU each,
-        holding them back would leave the plugin idle while the core works: they go at once.
-        """
+        """Queue one message and write the queue unless a write is in progress (its writer
+        writes this too); a broken wire raises the error the process was closed with."""
         with self.lock:
             self.outbox.append(data)
-            if self.flushing or (self.baton and self.hold_sends):
+            if self.flushing:
                 return
             self.flushing = True
         self._flush()
@@ -530,7 +493,7 @@ class Client:
         with lock:
             call_id = self._register(slot)
             self.outbox.append(encode_request(call_id, method, call.params, call.meta))
-            write = not self.flushing and not (self.baton and self.hold_sends)
+            write = not self.flushing
             if write:
                 self.flushing = True
         self._watch(loop)
@@ -637,7 +600,7 @@ class Client:
                 return
             if tick is not None:
                 remaining = tick if remaining is None else min(remaining, tick)
-            if self._read_one(remaining, spin=not self._one_cpu()) is not True:
+            if self._read_one(remaining, spin=True) is not True:
                 return
 
     def _cancel(self, call_id: int, method: str) -> None:
@@ -680,8 +643,6 @@ class Client:
                 no_reader = True
             elif not self.reading and not self.eof:
                 self.reading = True
-                self.cpus_at = -CPUS_RECHECK  # look again: calls start to overlap now
-                self.hold_sends = self._one_cpu()
                 try:
                     threading.Thread(
                         target=self._reader_thread, name=f"reva-{self.label}-reader", daemon=True
@@ -700,30 +661,11 @@ class Client:
         with self.lock:
             slot.waiting = False
             signalled, slot.signalled = slot.signalled, False
-            following, flush = self._pass_baton() if signalled else (None, False)
+            following = self._pass_baton() if signalled else None
         if signalled and not woken:
             waker.wait(None)  # the wake-up is on its way: take it, the waker is used again
         if following is not None:
             following.wake()
-        if flush:
-            self._flush_for_others()
-
-    def _one_cpu(self) -> bool:
-        """Whether this thread and the plugin may run on one and the same CPU only (pinned,
-        or a one-CPU machine): looked at every ``CPUS_RECHECK`` and whenever calls start to
-        overlap, as pinning changes."""
-        now = time.monotonic()
-        if now - self.cpus_at < CPUS_RECHECK:
-            return self.one_cpu
-        self.cpus_at = now
-        try:
-            cpus = os.sched_getaffinity(0)
-            if self.peer_pid is not None:
-                cpus |= os.sched_getaffinity(self.peer_pid)
-            self.one_cpu = len(cpus) == 1
-        except (AttributeError, OSError):
-            self.one_cpu = (os.cpu_count() or 1) == 1
-        return self.one_cpu
 
     def _reader_thread(self) -> None:
         """Read for the waiting callers; leave once nothing is in flight and no two calls have
@@ -740,22 +682,18 @@ class Client:
                         self.reading = False
                         return
 
-    def _pass_baton(self) -> tuple[_Waker | None, bool]:
+    def _pass_baton(self) -> _Waker | None:
         """Pick the next owner whose reply is in (call with ``self.lock`` held): the caller
-        wakes it once the lock is released. Flush is True when the chain ends with requests
-        queued: the caller must then write them (``_flush``)."""
+        wakes it once the lock is released."""
         ready = self.ready
         while ready:
             slot = ready.popleft()
             if slot.waiting and not slot.signalled and slot.waker is not None:
                 slot.signalled = True
                 self.baton = True
-                return slot.waker, False
+                return slot.waker
         self.baton = False
-        if self.outbox and not self.flushing:
-            self.flushing = True
-            return None, True
-        return None, False
+        return None
 
     def _fill(self, call_id: Any, result: Any = None, error: BaseException | None = None) -> bool:
         with self.lock:
@@ -764,17 +702,15 @@ class Client:
             if slot is None:
                 return False
             slot.result, slot.error, slot.done = result, error, True
-            following, flush = None, False
+            following = None
             if slot.waiting:
                 self.ready.append(slot)
                 if not self.baton:
-                    following, flush = self._pass_baton()
+                    following = self._pass_baton()
         if slot.future is not None:
             _settle_from_anywhere(slot)
         if following is not None:
             following.wake()
-        if flush:
-            self._flush_for_others()
         return True
 
     # -- incoming messages -----------------------------------------------------------------

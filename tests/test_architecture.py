@@ -21,8 +21,7 @@ SOURCE_KINDS = ("inprocess", "venv", "folder", "file", "git", "archive", "requir
 LAYERS: dict[str, int] = {
     # 0 - leaves: shared by both halves
     **dict.fromkeys(["_errors", "_redact", "_fs", "_environ", "_subprocess", "_wire"], 0),
-    "_version": 0,
-    "_sandbox": 0,
+    **dict.fromkeys(["_version", "_sandbox", "_poll"], 0),
     # 1 - the build half, the run half, defaults, service types
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     **dict.fromkeys([f"_sources.{kind}" for kind in SOURCE_KINDS], 1),
@@ -53,7 +52,7 @@ LAYERS: dict[str, int] = {
 BUILD_HALF = {"_sources", "_git", "_store", "_envmeta", "_holds", "_installers", "_python"}
 BUILD_HALF |= {"_auth", "_urls", "_fs"} | {name for name in LAYERS if name.startswith("_sources.")}
 RUN_HALF = {"_process", "_plugin_stderr", "_supervisor", "_client", "_flood", "_protocol", "_wire"}
-RUN_HALF |= {"_call", "_launch", "_bootstrap"}
+RUN_HALF |= {"_call", "_poll", "_launch", "_bootstrap"}
 
 
 def module_name(path: Path) -> str:
@@ -139,7 +138,8 @@ def test_the_build_half_and_the_run_half_never_import_each_other() -> None:
 
 
 def test_the_bootstrap_imports_nothing_of_the_core_but_the_protocol_module() -> None:
-    assert IMPORTS["_bootstrap"] <= {"_wire"}
+    assert IMPORTS["_bootstrap"] <= {"_wire", "_poll"}
+    assert IMPORTS["_poll"] == set()  # the bootstrap loads it by path, beside _wire
     assert IMPORTS["_launch"] == set()
 
 
@@ -285,7 +285,8 @@ def test_the_env_metadata_schema_is_written_only_by_its_record() -> None:
 def test_the_checker_sees_imports() -> None:
     """The checker itself: it finds what a module imports (else every rule would pass)."""
     assert IMPORTS["_cli"] >= {"_config", "_host", "_plan", "_present"}
-    assert IMPORTS["_bootstrap"] == {"_wire"}  # the package-mode import, outside TYPE_CHECKING
+    # the package-mode import, outside TYPE_CHECKING
+    assert IMPORTS["_bootstrap"] == {"_wire", "_poll"}
     assert "_host" not in IMPORTS["_hooks"]  # only under TYPE_CHECKING
     assert IMPORTS["services.groupprovider"] >= {"services._base"}
 

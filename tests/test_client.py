@@ -293,57 +293,6 @@ def test_a_cancellation_ends_a_lone_reader_and_a_waiting_caller_and_cancels_in_t
     _no_stale_wake_ups()
 
 
-def test_polling_for_a_reply_backs_off_while_replies_are_slow() -> None:
-    """A lone caller polls briefly before its read blocks; each poll that finds nothing makes
-    more of the following reads block at once (a slow method is not polled for), and a poll
-    that finds its reply starts over."""
-    core, plugin = socket.socketpair()
-    with core, plugin:
-        reader = _client.LineReader(core, 1000)
-        reader.spin()  # nothing arrives
-        assert (reader.skip, reader.backoff) == (1, 1)
-        reader.spin()  # skipped
-        assert reader.skip == 0
-        reader.spin()
-        assert (reader.skip, reader.backoff) == (2, 2)
-        for _ in range(2):
-            reader.spin()
-        for _ in range(8):  # misses double the backoff up to its cap
-            reader.spin()
-            while reader.skip:
-                reader.spin()
-        assert reader.backoff == _client.SPIN_BACKOFF_MAX
-        plugin.sendall(b"reply\n")
-        reader.spin()
-        while reader.skip:
-            reader.spin()
-        reader.spin()  # finds the reply waiting
-        assert reader.backoff == 0
-        assert reader.readline(1.0, spin=True) == b"reply\n"
-
-
-def test_the_plugin_polls_for_requests_only_off_a_cpu_of_its_own_and_backs_off() -> None:
-    core, plugin = socket.socketpair()
-    with core, plugin:
-        wire = _bootstrap.Wire(plugin.fileno(), 1000)
-        every = os.sched_getaffinity(0)
-        try:
-            os.sched_setaffinity(0, {min(every)})
-            wire.cpus_at = -1.0
-            assert wire._one_cpu()  # one CPU: polling would take it from the core
-        finally:
-            os.sched_setaffinity(0, every)
-        wire.cpus_at = -1.0
-        assert wire._one_cpu() == (len(every) == 1)
-        wire._spin()
-        assert (wire.skip, wire.backoff) == (1, 1)
-        core.sendall(b"request\n")
-        wire.skip = 0
-        wire._spin()
-        assert wire.backoff == 0
-        assert wire.read() == b"request\n"
-
-
 def test_replies_in_before_the_plugin_died_reach_every_caller() -> None:
     """16 callers wait; the plugin answers them all and exits. The reader hands out the first
     reply, queues the others for the woken caller to pass on, and reads the EOF: the close
@@ -725,7 +674,7 @@ class _TestPlugin(_bootstrap.Plugin):
             super().follow()
 
 
-class _RecordingWire(_bootstrap.Wire):
+class _RecordingWire(_bootstrap.LineChannel):
     def __init__(self, fd: int, max_line: int) -> None:
         super().__init__(fd, max_line)
         self.writes: list[bytes] = []

@@ -35,8 +35,11 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _wire
+from reva_plugins import _bootstrap, _client, _poll, _wire
 from reva_plugins._protocol import BOOTSTRAP_FILE
+
+#: The files a plugin runs of the core: the bootstrap, and what it loads by path but ``_wire``.
+PLUGIN_FILES = (BOOTSTRAP_FILE.with_name("_bootstrap.py"), BOOTSTRAP_FILE.with_name("_poll.py"))
 
 PLUGIN = """
 class Plugin:
@@ -195,14 +198,15 @@ def test_the_bootstrap_refuses_versions_it_does_not_speak(bare_python: Path) -> 
         started.close()
 
 
-def test_the_bootstrap_holds_no_literal_of_the_protocol() -> None:
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.name)
+def test_the_bootstrap_holds_no_literal_of_the_protocol(path: Path) -> None:
     """Every value ``_wire`` defines (names, codes, limits) is read from it, never repeated."""
     shared = {
         value
         for name, value in vars(_wire).items()
         if name.isupper() and isinstance(value, (str, int)) and not isinstance(value, bool)
     }
-    tree = ast.parse(BOOTSTRAP_FILE.read_text(encoding="utf-8"))
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     # attribute names (``CallContext.meta``, the plugins' API) are not the protocol's values
     slots = {
         id(const)
@@ -266,6 +270,14 @@ def _string_literals(path: Path) -> dict[str, int]:
         if isinstance(node, ast.JoinedStr)
         for part in node.values
     }
+    # attribute names (``CallContext.meta``, the plugins' API) are not the protocol's values
+    slots = {
+        id(const)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets)
+        for const in ast.walk(node.value)
+    }
     found: dict[str, int] = {}
     for node in ast.walk(tree):
         if (
@@ -273,6 +285,7 @@ def _string_literals(path: Path) -> dict[str, int]:
             and isinstance(node.value, str)
             and id(node) not in docstrings
             and id(node) not in in_fstrings
+            and id(node) not in slots
             and len(node.value) > 1
             and " " not in node.value
         ):
@@ -302,6 +315,76 @@ def test_bootstrap_and_core_share_no_literal_outside_wire() -> None:
     for name in CORE_WIRE_MODULES:
         core |= set(_string_literals(package / f"{name}.py"))
     allowed = JSONRPC_MEMBERS | NOT_PROTOCOL | _typed_dict_keys()
-    bootstrap = _string_literals(BOOTSTRAP_FILE)
-    shared = sorted((text, line) for text, line in bootstrap.items() if text in core - allowed)
-    assert shared == []
+    for path in PLUGIN_FILES:
+        bootstrap = _string_literals(path)
+        shared = sorted((text, line) for text, line in bootstrap.items() if text in core - allowed)
+        assert shared == [], path.name
+
+
+# -- the poll before a read: one implementation, both ends -------------------------------------
+
+
+def test_both_ends_poll_with_the_one_spinner() -> None:
+    """The core's reader and the plugin's channel read through ``_poll.Spinner``; the plugin
+    loads it at its first read, not at start."""
+    core, plugin = socket.socketpair()
+    with core, plugin:
+        reader = _client.LineReader(core, 1000, peer=os.getpid())
+        assert type(reader.spinner) is _poll.Spinner
+        assert reader.spinner.peer == os.getpid()
+        channel = _bootstrap.LineChannel(plugin.fileno(), 1000)
+        assert channel.spinner is None
+        core.sendall(b"request\n")
+        assert channel.read() == b"request\n"
+        assert isinstance(channel.spinner, _poll.Spinner)
+        plugin.sendall(b"reply\n")
+        assert reader.readline(1.0, spin=True) == b"reply\n"
+
+
+def test_a_poll_that_finds_nothing_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader polls briefly before its read blocks; each poll that finds nothing makes more of
+    the following reads block at once (a slow peer is not polled for), and a poll that finds
+    its message starts over."""
+    monkeypatch.setattr(_poll.Spinner, "one_cpu", lambda self: False)
+    core, plugin = socket.socketpair()
+    with core, plugin:
+        spinner = _poll.Spinner(core.fileno())
+        spinner.spin()  # nothing arrives
+        assert (spinner.skip, spinner.backoff) == (1, 1)
+        spinner.spin()  # skipped
+        assert spinner.skip == 0
+        spinner.spin()
+        assert (spinner.skip, spinner.backoff) == (2, 2)
+        for _ in range(2):
+            spinner.spin()
+        for _ in range(8):  # misses double the backoff up to its cap
+            spinner.spin()
+            while spinner.skip:
+                spinner.spin()
+        assert spinner.backoff == _poll.SPIN_BACKOFF_MAX
+        plugin.sendall(b"reply\n")
+        spinner.spin()
+        while spinner.skip:
+            spinner.spin()
+        spinner.spin()  # finds the reply waiting
+        assert spinner.backoff == 0
+
+
+def test_nothing_is_polled_for_on_one_cpu() -> None:
+    """Pinned to one CPU (itself and its peer), a reader never polls: the poll would take the
+    CPU from the process it waits for. The CPUs are looked at again every ``CPUS_RECHECK``."""
+    core, plugin = socket.socketpair()
+    every = os.sched_getaffinity(0)
+    with core, plugin:
+        spinner = _poll.Spinner(core.fileno(), peer=os.getpid())
+        try:
+            os.sched_setaffinity(0, {min(every)})
+            spinner.cpus_at = -_poll.CPUS_RECHECK
+            assert spinner.one_cpu()
+            spinner.spin()
+            assert (spinner.poll, spinner.skip, spinner.backoff) == (None, 0, 0)
+        finally:
+            os.sched_setaffinity(0, every)
+        assert spinner.one_cpu()  # looked at again only after CPUS_RECHECK
+        spinner.cpus_at = -_poll.CPUS_RECHECK
+        assert spinner.one_cpu() == (len(every) == 1)
