@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import pwd
 import re
 import stat
 import sys
@@ -12,7 +13,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import _defaults
 from ._errors import ConfigError, UsageError
@@ -24,6 +25,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+
+#: A ``sandbox`` setting: "auto" (on where the kernel allows it), True (required), False (off).
+Sandbox = Literal["auto"] | bool
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class LoaderSettings:
     allow_http: bool = _defaults.ALLOW_HTTP
     #: A bundle (``env export``'s tar file or folder) to build locked envs from, offline.
     bundle: Path | None = None
+    #: Every plugin's sandbox: "auto" (Landlock where the kernel has it), True, False.
+    sandbox: Sandbox = _defaults.SANDBOX
+    #: Run every plugin as this user (and its group) when the core runs as root.
+    user: str | None = None
     #: Not a key: the folder of the file this table was read from, which relative
     #: ``allowed_sources`` patterns resolve against wherever the settings are used (``env build
     #: SPEC --plugins-from``); None: the folder of the config they are part of.
@@ -65,6 +74,23 @@ class PluginOptions:
     cpu_seconds: int | None = None
     open_files: int | None = None
     network: bool = _defaults.NETWORK
+    #: None: as ``[plugins] sandbox`` says.
+    sandbox: Sandbox | None = None
+    #: Paths the sandboxed plugin may read, or read and write, besides those its table names.
+    read_paths: tuple[Path, ...] = ()
+    write_paths: tuple[Path, ...] = ()
+    #: ``host:port`` entries: where set, outgoing TCP is limited to these ports (Landlock
+    #: limits ports, not hosts).
+    connect: tuple[str, ...] | None = None
+    #: None: as ``[plugins] user`` says.
+    user: str | None = None
+
+    @property
+    def connect_ports(self) -> tuple[int, ...] | None:
+        """The ports of :attr:`connect` (validated when the config was read)."""
+        if self.connect is None:
+            return None
+        return tuple(sorted({int(entry.rpartition(":")[2]) for entry in self.connect}))
 
     @property
     def limits(self) -> ResourceLimits:
@@ -415,6 +441,7 @@ class _Reader:
         find_links = self.strings(table, key, "find_links") or ()
         allowed = self.strings(table, key, "allowed_sources")
         bundle = self.text(table, key, "bundle")
+        sandbox = self.sandbox(table, key)
         return LoaderSettings(
             cache_dir=None if cache_dir is None else self.path(f"{key}.cache_dir", cache_dir),
             installer=self.choice(table, key, "installer", _defaults.INSTALLERS)
@@ -435,8 +462,53 @@ class _Reader:
             or defaults.max_download_mb,
             allow_http=self.flag(table, key, "allow_http", defaults.allow_http),
             bundle=None if bundle is None else self.path(f"{key}.bundle", bundle),
+            sandbox=defaults.sandbox if sandbox is None else sandbox,
+            user=self.user(table, key),
             policy_dir=self.base_dir,
         )
+
+    def sandbox(self, table: Mapping[str, Any], key: str) -> Sandbox | None:
+        value = table.get("sandbox")
+        if value is None:
+            return None
+        if value == "auto" or isinstance(value, bool):
+            return value  # type: ignore[no-any-return]
+        shown = _printable(repr(value)[:40])
+        raise self.error(f"{key}.sandbox", f'must be "auto", true or false, not {shown}')
+
+    def user(self, table: Mapping[str, Any], key: str) -> str | None:
+        name = self.text(table, key, "user")
+        if name is None:
+            return None
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise self.error(f"{key}.user", f"no such user: {_printable(name)!r}") from None
+        return name
+
+    def existing_paths(self, table: Mapping[str, Any], key: str, name: str) -> tuple[Path, ...]:
+        paths = []
+        for index, value in enumerate(self.strings(table, key, name) or ()):
+            where = f"{key}.{name}[{index}]"
+            path = self.path(where, value)
+            if not path.exists():
+                raise self.error(where, f"{_printable(value)!r} does not exist")
+            if path == Path(path.anchor):
+                raise self.error(where, "the whole file system: use sandbox = false instead")
+            paths.append(path)
+        return tuple(paths)
+
+    def connect(self, table: Mapping[str, Any], key: str, network: bool) -> tuple[str, ...] | None:
+        entries = self.strings(table, key, "connect")
+        if entries is None:
+            return None
+        if not network:
+            raise self.error(f"{key}.connect", "needs network = true (network = false allows none)")
+        for index, entry in enumerate(entries):
+            problem = address_problem(entry)
+            if problem or entry.endswith(":0"):
+                raise self.error(f"{key}.connect[{index}]", problem or "port 0 is no port to reach")
+        return entries
 
     def serve_settings(self, grpc: Mapping[str, Any], raw_metrics: Any) -> ServeSettings:
         metrics = self.table(raw_metrics, "metrics")
@@ -546,6 +618,7 @@ class _Reader:
                 ("open_files", _defaults.OPEN_FILES_BOUNDS),
             )
         }
+        network = self.flag(table, key, "network", PluginOptions.network)
         sha256 = self.typed(table, key, "sha256", str)
         if sha256 is not None and not _is_sha256(sha256):
             raise self.error(f"{key}.sha256", "must be 64 hexadecimal digits")
@@ -559,7 +632,12 @@ class _Reader:
             or PluginOptions.restart,
             start_timeout=self.timeout(table, key, "start_timeout"),
             call_timeout=self.timeout(table, key, "call_timeout"),
-            network=self.flag(table, key, "network", PluginOptions.network),
+            network=network,
+            sandbox=self.sandbox(table, key),
+            read_paths=self.existing_paths(table, key, "read_paths"),
+            write_paths=self.existing_paths(table, key, "write_paths"),
+            connect=self.connect(table, key, network),
+            user=self.user(table, key),
             **limits,
         )
 

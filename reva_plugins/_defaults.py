@@ -34,6 +34,8 @@ CALL_TIMEOUT: Final = 30.0
 MAX_CONCURRENCY: Final = 8
 #: ``plugin.network``: the plugin may use the network.
 NETWORK: Final = True
+#: ``sandbox``: a Landlock sandbox where the kernel has one ("auto"), always (true), never (false).
+SANDBOX: Final[Literal["auto"] | bool] = "auto"
 #: What the supervisor does after a crash (``plugin.restart``).
 RESTART: Final[RestartPolicy] = "on-failure"
 RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = ("on-failure", "never")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import Any, Protocol
 
+from . import _protocol
 from ._call import Call
 from ._errors import (
     HandshakeError,
@@ -55,6 +56,9 @@ class ServiceInfo:
     #: how many times the plugin was restarted after a crash
     restarts: int
     calls_in_flight: int
+    #: what confines the plugin: ``landlock ABI 7``, ``off`` (in-process drivers too) or
+    #: ``unavailable: why``
+    sandbox: str = _protocol.SANDBOX_OFF
 
 
 class Driver(Protocol):
@@ -292,6 +296,10 @@ class IsolatedDriver:
             uptime=time.time() - process.started_at if running and process is not None else None,
             restarts=supervisor.restarts,
             calls_in_flight=process.calls_in_flight if running and process is not None else 0,
+            # before a start: what is planned ("landlock": its ABI is known once it runs)
+            sandbox=str(handshake.get("sandbox") or "landlock")
+            if launch.sandbox
+            else launch.sandbox_state,
         )
 
     def close(self) -> None:

@@ -21,10 +21,11 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from . import _defaults, _lockfile, _python
+from . import _defaults, _lockfile, _protocol, _python
 from ._build import Builder, BuildProgress
 from ._bundle import Bundle, open_bundle
 from ._config import Config, ServiceConfig
+from ._confinement import plan_sandbox, run_as
 from ._envinfo import scan_entry_points
 from ._envmeta import EntryPointInfo
 from ._errors import SourceError
@@ -281,6 +282,18 @@ class Planner:
     ) -> LaunchSpec:
         """How to start ``ep`` from ``python`` with the timeouts and env of ``svc``."""
         opts = svc.plugin
+        config = svc.driver_config(ep.name, Path(svc.driver).name)
+        file = self.config.source_name
+        keep_out = (self.store.root, *([self.config.file] if self.config.file else []))
+        sandbox, state = plan_sandbox(
+            svc,
+            self.settings,
+            python=python,
+            driver_config=config,
+            base_dir=self.config.base_dir,
+            keep_out=tuple(Path(p).resolve() for p in keep_out),
+            file=file,
+        )
         return LaunchSpec(
             service=svc.service,
             label=svc.label,
@@ -292,8 +305,11 @@ class Planner:
             call_timeout=opts.call_timeout or self.settings.call_timeout,
             restart=opts.restart,
             max_concurrency=opts.max_concurrency,
-            config=svc.driver_config(ep.name, Path(svc.driver).name),
+            config=config,
             limits=opts.limits,
+            sandbox=sandbox,
+            sandbox_state=state or _protocol.SANDBOX_OFF,
+            user=run_as(svc, self.settings, file=file),
         )
 
 

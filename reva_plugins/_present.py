@@ -52,6 +52,8 @@ class CheckRow:
     ping_ms: float | None = None
     built: bool = False
     exit_code: int = ExitCode.OK
+    #: ``landlock ABI 7``, ``off``, ``unavailable: why`` (``-`` when the driver did not start)
+    sandbox: str = "-"
 
     @classmethod
     def of(cls, result: ServiceCheck) -> CheckRow:
@@ -81,6 +83,7 @@ class CheckRow:
             start_ms=None if result.start_ms is None else round(result.start_ms, 1),
             ping_ms=None if result.ping_ms is None else round(result.ping_ms, 3),
             built=result.built,
+            sandbox=info.sandbox if info else "-",
         )
 
 
@@ -95,7 +98,7 @@ def rows_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def check_table(rows: Sequence[CheckRow]) -> str:
     """The ``check`` table."""
-    header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS", "PING MS")
+    header = ("SERVICE", "DRIVER", "KIND", "ENV", "STATUS", "START MS", "PING MS", "SANDBOX")
     return rows_table(
         header,
         [
@@ -107,6 +110,7 @@ def check_table(rows: Sequence[CheckRow]) -> str:
                 _cell(r.status, STATUS_WIDTH),
                 "-" if r.start_ms is None else f"{r.start_ms:.1f}",
                 "-" if r.ping_ms is None else f"{r.ping_ms:.2f}",
+                _cell(r.sandbox, 40),
             )
             for r in rows
         ],

@@ -10,10 +10,13 @@ import itertools
 import json
 import logging
 import os
+import pwd
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -68,6 +71,12 @@ class LaunchSpec:
     protocol_versions: tuple[int, ...] = _protocol.PROTOCOL_VERSIONS
     config: Mapping[str, Any] = field(default_factory=dict)
     limits: _protocol.ResourceLimits = field(default_factory=_protocol.ResourceLimits)
+    #: what the plugin may reach (None: no sandbox)
+    sandbox: _protocol.SandboxPolicy | None = None
+    #: what the handshake should say when no policy is sent (``off`` or ``unavailable: why``)
+    sandbox_state: str = _protocol.SANDBOX_OFF
+    #: run the plugin as this user (the core runs as root)
+    user: str | None = None
 
     @property
     def logger_name(self) -> str:
@@ -151,6 +160,7 @@ class PluginProcess:
         self.instance = f"{os.getpid()}-{next(_INSTANCES)}-{secrets.token_hex(6)}"
         self._strays_reaped = False
         self._aborted = False
+        self._tmpdir: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -180,16 +190,21 @@ class PluginProcess:
             # The wire is an extra fd (>= 3 even if the core runs without stdio), never stdin or
             # stdout: whatever runs before the bootstrap (a .pth file) and prints goes to stderr.
             wire_fd = fcntl.fcntl(child.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+            env = plugin_environment(self.spec, instance=self.instance)
+            if self.spec.sandbox is not None:
+                env["TMPDIR"] = self._tmpdir = self._private_tmpdir()
             self._proc = spawn(
                 [self.spec.python, "-I", _protocol.BOOTSTRAP_FILE, self._bootstrap_arg(wire_fd)],
-                env=plugin_environment(self.spec, instance=self.instance),
+                env=env,
                 cwd=self.spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.STDOUT,
                 pass_fds=(wire_fd,),
+                user=self.spec.user,
             )
         except OSError as exc:
             parent.close()
+            self._remove_tmpdir()
             raise HandshakeError(f"cannot start plugin: {exc}", plugin=self.spec.label) from None
         finally:
             child.close()
@@ -236,7 +251,24 @@ class PluginProcess:
             "limits": self.spec.limits.as_bootstrap_input(),
             "parent": os.getpid(),
         }
+        if self.spec.sandbox is not None:
+            tmp = (self._tmpdir,) if self._tmpdir else ()
+            arg["sandbox"] = self.spec.sandbox.as_bootstrap_input(write=tmp)
         return json.dumps(arg, separators=(",", ":"))
+
+    def _private_tmpdir(self) -> str:
+        """A temporary folder of this plugin process's own (its ``TMPDIR`` in the sandbox,
+        the only one it may write to beside its driver's paths); removed when it stops."""
+        path = tempfile.mkdtemp(prefix=f"reva-plugin-{self.spec.service}-")
+        if self.spec.user is not None:
+            entry = pwd.getpwnam(self.spec.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return path
+
+    def _remove_tmpdir(self) -> None:
+        path, self._tmpdir = self._tmpdir, None
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(
@@ -314,6 +346,7 @@ class PluginProcess:
             client.sock.close()
         if self._proc.stderr:
             self._proc.stderr.close()
+        self._remove_tmpdir()
 
     def abort(self) -> None:
         """Kill the process now, from any thread: a :meth:`start` in progress fails at once
@@ -336,11 +369,12 @@ class PluginProcess:
         for _ in range(10):  # a stray may have started another meanwhile; it is marked too
             found = marked_processes(self.instance)
             if not found:
-                return
+                break
             for pid in found:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
+        self._remove_tmpdir()
 
     def _kill_group(self, sig: int) -> None:
         """Signal the plugin's process group; with SIGKILL also every descendant that left the

@@ -41,11 +41,15 @@ from ._wire import (
     PARSE_ERROR,
     PING,
     PROTOCOL_VERSIONS,
+    SANDBOX_LANDLOCK,
+    SANDBOX_OFF,
+    SANDBOX_UNAVAILABLE,
     SHUTDOWN,
     VERSIONS_ENV,
     BootstrapInput,
     HandshakeParams,
     ResourceLimitsInput,
+    SandboxInput,
 )
 
 __all__ = [
@@ -53,8 +57,10 @@ __all__ = [
     "DEFAULT_MAX_LINE", "HANDSHAKE", "HUMAN_MESSAGE", "INSTANCE_ENV", "INTERNAL_ERROR",
     "INVALID_PARAMS", "INVALID_REQUEST", "JSONRPC_VERSION", "LOG_EXCEPTION", "LOG_LEVEL",
     "LOG_LINE_START", "LOG_MEMBER_PREFIX", "LOG_MESSAGE", "LOG_MODULE", "LOG_TIMESTAMP", "META",
-    "META_DEADLINE", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS", "SHUTDOWN",
+    "META_DEADLINE", "METHOD_NOT_FOUND", "PARSE_ERROR", "PING", "PROTOCOL_VERSIONS",
+    "SANDBOX_LANDLOCK", "SANDBOX_OFF", "SANDBOX_UNAVAILABLE", "SHUTDOWN",
     "VERSIONS_ENV", "BootstrapInput", "HandshakeParams", "ResourceLimits", "ResourceLimitsInput",
+    "SandboxInput", "SandboxPolicy",
     "dumps", "encode_request", "error_to_exception", "guess_id", "loads",
 ]  # fmt: skip
 
@@ -83,6 +89,32 @@ class ResourceLimits:
             out["open_files"] = self.open_files
         if not self.network:
             out["network"] = False
+        return out
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """What a sandboxed plugin may reach (see ``_sandbox.apply``); planning names it."""
+
+    read_exec: tuple[str, ...]
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    #: where set, the only TCP ports it may connect to
+    connect: tuple[int, ...] | None = None
+    #: ``sandbox = true``: a refused policy fails the start (``"auto"``: runs unsandboxed)
+    required: bool = False
+
+    def as_bootstrap_input(self, *, write: tuple[str, ...] = ()) -> SandboxInput:
+        """The ``sandbox`` member of the bootstrap's input, with ``write`` (the plugin's
+        private temporary folder) added."""
+        out: SandboxInput = {
+            "read_exec": list(self.read_exec),
+            "read": list(self.read),
+            "write": [*self.write, *write],
+            "required": self.required,
+        }
+        if self.connect is not None:
+            out["connect"] = list(self.connect)
         return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import queue
 import subprocess
 import sys
@@ -86,9 +87,11 @@ def spawn(
     stdin: int | IO[Any],
     stdout: int | IO[Any],
     pass_fds: Sequence[int] = (),
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running child in its own process group (so the group can be reaped), from
-    the core's one long-lived spawner thread (see :class:`_Spawner`).
+    the core's one long-lived spawner thread (see :class:`_Spawner`); as ``user`` (with that
+    user's group and no other) when given, which needs a core running as root.
 
     Its stderr is a pipe (``.stderr``); ``stdout=subprocess.STDOUT`` sends its stdout there too.
     """
@@ -108,6 +111,7 @@ def spawn(
             **_OWN_GROUP,
             pass_fds=tuple(pass_fds),
             close_fds=True,
+            **_as_user(user),
         )
     except BaseException:
         if read_end is not None:
@@ -119,6 +123,13 @@ def spawn(
     if read_end is not None:
         proc.stderr = open(read_end, "rb")  # noqa: SIM115 - owned by the caller, like Popen's
     return proc
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 # Its own process group, not its own session: a session per plugin also puts each plugin in its

@@ -32,6 +32,11 @@ VERSIONS_ENV = "REVA_PLUGIN_PROTOCOL_VERSIONS"
 #: inherit it, so those that left the plugin's group and outlived it are found by it and killed.
 INSTANCE_ENV = "REVA_PLUGIN_INSTANCE"
 HUMAN_MESSAGE = "This is a reva plugin bootstrap; it is started by the core, not by hand."
+#: The handshake's ``sandbox``: a Landlock sandbox (with its ABI), none asked for, or none to be
+#: had (``unavailable: why``).
+SANDBOX_LANDLOCK = "landlock ABI {abi}"
+SANDBOX_OFF = "off"
+SANDBOX_UNAVAILABLE = "unavailable"
 
 # -- messages -----------------------------------------------------------------------------------
 
@@ -123,6 +128,21 @@ class ResourceLimitsInput(TypedDict):
     network: NotRequired[bool]
 
 
+class SandboxInput(TypedDict):
+    """The Landlock policy the bootstrap applies to itself before importing the plugin."""
+
+    #: folders and files it may read and run (its env, its Python, the system's programs)
+    read_exec: list[str]
+    #: what it may only read
+    read: list[str]
+    #: what it may read, write, create and remove in
+    write: list[str]
+    #: where set, the only TCP ports it may connect to
+    connect: NotRequired[list[int]]
+    #: true: a policy the kernel refuses fails the start; false ("auto"): it runs unsandboxed
+    required: bool
+
+
 class BootstrapInput(TypedDict):
     """The bootstrap's one argument (JSON): which entry point to run, and how."""
 
@@ -141,6 +161,8 @@ class BootstrapInput(TypedDict):
     limits: NotRequired[ResourceLimitsInput]
     #: the core's pid: a bootstrap whose parent is already another process exits
     parent: NotRequired[int]
+    #: the sandbox to apply (absent: none)
+    sandbox: NotRequired[SandboxInput]
 
 
 class HandshakeParams(TypedDict):
@@ -159,3 +181,5 @@ class HandshakeParams(TypedDict):
     pid: int
     #: ``major.minor.micro`` of the plugin's interpreter
     python: str
+    #: the sandbox in force: ``landlock ABI 7``, ``off`` or ``unavailable: why``
+    sandbox: NotRequired[str]

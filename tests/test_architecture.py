@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_config", "_hooks"], 2),
     # 3 - planning: a service's config to a plan (env build, env inspection, wheel tags)
     **dict.fromkeys(["_plan", "_resolvers", "_build", "_envinfo", "_wheels", "_bundle"], 3),
-    **dict.fromkeys(["_lockfile", "_locker"], 3),
+    **dict.fromkeys(["_lockfile", "_locker", "_confinement"], 3),
     # 4 - the host
     **dict.fromkeys(["_host", "_proxy", "_drivers"], 4),
     # 5 - what runs on a host
@@ -138,8 +138,9 @@ def test_the_build_half_and_the_run_half_never_import_each_other() -> None:
 
 
 def test_the_bootstrap_imports_nothing_of_the_core_but_the_protocol_module() -> None:
-    assert IMPORTS["_bootstrap"] <= {"_wire", "_poll"}
+    assert IMPORTS["_bootstrap"] <= {"_wire", "_poll", "_sandbox"}
     assert IMPORTS["_poll"] == set()  # the bootstrap loads it by path, beside _wire
+    assert IMPORTS["_sandbox"] == set()
     assert IMPORTS["_launch"] == set()
 
 
@@ -286,7 +287,7 @@ def test_the_checker_sees_imports() -> None:
     """The checker itself: it finds what a module imports (else every rule would pass)."""
     assert IMPORTS["_cli"] >= {"_config", "_host", "_plan", "_present"}
     # the package-mode import, outside TYPE_CHECKING
-    assert IMPORTS["_bootstrap"] == {"_wire", "_poll"}
+    assert IMPORTS["_bootstrap"] == {"_wire", "_poll", "_sandbox"}
     assert "_host" not in IMPORTS["_hooks"]  # only under TYPE_CHECKING
     assert IMPORTS["services.groupprovider"] >= {"services._base"}
 

@@ -72,11 +72,14 @@ def fault_spec(
 
 
 @pytest.fixture
-def start(fault_spec: LaunchSpec) -> Iterator[Any]:
+def start(fault_spec: LaunchSpec, tmp_path: Path) -> Iterator[Any]:
     started: list[PluginProcess] = []
 
     def start_process(**changes: Any) -> PluginProcess:
         spec = dataclasses.replace(fault_spec, **changes)
+        if spec.sandbox is not None:  # the plugin writes the tests' marker files there
+            write = (*spec.sandbox.write, str(tmp_path))
+            spec = dataclasses.replace(spec, sandbox=dataclasses.replace(spec.sandbox, write=write))
         process = PluginProcess(spec)
         started.append(process)
         process.start()
@@ -89,7 +92,8 @@ def start(fault_spec: LaunchSpec) -> Iterator[Any]:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:
-    with Host(fault_config(), base_dir=tmp_path) as h:
+    # The plugin writes the tests' marker files into tmp_path: it may, as an operator allows it.
+    with Host(fault_config(write_paths=[str(tmp_path)]), base_dir=tmp_path) as h:
         yield h
 
 

@@ -95,7 +95,9 @@ class Bootstrap:
         base = {"PATH": os.defpath, _wire.COOKIE_KEY: _wire.COOKIE_VALUE}
         base[_wire.VERSIONS_ENV] = ",".join(map(str, _wire.PROTOCOL_VERSIONS))
         arg = bootstrap_input(child.fileno())
-        assert set(arg) | {"limits", "parent"} == set(_wire.BootstrapInput.__annotations__)
+        assert set(arg) | {"limits", "parent", "sandbox"} == set(
+            _wire.BootstrapInput.__annotations__
+        )
         self.proc = subprocess.Popen(
             [str(python), "-I", str(BOOTSTRAP_FILE), json.dumps(arg)],
             env={**base, **(env or {})},
