@@ -19,7 +19,7 @@ import pytest
 from reva_plugins import ConfigError
 from reva_plugins._lockfile import loads
 
-from .conftest import ROOT, cli
+from .conftest import ROOT, SAMPLES, cli
 
 _FSIZE_LIMIT = 2 << 20
 _CLI = (sys.executable, "-m", "reva_plugins")
@@ -301,3 +301,23 @@ def test_a_key_far_from_any_gets_no_guess(tmp_path: Path) -> None:
     result = cli("check", str(config), "--cache-dir", str(tmp_path / "c"))
     assert result.returncode == 2
     assert "plugins.colour: unknown key (expected one of:" in result.stderr
+
+
+def test_the_plugins_bundle_key_takes_the_same_checks(tmp_path: Path) -> None:
+    """``[plugins] bundle`` (``check``, ``serve``) opens a bundle as ``env import`` does."""
+    name = "wheels/holes-1.0-py3-none-any.whl"
+    _tar(
+        tmp_path / "sparse.tar",
+        _file("manifest.json", _manifest({name: "0" * 64})),
+        _gnu_sparse(name, 64 << 20),
+    )
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        '[plugins]\nbundle = "sparse.tar"\n[grpc.services.userprovider]\n'
+        f'driver = "{SAMPLES / "json_users"}"\n'
+    )
+    cache = tmp_path / "cache"
+    result = cli("check", str(config), "--cache-dir", str(cache))
+    assert result.returncode == 2, result.stderr
+    assert "is a sparse file; refusing it" in result.stderr
+    assert not list(cache.glob("tmp/*"))
