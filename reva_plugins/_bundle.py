@@ -182,7 +182,7 @@ def member_problem(member: tarfile.TarInfo) -> str | None:
         return "an absolute or unreadable name"
     if ".." in parts:
         return "a name with '..'"
-    if any(len(part.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES for part in parts):
+    if any(len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for part in parts):
         return f"a name with a part longer than {_MAX_NAME_BYTES} bytes"
     if member.issym() or member.islnk():
         return "a link"
