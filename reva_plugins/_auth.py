@@ -4,13 +4,16 @@ A command line is readable by every user of the machine (``ps``, ``/proc/PID/cmd
 uv and pip get credential-free URLs and their credentials through the environment (readable
 only by the same user): an ``Authorization`` header in git's config for that URL, the index URL
 in ``UV_INDEX_URL``/``PIP_INDEX_URL``. Downloads send an ``Authorization: Basic`` header that is
-never forwarded to another origin on a redirect.
+never forwarded to another origin on a redirect. A download URL without credentials takes them
+from ``~/.netrc`` (or the file ``$NETRC`` names) by its host, as pip and uv do.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import netrc
+import os
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -20,7 +23,14 @@ from typing import IO, Any
 from ._errors import FetchError
 from ._redact import redact, split_userinfo
 
-__all__ = ["Credential", "git_auth_env", "split", "urlopen", "without_credentials"]
+__all__ = [
+    "Credential",
+    "git_auth_env",
+    "netrc_credential",
+    "split",
+    "urlopen",
+    "without_credentials",
+]
 
 
 @dataclass(frozen=True)
@@ -149,16 +159,40 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         return new
 
 
+def netrc_credential(url: str) -> Credential | None:
+    """The credential the netrc file holds for ``url``'s host (its ``machine`` entry, else its
+    ``default``), as pip and uv read it: the file ``$NETRC`` names, else ``~/.netrc``. None when
+    there is none, or the file is missing or unreadable (as pip, a broken netrc is no error)."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return None
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        found = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError, UnicodeDecodeError):
+        return None
+    if found is None:
+        return None
+    login, _account, password = found
+    if not login and not password:
+        return None
+    return Credential(login or "", password or "")
+
+
 def urlopen(
     url: str,
     *,
     timeout: float,
     headers: Mapping[str, str] | None = None,
     schemes: tuple[str, ...] = ("https", "http"),
+    use_netrc: bool = False,
 ) -> Any:
-    """Open ``url`` with urllib; credentials in it become a Basic auth header (same origin only);
-    redirects are followed only to ``schemes``."""
+    """Open ``url`` with urllib; credentials in it (else, with ``use_netrc``, the netrc file's
+    for its host) become a Basic auth header (same origin only); redirects are followed only to
+    ``schemes``."""
     bare, credential = split(url)
+    if credential is None and use_netrc:
+        credential = netrc_credential(bare)
     request = urllib.request.Request(bare, headers=dict(headers or {}))  # noqa: S310 - scheme checked by the caller
     header = credential.basic() if credential is not None else None
     if header is not None:

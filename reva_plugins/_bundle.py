@@ -50,6 +50,7 @@ MAX_MEMBER_BYTES = 2 << 30
 MAX_TOTAL_BYTES = 16 << 30
 MAX_MANIFEST_BYTES = 16 << 20
 _CHUNK = 1 << 20
+_MAX_NAME_BYTES = 255
 
 Format = Literal["tar", "dir"]
 
@@ -70,7 +71,7 @@ class Bundle:
 
     def refuse(self, why: str) -> SourceError:
         """The error of a bundle that cannot be used (exit 2), naming it."""
-        return SourceError(f"bundle {self.source}: {why}; refusing it")
+        return _refuse(self.source, why)
 
     def check_all(self) -> None:
         """:meth:`check` for every entry of the bundle's own lock, and no wheel here that it
@@ -132,11 +133,11 @@ def open_bundle(path: Path, cache_root: Path) -> Bundle:
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise SourceError(f"bundle {path}: {exc.strerror or exc}") from None
+        raise SourceError(f"bundle {shown(str(path))}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(info.st_mode):
         return _verify(path.resolve(), path)
     if not stat.S_ISREG(info.st_mode):
-        raise SourceError(f"bundle {path}: not a folder or a tar file")
+        raise SourceError(f"bundle {shown(str(path))}: not a folder or a tar file")
     digest = file_digest(path)
     bundles = cache_root / "bundles"
     target = bundles / digest[:24]
@@ -162,80 +163,159 @@ def open_bundle(path: Path, cache_root: Path) -> Bundle:
 
 
 def _refuse(source: Path, why: str) -> SourceError:
-    return SourceError(f"bundle {source}: {why}; refusing it")
+    return SourceError(f"bundle {shown(str(source))}: {shown(why)}; refusing it")
+
+
+def shown(text: str) -> str:
+    """``text`` safe in a one-line message: every unprintable character (ESC, newline, NUL,
+    bidi controls, undecodable bytes) shown as its escape, as ``_cli._shown`` does, so a
+    member name or manifest entry can neither forge a line nor drive the terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:
-    """Why a tar member may not be extracted (None when it may)."""
+    """Why a tar member may not be extracted (None when it may). ``.`` and names that start
+    with ``./`` (what ``tar cf x.tar -C dir .`` writes) are the bundle's folder and its files."""
     name = member.name
     parts = PurePosixPath(name).parts
     if not name or "\0" in name or "\\" in name or name.startswith("/"):
         return "an absolute or unreadable name"
-    if any(p in ("..",) for p in parts) or not parts:
+    if ".." in parts:
         return "a name with '..'"
+    if any(len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for part in parts):
+        return f"a name with a part longer than {_MAX_NAME_BYTES} bytes"
     if member.issym() or member.islnk():
         return "a link"
+    # A sparse member declares its full size but carries only its data: a few KB of tar would
+    # write gigabytes of holes. Bundles never hold one.
+    if member.issparse() or member.type == tarfile.GNUTYPE_SPARSE:
+        return "a sparse file"
     if not (member.isreg() or member.isdir()):
         return "not a regular file or folder"
+    if not parts and not member.isdir():
+        return "the bundle's own folder ('.') but not a folder"
     if member.size > MAX_MEMBER_BYTES:
         return f"larger than {MAX_MEMBER_BYTES >> 20} MB"
     return None
 
 
+@dataclass(frozen=True)
+class _Member:
+    """A checked tar member and its name inside the bundle (``./`` and ``//`` dropped)."""
+
+    info: tarfile.TarInfo
+    name: str
+
+
 def _extract(path: Path, dest: Path) -> None:
-    """Extract the tar at ``path`` into the new folder ``dest``, refusing any member that is not
-    a plain file or folder inside it (checked here on every Python, not left to ``tarfile``)."""
+    """Extract the tar at ``path`` into the new folder ``dest``.
+
+    Nothing is written before the whole tar is checked (here on every Python, not left to
+    ``tarfile``): every member a plain file or folder inside it, no name twice, no file where
+    another member needs a folder, sizes within the caps and within the tar file itself, and
+    the files exactly those its ``manifest.json`` lists.
+    """
     try:
         with tarfile.open(path, "r:") as tar:
-            members: list[tarfile.TarInfo] = []
-            seen: set[str] = set()
-            total = 0
-            for member in tar:
-                if len(members) >= MAX_MEMBERS:
-                    raise _refuse(path, f"it has more than {MAX_MEMBERS} members")
-                problem = member_problem(member)
-                if problem:
-                    raise _refuse(path, f"member {member.name!r} is {problem}")
-                normal = str(PurePosixPath(member.name))
-                if normal in seen:
-                    raise _refuse(path, f"member {member.name!r} appears twice")
-                seen.add(normal)
-                total += member.size
-                if total > MAX_TOTAL_BYTES:
-                    raise _refuse(path, f"it holds more than {MAX_TOTAL_BYTES >> 30} GB")
-                members.append(member)
+            members = _checked_members(tar, path)
+            _check_manifest(tar, members, path)
             dest.mkdir()
             for member in members:
-                _write_member(tar, member, dest)
+                _write_member(tar, member, dest, path)
     except tarfile.TarError as exc:
         raise _refuse(path, f"it is not a readable tar file ({exc})") from None
 
 
-def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
-    target = dest.joinpath(*PurePosixPath(member.name).parts)
+def _checked_members(tar: tarfile.TarFile, path: Path) -> list[_Member]:
+    size = os.stat(path).st_size
+    members: list[_Member] = []
+    # Each name a member has or implies (its parent folders): True for a folder.
+    folder: dict[str, bool] = {}
+    named: set[str] = set()
+    total = 0
+    for info in tar:
+        if len(members) >= MAX_MEMBERS:
+            raise _refuse(path, f"it has more than {MAX_MEMBERS} members")
+        problem = member_problem(info)
+        if problem:
+            raise _refuse(path, f"member {info.name!r} is {problem}")
+        parts = PurePosixPath(info.name).parts
+        if not parts:  # "." itself: the folder the bundle is extracted into
+            continue
+        name = "/".join(parts)
+        if name in named:
+            raise _refuse(path, f"member {info.name!r} appears twice")
+        named.add(name)
+        if folder.get(name) and not info.isdir():
+            raise _refuse(path, f"member {info.name!r} is a file where other members need a folder")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if folder.get(parent) is False:
+                raise _refuse(path, f"member {info.name!r} is inside {parent!r}, a file")
+            folder[parent] = True
+        folder[name] = info.isdir()
+        if info.offset_data + info.size > size:
+            raise _refuse(path, f"member {info.name!r} runs past the end of the tar file")
+        total += info.size
+        if total > MAX_TOTAL_BYTES:
+            raise _refuse(path, f"it holds more than {MAX_TOTAL_BYTES >> 30} GB")
+        members.append(_Member(info, name))
+    return members
+
+
+def _check_manifest(tar: tarfile.TarFile, members: list[_Member], path: Path) -> None:
+    """The files of the tar are exactly those its manifest lists (checked before any is
+    written; their hashes are checked once they are)."""
+    found = [m for m in members if m.name == MANIFEST]
+    if not found:
+        raise _refuse(path, f"it has no {MANIFEST}")
+    info = found[0].info
+    if not info.isreg() or info.size > MAX_MANIFEST_BYTES:
+        raise _refuse(path, f"{MANIFEST} is not a regular file of sane size")
+    src = tar.extractfile(info)
+    files = _parse_manifest(src.read(MAX_MANIFEST_BYTES + 1) if src else b"", path)
+    present = {m.name for m in members if not m.info.isdir()} - {MANIFEST}
+    _check_listed(files, present, path)
+
+
+def _check_listed(files: Mapping[str, str], present: set[str], source: Path) -> None:
+    missing = sorted(set(files) - present)
+    extra = sorted(present - set(files))
+    if missing:
+        raise _refuse(source, f"{missing[0]} is in the manifest but not in the bundle")
+    if extra:
+        raise _refuse(source, f"{extra[0]} is not in the manifest")
+
+
+def _write_member(tar: tarfile.TarFile, member: _Member, dest: Path, source: Path) -> None:
+    target = dest.joinpath(*member.name.split("/"))
     if not is_inside(target, dest):
-        raise SourceError(f"bundle member {member.name!r} is outside the bundle; refusing it")
-    if member.isdir():
-        target.mkdir(parents=True, exist_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The parents were created by us just now, inside ``dest``; O_NOFOLLOW|O_EXCL never follow
-    # or overwrite anything.
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        src = tar.extractfile(member)
-        if src is None:
+        raise _refuse(source, f"member {member.info.name!r} is outside the bundle")
+    try:
+        if member.info.isdir():
+            target.mkdir(parents=True, exist_ok=True)
             return
-        left = member.size
-        while left > 0:
-            chunk = src.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            out.write(chunk)
-            left -= len(chunk)
-        out.flush()
-        # The member's own time, not the extraction's, so two hosts hold equal files.
-        os.utime(out.fileno(), (member.mtime, member.mtime))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The parents were created by us just now, inside ``dest``; O_NOFOLLOW|O_EXCL never
+        # follow or overwrite anything.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            src = tar.extractfile(member.info)
+            if src is None:
+                return
+            left = member.info.size
+            while left > 0:
+                chunk = src.read(min(_CHUNK, left))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            # The member's own time, not the extraction's, so two hosts hold equal files.
+            os.utime(out.fileno(), (member.info.mtime, member.info.mtime))
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise _refuse(source, f"member {member.info.name!r} cannot be written ({why})") from None
 
 
 def _read_manifest(root: Path, source: Path) -> dict[str, str]:
@@ -244,9 +324,17 @@ def _read_manifest(root: Path, source: Path) -> dict[str, str]:
         info = os.lstat(file)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
             raise _refuse(source, f"{MANIFEST} is not a regular file of sane size")
-        data = json.loads(file.read_bytes())
+        raw = file.read_bytes()
     except OSError:
         raise _refuse(source, f"it has no {MANIFEST}") from None
+    return _parse_manifest(raw, source)
+
+
+def _parse_manifest(raw: bytes, source: Path) -> dict[str, str]:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _refuse(source, f"{MANIFEST} is not a regular file of sane size")
+    try:
+        data = json.loads(raw)
     except (ValueError, RecursionError):
         raise _refuse(source, f"{MANIFEST} is not valid JSON") from None
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
@@ -283,12 +371,7 @@ def _verify(root: Path, source: Path) -> Bundle:
                 raise _refuse(source, f"{rel} is a link or special file")
             if stat.S_ISREG(mode) and rel != MANIFEST:
                 present.add(rel)
-    missing = sorted(set(files) - present)
-    extra = sorted(present - set(files))
-    if missing:
-        raise _refuse(source, f"{missing[0]} is in the manifest but not in the bundle")
-    if extra:
-        raise _refuse(source, f"{extra[0]} is not in the manifest")
+    _check_listed(files, present, source)
     for rel in sorted(files):
         if file_digest(root / rel) != files[rel]:
             raise _refuse(

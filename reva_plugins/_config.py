@@ -328,6 +328,12 @@ SERVICE_KEYS = ("driver", "drivers", "plugin")
 _PLUGIN_OPTIONS = tuple(f.name for f in dataclasses.fields(PluginOptions))
 
 
+def _near_miss(name: object, keys: tuple[str, ...]) -> str | None:
+    """The key of ``keys`` that ``name`` is most likely a misspelling of (None: none is)."""
+    near = difflib.get_close_matches(str(name).lower(), keys, n=1, cutoff=0.75)
+    return near[0] if near else None
+
+
 @dataclass(frozen=True)
 class _Reader:
     file: str
@@ -348,8 +354,11 @@ class _Reader:
     def check_keys(self, table: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
         unknown = sorted((str(k) for k in set(table) - set(allowed)), key=str)
         if unknown:
+            near = _near_miss(unknown[0], allowed)
+            hint = f"; did you mean {near!r}?" if near else ""
             raise self.error(
-                _key(key, unknown[0]), f"unknown key (expected one of: {', '.join(allowed)})"
+                _key(key, unknown[0]),
+                f"unknown key{hint} (expected one of: {', '.join(allowed)})",
             )
 
     def typed(
@@ -581,9 +590,9 @@ class _Reader:
         """
         where = _key(key, name)
         own = f"(a key the driver itself reads goes in [{key}.drivers.<name>])"
-        near = difflib.get_close_matches(str(name).lower(), SERVICE_KEYS, n=1, cutoff=0.75)
+        near = _near_miss(name, SERVICE_KEYS)
         if near:
-            raise self.error(where, f"unknown key; did you mean {near[0]!r}? {own}")
+            raise self.error(where, f"unknown key; did you mean {near!r}? {own}")
         if name in _PLUGIN_OPTIONS:
             raise self.error(where, f"a plugin option: put it in [{key}.plugin] {own}")
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):

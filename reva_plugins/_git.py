@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import _auth
 from ._environ import build_environment
-from ._errors import SourceError
+from ._errors import FetchError, SourceError
 from ._redact import redact
 from ._subprocess import CommandFailed, run
 from ._urls import check_url, origin
@@ -158,7 +158,8 @@ def resolve(git: GitURL) -> str:
             timeout=120,
         )
     except CommandFailed as exc:
-        raise SourceError(f"cannot reach {strip_credentials(git.url)}: {exc.tail or exc}") from None
+        # Could not reach a source: a remote failure (exit 1), as for an archive URL.
+        raise FetchError(f"cannot reach {strip_credentials(git.url)}: {exc.tail or exc}") from None
     refs: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, name = line.partition("\t")

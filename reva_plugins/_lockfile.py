@@ -168,9 +168,11 @@ def loads(raw: bytes, path: Path | None = None) -> LockFile:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ConfigError(f"the lock file is not valid TOML: {exc}", file=shown) from None
-    if data.get("version") != LOCK_FORMAT:
+    version = data.get("version")
+    # Only the integer the format defines: TOML's true and 1.0 compare equal to 1 in Python.
+    if type(version) is not int or version != LOCK_FORMAT:
         raise ConfigError(
-            f"lock format {data.get('version')!r} is not {LOCK_FORMAT}; run 'reva-plugins lock' "
+            f"lock format {version!r} is not {LOCK_FORMAT}; run 'reva-plugins lock' "
             "with this version of reva-plugins",
             file=shown,
             key="version",

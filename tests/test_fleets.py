@@ -676,7 +676,8 @@ def test_the_deploy_recipe_runs_offline(tmp_path: Path) -> None:
     _touch_tree(context / "plugins", time.time() + 3600)
 
     # CI: the shell block as written, in the checkout, on a fresh cache.
-    (ci_block,) = _doc_blocks("sh")[:1]
+    # The CI block is the one that locks and exports (the one before it installs the core).
+    (ci_block,) = [b for b in _doc_blocks("sh") if "reva-plugins env export" in b]
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     ci_env = {"PATH": path, "REVA_PLUGINS_CACHE_DIR": str(tmp_path / "ci-cache")}
     shell = subprocess.run(

@@ -435,7 +435,8 @@ def test_metadata_and_env_commands(repo: Path, tmp_path: Path, fresh_cache: Path
     assert [(e["key"], e["identity"], e["health"]) for e in listed] == [(key, commit, "ok")]
     assert listed[0]["size"] > 0
     assert cli("env", "remove", "nope").returncode == 2
-    assert cli("env", "prune", "--unused-days", "1").stdout == ""
+    pruned = cli("env", "prune", "--unused-days", "1").stdout  # the env was just used
+    assert pruned == "nothing to prune (nothing unused for 1 days)\n"
     removed = cli("env", "remove", key[:8])
     assert removed.returncode == 0
     assert json.loads(cli("env", "list", "--json").stdout) == []

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
+import ssl
 import tempfile
 import time
 import unicodedata
@@ -24,12 +26,18 @@ from .._holds import hold_download
 from .._redact import redact
 from ._digest import check_sha256, open_regular
 
+log = logging.getLogger("reva_plugins.download")
+
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")
 _MAX_NAME_BYTES = 255
 _CHUNK = 1 << 20
 _DOWNLOAD_TIMEOUT = 60.0
 MAX_DOWNLOAD_SECONDS = 3600.0
 """How long one download may take in all (a server dripping bytes never hangs a load)."""
+RETRIES = 3
+"""How many times a download is tried again after a connection error or a 5xx answer."""
+_BACKOFF = 0.5  # seconds before the first retry, doubled for each next one
+_MAX_BACKOFF = 8.0
 # Control, format (bidi overrides, zero-width), surrogate and line/paragraph separator characters.
 UNSHOWABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
@@ -88,8 +96,10 @@ def download(
     read, within ``max_seconds`` in all (each read waits at most a minute); a body shorter than
     its ``Content-Length`` is refused; a redirect may lead only to ``https://`` (or ``http://``
     with ``allow_http``). Whatever happens, the temp folder and only it is removed. Failures of
-    the remote are a :class:`FetchError` (exit 1). Credentials in ``url`` are sent as a Basic
-    auth header, to its own origin only (:func:`._auth.urlopen`).
+    the remote are a :class:`FetchError` (exit 1); a connection error or a 5xx answer is tried
+    again up to :data:`RETRIES` times, with a doubling backoff, within ``max_seconds``.
+    Credentials in ``url`` (else those netrc holds for its host) are sent as a Basic auth
+    header, to its own origin only (:func:`._auth.urlopen`).
     """
     if filename != os.path.basename(filename) or filename in ("", ".", ".."):
         raise SourceError(f"refusing to download {redact(url)} as {filename!r}")
@@ -125,14 +135,40 @@ def _held_folder(folder: Path, attempts: int = 5) -> None:
     raise OSError(f"{folder} keeps being removed")
 
 
+class _Transient(Exception):
+    """A failure worth another try: no connection, a reset or timeout, or a 5xx answer."""
+
+    def __init__(self, error: FetchError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool, deadline: float) -> str:
-    shown = redact(url)
     if urllib.parse.urlsplit(url).scheme.lower() == "file":
         return _copy_local(url, target, max_bytes)
+    for attempt in range(RETRIES + 1):
+        try:
+            return _fetch_once(url, target, max_bytes, allow_http, deadline)
+        except _Transient as exc:
+            delay = min(_BACKOFF * 2**attempt, _MAX_BACKOFF)
+            if attempt == RETRIES or time.monotonic() + delay > deadline:
+                raise exc.error from None
+            log.debug("%s; trying again in %.1f s", exc.error.message, delay)
+            target.unlink(missing_ok=True)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _fetch_once(url: str, target: Path, max_bytes: int, allow_http: bool, deadline: float) -> str:
+    shown = redact(url)
     schemes = ("https", "http") if allow_http else ("https",)
     try:
         with _auth.urlopen(
-            url, timeout=_DOWNLOAD_TIMEOUT, headers={"User-Agent": "reva-plugins"}, schemes=schemes
+            url,
+            timeout=_DOWNLOAD_TIMEOUT,
+            headers={"User-Agent": "reva-plugins"},
+            schemes=schemes,
+            use_netrc=True,
         ) as response:
             length = _content_length(response.headers.get("Content-Length"), shown)
             if length is not None and length > max_bytes:
@@ -141,9 +177,19 @@ def _fetch(url: str, target: Path, *, max_bytes: int, allow_http: bool, deadline
                 digest, total = _copy(response, out, max_bytes, shown, deadline)
     except urllib.error.HTTPError as exc:
         exc.close()
-        raise FetchError(f"cannot download {shown}: HTTP {exc.code} {exc.reason}") from None
+        error = FetchError(f"cannot download {shown}: HTTP {exc.code} {exc.reason}")
+        raise (_Transient(error) if exc.code >= 500 else error) from None
     except urllib.error.URLError as exc:
-        raise FetchError(f"cannot download {shown}: {exc.reason}") from None
+        error = FetchError(f"cannot download {shown}: {exc.reason}")
+        # No connection (refused, reset, timed out, no DNS answer yet) is worth another try; a
+        # certificate that does not verify is not.
+        transient = isinstance(exc.reason, OSError) and not isinstance(
+            exc.reason, ssl.SSLCertVerificationError
+        )
+        raise (_Transient(error) if transient else error) from None
+    except (ConnectionError, TimeoutError) as exc:  # reset or stalled after the answer began
+        reason = str(exc) or type(exc).__name__
+        raise _Transient(FetchError(f"cannot download {shown}: {reason}")) from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
         raise FetchError(f"cannot download {shown}: {reason}") from None
