@@ -367,7 +367,7 @@ def _serve_parsers(sub: Any, building: Parents, plain: Parents) -> None:
     reload = sub.add_parser("reload", parents=plain, help="make a running server reload")
     reload.add_argument(
         "pidfile",
-        type=_path,
+        type=_text,
         nargs="?",
         metavar="ADDRESS|PIDFILE",
         help="its gRPC address (waits for the reload), or the file of serve --pidfile",

@@ -35,13 +35,17 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
 from .. import _config, _defaults
-from .._errors import CallCancelled, CallTimeout, ConfigError, RevaPluginError
+from .._errors import CallCancelled, CallTimeout, RevaPluginError
 from .._hooks import hookimpl
 from .._host import Host
+from .._plugin_stderr import escape
 from .._redact import redact
 from . import _cs3
+from ._commands import is_server_pid
 from ._files import (
     check_free,
+    check_key_pair,
+    check_pidfile,
     listen_error,
     read_config_pem,
     remove_pidfile,
@@ -55,7 +59,7 @@ from ._reload import (
     HostOptions,
     Outcome,
     Reloader,
-    served_services,
+    require_served,
     unserved_tables,
 )
 
@@ -64,6 +68,9 @@ access = logging.getLogger("reva_plugins.serve.access")
 
 #: The largest request accepted, in bytes: CS3 identity requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 1 << 20
+#: Connections to the metrics endpoint served at once, and the seconds one may stay idle.
+METRICS_CONNECTIONS = 16
+METRICS_IDLE = 10.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -152,7 +159,7 @@ class _HealthHooks:
         except RevaPluginError as exc:
             if self._current() is not None:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.error("%s stays NOT_SERVING: %s", self.service, redact(first))
+                log.error("%s stays NOT_SERVING: %s", self.service, escape(redact(first)))
 
 
 class Server:
@@ -312,7 +319,7 @@ class Server:
                     rpc.api,
                     rpc.name,
                     type(exc).__name__,
-                    redact(first[:500]),
+                    escape(redact(first[:500])),  # a plugin's text: never raw in the log
                 )
                 return gen, code, _cs3.failed(rpc, code, message)
             finally:
@@ -457,13 +464,11 @@ class Server:
         config = self.config
         for name in unserved_tables(config):
             log.info("[grpc.services.%s]: no CS3 API served by reva-plugins; skipped", name)
-        if not served_services(config):
-            raise ConfigError(
-                f"no service to serve (configure one of: {', '.join(_cs3.APIS)})",
-                file=str(self.path),
-            )
+        require_served(config, self.path)
         settings = self.settings
         credentials = self._credentials()
+        if self.pidfile is not None:  # before anything binds: refused in its one line
+            check_pidfile(self.pidfile, is_server_pid)
         check_free(self.address, self.address_source)
         if settings.metrics_address:
             check_free(settings.metrics_address, "metrics.address")
@@ -477,7 +482,7 @@ class Server:
             if settings.metrics_address:
                 self._start_metrics(settings.metrics_address)
             if self.pidfile is not None:
-                write_pidfile(self.pidfile)
+                write_pidfile(self.pidfile, is_server_pid)
             gen = self.reloader.first(config)
         except BaseException:
             self.loop.run(server.stop(None))
@@ -534,6 +539,7 @@ class Server:
         s = self.settings
         if s.tls_cert is None or s.tls_key is None:
             return None
+        check_key_pair(s.tls_cert, s.tls_key, self.path)
         cert = read_config_pem(s.tls_cert, "grpc.tls_cert", self.path)
         key = read_config_pem(s.tls_key, "grpc.tls_key", self.path)
         return grpc.ssl_server_credentials([(key, cert)])
@@ -541,14 +547,15 @@ class Server:
     def _start_metrics(self, address: str) -> None:
         host, _, port = address.rpartition(":")
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 (as the operator wrote it)
-        handler = MetricsHandler.factory(self.metrics.registry)
+        handler = type(
+            "Handler", (MetricsHandler.factory(self.metrics.registry),), {"timeout": METRICS_IDLE}
+        )
         try:
-            server = (_HTTPServer6 if ":" in bind else ThreadingHTTPServer)(
+            server = (_MetricsHTTPServer6 if ":" in bind else _MetricsHTTPServer)(
                 (bind, int(port)), handler
             )
         except OSError as exc:
             raise listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
-        server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._metrics_server = server
         self.metrics_port = int(server.server_address[1])
@@ -651,5 +658,35 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-class _HTTPServer6(ThreadingHTTPServer):
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    """The metrics endpoint: a thread per connection, but at most ``METRICS_CONNECTIONS`` at
+    once (one more is closed unanswered), each closed after ``METRICS_IDLE`` seconds without
+    a request, so idle connections cannot pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own if a slot is free, else close it."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; its slot is free again when it ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _MetricsHTTPServer6(_MetricsHTTPServer):
     address_family = socket.AF_INET6
