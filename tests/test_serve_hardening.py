@@ -5,15 +5,20 @@ fit, a FIFO named as a pid file, caller timeouts that are no number, idle metric
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,15 +28,20 @@ from reva_plugins import Host, RevaPluginError  # noqa: E402
 from reva_plugins.serve import _commands, _server  # noqa: E402
 
 from . import test_host_api  # noqa: E402
-from .conftest import cli  # noqa: E402
+from .conftest import ROOT, cli  # noqa: E402
 from .factory import make_plugin  # noqa: E402
 from .test_serve import (  # noqa: E402
+    AUTH_API,
     CHAOS_PLUGIN,
+    EINSTEIN,
+    GROUP_API,
     OK,
     SAMPLES_CONFIG,
+    USER_API,
     Served,
     _chaos_config,
     _get,
+    uid,
 )
 
 inproc_host = test_host_api.inproc_host  # a fixture
@@ -101,6 +111,55 @@ def test_a_reload_to_a_config_with_nothing_to_serve_keeps_the_previous_version(
         assert _get(evil, "demo").status.code == OK
     finally:
         config.write_text(text, encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_serve_speaks_only_the_apis_it_serves(evil: Served) -> None:
+    """Only the user provider is configured: the auth and group APIs are not registered
+    (UNIMPLEMENTED, not listed by reflection), as with revad."""
+    from cs3.auth.provider.v1beta1 import provider_api_pb2 as auth_api
+    from cs3.auth.provider.v1beta1 import provider_api_pb2_grpc as auth_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with pytest.raises(grpc.RpcError) as unknown:
+        auth_grpc.ProviderAPIStub(evil.channel).Authenticate(
+            auth_api.AuthenticateRequest(client_id="marie", client_secret="x"), timeout=10
+        )
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    stub = reflection_pb2_grpc.ServerReflectionStub(evil.channel)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
+    names = [s.name for reply in replies for s in reply.list_services_response.service]
+    assert USER_API in names
+    assert AUTH_API not in names
+    assert GROUP_API not in names
+    assert _get(evil, "demo").status.code == OK
+
+
+@pytest.mark.slow
+def test_status_json_is_one_sorted_object(evil: Served) -> None:
+    assert _get(evil, "demo").status.code == OK
+    for address in (evil.address, f"127.0.0.1:{evil.metrics_port}"):
+        result = cli("status", address, "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        metrics = report["metrics"]
+        assert list(metrics) == sorted(metrics)
+        ok = f"reva_plugins_rpcs_total{{api={USER_API},code=CODE_OK,method=GetUser}}"
+        assert metrics[ok] >= 1
+    assert list(report) == ["metrics"]  # the metrics address: counters only
+    by_grpc = json.loads(cli("status", evil.address, "--json").stdout)
+    assert list(by_grpc["services"]) == ["userprovider"]
+    fields = by_grpc["services"]["userprovider"]
+    assert list(fields) == sorted(fields)
+    assert fields["api"] == USER_API
+    assert list(by_grpc["server"]) == sorted(by_grpc["server"])
+    table = cli("status", evil.address).stdout.splitlines()
+    server_fields = [f.split("=")[0] for f in table[0].split()[1:]]
+    assert server_fields == sorted(server_fields)
+    rows = [r for r in table if r.startswith("reva_plugins_")]
+    assert rows == sorted(rows)
 
 
 def _serve_refused(*args: str) -> subprocess.CompletedProcess[str]:
@@ -262,3 +321,183 @@ def test_idle_metrics_connections_are_bounded() -> None:
             conn.close()
         server.shutdown()
         server.server_close()
+
+
+# -- revad's [log] table -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "why"),
+    [
+        ('[log]\nlevel = "loud"\n', "log.level", "must be one of debug, info, warn"),
+        ('[log]\nmode = "xml"\n', "log.mode", "must be one of console, json"),
+        ("[log]\nmode = 3\n", "log.mode", "must be str"),
+        ('[log]\noutput = ""\n', "log.output", "must not be empty"),
+        ('[log]\noutput = "."\n', "log.output", "Is a directory"),
+        ('[log]\noutput = "fifo"\n', "log.output", "cannot write"),
+        ('[log]\noutput = "missing/dir/serve.log"\n', "log.output", "cannot write"),
+        ("[log]\ncolor = true\n", "log.color", "unknown key"),
+        ('log = "info"\n', "log", "must be a table"),
+    ],
+)
+def test_bad_log_settings_are_one_line_naming_the_key(
+    tmp_path: Path, table: str, key: str, why: str
+) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    config = tmp_path / "revad.toml"
+    config.write_text(table + SAMPLES_CONFIG, encoding="utf-8")
+    result = _serve_refused(str(config))
+    assert key in result.stderr, result.stderr
+    assert why in result.stderr, result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve_on(config: Path, stderr: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """``serve config`` (its [grpc] address a free port), once its user API serves."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = _free_port()
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace(
+            'address = "127.0.0.1:0"\nshutdown', f'address = "127.0.0.1:{port}"\nshutdown'
+        ),
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        cwd=ROOT,
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            assert proc.poll() is None, "serve exited"
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=USER_API), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, address
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+@pytest.mark.slow
+def test_log_json_to_a_file_with_timestamps_and_the_access_fields(tmp_path: Path) -> None:
+    from cs3.identity.user.v1beta1 import user_api_pb2 as user_api
+    from cs3.identity.user.v1beta1 import user_api_pb2_grpc as user_grpc
+
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        '[log]\nlevel = "debug"\nmode = "json"\noutput = "serve.log"\n' + SAMPLES_CONFIG,
+        encoding="utf-8",
+    )
+    proc, address = _serve_on(config, subprocess.PIPE)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = user_grpc.UserAPIStub(channel).GetUser(
+                user_api.GetUserRequest(user_id=uid(EINSTEIN)), timeout=30
+            )
+        assert reply.status.code == OK
+    finally:
+        assert _stop(proc) == 0
+    assert proc.stderr is not None
+    assert proc.stderr.read() == b""  # everything went to the file
+    entries = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries), entries
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", e["time"]) for e in entries)
+    assert any(e["message"].startswith("serving ") for e in entries)
+    rpcs = [e for e in entries if e["logger"] == "reva_plugins.serve.access"]
+    assert len(rpcs) == 1, entries
+    assert (rpcs[0]["method"], rpcs[0]["status"]) == ("GetUser", "CODE_OK")
+    assert entries[-1]["message"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_full_stderr_pipe_never_stalls_the_rpcs(tmp_path: Path) -> None:
+    """stderr is a pipe nobody reads: once it is full, RPCs are still answered at once (the
+    log lines wait in a bounded queue, then are dropped and counted)."""
+    from cs3.identity.user.v1beta1 import user_api_pb2 as user_api
+    from cs3.identity.user.v1beta1 import user_api_pb2_grpc as user_grpc
+
+    config = tmp_path / "revad.toml"
+    config.write_text('[log]\nlevel = "debug"\n' + SAMPLES_CONFIG, encoding="utf-8")
+    proc, address = _serve_on(config, subprocess.PIPE)  # never read until the end
+    try:
+        with grpc.insecure_channel(address) as channel:
+            users = user_grpc.UserAPIStub(channel)
+            request = user_api.GetUserRequest(user_id=uid(EINSTEIN))
+            began = time.monotonic()
+            for _ in range(1500):  # ~200 bytes of access log each: far more than a pipe holds
+                assert users.GetUser(request, timeout=10).status.code == OK
+            assert time.monotonic() - began < 120
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        out = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0
+    lines = out.splitlines()
+    assert sum("method=GetUser" in line for line in lines) == 1500
+    assert re.match(r"\d{4}-\d\d-\d\dT\S+ reva-plugins: ", lines[0]), lines[0]
+
+
+def test_records_beyond_the_queue_are_dropped_counted_and_never_wait() -> None:
+    """The writer is stuck on a pipe nobody reads: logging 3x the queue returns at once; the
+    lines dropped are counted in one line once the writer gets through."""
+    from reva_plugins import _config
+    from reva_plugins.serve import _log
+
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "w", buffering=1)
+    root = logging.getLogger("reva_plugins")
+    saved = (list(root.handlers), root.level, root.propagate)
+    root.handlers[:] = [logging.StreamHandler(writer)]
+    root.propagate = False
+    root.setLevel(logging.INFO)
+    undo = _log.configure(_config.LogSettings(), 0, "revad.toml")
+    chunks: list[bytes] = []
+    try:
+        log = logging.getLogger("reva_plugins.serve")
+        began = time.monotonic()
+        for number in range(3 * _log.QUEUE_SIZE):
+            log.info("line %d %s", number, "x" * 100)
+        assert time.monotonic() - began < 30
+
+        def drain() -> None:
+            while chunk := os.read(read_fd, 1 << 16):
+                chunks.append(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        undo()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        root.propagate = saved[2]
+        writer.close()
+    reader.join(timeout=30)
+    os.close(read_fd)
+    text = b"".join(chunks).decode()
+    dropped = re.findall(r"log: (\d+) lines dropped", text)
+    written = text.count(" line ")
+    assert dropped, text[-500:]
+    assert written + sum(int(n) for n in dropped) == 3 * _log.QUEUE_SIZE

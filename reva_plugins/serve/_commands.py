@@ -6,6 +6,7 @@ import argparse
 import errno
 import http.client
 import importlib
+import json
 import os
 import signal
 import sys
@@ -60,7 +61,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, installer=args.installer, offline=args.offline or None
     )
     server = Server(args.config, address=address, options=options, pidfile=args.pidfile)
-    server.run()
+    from ._log import configure  # noqa: PLC0415
+
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    undo = configure(_config.log_settings(server.config), verbosity, str(args.config))
+    try:
+        server.run()
+    finally:
+        undo()
     return ExitCode.OK
 
 
@@ -179,13 +187,19 @@ def _show(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _metric_value(text: str) -> int | float:
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the counters of a running server, from its ``[metrics] address`` or its gRPC
-    address (the admin API's Status, which also says what runs each service)."""
+    address (the admin API's Status, which also says what runs each service): a table, or with
+    ``--json`` one JSON object; services, fields and metrics in sorted order either way."""
     require_extra()
     address = _client_address(args.address, "ADDRESS")
     trusted = _trusted(args.tls_ca)
-    lines: list[str] = []
+    report: dict[str, Any] = {}
     text, not_metrics = _read_metrics(address, args.timeout)
     if text is None:
         try:
@@ -194,18 +208,29 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise RevaPluginError(f"cannot read status: {not_metrics}; {not_grpc}") from None
         text = str(status.get("metrics", ""))
         server = status.get("server", {})
-        lines.append("server  " + " ".join(f"{k}={_show(v)}" for k, v in server.items()))
         services = status.get("services", {})
-        width = max((len(name) for name in services), default=0)
-        for name, info in services.items():
-            fields = " ".join(f"{k}={_show(v)}" for k, v in info.items())
-            lines.append(f"service {name:<{width}}  {fields}")
+        report["server"] = {key: server[key] for key in sorted(server)}
+        report["services"] = {
+            name: {key: services[name][key] for key in sorted(services[name])}
+            for name in sorted(services)
+        }
     try:
-        rows = _metric_rows(text)
+        rows = sorted(_metric_rows(text))
     except ValueError as exc:
         raise RevaPluginError(f"{address} did not send Prometheus metrics: {exc}") from None
-    if not rows and not lines:
+    if not rows and not report:
         raise RevaPluginError(f"{address} has no reva-plugins metrics")
+    if args.json:
+        report["metrics"] = {name: _metric_value(value) for name, value in rows}
+        print(json.dumps(report, indent=2))
+        return ExitCode.OK
+    lines: list[str] = []
+    if report:
+        lines.append("server  " + " ".join(f"{k}={_show(v)}" for k, v in report["server"].items()))
+        width = max((len(name) for name in report["services"]), default=0)
+        for name, info in report["services"].items():
+            fields = " ".join(f"{k}={_show(v)}" for k, v in info.items())
+            lines.append(f"service {name:<{width}}  {fields}")
     width = max((len(name) for name, _ in rows), default=0)
     for line in lines:
         print(line)

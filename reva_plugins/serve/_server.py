@@ -30,7 +30,8 @@ import grpc
 from cs3.rpc.v1beta1 import code_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, json_format, struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
@@ -204,6 +205,10 @@ class Server:
         )
         self._configure_access_log(self.settings.access_log)
         self.server: grpc.aio.Server | None = None
+        #: the CS3 APIs this server has served (a dropped one answers UNAVAILABLE; the others
+        #: are not registered at all: UNIMPLEMENTED, and not listed by reflection)
+        self._apis: set[str] = set()
+        self._reflection: Any = None
         self._slots: asyncio.Semaphore | None = None  # RPCs served at once (``workers``)
         self.port = 0
         self.metrics_port: int | None = None
@@ -219,6 +224,7 @@ class Server:
         host.register(self.metrics.hooks(calls=self._count_calls))
 
     def _swapped(self, old: Generation, new: Generation, fresh: tuple[str, ...]) -> None:
+        self._serve_apis(new)
         for name in set(old.backends) - set(new.backends):
             self.metrics.plugin_pid(name, None)
         for name, api in _cs3.APIS.items():
@@ -236,6 +242,17 @@ class Server:
             was, access_log=now.access_log, shutdown_grace=now.shutdown_grace
         )
         self._configure_access_log(now.access_log)
+
+    def _reflected(self) -> list[str]:
+        return [*sorted(self._apis), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
+
+    def _serve_apis(self, gen: Generation) -> None:
+        """Register the CS3 APIs of ``gen``'s services (kept once registered: a service a
+        reload drops answers UNAVAILABLE, as its clients may still call it)."""
+        self._apis.update(_cs3.APIS[name] for name in gen.backends)
+        if self._reflection is not None:
+            # the servicer keeps the names it lists in this attribute (sorted, as it does)
+            self._reflection._service_names = tuple(sorted(self._reflected()))
 
     def _grace(self) -> float:
         return self.settings.shutdown_grace
@@ -375,18 +392,15 @@ class Server:
         )
 
     def _generic_handlers(self) -> list[grpc.GenericRpcHandler]:
-        handlers: list[grpc.GenericRpcHandler] = []
-        for api in _cs3.APIS.values():
-            methods = {
-                rpc.name: grpc.unary_unary_rpc_method_handler(
-                    self._handler(rpc),
-                    request_deserializer=rpc.request.FromString,
-                    response_serializer=rpc.response.SerializeToString,
-                )
-                for rpc in _cs3.RPCS
-                if rpc.api == api
-            }
-            handlers.append(grpc.method_handlers_generic_handler(api, methods))
+        methods = {
+            f"/{rpc.api}/{rpc.name}": grpc.unary_unary_rpc_method_handler(
+                self._handler(rpc),
+                request_deserializer=rpc.request.FromString,
+                response_serializer=rpc.response.SerializeToString,
+            )
+            for rpc in _cs3.RPCS
+        }
+        handlers: list[grpc.GenericRpcHandler] = [_ServedApis(methods, self._apis)]
         admin = {
             name: grpc.unary_unary_rpc_method_handler(
                 method,
@@ -491,6 +505,7 @@ class Server:
             if self.pidfile is not None:
                 remove_pidfile(self.pidfile)
             raise
+        self._serve_apis(gen)
         self._set_all_health(gen)
         self.loop.run(server.start())
         self.server = server
@@ -520,8 +535,8 @@ class Server:
             raise
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _admin_descriptors()
-        names = [*_cs3.APIS.values(), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        self._reflection = reflection_aio.ReflectionServicer(self._reflected())
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(self._reflection, server)
         return server
 
     def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
@@ -656,6 +671,23 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     json_format.ParseDict(_json_shaped(data), out)
     return out
+
+
+class _ServedApis(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """The CS3 methods of the APIs in ``apis`` (a set the server adds to): a CS3 API with no
+    configured service is not registered, as with revad (``UNIMPLEMENTED``)."""
+
+    def __init__(self, methods: dict[str, grpc.RpcMethodHandler], apis: set[str]) -> None:
+        self._methods = methods
+        self._apis = apis
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        """The handler of the method called, None if its API is not served."""
+        method: str = handler_call_details.method
+        handler = self._methods.get(method)
+        if handler is None or method[1:].partition("/")[0] not in self._apis:
+            return None
+        return handler
 
 
 class _MetricsHTTPServer(ThreadingHTTPServer):
