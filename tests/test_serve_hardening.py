@@ -501,3 +501,23 @@ def test_records_beyond_the_queue_are_dropped_counted_and_never_wait() -> None:
     written = text.count(" line ")
     assert dropped, text[-500:]
     assert written + sum(int(n) for n in dropped) == 3 * _log.QUEUE_SIZE
+
+
+def test_log_settings_read_revads_log_table(tmp_path: Path) -> None:
+    from reva_plugins import _config
+
+    config = tmp_path / "revad.toml"
+    for table, expected in (
+        ("", _config.LogSettings()),
+        ('[log]\nlevel = "warn"\noutput = "stderr"\n', _config.LogSettings(level="warn")),
+        (
+            '[log]\nmode = "json"\noutput = "stdout"\n',
+            _config.LogSettings(mode="json", stdout=True),
+        ),
+        (
+            '[log]\noutput = "logs/serve.log"\n',
+            _config.LogSettings(output=tmp_path / "logs/serve.log"),
+        ),
+    ):
+        config.write_text(table + SAMPLES_CONFIG, encoding="utf-8")
+        assert _config.log_settings(_config.load_file(config)) == expected, table
