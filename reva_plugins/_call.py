@@ -4,16 +4,31 @@ thread and the asyncio paths carry the same value."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._defaults import DEADLINE_SLACK
-from ._errors import CallCancelled, CallTimeout
+from ._errors import CallCancelled, CallTimeout, UsageError
 from ._protocol import META_DEADLINE
 
 if TYPE_CHECKING:
     from ._client import Cancellation
+
+
+def checked_timeout(timeout: object, plugin: str) -> float | None:
+    """A caller's ``timeout`` argument: None or a number of seconds that is not NaN (True, NaN
+    and text would otherwise pass as "no caller timeout" or fail deep inside as a bare
+    ``TypeError``); :class:`UsageError` naming the argument otherwise."""
+    if timeout is None:
+        return None
+    number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+    if number and not math.isnan(timeout):  # type: ignore[arg-type]
+        return timeout  # type: ignore[return-value]
+    raise UsageError(
+        f"timeout must be None or a number of seconds, not {timeout!r:.40}", plugin=plugin
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,12 +362,15 @@ def _serve_parsers(sub: Any, building: Parents, plain: Parents) -> None:
         default=_defaults.STATUS_TIMEOUT,
         help="seconds to wait for the answer",
     )
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object (keys sorted) instead of a table"
+    )
     _tls_ca_option(status)
     status.set_defaults(handler=lazy("cmd_status"))
     reload = sub.add_parser("reload", parents=plain, help="make a running server reload")
     reload.add_argument(
         "pidfile",
-        type=_path,
+        type=_text,
         nargs="?",
         metavar="ADDRESS|PIDFILE",
         help="its gRPC address (waits for the reload), or the file of serve --pidfile",

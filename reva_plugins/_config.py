@@ -653,3 +653,43 @@ class _Reader:
 
 def _is_sha256(value: str) -> bool:
     return re.fullmatch("[0-9a-fA-F]{64}", value) is not None
+
+
+# -- revad's [log] table (read by serve only) ---------------------------------------------------
+
+#: revad's log levels (zerolog's names), ``warning`` as the access log spells it.
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+LOG_MODES = ("console", "json")
+LogMode = Literal["console", "json"]
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """revad's ``[log]`` table, as ``serve`` applies it to its own log and its access log."""
+
+    #: the lowest level logged; None: the command line's (``-v``, ``-q``) or ``info``
+    level: str | None = None
+    #: ``console`` (one text line per record) or ``json`` (one JSON object per line)
+    mode: LogMode = "console"
+    #: the file appended to (resolved against the config's folder); None: ``stderr``
+    output: Path | None = None
+    #: True for ``output = "stdout"``
+    stdout: bool = False
+
+
+def log_settings(config: Config) -> LogSettings:
+    """The ``[log]`` table of ``config``'s file (defaults without one); a :class:`ConfigError`
+    naming the key for a bad value."""
+    if config.file is None:
+        return LogSettings()
+    reader = _Reader(_printable(str(config.file)), config.base_dir)
+    table = reader.table(_read_toml(config.file).get("log", {}), "log")
+    reader.check_keys(table, "log", ("level", "mode", "output"))
+    level = reader.choice(table, "log", "level", LOG_LEVELS)
+    mode: LogMode = (
+        "json" if reader.choice(table, "log", "mode", LOG_MODES) == "json" else "console"
+    )
+    output = reader.text(table, "log", "output")
+    if output is None or output in ("stderr", "stdout"):
+        return LogSettings(level, mode, None, output == "stdout")
+    return LogSettings(level, mode, reader.path("log.output", output))

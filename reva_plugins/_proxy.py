@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from ._call import Call
+from ._call import Call, checked_timeout
 from ._client import Cancellation
 from ._drivers import Driver, ServiceInfo
 from ._errors import UsageError
@@ -176,6 +176,8 @@ class ServiceProxy:
                 plugin=self.label,
             )
         arguments = binder.bind((), params)
+        if timeout is not None:
+            timeout = checked_timeout(timeout, self.label)
         return Call(
             self.service.name, method, arguments, timeout, dict(meta) if meta else {}, cancellation
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import importlib
+import json
 import os
 import signal
 import sys
@@ -13,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .. import _config
+from .. import _config, _fs
 from .._errors import ExitCode, RevaPluginError, UsageError
 
 #: What the ``serve`` extra installs, by the module each command imports.
@@ -59,7 +61,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, installer=args.installer, offline=args.offline or None
     )
     server = Server(args.config, address=address, options=options, pidfile=args.pidfile)
-    server.run()
+    from ._log import configure  # noqa: PLC0415
+
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    undo = configure(_config.log_settings(server.config), verbosity, str(args.config))
+    try:
+        server.run()
+    finally:
+        undo()
     return ExitCode.OK
 
 
@@ -178,13 +187,19 @@ def _show(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _metric_value(text: str) -> int | float:
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the counters of a running server, from its ``[metrics] address`` or its gRPC
-    address (the admin API's Status, which also says what runs each service)."""
+    address (the admin API's Status, which also says what runs each service): a table, or with
+    ``--json`` one JSON object; services, fields and metrics in sorted order either way."""
     require_extra()
     address = _client_address(args.address, "ADDRESS")
     trusted = _trusted(args.tls_ca)
-    lines: list[str] = []
+    report: dict[str, Any] = {}
     text, not_metrics = _read_metrics(address, args.timeout)
     if text is None:
         try:
@@ -193,18 +208,29 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise RevaPluginError(f"cannot read status: {not_metrics}; {not_grpc}") from None
         text = str(status.get("metrics", ""))
         server = status.get("server", {})
-        lines.append("server  " + " ".join(f"{k}={_show(v)}" for k, v in server.items()))
         services = status.get("services", {})
-        width = max((len(name) for name in services), default=0)
-        for name, info in services.items():
-            fields = " ".join(f"{k}={_show(v)}" for k, v in info.items())
-            lines.append(f"service {name:<{width}}  {fields}")
+        report["server"] = {key: server[key] for key in sorted(server)}
+        report["services"] = {
+            name: {key: services[name][key] for key in sorted(services[name])}
+            for name in sorted(services)
+        }
     try:
-        rows = _metric_rows(text)
+        rows = sorted(_metric_rows(text))
     except ValueError as exc:
         raise RevaPluginError(f"{address} did not send Prometheus metrics: {exc}") from None
-    if not rows and not lines:
+    if not rows and not report:
         raise RevaPluginError(f"{address} has no reva-plugins metrics")
+    if args.json:
+        report["metrics"] = {name: _metric_value(value) for name, value in rows}
+        print(json.dumps(report, indent=2))
+        return ExitCode.OK
+    lines: list[str] = []
+    if report:
+        lines.append("server  " + " ".join(f"{k}={_show(v)}" for k, v in report["server"].items()))
+        width = max((len(name) for name in report["services"]), default=0)
+        for name, info in report["services"].items():
+            fields = " ".join(f"{k}={_show(v)}" for k, v in info.items())
+            lines.append(f"service {name:<{width}}  {fields}")
     width = max((len(name) for name, _ in rows), default=0)
     for line in lines:
         print(line)
@@ -213,14 +239,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+#: Python's options that take a value (``python -X dev -m reva_plugins serve``).
+_PYTHON_VALUE_OPTIONS = ("-X", "-W", "-c", "--check-hash-based-pycs")
+_SCRIPT_NAMES = ("reva-plugins", "reva_plugins")
+
+
 def is_server_cmdline(argv: list[str]) -> bool:
-    """True if ``argv`` is a ``reva-plugins serve`` command line (the console script or
-    ``python -m reva_plugins``)."""
-    names = [os.path.basename(arg) for arg in argv]
-    for index, name in enumerate(names):
-        if name in ("reva-plugins", "reva_plugins"):
-            return "serve" in argv[index + 1 :]
-    return False
+    """True if ``argv`` is a ``reva-plugins serve`` command line: the console script (run
+    itself, or by its interpreter as the shebang does) or ``python -m reva_plugins``; never a
+    command whose later arguments merely name it (``bash -c CMD reva-plugins serve``)."""
+    if not argv:
+        return False
+    if os.path.basename(argv[0]) in _SCRIPT_NAMES:
+        return "serve" in argv[1:]
+    if not os.path.basename(argv[0]).startswith("python"):
+        return False
+    index = 1
+    while index < len(argv) and argv[index].startswith("-") and argv[index] != "-m":
+        if argv[index] == "-c":
+            return False  # python -c CODE: whatever it runs, it is not our module
+        index += 2 if argv[index] in _PYTHON_VALUE_OPTIONS else 1
+    rest = argv[index:]
+    if rest[:2] == ["-m", "reva_plugins"]:
+        return "serve" in rest[2:]
+    return bool(rest) and os.path.basename(rest[0]) in _SCRIPT_NAMES and "serve" in rest[1:]
+
+
+def is_server_pid(pid: int) -> bool:
+    """True if process ``pid`` runs and is a ``reva-plugins serve``."""
+    try:
+        argv = _cmdline(pid)
+    except RevaPluginError:
+        return False
+    return argv is not None and is_server_cmdline(argv)
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -279,14 +330,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if (args.pid is None) == (args.pidfile is None):
         raise UsageError("give ADDRESS (the server's gRPC address), PIDFILE or --pid N")
     if args.pidfile is not None:
-        text = str(args.pidfile)
-        if not args.pidfile.exists() and _config.address_problem(text) is None:
+        text = str(args.pidfile)  # as typed: a Path would make http://x read http:/x
+        looks_remote = "://" in text or _config.address_problem(text) is None
+        if not os.path.lexists(text) and looks_remote:
             require_extra()
             address = _client_address(text, "ADDRESS")
             outcome = admin_call(address, "Reload", args.timeout, _trusted(args.tls_ca))
             print(str(outcome.get("message", "")), file=sys.stderr)
             return ExitCode.FAILURE if outcome.get("result") == "failed" else ExitCode.OK
-        pid = _read_pidfile(args.pidfile)
+        pid = _read_pidfile(text)
     else:
         pid = args.pid
     if args.tls_ca is not None:
@@ -300,11 +352,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _read_pidfile(path: Path) -> int:
+def _read_pidfile(path: str) -> int:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(64)
+        raw = _fs.read_regular(path, 64)
+    except _fs.NotRegular:
+        raise UsageError(f"{path}: not a pid file (not a regular file)") from None
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise UsageError(f"{path}: not a pid file (expected a process id)") from None
         raise UsageError(f"{path}: cannot read the pid file: {exc.strerror}") from None
     text = raw.decode("ascii", "replace").strip()
     if not text.isascii() or not text.isdigit():

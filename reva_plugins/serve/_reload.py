@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import _config
-from .._errors import RevaPluginError
+from .._errors import ConfigError, RevaPluginError
 from .._host import Host
+from .._plugin_stderr import escape
 from .._proxy import ServiceProxy
 from .._redact import redact
 from ._cs3 import APIS
@@ -149,6 +150,18 @@ class Outcome:
 def served_services(config: _config.Config) -> list[str]:
     """The configured services that have a CS3 API, in config order."""
     return [svc.service for svc in config.services if svc.service in APIS]
+
+
+def require_served(config: _config.Config, path: Path) -> list[str]:
+    """:func:`served_services`, or a ``ConfigError`` when there is none: ``serve`` refuses to
+    start with nothing to serve, and a reload to such a config (a half-written file) keeps
+    the previous version serving."""
+    names = served_services(config)
+    if not names:
+        raise ConfigError(
+            f"no service to serve (configure one of: {', '.join(APIS)})", file=str(path)
+        )
+    return names
 
 
 def unserved_tables(config: _config.Config) -> list[str]:
@@ -282,7 +295,7 @@ class Reloader:
         fresh: dict[str, Backend] = {}
         try:
             config = _config.load_file(self.path)
-            for name in served_services(config):
+            for name in require_served(config, self.path):
                 previous = old.backends.get(name)
                 stale = previous is None or previous.failed
                 candidate = plan_backend(config, self.options, name, number, self._register)
@@ -298,7 +311,8 @@ class Reloader:
                 backend.close()
             if not isinstance(exc, RevaPluginError):
                 raise
-            first = redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+            # a plugin's start error may carry its text: escaped, as everything from a plugin
+            first = escape(redact(str(exc).splitlines()[0])) if str(exc) else type(exc).__name__
             message = f"reload failed; still serving the previous version: {first}"
             log.error("%s", message)
             return Outcome("failed", message, old.number)

@@ -30,18 +30,23 @@ import grpc
 from cs3.rpc.v1beta1 import code_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, json_format, struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import generate_latest
 from prometheus_client.exposition import MetricsHandler
 
 from .. import _config, _defaults
-from .._errors import CallCancelled, CallTimeout, ConfigError, RevaPluginError
+from .._errors import CallCancelled, CallTimeout, RevaPluginError
 from .._hooks import hookimpl
 from .._host import Host
+from .._plugin_stderr import escape
 from .._redact import redact
 from . import _cs3
+from ._commands import is_server_pid
 from ._files import (
     check_free,
+    check_key_pair,
+    check_pidfile,
     listen_error,
     read_config_pem,
     remove_pidfile,
@@ -55,7 +60,7 @@ from ._reload import (
     HostOptions,
     Outcome,
     Reloader,
-    served_services,
+    require_served,
     unserved_tables,
 )
 
@@ -64,6 +69,9 @@ access = logging.getLogger("reva_plugins.serve.access")
 
 #: The largest request accepted, in bytes: CS3 identity requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 1 << 20
+#: Connections to the metrics endpoint served at once, and the seconds one may stay idle.
+METRICS_CONNECTIONS = 16
+METRICS_IDLE = 10.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -152,7 +160,7 @@ class _HealthHooks:
         except RevaPluginError as exc:
             if self._current() is not None:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.error("%s stays NOT_SERVING: %s", self.service, redact(first))
+                log.error("%s stays NOT_SERVING: %s", self.service, escape(redact(first)))
 
 
 class Server:
@@ -197,6 +205,10 @@ class Server:
         )
         self._configure_access_log(self.settings.access_log)
         self.server: grpc.aio.Server | None = None
+        #: the CS3 APIs this server has served (a dropped one answers UNAVAILABLE; the others
+        #: are not registered at all: UNIMPLEMENTED, and not listed by reflection)
+        self._apis: set[str] = set()
+        self._reflection: Any = None
         self._slots: asyncio.Semaphore | None = None  # RPCs served at once (``workers``)
         self.port = 0
         self.metrics_port: int | None = None
@@ -212,6 +224,7 @@ class Server:
         host.register(self.metrics.hooks(calls=self._count_calls))
 
     def _swapped(self, old: Generation, new: Generation, fresh: tuple[str, ...]) -> None:
+        self._serve_apis(new)
         for name in set(old.backends) - set(new.backends):
             self.metrics.plugin_pid(name, None)
         for name, api in _cs3.APIS.items():
@@ -229,6 +242,17 @@ class Server:
             was, access_log=now.access_log, shutdown_grace=now.shutdown_grace
         )
         self._configure_access_log(now.access_log)
+
+    def _reflected(self) -> list[str]:
+        return [*sorted(self._apis), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
+
+    def _serve_apis(self, gen: Generation) -> None:
+        """Register the CS3 APIs of ``gen``'s services (kept once registered: a service a
+        reload drops answers UNAVAILABLE, as its clients may still call it)."""
+        self._apis.update(_cs3.APIS[name] for name in gen.backends)
+        if self._reflection is not None:
+            # the servicer keeps the names it lists in this attribute (sorted, as it does)
+            self._reflection._service_names = tuple(sorted(self._reflected()))
 
     def _grace(self) -> float:
         return self.settings.shutdown_grace
@@ -312,7 +336,7 @@ class Server:
                     rpc.api,
                     rpc.name,
                     type(exc).__name__,
-                    redact(first[:500]),
+                    escape(redact(first[:500])),  # a plugin's text: never raw in the log
                 )
                 return gen, code, _cs3.failed(rpc, code, message)
             finally:
@@ -368,18 +392,15 @@ class Server:
         )
 
     def _generic_handlers(self) -> list[grpc.GenericRpcHandler]:
-        handlers: list[grpc.GenericRpcHandler] = []
-        for api in _cs3.APIS.values():
-            methods = {
-                rpc.name: grpc.unary_unary_rpc_method_handler(
-                    self._handler(rpc),
-                    request_deserializer=rpc.request.FromString,
-                    response_serializer=rpc.response.SerializeToString,
-                )
-                for rpc in _cs3.RPCS
-                if rpc.api == api
-            }
-            handlers.append(grpc.method_handlers_generic_handler(api, methods))
+        methods = {
+            f"/{rpc.api}/{rpc.name}": grpc.unary_unary_rpc_method_handler(
+                self._handler(rpc),
+                request_deserializer=rpc.request.FromString,
+                response_serializer=rpc.response.SerializeToString,
+            )
+            for rpc in _cs3.RPCS
+        }
+        handlers: list[grpc.GenericRpcHandler] = [_ServedApis(methods, self._apis)]
         admin = {
             name: grpc.unary_unary_rpc_method_handler(
                 method,
@@ -457,13 +478,11 @@ class Server:
         config = self.config
         for name in unserved_tables(config):
             log.info("[grpc.services.%s]: no CS3 API served by reva-plugins; skipped", name)
-        if not served_services(config):
-            raise ConfigError(
-                f"no service to serve (configure one of: {', '.join(_cs3.APIS)})",
-                file=str(self.path),
-            )
+        require_served(config, self.path)
         settings = self.settings
         credentials = self._credentials()
+        if self.pidfile is not None:  # before anything binds: refused in its one line
+            check_pidfile(self.pidfile, is_server_pid)
         check_free(self.address, self.address_source)
         if settings.metrics_address:
             check_free(settings.metrics_address, "metrics.address")
@@ -477,7 +496,7 @@ class Server:
             if settings.metrics_address:
                 self._start_metrics(settings.metrics_address)
             if self.pidfile is not None:
-                write_pidfile(self.pidfile)
+                write_pidfile(self.pidfile, is_server_pid)
             gen = self.reloader.first(config)
         except BaseException:
             self.loop.run(server.stop(None))
@@ -486,6 +505,7 @@ class Server:
             if self.pidfile is not None:
                 remove_pidfile(self.pidfile)
             raise
+        self._serve_apis(gen)
         self._set_all_health(gen)
         self.loop.run(server.start())
         self.server = server
@@ -515,8 +535,8 @@ class Server:
             raise
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _admin_descriptors()
-        names = [*_cs3.APIS.values(), ADMIN_API, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        self._reflection = reflection_aio.ReflectionServicer(self._reflected())
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(self._reflection, server)
         return server
 
     def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
@@ -534,6 +554,7 @@ class Server:
         s = self.settings
         if s.tls_cert is None or s.tls_key is None:
             return None
+        check_key_pair(s.tls_cert, s.tls_key, self.path)
         cert = read_config_pem(s.tls_cert, "grpc.tls_cert", self.path)
         key = read_config_pem(s.tls_key, "grpc.tls_key", self.path)
         return grpc.ssl_server_credentials([(key, cert)])
@@ -541,14 +562,15 @@ class Server:
     def _start_metrics(self, address: str) -> None:
         host, _, port = address.rpartition(":")
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 (as the operator wrote it)
-        handler = MetricsHandler.factory(self.metrics.registry)
+        handler = type(
+            "Handler", (MetricsHandler.factory(self.metrics.registry),), {"timeout": METRICS_IDLE}
+        )
         try:
-            server = (_HTTPServer6 if ":" in bind else ThreadingHTTPServer)(
+            server = (_MetricsHTTPServer6 if ":" in bind else _MetricsHTTPServer)(
                 (bind, int(port)), handler
             )
         except OSError as exc:
             raise listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
-        server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._metrics_server = server
         self.metrics_port = int(server.server_address[1])
@@ -651,5 +673,52 @@ def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-class _HTTPServer6(ThreadingHTTPServer):
+class _ServedApis(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """The CS3 methods of the APIs in ``apis`` (a set the server adds to): a CS3 API with no
+    configured service is not registered, as with revad (``UNIMPLEMENTED``)."""
+
+    def __init__(self, methods: dict[str, grpc.RpcMethodHandler], apis: set[str]) -> None:
+        self._methods = methods
+        self._apis = apis
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        """The handler of the method called, None if its API is not served."""
+        method: str = handler_call_details.method
+        handler = self._methods.get(method)
+        if handler is None or method[1:].partition("/")[0] not in self._apis:
+            return None
+        return handler
+
+
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    """The metrics endpoint: a thread per connection, but at most ``METRICS_CONNECTIONS`` at
+    once (one more is closed unanswered), each closed after ``METRICS_IDLE`` seconds without
+    a request, so idle connections cannot pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own if a slot is free, else close it."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; its slot is free again when it ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _MetricsHTTPServer6(_MetricsHTTPServer):
     address_family = socket.AF_INET6
