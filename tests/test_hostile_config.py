@@ -37,6 +37,7 @@ from reva_plugins.testing import run_conformance
 
 from .conftest import EXAMPLES, ROOT, SAMPLES, WriteConfig, cli
 from .factory import make_plugin
+from .plugin_sources import LEAKY_PLUGIN
 
 _CONFIG_JSON_USERS = SAMPLES / "json_users"
 _CONFIG_EXAMPLE = str(EXAMPLES / "revad.toml")
@@ -540,75 +541,6 @@ def test_empty_strings_are_errors(write_config: WriteConfig, table: str, key: st
 
 # -- 4. conformance: secrets returned or echoed -------------------------------------------------
 
-_CONFIG_LEAKY = '''
-"""A plugin whose leaks are chosen by its config (one build, many behaviours)."""
-
-
-class NotFound(Exception):
-    pass
-
-
-class InvalidCredentials(Exception):
-    pass
-
-
-USER = {
-    "id": {"idp": "t", "opaque_id": "demo", "type": 1},
-    "username": "demo",
-    "mail": "demo@example.org",
-    "display_name": "Demo",
-    "groups": ["g"],
-    "uid_number": 1,
-    "gid_number": 1,
-}
-
-
-class Provider:
-    def configure(self, config):
-        self.user = dict(USER, **config.get("extra", {}))
-
-    def get_user(self, user_id, skip_fetching_groups=False):
-        if user_id.get("opaque_id") != "demo":
-            raise NotFound("no such user")
-        user = dict(self.user)
-        if skip_fetching_groups:
-            user["groups"] = []
-        return user
-
-    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
-        if str(self.user.get({"uid": "uid_number"}.get(claim, claim))) == value:
-            return self.get_user(self.user["id"], skip_fetching_groups)
-        raise NotFound(value)
-
-    def get_user_groups(self, user_id):
-        return self.get_user(user_id)["groups"]
-
-    def find_users(self, query, skip_fetching_groups=False):
-        return [self.get_user(self.user["id"], skip_fetching_groups)]
-
-
-class Auth:
-    def configure(self, config):
-        self.mode = config.get("mode", "ok")
-
-    def authenticate(self, client_id, client_secret):
-        if client_id != "demo" or client_secret != "the-right-secret":
-            if self.mode == "echo-error":
-                raise InvalidCredentials(f"wrong secret {client_secret!r} for {client_id}")
-            raise InvalidCredentials("invalid client id or secret")
-        user = dict(USER)
-        result = {"user": user, "scopes": {"user": {"role": 1}}}
-        if self.mode == "token":
-            result["token"] = "abc"
-        elif self.mode == "hash":
-            user["opaque"] = {"ldap": {"password_hash": "$2b$08$x"}}
-        elif self.mode == "echo-result":
-            user["display_name"] = f"Demo ({client_secret})"
-        elif self.mode == "fail-loudly":
-            raise RuntimeError(f"backend down while checking {client_secret}")
-        return result
-'''
-
 
 @pytest.fixture(scope="module")
 def config_leaky_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -618,7 +550,7 @@ def config_leaky_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "reva-leaky",
         entry_points={"reva.userprovider": "leaky", "reva.authprovider": "leaky"},
     )
-    (project / "reva_leaky" / "__init__.py").write_text(_CONFIG_LEAKY)
+    (project / "reva_leaky" / "__init__.py").write_text(LEAKY_PLUGIN)
     return project
 
 

@@ -35,8 +35,13 @@ from reva_plugins._sources import (
 )
 
 from .conftest import SAMPLES, WriteConfig, cli
-from .factory import PLUGIN_MODULE, build_dists, git, make_plugin, make_repo
+from .factory import build_dists, git, make_plugin, make_repo
+from .plugin_sources import HARD_BACKEND, PLUGIN_MODULE
 from .test_hostile_sources import _SOURCES_WHEEL, _sources_one_line_error, _sources_toml
+
+# One worker for the whole file: its watchers look for the token on every process's command line,
+# and a test here puts it on one on purpose (the redaction of a logged command).
+pytestmark = pytest.mark.xdist_group("hostile-credentials")
 
 _creds_TOKEN = "s3cr3t-tok-5f1d2"
 _creds_USER = "deploy"
@@ -121,7 +126,9 @@ def _creds_metadata(cache: Path) -> str:
 def _creds_cmdlines_with(
     needle: str, stop: threading.Event, found: list[str], seen: list[str]
 ) -> None:
-    """Poll every process's command line until ``stop``; keep those holding ``needle``."""
+    """Poll every process's command line until ``stop``; keep those holding ``needle`` (any
+    process's) and, in ``seen``, this test's installer commands (its descendants only: tests
+    run in parallel, another worker's installs prove nothing about this one)."""
     mine = str(os.getpid())
     while not stop.is_set():
         for proc in Path("/proc").iterdir():
@@ -135,9 +142,24 @@ def _creds_cmdlines_with(
                 continue
             if needle in argv:
                 found.append(argv)
-            if " install " in argv or "ls-remote" in argv or " compile " in argv:
+            if (
+                " install " in argv or "ls-remote" in argv or " compile " in argv
+            ) and _creds_descends_from(int(proc.name), int(mine)):
                 seen.append(argv)
         time.sleep(0.005)
+
+
+def _creds_descends_from(pid: int, ancestor: int) -> bool:
+    """True if ``ancestor`` is among ``pid``'s parents (False once ``pid`` is gone)."""
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
 
 
 # -- archive URLs with credentials --------------------------------------------------------------
@@ -714,51 +736,6 @@ def test_a_damaged_interpreter_cache_is_ignored(tmp_path: Path) -> None:
 # -- installers and build backends never see publishing secrets -----------------------------------
 
 
-_creds_BACKEND = '''\
-"""A PEP 517 backend with no requirements: it builds the plugin's wheel by hand."""
-
-import base64
-import hashlib
-import os
-import time
-import zipfile
-
-NAME, VERSION = "reva_hard_plugin", "1.0"
-DIST = f"{NAME}-{VERSION}"
-MODULE = __MODULE__
-
-
-def _hook():
-__HOOK__
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    _hook()
-    files = {
-        f"{NAME}/__init__.py": MODULE,
-        f"{DIST}.dist-info/METADATA": f"Metadata-Version: 2.1\\nName: reva-hard-plugin\\nVersion: {VERSION}\\n",
-        f"{DIST}.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: hard\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
-        f"{DIST}.dist-info/entry_points.txt": f"[reva.userprovider]\\ndemo = {NAME}:Provider\\n",
-    }
-    record = []
-    for path, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{DIST}.dist-info/RECORD,,")
-    files[f"{DIST}.dist-info/RECORD"] = "\\n".join(record) + "\\n"
-    name = f"{DIST}-py3-none-any.whl"
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
-        for path, text in files.items():
-            wheel.writestr(path, text)
-    return name
-'''
-
-
 def _creds_backend_project(root: Path, hook: str) -> Path:
     """A plugin folder whose in-tree, dependency-free build backend runs ``hook`` first."""
     root.mkdir(parents=True)
@@ -768,7 +745,7 @@ def _creds_backend_project(root: Path, hook: str) -> Path:
     )
     module = PLUGIN_MODULE.format(marker="hard", marker_body="        return MARKER")
     hook_body = textwrap.indent(textwrap.dedent(hook).strip() or "pass", "    ")
-    backend = _creds_BACKEND.replace("__MODULE__", repr(module)).replace("__HOOK__", hook_body)
+    backend = HARD_BACKEND.replace("__MODULE__", repr(module)).replace("__HOOK__", hook_body)
     (root / "reva_hard_backend.py").write_text(backend)
     return root
 

@@ -49,73 +49,14 @@ from reva_plugins._protocol import (
 )
 
 from .conftest import WriteConfig, cli, wait_until
+from .plugin_sources import WIRE_HOSTILE
 
 _wire_DEEP = 100_000
-
-_wire_PLUGIN = '''
-"""A plugin that attacks the core through the wire."""
-
-import os
-import time
-
-import __main__
-
-MODE = os.environ.get("HOSTILE_MODE", "")
-
-
-def _wire():
-    return int(__main__.WIRE_FD)
-
-
-if MODE == "deep_handshake":
-    os.write(_wire(), b"[" * 100000 + b"\\n")
-if MODE == "nan_handshake":
-    os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":{"pid":NaN}}\\n')
-
-
-class Hostile:
-    def configure(self, config):
-        pass
-
-    def echo(self, value, delay=0.0):
-        if delay:
-            time.sleep(delay)
-        return value
-
-    def raw(self, data, context):
-        """Write ``data`` (latin-1 text; ``{id}`` is this call's id) to the wire, then reply."""
-        os.write(_wire(), data.replace("{id}", str(context.id)).encode("latin-1"))
-        return "real reply"
-
-    def get_user(self, user_id, context, skip_fetching_groups=False):
-        """The CLI calls only a service's methods: this one misbehaves as ``opaque_id`` says."""
-        kind = user_id.get("opaque_id")
-        if kind in ("nan", "inf"):
-            return getattr(self, kind)()
-        if kind == "raw":
-            return self.raw(user_id["data"], context)
-        return user_id
-
-    def nan(self):
-        return {"x": float("nan")}
-
-    def inf(self):
-        return [1, float("-inf")]
-
-    def deep(self):
-        value = []
-        for _ in range(100000):
-            value = [value]
-        return value
-
-    def crash(self, code=7):
-        os._exit(code)
-'''
 
 
 def _wire_make_plugin(root: Path) -> Path:
     (root / "reva_wire_hostile").mkdir(parents=True)
-    (root / "reva_wire_hostile" / "__init__.py").write_text(_wire_PLUGIN, encoding="utf-8")
+    (root / "reva_wire_hostile" / "__init__.py").write_text(WIRE_HOSTILE, encoding="utf-8")
     (root / "pyproject.toml").write_text(
         textwrap.dedent(
             """\

@@ -38,23 +38,7 @@ import pytest
 from reva_plugins import _wire
 from reva_plugins._protocol import BOOTSTRAP_FILE
 
-PLUGIN = """
-class Plugin:
-    def __init__(self):
-        self.config = None
-
-    def configure(self, config):
-        self.config = config
-
-    def echo(self, value):
-        return value
-
-    def seen_config(self):
-        return self.config
-
-    def fail(self):
-        raise ValueError("as asked")
-"""
+from .plugin_sources import AGREE_PLUGIN as PLUGIN
 
 
 @pytest.fixture(scope="module")
