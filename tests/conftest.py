@@ -67,8 +67,13 @@ def session_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """
     base = tmp_path_factory.mktemp("session")
     dirs = {name: base / name for name in ("home", "uv", "pip", "reva", "xdg")}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The installers' caches are safe for concurrent use: the workers share them, as the
+        # tests of one serial run do. The env cache is not shared: tests prune it.
+        shared = tmp_path_factory.getbasetemp().parent / "shared"
+        dirs |= {name: shared / name for name in ("uv", "pip")}
     for path in dirs.values():
-        path.mkdir()
+        path.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         _point_caches_at(patch, dirs)
         yield dirs
