@@ -47,7 +47,7 @@ CORE_SIDE = ("caller_poll", "baton")
 CONTROL = "control"
 PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
 #: The files the bootstrap's copy needs beside it (those it loads by path).
-BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py", "_poll.py")
+BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py", "_poll.py", "_sandbox.py")
 MAIN_GUARD = 'if __name__ == "__main__":'
 FIGURES = (
     "host_1_thread",

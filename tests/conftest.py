@@ -2,17 +2,60 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SAMPLES = ROOT / "sample_plugins"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first: under pytest-xdist no worker starts one near the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable
+
+
+_SHARES = re.compile(r'scope="(?:module|class|package)"|^pytestmark = .*xdist_group', re.M)
+
+
+@functools.cache
+def _shares_a_fixture(path: Path) -> bool:
+    """True if the test file at ``path`` has a module- or class-scoped fixture, or is marked as
+    one group (``pytestmark = pytest.mark.xdist_group(...)``)."""
+    try:
+        return _SHARES.search(path.read_text(encoding="utf-8")) is not None
+    except OSError:
+        return False
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n``'s default ``--dist load``, except that a test file sharing a module- or class-scoped
+    fixture (a built env, a wheel, a plugin project) runs whole on one worker, so the fixture is
+    built once; every other test goes to whichever worker is free.
+
+    A scheduler, not ``--dist loadgroup``: xdist's groups rename node ids through a private
+    attribute pytest 9 no longer reads, so its groups silently stop grouping.
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class SharedFixtureScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if _shares_a_fixture(config.rootpath / path) else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,8 +67,13 @@ def session_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """
     base = tmp_path_factory.mktemp("session")
     dirs = {name: base / name for name in ("home", "uv", "pip", "reva", "xdg")}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The installers' caches are safe for concurrent use: the workers share them, as the
+        # tests of one serial run do. The env cache is not shared: tests prune it.
+        shared = tmp_path_factory.getbasetemp().parent / "shared"
+        dirs |= {name: shared / name for name in ("uv", "pip")}
     for path in dirs.values():
-        path.mkdir()
+        path.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         _point_caches_at(patch, dirs)
         yield dirs

@@ -20,6 +20,7 @@ from reva_plugins.testing import assert_conforms, prepare_source, run_conformanc
 
 from .conftest import EXAMPLES, SAMPLES, cli
 from .factory import build_dists, git, make_plugin
+from .plugin_sources import BROKEN_USERS
 
 pytestmark = pytest.mark.slow
 
@@ -79,35 +80,12 @@ def test_new_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     assert "not empty" in result.stderr
 
 
-BROKEN = """
-class NotFound(Exception):
-    pass
-
-
-class Broken:
-    def configure(self, config):
-        pass
-
-    def get_user(self, user_id, skip_fetching_groups=False):
-        if user_id.get("opaque_id") != "x":
-            return {"username": "ghost"}
-        return self.find_users("")[0]
-
-    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
-        raise NotFound(value)
-
-    def find_users(self, query, skip_fetching_groups=False):
-        return [{"id": {"idp": "t", "opaque_id": "x"}, "username": "x", "mail": "x@t", "display_name": "X",
-                 "groups": ["g"], "uid_number": "1", "gid_number": 1, "secret": "hunter2"}]
-"""
-
-
 def test_a_broken_plugin_fails_with_precise_reasons(tmp_path: Path) -> None:
     project = make_plugin(
         tmp_path / "broken", "reva-broken", entry_points={"reva.userprovider": "broken"}
     )
     (project / "reva_broken" / "__init__.py").write_text(
-        BROKEN.replace("class Broken", "class Provider")
+        BROKEN_USERS.replace("class Broken", "class Provider")
     )
     report = run_conformance(str(project), "userprovider", cache_dir=tmp_path / "cache")
     assert not report.ok

@@ -24,6 +24,7 @@ import pytest
 
 from .conftest import EXAMPLES, SAMPLES, cli
 from .factory import build_dists, commit_marker, git, make_plugin, make_repo
+from .plugin_sources import FLAKY_BACKEND as _FLAKY_BACKEND
 
 pytestmark = pytest.mark.slow  # real servers, venvs and processes
 
@@ -848,36 +849,6 @@ def test_export_on_a_fresh_cache_rebuilds_the_plugin_wheels_byte_for_byte(tmp_pa
     for wheel, sha256 in pinned.items():
         assert hashlib.sha256((bundle / "wheels" / wheel).read_bytes()).hexdigest() == sha256
     ok(cli("env", "import", str(bundle), "--cache-dir", str(tmp_path / "host")))
-
-
-_FLAKY_BACKEND = '''
-"""A build backend whose wheels differ on every build (a time stamp inside)."""
-import base64, hashlib, time, zipfile
-
-NAME = "reva_flaky_plugin-1.0-py3-none-any.whl"
-
-
-def get_requires_for_build_wheel(config_settings=None):
-    return []
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    files = {
-        "reva_flaky_plugin/__init__.py": f"STAMP = {time.time_ns()}\\n",
-        "reva_flaky_plugin-1.0.dist-info/METADATA": "Metadata-Version: 2.1\\nName: reva-flaky-plugin\\nVersion: 1.0\\n",
-        "reva_flaky_plugin-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: flaky\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
-    }
-    record = []
-    with zipfile.ZipFile(f"{wheel_directory}/{NAME}", "w") as wheel:
-        for name, text in files.items():
-            data = text.encode()
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{name},sha256={digest},{len(data)}")
-            wheel.writestr(name, data)
-        record.append("reva_flaky_plugin-1.0.dist-info/RECORD,,")
-        wheel.writestr("reva_flaky_plugin-1.0.dist-info/RECORD", "\\n".join(record) + "\\n")
-    return NAME
-'''
 
 
 def test_export_refuses_a_rebuilt_wheel_that_is_not_the_locked_one(tmp_path: Path) -> None:

@@ -35,6 +35,10 @@ from reva_plugins import _errors as errors_module
 from reva_plugins._call import Call
 
 from .conftest import pid_alive, wait_until
+from .plugin_sources import INPROC_USERS as _INPROC_MODULE
+from .plugin_sources import SLOW_AUTH as _SLOW_PLUGIN
+from .plugin_sources import SLOW_BACKEND as _SLOW_BACKEND
+from .plugin_sources import TRACED_USERS as _TRACED_PLUGIN
 
 FAULT = Path(__file__).parent / "plugins" / "fault"
 FAULT_ID = {"idp": "t", "opaque_id": "fault"}
@@ -110,37 +114,6 @@ class _Metrics:
 
 
 # -- an in-process driver: a real distribution (dist-info with entry points) on sys.path --------
-
-_INPROC_MODULE = """
-import threading
-
-GATE = threading.Event()
-
-
-class NotFound(Exception):
-    pass
-
-
-class Provider:
-    def configure(self, config):
-        self.config = config
-
-    def get_user(self, user_id, skip_fetching_groups=False):
-        if user_id.get("opaque_id") == "wait":
-            GATE.wait(30)
-        if user_id.get("opaque_id") not in ("demo", "wait"):
-            raise NotFound(user_id.get("opaque_id"))
-        return {"id": {"idp": "t", "opaque_id": "demo"}, "username": self.config["name"]}
-
-    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
-        raise NotFound(value)
-
-    def get_user_groups(self, user_id):
-        return []
-
-    def find_users(self, query, skip_fetching_groups=False):
-        return []
-"""
 
 
 @pytest.fixture
@@ -271,22 +244,6 @@ def test_acall_keeps_the_callers_context_for_wrappers(inproc_host: Host) -> None
 
     assert asyncio.run(main())["username"] == "in-process demo"
     assert seen == ["request-42"]
-
-
-_TRACED_PLUGIN = """
-class Traced:
-    def get_user(self, user_id, skip_fetching_groups=False, context=None):
-        return {"username": "traced", "display_name": context.meta.get("traceparent", "")}
-
-    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
-        return {}
-
-    def get_user_groups(self, user_id):
-        return []
-
-    def find_users(self, query, skip_fetching_groups=False):
-        return []
-"""
 
 
 @pytest.mark.slow
@@ -450,31 +407,6 @@ def test_restart_never_reads_as_failed(tmp_path: Path) -> None:
 
 
 # -- one lock per service ------------------------------------------------------------------------
-
-_SLOW_BACKEND = '''
-"""A build backend that waits at import until the test opens the gate."""
-import os
-import time
-from pathlib import Path
-
-STARTED = Path({started!r})
-GATE = Path({gate!r})
-STARTED.touch()
-deadline = time.monotonic() + 120
-while not GATE.exists() and time.monotonic() < deadline:
-    time.sleep(0.02)
-
-from hatchling.build import *  # noqa: E402,F401,F403
-'''
-
-_SLOW_PLUGIN = """
-class Auth:
-    def configure(self, config):
-        pass
-
-    def authenticate(self, client_id, client_secret):
-        return {"user": {"username": client_id}, "scopes": {}}
-"""
 
 
 def _slow_plugin(root: Path) -> tuple[Path, Path, Path]:

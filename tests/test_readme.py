@@ -29,6 +29,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert _commands()[1] in ci.splitlines()
 
 
+@pytest.mark.long
 def test_benchmark_smoke_run_prints_every_figure() -> None:
     """``python -m benchmarks --quick``: tiny counts, so the benchmark code cannot rot."""
     import json

@@ -37,6 +37,7 @@ from reva_plugins.serve import Server  # noqa: E402
 
 from .conftest import EXAMPLES, ROOT, SAMPLES, cli, pid_alive, wait_until  # noqa: E402
 from .factory import make_plugin  # noqa: E402
+from .plugin_sources import CHAOS_PLUGIN  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real servers, venvs and processes
 
@@ -72,62 +73,6 @@ users = "{EXAMPLES / "users.demo.json"}"
 driver = "{SAMPLES / "json_users"}"
 [grpc.services.groupprovider.drivers.json]
 groups = "{EXAMPLES / "groups.demo.json"}"
-"""
-
-# A user provider whose answers depend on the opaque id asked for: crash, hang, slow, demo.
-CHAOS_PLUGIN = """
-import os, time
-
-MARKER = {marker!r}
-
-
-class NotFound(Exception):
-    pass
-
-
-class Provider:
-    def configure(self, config):
-        self.dir = config["dir"]
-        open(os.path.join(self.dir, f"started-{{os.getpid()}}"), "w").close()
-
-    def get_user(self, user_id, skip_fetching_groups=False, context=None):
-        opaque = user_id.get("opaque_id")
-        if opaque == "crash":
-            os._exit(3)
-        if opaque.startswith("hang"):  # until $/cancel; its time of arrival in the file
-            open(os.path.join(self.dir, opaque + ".started"), "w").close()
-            while not context.cancelled.wait(0.01):
-                pass
-            with open(os.path.join(self.dir, opaque + ".cancelled"), "w") as f:
-                f.write(repr(time.time()))
-            raise NotFound("cancelled")
-        if opaque.startswith("nap"):  # nap<seconds>
-            time.sleep(float(opaque[3:]))
-        if opaque.startswith("slow"):
-            open(os.path.join(self.dir, opaque), "w").close()
-            time.sleep(1.0)
-        if opaque == "leaky":
-            raise RuntimeError("db password hunter2 rejected")
-        if opaque == "bad":
-            return {{"id": {{"idp": 5, "opaque_id": []}}, "username": 7}}
-        return {{
-            "id": {{"idp": "test", "opaque_id": opaque, "type": 1}},
-            "username": opaque,
-            "mail": "demo@example.org",
-            "display_name": MARKER,
-            "groups": [],
-            "uid_number": 1,
-            "gid_number": 1,
-        }}
-
-    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
-        raise NotFound(claim)
-
-    def get_user_groups(self, user_id):
-        return []
-
-    def find_users(self, query, skip_fetching_groups=False):
-        return []
 """
 
 

@@ -30,9 +30,9 @@ from reva_plugins.serve import _commands, _server  # noqa: E402
 from . import test_host_api  # noqa: E402
 from .conftest import ROOT, cli  # noqa: E402
 from .factory import make_plugin  # noqa: E402
+from .plugin_sources import CHAOS_PLUGIN  # noqa: E402
 from .test_serve import (  # noqa: E402
     AUTH_API,
-    CHAOS_PLUGIN,
     EINSTEIN,
     GROUP_API,
     OK,

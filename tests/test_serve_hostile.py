@@ -23,8 +23,8 @@ from grpc_health.v1 import health_pb2  # noqa: E402
 
 from .conftest import pid_alive, wait_until  # noqa: E402
 from .factory import make_plugin  # noqa: E402
+from .plugin_sources import CHAOS_PLUGIN, HOSTILE_EXTRA  # noqa: E402
 from .test_serve import (  # noqa: E402
-    CHAOS_PLUGIN,
     NOT_SERVING,
     OK,
     SERVING,
@@ -39,58 +39,6 @@ from .test_serve import (  # noqa: E402
 pytestmark = pytest.mark.slow  # real servers, venvs and processes
 
 ADMIN = "/reva_plugins.admin.v1.AdminAPI"
-
-# The chaos plugin, with a few more behaviours for a hostile plugin author.
-HOSTILE_EXTRA = """
-
-import sys, threading, stat as _stat
-
-
-def _wire_fd():
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fd = int(name)
-            if fd > 2 and _stat.S_ISSOCK(os.fstat(fd).st_mode):
-                return fd
-        except OSError:
-            pass
-    raise RuntimeError("no wire")
-
-
-def _for(seconds, step):
-    def run():
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            step()
-    threading.Thread(target=run, daemon=True).start()
-
-
-_get_user = Provider.get_user
-
-
-def get_user(self, user_id, skip_fetching_groups=False, context=None):
-    opaque = user_id.get("opaque_id")
-    if opaque.startswith("flood-err"):  # flood-err<seconds>: stderr, as fast as it goes
-        line = "x" * 200 + "\\n"
-        _for(float(opaque[9:]), lambda: (sys.stderr.write(line), sys.stderr.flush()))
-        opaque = "demo"
-    elif opaque.startswith("flood-out"):  # flood-out<seconds>: print() to stdout
-        _for(float(opaque[9:]), lambda: print("y" * 200, flush=True))
-        opaque = "demo"
-    elif opaque.startswith("junk"):  # junk<seconds>: lines that are no JSON-RPC, on the wire
-        fd = _wire_fd()
-        _for(float(opaque[4:]), lambda: os.write(fd, b"this is not json\\n" * 64))
-        opaque = "demo"
-    elif opaque.startswith("ghost"):  # ghost<seconds>: replies to calls nobody made
-        fd = _wire_fd()
-        reply = b'{"jsonrpc": "2.0", "id": 987654321, "result": null}\\n' * 32
-        _for(float(opaque[5:]), lambda: os.write(fd, reply))
-        opaque = "demo"
-    return _get_user(self, {**user_id, "opaque_id": opaque}, skip_fetching_groups, context)
-
-
-Provider.get_user = get_user
-"""
 
 
 def _hostile_plugin(root: Path, marker: str = "v1") -> Path:

@@ -19,6 +19,7 @@ from reva_plugins.testing import prepare_source, run_conformance
 
 from .conftest import EXAMPLES, ROOT, SAMPLES, WriteConfig, cli
 from .factory import git
+from .plugin_sources import BROKEN_GROUPS, QUOTA_PLUGIN
 
 pytestmark = pytest.mark.slow
 
@@ -107,27 +108,6 @@ class {cls}:
 )
 '''
 
-QUOTA_PLUGIN = '''
-"""A quota plugin: it knows nothing of reva_plugins or of the host application."""
-
-
-class NotFound(Exception):
-    pass
-
-
-class Quota:
-    def configure(self, config):
-        self.quotas = config.get("quotas") or {"einstein": {"used": 10, "total": 100}}
-
-    def get_quota(self, user_id, resource="home"):
-        quota = self.quotas.get(user_id.get("opaque_id"))
-        if quota is None:
-            raise NotFound(f"no quota for {user_id.get('opaque_id')}")
-        return {"resource": resource, **quota}
-
-    def list_resources(self):
-        return ["home", "projects"]
-'''
 
 EINSTEIN = {"idp": "http://localhost:20080", "opaque_id": "4c510ada-c86b-4815-8820-42cdf82c3d51"}
 
@@ -401,37 +381,6 @@ def test_json_group_provider_answers_through_the_example_config(fresh_cache: Pat
         assert groups.get_group(physics["id"], skip_fetching_members=True)["members"] == []
         with pytest.raises(NotFound):
             groups.get_members({"idp": "x", "opaque_id": "nope"})
-
-
-BROKEN_GROUPS = """
-class NotFound(Exception):
-    pass
-
-GROUP = {"id": {"idp": "t", "opaque_id": "g"}, "group_name": "g", "mail": "g@t",
-         "display_name": "G", "gid_number": 1, "members": [{"idp": "t", "opaque_id": "u"}]}
-
-
-class Groups:
-    def configure(self, config):
-        pass
-
-    def get_group(self, group_id, skip_fetching_members=False):
-        if group_id.get("opaque_id") != "g":
-            raise NotFound("g")
-        return GROUP
-
-    def get_group_by_claim(self, claim, value, skip_fetching_members=False):
-        return GROUP
-
-    def get_members(self, group_id):
-        return []
-
-    def has_member(self, group_id, user_id):
-        return True
-
-    def find_groups(self, query, skip_fetching_members=False):
-        return [GROUP]
-"""
 
 
 def test_a_broken_group_provider_fails_with_precise_reasons(tmp_path: Path) -> None:

@@ -38,26 +38,14 @@ import pytest
 from reva_plugins import _bootstrap, _client, _poll, _wire
 from reva_plugins._protocol import BOOTSTRAP_FILE
 
+from .plugin_sources import AGREE_PLUGIN as PLUGIN
+
 #: The files a plugin runs of the core: the bootstrap, and what it loads by path but ``_wire``.
-PLUGIN_FILES = (BOOTSTRAP_FILE.with_name("_bootstrap.py"), BOOTSTRAP_FILE.with_name("_poll.py"))
-
-PLUGIN = """
-class Plugin:
-    def __init__(self):
-        self.config = None
-
-    def configure(self, config):
-        self.config = config
-
-    def echo(self, value):
-        return value
-
-    def seen_config(self):
-        return self.config
-
-    def fail(self):
-        raise ValueError("as asked")
-"""
+PLUGIN_FILES = (
+    BOOTSTRAP_FILE.with_name("_bootstrap.py"),
+    BOOTSTRAP_FILE.with_name("_poll.py"),
+    BOOTSTRAP_FILE.with_name("_sandbox.py"),
+)
 
 
 @pytest.fixture(scope="module")
