@@ -149,6 +149,25 @@ class ServeSettings:
     metrics_address: str | None = None
 
 
+# -- revad's [log] table (read by serve only) ---------------------------------------------------
+
+LogMode = Literal["console", "json"]
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """revad's ``[log]`` table, as ``serve`` applies it to its own log and its access log."""
+
+    #: the lowest level logged; None: the command line's (``-v``, ``-q``) or ``info``
+    level: str | None = None
+    #: ``console`` (one text line per record) or ``json`` (one JSON object per line)
+    mode: LogMode = _defaults.LOG_MODE
+    #: the file appended to (resolved against the config's folder); None: :attr:`stream`
+    output: Path | None = None
+    #: where lines go when ``output`` names no file
+    stream: Literal["stderr", "stdout"] = _defaults.LOG_STREAM
+
+
 def address_problem(value: str) -> str | None:
     """Why ``value`` is no ``HOST:PORT`` to listen on (see ``_defaults.PORT_BOUNDS``); None if
     it is."""
@@ -170,6 +189,7 @@ class Config:
     services: tuple[ServiceConfig, ...] = ()
     file: Path | None = None
     serve: ServeSettings = ServeSettings()
+    log: LogSettings = LogSettings()
 
     @property
     def source_name(self) -> str:
@@ -217,7 +237,10 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None) 
         if name in SERVICES or "driver" in reader.table(table, _key("grpc.services", name))
     )
     serve = reader.serve_settings(grpc, data.get("metrics", {}))
-    return Config(base_dir=base_dir, plugins=plugins, services=parsed, file=file, serve=serve)
+    log = reader.log_settings(data.get("log", {}))
+    return Config(
+        base_dir=base_dir, plugins=plugins, services=parsed, file=file, serve=serve, log=log
+    )
 
 
 def number_problem(value: float, bounds: tuple[float, float], unit: str) -> str | None:
@@ -552,6 +575,21 @@ class _Reader:
             metrics_address=addresses["metrics"],
         )
 
+    def log_settings(self, raw: Any) -> LogSettings:
+        table = self.table(raw, "log")
+        self.check_keys(table, "log", ("level", "mode", "output"))
+        level = self.choice(table, "log", "level", _defaults.LOG_LEVELS)
+        mode = self.choice(table, "log", "mode", _defaults.LOG_MODES)
+        output = self.text(table, "log", "output")
+        settings = LogSettings(level, "json" if mode == "json" else _defaults.LOG_MODE)
+        if output == "stdout":
+            return dataclasses.replace(settings, stream="stdout")
+        if output == "stderr":
+            return settings
+        if output is not None:
+            return dataclasses.replace(settings, output=self.path("log.output", output))
+        return settings
+
     def service(self, name: str, raw: Any) -> ServiceConfig:
         key = _key("grpc.services", name)
         table = self.table(raw, key)
@@ -653,43 +691,3 @@ class _Reader:
 
 def _is_sha256(value: str) -> bool:
     return re.fullmatch("[0-9a-fA-F]{64}", value) is not None
-
-
-# -- revad's [log] table (read by serve only) ---------------------------------------------------
-
-#: revad's log levels (zerolog's names), ``warning`` as the access log spells it.
-LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
-LOG_MODES = ("console", "json")
-LogMode = Literal["console", "json"]
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    """revad's ``[log]`` table, as ``serve`` applies it to its own log and its access log."""
-
-    #: the lowest level logged; None: the command line's (``-v``, ``-q``) or ``info``
-    level: str | None = None
-    #: ``console`` (one text line per record) or ``json`` (one JSON object per line)
-    mode: LogMode = "console"
-    #: the file appended to (resolved against the config's folder); None: ``stderr``
-    output: Path | None = None
-    #: True for ``output = "stdout"``
-    stdout: bool = False
-
-
-def log_settings(config: Config) -> LogSettings:
-    """The ``[log]`` table of ``config``'s file (defaults without one); a :class:`ConfigError`
-    naming the key for a bad value."""
-    if config.file is None:
-        return LogSettings()
-    reader = _Reader(_printable(str(config.file)), config.base_dir)
-    table = reader.table(_read_toml(config.file).get("log", {}), "log")
-    reader.check_keys(table, "log", ("level", "mode", "output"))
-    level = reader.choice(table, "log", "level", LOG_LEVELS)
-    mode: LogMode = (
-        "json" if reader.choice(table, "log", "mode", LOG_MODES) == "json" else "console"
-    )
-    output = reader.text(table, "log", "output")
-    if output is None or output in ("stderr", "stdout"):
-        return LogSettings(level, mode, None, output == "stdout")
-    return LogSettings(level, mode, reader.path("log.output", output))

@@ -66,6 +66,12 @@ SERVE_WORKERS: Final = 16
 #: ``[grpc] access_log``: the level of the one-line-per-RPC log.
 ACCESS_LOG: Final = "info"
 ACCESS_LOG_LEVELS: Final = ("debug", "info", "warning", "off")
+#: revad's ``[log]``: its levels (zerolog's names, ``warning`` as the access log spells it),
+#: modes and where lines go when ``output`` names no file.
+LOG_LEVELS: Final = ("debug", "info", "warn", "warning", "error")
+LOG_MODES: Final = ("console", "json")
+LOG_MODE: Final[Literal["console", "json"]] = "console"
+LOG_STREAM: Final[Literal["stderr", "stdout"]] = "stderr"
 #: ``reva-plugins status --timeout``: seconds to wait for a server's metrics.
 STATUS_TIMEOUT: Final = 5.0
 #: Seconds ``reload ADDRESS`` waits for the server's answer (a reload may build envs).

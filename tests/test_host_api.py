@@ -478,9 +478,11 @@ def test_a_slow_build_blocks_neither_other_services_nor_close(tmp_path: Path) ->
     assert len(outcome) == 1
     assert isinstance(outcome[0], RevaPluginError)
     assert "closed" in str(outcome[0])
-    # the env was built (and said so), but no plugin was started from it after close
-    assert [e["service"] for e in recorder.named("env_built")] == ["authprovider"]
-    assert recorder.named("env_built")[0]["s"] > 0
+    # the env was built (and said so), but no plugin was started from it after close (the
+    # user provider's env may be built here too, where no earlier test on this worker did)
+    built = [e for e in recorder.named("env_built") if e["service"] == "authprovider"]
+    assert len(built) == 1
+    assert built[0]["s"] > 0
     assert [e["service"] for e in recorder.named("plugin_started")] == ["userprovider"]
     with pytest.raises(RevaPluginError, match="closed"):
         host.service("authprovider")

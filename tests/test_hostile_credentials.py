@@ -779,3 +779,31 @@ def test_a_build_backend_never_sees_publishing_tokens(
     assert sorted(set(publishing) & set(seen)) == []
     assert "S3CRET" not in json.dumps(seen)
     assert seen.get("UV_HTTP_TIMEOUT") == "77"  # installer settings still pass
+
+
+@pytest.mark.slow
+def test_what_a_build_backend_receives_is_what_security_md_says(
+    tmp_path: Path, fresh_cache: Path, write_config: WriteConfig
+) -> None:
+    """A folder, sdist or git spec is built by its own backend inside the installer, which hands
+    it the installer's settings, index credentials among them (SECURITY.md says so); a wheel is
+    installed without running any of the plugin's code."""
+    dump = tmp_path / "backend-env.json"
+    hook = f"import json\nwith open({str(dump)!r}, 'w') as f:\n    json.dump(dict(os.environ), f)\n"
+    project = _creds_backend_project(tmp_path / "plugin", hook)
+    secrets = {"UV_INDEX_PASSWORD": "S3CRET-index", "CORE_DB_PASSWORD": "S3CRET-core"}
+    config = write_config('[grpc.services.userprovider]\ndriver = "./plugin"\n')
+    built = cli("env", "build", str(config), env=secrets)
+    assert built.returncode == 0, built.stderr
+    seen = json.loads(dump.read_text())
+    assert seen.get("UV_INDEX_PASSWORD") == "S3CRET-index"  # installer settings pass: documented
+    assert "CORE_DB_PASSWORD" not in seen  # the core's own secrets never do
+    dump.unlink()
+    wheels = build_dists(project, tmp_path / "dist", sdist=False)
+    dump.unlink()  # building the wheel here ran the backend once; installing it must not
+    wheel_config = write_config(
+        f'[grpc.services.userprovider]\ndriver = "{wheels["wheel"]}"\n', name="wheel.toml"
+    )
+    installed = cli("env", "build", str(wheel_config), env=secrets)
+    assert installed.returncode == 0, installed.stderr
+    assert not dump.exists()

@@ -512,7 +512,7 @@ def test_log_settings_read_revads_log_table(tmp_path: Path) -> None:
         ('[log]\nlevel = "warn"\noutput = "stderr"\n', _config.LogSettings(level="warn")),
         (
             '[log]\nmode = "json"\noutput = "stdout"\n',
-            _config.LogSettings(mode="json", stdout=True),
+            _config.LogSettings(mode="json", stream="stdout"),
         ),
         (
             '[log]\noutput = "logs/serve.log"\n',
@@ -520,4 +520,4 @@ def test_log_settings_read_revads_log_table(tmp_path: Path) -> None:
         ),
     ):
         config.write_text(table + SAMPLES_CONFIG, encoding="utf-8")
-        assert _config.log_settings(_config.load_file(config)) == expected, table
+        assert _config.load_file(config).log == expected, table

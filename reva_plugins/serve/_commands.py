@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ._log import configure  # noqa: PLC0415
 
     verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
-    undo = configure(_config.log_settings(server.config), verbosity, str(args.config))
+    undo = configure(server.config.log, verbosity, str(args.config))
     try:
         server.run()
     finally:

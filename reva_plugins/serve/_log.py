@@ -175,7 +175,7 @@ def configure(settings: _config.LogSettings, verbosity: int, config: str) -> Cal
     stream = _open_output(settings, config)
     if stream is not None:
         targets: list[logging.Handler] = [logging.StreamHandler(stream)]
-    elif settings.stdout:
+    elif settings.stream == "stdout":
         targets = [logging.StreamHandler(sys.stdout)]
     else:  # the command line's own stderr handler (it clears the build progress line)
         targets = list(root.handlers) or [logging.StreamHandler(sys.stderr)]
