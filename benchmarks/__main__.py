@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -110,6 +110,44 @@ def warm_start(spec: LaunchSpec, n: int) -> dict[str, Any]:
         "baseline_python_pass_ms": round(floor, 2),
         "ratio": ratio(ours, floor),
     }
+
+
+def sandbox_cost(spec: LaunchSpec, starts: int, calls: int) -> dict[str, Any]:
+    """What the Landlock sandbox (on by default) adds to a warm start and to a sequential call:
+    the same plugin started sandboxed and not, in alternating rounds."""
+    if spec.sandbox is None:
+        return {"sandbox": spec.sandbox_state}
+    bare = dataclasses.replace(spec, sandbox=None)
+    starts_ms: dict[str, list[float]] = {"on": [], "off": []}
+    calls_us: dict[str, list[float]] = {"on": [], "off": []}
+    state = ""
+    for _ in range(max(starts, 2)):
+        for mode, launch in (("on", spec), ("off", bare)):
+            process = PluginProcess(launch)
+            began = time.perf_counter()
+            process.start()
+            process.call("get_user", {"user_id": UID})
+            starts_ms[mode].append((time.perf_counter() - began) * 1000)
+            if mode == "on":
+                state = str(process.handshake.get("sandbox", ""))
+            if len(calls_us[mode]) < 3:  # a few processes' call latency is enough
+                calls_us[mode].append(latencies(_get_user_of(process), calls)["p50_us"])
+            process.close()
+    on_ms, off_ms = (statistics.median(starts_ms[m]) for m in ("on", "off"))
+    on_us, off_us = (statistics.median(calls_us[m]) for m in ("on", "off"))
+    return {
+        "sandbox": state,
+        "warm_start_ms": round(on_ms, 2),
+        "baseline_unsandboxed_start_ms": round(off_ms, 2),
+        "added_at_start_ms": round(on_ms - off_ms, 2),
+        "call_p50_us": round(on_us, 1),
+        "baseline_unsandboxed_call_p50_us": round(off_us, 1),
+        "added_per_call_us": round(on_us - off_us, 1),
+    }
+
+
+def _get_user_of(process: PluginProcess) -> Callable[[], object]:
+    return lambda: process.call("get_user", {"user_id": UID})
 
 
 def in_process_pair(spec: LaunchSpec) -> tuple[ServiceProxy, Any]:
@@ -384,6 +422,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
         with host_for(str(SAMPLE)) as host:
             spec = launch_spec(host)
             results["warm_start"] = warm_start(spec, sizes.starts)
+            results["sandbox"] = sandbox_cost(spec, sizes.starts, sizes.calls)
             two = (0, 1) if (os.cpu_count() or 1) > 1 else (0, 0)
             results["latency_one_cpu"] = call_latency(host, spec, sizes.calls, (0, 0))
             results["latency_two_cpus"] = call_latency(host, spec, sizes.calls, two)
@@ -449,8 +488,21 @@ def table(results: dict[str, Any]) -> str:
         results["scale"],
     )
     ws, inp = results["warm_start"], results["in_process_overhead"]
+    sb = results["sandbox"]
     rows = [
         ("warm start (ms)", ws["ours_ms"], ws["baseline_python_pass_ms"], ws["ratio"]),
+        (
+            f"warm start, {sb.get('sandbox')} vs none (ms)",
+            sb.get("warm_start_ms"),
+            sb.get("baseline_unsandboxed_start_ms"),
+            None,
+        ),
+        (
+            "call p50 sandboxed vs none (us)",
+            sb.get("call_p50_us"),
+            sb.get("baseline_unsandboxed_call_p50_us"),
+            None,
+        ),
         (
             "in-process call via proxy vs method (us)",
             inp["proxy_us"],

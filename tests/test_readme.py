@@ -57,8 +57,12 @@ def test_benchmark_smoke_run_prints_every_figure() -> None:
         "scale",
         "serve",
         "bundle_import",
+        "sandbox",
     ):
         assert name in figures, name
+    if figures["sandbox"]["sandbox"].startswith("landlock"):
+        assert figures["sandbox"]["warm_start_ms"] > 0
+        assert figures["sandbox"]["baseline_unsandboxed_start_ms"] > 0
     assert figures["latency_one_cpu"]["ours"]["p50_us"] > 0
     assert figures["latency_one_cpu"]["baseline_raw_pipe_echo"]["p50_us"] > 0
     assert figures["provisioning"]["pip_folder_cold_s"] > 0
