@@ -63,6 +63,11 @@ SERVE_SHUTDOWN_GRACE: Final = 30.0
 #: ``[grpc] workers``: RPCs served at once (each holds one plugin call in flight), and the
 #: serving loop's worker threads (in-process drivers, plugin starts, reloads).
 SERVE_WORKERS: Final = 16
+#: The largest answer ``serve`` sends: what a gRPC client takes by default (4 MiB); a larger one
+#: is answered CODE_RESOURCE_EXHAUSTED (and counted so), as the client would refuse it.
+SERVE_MAX_RESPONSE_BYTES: Final = 4 << 20
+#: A list result longer than this is turned into CS3 messages off the serving loop.
+SERVE_BIG_LIST: Final = 1000
 #: ``[grpc] access_log``: the level of the one-line-per-RPC log.
 ACCESS_LOG: Final = "info"
 ACCESS_LOG_LEVELS: Final = ("debug", "info", "warning", "off")

@@ -11,6 +11,7 @@ a secret the client sent) goes to the server log only, redacted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -27,6 +28,7 @@ from cs3.rpc.v1beta1 import code_pb2, status_pb2
 from cs3.types.v1beta1 import types_pb2
 from google.protobuf.message import Message
 
+from .. import _defaults
 from .._errors import (
     CallCancelled,
     CallTimeout,
@@ -372,10 +374,16 @@ async def _get_user_groups(invoke: Invoke, req: user_api.GetUserGroupsRequest) -
 
 
 async def _find(
-    invoke: Invoke, method: str, queries: list[str], skip: dict[str, bool]
-) -> list[Mapping[str, Any]]:
+    invoke: Invoke,
+    method: str,
+    queries: list[str],
+    skip: dict[str, bool],
+    build: Callable[[list[Mapping[str, Any]]], Message],
+) -> Message:
     """Call ``method`` once per query (one call with "" when there is none): every query must
-    match, so the answer is the intersection, by id, in the first answer's order."""
+    match, so the answer is the intersection, by id, in the first answer's order; ``build``
+    makes the response of it, off the serving loop when the answer is long (a plugin returning
+    100k users must not stall every other RPC while their messages are made)."""
     answers = [_list(await invoke(method, {"query": q, **skip}), method) for q in queries or [""]]
 
     def key(item: object) -> tuple[str, str]:
@@ -383,18 +391,27 @@ async def _find(
             raise BadResult(f"{method} results must be objects with an id")
         return (str(item["id"].get("idp", "")), str(item["id"].get("opaque_id", "")))
 
-    keep = set.intersection(*({key(item) for item in answer} for answer in answers))
-    return [item for item in answers[0] if key(item) in keep]
+    def respond() -> Message:
+        keep = set.intersection(*({key(item) for item in answer} for answer in answers))
+        return build([item for item in answers[0] if key(item) in keep])
+
+    if sum(len(answer) for answer in answers) <= _defaults.SERVE_BIG_LIST:
+        return respond()
+    return await asyncio.to_thread(respond)
 
 
 async def _find_users(invoke: Invoke, req: user_api.FindUsersRequest) -> Message:
     queries, types = _queries(req.filters, user_api.Filter.TYPE_QUERY)
     skip = {"skip_fetching_groups": req.skip_fetching_user_groups}
-    users = [user_pb(u) for u in await _find(invoke, "find_users", queries, skip)]
-    if types:
-        users = [u for u in users if u.id.type in types]
-    users.sort(key=lambda u: u.username)  # as Reva's service does
-    return user_api.FindUsersResponse(status=_ok(), users=users)
+
+    def build(found: list[Mapping[str, Any]]) -> Message:
+        users = [user_pb(u) for u in found]
+        if types:
+            users = [u for u in users if u.id.type in types]
+        users.sort(key=lambda u: u.username)  # as Reva's service does
+        return user_api.FindUsersResponse(status=_ok(), users=users)
+
+    return await _find(invoke, "find_users", queries, skip, build)
 
 
 async def _authenticate(invoke: Invoke, req: auth_api.AuthenticateRequest) -> Message:
@@ -457,11 +474,15 @@ async def _has_member(invoke: Invoke, req: group_api.HasMemberRequest) -> Messag
 async def _find_groups(invoke: Invoke, req: group_api.FindGroupsRequest) -> Message:
     queries, types = _queries(req.filters, group_api.Filter.TYPE_QUERY)
     skip = {"skip_fetching_members": req.skip_fetching_members}
-    groups = [group_pb(g) for g in await _find(invoke, "find_groups", queries, skip)]
-    if types:
-        groups = [g for g in groups if g.id.type in types]
-    groups.sort(key=lambda g: g.group_name)  # as Reva's service does
-    return group_api.FindGroupsResponse(status=_ok(), groups=groups)
+
+    def build(found: list[Mapping[str, Any]]) -> Message:
+        groups = [group_pb(g) for g in found]
+        if types:
+            groups = [g for g in groups if g.id.type in types]
+        groups.sort(key=lambda g: g.group_name)  # as Reva's service does
+        return group_api.FindGroupsResponse(status=_ok(), groups=groups)
+
+    return await _find(invoke, "find_groups", queries, skip, build)
 
 
 def _rpc(api: str, service: str, name: str, module: Any, handle: Any, errors: Errors) -> Rpc:

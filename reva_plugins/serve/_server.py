@@ -292,6 +292,8 @@ class Server:
             timed = self._access_level is not None
             began = time.perf_counter() if timed else 0.0
             gen, code, response = await self._in_turn(rpc, serve, request, context)
+            if code == _OK and response.ByteSize() > _defaults.SERVE_MAX_RESPONSE_BYTES:
+                code, response = _too_large(rpc, response.ByteSize())
             outcome = ok_name if code == _OK else _cs3.CODE_NAMES.get(code, str(code))
             metrics.rpc_answered(rpc.api, rpc.name, outcome)
             if timed and access.isEnabledFor(self._access_level or 0):
@@ -643,6 +645,18 @@ def _version() -> str:
         return importlib.metadata.version("reva-plugins")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _too_large(rpc: _cs3.Rpc, size: int) -> tuple[int, Any]:
+    """The answer for a response a gRPC client would refuse as too large."""
+    limit = _defaults.SERVE_MAX_RESPONSE_BYTES
+    message = (
+        f"the answer is {size / (1 << 20):.1f} MiB, more than the {limit >> 20} MiB a gRPC "
+        "client takes; narrow the query"
+    )
+    log.warning("%s %s: %s", rpc.api, rpc.name, message)
+    code = code_pb2.CODE_RESOURCE_EXHAUSTED
+    return code, _cs3.failed(rpc, code, message)
 
 
 def _cancelled_code(rpc: _cs3.Rpc, context: grpc.aio.ServicerContext[Any, Any]) -> int:
