@@ -118,7 +118,11 @@ class LineReader:
         while True:
             end = buf.find(b"\n", self.scanned)
             if end >= 0:
-                line = bytes(buf[: end + 1])
+                if end < _LONG_LINE:
+                    line = bytes(buf[: end + 1])
+                else:  # one copy, not two (a slice, then bytes): the loop may be waiting
+                    with memoryview(buf) as whole:
+                        line = whole[: end + 1].tobytes()
                 del buf[: end + 1]
                 self.scanned = 0
                 if not self.skipping:

