@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ import pytest
 from reva_plugins._errors import CallTimeout, ProtocolError
 from reva_plugins._protocol import APPLICATION_ERROR, loads
 
+from .conftest import cli
 from .test_client import Peer, Pool, _line, _result
 
 # -- a caller's timeout while bytes keep coming -----------------------------------------------
@@ -354,3 +358,63 @@ def test_a_result_whose_encoding_raises_is_answered_as_an_error() -> None:
         assert pool.call("quick", {"v": 7}) == 7
     finally:
         pool.close()
+
+
+# -- end to end: `call --timeout` against a plugin that keeps sending ---------------------------
+
+_TRICKLER = '''
+import os
+import time
+
+import __main__
+
+
+class Trickler:
+    def configure(self, config):
+        pass
+
+    def get_user(self, user_id, skip_fetching_groups=False):
+        """Send a line's bytes, one every 0.2 s, and never its end (for up to 30 s)."""
+        wire = int(__main__.WIRE_FD)
+        until = time.monotonic() + 30
+        os.write(wire, b'{"jsonrpc":"2.0","id":1,"result":"')
+        while time.monotonic() < until:
+            os.write(wire, b"x")
+            time.sleep(0.2)
+        return user_id
+'''
+
+
+@pytest.mark.slow
+def test_call_timeout_holds_while_the_plugin_keeps_sending(tmp_path: Path) -> None:
+    """``reva-plugins call … --timeout 2`` hung for as long as the plugin kept sending."""
+    project = tmp_path / "trickler"
+    (project / "reva_trickler").mkdir(parents=True)
+    (project / "reva_trickler" / "__init__.py").write_text(_TRICKLER, encoding="utf-8")
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """\
+            [build-system]
+            requires = ["hatchling"]
+            build-backend = "hatchling.build"
+
+            [project]
+            name = "reva-trickler"
+            version = "0.1"
+
+            [project.entry-points."reva.userprovider"]
+            trickler = "reva_trickler:Trickler"
+            """
+        ),
+        encoding="utf-8",
+    )
+    config = tmp_path / "reva.toml"
+    config.write_text(f'[grpc.services.userprovider]\ndriver = "{project}"\n', encoding="utf-8")
+    params = json.dumps({"user_id": {"opaque_id": "einstein"}})
+    assert cli("env", "build", str(config)).returncode == 0  # not timed: the env's build
+    began = time.monotonic()
+    result = cli("call", str(config), "userprovider", "get_user", params, "--timeout", "2")
+    took = time.monotonic() - began
+    assert result.returncode != 0
+    assert "timed out after 2 s" in result.stderr
+    assert took < 15, f"call --timeout 2 returned after {took:.1f} s"
