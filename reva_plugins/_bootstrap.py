@@ -131,7 +131,7 @@ def _finite_int(text: str) -> int:
 def _refuse_surrogates(text: str, obj: object) -> object:
     """``obj`` if no string in it holds a lone surrogate (only a ``\\udXXX`` escape in ``text``
     makes one): such a string cannot be encoded as UTF-8, so nothing could print or send it on."""
-    if "\\ud" not in text and "\\uD" not in text:
+    if "\\u" not in text or ("\\ud" not in text and "\\uD" not in text):  # one scan, mostly
         return obj
     stack = [obj]
     while stack:
