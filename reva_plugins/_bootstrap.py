@@ -75,13 +75,18 @@ class _ScanContext:
     """What ``_json.make_scanner`` reads off a decoder (as ``json.JSONDecoder()`` sets it)."""
 
     strict = True
-    object_hook = None
     object_pairs_hook = None
-    parse_int = int
     memo: dict[str, str]
+    parse_int: Callable[[str], int]
+    object_hook: Callable[[dict[str, Any]], object] | None
 
-    def __init__(self) -> None:
+    def __init__(self, *, short: bool = False, yielding: bool = False) -> None:
+        """``short``: for a text too short to hold an integer past a double (the C parser's
+        own ``int``); ``yielding``: a Python call per object, where another thread may take
+        the GIL (a long text decoded by a worker must not hold the event loop up throughout)."""
         self.memo = {}
+        self.parse_int = int if short else _finite_int
+        self.object_hook = _same if yielding else None
 
     @staticmethod
     def parse_constant(name: str) -> float:
@@ -90,6 +95,10 @@ class _ScanContext:
     @staticmethod
     def parse_float(text: str) -> float:
         return _finite_float(text)
+
+
+def _same(obj: dict[str, Any]) -> object:
+    return obj
 
 
 def _refuse_constant(name: str) -> float:
@@ -103,10 +112,26 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: the largest integer a double holds (an integer past it would overflow the other side's double)
+_DOUBLE_MAX = int(sys.float_info.max)
+
+
+#: a text shorter than this holds no integer past a double
+_SHORT = 309
+
+
+def _finite_int(text: str) -> int:
+    if len(text) < _SHORT:  # below 10**308: within a double
+        return int(text)
+    if len(text) > 310 or not -_DOUBLE_MAX <= (value := int(text)) <= _DOUBLE_MAX:
+        raise ValueError(f"number {text[:40]}... is out of range (not valid JSON)")
+    return value
+
+
 def _refuse_surrogates(text: str, obj: object) -> object:
     """``obj`` if no string in it holds a lone surrogate (only a ``\\udXXX`` escape in ``text``
     makes one): such a string cannot be encoded as UTF-8, so nothing could print or send it on."""
-    if "\\ud" not in text and "\\uD" not in text:
+    if "\\u" not in text or ("\\ud" not in text and "\\uD" not in text):  # one scan, mostly
         return obj
     stack = [obj]
     while stack:
@@ -124,7 +149,9 @@ def _refuse_surrogates(text: str, obj: object) -> object:
     return obj
 
 
-def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
+def _codec() -> tuple[
+    Callable[[object], str], Callable[[bytes | str], Any], Callable[[bytes | str], Any]
+]:
     """Compact, strict JSON straight through the ``_json`` C accelerator: twice as fast per
     message as ``json.dumps``/``json.loads``, and without importing ``json`` (and ``re``) at
     start-up.
@@ -144,12 +171,17 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
         def fallback(data: bytes | str) -> Any:
             try:
                 text = data.decode("utf-8") if isinstance(data, bytes) else data
-                obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+                obj = json.loads(
+                    text,
+                    parse_constant=_refuse_constant,
+                    parse_float=_finite_float,
+                    parse_int=_finite_int,
+                )
                 return _refuse_surrogates(text, obj)
             except RecursionError:
                 raise ValueError("JSON nested too deeply") from None
 
-        return encoder.encode, fallback
+        return encoder.encode, fallback, fallback
 
     def default(obj: object) -> object:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
@@ -157,14 +189,18 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
     iterencode = _json.make_encoder(
         None, default, _json.encode_basestring, None, ":", ",", False, False, False
     )
-    scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+    short = _json.make_scanner(_ScanContext(short=True))  # type: ignore[arg-type]
+    checked = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+    yielding = _json.make_scanner(_ScanContext(yielding=True))  # type: ignore[arg-type]
 
     def encode(obj: object) -> str:
         return "".join(iterencode(obj, 0))
 
-    def decode(data: bytes | str) -> Any:
+    def decode(data: bytes | str, scan: Callable[[str, int], Any] | None = None) -> Any:
         try:
             text = data.decode("utf-8") if isinstance(data, bytes) else data
+            if scan is None:
+                scan = short if len(text) < _SHORT else checked
             try:
                 obj, end = scan(text, 0)
             except (StopIteration, SystemError):
@@ -175,15 +211,24 @@ def _codec() -> tuple[Callable[[object], str], Callable[[bytes | str], Any]]:
                 import json
 
                 # raises the precise error (or copes with leading space)
-                obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+                obj = json.loads(
+                    text,
+                    parse_constant=_refuse_constant,
+                    parse_float=_finite_float,
+                    parse_int=_finite_int,
+                )
             return _refuse_surrogates(text, obj)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
 
-    return encode, decode
+    def decode_yielding(data: bytes | str) -> Any:
+        return decode(data, yielding)
+
+    return encode, decode, decode_yielding
 
 
-dumps, loads = _codec()
+#: ``loads_yielding``: ``loads`` for a long line decoded off an event loop's thread
+dumps, loads, loads_yielding = _codec()
 _dumps, _loads = dumps, loads
 
 
@@ -232,9 +277,10 @@ class LineChannel:
         (``method`` names the call in it)."""
         try:
             return _dumps(message).encode("utf-8") + b"\n"
-        except (TypeError, ValueError, RecursionError) as exc:
+        except Exception as exc:  # a result's own types (a dict subclass) may raise anything
             what = "result" if "result" in message else "error"
-            reason = f"{method}: {what} is not valid JSON: {exc}" if method else f"{exc}"
+            text = _text_of(exc) or type(exc).__name__
+            reason = f"{method}: {what} is not valid JSON: {text}" if method else text
             # the reason may quote the offending text (a lone surrogate): keep it encodable
             reason = reason.encode("utf-8", "replace").decode("utf-8")[:2000]
             return _error_line(message.get("id"), INTERNAL_ERROR, reason)
@@ -328,15 +374,40 @@ def _error(call_id: object, code: int, message: str, data: object = None) -> dic
 
 
 def _exception_error(call_id: object, exc: BaseException) -> dict[str, object]:
-    import traceback
-
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    data: wire.ErrorData = {"type": type(exc).__name__, "traceback": tb}
-    message = str(exc) or type(exc).__name__
-    limit = _limit_hit(exc)
+    """The error reply for what a call raised. The exception is the plugin's: its ``__str__``
+    may raise or return a non-string, its class may lack what ``traceback`` reads; each part
+    falls back on its own, so whatever was raised is answered and never kills the plugin."""
+    type_name = _best_effort(lambda: str(type(exc).__name__), "Exception")
+    tb = _best_effort(lambda: _format_traceback(exc), "")
+    message = _text_of(exc) or type_name
+    limit = _best_effort(lambda: _limit_hit(exc), "")
     if limit:
         message = f"plugin exceeded {limit}: {message}"
+    data: wire.ErrorData = {"type": type_name, "traceback": tb}
     return _error(call_id, APPLICATION_ERROR, message, data)
+
+
+def _text_of(exc: BaseException) -> str:
+    """``str(exc)``, or "" when it fails (a plugin's ``__str__`` may raise or return None)."""
+    return _best_effort(lambda: str(exc), "")
+
+
+def _format_traceback(exc: BaseException) -> str:
+    import traceback
+
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # the exception's own text is what failed: leave it out
+        return "".join(traceback.format_tb(exc.__traceback__))
+
+
+def _best_effort(make: Callable[[], str], fallback: str) -> str:
+    """``make()`` if it returns a string, else ``fallback``."""
+    try:
+        text = make()
+    except Exception:  # a plugin's exception may raise anything here
+        return fallback
+    return text if isinstance(text, str) else fallback
 
 
 def _guard_stdio(wire: int) -> int:
@@ -806,7 +877,7 @@ def _bad_arguments(func: object, params: dict[str, object]) -> bool:
         inspect.signature(func).bind(**params)  # type: ignore[arg-type]
     except TypeError:
         return True
-    except ValueError:
+    except Exception:  # a callable's own signature may raise anything
         return False
     return False
 

@@ -37,24 +37,32 @@ from ._protocol import (
     encode_request,
     error_to_exception,
     guess_id,
+    ids_near_ends,
     loads,
+    loads_yielding,
 )
 
 log = logging.getLogger("reva_plugins.process")
 
 _TIMEOUT: Final = object()
 _loads = loads
+#: a line longer than this is a long one: decoded only when a call in flight may be its (its id
+#: near either end), as it is the decoding that takes long, and then where no event loop waits
+#: on it (by a worker thread, when the loop read it) and letting other threads run meanwhile
+_LONG_LINE = 1 << 16
 #: how long a failed write waits for the process's exit to be recorded (see ``Client.send``)
 _EXIT_GRACE = 5.0
 #: lines an event loop reads per wake-up at most (a flood must not hold the loop)
 _LOOP_READS = 256
+#: bytes an event loop reads per wake-up at most (a long line must not hold the loop either)
+_LOOP_READ_BYTES = 1 << 20
 
 
-def _decode(line: bytes) -> tuple[Any, str]:
+def _decode(line: bytes, loads: Callable[[bytes], Any] = _loads) -> tuple[Any, str]:
     """A line's message, or ``None`` and why it is not one. Nothing escapes: a plugin controls
     these bytes, and whatever the decoder raises on them must become a protocol error."""
     try:
-        return _loads(line), ""
+        return loads(line), ""
     except Exception as exc:  # noqa: BLE001 - every decode failure is the plugin's protocol error
         return None, f"invalid JSON from plugin: {exc or type(exc).__name__}"
 
@@ -102,10 +110,19 @@ class LineReader:
         that would is ``_TIMEOUT`` (an event loop's read)."""
         buf = self.buf
         flags = socket.MSG_DONTWAIT if nowait else 0
+        # one deadline for the whole line (set at its first read): a peer that keeps sending (an
+        # endless line, a byte at a time) must not push it back with every read
+        deadline = None
+        # an event loop reads a long line in pieces, other callbacks running in between
+        budget = _LOOP_READ_BYTES
         while True:
             end = buf.find(b"\n", self.scanned)
             if end >= 0:
-                line = bytes(buf[: end + 1])
+                if end < _LONG_LINE:
+                    line = bytes(buf[: end + 1])
+                else:  # one copy, not two (a slice, then bytes): the loop may be waiting
+                    with memoryview(buf) as whole:
+                        line = whole[: end + 1].tobytes()
                 del buf[: end + 1]
                 self.scanned = 0
                 if not self.skipping:
@@ -121,7 +138,15 @@ class LineReader:
                 self.scanned = 0
                 raise _Oversized(head)
             self.scanned = len(buf)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            if nowait:
+                if budget <= 0:
+                    return _TIMEOUT
+            elif timeout is not None:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                elif now >= deadline:
+                    return _TIMEOUT
             if spin:
                 self.spinner.spin()
             while True:
@@ -137,6 +162,7 @@ class LineReader:
             if not size:
                 return b""
             buf += self.view[:size]
+            budget -= size
 
 
 class _Waker:
@@ -557,6 +583,7 @@ class Client:
             watcher.pause(self._loop_readable)
             return
         reader = self.reader
+        handed = False  # a worker decodes a long line, and lets go of the reading after it
         try:
             for _ in range(_LOOP_READS):  # then the loop's other work has its turn
                 try:
@@ -574,11 +601,14 @@ class Client:
                         self.on_eof()
                     return
                 assert isinstance(got, bytes)
-                self._dispatch(got)
+                if self._dispatch(got, aside=True):
+                    handed = True
+                    return
                 if not reader.has_line():
                     return
         finally:
-            self.read_lock.release()
+            if not handed:
+                self.read_lock.release()
 
     def _watched(self) -> bool:
         """Whether a running event loop reads for everyone."""
@@ -715,8 +745,58 @@ class Client:
 
     # -- incoming messages -----------------------------------------------------------------
 
-    def _dispatch(self, line: bytes) -> None:
-        message, problem = _decode(line)
+    def _dispatch(self, line: bytes, *, aside: bool = False) -> bool:
+        """Hand out what one line says. ``aside``: an event loop read it (holding
+        ``read_lock``); a long line is then decoded and handed out by a worker thread, which
+        releases ``read_lock`` when done (True): the loop reads on meanwhile and nobody reads
+        past it, so what follows it is handed out after it and its memory is all a plugin can
+        make a worker hold."""
+        if len(line) <= _LONG_LINE:
+            self._handle(line, *_decode(line))
+            return False
+        if not self._awaited(line):
+            return False
+        if aside:
+            try:
+                threading.Thread(
+                    target=self._decode_aside,
+                    args=(line, asyncio.get_running_loop()),
+                    name=f"reva-{self.label}-decoder",
+                    daemon=True,
+                ).start()
+                return True
+            except RuntimeError:  # no thread to be had: the loop decodes it
+                pass
+        self._handle(line, *_decode(line, loads_yielding))
+        return False
+
+    def _decode_aside(self, line: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        more = False
+        try:
+            self._handle(line, *_decode(line, loads_yielding))
+        finally:
+            more = self.reader.has_line()
+            self.read_lock.release()
+        if more:  # lines read with it wake no watch of the socket: have the loop hand them out
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._loop_readable)
+
+    def _awaited(self, line: bytes) -> bool:
+        """Whether a long line may answer a call in flight; one that cannot is dropped
+        undecoded (as a reply for no call in flight is once decoded)."""
+        near = ids_near_ends(line)
+        pending = self.pending
+        if any(call_id in pending for call_id in near):
+            return True
+        if b'"method"' in line[:4096]:
+            log.debug("%s: notification of %d bytes ignored", self.label, len(line))
+        elif 0 not in near:  # id 0 answers $/shutdown, which nobody waits for
+            self._fault(
+                logging.WARNING, "%s: reply for unknown call id %.200r dropped", guess_id(line)
+            )
+        return False
+
+    def _handle(self, line: bytes, message: Any, problem: str) -> None:
         if problem:
             self._protocol_error(line, problem)
             return

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._bootstrap import dumps, loads
+from ._bootstrap import dumps, loads, loads_yielding
 from ._errors import RemoteError, UsageError, remote_error
 from ._wire import (
     APPLICATION_ERROR,
@@ -61,7 +61,8 @@ __all__ = [
     "SANDBOX_LANDLOCK", "SANDBOX_OFF", "SANDBOX_UNAVAILABLE", "SHUTDOWN",
     "VERSIONS_ENV", "BootstrapInput", "HandshakeParams", "ResourceLimits", "ResourceLimitsInput",
     "SandboxInput", "SandboxPolicy",
-    "dumps", "encode_request", "error_to_exception", "guess_id", "loads",
+    "dumps", "encode_request", "error_to_exception", "guess_id", "ids_near_ends", "loads",
+    "loads_yielding",
 ]  # fmt: skip
 
 
@@ -158,6 +159,15 @@ def guess_id(line: bytes) -> int | None:
     if match is None:
         match = next(reversed(list(_ID_RE.finditer(line[-4096:]))), None)
     return int(match.group(1)) if match else None
+
+
+def ids_near_ends(line: bytes) -> set[int]:
+    """Every id a message seems to carry within 4 KiB of its start or its end, where an encoder
+    puts the top level's ``"id"`` (ids in strings or nested objects there included)."""
+    found = {int(m.group(1)) for m in _ID_RE.finditer(line[:4096])}
+    if len(line) > 4096:
+        found.update(int(m.group(1)) for m in _ID_RE.finditer(line[-4096:]))
+    return found
 
 
 def _text(value: object) -> str:

@@ -75,6 +75,13 @@ class Plugin:
 
     def fail(self):
         raise ValueError("as asked")
+
+    def fail_oddly(self):
+        class Unprintable(Exception):
+            def __str__(self):
+                return None
+
+        raise Unprintable()
 """
 
 

@@ -178,6 +178,18 @@ def test_the_bootstrap_answers_with_the_declared_error_codes(bootstrap: Bootstra
     assert bootstrap.call(5, "echo", {"value": 5})["result"] == 5
 
 
+def test_an_exception_the_bootstrap_cannot_print_is_an_error_not_a_crash(
+    bootstrap: Bootstrap,
+) -> None:
+    """``__str__`` returning None made the bootstrap exit 1, failing every call in flight."""
+    bootstrap.read()
+    error = bootstrap.call(1, "fail_oddly")["error"]
+    assert error["code"] == _wire.APPLICATION_ERROR
+    assert (error["message"], error["data"]["type"]) == ("Unprintable", "Unprintable")
+    assert bootstrap.call(2, "echo", {"value": 2})["result"] == 2
+    assert bootstrap.proc.poll() is None
+
+
 def test_the_bootstrap_refuses_versions_it_does_not_speak(bare_python: Path) -> None:
     started = Bootstrap(bare_python, env={_wire.VERSIONS_ENV: "999"})
     try:
