@@ -89,7 +89,9 @@ def lowest(session: nox.Session) -> None:
     nox -s lowest -- tests/            # everything
     """
     session.install("--resolution", "lowest-direct", "-e", ".[test]")  # uv pip install
-    session.install("--no-deps", *_core_floors(str(session.python)))
+    # With their own dependencies: a test tool may have pulled a newer one that no longer needs
+    # what the floor does (twine wants packaging>=24, which dropped pyparsing; 21.3 needs it).
+    session.install(*_core_floors(str(session.python)))
     pytest = ("pytest", "-p", "no:cacheprovider")
     if session.posargs:
         session.run(*pytest, *session.posargs)
