@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from reva_plugins import _client
 from reva_plugins._errors import CallTimeout, ProtocolError
-from reva_plugins._protocol import APPLICATION_ERROR, loads
+from reva_plugins._protocol import APPLICATION_ERROR, loads_yielding
 
 from .conftest import cli
 from .test_client import Peer, Pool, _line, _result
@@ -60,7 +61,7 @@ def test_a_callers_timeout_holds_while_the_plugin_keeps_sending(chunk: bytes, ev
         sender.join()
         peer.close()
         peer.client.sock.close()
-    assert took < 3, f"the call returned after {took:.1f} s"
+    assert took < 15, f"the call returned after {took:.1f} s"  # before: still blocked at 40 s
 
 
 def test_the_handshakes_timeout_holds_while_the_plugin_keeps_sending() -> None:
@@ -85,17 +86,10 @@ def test_the_handshakes_timeout_holds_while_the_plugin_keeps_sending() -> None:
         peer.close()
         peer.client.sock.close()
     assert first == (None, "", "")
-    assert took < 3, f"the handshake's read returned after {took:.1f} s"
+    assert took < 15, f"the handshake's read returned after {took:.1f} s"
 
 
 # -- long lines and an event loop -------------------------------------------------------------
-
-
-def _decode_time(line: bytes) -> float:
-    """How long decoding ``line`` takes here and now (the machine's load included)."""
-    began = time.perf_counter()
-    loads(line)
-    return time.perf_counter() - began
 
 
 async def _quiet_calls(quiet: Peer, count: int) -> list[float]:
@@ -148,15 +142,35 @@ def _one_field() -> object:
     return {"photo": "p" * 60_000_000}
 
 
+def _recording_long_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Each long line's decode, as (its size, whether an event loop runs in its thread)."""
+    seen: list[tuple[int, bool]] = []
+    real = loads_yielding
+
+    def recording(line: bytes) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        seen.append((len(line), on_loop))
+        return real(line)
+
+    monkeypatch.setattr(_client, "loads_yielding", recording)
+    return seen
+
+
 @pytest.mark.parametrize("result", [_users, _one_field], ids=["100k-users", "60MB-field"])
-def test_a_long_reply_is_decoded_off_the_event_loop(result: Callable[[], object]) -> None:
-    """A long reply (100k users, 17 MB; one 60 MB field) to one client: another client's calls
-    on the same loop, and the loop's other callbacks, are served meanwhile (its decoding took
-    the loop for as long as it took)."""
+def test_a_long_reply_is_decoded_off_the_event_loop(
+    result: Callable[[], object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long reply (100k users, 17 MB; one 60 MB field) to one client is decoded by a worker
+    thread, not on the event loop, while another client's calls on the same loop are served
+    (before: the loop decoded it, and everything on it waited)."""
     expected = result()
     noisy, quiet = Peer(max_line=1 << 26), Peer()
     reply = _line(_result(1, expected))
-    decoding = _decode_time(reply)
+    decodes = _recording_long_decodes(monkeypatch)
 
     def serve() -> None:
         request = noisy.request()
@@ -171,27 +185,24 @@ def test_a_long_reply_is_decoded_off_the_event_loop(result: Callable[[], object]
         assert await noisy.client.acall("FindUsers", {}, 60) == expected
 
     try:
-        gap, median = _while_noisy(noisy, quiet, long_call)
+        _while_noisy(noisy, quiet, long_call)
     finally:
         server.join()
         for peer in (noisy, quiet):
             peer.close()
             peer.client.sock.close()
-    # what is left: the line's copy, the GC of its objects, the C parser's run over one string
-    # (~75 ms for 60 MB, holding the GIL), where the loop stalled for all of the decoding
-    bound = max(0.15, decoding * 0.75)
-    assert gap < bound, f"the loop stalled {gap:.3f} s (decoding: {decoding:.3f})"
-    assert median < 0.05
+    assert [on_loop for _, on_loop in decodes] == [False], decodes  # once, in a worker thread
+    assert decodes[0][0] >= len(reply) - 1
 
 
 def test_long_lines_for_no_call_in_flight_are_dropped_without_holding_the_loop(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One plugin floods its wire with 40 MB replies for unknown ids: another client's calls on
-    the same loop stay quick, and the flood is never decoded (each line was, on the loop)."""
+    """One plugin floods its wire with 40 MB replies for unknown ids: they are dropped without
+    being decoded (each was, on the loop), and another client's calls on the same loop go on."""
     noisy, quiet = Peer(max_line=1 << 26), Peer()
     unsolicited = _line(_result(10**9, {"blob": "x" * 40_000_000}))
-    decoding = _decode_time(unsolicited)
+    decodes = _recording_long_decodes(monkeypatch)
 
     def serve() -> None:
         request = noisy.request()
@@ -207,14 +218,13 @@ def test_long_lines_for_no_call_in_flight_are_dropped_without_holding_the_loop(
         assert await noisy.client.acall("m", {"v": 0}, 60) == "done"
 
     try:
-        gap, median = _while_noisy(noisy, quiet, noisy_call)
+        _while_noisy(noisy, quiet, noisy_call)
     finally:
         server.join()
         for peer in (noisy, quiet):
             peer.close()
             peer.client.sock.close()
-    assert gap < max(0.15, decoding / 2), f"the loop stalled {gap:.3f} s (decoding: {decoding:.3f})"
-    assert median < 0.05
+    assert decodes == []
     assert "reply for unknown call id 1000000000 dropped" in caplog.text
 
 
