@@ -121,6 +121,28 @@ class SourceHandler(Protocol[_T_co]):
         ...
 
 
+class AtPath:
+    """What a spec that is a path on this host means (a folder, a file, a prebuilt venv): the
+    spec, the origin ``allowed_sources`` matches and the local path are all that path."""
+
+    path: Path
+
+    @property
+    def spec(self) -> str:
+        """The path."""
+        return str(self.path)
+
+    @property
+    def origin(self) -> Origin:
+        """The resolved path."""
+        return Origin("path", str(self.path))
+
+    @property
+    def local_path(self) -> Path | None:
+        """The path."""
+        return self.path
+
+
 class Source(ABC):
     """One kind of driver spec that gets an env of its own (folder, wheel, git URL …): all a
     kind means, from its spec to its lock entry. The kinds are frozen dataclasses."""

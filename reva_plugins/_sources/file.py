@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import ClassVar
 
 from .._errors import SourceError
-from ._base import Kind, LockedPins, Origin, ResolveContext, Resolved, Source, short_identity
+from ._base import (
+    AtPath,
+    Kind,
+    LockedPins,
+    ResolveContext,
+    Resolved,
+    Source,
+    short_identity,
+)
 from ._digest import check_sha256, file_digest
 from ._download import SDIST_SUFFIXES
 
 
 @dataclass(frozen=True)
-class LocalFile(Source):
+class LocalFile(AtPath, Source):
     """A wheel or sdist file, keyed by its sha256 (checked against ``sha256`` when pinned)."""
 
     KINDS: ClassVar[tuple[Kind, ...]] = ("sdist", "wheel")
@@ -33,21 +41,6 @@ class LocalFile(Source):
     def is_wheel(self) -> bool:
         """Whether the file is a wheel (installed as it is)."""
         return self.path.suffix == ".whl"
-
-    @property
-    def spec(self) -> str:
-        """The file's path."""
-        return str(self.path)
-
-    @property
-    def origin(self) -> Origin:
-        """The file's resolved path."""
-        return Origin("path", str(self.path))
-
-    @property
-    def local_path(self) -> Path | None:
-        """The file's path."""
-        return self.path
 
     @property
     def wheel_file(self) -> str | None:

@@ -7,33 +7,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ._base import Kind, LockedPins, Origin, ResolveContext, Resolved, Source, short_identity
+from ._base import (
+    AtPath,
+    Kind,
+    LockedPins,
+    ResolveContext,
+    Resolved,
+    Source,
+    short_identity,
+)
 from ._digest import tree_digest
 
 
 @dataclass(frozen=True)
-class LocalFolder(Source):
+class LocalFolder(AtPath, Source):
     """A package folder (``pyproject.toml`` or ``setup.py``), keyed by a digest of its tree."""
 
     KINDS: ClassVar[tuple[Kind, ...]] = ("folder",)
 
     path: Path
     kind: str = "folder"
-
-    @property
-    def spec(self) -> str:
-        """The folder's path."""
-        return str(self.path)
-
-    @property
-    def origin(self) -> Origin:
-        """The folder's resolved path."""
-        return Origin("path", str(self.path))
-
-    @property
-    def local_path(self) -> Path | None:
-        """The folder's path."""
-        return self.path
 
     @classmethod
     def at(cls, path: Path) -> LocalFolder | None:

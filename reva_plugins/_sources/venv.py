@@ -6,32 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._base import Origin, SourceHandler
+from ._base import AtPath, SourceHandler
 
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class PrebuiltVenv:
+class PrebuiltVenv(AtPath):
     """A folder holding a ready plugin venv (Reva's "compiled binary"): used as is."""
 
     path: Path
     kind: str = "venv"
-
-    @property
-    def spec(self) -> str:
-        """The venv's path."""
-        return str(self.path)
-
-    @property
-    def origin(self) -> Origin:
-        """The venv's resolved path."""
-        return Origin("path", str(self.path))
-
-    @property
-    def local_path(self) -> Path | None:
-        """The venv's path."""
-        return self.path
 
     @property
     def python(self) -> Path:
