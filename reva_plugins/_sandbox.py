@@ -51,10 +51,16 @@ class SandboxError(OSError):
     """The kernel refused a step of applying the policy (the message says which)."""
 
 
+#: libc's functions by name, looked up once (a policy makes some forty calls)
+_LIBC: dict[str, int] = {}
+
+
 def _libc_call(name: str, *args: int | bytes | None) -> int:
     import _ctypes  # noqa: PLC0415 - the bootstrap pays for it only when sandboxed
 
-    function = _ctypes.dlsym(_ctypes.dlopen(None, 2), name)  # type: ignore[arg-type]
+    function = _LIBC.get(name)
+    if function is None:
+        function = _LIBC[name] = _ctypes.dlsym(_ctypes.dlopen(None, 2), name)  # type: ignore[arg-type]
     result: int = _ctypes.call_function(function, args)
     return result
 
