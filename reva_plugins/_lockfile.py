@@ -43,18 +43,37 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class LockEntry:
-    """What one service's driver is locked to."""
+class LockedService:
+    """One service's table of a lock: its driver's pins, and per target Python (``3.12``) every
+    distribution its env installs."""
 
     service: str
     spec: str
     kind: str
     identity: str
-    python: str
     plugin: str
     wheel: str = ""
     wheel_sha256: str = ""
     pins: Mapping[str, str] = field(default_factory=dict)
+    targets: Mapping[str, tuple[Pin, ...]] = field(default_factory=dict)
+
+    def at(self, python: str) -> LockEntry | None:
+        """What the driver installs on Python ``python`` (None if it is not a target)."""
+        packages = self.targets.get(python)
+        if packages is None:
+            return None
+        return LockEntry(**vars(self), python=python, packages=packages)
+
+    def entries(self) -> list[LockEntry]:
+        """One entry per target Python."""
+        return [e for python in sorted(self.targets) if (e := self.at(python)) is not None]
+
+
+@dataclass(frozen=True)
+class LockEntry(LockedService):
+    """A service's lock at one of its target Pythons: what its env installs there."""
+
+    python: str = ""
     packages: tuple[Pin, ...] = ()
 
     def digest(self) -> str:
@@ -79,36 +98,6 @@ class LockEntry:
         return Resolved(
             self.kind, self.spec, self.identity, install_args, mutable=False, pins=dict(self.pins)
         )
-
-
-@dataclass(frozen=True)
-class LockedService:
-    """One service's table of a lock: its driver's pins, and per target Python (``3.12``) every
-    distribution its env installs."""
-
-    service: str
-    spec: str
-    kind: str
-    identity: str
-    plugin: str
-    wheel: str = ""
-    wheel_sha256: str = ""
-    pins: Mapping[str, str] = field(default_factory=dict)
-    targets: Mapping[str, tuple[Pin, ...]] = field(default_factory=dict)
-
-    def at(self, python: str) -> LockEntry | None:
-        """What the driver installs on Python ``python`` (None if it is not a target)."""
-        packages = self.targets.get(python)
-        if packages is None:
-            return None
-        return LockEntry(
-            self.service, self.spec, self.kind, self.identity, python, self.plugin,
-            self.wheel, self.wheel_sha256, self.pins, packages,
-        )  # fmt: skip
-
-    def entries(self) -> list[LockEntry]:
-        """One entry per target Python."""
-        return [e for python in sorted(self.targets) if (e := self.at(python)) is not None]
 
 
 @dataclass(frozen=True)
@@ -386,7 +375,7 @@ def pins(entry: LockEntry, *, with_plugin: bool) -> list[Pin]:
     return out
 
 
-def matches(entry: LockEntry | LockedService, wanted: Sequence[str]) -> bool:
+def matches(entry: LockedService, wanted: Sequence[str]) -> bool:
     """True when ``entry``'s service or plugin is one of ``wanted``."""
     return entry.service in wanted or canonicalize_name(entry.plugin) in {
         canonicalize_name(w) for w in wanted
