@@ -8,11 +8,11 @@ is ``docs/lock.md``. Building what it pins is :mod:`._resolvers`, making it :mod
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,7 +26,7 @@ from packaging.version import InvalidVersion, Version
 from . import _python
 from ._config import Config
 from ._errors import ConfigError
-from ._fs import remove_tree
+from ._fs import NotRegular, read_regular, remove_tree
 from ._installers import Pin
 from ._sources import LOCKED_KINDS, Resolved, lock_entry_problem
 
@@ -137,16 +137,15 @@ def read(path: Path) -> LockFile:
     """
     shown = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError("the lock file is not a regular file", file=shown)
-            raw = f.read(MAX_LOCK_BYTES + 1)
+        raw = read_regular(path, MAX_LOCK_BYTES)
+    except NotRegular:
+        raise ConfigError("the lock file is not a regular file", file=shown) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the lock file: {exc.strerror or exc}", file=shown) from None
-    if len(raw) > MAX_LOCK_BYTES:
-        raise ConfigError(f"the lock file is larger than {MAX_LOCK_BYTES} bytes", file=shown)
+        if exc.errno == errno.EFBIG:
+            why = f"the lock file is larger than {MAX_LOCK_BYTES} bytes"
+        else:
+            why = f"cannot read the lock file: {exc.strerror or exc}"
+        raise ConfigError(why, file=shown) from None
     return loads(raw, path)
 
 

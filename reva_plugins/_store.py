@@ -43,7 +43,7 @@ from ._envmeta import (
     read_metadata,
 )
 from ._errors import ConfigError, EnvBuildError, EnvInUse, UsageError
-from ._fs import is_inside, remove_tree
+from ._fs import is_inside, open_regular, remove_tree
 from ._holds import download_unheld, held_exclusively
 
 log = logging.getLogger("reva_plugins.store")
@@ -628,13 +628,10 @@ def _safe(name: str) -> str:
 def _read_small(path: Path, limit: int) -> bytes | None:
     """The first ``limit`` bytes of the regular file ``path``; None if it is not one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open_regular(path, follow=False) as f:
+            return f.read(limit)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return f.read(limit)
 
 
 def _foreign_entry(root: Path) -> str | None:
