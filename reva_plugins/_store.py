@@ -262,11 +262,7 @@ class Store:
 
     def scan(self) -> list[Env | BrokenEnv]:
         """Every entry of ``envs/``: envs newest first, then broken entries by name."""
-        try:
-            names = sorted(os.listdir(self.envs))
-        except OSError:
-            return []
-        found = [entry for name in names if (entry := self.entry(name)) is not None]
+        found = [entry for name in _listing(self.envs) if (entry := self.entry(name)) is not None]
         envs = sorted((e for e in found if isinstance(e, Env)), key=_created_at, reverse=True)
         return [*envs, *(e for e in found if isinstance(e, BrokenEnv))]
 
@@ -509,12 +505,8 @@ class Store:
     def _prune_aged(self, folder: Path, name: re.Pattern[str], cutoff: float) -> list[str]:
         """Entries of ``folder`` (wheels built for locks, bundles extracted from tars) not used
         since ``cutoff``: both are made again from their source when next needed."""
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            return []
         removed = []
-        for entry in names:
+        for entry in _listing(folder):
             path = folder / entry
             if name.fullmatch(entry) and _newest(path) < cutoff:
                 remove_tree(path, within=folder)
@@ -522,13 +514,9 @@ class Store:
         return removed
 
     def _prune_downloads(self, cutoff: float, now: float) -> list[str]:
-        try:
-            names = sorted(os.listdir(self.downloads))
-        except OSError:
-            return []
         envs = self.all()
         removed = []
-        for name in names:
+        for name in _listing(self.downloads):
             path = self.downloads / name
             if _SHA256.fullmatch(name):
                 if any(env.meta.references(name) for env in envs) or _newest(path) >= cutoff:
@@ -546,12 +534,8 @@ class Store:
         return removed
 
     def _prune_tmp(self, now: float) -> list[str]:
-        try:
-            names = sorted(os.listdir(self.tmp))
-        except OSError:
-            return []
         removed = []
-        for name in names:
+        for name in _listing(self.tmp):
             path = self.tmp / name
             if not (_TMP_BUILD.fullmatch(name) or _TMP_BUNDLE.fullmatch(name)):
                 continue  # not a name the core makes: someone else's, left alone
@@ -603,6 +587,14 @@ class Pruned:
     downloads: list[str] = field(default_factory=list)
     built: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+
+
+def _listing(folder: Path) -> list[str]:
+    """The names in ``folder``, sorted (none when it cannot be read)."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
 
 
 def _newest(path: Path) -> float:
