@@ -4,6 +4,7 @@ config, and bundles (export, import)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -150,8 +151,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
     path, upgrade = _lock_target(args)
     config = _config.load_file(path).with_overrides(**opts.overrides(args))
-    planner = Planner(config)
-    try:
+    with contextlib.closing(Planner(config)) as planner:
         if args.check:
             problems = _fleet.stale(planner, args.python or ())
             for problem in problems:
@@ -161,8 +161,6 @@ def cmd_lock(args: argparse.Namespace) -> int:
             print(f"{path}.lock: up to date")
             return ExitCode.OK
         written, changed = _fleet.lock(planner, upgrade, args.python or ())
-    finally:
-        planner.close()
     for name in sorted(written.services):
         entry = written.services[name]
         state = "locked" if name in changed else "unchanged"
@@ -176,11 +174,8 @@ def cmd_env_export(args: argparse.Namespace) -> int:
     from . import _fleet  # noqa: PLC0415
 
     config = _config.load_file(args.config).with_overrides(**opts.overrides(args))
-    planner = Planner(config)
-    try:
+    with contextlib.closing(Planner(config)) as planner:
         count = _fleet.export(planner, args.output, args.format)
-    finally:
-        planner.close()
     print(f"{args.output}\t{count} wheels")
     return ExitCode.OK
 

@@ -320,11 +320,6 @@ class Store:
             self._held[key] = fd
         self._stamp(self.envs / key)
 
-    def in_use(self) -> tuple[str, ...]:
-        """The keys this store holds in use."""
-        with self._mutex:
-            return tuple(self._held)
-
     def close(self) -> None:
         """Record the envs held as used now and release them."""
         with self._mutex:
@@ -341,10 +336,6 @@ class Store:
             yield held
 
     # -- building ---------------------------------------------------------------------------------
-
-    def touch(self, env: Env) -> None:
-        """Record that ``env`` was used now."""
-        self._stamp(env.path)
 
     @staticmethod
     def _stamp(folder: Path) -> None:
@@ -384,7 +375,7 @@ class Store:
             return None
         problem = entry.why if isinstance(entry, BrokenEnv) else entry.health()
         if problem is None and isinstance(entry, Env):
-            self.touch(entry)
+            self._stamp(entry.path)
             return entry
         if warn:
             log.warning("env %s is broken (%s); rebuilding it", key, problem)
