@@ -168,7 +168,7 @@ def _refuse(source: Path, why: str) -> SourceError:
 
 def shown(text: str) -> str:
     """``text`` safe in a one-line message: every unprintable character (ESC, newline, NUL,
-    bidi controls, undecodable bytes) shown as its escape, as ``_cli._shown`` does, so a
+    bidi controls, undecodable bytes) shown as its escape, as ``_cli_env.shown`` does, so a
     member name or manifest entry can neither forge a line nor drive the terminal."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 

@@ -27,8 +27,10 @@ class Command:
     subcommands: tuple[str, ...]
 
 
-def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[Command]:
-    """Every command of ``parser``'s tree, the top level first."""
+def commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = (), text: str = ""
+) -> Iterator[Command]:
+    """Every command of ``parser``'s tree (``text``: its help), the top level first."""
     options: list[tuple[str, str, tuple[str, ...]]] = []
     positional: tuple[str, ...] = ()
     children: dict[str, tuple[argparse.ArgumentParser, str]] = {}
@@ -44,20 +46,9 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Ite
                 options.append((flag, _one_line(action.help or ""), choices))
         elif action.choices:
             positional = tuple(str(c) for c in action.choices)
-    yield Command(path, "", tuple(options), positional, tuple(children))
-    for name, (sub, text) in children.items():
-        for command in commands(sub, (*path, name)):
-            yield command if command.path != (*path, name) else _with_help(command, text)
-
-
-def _with_help(command: Command, text: str) -> Command:
-    return Command(
-        command.path,
-        _one_line(text),
-        command.options,
-        command.positional_choices,
-        command.subcommands,
-    )
+    yield Command(path, _one_line(text), tuple(options), positional, tuple(children))
+    for name, (sub, sub_text) in children.items():
+        yield from commands(sub, (*path, name), sub_text)
 
 
 def _one_line(text: str) -> str:

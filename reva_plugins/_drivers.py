@@ -18,12 +18,7 @@ from typing import Any, Protocol
 
 from . import _protocol
 from ._call import Call
-from ._errors import (
-    HandshakeError,
-    RemoteError,
-    RevaPluginError,
-    remote_error,
-)
+from ._errors import HandshakeError, RemoteError, RevaPluginError, remote_error
 from ._plan import InProcessPlan, IsolatedPlan
 from ._process import PluginProcess
 from ._redact import redact

@@ -3,6 +3,7 @@ when read back. Written last into a built env, so its presence marks a complete 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -10,7 +11,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 METADATA = "reva-env.json"
 MAX_METADATA_BYTES = 16 << 20
@@ -29,6 +33,7 @@ class MetadataError(ValueError):
 
 
 _T = TypeVar("_T")
+_D = TypeVar("_D", bound="DataclassInstance")
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type[_T], where: str) -> _T:
@@ -55,6 +60,12 @@ def _strings(value: Any, where: str) -> dict[str, str]:
     return dict(table)
 
 
+def _strings_record(cls: type[_D], data: Any, where: str) -> _D:
+    """The dataclass ``cls``, every field a string, from a JSON object."""
+    table = _object(data, where.rstrip("."))
+    return cls(*(_field(table, f.name, str, where) for f in dataclasses.fields(cls)))
+
+
 @dataclass(frozen=True)
 class PythonInfo:
     """The interpreter an env was built for."""
@@ -66,10 +77,7 @@ class PythonInfo:
     @classmethod
     def from_json(cls, data: Any, where: str = "python.") -> PythonInfo:
         """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        return cls(
-            *(_field(table, n, str, where) for n in ("implementation", "version", "executable"))
-        )
+        return _strings_record(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,7 @@ class InstallerInfo:
     @classmethod
     def from_json(cls, data: Any, where: str = "installer.") -> InstallerInfo:
         """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        return cls(_field(table, "name", str, where), _field(table, "version", str, where))
+        return _strings_record(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -98,18 +105,11 @@ class EntryPointInfo:
     @classmethod
     def from_json(cls, data: Any, where: str) -> EntryPointInfo:
         """Validate and convert; raises :class:`MetadataError`."""
-        table = _object(data, where.rstrip("."))
-        names = ("name", "value", "distribution", "version")
-        return cls(*(_field(table, n, str, where) for n in names))
+        return _strings_record(cls, data, where)
 
     def to_json(self) -> dict[str, str]:
         """The JSON object written to the metadata file."""
-        return {
-            "name": self.name,
-            "value": self.value,
-            "distribution": self.distribution,
-            "version": self.version,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -206,12 +206,8 @@ class EnvMetadata:
             "identity": self.identity,
             "mutable": self.mutable,
             "resolved": dict(self.resolved),
-            "python": {
-                "implementation": self.python.implementation,
-                "version": self.python.version,
-                "executable": self.python.executable,
-            },
-            "installer": {"name": self.installer.name, "version": self.installer.version},
+            "python": dataclasses.asdict(self.python),
+            "installer": dataclasses.asdict(self.installer),
             "options": dict(self.options),
             "protocol": list(self.protocol),
             "distributions": [d.to_json() for d in self.distributions],

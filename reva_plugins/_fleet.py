@@ -6,6 +6,7 @@ The logic of ``reva-plugins lock`` and ``env export``/``env import`` over a :cla
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -254,12 +255,10 @@ def import_bundle(
     """Build every env the bundle's lock pins from the bundle alone (no network)."""
     settings = dataclasses.replace(config.plugins, bundle=bundle, offline=True)
     planner = Planner(dataclasses.replace(config, plugins=settings, file=None))
-    try:
+    with contextlib.closing(planner):
         current = planner.lock()
         assert current is not None
         return [
             (name, planner.prepare_locked(locked, python))
             for name, locked in sorted(current.services.items())
         ]
-    finally:
-        planner.close()

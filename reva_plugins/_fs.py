@@ -11,6 +11,7 @@ opened through :func:`open_regular`: a FIFO, a device or a folder is refused at 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -46,7 +47,7 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, follow: bool = Tru
     with open_regular(path, follow=follow) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise OSError(27, f"larger than {limit} bytes", os.fspath(path))  # EFBIG
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
     return data
 
 

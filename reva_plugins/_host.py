@@ -23,9 +23,7 @@ import pluggy
 from . import _config
 from ._build import BuildProgress
 from ._drivers import Driver, InProcessDriver, IsolatedDriver, ServiceInfo
-from ._errors import (
-    RevaPluginError,
-)
+from ._errors import RevaPluginError
 from ._hooks import PROJECT, CallWrappers, HostSpec
 from ._plan import InProcessPlan, IsolatedPlan, Plan, Planner
 from ._process import PluginProcess

@@ -78,7 +78,10 @@ class Installer(Protocol):
     plugin it was for); an answer that cannot be read raises :class:`SourceError`.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """``uv`` or ``pip`` (env metadata records it)."""
+        ...
 
     def version(self) -> str:
         """The installer's version, for env metadata."""
@@ -148,7 +151,54 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-class UvInstaller:
+class _Installing:
+    """What uv and pip share: an install command, pinned installs and downloads."""
+
+    name: Literal["uv", "pip"]
+
+    def _install_argv(self, venv: Path) -> list[str]:
+        raise NotImplementedError
+
+    def install(
+        self, venv: Path, args: Sequence[str], options: InstallOptions, *, deps: bool = True
+    ) -> None:
+        """Install into the venv's interpreter (``uv pip install``, else the venv's own pip)."""
+        argv = self._install_argv(venv)
+        if not deps:
+            argv.append("--no-deps")
+        index_argv, env = _index_args(options, self.name)
+        bare_args, git_urls = _without_credentials(args)
+        run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
+
+    def install_pinned(self, venv: Path, pins: Sequence[Pin], options: InstallOptions) -> None:
+        """``install --no-deps --require-hashes -r`` of the pins."""
+        if not pins:
+            return
+        # Beside the venv, in the store's build folder (removed with it).
+        req = venv.parent / "pinned-requirements.txt"
+        req.write_text("".join(p.requirement_line() + "\n" for p in pins), encoding="utf-8")
+        self.install(venv, ["--require-hashes", "-r", str(req)], options, deps=False)
+
+    def download(
+        self, pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions
+    ) -> None:
+        """``pip download --only-binary=:all: --require-hashes`` with the core's pip (uv has no
+        download command)."""
+        if not pins:
+            return
+        with tempfile.TemporaryDirectory(prefix="reva-export-") as tmp:
+            req = Path(tmp) / "requirements.txt"
+            req.write_text("".join(p.requirement_line() + "\n" for p in pins), encoding="utf-8")
+            index_argv, env = _index_args(options, "pip")
+            run(
+                [*_core_pip(), "download", *_PIP_QUIET, "--no-deps", "--require-hashes",
+                 "--only-binary=:all:", "--python-version", python, "--dest", str(dest),
+                 *index_argv, "-r", str(req)],
+                env={**_git.git_env(), **env}, timeout=600,
+            )  # fmt: skip
+
+
+class UvInstaller(_Installing):
     """``uv venv`` + ``uv pip install``."""
 
     name = "uv"
@@ -180,20 +230,8 @@ class UvInstaller:
             env=_git.git_env(),
         )
 
-    def install(
-        self, venv: Path, args: Sequence[str], options: InstallOptions, *, deps: bool = True
-    ) -> None:
-        """Install into the venv's interpreter."""
-        argv = [self.binary, "pip", "install", "--quiet", "--python", str(venv_python(venv))]
-        if not deps:
-            argv.append("--no-deps")
-        index_argv, env = _index_args(options, "uv", offline_flag="--offline")
-        bare_args, git_urls = _without_credentials(args)
-        run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
-
-    def install_pinned(self, venv: Path, pins: Sequence[Pin], options: InstallOptions) -> None:
-        """``uv pip install --no-deps --require-hashes -r`` of the pins."""
-        _install_pinned(self, venv, pins, options)
+    def _install_argv(self, venv: Path) -> list[str]:
+        return [self.binary, "pip", "install", "--quiet", "--python", str(venv_python(venv))]
 
     def resolve_pinned(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
@@ -202,7 +240,7 @@ class UvInstaller:
         with tempfile.TemporaryDirectory(prefix="reva-lock-") as tmp:
             req = Path(tmp) / "requirements.in"
             req.write_text(requirement + "\n", encoding="utf-8")
-            index_argv, env = _index_args(options, "uv", offline_flag="--offline")
+            index_argv, env = _index_args(options, "uv")
             out = run(
                 [self.binary, "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
                  "--no-annotate", "--python", interpreter.executable, *index_argv, str(req)],
@@ -217,18 +255,12 @@ class UvInstaller:
         if source.startswith("git+"):
             _pip_wheel(source, out, options)
             return
-        index_argv, env = _index_args(options, "uv", offline_flag="--offline")
+        index_argv, env = _index_args(options, "uv")
         run(
             [self.binary, "build", "--quiet", "--wheel", "--python", interpreter.executable,
              "--out-dir", str(out), *index_argv, source],
             env={**_git.git_env(), **env, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}, timeout=600,
         )  # fmt: skip
-
-    def download(
-        self, pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions
-    ) -> None:
-        """With pip (uv has no download command)."""
-        _pip_download(pins, dest, python, options)
 
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
@@ -237,7 +269,7 @@ class UvInstaller:
         with tempfile.TemporaryDirectory(prefix="reva-req-") as tmp:
             req_file = Path(tmp) / "requirements.in"
             req_file.write_text(requirement + "\n", encoding="utf-8")
-            index_argv, env = _index_args(options, "uv", offline_flag="--offline")
+            index_argv, env = _index_args(options, "uv")
             argv = [
                 self.binary, "pip", "compile", "--quiet", "--no-deps", "--no-header",
                 "--no-annotate", "--python", interpreter.executable, str(req_file), *index_argv,
@@ -246,7 +278,7 @@ class UvInstaller:
         return _pinned_version(out, requirement)
 
 
-class PipInstaller:
+class PipInstaller(_Installing):
     """virtualenv (seeded with pip from its app-data cache) + ``pip install``."""
 
     name = "pip"
@@ -279,27 +311,15 @@ class PipInstaller:
             env=_git.git_env(),
         )
 
-    def install(
-        self, venv: Path, args: Sequence[str], options: InstallOptions, *, deps: bool = True
-    ) -> None:
-        """``python -m pip install`` inside the venv."""
-        argv = [str(venv_python(venv)), "-m", "pip", "install", *_PIP_QUIET]
-        if not deps:
-            argv.append("--no-deps")
-        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
-        bare_args, git_urls = _without_credentials(args)
-        run([*argv, *index_argv, *bare_args], env={**_git.git_env(*git_urls), **env})
-
-    def install_pinned(self, venv: Path, pins: Sequence[Pin], options: InstallOptions) -> None:
-        """``pip install --no-deps --require-hashes -r`` of the pins."""
-        _install_pinned(self, venv, pins, options)
+    def _install_argv(self, venv: Path) -> list[str]:
+        return [str(venv_python(venv)), "-m", "pip", "install", *_PIP_QUIET]
 
     def resolve_pinned(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
     ) -> list[Pin]:
         """A dry-run ``pip install --report`` with the core's pip: the hash of the file pip
         chose for each distribution."""
-        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+        index_argv, env = _index_args(options, "pip")
         out = run(
             [*_core_pip(), "--python", interpreter.executable, "install", "--dry-run",
              "--ignore-installed", "--report", "-", *_PIP_QUIET, *index_argv, requirement],
@@ -313,17 +333,11 @@ class PipInstaller:
         """``pip wheel --no-deps`` with the core's pip."""
         _pip_wheel(source, out, options)
 
-    def download(
-        self, pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions
-    ) -> None:
-        """``pip download --only-binary=:all: --require-hashes``."""
-        _pip_download(pins, dest, python, options)
-
     def find_version(
         self, requirement: str, interpreter: Interpreter, options: InstallOptions
     ) -> str:
         """A dry-run ``pip install --report`` of the one requirement, with the core's pip."""
-        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+        index_argv, env = _index_args(options, "pip")
         argv = [
             *_core_pip(), "--python", interpreter.executable, "install",
             "--dry-run", "--no-deps", "--ignore-installed", "--report", "-", *_PIP_QUIET,
@@ -340,19 +354,8 @@ class PipInstaller:
 _PIP_QUIET = ("--quiet", "--disable-pip-version-check", "--no-input")
 
 
-def _install_pinned(
-    installer: Installer, venv: Path, pins: Sequence[Pin], options: InstallOptions
-) -> None:
-    if not pins:
-        return
-    # Beside the venv, in the store's build folder (removed with it).
-    req = venv.parent / "pinned-requirements.txt"
-    req.write_text("".join(p.requirement_line() + "\n" for p in pins), encoding="utf-8")
-    installer.install(venv, ["--require-hashes", "-r", str(req)], options, deps=False)
-
-
 def _pip_wheel(source: str, out: Path, options: InstallOptions) -> None:
-    index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
+    index_argv, env = _index_args(options, "pip")
     bare, git_urls = _without_credentials([source])
     run(
         [*_core_pip(), "wheel", "--no-deps", *_PIP_QUIET, "--wheel-dir", str(out), *index_argv,
@@ -360,21 +363,6 @@ def _pip_wheel(source: str, out: Path, options: InstallOptions) -> None:
         env={**_git.git_env(*git_urls), **env, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
         timeout=600,
     )  # fmt: skip
-
-
-def _pip_download(pins: Sequence[Pin], dest: Path, python: str, options: InstallOptions) -> None:
-    if not pins:
-        return
-    with tempfile.TemporaryDirectory(prefix="reva-export-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text("".join(p.requirement_line() + "\n" for p in pins), encoding="utf-8")
-        index_argv, env = _index_args(options, "pip", offline_flag="--no-index")
-        run(
-            [*_core_pip(), "download", *_PIP_QUIET, "--no-deps", "--require-hashes",
-             "--only-binary=:all:", "--python-version", python, "--dest", str(dest),
-             *index_argv, "-r", str(req)],
-            env={**_git.git_env(), **env}, timeout=600,
-        )  # fmt: skip
 
 
 def parse_compiled(text: str) -> list[Pin]:
@@ -427,7 +415,7 @@ def _core_pip() -> tuple[str, ...]:
 
 
 def _index_args(
-    options: InstallOptions, installer: Literal["uv", "pip"], *, offline_flag: str
+    options: InstallOptions, installer: Literal["uv", "pip"]
 ) -> tuple[list[str], dict[str, str]]:
     """The installer's index options: ``(argv, environment)``.
 
@@ -456,7 +444,7 @@ def _index_args(
             if link not in secret:
                 argv += ["--find-links", link]
     if options.offline:
-        argv.append(offline_flag)
+        argv.append("--offline" if installer == "uv" else "--no-index")
     if options.no_index and "--no-index" not in argv:
         argv.append("--no-index")
     return argv, env

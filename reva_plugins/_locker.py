@@ -20,7 +20,7 @@ from ._config import ServiceConfig
 from ._errors import EnvBuildError, SourceError
 from ._fs import remove_tree
 from ._installers import Installer, InstallOptions, Pin
-from ._lockfile import LockedService, LockEntry, version_key
+from ._lockfile import LockedService, version_key
 from ._redact import redact
 from ._sources import Resolved, file_digest
 from ._subprocess import CommandFailed
@@ -160,7 +160,7 @@ class Locker:
         finally:
             remove_tree(out, within=self.wheel_cache)
 
-    def cached_wheel(self, entry: LockEntry | LockedService) -> Path | None:
+    def cached_wheel(self, entry: LockedService) -> Path | None:
         """The wheel ``entry`` pins, if this cache holds it (checked against its sha256)."""
         path = self.wheel_cache / entry.wheel_sha256 / entry.wheel
         if entry.wheel and path.is_file() and file_digest(path) == entry.wheel_sha256:

@@ -8,11 +8,11 @@ is ``docs/lock.md``. Building what it pins is :mod:`._resolvers`, making it :mod
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,7 +26,7 @@ from packaging.version import InvalidVersion, Version
 from . import _python
 from ._config import Config
 from ._errors import ConfigError
-from ._fs import remove_tree
+from ._fs import NotRegular, read_regular, remove_tree
 from ._installers import Pin
 from ._sources import LOCKED_KINDS, Resolved, lock_entry_problem
 
@@ -43,18 +43,37 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class LockEntry:
-    """What one service's driver is locked to."""
+class LockedService:
+    """One service's table of a lock: its driver's pins, and per target Python (``3.12``) every
+    distribution its env installs."""
 
     service: str
     spec: str
     kind: str
     identity: str
-    python: str
     plugin: str
     wheel: str = ""
     wheel_sha256: str = ""
     pins: Mapping[str, str] = field(default_factory=dict)
+    targets: Mapping[str, tuple[Pin, ...]] = field(default_factory=dict)
+
+    def at(self, python: str) -> LockEntry | None:
+        """What the driver installs on Python ``python`` (None if it is not a target)."""
+        packages = self.targets.get(python)
+        if packages is None:
+            return None
+        return LockEntry(**vars(self), python=python, packages=packages)
+
+    def entries(self) -> list[LockEntry]:
+        """One entry per target Python."""
+        return [e for python in sorted(self.targets) if (e := self.at(python)) is not None]
+
+
+@dataclass(frozen=True)
+class LockEntry(LockedService):
+    """A service's lock at one of its target Pythons: what its env installs there."""
+
+    python: str = ""
     packages: tuple[Pin, ...] = ()
 
     def digest(self) -> str:
@@ -79,36 +98,6 @@ class LockEntry:
         return Resolved(
             self.kind, self.spec, self.identity, install_args, mutable=False, pins=dict(self.pins)
         )
-
-
-@dataclass(frozen=True)
-class LockedService:
-    """One service's table of a lock: its driver's pins, and per target Python (``3.12``) every
-    distribution its env installs."""
-
-    service: str
-    spec: str
-    kind: str
-    identity: str
-    plugin: str
-    wheel: str = ""
-    wheel_sha256: str = ""
-    pins: Mapping[str, str] = field(default_factory=dict)
-    targets: Mapping[str, tuple[Pin, ...]] = field(default_factory=dict)
-
-    def at(self, python: str) -> LockEntry | None:
-        """What the driver installs on Python ``python`` (None if it is not a target)."""
-        packages = self.targets.get(python)
-        if packages is None:
-            return None
-        return LockEntry(
-            self.service, self.spec, self.kind, self.identity, python, self.plugin,
-            self.wheel, self.wheel_sha256, self.pins, packages,
-        )  # fmt: skip
-
-    def entries(self) -> list[LockEntry]:
-        """One entry per target Python."""
-        return [e for python in sorted(self.targets) if (e := self.at(python)) is not None]
 
 
 @dataclass(frozen=True)
@@ -148,16 +137,15 @@ def read(path: Path) -> LockFile:
     """
     shown = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError("the lock file is not a regular file", file=shown)
-            raw = f.read(MAX_LOCK_BYTES + 1)
+        raw = read_regular(path, MAX_LOCK_BYTES)
+    except NotRegular:
+        raise ConfigError("the lock file is not a regular file", file=shown) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the lock file: {exc.strerror or exc}", file=shown) from None
-    if len(raw) > MAX_LOCK_BYTES:
-        raise ConfigError(f"the lock file is larger than {MAX_LOCK_BYTES} bytes", file=shown)
+        if exc.errno == errno.EFBIG:
+            why = f"the lock file is larger than {MAX_LOCK_BYTES} bytes"
+        else:
+            why = f"cannot read the lock file: {exc.strerror or exc}"
+        raise ConfigError(why, file=shown) from None
     return loads(raw, path)
 
 
@@ -386,7 +374,7 @@ def pins(entry: LockEntry, *, with_plugin: bool) -> list[Pin]:
     return out
 
 
-def matches(entry: LockEntry | LockedService, wanted: Sequence[str]) -> bool:
+def matches(entry: LockedService, wanted: Sequence[str]) -> bool:
     """True when ``entry``'s service or plugin is one of ``wanted``."""
     return entry.service in wanted or canonicalize_name(entry.plugin) in {
         canonicalize_name(w) for w in wanted

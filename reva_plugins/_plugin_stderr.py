@@ -91,19 +91,14 @@ class StderrLog:
 
     def read(self, stream: IO[bytes]) -> None:
         """Log the lines of ``stream`` until its end (blocking: a thread's job)."""
+        lines = _StderrLines(self.emit)
         try:
-            while True:
-                line = stream.readline(STDERR_LINE_LIMIT)
-                if not line:
-                    break
-                if not line.endswith(b"\n"):
-                    line += b" [truncated]"
-                    while (more := stream.readline(STDERR_LINE_LIMIT)) and not more.endswith(b"\n"):
-                        pass
-                self.emit(line.decode("utf-8", "replace").rstrip("\r\n"))
+            while data := os.read(stream.fileno(), 65536):
+                lines.feed(data)
         except (OSError, ValueError):
             pass
         finally:
+            lines.finish()
             self._report_dropped(force=True)
 
     def emit(self, text: str) -> None:

@@ -37,17 +37,12 @@ log = logging.getLogger("reva_plugins.process")
 
 SHUTDOWN_GRACE = _defaults.SHUTDOWN_GRACE
 _LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-_LOG_LEVELS: tuple[tuple[int, _LogLevel], ...] = (
-    (logging.CRITICAL, "critical"),
-    (logging.ERROR, "error"),
-    (logging.WARNING, "warning"),
-    (logging.INFO, "info"),
-)
 
 
 def _level_name(level: int) -> _LogLevel:
     """The bootstrap's name for the standard level at or below ``level`` (at least debug)."""
-    return next((name for floor, name in _LOG_LEVELS if level >= floor), "debug")
+    names: tuple[_LogLevel, ...] = ("critical", "error", "warning", "info")
+    return next((name for name in names if level >= getattr(logging, name.upper())), "debug")
 
 
 _INSTANCES = itertools.count(1)

@@ -43,7 +43,7 @@ from ._envmeta import (
     read_metadata,
 )
 from ._errors import ConfigError, EnvBuildError, EnvInUse, UsageError
-from ._fs import is_inside, remove_tree
+from ._fs import is_inside, open_regular, remove_tree
 from ._holds import download_unheld, held_exclusively
 
 log = logging.getLogger("reva_plugins.store")
@@ -262,11 +262,7 @@ class Store:
 
     def scan(self) -> list[Env | BrokenEnv]:
         """Every entry of ``envs/``: envs newest first, then broken entries by name."""
-        try:
-            names = sorted(os.listdir(self.envs))
-        except OSError:
-            return []
-        found = [entry for name in names if (entry := self.entry(name)) is not None]
+        found = [entry for name in _listing(self.envs) if (entry := self.entry(name)) is not None]
         envs = sorted((e for e in found if isinstance(e, Env)), key=_created_at, reverse=True)
         return [*envs, *(e for e in found if isinstance(e, BrokenEnv))]
 
@@ -324,11 +320,6 @@ class Store:
             self._held[key] = fd
         self._stamp(self.envs / key)
 
-    def in_use(self) -> tuple[str, ...]:
-        """The keys this store holds in use."""
-        with self._mutex:
-            return tuple(self._held)
-
     def close(self) -> None:
         """Record the envs held as used now and release them."""
         with self._mutex:
@@ -345,10 +336,6 @@ class Store:
             yield held
 
     # -- building ---------------------------------------------------------------------------------
-
-    def touch(self, env: Env) -> None:
-        """Record that ``env`` was used now."""
-        self._stamp(env.path)
 
     @staticmethod
     def _stamp(folder: Path) -> None:
@@ -388,7 +375,7 @@ class Store:
             return None
         problem = entry.why if isinstance(entry, BrokenEnv) else entry.health()
         if problem is None and isinstance(entry, Env):
-            self.touch(entry)
+            self._stamp(entry.path)
             return entry
         if warn:
             log.warning("env %s is broken (%s); rebuilding it", key, problem)
@@ -509,12 +496,8 @@ class Store:
     def _prune_aged(self, folder: Path, name: re.Pattern[str], cutoff: float) -> list[str]:
         """Entries of ``folder`` (wheels built for locks, bundles extracted from tars) not used
         since ``cutoff``: both are made again from their source when next needed."""
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            return []
         removed = []
-        for entry in names:
+        for entry in _listing(folder):
             path = folder / entry
             if name.fullmatch(entry) and _newest(path) < cutoff:
                 remove_tree(path, within=folder)
@@ -522,13 +505,9 @@ class Store:
         return removed
 
     def _prune_downloads(self, cutoff: float, now: float) -> list[str]:
-        try:
-            names = sorted(os.listdir(self.downloads))
-        except OSError:
-            return []
         envs = self.all()
         removed = []
-        for name in names:
+        for name in _listing(self.downloads):
             path = self.downloads / name
             if _SHA256.fullmatch(name):
                 if any(env.meta.references(name) for env in envs) or _newest(path) >= cutoff:
@@ -546,12 +525,8 @@ class Store:
         return removed
 
     def _prune_tmp(self, now: float) -> list[str]:
-        try:
-            names = sorted(os.listdir(self.tmp))
-        except OSError:
-            return []
         removed = []
-        for name in names:
+        for name in _listing(self.tmp):
             path = self.tmp / name
             if not (_TMP_BUILD.fullmatch(name) or _TMP_BUNDLE.fullmatch(name)):
                 continue  # not a name the core makes: someone else's, left alone
@@ -605,6 +580,14 @@ class Pruned:
     leftovers: list[str] = field(default_factory=list)
 
 
+def _listing(folder: Path) -> list[str]:
+    """The names in ``folder``, sorted (none when it cannot be read)."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
 def _newest(path: Path) -> float:
     """The newest mtime of ``path`` and (for a real folder) what it directly holds."""
     try:
@@ -628,13 +611,10 @@ def _safe(name: str) -> str:
 def _read_small(path: Path, limit: int) -> bytes | None:
     """The first ``limit`` bytes of the regular file ``path``; None if it is not one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open_regular(path, follow=False) as f:
+            return f.read(limit)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return f.read(limit)
 
 
 def _foreign_entry(root: Path) -> str | None:

@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "serve._log": 5,
     # 6 - the faces: command line, its presentation, the authors' kit, the public API
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
-    "_completion": 6,
+    **dict.fromkeys(["_completion", "_cli_options", "_cli_env"], 6),
 }
 
 BUILD_HALF = {"_sources", "_git", "_store", "_envmeta", "_holds", "_installers", "_python"}
@@ -166,8 +166,10 @@ def test_services_import_no_core_module_but_errors() -> None:
 def test_nothing_imports_the_faces() -> None:
     allowed = {
         "_cli": {"__main__"},
-        "_present": {"_cli", "testing"},
+        "_present": {"_cli", "_cli_options", "_cli_env", "testing"},
         "_completion": {"_cli"},
+        "_cli_options": {"_cli", "_cli_env"},
+        "_cli_env": {"_cli"},
         "testing": set(),
         "__main__": set(),
     }

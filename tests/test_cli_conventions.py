@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import reva_plugins
-from reva_plugins._cli import _parser, _short_identity
+from reva_plugins._cli import _parser
+from reva_plugins._cli_env import short_identity
 from reva_plugins._completion import SHELLS
 from reva_plugins._errors import installer_reason
 
@@ -239,7 +240,7 @@ def test_env_list_shows_whole_identities_the_installer_and_utc_times(tmp_path: P
     ],
 )
 def test_env_list_cuts_digests_never_requirements(identity: str, shown: str) -> None:
-    assert _short_identity(identity) == shown
+    assert short_identity(identity) == shown
 
 
 UV_NO_SOLUTION = """\

@@ -280,8 +280,8 @@ def test_index_and_find_links_credentials_go_to_the_environment_not_argv() -> No
         index_url=f"https://{_creds_TOKEN}@example.org/simple/",
         find_links=("/opt/local wheels", secret_link),
     )
-    uv_argv, uv_env = _index_args(options, "uv", offline_flag="--offline")
-    pip_argv, pip_env = _index_args(options, "pip", offline_flag="--no-index")
+    uv_argv, uv_env = _index_args(options, "uv")
+    pip_argv, pip_env = _index_args(options, "pip")
     _creds_assert_hidden(" ".join(uv_argv), " ".join(pip_argv))
     assert uv_env["UV_INDEX_URL"] == pip_env["PIP_INDEX_URL"] == options.index_url
     assert uv_env["UV_FIND_LINKS"] == f"/opt/local wheels,{secret_link}"

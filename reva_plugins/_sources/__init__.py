@@ -20,20 +20,9 @@ from pathlib import Path
 from .. import _git
 from .._errors import SourceError
 from .._redact import redact
-from ._base import (
-    Kind,
-    LockedPins,
-    NeedsNetwork,
-    Origin,
-    OriginKind,
-    ResolveContext,
-    Resolved,
-    Source,
-    SourceHandler,
-    WheelFrom,
-)
-from ._digest import MAX_TREE_BYTES, MAX_TREE_ENTRIES, check_sha256, file_digest, tree_digest
-from ._download import MAX_DOWNLOAD_SECONDS, SDIST_SUFFIXES, UNSHOWABLE, archive_filename, download
+from ._base import NeedsNetwork, ResolveContext, Resolved, Source, SourceHandler
+from ._digest import file_digest, tree_digest
+from ._download import SDIST_SUFFIXES, UNSHOWABLE, archive_filename, download
 from ._policy import SourcePolicy
 from .archive import HEX64, ArchiveURL
 from .file import LocalFile
@@ -45,34 +34,21 @@ from .venv import PrebuiltVenv
 
 __all__ = [
     "LOCKED_KINDS",
-    "MAX_DOWNLOAD_SECONDS",
-    "MAX_SPEC_LENGTH",
-    "MAX_TREE_BYTES",
-    "MAX_TREE_ENTRIES",
     "NO_ENV",
     "PREBUILT_ENV",
     "SAMPLE_KINDS",
     "ArchiveURL",
     "Classified",
-    "GitSource",
     "InProcess",
-    "Kind",
-    "LocalFile",
     "LocalFolder",
-    "LockedPins",
     "NeedsNetwork",
-    "Origin",
-    "OriginKind",
     "PrebuiltVenv",
-    "RequirementSource",
     "ResolveContext",
     "Resolved",
     "Source",
     "SourceHandler",
     "SourcePolicy",
-    "WheelFrom",
     "archive_filename",
-    "check_sha256",
     "classify",
     "download",
     "file_digest",

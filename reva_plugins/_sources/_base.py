@@ -153,7 +153,6 @@ class Source(ABC):
     REQUIRED_PINS: ClassVar[tuple[str, ...]] = ()
     #: Whether a lock entry of this kind pins a plugin wheel of its own.
     LOCKS_A_WHEEL: ClassVar[bool] = True
-    #: Whether a lock entry of this kind pins a plugin wheel of its own.
 
     @property
     @abstractmethod
@@ -206,6 +205,23 @@ class Source(ABC):
     def fetch_late(self, entry: LockedPins, ctx: ResolveContext) -> Resolved | None:
         """What a locked env installs the plugin from when its wheel is not cached, fetched
         now (an archive a lock pins without fetching it); None: :meth:`pinned` says."""
+        return None
+
+
+class LocalPackage(AtPath, Source):
+    """A package on this host (a folder, a file): it drifts when its content does."""
+
+    #: What messages call it.
+    NOUN: ClassVar[str]
+
+    def drift(self, entry: LockedPins, ctx: ResolveContext) -> str | None:
+        """The content's digest moved."""
+        now = self.resolve(ctx).identity
+        if now != entry.identity:
+            return (
+                f"the lock pins {short_identity(entry.identity)} for {self.spec}, the "
+                f"{self.NOUN} now is {short_identity(now)}"
+            )
         return None
 
 

@@ -9,9 +9,9 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 from .._errors import SourceError
+from .._fs import open_regular
 
 log = logging.getLogger("reva_plugins.sources")
 
@@ -47,23 +47,6 @@ def is_regular_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
-
-
-def open_regular(path: str | Path, *, follow: bool = True) -> IO[bytes]:
-    """Open a regular file for reading, never blocking (a FIFO opens at once and is refused
-    by the fstat check, as is a device)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if not follow:
-        flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(0, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def file_digest(path: Path) -> str:

@@ -21,10 +21,10 @@ from packaging.utils import parse_sdist_filename, parse_wheel_filename
 
 from .. import _auth, _urls
 from .._errors import FetchError, SourceError
-from .._fs import remove_tree
+from .._fs import open_regular, remove_tree
 from .._holds import hold_download
 from .._redact import redact
-from ._digest import check_sha256, open_regular
+from ._digest import check_sha256
 
 log = logging.getLogger("reva_plugins.download")
 

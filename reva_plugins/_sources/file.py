@@ -9,23 +9,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from .._errors import SourceError
-from ._base import (
-    AtPath,
-    Kind,
-    LockedPins,
-    ResolveContext,
-    Resolved,
-    Source,
-    short_identity,
-)
+from ._base import Kind, LocalPackage, ResolveContext, Resolved
 from ._digest import check_sha256, file_digest
 from ._download import SDIST_SUFFIXES
 
 
 @dataclass(frozen=True)
-class LocalFile(AtPath, Source):
+class LocalFile(LocalPackage):
     """A wheel or sdist file, keyed by its sha256 (checked against ``sha256`` when pinned)."""
 
+    NOUN: ClassVar[str] = "file"
     KINDS: ClassVar[tuple[Kind, ...]] = ("sdist", "wheel")
     REQUIRED_PINS: ClassVar[tuple[str, ...]] = ("sha256",)
 
@@ -69,16 +62,6 @@ class LocalFile(AtPath, Source):
             wheel_from="file" if self.is_wheel else "build",
             local=True,
         )
-
-    def drift(self, entry: LockedPins, ctx: ResolveContext) -> str | None:
-        """The file's sha256 moved."""
-        now = self.resolve(ctx).identity
-        if now != entry.identity:
-            return (
-                f"the lock pins {short_identity(entry.identity)} for {self.spec}, the file now "
-                f"is {short_identity(now)}"
-            )
-        return None
 
     @classmethod
     def sample(cls, kind: str, folder: Path, workdir: Path) -> str:

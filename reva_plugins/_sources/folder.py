@@ -7,22 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ._base import (
-    AtPath,
-    Kind,
-    LockedPins,
-    ResolveContext,
-    Resolved,
-    Source,
-    short_identity,
-)
+from ._base import Kind, LocalPackage, ResolveContext, Resolved
 from ._digest import tree_digest
 
 
 @dataclass(frozen=True)
-class LocalFolder(AtPath, Source):
+class LocalFolder(LocalPackage):
     """A package folder (``pyproject.toml`` or ``setup.py``), keyed by a digest of its tree."""
 
+    NOUN: ClassVar[str] = "folder"
     KINDS: ClassVar[tuple[Kind, ...]] = ("folder",)
 
     path: Path
@@ -46,16 +39,6 @@ class LocalFolder(AtPath, Source):
             wheel_from="build",
             local=True,
         )
-
-    def drift(self, entry: LockedPins, ctx: ResolveContext) -> str | None:
-        """The tree digest moved."""
-        now = self.resolve(ctx).identity
-        if now != entry.identity:
-            return (
-                f"the lock pins {short_identity(entry.identity)} for {self.spec}, the folder now "
-                f"is {short_identity(now)}"
-            )
-        return None
 
     @classmethod
     def sample(cls, kind: str, folder: Path, workdir: Path) -> str:
