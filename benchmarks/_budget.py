@@ -15,15 +15,20 @@ the median of alternating rounds:
 - ``wire``: the core side of the awaited plugin call (``driver.ainvoke``: encode, send, the
   loop woken by the reply, decode), and the plugin process's CPU for it (``/proc``; the
   budget's ``plugin`` is the plugin's CPU per call measured under the load itself);
-- ``servicer``: the handler's CPU in this process less the pieces above (its own Python: the
-  slots, the backend's count, the deadline, the status).
+- ``servicer``: the handler's CPU with a driver that answers at once, less the pieces above
+  (its own Python: the slot, the backend's count, the deadline, the status);
+- ``wake``: the handler's CPU with its plugin, less the same with the instant driver and less
+  the wire: what the sends cost more when RPCs come at the handler's pace rather than a tight
+  loop's (the plugin polls for its next request for 50 µs only, then sleeps, and a send to a
+  sleeping process wakes it: kernel work, tens of µs on a VM).
 
 The serve process's measured CPU per call less these and less the bare grpc.aio server's CPU
 per call (the same grpc.aio machinery) is what grpc.aio costs more for an RPC that waits for
 something (its task suspended and woken), what concurrency adds to the pieces measured one
 call at a time, and what no piece above covers: ``loop_extra``. Beside it,
-``reference_process_hop_floor``: what the bare server costs more when each RPC first makes a
-round trip to an echo process (the least a server asking a plugin process can pay).
+``reference_hop_minus_bare``: what the bare server costs more (or less: its RPCs wait, so more
+of them share each trip through the loop) when each RPC first makes a round trip to an echo
+process.
 """
 
 from __future__ import annotations
@@ -142,11 +147,32 @@ def _pieces(
 
     plugin_us: list[float] = []
 
+    class Instant:
+        """A driver that answers at once (what the proxy and the wrappers cost around it)."""
+
+        async def ainvoke(self, call: Any) -> Any:
+            return user
+
     def handler() -> float:
-        before = _plugin_cpu(pid)
-        spent = _per_call(batch, on_loop(lambda: handle(request, context)))
-        plugin_us.append((_plugin_cpu(pid) - before) / batch * 1e6)
+        """The handler as grpc.aio calls it, without its access log (measured apart)."""
+        level, server._access_level = server._access_level, None
+        try:
+            before = _plugin_cpu(pid)
+            spent = _per_call(batch, on_loop(lambda: handle(request, context)))
+            plugin_us.append((_plugin_cpu(pid) - before) / batch * 1e6)
+        finally:
+            server._access_level = level
         return spent
+
+    def handler_instant() -> float:
+        """The same with a driver that answers at once: serve's own Python, no plugin."""
+        level, server._access_level = server._access_level, None
+        driver, proxy.driver = proxy.driver, Instant()
+        try:
+            return _per_call(batch, on_loop(lambda: handle(request, context)))
+        finally:
+            proxy.driver = driver
+            server._access_level = level
 
     def wire() -> float:
         def call() -> Awaitable[Any]:
@@ -155,12 +181,6 @@ def _pieces(
             return awaitable
 
         return _per_call(batch, on_loop(call))
-
-    class Instant:
-        """A driver that answers at once (what the proxy and the wrappers cost around it)."""
-
-        async def ainvoke(self, call: Any) -> Any:
-            return user
 
     wrapped = proxy_type(proxy.service, Instant(), "budget", wrappers=proxy._wrappers)
     plain = proxy_type(proxy.service, Instant(), "budget")
@@ -226,12 +246,14 @@ def _pieces(
 
         return _per_call(batch, work)
 
-    for piece in (handler, wire, metrics, proxy_piece, validation, mapping, access_log):
+    pieces = (handler, handler_instant, wire, metrics, proxy_piece, validation, mapping)
+    for piece in (*pieces, access_log):
         piece()  # warm-up
     plugin_us.clear()
     measured = _median_rounds(
         {
             "handler": handler,
+            "handler_instant": handler_instant,
             "wire": wire,
             "metrics": metrics,
             "proxy": proxy_piece,
@@ -241,8 +263,14 @@ def _pieces(
         },
         rounds,
     )
-    parts = ("mapping", "validation", "access_log", "metrics", "proxy", "wire")
-    measured["servicer"] = round(measured["handler"] - sum(measured[p] for p in parts), 1)
+    own = ("mapping", "validation", "metrics", "proxy")
+    measured["servicer"] = round(measured["handler_instant"] - sum(measured[p] for p in own), 1)
+    # the handler with its plugin, less its own Python and the wire as a tight loop drives it:
+    # what waking a plugin that went to sleep between two RPCs costs (the plugin polls for
+    # its next request for a while only, and a send to a sleeping process wakes it)
+    measured["wake"] = round(
+        measured["handler"] - measured["handler_instant"] - measured["wire"], 1
+    )
     measured["plugin"] = round(statistics.median(plugin_us), 1)
     measured["calls"] = batch * rounds
     return measured
@@ -255,7 +283,16 @@ def rows(
     (``serve_us``: serve and its plugin, of which ``plugin_us`` the plugin's, all at one level
     of concurrency), the bare server's (``bare_us``) and the bare server's with a process hop
     (``hop_us``: what one round trip to another process costs at least)."""
-    pieces = ("mapping", "validation", "access_log", "metrics", "proxy", "servicer", "wire")
+    pieces = (
+        "mapping",
+        "validation",
+        "access_log",
+        "metrics",
+        "proxy",
+        "servicer",
+        "wire",
+        "wake",
+    )
     out = {"loop_bare_grpc_aio": round(bare_us, 1)}
     out.update({name: budget[name] for name in pieces})
     out["plugin"] = round(plugin_us, 1)
@@ -263,5 +300,5 @@ def rows(
     spent = sum(budget[name] for name in pieces) + plugin_us
     out["loop_extra"] = round(serve_us - bare_us - spent, 1)
     out["total_serve_and_plugin"] = round(serve_us, 1)
-    out["reference_process_hop_floor"] = round(hop_us - bare_us, 1)
+    out["reference_hop_minus_bare"] = round(hop_us - bare_us, 1)
     return out
