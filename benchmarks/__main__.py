@@ -596,6 +596,8 @@ def _throughput_rows(tp: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
 
 
 def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """serve as deployed (access log, metrics) vs the bare grpc.aio server, and where its CPU
+    per RPC goes (``_budget``: µs per call, beside the bare server's total)."""
     rows: list[tuple[str, Any, Any, Any]] = []
     for clients in _serve.CLIENTS:
         level = serve[f"{clients}_clients"]
@@ -611,14 +613,36 @@ def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
         rows.append(
             (f"serve GetUser, {clients} clients p50 (ms)", ours["p50_ms"], bare["p50_ms"], None)
         )
-        metered = level["ours_with_metrics"]
         rows.append(
             (
-                f"  with metrics, {clients} clients (calls/s)",
-                metered["calls_per_s"],
-                ours["calls_per_s"],
-                level["ratio_metrics_throughput"],
+                "  CPU per call, serve + plugin (us)",
+                level["cpu_us_per_call"],
+                level["baseline_cpu_us_per_call"],
+                level["ratio_cpu"],
             )
+        )
+        rows.append(
+            (
+                "  vs bare with a process hop: CPU per call (us)",
+                level["cpu_us_per_call"],
+                level["hop_cpu_us_per_call"],
+                level["ratio_cpu_to_hop"],
+            )
+        )
+        rows.append(
+            (
+                "  lean: no access log, no metrics (calls/s)",
+                level["ours_lean"]["calls_per_s"],
+                ours["calls_per_s"],
+                level["ratio_lean_throughput"],
+            )
+        )
+    budget = serve[f"{_serve.CLIENTS[-1]}_clients"]["budget_us"]
+    bare_us = budget["loop_bare_grpc_aio"]
+    rows.append((f"serve CPU budget, {_serve.CLIENTS[-1]} clients (us)", None, None, None))
+    for name, value in budget.items():
+        rows.append(
+            (f"  {name}", value, bare_us if name == "total_serve_and_plugin" else None, None)
         )
     return rows
 

@@ -1,8 +1,10 @@
 """GetUser through ``reva-plugins serve`` vs a bare grpcio server answering from a dict.
 
-``serve`` runs twice, without and with a ``[metrics] address`` (only then is the metrics
-``service_call`` wrapper around every plugin call), so the wrapper's cost is measured in the
-same run. The baseline has serve's flavour: ``grpc.aio``, with as many RPCs served at once as
+``serve`` runs twice: as a user deploys it (the default access log, ``[metrics]`` on: the
+figures compared with the baseline) and lean (no access log, no metrics endpoint, so no
+metrics ``service_call`` wrapper), in the same run. Where the deployed server's CPU per RPC
+goes is measured piece by piece (``_budget``) and set beside the totals. The baseline has
+serve's flavour: ``grpc.aio``, with as many RPCs served at once as
 serve's ``workers``. The bare server of the thread-pool flavour (``grpc.server``, as many
 threads) is measured beside them for reference. Each server runs in its own process; the
 clients run in the benchmark process, 1, 4 and 16 threads on one channel.
@@ -24,12 +26,16 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+from reva_plugins import _defaults
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_plugins" / "json_users"
 USERS = ROOT / "examples" / "users.demo.json"
 IDP = "http://localhost:20080"
 WORKERS = 16
 CLIENTS = (1, 4, 16)
+#: The access log a user gets (``[grpc] access_log``'s default).
+ACCESS_LOG = _defaults.ACCESS_LOG
 #: Rounds per level of concurrency (odd: the median is one of them).
 ROUNDS = 3
 
@@ -41,9 +47,15 @@ def _user_dict() -> dict[str, Any]:
     return {u["username"]: u for u in users}
 
 
+#: The other end of the bare server's process hop: echoes what it reads, as fast as it can.
+ECHO = "import os\nwhile data := os.read(0, 65536):\n    os.write(1, data)\n"
+
+
 def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
     """The baseline: GetUser answered from an in-memory dict, nothing else; ``flavour`` is
-    ``aio`` (at most ``workers`` at once) or ``threads`` (a pool of ``workers``)."""
+    ``aio`` (at most ``workers`` at once), ``threads`` (a pool of ``workers``) or ``aio-hop``
+    (``aio``, each RPC first sending the user id to an echo process and awaiting it back on the
+    loop: the least any server pays that asks another process, as serve asks its plugin)."""
     import grpc
     from cs3.identity.user.v1beta1 import resources_pb2 as res
     from cs3.identity.user.v1beta1 import user_api_pb2 as api
@@ -51,8 +63,8 @@ def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
 
     users = _user_dict()
 
-    def get_user(request: Any, context: Any) -> Any:
-        user = users.get(request.user_id.opaque_id)
+    def answer(key: str) -> Any:
+        user = users.get(key)
         if user is None:
             return api.GetUserResponse(status=status_pb2.Status(code=code_pb2.CODE_NOT_FOUND))
         pb = res.User(
@@ -66,8 +78,14 @@ def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
         )
         return api.GetUserResponse(status=status_pb2.Status(code=code_pb2.CODE_OK), user=pb)
 
+    def get_user(request: Any, context: Any) -> Any:
+        return answer(request.user_id.opaque_id)
+
     if flavour == "aio":
         aio_server(port_file, workers, get_user)
+        return
+    if flavour == "aio-hop":
+        aio_server(port_file, workers, answer, hop=True)
         return
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -100,18 +118,48 @@ def _get_user_handler(get_user: Any) -> Any:
     )
 
 
-def aio_server(port_file: Path, workers: int, get_user: Any) -> None:
-    """``get_user`` served by ``grpc.aio``, ``workers`` at once (as serve limits them)."""
+def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = False) -> None:
+    """``get_user`` served by ``grpc.aio``, ``workers`` at once (as serve limits them); with
+    ``hop``, ``get_user`` is given the user id once an echo process has sent it back."""
     import asyncio
+    import collections
+    import socket
 
     import grpc
 
     async def main() -> None:
         slots = asyncio.Semaphore(workers)
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        echo = (
+            subprocess.Popen(
+                [sys.executable, "-c", ECHO], stdin=theirs.fileno(), stdout=theirs.fileno()
+            )
+            if hop
+            else None
+        )
+        theirs.close()
+        os.set_blocking(ours.fileno(), False)
+        waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        buffer = bytearray()
+
+        def readable() -> None:
+            buffer.extend(ours.recv(1 << 16))
+            while (end := buffer.find(b"\n")) >= 0:
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                waiting.popleft().set_result(line)
+
+        loop.add_reader(ours.fileno(), readable)
 
         async def handle(request: Any, context: Any) -> Any:
             async with slots:
-                return get_user(request, context)
+                if not hop:
+                    return get_user(request, context)
+                back: asyncio.Future[bytes] = loop.create_future()
+                waiting.append(back)
+                ours.send(request.user_id.opaque_id.encode() + b"\n")
+                return get_user((await back).decode())
 
         server = grpc.aio.server(
             handlers=[_get_user_handler(handle)],
@@ -121,9 +169,13 @@ def aio_server(port_file: Path, workers: int, get_user: Any) -> None:
         await server.start()
         port_file.write_text(str(port), encoding="ascii")
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await server.stop(1)
+        loop.remove_reader(ours.fileno())
+        ours.close()
+        if echo is not None:
+            echo.wait()
 
     asyncio.run(main())
 
@@ -238,19 +290,10 @@ def metrics_wrapper_cost(
     }
 
 
-def _start_serve(
-    tmpdir: Path,
-    name: str,
-    access_log: str,
-    metrics: bool,
-    command: list[str] | None = None,
-) -> tuple[Any, Any]:
-    """A ``reva-plugins serve`` process on the JSON sample; returns it and its port finder.
-    ``command``: what runs ``serve CONFIG`` instead of ``python -m reva_plugins``."""
-    config = tmpdir / f"{name}.toml"
+def config_text(access_log: str, metrics: bool) -> str:
+    """A serve config on the JSON sample (``[metrics]`` on a free port if ``metrics``)."""
     metrics_table = '[metrics]\naddress = "127.0.0.1:0"\n' if metrics else ""
-    config.write_text(
-        f"""
+    return f"""
 [grpc]
 address = "127.0.0.1:0"
 workers = {WORKERS}
@@ -263,9 +306,20 @@ driver = "{SAMPLE}"
 max_concurrency = 16
 [grpc.services.userprovider.drivers.json]
 users = "{USERS}"
-""",
-        encoding="utf-8",
-    )
+"""
+
+
+def _start_serve(
+    tmpdir: Path,
+    name: str,
+    access_log: str,
+    metrics: bool,
+    command: list[str] | None = None,
+) -> tuple[Any, Any]:
+    """A ``reva-plugins serve`` process on the JSON sample; returns it and its port finder.
+    ``command``: what runs ``serve CONFIG`` instead of ``python -m reva_plugins``."""
+    config = tmpdir / f"{name}.toml"
+    config.write_text(config_text(access_log, metrics), encoding="utf-8")
     lines: list[str] = []
     serve = subprocess.Popen(
         [*(command or [sys.executable, "-m", "reva_plugins", "serve"]), str(config)],
@@ -284,43 +338,82 @@ users = "{USERS}"
     return serve, port
 
 
+def _plugins(pid: int) -> list[int]:
+    """The child processes of ``pid`` (serve's plugins)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
+def _own_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of exactly ``pids``, from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _measured(pid: int, address: str, clients: int, calls: int) -> dict[str, float]:
-    cpu = _cpu_seconds(pid)
+    plugins = _plugins(pid)
+    cpu, plugin_cpu = _cpu_seconds(pid), _own_cpu_seconds(plugins)
     out = _load(address, clients, calls)
-    out["server_cpu_us_per_call"] = round((_cpu_seconds(pid) - cpu) / (calls + 50) * 1e6, 1)
+    served = calls + 50  # and the warm-up
+    out["server_cpu_us_per_call"] = round((_cpu_seconds(pid) - cpu) / served * 1e6, 1)
+    if plugins:
+        spent = _own_cpu_seconds(plugins) - plugin_cpu
+        out["plugin_cpu_us_per_call"] = round(spent / served * 1e6, 1)
     out["calls"] = calls
     return out
 
 
-def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
-    """Three servers, each level of concurrency: ``serve`` without a metrics endpoint (no call
-    wrapper), ``serve`` with one (the metrics ``service_call`` wrapper on every call) and the bare
-    grpcio baseline; ratios of throughput and p50 differences."""
+def measure(calls: int) -> dict[str, Any]:
+    """Each level of concurrency: ``serve`` as deployed (the default access log, ``[metrics]``
+    on), ``serve`` lean (neither), the bare grpcio baseline and, for reference, the bare server
+    in threads and with a process hop; ratios of throughput and of CPU per call (serve and its
+    plugin), p50 differences, and the budget of the deployed server's CPU per call."""
+    from benchmarks import _budget
+
     results: dict[str, Any] = {"workers": WORKERS, "calls_per_level": calls}
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         port_file, threads_port_file = tmpdir / "port", tmpdir / "threads-port"
-        bare, threads = (
+        hop_port_file = tmpdir / "hop-port"
+        bare, threads, hop = (
             subprocess.Popen(
                 [sys.executable, "-m", "benchmarks._serve", "bare", str(f), str(WORKERS), flavour],
                 cwd=ROOT,
                 text=True,
             )
-            for f, flavour in ((port_file, "aio"), (threads_port_file, "threads"))
+            for f, flavour in (
+                (port_file, "aio"),
+                (threads_port_file, "threads"),
+                (hop_port_file, "aio-hop"),
+            )
         )
-        serve, serve_port = _start_serve(tmpdir, "plain", access_log, metrics=False)
-        metered, metered_port = _start_serve(tmpdir, "metered", access_log, metrics=True)
+        serve, serve_port = _start_serve(tmpdir, "deployed", ACCESS_LOG, metrics=True)
+        lean, lean_port = _start_serve(tmpdir, "lean", "off", metrics=False)
         try:
             bare_port = _wait_port(bare, lambda: port_file.exists() and port_file.read_text())
             threads_port = _wait_port(
                 threads, lambda: threads_port_file.exists() and threads_port_file.read_text()
             )
+            hop_port = _wait_port(hop, lambda: hop_port_file.exists() and hop_port_file.read_text())
             ours_port = _wait_port(serve, serve_port)
-            metered_at = _wait_port(metered, metered_port)
+            lean_at = _wait_port(lean, lean_port)
             servers = {
                 "bare": (bare.pid, f"127.0.0.1:{bare_port}"),
+                "hop": (hop.pid, f"127.0.0.1:{hop_port}"),
                 "ours": (serve.pid, f"127.0.0.1:{ours_port}"),
-                "metrics": (metered.pid, f"127.0.0.1:{metered_at}"),
+                "lean": (lean.pid, f"127.0.0.1:{lean_at}"),
                 "threads": (threads.pid, f"127.0.0.1:{threads_port}"),
             }
             for clients in CLIENTS:
@@ -331,29 +424,57 @@ def measure(calls: int, access_log: str = "off") -> dict[str, Any]:
                     order = list(servers) if number % 2 == 0 else list(reversed(servers))
                     for name in order:
                         runs[name].append(_measured(*servers[name], clients, calls // ROUNDS))
-                base, ours, with_metrics, pool = (
+                base, ours, no_extras, pool, hopping = (
                     sorted(runs[name], key=lambda r: r["calls_per_s"])[ROUNDS // 2]
-                    for name in ("bare", "ours", "metrics", "threads")
+                    for name in ("bare", "ours", "lean", "threads", "hop")
                 )
+                # CPU per call: the median over the rounds (each round's own, not the one with
+                # the median throughput: CPU is what the ratio is about)
+                cpu = {
+                    name: statistics.median(r["server_cpu_us_per_call"] for r in runs[name])
+                    for name in servers
+                }
+                plugin = statistics.median(r.get("plugin_cpu_us_per_call", 0) for r in runs["ours"])
                 results[f"{clients}_clients"] = {
                     "ours": ours,
-                    "ours_with_metrics": with_metrics,
+                    "ours_lean": no_extras,
                     "baseline_bare_grpcio_dict": base,
                     "reference_bare_grpcio_thread_pool": pool,
+                    "reference_bare_grpcio_process_hop": hopping,
                     "ratio_throughput_to_thread_pool": round(
                         ours["calls_per_s"] / pool["calls_per_s"], 2
                     ),
                     "ratio_throughput": round(ours["calls_per_s"] / base["calls_per_s"], 2),
                     "p50_added_ms": round(ours["p50_ms"] - base["p50_ms"], 3),
-                    "ratio_metrics_throughput": round(
-                        with_metrics["calls_per_s"] / ours["calls_per_s"], 2
+                    "cpu_us_per_call": round(cpu["ours"], 1),
+                    "baseline_cpu_us_per_call": round(cpu["bare"], 1),
+                    "ratio_cpu": round(cpu["ours"] / cpu["bare"], 2),
+                    "plugin_cpu_us_per_call": round(plugin, 1),
+                    "lean_cpu_us_per_call": round(cpu["lean"], 1),
+                    "hop_cpu_us_per_call": round(cpu["hop"], 1),
+                    "ratio_cpu_to_hop": round(cpu["ours"] / cpu["hop"], 2),
+                    "ratio_throughput_to_hop": round(
+                        ours["calls_per_s"] / hopping["calls_per_s"], 2
                     ),
-                    "metrics_p50_added_ms": round(with_metrics["p50_ms"] - ours["p50_ms"], 3),
+                    "ratio_lean_throughput": round(
+                        no_extras["calls_per_s"] / ours["calls_per_s"], 2
+                    ),
                 }
+            pieces = _budget.measure(config_text(ACCESS_LOG, metrics=True), calls)
+            results["budget_pieces_us"] = pieces
+            for clients in CLIENTS:
+                level = results[f"{clients}_clients"]
+                level["budget_us"] = _budget.rows(
+                    pieces,
+                    level["plugin_cpu_us_per_call"],
+                    level["cpu_us_per_call"],
+                    level["baseline_cpu_us_per_call"],
+                    level["hop_cpu_us_per_call"],
+                )
         finally:
-            for proc in (bare, threads, serve, metered):
+            for proc in (bare, threads, hop, serve, lean):
                 proc.send_signal(signal.SIGTERM)
-            for proc in (bare, threads, serve, metered):
+            for proc in (bare, threads, hop, serve, lean):
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:

@@ -5,10 +5,17 @@ A log line never blocks the serving loop: records go to a bounded queue, and one
 them out. When the output is slower than the records (a full stderr pipe, a slow disk), the
 queue fills and further records are dropped, counted, and the count logged once the writer
 catches up.
+
+The access log is a line per RPC, so what it costs is per-RPC cost: :func:`log_fields` hands the
+writer the line's fields (no ``LogRecord`` made, nothing formatted on the loop) when the
+record would only reach this queue anyway, and the writer takes what has queued up as one
+batch, written with one write per output, then pauses briefly, so that under load a record
+costs neither a wake-up of the writer nor a system call of its own.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import logging
@@ -18,8 +25,9 @@ import queue
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from .. import _config
 from .._errors import ConfigError
@@ -29,6 +37,11 @@ from .._redact import redact
 QUEUE_SIZE = 10_000
 #: Seconds a stop waits for the writer to get the queued records out.
 STOP_TIMEOUT = 5.0
+#: Seconds the writer pauses after a batch: what queues meanwhile is the next batch (a log line
+#: is out within this of its record; under load a record costs no wake-up of the writer).
+BATCH_PAUSE = 0.01
+#: The most records one batch takes from the queue.
+BATCH_RECORDS = 2048
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -40,9 +53,21 @@ _LEVELS = {
 _QUIETED = ("reva_plugins.plugin", "reva_plugins.process")
 
 
+#: The last second formatted: (the second, its date and time, its UTC offset); one writer
+#: thread formats, and a line per RPC need not work out the local time zone each time.
+_second: tuple[int, str, str] = (-1, "", "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.datetime.fromtimestamp(record.created).astimezone()
-    return moment.isoformat(timespec="milliseconds")
+    """``record``'s time in ISO 8601 with milliseconds and the local UTC offset."""
+    global _second  # a cache
+    created = record.created
+    whole = int(created)
+    cached = _second
+    if cached[0] != whole:
+        text = datetime.datetime.fromtimestamp(whole).astimezone().isoformat(timespec="seconds")
+        cached = _second = (whole, text[:19], text[19:])
+    return f"{cached[1]}.{int((created - whole) * 1000):03d}{cached[2]}"
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -78,11 +103,63 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class Records:
+    """The bounded queue from the loggers to the writer: a put never waits, and wakes the
+    writer only when it waits for records (under load it pauses between batches instead, and
+    a record costs an append: no lock handed over, no system call)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: collections.deque[Any] = collections.deque()
+        self._waiting = False
+        self._wake = threading.Event()
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue ``item``; :class:`queue.Full` when ``size`` are waiting."""
+        if len(self.items) >= self.size:
+            raise queue.Full
+        self.items.append(item)
+        if self._waiting:
+            self._waiting = False
+            self._wake.set()
+
+    def put(self, item: Any, timeout: float) -> None:
+        """Queue ``item``, waiting up to ``timeout`` seconds for room (then :class:`queue.Full`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.put_nowait(item)
+                return
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(BATCH_PAUSE)
+
+    def get(self) -> Any:
+        """The next record, waiting for one."""
+        return self.take(1)[0]
+
+    def take(self, most: int) -> list[Any]:
+        """The next records (up to ``most``), waiting for one if there is none."""
+        items = self.items
+        while not items:
+            self._wake.clear()
+            self._waiting = True
+            if items:  # queued before the flag was up: nobody will wake us for it
+                self._waiting = False
+                break
+            self._wake.wait()
+        pop = items.popleft
+        return [pop() for _ in range(min(most, len(items)))]
+
+
 class DroppingQueueHandler(logging.handlers.QueueHandler):
     """Hands records to the writer thread without ever waiting: a full queue drops the record
     and counts it."""
 
-    def __init__(self, records: queue.Queue[Any]) -> None:
+    queue: Records
+
+    def __init__(self, records: Records) -> None:
         super().__init__(records)
         self._lock = threading.Lock()
         self.dropped = 0
@@ -95,6 +172,14 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             with self._lock:
                 self.dropped += 1
 
+    def enqueue_fields(self, fields: Fields) -> None:
+        """Queue an access-log line's fields (the writer makes its record), or count it dropped."""
+        try:
+            self.queue.put_nowait(fields)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+
     def take_dropped(self) -> int:
         """The records dropped since the last call."""
         with self._lock:
@@ -102,31 +187,142 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
         return count
 
 
-class _Writer(logging.handlers.QueueListener):
-    """The writer thread: each record to the output, and a line for records dropped."""
+class Fields(NamedTuple):
+    """An access-log line as queued: its logger, level, time and fields (``rpc`` on its record)."""
 
-    def __init__(self, records: queue.Queue[Any], source: DroppingQueueHandler, *out: Any) -> None:
-        super().__init__(records, *out, respect_handler_level=True)
+    logger: str
+    level: int
+    created: float
+    fields: dict[str, Any]
+
+
+def access_line(fields: dict[str, Any]) -> str:
+    """The access log's message: ``key=value`` pairs."""
+    return " ".join(f"{key}={value}" for key, value in fields.items())
+
+
+#: A record's attributes as this Python's ``LogRecord`` sets them (made once: a line per RPC
+#: need not look up the process, the thread and the caller's frame each time).
+_TEMPLATE = vars(logging.LogRecord("", logging.INFO, __file__, 0, "", None, None))
+
+
+def _record(item: Fields) -> logging.LogRecord:
+    """The record :func:`log_fields` would have made through ``logging``, made by the writer."""
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    created = item.created
+    record.__dict__.update(
+        _TEMPLATE,
+        name=item.logger,
+        msg=access_line(item.fields),
+        levelno=item.level,
+        levelname=logging.getLevelName(item.level),
+        created=created,
+        msecs=int((created - int(created)) * 1000) + 0.0,
+        relativeCreated=(created - _TEMPLATE["created"]) * 1000 + _TEMPLATE["relativeCreated"],
+        rpc=item.fields,
+    )
+    return record
+
+
+class _BatchedStream:
+    """A handler's stream, written by the writer thread only: a batch's lines are collected
+    and go out as one write (and one flush) when the batch is done."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        """Keep ``text`` for the batch's write."""
+        self.parts.append(text)
+
+    def flush(self) -> None:
+        """Nothing: :meth:`commit` writes and flushes once per batch."""
+
+    def commit(self) -> None:
+        """Write what the batch collected, and flush."""
+        if not self.parts:
+            return
+        text, self.parts = "".join(self.parts), []
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # an output gone: nothing left to tell it to
+            pass
+
+
+class _Writer:
+    """The writer thread: the records queued, batch by batch, to the outputs, and a line for
+    records dropped."""
+
+    def __init__(
+        self, records: Records, source: DroppingQueueHandler, *out: logging.Handler
+    ) -> None:
         self.records = records
         self.source = source
+        self.handlers = out
+        self.streams: list[tuple[logging.StreamHandler[Any], _BatchedStream]] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Batch the stream handlers' writes, and start the thread."""
+        for handler in self.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                batched = _BatchedStream(handler.stream)
+                handler.stream = batched
+                self.streams.append((handler, batched))
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        records = self.records
+        while True:
+            batch = records.take(BATCH_RECORDS)
+            done = False
+            for item in batch:
+                if item is None:
+                    done = True
+                    continue
+                self.handle(_record(item) if type(item) is Fields else item)
+            self.commit()
+            if done:
+                return
+            time.sleep(BATCH_PAUSE)
 
     def handle(self, record: logging.LogRecord) -> None:
         """Write ``record``, after the count of those dropped before it (if any)."""
         self.report_dropped()
-        super().handle(record)
+        self._emit(record)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+    def _emit(self, record: logging.LogRecord) -> None:
+        for handler in self.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+    def commit(self) -> None:
+        """Write out what the batch's records left in the batched streams."""
+        for _, batched in self.streams:
+            batched.commit()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """Write what is queued and end the thread; an output stuck for ``timeout`` seconds (a
-        pipe nobody reads) is left behind (a daemon thread) rather than hang the exit."""
+        pipe nobody reads) is left behind (a daemon thread) rather than hang the exit (False).
+        The handlers get their own streams back."""
         thread = self._thread
         if thread is None:
-            return
+            return True
         try:
-            self.records.put(self._sentinel, timeout=timeout)  # type: ignore[attr-defined]
+            self.records.put(None, timeout=timeout)
         except queue.Full:
-            return
+            return False
         thread.join(timeout)
+        if thread.is_alive():
+            return False
         self._thread = None
+        for handler, batched in self.streams:
+            handler.stream = batched.stream
+        self.streams = []
+        return True
 
     def report_dropped(self) -> None:
         """One warning with the records dropped since the last report, if any were."""
@@ -141,7 +337,38 @@ class _Writer(logging.handlers.QueueListener):
                 (dropped,),
                 None,
             )
-            super().handle(note)
+            self._emit(note)
+            self.commit()
+
+
+#: The queue handler of the configuration in force, if any (see :func:`log_fields`).
+_direct: DroppingQueueHandler | None = None
+
+
+def log_fields(logger: logging.Logger, level: int, fields: dict[str, Any]) -> None:
+    """Log an access-log line: ``fields`` as ``key=value`` pairs, and as the record's ``rpc``
+    (the JSON lines' fields). When the record would reach only the writer's queue (``serve``
+    as configured: no handler or filter of anyone's on the way), the writer gets the fields
+    and makes the record; otherwise it goes through ``logging`` as any record does."""
+    handler = _direct
+    if handler is not None and _only_to(logger, handler):
+        handler.enqueue_fields(Fields(logger.name, level, time.time(), fields))
+    else:
+        logger.log(level, access_line(fields), extra={"rpc": fields})
+
+
+def _only_to(logger: logging.Logger, handler: logging.Handler) -> bool:
+    """Whether ``logger``'s records reach ``handler`` and nothing else, unfiltered."""
+    current: Any = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return False
+        if current.handlers:  # the end of the way: exactly ours, and no further
+            return current.handlers == [handler] and not handler.filters and not current.propagate
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def _open_output(settings: _config.LogSettings, config: str) -> IO[str] | None:
@@ -189,16 +416,21 @@ def configure(settings: _config.LogSettings, verbosity: int, config: str) -> Cal
         root.setLevel(_LEVELS[settings.level])
         for name in _QUIETED:
             logging.getLogger(name).setLevel(logging.NOTSET)
-    records: queue.Queue[Any] = queue.Queue(QUEUE_SIZE)
+    records = Records(QUEUE_SIZE)
     handler = DroppingQueueHandler(records)
     writer = _Writer(records, handler, *targets)
     root.handlers[:] = [handler]
     writer.start()
+    global _direct  # the configuration in force
+    _direct = handler
 
     def undo() -> None:
+        global _direct
+        if _direct is handler:
+            _direct = None
         root.handlers[:] = previous[0]
-        writer.stop()  # writes what is queued first
-        writer.report_dropped()
+        if writer.stop():  # writes what is queued first
+            writer.report_dropped()
         root.setLevel(previous[1])
         for name, level in previous[2].items():
             logging.getLogger(name).setLevel(level)

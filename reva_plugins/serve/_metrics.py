@@ -155,6 +155,10 @@ class Metrics:
             if self._pids.get(service) == pid:
                 del self._pids[service]
 
+    def pid(self, service: str) -> int:
+        """The current plugin process of ``service`` (0: none), without a copy of them all."""
+        return self._pids.get(service, 0)  # one dict read: atomic
+
     def pids(self) -> dict[str, int]:
         """The current plugin process of each service."""
         with self._lock:

@@ -52,6 +52,7 @@ from ._files import (
     remove_pidfile,
     write_pidfile,
 )
+from ._log import log_fields
 from ._loop import EventLoopThread
 from ._metrics import Metrics
 from ._reload import (
@@ -376,22 +377,17 @@ class Server:
         seconds: float,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        pid = self.metrics.pids().get(rpc.service, 0)
         fields = {
             "service": rpc.api,
             "method": rpc.name,
             "status": outcome,
             "duration_ms": round(seconds * 1000, 3),
-            "plugin_pid": pid,
+            "plugin_pid": self.metrics.pid(rpc.service),
             "generation": gen.number,
             "peer": context.peer(),
         }
         assert self._access_level is not None
-        access.log(
-            self._access_level,
-            " ".join(f"{k}={v}" for k, v in fields.items()),
-            extra={"rpc": fields},
-        )
+        log_fields(access, self._access_level, fields)
 
     def _generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         methods = {
