@@ -1,20 +1,21 @@
 """A call as one value: made once by the service proxy and handed down unchanged, through the
 ``service_call`` wrappers, the driver and the plugin process to the client that sends it; the
-thread and the asyncio paths carry the same value."""
+thread and the asyncio paths carry the same value. And :class:`Cancellation`, which a caller
+passes to end its calls from another thread."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._defaults import DEADLINE_SLACK
 from ._errors import CallCancelled, CallTimeout, UsageError
 from ._protocol import META_DEADLINE
-
-if TYPE_CHECKING:
-    from ._client import Cancellation
 
 
 def checked_timeout(timeout: object, plugin: str) -> float | None:
@@ -29,6 +30,49 @@ def checked_timeout(timeout: object, plugin: str) -> float | None:
     raise UsageError(
         f"timeout must be None or a number of seconds, not {timeout!r:.40}", plugin=plugin
     )
+
+
+class Cancellation:
+    """Cancels a call from another thread: pass it as ``ServiceProxy.call(...,
+    cancellation=c)``; ``c.cancel()`` ends the call at once with :class:`CallCancelled` and
+    sends the plugin ``$/cancel`` (its ``context.cancelled`` is set). One cancellation may serve
+    several calls; cancelling is idempotent and a call started after it fails at once."""
+
+    __slots__ = ("_callbacks", "_cancelled", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel every call using this (from any thread; a second call does nothing)."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` on :meth:`cancel` (now, if it was cancelled already); returns
+        what forgets it again."""
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _client
+from reva_plugins import _connection, _loopcalls
 from reva_plugins._errors import CallTimeout, ProtocolError
 from reva_plugins._protocol import APPLICATION_ERROR, loads_yielding
 
@@ -156,7 +156,9 @@ def _recording_long_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, 
         seen.append((len(line), on_loop))
         return real(line)
 
-    monkeypatch.setattr(_client, "loads_yielding", recording)
+    # the threads' path decodes long lines in _connection, the event loop's in _loopcalls
+    monkeypatch.setattr(_connection, "loads_yielding", recording)
+    monkeypatch.setattr(_loopcalls, "loads_yielding", recording)
     return seen
 
 
