@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ._call import Call, Cancellation
+from ._connection import EXIT_GRACE
 from ._errors import RevaPluginError
 from ._linereader import TIMEOUT, LineReader, Oversized
 from ._loopcalls import LoopCalls
@@ -55,26 +56,68 @@ class Client(LoopCalls):
             raise call.cancelled(self.label)
         slot = Slot()
         lock = self.lock
+        read_lock = self.read_lock
         with lock:
+            alone = not self.pending and not self.reading and not self.eof
             call_id = self._register(slot)
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+        # A caller alone takes the reading before it writes, so that nothing stands between its
+        # write and its read: on a shared CPU the plugin, woken by the write, would run its
+        # reply while this thread still did its bookkeeping. (Only alone: with no reply due to
+        # anyone, the plugin cannot be stuck writing to a socket nobody reads while it does.)
         try:
-            self.send(encode_request(call_id, method, call.params, call.meta))
+            data = encode_request(call_id, method, call.params, call.meta)
         except RevaPluginError:
             with lock:
                 self.pending.pop(call_id, None)
             raise
-        forget = None
-        if cancellation is not None:
-            forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
+        led = alone and read_lock.acquire(blocking=False)
+        try:
+            try:
+                # a write that fails waits for the exit to be recorded, not holding the reading
+                # (the watcher reads what the process still sent before it records the exit)
+                self.send(data, wait_for_exit=not led)
+            except RevaPluginError as exc:
+                with lock:
+                    self.pending.pop(call_id, None)
+                if not led:
+                    raise
+                read_lock.release()
+                led = False
+                self.gone.wait(EXIT_GRACE)
+                raise self.closed or exc from None
+            forget = None
+            if cancellation is not None:
+                forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
+            if led:
+                # a cancellation is seen between reads: read a tick at a time
+                self._lead(slot, deadline, LineReader.TICK if forget else None)
+        finally:
+            if led:
+                read_lock.release()
+        if not slot.done:
+            self._follow(call, call_id, slot, deadline, tick=LineReader.TICK if forget else None)
+        if forget is not None:
+            forget()
+        if slot.waker is not None:
+            idle_wakers.append(slot.waker)
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _follow(
+        self, call: Call, call_id: int, slot: Slot, deadline: float | None, tick: float | None
+    ) -> None:
+        """Until the slot is filled: lead when nobody reads (``tick``: a cancellation is seen
+        between reads), else wait to be woken; at the deadline the call times out."""
+        lock = self.lock
         read_lock = self.read_lock
         while not slot.done:
             with lock:
                 lead = not self.reading and not self.eof and not slot.done
             if lead and read_lock.acquire(blocking=False):
                 try:
-                    # a cancellation is seen between reads: read a tick at a time
-                    self._lead(slot, deadline, LineReader.TICK if forget else None)
+                    self._lead(slot, deadline, tick)
                 finally:
                     read_lock.release()
             elif not slot.done:
@@ -88,47 +131,55 @@ class Client(LoopCalls):
                         slot.error = call.timed_out(self.label)
                 if cancel:
                     self.notify(CANCEL, {"id": call_id})
-        if forget is not None:
-            forget()
-        if slot.waker is not None:
-            idle_wakers.append(slot.waker)
-        if slot.error is not None:
-            raise slot.error
-        return slot.result
 
     def _lead(self, slot: Slot, deadline: float | None, tick: float | None = None) -> None:
         """Read (and hand out) replies until ours is in, EOF, the deadline, or (with ``tick``)
-        a read that waited that long."""
+        a read that waited that long. A lone caller polls briefly before its read blocks."""
+        reader = self.reader
+        readline = reader.readline
         while not slot.done:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            remaining = tick
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                if tick is not None and tick < remaining:
+                    remaining = tick
+            try:
+                got = readline(remaining, spin=True)
+            except Oversized as exc:
+                self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
+                continue
+            if got is TIMEOUT:
                 return
-            if tick is not None:
-                remaining = tick if remaining is None else min(remaining, tick)
-            if self._read_one(remaining, spin=True) is not True:
+            if not got:
+                self._at_eof()
                 return
+            self._dispatch(got)  # type: ignore[arg-type]
 
-    def _read_one(self, timeout: float | None, *, spin: bool = False) -> bool | None:
-        """Read and dispatch one line: True; None on timeout; False at EOF. ``spin``: poll
-        briefly before blocking (a lone caller: a reader thread must not, it would only keep
-        the GIL from the callers it reads for)."""
+    def _read_one(self, timeout: float | None) -> bool | None:
+        """Read and dispatch one line (a reader thread: it does not poll, which would only keep
+        the GIL from the callers it reads for): True; None on timeout; False at EOF."""
         reader = self.reader
         try:
-            got = reader.readline(timeout, spin)
+            got = reader.readline(timeout)
         except Oversized as exc:
             self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
             return True
         if got is TIMEOUT:
             return None
         if not got:
-            with self.lock:
-                self.eof = True
-            if self.on_eof is not None:
-                self.on_eof()
+            self._at_eof()
             return False
         assert isinstance(got, bytes)
         self._dispatch(got)
         return True
+
+    def _at_eof(self) -> None:
+        with self.lock:
+            self.eof = True
+        if self.on_eof is not None:
+            self.on_eof()
 
     def _wait(self, slot: Slot, deadline: float | None) -> None:
         """Sleep until the slot is filled or the deadline; make sure somebody reads for us."""

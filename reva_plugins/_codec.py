@@ -58,8 +58,9 @@ def _finite_float(text: str) -> float:
 _DOUBLE_MAX = int(sys.float_info.max)
 
 
-#: a text shorter than this holds no integer past a double
+#: a text shorter than this (or with fewer digits) holds no integer past a double
 _SHORT = 309
+_DIGITS = b"0123456789"
 
 
 def _finite_int(text: str) -> int:
@@ -140,16 +141,25 @@ def _codec() -> tuple[
 
     def decode(data: bytes | str, scan: Callable[[str, int], Any] | None = None) -> Any:
         try:
-            text = data.decode("utf-8") if isinstance(data, bytes) else data
-            if scan is None:
-                scan = short if len(text) < _SHORT else checked
+            if isinstance(data, str):
+                text = data
+                if scan is None:
+                    scan = short if len(text) < _SHORT else checked
+            else:
+                if scan is None:
+                    # no integer past a double where fewer than _SHORT digits are: one C pass
+                    # instead of a Python call per integer
+                    digits = len(data) - len(data.translate(None, _DIGITS))
+                    scan = short if digits < _SHORT else checked
+                text = data.decode("utf-8")
             try:
                 obj, end = scan(text, 0)
             except (StopIteration, SystemError):
                 # SystemError: until json.decoder is imported, the C scanner fails to raise
                 # its JSONDecodeError (e.g. for '{x'); json.loads below names the error
                 obj, end = None, -1
-            if end < 0 or (end != len(text) and text[end:].strip()):
+            rest = len(text) - end
+            if end < 0 or (rest and (rest > 1 or text[end] != "\n") and text[end:].strip()):
                 import json
 
                 # raises the precise error (or copes with leading space)
@@ -159,7 +169,9 @@ def _codec() -> tuple[
                     parse_float=_finite_float,
                     parse_int=_finite_int,
                 )
-            return _refuse_surrogates(text, obj)
+            if "\\u" in text:  # only a \\udXXX escape makes a lone surrogate
+                _refuse_surrogates(text, obj)
+            return obj
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
 

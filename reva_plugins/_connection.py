@@ -73,40 +73,49 @@ class Connection:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, wait_for_exit: bool = True) -> None:
         """Queue one message and write the queue unless a write is in progress (its writer
-        writes this too); a broken wire raises the error the process was closed with."""
-        with self.lock:
-            self.outbox.append(data)
+        writes this too); a broken wire raises the error the process was closed with (see
+        :meth:`_flush` for ``wait_for_exit``)."""
+        lock = self.lock
+        with lock:
             if self.flushing:
+                self.outbox.append(data)
                 return
-            self.flushing = True
-        self._flush()
+            self.flushing = True  # nothing is queued (a writer empties the queue)
+        self._write(data, wait_for_exit)
+        with lock:
+            if not self.outbox:
+                self.flushing = False
+                return
+        self._flush(wait_for_exit)  # what others queued meanwhile
 
     def _flush(self, wait_for_exit: bool = True) -> None:
         """Write the queue until it is empty (``flushing`` set by the caller). A write that
         fails waits (``wait_for_exit``) up to ``EXIT_GRACE`` for the process's exit to be
         recorded, so the caller learns how it died."""
-        lock = self.lock
-        sendall = self.sock.sendall
         while True:
             data = self._take_queue()
             if data is None:
                 return
-            try:
-                sendall(data)
-            except OSError as exc:
-                with lock:
-                    self.flushing = False
-                    self.outbox = []
-                # The wire breaks because the process is dying: its watcher records the exit a
-                # moment later, and the caller must learn that (PluginCrashed, exit code,
-                # stderr), not errno.
-                if wait_for_exit:
-                    self.gone.wait(EXIT_GRACE)
-                raise self.closed or ProtocolError(
-                    f"cannot write to plugin: {exc}", plugin=self.label
-                ) from None
+            self._write(data, wait_for_exit)
+
+    def _write(self, data: bytes, wait_for_exit: bool = True) -> None:
+        """Write ``data`` whole (``flushing`` set by the caller); see :meth:`_flush`."""
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            with self.lock:
+                self.flushing = False
+                self.outbox = []
+            # The wire breaks because the process is dying: its watcher records the exit a
+            # moment later, and the caller must learn that (PluginCrashed, exit code, stderr),
+            # not errno.
+            if wait_for_exit:
+                self.gone.wait(EXIT_GRACE)
+            raise self.closed or ProtocolError(
+                f"cannot write to plugin: {exc}", plugin=self.label
+            ) from None
 
     def _take_queue(self) -> bytes | None:
         """What is queued, as one write; None (and the flush ends) when nothing is."""

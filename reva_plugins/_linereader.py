@@ -128,5 +128,7 @@ class LineReader:
                     break
             if not size:
                 return b""
+            if not buf and not self.skipping and self.chunk.find(b"\n", 0, size) == size - 1:
+                return bytes(self.view[:size])  # one whole line, the usual reply: no buffering
             buf += self.view[:size]
             budget -= size

@@ -20,7 +20,7 @@ import pytest
 
 from reva_plugins import _connection, _loopcalls
 from reva_plugins._errors import CallTimeout, ProtocolError
-from reva_plugins._protocol import APPLICATION_ERROR, loads_yielding
+from reva_plugins._protocol import APPLICATION_ERROR, loads, loads_yielding
 
 from .conftest import cli
 from .test_client import Peer, Pool, _line, _result
@@ -298,6 +298,31 @@ def test_a_number_past_a_double_fails_its_call_and_the_next_is_served() -> None:
     finally:
         peer.close()
         peer.client.sock.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n":' + "9" * 309 + "}",  # one integer past a double, the shortest
+        '{"n":-' + "9" * 400 + "}",
+        '{"a":[' + ",".join(["1"] * 200) + '],"n":' + "2" + "0" * 308 + "}",  # among many
+    ],
+)
+def test_an_integer_past_a_double_is_refused_whatever_the_digits_around_it(text: str) -> None:
+    """The codec picks its scanner by how many digits a line holds (fewer than a double's
+    integer needs: no check per integer); a line with one long integer is refused as bytes
+    (the wire's) and as text alike."""
+    for data in (text, text.encode()):
+        with pytest.raises(ValueError, match="out of range"):
+            loads(data)
+
+
+def test_many_small_integers_are_not_mistaken_for_a_long_one() -> None:
+    """More digits in all than one long integer would need, none past a double: decoded."""
+    numbers = list(range(10**5, 10**5 + 400))  # 2,400 digits in all
+    text = json.dumps({"n": numbers, "big": 10**300, "neg": -(10**307)})
+    for data in (text, text.encode()):
+        assert loads(data) == {"n": numbers, "big": 10**300, "neg": -(10**307)}
 
 
 # -- whatever a plugin raises is answered -----------------------------------------------------
