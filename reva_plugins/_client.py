@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from ._call import Call, Cancellation
 from ._connection import EXIT_GRACE
@@ -57,35 +57,32 @@ class Client(LoopCalls):
         slot = Slot()
         lock = self.lock
         read_lock = self.read_lock
-        with lock:
-            alone = not self.pending and not self.reading and not self.eof
-            call_id = self._register(slot)
+        with lock:  # registered as _register does, inline: this is every call's path
+            if self.closed is not None:
+                raise self.closed
+            pending = self.pending
+            alone = not pending and not self.reading and not self.eof
+            call_id = next(self.ids)
+            if pending:
+                self.overlapped = time.monotonic()
+            pending[call_id] = slot
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
-        # A caller alone takes the reading before it writes, so that nothing stands between its
-        # write and its read: on a shared CPU the plugin, woken by the write, would run its
-        # reply while this thread still did its bookkeeping. (Only alone: with no reply due to
-        # anyone, the plugin cannot be stuck writing to a socket nobody reads while it does.)
         try:
             data = encode_request(call_id, method, call.params, call.meta)
         except RevaPluginError:
             with lock:
                 self.pending.pop(call_id, None)
             raise
+        # A caller alone takes the reading before it writes, so that nothing stands between its
+        # write and its read: on a shared CPU the plugin, woken by the write, would run its
+        # reply while this thread still did its bookkeeping. (Only alone: with no reply due to
+        # anyone, the plugin cannot be stuck writing to a socket nobody reads while it does.)
         led = alone and read_lock.acquire(blocking=False)
         try:
-            try:
-                # a write that fails waits for the exit to be recorded, not holding the reading
-                # (the watcher reads what the process still sent before it records the exit)
-                self.send(data, wait_for_exit=not led)
-            except RevaPluginError as exc:
-                with lock:
-                    self.pending.pop(call_id, None)
-                if not led:
-                    raise
-                read_lock.release()
-                led = False
-                self.gone.wait(EXIT_GRACE)
-                raise self.closed or exc from None
+            self.send(data, wait_for_exit=not led)
+        except BaseException as exc:  # noqa: BLE001 - re-raised there, the reading let go
+            self._unsent(call_id, exc, led)
+        try:
             forget = None
             if cancellation is not None:
                 forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
@@ -104,6 +101,20 @@ class Client(LoopCalls):
         if slot.error is not None:
             raise slot.error
         return slot.result
+
+    def _unsent(self, call_id: int, exc: BaseException, led: bool) -> NoReturn:
+        """The request could not be written: the call is dropped, and the caller learns how
+        the process died. A write that fails waits for the exit to be recorded, but not while
+        it holds the reading (``led``): the watcher reads what the process still sent first."""
+        with self.lock:
+            self.pending.pop(call_id, None)
+        if not led:
+            raise exc
+        self.read_lock.release()
+        if isinstance(exc, RevaPluginError):
+            self.gone.wait(EXIT_GRACE)
+            raise self.closed or exc from None
+        raise exc
 
     def _follow(
         self, call: Call, call_id: int, slot: Slot, deadline: float | None, tick: float | None

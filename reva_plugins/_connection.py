@@ -16,11 +16,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ._errors import CallCancelled, ProtocolError, RevaPluginError
 from ._flood import LogFlood
-from ._linereader import LONG_LINE, TIMEOUT, LineReader, Oversized, decode, shown
+from ._linereader import LONG_LINE, TIMEOUT, LineReader, Oversized, decode, shown, undecodable
 from ._pending import Slot, Waker, settle_from_anywhere
 from ._protocol import (
     CANCEL,
@@ -29,6 +29,7 @@ from ._protocol import (
     error_to_exception,
     guess_id,
     ids_near_ends,
+    loads,
     loads_yielding,
 )
 
@@ -83,7 +84,10 @@ class Connection:
                 self.outbox.append(data)
                 return
             self.flushing = True  # nothing is queued (a writer empties the queue)
-        self._write(data, wait_for_exit)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self._broken(exc, wait_for_exit)
         with lock:
             if not self.outbox:
                 self.flushing = False
@@ -94,28 +98,29 @@ class Connection:
         """Write the queue until it is empty (``flushing`` set by the caller). A write that
         fails waits (``wait_for_exit``) up to ``EXIT_GRACE`` for the process's exit to be
         recorded, so the caller learns how it died."""
+        sendall = self.sock.sendall
         while True:
             data = self._take_queue()
             if data is None:
                 return
-            self._write(data, wait_for_exit)
+            try:
+                sendall(data)
+            except OSError as exc:
+                self._broken(exc, wait_for_exit)
 
-    def _write(self, data: bytes, wait_for_exit: bool = True) -> None:
-        """Write ``data`` whole (``flushing`` set by the caller); see :meth:`_flush`."""
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            with self.lock:
-                self.flushing = False
-                self.outbox = []
-            # The wire breaks because the process is dying: its watcher records the exit a
-            # moment later, and the caller must learn that (PluginCrashed, exit code, stderr),
-            # not errno.
-            if wait_for_exit:
-                self.gone.wait(EXIT_GRACE)
-            raise self.closed or ProtocolError(
-                f"cannot write to plugin: {exc}", plugin=self.label
-            ) from None
+    def _broken(self, exc: OSError, wait_for_exit: bool) -> NoReturn:
+        """A write failed: the queue is dropped; raise how the process died (see
+        :meth:`_flush`)."""
+        with self.lock:
+            self.flushing = False
+            self.outbox = []
+        # The wire breaks because the process is dying: its watcher records the exit a moment
+        # later, and the caller must learn that (PluginCrashed, exit code, stderr), not errno.
+        if wait_for_exit:
+            self.gone.wait(EXIT_GRACE)
+        raise self.closed or ProtocolError(
+            f"cannot write to plugin: {exc}", plugin=self.label
+        ) from None
 
     def _take_queue(self) -> bytes | None:
         """What is queued, as one write; None (and the flush ends) when nothing is."""
@@ -224,7 +229,12 @@ class Connection:
         """Hand out what one line says (a long line only when a call in flight may await it,
         decoded letting other threads run meanwhile)."""
         if len(line) <= LONG_LINE:
-            self._handle(line, *decode(line))
+            try:  # decode()'s work, inline: this is every call's path
+                message = loads(line)
+            except Exception as exc:  # noqa: BLE001 - the plugin's bytes: any failure is its fault
+                self._protocol_error(line, undecodable(exc))
+                return
+            self._handle(line, message)
         elif self._awaited(line):
             self._handle(line, *decode(line, loads_yielding))
 
@@ -243,7 +253,7 @@ class Connection:
             )
         return False
 
-    def _handle(self, line: bytes, message: Any, problem: str) -> None:
+    def _handle(self, line: bytes, message: Any, problem: str = "") -> None:
         if problem:
             self._protocol_error(line, problem)
             return

@@ -29,7 +29,12 @@ def decode(line: bytes, loads: Callable[[bytes], Any] = loads) -> tuple[Any, str
     try:
         return loads(line), ""
     except Exception as exc:  # noqa: BLE001 - every decode failure is the plugin's protocol error
-        return None, f"invalid JSON from plugin: {exc or type(exc).__name__}"
+        return None, undecodable(exc)
+
+
+def undecodable(exc: Exception) -> str:
+    """Why a line the decoder refused is no message."""
+    return f"invalid JSON from plugin: {exc or type(exc).__name__}"
 
 
 class Oversized(Exception):

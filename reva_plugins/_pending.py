@@ -65,28 +65,17 @@ class Slot:
     ``signalled`` says a wake-up was sent (exactly one per wait). An asyncio call's slot has a
     ``future`` instead, settled in its ``loop`` (whose thread is ``thread``)."""
 
-    __slots__ = (
-        "done",
-        "error",
-        "future",
-        "loop",
-        "result",
-        "signalled",
-        "thread",
-        "waiting",
-        "waker",
-    )
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[Any] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = 0
-        self.waker: Waker | None = None
-        self.done = False
-        self.waiting = False
-        self.signalled = False
-        self.result: Any = None
-        self.error: BaseException | None = None
+    # class defaults, no __init__: a lone caller's slot sets only what it uses (a slot lives
+    # for one call, and this is on every call's path)
+    future: asyncio.Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    thread = 0
+    waker: Waker | None = None
+    done = False
+    waiting = False
+    signalled = False
+    result: Any = None
+    error: BaseException | None = None
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

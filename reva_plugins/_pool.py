@@ -372,7 +372,8 @@ class Plugin:
             configure: wire.ConfigureParams = {"config": params.get("config", {})}
             params = dict(configure)
         else:
-            found = self.method(str(name))
+            name = str(name)  # a str already (see next_call)
+            found = self.methods.get(name) or self.method(name)
         if found is None:
             return error(call_id, METHOD_NOT_FOUND, f"method not found: {name}")
         func, wants_context = found
