@@ -29,7 +29,7 @@ from reva_plugins._drivers import InProcessDriver
 from reva_plugins._envmeta import EntryPointInfo
 from reva_plugins._plan import InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
-from reva_plugins._protocol import encode_request
+from reva_plugins._protocol import encode_request, loads
 from reva_plugins._proxy import ServiceProxy
 from reva_plugins.services import SERVICES
 
@@ -208,9 +208,10 @@ THREADS = (1, 4, 16, 64)
 
 def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
     """Sequential get_user through Host, and the same call one layer down (the plugin process,
-    without the proxy, its hooks and the driver) and two (the wire's client, without the
-    process's bound on the call), against a featureless JSON-RPC loop: measured in interleaved
-    rounds, both processes (every thread) pinned as ``cpus``. Then raw echoes and execnet."""
+    without the proxy, its hooks and the driver), two (the wire's client, without the
+    process's bound on the call) and three (a minimal client of the loop's kind on the
+    plugin's socket), against a featureless JSON-RPC loop: measured in interleaved rounds,
+    both processes (every thread) pinned as ``cpus``. Then raw echoes and execnet."""
     users = host.service("userprovider")
     users.get_user(UID)
     pid = users.info().pid
@@ -231,6 +232,11 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
                     "host": lambda: users.get_user(UID),
                     "process": lambda: process.invoke(call),
                     "client": lambda: client.invoke(bounded),
+                    "minimal": _peers.minimal_client(
+                        client.sock,
+                        lambda call_id: encode_request(call_id, "get_user", {"user_id": UID}),
+                        loads,
+                    ),
                     "loop": loop_once,
                 },
                 n,
@@ -253,6 +259,10 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
         "ratio_to_json_rpc_loop": ratio(ours["p50_us"], loop["p50_us"]),
         "ratio_process_to_json_rpc_loop": ratio(figures["process"]["p50_us"], loop["p50_us"]),
         "ratio_client_to_json_rpc_loop": ratio(figures["client"]["p50_us"], loop["p50_us"]),
+        "minimal_client_on_our_plugin": figures["minimal"],
+        "ratio_minimal_client_to_json_rpc_loop": ratio(
+            figures["minimal"]["p50_us"], loop["p50_us"]
+        ),
         "baseline_raw_pipe_echo": raw,
         "baseline_raw_socketpair_echo": raw_socket,
         "baseline_execnet": execnet,
@@ -489,6 +499,12 @@ def wire_table(results: dict[str, Any]) -> str:
             lat1["ours_client_invoke"]["p50_us"],
             lat1["baseline_json_rpc_loop"]["p50_us"],
             lat1["ratio_client_to_json_rpc_loop"],
+        ),
+        (
+            "    a minimal client on our plugin, 1 CPU (us)",
+            lat1["minimal_client_on_our_plugin"]["p50_us"],
+            lat1["baseline_json_rpc_loop"]["p50_us"],
+            lat1["ratio_minimal_client_to_json_rpc_loop"],
         ),
         *_throughput_rows(results["throughput"]),
         *_ablate.rows(results["ablation"]),
