@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 from ._call import Call, Cancellation
 from ._connection import EXIT_GRACE
 from ._errors import RevaPluginError
-from ._linereader import TIMEOUT, LineReader, Oversized
+from ._linereader import LONG_LINE, TIMEOUT, LineReader, Oversized, undecodable
 from ._loopcalls import LoopCalls
 from ._pending import Slot, idle_wakers, take_waker
-from ._protocol import CANCEL, encode_request
+from ._protocol import CANCEL, encode_request, loads
 
 __all__ = ["Cancellation", "Client"]
 
@@ -88,7 +88,7 @@ class Client(LoopCalls):
                 forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
             if led:
                 # a cancellation is seen between reads: read a tick at a time
-                self._lead(slot, deadline, LineReader.TICK if forget else None)
+                self._lead(call_id, slot, deadline, LineReader.TICK if forget else None)
         finally:
             if led:
                 read_lock.release()
@@ -128,7 +128,7 @@ class Client(LoopCalls):
                 lead = not self.reading and not self.eof and not slot.done
             if lead and read_lock.acquire(blocking=False):
                 try:
-                    self._lead(slot, deadline, tick)
+                    self._lead(call_id, slot, deadline, tick)
                 finally:
                     read_lock.release()
             elif not slot.done:
@@ -143,11 +143,14 @@ class Client(LoopCalls):
                 if cancel:
                     self.notify(CANCEL, {"id": call_id})
 
-    def _lead(self, slot: Slot, deadline: float | None, tick: float | None = None) -> None:
+    def _lead(
+        self, call_id: int, slot: Slot, deadline: float | None, tick: float | None = None
+    ) -> None:
         """Read (and hand out) replies until ours is in, EOF, the deadline, or (with ``tick``)
         a read that waited that long. A lone caller polls briefly before its read blocks."""
         reader = self.reader
         readline = reader.readline
+        lock = self.lock
         while not slot.done:
             remaining = tick
             if deadline is not None:
@@ -166,7 +169,28 @@ class Client(LoopCalls):
             if not got:
                 self._at_eof()
                 return
-            self._dispatch(got)  # type: ignore[arg-type]
+            line: bytes = got  # type: ignore[assignment]  # neither TIMEOUT nor EOF: a line
+            if len(line) > LONG_LINE:
+                self._dispatch(line)
+                continue
+            try:
+                message = loads(line)
+            except Exception as exc:  # noqa: BLE001 - the plugin's bytes: any failure is its fault
+                self._protocol_error(line, undecodable(exc))
+                continue
+            # our own reply, the usual line: filled here as _fill fills the slot of a caller
+            # that is not waiting (the leader), without handing it out (type(): a reply with
+            # id true must not fill call 1)
+            if type(message) is dict and "result" in message:
+                reply_id = message.get("id")
+                if type(reply_id) is int and reply_id == call_id:
+                    with lock:
+                        ours = self.pending.pop(call_id, None)
+                        if ours is not None:
+                            slot.result, slot.done = message["result"], True
+                    if ours is not None:
+                        return
+            self._handle(line, message)
 
     def _read_one(self, timeout: float | None) -> bool | None:
         """Read and dispatch one line (a reader thread: it does not poll, which would only keep

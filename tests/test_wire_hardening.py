@@ -301,6 +301,33 @@ def test_a_number_past_a_double_fails_its_call_and_the_next_is_served() -> None:
 
 
 @pytest.mark.parametrize(
+    "wrong_id",
+    [True, 1.0, "1", [1], None],
+    ids=["true", "float", "string", "list", "null"],
+)
+def test_a_lone_callers_own_reply_is_matched_by_an_integer_id_only(wrong_id: object) -> None:
+    """A lone caller reads and fills its own reply on the spot; a reply whose id only equals its
+    id (true, 1.0) or names no call is handed out as any other line (dropped, logged), and the
+    call still gets its own reply after it."""
+    peer = Peer()
+    try:
+
+        def serve() -> None:
+            request = peer.request()
+            assert request["id"] == 1
+            peer.reply(_result(wrong_id, "not yours"), _result(1, "yours"))
+
+        server = threading.Thread(target=serve)
+        server.start()
+        assert peer.client.call("m", {"v": 0}, 30) == "yours"
+        server.join()
+        assert peer.client.pending == {}
+    finally:
+        peer.close()
+        peer.client.sock.close()
+
+
+@pytest.mark.parametrize(
     "text",
     [
         '{"n":' + "9" * 309 + "}",  # one integer past a double, the shortest
