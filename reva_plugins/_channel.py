@@ -74,10 +74,12 @@ class LineChannel:
 
     def write(self, data: bytes) -> None:
         """Write whole lines, all of them."""
-        view = memoryview(data)
         with self.lock:
-            while view:
-                view = view[os.write(self.fd, view) :]
+            written = os.write(self.fd, data)  # all of it, but for a reply past the socket's room
+            if written < len(data):
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self.fd, view) :]
 
     def take(self) -> bytes | None:
         """The next buffered line without blocking: ``b""`` when none is buffered; None for a
