@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 _LOADED: dict[str, ModuleType] = {}
+_LOADER: list[Any] = []  # the loader's type and the files' folder, set at the first load
 
 
 def _load(name: str) -> ModuleType:
@@ -49,13 +50,15 @@ def _load(name: str) -> ModuleType:
     module = _LOADED.get(name)
     if module is not None:
         return module
-    # This script's own loader is a SourceFileLoader already: reusing its type spares importing
-    # importlib.machinery (up to 0.2 ms of every start).
-    loader_type: Any = type(globals().get("__loader__"))
-    if loader_type.__name__ != "SourceFileLoader":  # pragma: no cover - run some other way
-        from importlib.machinery import SourceFileLoader as loader_type
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    if not _LOADED:  # the first: where the files are, and how to load them (once)
+        # This script's own loader is a SourceFileLoader already: reusing its type spares
+        # importing importlib.machinery (up to 0.2 ms of every start).
+        loader_type: Any = type(globals().get("__loader__"))
+        if loader_type.__name__ != "SourceFileLoader":  # pragma: no cover - run some other way
+            from importlib.machinery import SourceFileLoader as loader_type
+        _LOADER[:] = [loader_type, os.path.dirname(os.path.abspath(__file__))]
+    loader_type, folder = _LOADER
+    path = f"{folder}/{name}.py"
     module = type(sys)(f"_reva_plugins{name}")
     module.__file__ = path
     module._sibling = _load  # type: ignore[attr-defined]
