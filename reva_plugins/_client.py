@@ -32,8 +32,10 @@ class Client(LoopCalls):
     a reader thread takes the socket over and stays until no call has been in flight for a
     ``LineReader.TICK``. Every reply wakes its owner with one targeted wake-up (its eventfd
     waker), and woken owners pass the wake on one at a time (a baton) so a burst of replies
-    makes one thread runnable, not sixteen. No lock is held across a syscall: a caller queues
-    its request, and whoever finds no write in progress writes everything queued at once.
+    makes one thread runnable, not sixteen. The client's lock is never held across a syscall
+    (the reading's is, by whoever reads): a caller queues its request, and whoever finds no
+    write in progress writes everything queued at once. A caller alone takes the reading before
+    it writes, and fills its own reply where it reads it.
     """
 
     # -- calls -----------------------------------------------------------------------------
