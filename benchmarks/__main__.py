@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from reva_plugins import Host
+from reva_plugins._call import Call
 from reva_plugins._drivers import InProcessDriver
 from reva_plugins._envmeta import EntryPointInfo
 from reva_plugins._plan import InProcessPlan, IsolatedPlan
 from reva_plugins._process import LaunchSpec, PluginProcess
-from reva_plugins._protocol import encode_request
+from reva_plugins._protocol import encode_request, loads
 from reva_plugins._proxy import ServiceProxy
 from reva_plugins.services import SERVICES
 
@@ -206,32 +207,62 @@ THREADS = (1, 4, 16, 64)
 
 
 def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
-    """Sequential get_user through Host, both processes (every thread) pinned as ``cpus``."""
+    """Sequential get_user through Host, and the same call one layer down (the plugin process,
+    without the proxy, its hooks and the driver), two (the wire's client, without the
+    process's bound on the call) and three (a minimal client of the loop's kind on the
+    plugin's socket), against a featureless JSON-RPC loop: measured in interleaved rounds,
+    both processes (every thread) pinned as ``cpus``. Then raw echoes and execnet."""
     users = host.service("userprovider")
     users.get_user(UID)
     pid = users.info().pid
     assert pid is not None
-    every = all_cpus()
-    pin(0, {cpus[0]})
-    pin(pid, {cpus[1]})
-    try:
-        ours = latencies(lambda: users.get_user(UID), n)
-    finally:
-        pin(0, every)
-        pin(pid, every)
+    process = users.driver.supervisor.process  # type: ignore[attr-defined]
+    assert process is not None
+    call = Call(spec.service, "get_user", {"user_id": UID})
+    bounded = call.bounded(spec.call_timeout, spec.label)
+    client = process._client
     python = str(spec.python)
+    every = all_cpus()
+    with _peers.json_rpc_peer(python, cpus) as loop_once:
+        pin(0, {cpus[0]})
+        pin(pid, {cpus[1]})
+        try:
+            figures = _peers.interleaved(
+                {
+                    "host": lambda: users.get_user(UID),
+                    "process": lambda: process.invoke(call),
+                    "client": lambda: client.invoke(bounded),
+                    "minimal": _peers.minimal_client(
+                        client.sock,
+                        lambda call_id: encode_request(call_id, "get_user", {"user_id": UID}),
+                        loads,
+                    ),
+                    "loop": loop_once,
+                },
+                n,
+            )
+        finally:
+            pin(0, every)
+            pin(pid, every)
+    ours, loop = figures["host"], figures["loop"]
     raw = _peers.raw_echo(python, n, cpus, payload=REQUEST)
     pin(0, every)
     raw_socket = _peers.raw_echo(python, n, cpus, transport="socketpair", payload=REQUEST)
-    pin(0, every)
-    loop = _peers.json_rpc_loop(python, n, cpus)
     pin(0, every)
     execnet = _peers.execnet_latency(python, n, cpus)
     pin(0, every)
     return {
         "ours": ours,
+        "ours_process_invoke": figures["process"],
+        "ours_client_invoke": figures["client"],
         "baseline_json_rpc_loop": loop,
         "ratio_to_json_rpc_loop": ratio(ours["p50_us"], loop["p50_us"]),
+        "ratio_process_to_json_rpc_loop": ratio(figures["process"]["p50_us"], loop["p50_us"]),
+        "ratio_client_to_json_rpc_loop": ratio(figures["client"]["p50_us"], loop["p50_us"]),
+        "minimal_client_on_our_plugin": figures["minimal"],
+        "ratio_minimal_client_to_json_rpc_loop": ratio(
+            figures["minimal"]["p50_us"], loop["p50_us"]
+        ),
         "baseline_raw_pipe_echo": raw,
         "baseline_raw_socketpair_echo": raw_socket,
         "baseline_execnet": execnet,
@@ -457,6 +488,24 @@ def wire_table(results: dict[str, Any]) -> str:
             lat2["ratio_to_raw_echo"],
         ),
         _loop_row(lat1),
+        (
+            "    the process's invoke, 1 CPU (us)",
+            lat1["ours_process_invoke"]["p50_us"],
+            lat1["baseline_json_rpc_loop"]["p50_us"],
+            lat1["ratio_process_to_json_rpc_loop"],
+        ),
+        (
+            "    the wire's client, 1 CPU (us)",
+            lat1["ours_client_invoke"]["p50_us"],
+            lat1["baseline_json_rpc_loop"]["p50_us"],
+            lat1["ratio_client_to_json_rpc_loop"],
+        ),
+        (
+            "    a minimal client on our plugin, 1 CPU (us)",
+            lat1["minimal_client_on_our_plugin"]["p50_us"],
+            lat1["baseline_json_rpc_loop"]["p50_us"],
+            lat1["ratio_minimal_client_to_json_rpc_loop"],
+        ),
         *_throughput_rows(results["throughput"]),
         *_ablate.rows(results["ablation"]),
     ]

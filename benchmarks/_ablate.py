@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from reva_plugins import Host, _client, _poll, _protocol
+from reva_plugins import Host, _connection, _poll, _protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "reva_plugins"
@@ -38,8 +38,8 @@ UID = {"idp": "http://localhost:20080", "opaque_id": "einstein"}
 #: bootstrap's files, before the bootstrap starts.
 PLUGIN_SIDE: dict[str, tuple[str, str]] = {
     "plugin_poll": ("_poll.py", "Spinner.spin = lambda self: None"),
-    "relief_watch": ("_bootstrap.py", "Plugin._wake_watch = lambda self: None"),
-    "inline_calls": ("_bootstrap.py", "INLINE_BELOW = -1.0"),
+    "relief_watch": ("_pool.py", "Plugin._wake_watch = lambda self: None"),
+    "inline_calls": ("_pool.py", "INLINE_BELOW = -1.0"),
 }
 #: The core's pieces (see :func:`core_side`), measured on the baseline's plugin.
 CORE_SIDE = ("caller_poll", "baton")
@@ -47,7 +47,17 @@ CORE_SIDE = ("caller_poll", "baton")
 CONTROL = "control"
 PIECES = (*PLUGIN_SIDE, *CORE_SIDE, CONTROL)
 #: The files the bootstrap's copy needs beside it (those it loads by path).
-BOOTSTRAP_FILES = ("_launch.py", "_bootstrap.py", "_wire.py", "_poll.py", "_sandbox.py")
+BOOTSTRAP_FILES = (
+    "_launch.py",
+    "_bootstrap.py",
+    "_wire.py",
+    "_codec.py",
+    "_channel.py",
+    "_pool.py",
+    "_contain.py",
+    "_poll.py",
+    "_sandbox.py",
+)
 MAIN_GUARD = 'if __name__ == "__main__":'
 FIGURES = (
     "host_1_thread",
@@ -91,8 +101,8 @@ def _patches_something(patch: str, text: str) -> bool:
     return f"\n{target} = " in text
 
 
-def _no_baton_pass(self: _client.Client) -> Any:
-    """``Client._pass_baton`` without the baton: every reply wakes its owner at once."""
+def _no_baton_pass(self: _connection.Connection) -> Any:
+    """``Connection._pass_baton`` without the baton: every reply wakes its owner at once."""
     ready = self.ready
     while ready:
         slot = ready.popleft()
@@ -105,16 +115,16 @@ def _no_baton_pass(self: _client.Client) -> Any:
 @contextlib.contextmanager
 def core_side(piece: str) -> Iterator[None]:
     """``piece`` patched out of this process meanwhile (nothing for a plugin-side piece)."""
-    spin, pass_baton = _poll.Spinner.spin, _client.Client._pass_baton
+    spin, pass_baton = _poll.Spinner.spin, _connection.Connection._pass_baton
     if piece == "caller_poll":
         _poll.Spinner.spin = lambda self: None  # type: ignore[method-assign]
     elif piece == "baton":
-        _client.Client._pass_baton = _no_baton_pass  # type: ignore[method-assign]
+        _connection.Connection._pass_baton = _no_baton_pass  # type: ignore[method-assign]
     try:
         yield
     finally:
         _poll.Spinner.spin = spin  # type: ignore[method-assign]
-        _client.Client._pass_baton = pass_baton  # type: ignore[method-assign]
+        _connection.Connection._pass_baton = pass_baton  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

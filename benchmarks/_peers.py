@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +92,11 @@ def raw_echo(
         child.wait()
 
 
-def json_rpc_loop(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[str, float]:
+@contextlib.contextmanager
+def json_rpc_peer(python: str, cpus: tuple[int | None, int | None]) -> Iterator[Callable[[], None]]:
     """A featureless two-process JSON-RPC loop: each request line (``json`` both sides) over a
-    socketpair answered by a child that replies with its params as the result."""
+    socketpair answered by a child that replies with its params as the result; yields one
+    round trip."""
     import itertools
     import json
     import socket
@@ -114,12 +118,78 @@ def json_rpc_loop(python: str, n: int, cpus: tuple[int | None, int | None]) -> d
         json.loads(reader.readline())
 
     try:
-        return latencies(once, n)
+        yield once
     finally:
         reader.close()
         ours.close()
         child.kill()
         child.wait()
+
+
+def json_rpc_loop(python: str, n: int, cpus: tuple[int | None, int | None]) -> dict[str, float]:
+    """:func:`json_rpc_peer`'s round trip, ``n`` times."""
+    with json_rpc_peer(python, cpus) as once:
+        return latencies(once, n)
+
+
+def minimal_client(
+    sock: Any, encode: Callable[[int], bytes], loads: Callable[[bytes], Any]
+) -> Callable[[], None]:
+    """A round trip the loop's way on a plugin's own socket (while its client is idle): a request
+    encoded, written, read back to its newline, decoded; no ids kept, no deadline, no lock."""
+    import itertools
+
+    ids = itertools.count(1 << 40)  # never one of the client's
+    buf = bytearray(65536)
+    view = memoryview(buf)
+
+    def recv(at: int) -> int:
+        while True:
+            try:
+                return int(sock.recv_into(view[at:]))
+            except BlockingIOError:  # the socket's read timeout (the client's tick)
+                continue
+
+    def once() -> None:
+        sock.sendall(encode(next(ids)))
+        got = recv(0)
+        while buf[got - 1] != 10:
+            got += recv(got)
+        loads(bytes(view[:got]))
+
+    return once
+
+
+def interleaved(
+    funcs: dict[str, Callable[[], object]], n: int, rounds: int = 10
+) -> dict[str, dict[str, float]]:
+    """p50/p99 (and mean) of ``n`` sequential calls of each function, in microseconds, measured
+    in ``rounds`` rounds that alternate their order: what one round measures of each lies
+    milliseconds apart, so a machine that other work slows down slows all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in funcs}
+    names = list(funcs)
+    per = max(1, n // rounds)
+    clock = time.perf_counter
+    for func in funcs.values():
+        for _ in range(min(50, n)):
+            func()
+    for turn in range(rounds):
+        for name in names if turn % 2 else reversed(names):
+            func, out = funcs[name], samples[name]
+            for _ in range(per):
+                began = clock()
+                func()
+                out.append(clock() - began)
+    result = {}
+    for name, values in samples.items():
+        values.sort()
+        result[name] = {
+            "p50_us": round(values[len(values) // 2] * 1e6, 1),
+            "p99_us": round(values[min(len(values) - 1, int(len(values) * 0.99))] * 1e6, 1),
+            "mean_us": round(sum(values) / len(values) * 1e6, 1),
+            "n": len(values),
+        }
+    return result
 
 
 def json_lines_throughput(python: str, n: int) -> float:

@@ -67,7 +67,10 @@ class Spinner:
         if self.skip:
             self.skip -= 1
             return
-        if self.one_cpu():
+        if time.monotonic() - self.cpus_at < CPUS_RECHECK:  # one_cpu's answer, without a call
+            if self.alone:
+                return
+        elif self.one_cpu():
             return
         poll = self.poll
         if poll is None:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from . import _defaults, _protocol
-from ._bootstrap import descendants
 from ._call import Call
 from ._client import Cancellation, Client
+from ._contain import descendants
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, RevaPluginError
 from ._plugin_stderr import StderrLog

@@ -1,8 +1,8 @@
 """The wire protocol, core side: encoding requests, decoding errors into exceptions.
 
 The definitions both sides share (method names, error codes, limits, the bootstrap's input and
-the handshake) live in ``_wire``, re-exported here; the JSON codec lives in the bootstrap (which
-cannot import the core) and is shared from there.
+the handshake) live in ``_wire``, re-exported here; the JSON codec is ``_codec``'s (which the
+bootstrap loads by path) and is shared from there.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._bootstrap import dumps, loads, loads_yielding
+from ._codec import dumps, loads, loads_yielding
 from ._errors import RemoteError, UsageError, remote_error
 from ._wire import (
     APPLICATION_ERROR,

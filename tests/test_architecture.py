@@ -21,7 +21,7 @@ SOURCE_KINDS = ("inprocess", "venv", "folder", "file", "git", "archive", "requir
 LAYERS: dict[str, int] = {
     # 0 - leaves: shared by both halves
     **dict.fromkeys(["_errors", "_redact", "_fs", "_environ", "_subprocess", "_wire"], 0),
-    **dict.fromkeys(["_version", "_sandbox", "_poll"], 0),
+    **dict.fromkeys(["_version", "_sandbox", "_poll", "_codec"], 0),
     # 1 - the build half, the run half, defaults, service types
     **dict.fromkeys(["_auth", "_urls", "_git", "_python", "_installers", "_sources"], 1),
     **dict.fromkeys([f"_sources.{kind}" for kind in SOURCE_KINDS], 1),
@@ -30,6 +30,8 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["_store", "_envmeta", "_holds"], 1),
     **dict.fromkeys(["_protocol", "_launch", "_bootstrap", "_client", "_process", "_defaults"], 1),
     **dict.fromkeys(["_flood", "_plugin_stderr", "_supervisor", "_call"], 1),
+    **dict.fromkeys(["_channel", "_pool", "_contain"], 1),
+    **dict.fromkeys(["_linereader", "_pending", "_connection", "_loopcalls"], 1),
     **dict.fromkeys(["services", "services._base", "services.userprovider"], 1),
     **dict.fromkeys(["services.authprovider", "services.groupprovider"], 1),
     # 2 - configuration, host hook specs
@@ -53,7 +55,19 @@ LAYERS: dict[str, int] = {
 BUILD_HALF = {"_sources", "_git", "_store", "_envmeta", "_holds", "_installers", "_python"}
 BUILD_HALF |= {"_auth", "_urls", "_fs"} | {name for name in LAYERS if name.startswith("_sources.")}
 RUN_HALF = {"_process", "_plugin_stderr", "_supervisor", "_client", "_flood", "_protocol", "_wire"}
-RUN_HALF |= {"_call", "_poll", "_launch", "_bootstrap"}
+RUN_HALF |= {"_call", "_poll", "_launch", "_bootstrap", "_codec", "_channel", "_pool", "_contain"}
+RUN_HALF |= {"_linereader", "_pending", "_connection", "_loopcalls"}
+#: the plugin's side: the bootstrap and what it loads by path (nothing else of the core)
+PLUGIN_SIDE = {
+    "_bootstrap",
+    "_wire",
+    "_codec",
+    "_channel",
+    "_pool",
+    "_contain",
+    "_poll",
+    "_sandbox",
+}
 
 
 def module_name(path: Path) -> str:
@@ -139,7 +153,9 @@ def test_the_build_half_and_the_run_half_never_import_each_other() -> None:
 
 
 def test_the_bootstrap_imports_nothing_of_the_core_but_the_protocol_module() -> None:
-    assert IMPORTS["_bootstrap"] <= {"_wire", "_poll", "_sandbox"}
+    for name in PLUGIN_SIDE:
+        assert IMPORTS[name] <= PLUGIN_SIDE, name
+    assert IMPORTS["_codec"] == set()  # the core's codec too: it imports nothing of the core
     assert IMPORTS["_poll"] == set()  # the bootstrap loads it by path, beside _wire
     assert IMPORTS["_sandbox"] == set()
     assert IMPORTS["_launch"] == set()
@@ -290,7 +306,8 @@ def test_the_checker_sees_imports() -> None:
     """The checker itself: it finds what a module imports (else every rule would pass)."""
     assert IMPORTS["_cli"] >= {"_config", "_host", "_plan", "_present"}
     # the package-mode import, outside TYPE_CHECKING
-    assert IMPORTS["_bootstrap"] == {"_wire", "_poll", "_sandbox"}
+    assert IMPORTS["_bootstrap"] == PLUGIN_SIDE - {"_bootstrap"}
+    assert IMPORTS["_pool"] == {"_wire", "_codec", "_channel"}
     assert "_host" not in IMPORTS["_hooks"]  # only under TYPE_CHECKING
     assert IMPORTS["services.groupprovider"] >= {"services._base"}
 

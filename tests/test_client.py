@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reva_plugins import _bootstrap, _client, _plugin_stderr
+from reva_plugins import _channel, _client, _pending, _plugin_stderr, _pool
 from reva_plugins._client import Cancellation, Client
 from reva_plugins._errors import (
     CallCancelled,
@@ -183,7 +183,7 @@ def test_many_threads_through_a_flood_of_junk_get_their_own_replies(peer: Peer) 
 
 def _no_stale_wake_ups() -> None:
     """Every idle waker is quiet: the next caller to sleep on one is not woken for nothing."""
-    assert not any(waker.wait(0) for waker in list(_client._idle_wakers))
+    assert not any(waker.wait(0) for waker in list(_pending.idle_wakers))
 
 
 def test_a_reply_split_across_writes_with_a_stall_arrives_whole(peer: Peer) -> None:
@@ -659,7 +659,7 @@ class _Ended(SystemExit):
     pass
 
 
-class _TestPlugin(_bootstrap.Plugin):
+class _TestPlugin(_pool.Plugin):
     """The pool as the bootstrap runs it, except that the end of the wire ends the thread that
     reads it instead of the process (``SystemExit`` in a thread is silent)."""
 
@@ -674,7 +674,7 @@ class _TestPlugin(_bootstrap.Plugin):
             super().follow()
 
 
-class _RecordingWire(_bootstrap.LineChannel):
+class _RecordingWire(_channel.LineChannel):
     def __init__(self, fd: int, max_line: int) -> None:
         super().__init__(fd, max_line)
         self.writes: list[bytes] = []
@@ -714,7 +714,7 @@ class Tiny:
             assert self.gate.wait(30)
         return v
 
-    def until_cancelled(self, context: _bootstrap.CallContext) -> str:
+    def until_cancelled(self, context: _pool.CallContext) -> str:
         return "cancelled" if context.cancelled.wait(30) else "not cancelled"
 
 

@@ -30,8 +30,9 @@ from reva_plugins import (
     RemoteError,
     RevaPluginError,
 )
-from reva_plugins._client import Client, LineReader, _Oversized
+from reva_plugins._client import Client
 from reva_plugins._errors import UsageError
+from reva_plugins._linereader import LineReader, Oversized
 from reva_plugins._plan import IsolatedPlan
 from reva_plugins._process import (
     LaunchSpec,
@@ -442,7 +443,7 @@ def test_the_line_reader_returns_whole_lines_in_order(chunks: list[bytes]) -> No
         while True:
             try:
                 got = reader.readline(10.0)
-            except _Oversized as exc:
+            except Oversized as exc:
                 events.append(None if len(exc.head) <= 4096 else b"head too long")
                 continue
             assert isinstance(got, bytes), "timed out"

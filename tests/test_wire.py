@@ -35,16 +35,15 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _bootstrap, _client, _poll, _wire
+from reva_plugins import _channel, _linereader, _poll, _wire
 from reva_plugins._protocol import BOOTSTRAP_FILE
 
 from .plugin_sources import AGREE_PLUGIN as PLUGIN
 
 #: The files a plugin runs of the core: the bootstrap, and what it loads by path but ``_wire``.
-PLUGIN_FILES = (
-    BOOTSTRAP_FILE.with_name("_bootstrap.py"),
-    BOOTSTRAP_FILE.with_name("_poll.py"),
-    BOOTSTRAP_FILE.with_name("_sandbox.py"),
+PLUGIN_FILES = tuple(
+    BOOTSTRAP_FILE.with_name(f"{name}.py")
+    for name in ("_bootstrap", "_codec", "_channel", "_pool", "_contain", "_poll", "_sandbox")
 )
 
 
@@ -251,7 +250,17 @@ JSONRPC_MEMBERS = frozenset(
 #: logging attribute name.
 NOT_PROTOCOL = frozenset({"utf-8", "rb", "replace", "/proc", "/proc/", "/stat", "asctime"})
 #: The core's modules that speak the wire.
-CORE_WIRE_MODULES = ("_protocol", "_client", "_process", "_host", "_errors")
+CORE_WIRE_MODULES = (
+    "_protocol",
+    "_client",
+    "_connection",
+    "_loopcalls",
+    "_linereader",
+    "_pending",
+    "_process",
+    "_host",
+    "_errors",
+)
 
 
 def _string_literals(path: Path) -> dict[str, int]:
@@ -331,10 +340,10 @@ def test_both_ends_poll_with_the_one_spinner() -> None:
     loads it at its first read, not at start."""
     core, plugin = socket.socketpair()
     with core, plugin:
-        reader = _client.LineReader(core, 1000, peer=os.getpid())
+        reader = _linereader.LineReader(core, 1000, peer=os.getpid())
         assert type(reader.spinner) is _poll.Spinner
         assert reader.spinner.peer == os.getpid()
-        channel = _bootstrap.LineChannel(plugin.fileno(), 1000)
+        channel = _channel.LineChannel(plugin.fileno(), 1000)
         assert channel.spinner is None
         core.sendall(b"request\n")
         assert channel.read() == b"request\n"

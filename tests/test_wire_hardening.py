@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from reva_plugins import _client
+from reva_plugins import _connection, _loopcalls
 from reva_plugins._errors import CallTimeout, ProtocolError
-from reva_plugins._protocol import APPLICATION_ERROR, loads_yielding
+from reva_plugins._protocol import APPLICATION_ERROR, loads, loads_yielding
 
 from .conftest import cli
 from .test_client import Peer, Pool, _line, _result
@@ -156,7 +156,9 @@ def _recording_long_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, 
         seen.append((len(line), on_loop))
         return real(line)
 
-    monkeypatch.setattr(_client, "loads_yielding", recording)
+    # the threads' path decodes long lines in _connection, the event loop's in _loopcalls
+    monkeypatch.setattr(_connection, "loads_yielding", recording)
+    monkeypatch.setattr(_loopcalls, "loads_yielding", recording)
     return seen
 
 
@@ -296,6 +298,58 @@ def test_a_number_past_a_double_fails_its_call_and_the_next_is_served() -> None:
     finally:
         peer.close()
         peer.client.sock.close()
+
+
+@pytest.mark.parametrize(
+    "wrong_id",
+    [True, 1.0, "1", [1], None],
+    ids=["true", "float", "string", "list", "null"],
+)
+def test_a_lone_callers_own_reply_is_matched_by_an_integer_id_only(wrong_id: object) -> None:
+    """A lone caller reads and fills its own reply on the spot; a reply whose id only equals its
+    id (true, 1.0) or names no call is handed out as any other line (dropped, logged), and the
+    call still gets its own reply after it."""
+    peer = Peer()
+    try:
+
+        def serve() -> None:
+            request = peer.request()
+            assert request["id"] == 1
+            peer.reply(_result(wrong_id, "not yours"), _result(1, "yours"))
+
+        server = threading.Thread(target=serve)
+        server.start()
+        assert peer.client.call("m", {"v": 0}, 30) == "yours"
+        server.join()
+        assert peer.client.pending == {}
+    finally:
+        peer.close()
+        peer.client.sock.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n":' + "9" * 309 + "}",  # one integer past a double, the shortest
+        '{"n":-' + "9" * 400 + "}",
+        '{"a":[' + ",".join(["1"] * 200) + '],"n":' + "2" + "0" * 308 + "}",  # among many
+    ],
+)
+def test_an_integer_past_a_double_is_refused_whatever_the_digits_around_it(text: str) -> None:
+    """The codec picks its scanner by how many digits a line holds (fewer than a double's
+    integer needs: no check per integer); a line with one long integer is refused as bytes
+    (the wire's) and as text alike."""
+    for data in (text, text.encode()):
+        with pytest.raises(ValueError, match="out of range"):
+            loads(data)
+
+
+def test_many_small_integers_are_not_mistaken_for_a_long_one() -> None:
+    """More digits in all than one long integer would need, none past a double: decoded."""
+    numbers = list(range(10**5, 10**5 + 400))  # 2,400 digits in all
+    text = json.dumps({"n": numbers, "big": 10**300, "neg": -(10**307)})
+    for data in (text, text.encode()):
+        assert loads(data) == {"n": numbers, "big": 10**300, "neg": -(10**307)}
 
 
 # -- whatever a plugin raises is answered -----------------------------------------------------

@@ -1,0 +1,256 @@
+"""asyncio calls over one plugin wire (:meth:`LoopCalls.acall`): they never block their event
+loop. The loop itself reads the socket whenever it is readable and nobody else is reading
+(each loop on a dup of the socket of its own), writes without blocking (a write that would block
+is finished by a thread), hands a long line to a worker thread to decode, and learns of replies
+another thread read through ``call_soon_threadsafe``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._call import Call, Cancellation
+from ._connection import EXIT_GRACE, Connection
+from ._errors import ProtocolError, RevaPluginError
+from ._linereader import LONG_LINE, TIMEOUT, Oversized, decode
+from ._pending import Slot
+from ._protocol import CANCEL, encode_request, loads_yielding
+
+#: lines an event loop reads per wake-up at most (a flood must not hold the loop)
+LOOP_READS = 256
+
+
+class LoopCalls(Connection):
+    """A :class:`Connection` with calls from coroutines; the event loops that read its socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        label: str,
+        max_line: int,
+        on_eof: Callable[[], None] | None = None,
+        peer_pid: int | None = None,
+    ) -> None:
+        super().__init__(sock, label=label, max_line=max_line, on_eof=on_eof, peer_pid=peer_pid)
+        #: the event loops reading the socket (each on a dup of its own; ``read_lock`` decides
+        #: who reads): one per loop with calls on this client, so a busy loop starves no other
+        self.watchers: dict[asyncio.AbstractEventLoop, _LoopWatch] = {}
+
+    async def acall(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        meta: dict[str, Any] | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> Any:
+        """:meth:`ainvoke` a call of ``method`` made of these parts."""
+        call = Call(self.label, method, params, timeout, meta or {}, cancellation)
+        return await self.ainvoke(call)
+
+    async def ainvoke(self, call: Call) -> Any:
+        """:meth:`invoke` for a coroutine: the running loop reads the replies (unless a thread is
+        reading already) and nothing blocks it. A task cancelled while it awaits its reply
+        cancels the call in the plugin (``$/cancel``)."""
+        method, timeout, cancellation = call.method, call.timeout, call.cancellation
+        if cancellation is not None and cancellation.cancelled:
+            raise call.cancelled(self.label)
+        loop = asyncio.get_running_loop()
+        slot = Slot()
+        future = slot.future = loop.create_future()
+        slot.loop = loop
+        slot.thread = threading.get_ident()
+        lock = self.lock
+        with lock:
+            call_id = self._register(slot)
+            self.outbox.append(encode_request(call_id, method, call.params, call.meta))
+            write = not self.flushing
+            if write:
+                self.flushing = True
+        self._watch(loop)
+        broken = self._flush_nowait() if write else None
+        if broken is not None:
+            with lock:
+                self.pending.pop(call_id, None)
+            # as in _flush: the caller must learn how the process died, not errno
+            await loop.run_in_executor(None, self.gone.wait, EXIT_GRACE)
+            raise self.closed or ProtocolError(
+                f"cannot write to plugin: {broken}", plugin=self.label
+            ) from None
+        timer = None
+        if timeout is not None and timeout > 0:
+            timer = loop.call_later(timeout, self._expire, call_id, call)
+        forget = None
+        if cancellation is not None:
+            forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._cancel(call_id, method)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if forget is not None:
+                forget()
+
+    def _expire(self, call_id: int, call: Call) -> None:
+        if self._fill(call_id, error=call.timed_out(self.label)):
+            self.notify(CANCEL, {"id": call_id})
+
+    # -- an event loop reading ---------------------------------------------------------------
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` read the socket whenever it is readable, from now until EOF or close
+        (loops that closed meanwhile let go of theirs here)."""
+        if loop in self.watchers:
+            return
+        with self.lock:
+            if self.eof or loop in self.watchers:
+                return
+            gone = [w for w in self.watchers.values() if w.loop.is_closed()]
+            for watch in gone:
+                del self.watchers[watch.loop]
+            # a dup of the socket is what the loop watches: whoever closes the socket, the
+            # number the loop's selector knows is never another file's until the loop lets go
+            ours = self.watchers[loop] = _LoopWatch(loop, os.dup(self.sock.fileno()))
+        for watch in gone:
+            watch.release()
+        ours.resume(self._loop_readable)
+
+    def _loop_readable(self) -> None:
+        """The socket is readable (on a loop): read and hand out what is buffered, unless
+        someone else reads already; then let them, and look again shortly."""
+        watcher = self.watchers.get(asyncio.get_running_loop())
+        if watcher is None:
+            return
+        if not self.read_lock.acquire(blocking=False):
+            watcher.pause(self._loop_readable)
+            return
+        reader = self.reader
+        handed = False  # a worker decodes a long line, and lets go of the reading after it
+        try:
+            for _ in range(LOOP_READS):  # then the loop's other work has its turn
+                try:
+                    got = reader.readline(0, nowait=True)
+                except Oversized as exc:
+                    self._protocol_error(exc.head, f"message longer than {reader.max_line} bytes")
+                    continue
+                if got is TIMEOUT:
+                    return
+                if not got:
+                    with self.lock:
+                        self.eof = True
+                    self._unwatch()
+                    if self.on_eof is not None:
+                        self.on_eof()
+                    return
+                assert isinstance(got, bytes)
+                if self._dispatch_aside(got):
+                    handed = True
+                    return
+                if not reader.has_line():
+                    return
+        finally:
+            if not handed:
+                self.read_lock.release()
+
+    def _watched(self) -> bool:
+        """Whether a running event loop reads for everyone."""
+        return any(w.loop.is_running() for w in list(self.watchers.values()))
+
+    def _unwatch(self) -> None:
+        """Let every loop go of the socket (from any thread)."""
+        with self.lock:
+            watchers, self.watchers = list(self.watchers.values()), {}
+        for watcher in watchers:
+            watcher.release_threadsafe()
+
+    def _dispatch_aside(self, line: bytes) -> bool:
+        """Hand out what one line the loop read says (holding ``read_lock``). A long line is
+        decoded and handed out by a worker thread, which releases ``read_lock`` when done (True):
+        the loop reads on meanwhile and nobody reads past it, so what follows it is handed out
+        after it and its memory is all a plugin can make a worker hold."""
+        if len(line) <= LONG_LINE:
+            self._handle(line, *decode(line))
+            return False
+        if not self._awaited(line):
+            return False
+        try:
+            threading.Thread(
+                target=self._decode_aside,
+                args=(line, asyncio.get_running_loop()),
+                name=f"reva-{self.label}-decoder",
+                daemon=True,
+            ).start()
+        except RuntimeError:  # no thread to be had: the loop decodes it
+            self._handle(line, *decode(line, loads_yielding))
+            return False
+        return True
+
+    def _decode_aside(self, line: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        more = False
+        try:
+            self._handle(line, *decode(line, loads_yielding))
+        finally:
+            more = self.reader.has_line()
+            self.read_lock.release()
+        if more:  # lines read with it wake no watch of the socket: have the loop hand them out
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._loop_readable)
+
+    def close(self, error: RevaPluginError) -> None:
+        """See :meth:`Connection.close`; the loops let go of the socket too."""
+        super().close(error)
+        self._unwatch()
+
+
+class _LoopWatch:
+    """An event loop's reader on a dup of the plugin's socket. The loop's thread adds, pauses
+    and removes it; :meth:`release_threadsafe` asks the loop to (or closes the dup itself when
+    the loop has closed and watches nothing any more)."""
+
+    #: seconds a paused watch waits before the loop looks at the socket again
+    PAUSE = 0.0005
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.released = False
+        self.lock = threading.Lock()  # the dup is closed once (its number may be reused)
+
+    def resume(self, callback: Callable[[], None]) -> None:
+        if not self.released:
+            self.loop.add_reader(self.fd, callback)
+
+    def pause(self, callback: Callable[[], None]) -> None:
+        """A thread reads: stop watching for a moment (the socket stays readable meanwhile,
+        and a level-triggered watch would spin)."""
+        self.loop.remove_reader(self.fd)
+        self.loop.call_later(self.PAUSE, self.resume, callback)
+
+    def release(self) -> None:
+        """On the loop's thread (or with the loop stopped or closed)."""
+        with self.lock:
+            if self.released:
+                return
+            self.released = True
+        if not self.loop.is_closed():
+            with contextlib.suppress(Exception):  # a loop stopped mid-teardown
+                self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+
+    def release_threadsafe(self) -> None:
+        if not self.loop.is_running():  # stopped (nobody would run a callback) or closed
+            self.release()
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.release)
+        except RuntimeError:  # closed meanwhile: its selector is gone with it
+            self.release()
