@@ -1,0 +1,412 @@
+"""``[grpc] processes = N``: worker processes sharing the port under one parent, real servers on
+127.0.0.1 with a real plugin. Nothing here asserts a time: every wait is on a condition."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+grpc = pytest.importorskip("grpc", reason="the serve extra is not installed")
+
+from cs3.identity.user.v1beta1 import resources_pb2 as user_res  # noqa: E402
+from cs3.identity.user.v1beta1 import user_api_pb2 as user_api  # noqa: E402
+from cs3.identity.user.v1beta1 import user_api_pb2_grpc as user_grpc  # noqa: E402
+from cs3.rpc.v1beta1 import code_pb2  # noqa: E402
+
+from reva_plugins import _config  # noqa: E402
+
+from .conftest import cli, pid_alive, wait_until  # noqa: E402
+from .factory import make_plugin  # noqa: E402
+from .test_serve import Served, _sample, _samples  # noqa: E402
+
+OK = code_pb2.CODE_OK
+
+#: Answers with the pid of the worker process that runs it (its parent) and the config's marker;
+#: ``nap<seconds>`` sleeps first; a ``fail`` file in its folder makes its start fail.
+WORKER_PLUGIN = """
+import os, time
+
+
+class NotFound(Exception):
+    pass
+
+
+class Provider:
+    def configure(self, config):
+        self.dir = config["dir"]
+        self.marker = config.get("marker", "m0")
+        if os.path.exists(os.path.join(self.dir, "fail")):
+            raise RuntimeError("told to fail")
+        open(os.path.join(self.dir, f"started-{os.getpid()}"), "w").close()
+
+    def get_user(self, user_id, skip_fetching_groups=False, context=None):
+        opaque = user_id.get("opaque_id")
+        if opaque.startswith("nap"):
+            time.sleep(float(opaque[3:]))
+        return {
+            "id": {"idp": "test", "opaque_id": opaque, "type": 1},
+            "username": opaque,
+            "mail": "w@example.org",
+            "display_name": f"{os.getppid()}:{self.marker}",
+            "groups": [],
+            "uid_number": 1,
+            "gid_number": 1,
+        }
+
+    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
+        raise NotFound(claim)
+
+    def get_user_groups(self, user_id):
+        return []
+
+    def find_users(self, query, skip_fetching_groups=False):
+        return []
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One plugin folder for the module: its env is built once."""
+    root = tmp_path_factory.mktemp("workers") / "plugin"
+    make_plugin(root, name="reva-workers-plugin", entry_points={"reva.userprovider": "demo"})
+    (root / "reva_workers_plugin" / "__init__.py").write_text(WORKER_PLUGIN, encoding="utf-8")
+    return root
+
+
+def _config_file(tmp_path: Path, plugin: Path, marker: str = "m0", processes: str = "2") -> Path:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f"""
+[grpc]
+address = "127.0.0.1:0"
+processes = {processes}
+shutdown_grace = 10
+workers = 16
+
+[metrics]
+address = "127.0.0.1:0"
+
+[grpc.services.userprovider]
+driver = "{plugin}"
+
+[grpc.services.userprovider.drivers.demo]
+dir = "{state}"
+marker = "{marker}"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _start(config: Path) -> Served:
+    server = Served(config)
+    server.wait_for(r"\d+ worker processes serving on ")
+    return server
+
+
+def _workers(server: Served) -> dict[int, int]:
+    """Worker index to pid, as the parent's log said most recently."""
+    found: dict[int, int] = {}
+    started = server.wait_for(r"worker processes serving on \S+ \(pids ([\d, ]+);")
+    for index, pid in enumerate(started.group(1).split(", ")):
+        found[index] = int(pid)
+    for line in server.lines:
+        match = re.search(r"worker (\d+) \(pid (\d+)\) serving again", line)
+        if match:
+            found[int(match.group(1))] = int(match.group(2))
+    return found
+
+
+def _channel(server: Served) -> Any:
+    """A channel with a connection of its own (SO_REUSEPORT spreads connections, not calls)."""
+    return grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _get(stub: Any, opaque: str = "demo", timeout: float = 30) -> Any:
+    request = user_api.GetUserRequest(user_id=user_res.UserId(idp="test", opaque_id=opaque))
+    return stub.GetUser(request, timeout=timeout)
+
+
+def _answering_pid(reply: Any) -> int:
+    return int(reply.user.display_name.split(":")[0])
+
+
+def _status(server: Served) -> dict[str, Any]:
+    result = cli("status", server.address, "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def _started_plugins(state: Path) -> set[int]:
+    return {int(path.name.split("-")[1]) for path in state.glob("started-*")}
+
+
+def test_two_workers_serve_and_every_one_is_reported(tmp_path: Path, plugin: Path) -> None:
+    server = _start(_config_file(tmp_path, plugin))
+    try:
+        workers = _workers(server)
+        assert len(set(workers.values())) == 2
+        # each channel is a connection of its own; the kernel spreads them over both workers
+        seen: set[int] = set()
+        for _ in range(64):
+            channel = _channel(server)
+            try:
+                reply = _get(user_grpc.UserAPIStub(channel))
+            finally:
+                channel.close()
+            assert reply.status.code == OK
+            seen.add(_answering_pid(reply))
+            if len(seen) == 2:
+                break
+        assert seen == set(workers.values())
+
+        report = _status(server)
+        assert report["server"]["pid"] == server.proc.pid
+        assert report["server"]["processes"] == 2
+        listed = report["workers"]
+        assert sorted(listed) == ["0", "1"]
+        assert {int(w["pid"]) for w in listed.values()} == set(workers.values())
+        assert all(w["state"] == "serving" for w in listed.values())
+        plugin_pids = {int(w["services"]["userprovider"]["pid"]) for w in listed.values()}
+        assert len(plugin_pids) == 2
+        table = cli("status", server.address).stdout
+        for index, pid in workers.items():
+            assert re.search(rf"^worker\s+{index}\s+.*pid={pid}\b", table, re.M), table
+
+        # the metrics endpoint (the parent's) adds up every worker's counters
+        text = server.metrics()
+        rss = _samples(text, "reva_plugins_plugin_rss_bytes")
+        assert {int(labels["pid"]) for labels, _ in rss} == plugin_pids
+        ok = _sample(
+            text,
+            "reva_plugins_rpcs_total",
+            api="cs3.identity.user.v1beta1.UserAPI",
+            method="GetUser",
+            code="CODE_OK",
+        )
+        assert ok >= 1
+        assert wait_until(
+            lambda: len([line for line in server.lines if "status=CODE_OK" in line]) == ok
+        )
+        assert _sample(text, "reva_plugins_workers_serving") == 2
+
+        # reload through the admin API reaches every worker and reports each
+        reload = cli("reload", server.address)
+        assert reload.returncode == 0, reload.stderr
+        assert "worker 0: reload:" in reload.stderr
+        assert "worker 1: reload:" in reload.stderr
+    finally:
+        assert server.stop() == 0
+    assert not server.pidfile.exists()
+    for pid in [*workers.values(), *plugin_pids]:
+        assert wait_until(lambda pid=pid: not pid_alive(pid))
+
+
+def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
+    tmp_path: Path, plugin: Path
+) -> None:
+    server = _start(_config_file(tmp_path, plugin))
+    workers = _workers(server)
+    victim, survivor = workers[0], workers[1]
+    stop = threading.Event()
+    killed = threading.Event()
+    # per client: the worker its connection reached before the kill, and what failed
+    reached: dict[int, set[int]] = {}
+    failures: dict[int, list[str]] = {}
+    after: dict[int, int] = {}
+
+    def client(number: int) -> None:
+        channel = _channel(server)
+        stub = user_grpc.UserAPIStub(channel)
+        reached[number], failures[number], after[number] = set(), [], 0
+        try:
+            for _ in range(100_000):  # bounded; the event ends it long before
+                if stop.is_set():
+                    return
+                was_killed = killed.is_set()
+                try:
+                    reply = _get(stub, "nap0.05")
+                except grpc.RpcError as exc:
+                    failures[number].append(str(exc.code()))
+                    continue
+                if reply.status.code != OK:
+                    failures[number].append(reply.status.message)
+                elif was_killed:
+                    after[number] += 1
+                else:
+                    reached[number].add(_answering_pid(reply))
+        finally:
+            channel.close()
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in clients:
+        thread.start()
+    try:
+        assert wait_until(lambda: len(set().union(*reached.values())) == 2, timeout=60)
+        start = len(server.lines)
+        killed.set()
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for(
+            rf"worker 0 \(pid {victim}\) was killed by SIGKILL; restarting", start=start
+        )
+        back = server.wait_for(r"worker 0 \(pid (\d+)\) serving again", start=start)
+        assert wait_until(lambda: all(count >= 5 for count in after.values()), timeout=60)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=60)
+    for number, workers_reached in reached.items():
+        if workers_reached == {survivor}:
+            assert failures[number] == [], number  # the other worker's calls never failed
+        else:  # only what was in flight on the killed worker: at most one call per client
+            assert len(failures[number]) <= 1, failures[number]
+    assert any(reached[n] == {victim} for n in reached)
+    assert not pid_alive(victim)
+    report = _status(server)
+    assert {int(w["pid"]) for w in report["workers"].values()} == {int(back.group(1)), survivor}
+    assert server.stop() == 0
+
+
+def test_a_sighup_storm_with_two_workers_fails_no_call(tmp_path: Path, plugin: Path) -> None:
+    config = _config_file(tmp_path, plugin, marker="m0")
+    server = _start(config)
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        channel = _channel(server)
+        stub = user_grpc.UserAPIStub(channel)
+        try:
+            for _ in range(100_000):
+                if stop.is_set():
+                    return
+                try:
+                    reply = _get(stub)
+                except grpc.RpcError as exc:
+                    failures.append(str(exc.code()))
+                    continue
+                if reply.status.code != OK:
+                    failures.append(reply.status.message)
+                else:
+                    answers.append(reply.user.display_name.split(":")[1])
+        finally:
+            channel.close()
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    try:
+        assert wait_until(lambda: len(answers) > 20, timeout=60)
+        for round_ in range(1, 9):  # each changes the driver's config: a real swap
+            _config_file(tmp_path, plugin, marker=f"m{round_}")
+            os.kill(server.proc.pid, signal.SIGHUP)
+            seen = len(answers)
+            assert wait_until(lambda seen=seen: len(answers) > seen + 3, timeout=60)
+
+        def settled() -> bool:
+            report = _status(server)
+            return (
+                all(
+                    w.get("state") == "serving"
+                    and w["services"]["userprovider"]["state"] == "running"
+                    for w in report["workers"].values()
+                )
+                and answers[-12:] == ["m8"] * 12
+            )
+
+        assert wait_until(settled, timeout=120, interval=0.5)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=60)
+    assert failures == []
+    assert "m8" in answers
+    assert server.stop() == 0
+
+
+def test_sigterm_during_a_reload_leaves_nothing(tmp_path: Path, plugin: Path) -> None:
+    config = _config_file(tmp_path, plugin, marker="m0")
+    server = _start(config)
+    workers = _workers(server)
+    state = tmp_path / "state"
+    folder = _folder_of(server)
+    _config_file(tmp_path, plugin, marker="m1")
+    start = len(server.lines)
+    os.kill(server.proc.pid, signal.SIGHUP)
+    server.wait_for(r"reload: reading", start=start)
+    os.kill(server.proc.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=120) == 0
+    server.stop()
+    for pid in [*workers.values(), *_started_plugins(state)]:
+        assert wait_until(lambda pid=pid: not pid_alive(pid)), pid
+    assert not server.pidfile.exists()
+    assert not folder.exists()
+
+
+def _folder_of(server: Served) -> Path:
+    """The parent's private folder: a worker's initial environment names it (/proc keeps the
+    initial one; the worker took it out of ``os.environ``)."""
+    pid = _workers(server)[0]
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    raw = dict(items)[b"REVA_PLUGINS_SERVE_WORKER"]
+    folder = Path(raw.decode().split(":", 3)[3])
+    assert folder.is_dir()
+    return folder
+
+
+def test_a_worker_that_keeps_dying_at_start_makes_the_parent_give_up(
+    tmp_path: Path, plugin: Path
+) -> None:
+    server = _start(_config_file(tmp_path, plugin))
+    workers = _workers(server)
+    state = tmp_path / "state"
+    (state / "fail").write_text("", encoding="utf-8")  # every new plugin start now fails
+    os.kill(workers[0], signal.SIGKILL)
+    assert server.proc.wait(timeout=300) == 1
+    server.stop()
+    assert re.search(r"worker 0 exited 5 times in a row before serving .*giving up", server.text())
+    for pid in [*workers.values(), *_started_plugins(state)]:
+        assert wait_until(lambda pid=pid: not pid_alive(pid)), pid
+    assert not server.pidfile.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"many"', "true", "2.5", "257", '"AUTO"', "[2]"])
+def test_hostile_processes_are_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f'[grpc]\nprocesses = {value}\n[grpc.services.userprovider]\ndriver = "json"\n',
+        encoding="utf-8",
+    )
+    result = cli("serve", str(config))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "grpc.processes" in result.stderr
+    assert str(config) in result.stderr
+    assert 'or "auto"' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_processes_auto_is_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    config = tmp_path / "revad.toml"
+    for value, expected in (
+        ('"auto"', len(os.sched_getaffinity(0))),
+        ("3", 3),
+        (None, 1),
+    ):
+        line = "" if value is None else f"processes = {value}\n"
+        config.write_text(
+            f'[grpc]\n{line}[grpc.services.userprovider]\ndriver = "json"\n', encoding="utf-8"
+        )
+        assert _config.load_file(config).serve.process_count() == expected
