@@ -361,7 +361,7 @@ def _folder_of(server: Served) -> Path:
     with open(f"/proc/{pid}/environ", "rb") as f:
         items = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
     raw = dict(items)[b"REVA_PLUGINS_SERVE_WORKER"]
-    folder = Path(raw.decode().split(":", 3)[3])
+    folder = Path(raw.decode().split(":", 4)[4])
     assert folder.is_dir()
     return folder
 

@@ -59,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ._siblings import WorkerRole  # noqa: PLC0415
 
     role = WorkerRole.from_environ()
+    if role is not None:
+        role.take_stderr()
     address = None if args.address is None else _address(args.address, "--address")
     options = HostOptions(
         cache_dir=args.cache_dir, installer=args.installer, offline=args.offline or None

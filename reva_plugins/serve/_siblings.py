@@ -26,7 +26,8 @@ from .. import _defaults
 
 log = logging.getLogger("reva_plugins.serve")
 
-#: How the parent tells a process it started that it is a worker: ``INDEX:COUNT:PARENT:FOLDER``.
+#: How the parent tells a process it started that it is a worker:
+#: ``INDEX:COUNT:PARENT:STDERR:FOLDER`` (``STDERR``: the fd of the parent's stderr, or empty).
 #: Taken out of the environment as soon as it is read, so no plugin inherits it.
 ENV_VAR = "REVA_PLUGINS_SERVE_WORKER"
 #: The largest request a worker reads, and the largest answer read (a status with its metrics).
@@ -39,16 +40,19 @@ OPS: tuple[Op, ...] = ("status", "reload", "metrics")
 @dataclass(frozen=True)
 class WorkerRole:
     """This process is worker ``index`` of ``count``, started by ``parent``; the sockets of
-    all of them are in ``folder``."""
+    all of them are in ``folder``; ``stderr`` is the parent's stderr, passed down as this fd
+    (the worker's log lines go there straight, not through the parent)."""
 
     index: int
     count: int
     parent: int
     folder: Path
+    stderr: int | None = None
 
     def encode(self) -> str:
         """The value of :data:`ENV_VAR` that makes a process this worker."""
-        return f"{self.index}:{self.count}:{self.parent}:{self.folder}"
+        stderr = "" if self.stderr is None else str(self.stderr)
+        return f"{self.index}:{self.count}:{self.parent}:{stderr}:{self.folder}"
 
     @classmethod
     def from_environ(cls) -> WorkerRole | None:
@@ -56,8 +60,16 @@ class WorkerRole:
         raw = os.environ.pop(ENV_VAR, None)
         if raw is None:
             return None
-        index, count, parent, folder = raw.split(":", 3)
-        return cls(int(index), int(count), int(parent), Path(folder))
+        index, count, parent, stderr, folder = raw.split(":", 4)
+        return cls(
+            int(index), int(count), int(parent), Path(folder), int(stderr) if stderr else None
+        )
+
+    def take_stderr(self) -> None:
+        """Write to the parent's stderr from now on (the parent passed it down)."""
+        if self.stderr is not None:
+            os.dup2(self.stderr, 2)
+            os.close(self.stderr)
 
     def socket_path(self, index: int | None = None) -> Path:
         """The control socket of worker ``index`` (this one's by default)."""

@@ -9,7 +9,9 @@ nothing per RPC), writes the pid file and plans every service once, so the envs 
 once and each worker finds them cached. Then it starts the workers: ``python -m reva_plugins
 serve`` with :data:`~._siblings.ENV_VAR` set, each a whole server with its own plugin
 processes, binding the port with ``SO_REUSEPORT`` (the kernel spreads connections across
-them). Their log lines pass through the parent's stderr whole.
+them). They write their log lines to the parent's stderr themselves (a line is one write),
+so the parent costs nothing per RPC; what a worker writes before it takes it over passes
+through the parent.
 
 It forwards SIGHUP (every worker reloads, each with zero downtime) and SIGTERM/SIGINT (every
 worker drains within ``shutdown_grace``; one still running ``WORKER_STOP_MARGIN`` later is
@@ -50,7 +52,8 @@ log = logging.getLogger("reva_plugins.serve")
 
 #: Seconds between the parent's looks at its workers (and at the signals it received).
 POLL = 0.05
-#: The lines of a worker's stderr kept for the message when the parent gives up.
+#: The lines of a worker's stderr (before it writes to ours itself) kept for the message when
+#: the parent gives up.
 TAIL = 5
 _PR_SET_PDEATHSIG = 1
 
@@ -97,6 +100,7 @@ class Parent:
         self.argv = list(argv)
         self.workers = [_Worker(index) for index in range(count)]
         self.folder: Path | None = None
+        self._stderr: int | None = None  # our stderr, for the workers to write to
         self._reserved: socket.socket | None = None
         self._metrics_server: MetricsHTTPServer | None = None
         self._signals: collections.deque[int] = collections.deque()
@@ -159,6 +163,8 @@ class Parent:
             write_pidfile(self.pidfile, is_server_pid)
         for name in services:  # built once here: every worker finds the env cached
             plan_backend(config, self.options, name, 0, lambda host, service: None).close()
+        if self._stopping():  # SIGTERM while the envs were built: start nothing
+            return ExitCode.OK
         self.folder = Path(tempfile.mkdtemp(prefix="reva-plugins-serve-"))
         for worker in self.workers:
             self._spawn(worker)
@@ -211,7 +217,10 @@ class Parent:
         assert self.folder is not None
         with contextlib.suppress(FileNotFoundError):
             socket_path(self.folder, worker.index).unlink()
-        role = WorkerRole(worker.index, self.count, os.getpid(), self.folder)
+        if self._stderr is None:
+            with contextlib.suppress(OSError):
+                self._stderr = os.dup(2)
+        role = WorkerRole(worker.index, self.count, os.getpid(), self.folder, self._stderr)
         argv = [*self.argv, "--address", self.address]
         worker.tail.clear()
         worker.proc = _subprocess.spawn(
@@ -220,6 +229,7 @@ class Parent:
             cwd=None,
             stdin=subprocess.DEVNULL,
             stdout=_stdout(),
+            pass_fds=() if self._stderr is None else (self._stderr,),
         )
         worker.started = time.monotonic()
         worker.ready = False
@@ -287,9 +297,9 @@ class Parent:
         worker.proc = None
         worker.ready = False
         if worker.early_exits >= _defaults.WORKER_START_FAILURES:
-            last = worker.tail[-1] if worker.tail else "it wrote nothing"
+            last = f": {worker.tail[-1]}" if worker.tail else "; its lines are above"
             log.error(
-                "worker %d exited %d times in a row before serving (last %s: %s); giving up",
+                "worker %d exited %d times in a row before serving (last %s%s); giving up",
                 worker.index,
                 worker.early_exits,
                 _how(code),
@@ -350,6 +360,8 @@ class Parent:
             remove_pidfile(self.pidfile)
         if self._reserved is not None:
             self._reserved.close()
+        if self._stderr is not None:
+            os.close(self._stderr)
         log.info("stopped")
 
     def _pages(self) -> list[str]:
