@@ -410,3 +410,48 @@ def test_processes_auto_is_the_cpus_this_process_may_use(tmp_path: Path) -> None
             f'[grpc]\n{line}[grpc.services.userprovider]\ndriver = "json"\n', encoding="utf-8"
         )
         assert _config.load_file(config).serve.process_count() == expected
+
+
+@pytest.mark.parametrize("value", ["", "x", "0:2:1", "5:2:1::/tmp", "0:2:1::relative", "a:b:c:d:e"])
+def test_a_bogus_worker_role_in_the_environment_is_one_line(tmp_path: Path, value: str) -> None:
+    config = tmp_path / "revad.toml"
+    config.write_text('[grpc.services.userprovider]\ndriver = "json"\n', encoding="utf-8")
+    result = cli("serve", str(config), env={"REVA_PLUGINS_SERVE_WORKER": value})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "REVA_PLUGINS_SERVE_WORKER" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hostile_requests_on_a_workers_control_socket(tmp_path: Path) -> None:
+    """Garbage, an unknown op, an endless line, a client that hangs up: each gets an error (or
+    nothing) and the socket keeps answering."""
+    import socket
+
+    from reva_plugins.serve._siblings import ControlServer, WorkerRole, ask
+
+    role = WorkerRole(0, 1, os.getpid(), tmp_path)
+    answered: list[str] = []
+
+    def answer(op: str) -> dict[str, Any]:
+        answered.append(op)
+        return {"op": op}
+
+    server = ControlServer(role, answer)
+    server.start()
+    try:
+        path = role.socket_path()
+        for payload in (b"not json\n", b'{"op": "shutdown"}\n', b"[]\n", b"{" * 5000 + b"\n", b""):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(10)
+                conn.connect(str(path))
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+                reply = conn.recv(1 << 16)
+            assert b'"error"' in reply, (payload[:20], reply)
+        assert answered == []
+        assert ask(path, "status", 10) == {"op": "status"}
+        assert ask(tmp_path / "nobody.sock", "status", 10)["error"].startswith("no answer")
+    finally:
+        server.close()
+    assert not role.socket_path().exists()

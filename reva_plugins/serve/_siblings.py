@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import _defaults
+from .._errors import UsageError
 
 log = logging.getLogger("reva_plugins.serve")
 
@@ -60,10 +61,19 @@ class WorkerRole:
         raw = os.environ.pop(ENV_VAR, None)
         if raw is None:
             return None
-        index, count, parent, stderr, folder = raw.split(":", 4)
-        return cls(
-            int(index), int(count), int(parent), Path(folder), int(stderr) if stderr else None
-        )
+        try:
+            index, count, parent, stderr, folder = raw.split(":", 4)
+            role = cls(
+                int(index), int(count), int(parent), Path(folder), int(stderr) if stderr else None
+            )
+        except ValueError:
+            role = None
+        if role is None or not 0 <= role.index < role.count or not role.folder.is_absolute():
+            raise UsageError(
+                f"{ENV_VAR} is set but names no serve worker (only serve's parent sets it); "
+                "unset it"
+            )
+        return role
 
     def take_stderr(self) -> None:
         """Write to the parent's stderr from now on (the parent passed it down)."""
