@@ -131,9 +131,9 @@ def _channel(server: Served) -> Any:
     return grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
-def _get(stub: Any, opaque: str = "demo", timeout: float = 30) -> Any:
+def _get(stub: Any, opaque: str = "demo", timeout: float = 30, *, wait: bool = False) -> Any:
     request = user_api.GetUserRequest(user_id=user_res.UserId(idp="test", opaque_id=opaque))
-    return stub.GetUser(request, timeout=timeout)
+    return stub.GetUser(request, timeout=timeout, wait_for_ready=wait)
 
 
 def _answering_pid(reply: Any) -> int:
@@ -235,7 +235,10 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
                     return
                 was_killed = killed.is_set()
                 try:
-                    reply = _get(stub, "nap0.05")
+                    # a call made while its channel reconnects waits for the connection (else
+                    # it fails fast during the client's reconnect backoff: not the server's
+                    # doing); one in flight on the killed worker fails whatever the flag
+                    reply = _get(stub, "nap0.05", wait=True)
                 except grpc.RpcError as exc:
                     failures[number].append(str(exc.code()))
                     continue
@@ -455,3 +458,66 @@ def test_hostile_requests_on_a_workers_control_socket(tmp_path: Path) -> None:
     finally:
         server.close()
     assert not role.socket_path().exists()
+
+
+def test_tls_with_two_workers_and_the_admin_api_over_it(tmp_path: Path, plugin: Path) -> None:
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not on this machine to make a certificate")
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    config = _config_file(tmp_path, plugin)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("workers = 16", 'workers = 16\ntls_cert = "cert.pem"\ntls_key = "key.pem"'),
+        encoding="utf-8",
+    )
+    server = _start(config)
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=(tmp_path / "cert.pem").read_bytes())
+        with grpc.secure_channel(server.address, creds) as channel:
+            assert _get(user_grpc.UserAPIStub(channel)).status.code == OK
+        ca = str(tmp_path / "cert.pem")
+        status = cli("status", server.address, "--tls-ca", ca, "--json")
+        assert status.returncode == 0, status.stderr
+        assert set(json.loads(status.stdout)["workers"]) == {"0", "1"}
+        reload = cli("reload", server.address, "--tls-ca", ca)
+        assert reload.returncode == 0, reload.stderr
+        assert reload.stderr.count("worker ") == 2
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_busy_port_or_a_running_servers_pidfile_starts_no_worker(
+    tmp_path: Path, plugin: Path
+) -> None:
+    import socket
+
+    config = _config_file(tmp_path, plugin)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", str(config), "--address", f"127.0.0.1:{port}")
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "--address" in result.stderr
+    assert not list((tmp_path / "state").glob("started-*"))  # no plugin, so no worker, ran
+    server = _start(config)
+    try:
+        second = cli("serve", str(config), "--pidfile", str(server.pidfile))
+        assert second.returncode == 2, second.stderr
+        assert f"server {server.proc.pid} is running" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    finally:
+        assert server.stop() == 0

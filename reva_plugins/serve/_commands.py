@@ -6,6 +6,7 @@ import argparse
 import errno
 import http.client
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -27,8 +28,10 @@ MAX_PID = 1 << 22
 MAX_METRICS_BYTES = 8 << 20
 
 
-def require_extra() -> None:
-    """A :class:`UsageError` saying what to install when the ``serve`` extra is missing.
+def require_extra(*, load: bool = True) -> None:
+    """A :class:`UsageError` saying what to install when the ``serve`` extra is missing
+    (``load=False``: only look for its modules, loading none; the parent of worker processes
+    never loads grpc, ~20 MiB it would hold for nothing).
 
     Before grpc loads: its core's own log goes to stderr at ERROR and above only (unless the
     operator set ``GRPC_VERBOSITY``), so a refused connection is our one line, not grpc's
@@ -36,7 +39,10 @@ def require_extra() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for name in EXTRA_MODULES:
         try:
-            importlib.import_module(name)
+            if load:
+                importlib.import_module(name)
+            elif importlib.util.find_spec(name) is None:
+                raise ImportError(name)
         except ImportError:
             raise UsageError(
                 f"serving needs the serve extra (module {name!r} is missing): {INSTALL_HINT}"
@@ -53,21 +59,22 @@ def _address(text: str, what: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT: one process, or (``[grpc] processes``) a parent of worker
     processes; a process the parent started is one of those workers."""
-    require_extra()
-    from ._log import configure  # noqa: PLC0415 (after the extra is checked)
-    from ._reload import HostOptions  # noqa: PLC0415
-    from ._siblings import WorkerRole  # noqa: PLC0415
+    from ._siblings import WorkerRole  # noqa: PLC0415 (stdlib only)
 
     role = WorkerRole.from_environ()
     if role is not None:
         role.take_stderr()
+    config = _config.load_file(args.config)
+    count = 1 if role is not None else config.serve.process_count()
+    require_extra(load=count == 1)
+    from ._log import configure  # noqa: PLC0415 (after the extra is checked)
+    from ._reload import HostOptions  # noqa: PLC0415
+
     address = None if args.address is None else _address(args.address, "--address")
     options = HostOptions(
         cache_dir=args.cache_dir, installer=args.installer, offline=args.offline or None
     )
     verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
-    config = _config.load_file(args.config)
-    count = 1 if role is not None else config.serve.process_count()
     if count > 1:
         from ._workers import Parent  # noqa: PLC0415
 

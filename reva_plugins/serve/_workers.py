@@ -337,7 +337,7 @@ class Parent:
         metrics endpoint, the folder, the pid file and the port."""
         live = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
         if live:
-            log.info("stopping %d worker processes", len(live))
+            log.info("stopping %d worker process%s", len(live), "es" if len(live) > 1 else "")
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.shutdown_grace + _defaults.WORKER_STOP_MARGIN
         for worker in self.workers:
@@ -362,7 +362,8 @@ class Parent:
             self._reserved.close()
         if self._stderr is not None:
             os.close(self._stderr)
-        log.info("stopped")
+        if self.folder is not None:  # a start refused in its one line says nothing more
+            log.info("stopped")
 
     def _pages(self) -> list[str]:
         """Every serving worker's metrics page."""
