@@ -626,26 +626,26 @@ def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
 
 
 def _processes_rows(found: dict[str, Any] | None) -> list[tuple[str, Any, Any, Any]]:
-    """``[grpc] processes = 2`` (ours) against ``= 1`` (the baseline)."""
+    """``[grpc] processes = 2`` (ours) against ``= 1`` (the baseline), same run."""
     if not found:
         return []
     one, two = found["1_processes"], found["2_processes"]
     clients = found["clients"]
     return [
         (
-            f"serve 2 vs 1 processes: CPU/RPC, {clients} cl (us)",
+            f"serve 2 procs vs 1: CPU/RPC, {clients} clients (us)",
             two["cpu_us_per_call"],
             one["cpu_us_per_call"],
             found["ratio_cpu_per_call"],
         ),
         (
-            f"serve 2 vs 1 processes: {clients} clients (calls/s)",
+            f"serve 2 procs vs 1: {clients} clients (calls/s)",
             two["calls_per_s"],
             one["calls_per_s"],
             found["ratio_throughput"],
         ),
         (
-            "serve 2 vs 1 processes: RSS + plugins (MiB)",
+            "serve 2 procs vs 1: RSS + plugins (MiB)",
             two["rss_mb"],
             one["rss_mb"],
             found["ratio_rss"],

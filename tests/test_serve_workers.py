@@ -521,3 +521,50 @@ def test_a_busy_port_or_a_running_servers_pidfile_starts_no_worker(
         assert len(second.stderr.strip().splitlines()) == 1, second.stderr
     finally:
         assert server.stop() == 0
+
+
+def test_sighups_while_a_worker_restarts_do_not_kill_it(tmp_path: Path, plugin: Path) -> None:
+    """Before a starting worker handles SIGHUP, SIGHUP's default action would kill it: the
+    parent holds the reload until the worker serves, then sends it."""
+    import time
+
+    config = _config_file(tmp_path, plugin, marker="m0")
+    server = _start(config)
+    try:
+        victim = _workers(server)[1]
+        start = len(server.lines)
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for(rf"worker 1 \(pid {victim}\) was killed", start=start)
+        _config_file(tmp_path, plugin, marker="m1")
+        back = None
+        for _ in range(2000):  # SIGHUPs until it serves again (bounded)
+            os.kill(server.proc.pid, signal.SIGHUP)
+            back = next(
+                (m for m in (re.search(r"worker 1 \(pid (\d+)\) serving again", line)
+                             for line in server.lines[start:]) if m),
+                None,
+            )  # fmt: skip
+            if back is not None:
+                break
+            time.sleep(0.02)
+        assert back is not None, server.text()
+        restarted = int(back.group(1))
+        assert "restarting" not in "\n".join(
+            line for line in server.lines[start:] if f"pid {restarted})" in line
+        )
+
+        def reloaded() -> bool:
+            report = _status(server)
+            worker = report["workers"]["1"]
+            return worker.get("pid") == restarted and worker.get("state") == "serving"
+
+        assert wait_until(reloaded, timeout=60, interval=0.2)
+        channel = _channel(server)
+        try:  # every worker answers with the new config
+            stub = user_grpc.UserAPIStub(channel)
+            assert wait_until(lambda: _get(stub).user.display_name.endswith(":m1"), timeout=60)
+        finally:
+            channel.close()
+        assert pid_alive(restarted)
+    finally:
+        assert server.stop() == 0

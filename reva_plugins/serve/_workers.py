@@ -70,6 +70,8 @@ class _Worker:
         self.exits = 0
         self.early_exits = 0
         self.restart_at: float | None = None
+        #: a SIGHUP came while it started (before it handles one, SIGHUP would kill it)
+        self.reload_pending = False
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL)
         self.relay: threading.Thread | None = None
 
@@ -234,6 +236,7 @@ class Parent:
         worker.started = time.monotonic()
         worker.ready = False
         worker.restart_at = None
+        worker.reload_pending = False  # it reads the config as it is now
         worker.relay = threading.Thread(
             target=_relay,
             args=(worker, worker.proc),
@@ -248,6 +251,10 @@ class Parent:
             return False
         if socket_path(self.folder, worker.index).exists():
             worker.ready = True
+            if worker.reload_pending:  # it may have read the config before the change
+                worker.reload_pending = False
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signal.SIGHUP)
             return True
         return False
 
@@ -259,7 +266,11 @@ class Parent:
                 log.info("%s received", signal.Signals(signum).name)
                 return True
             log.info("SIGHUP: every worker process reloads %s", self.path)
-            self._signal_all(signal.SIGHUP)
+            for worker in self.workers:
+                if worker.ready:
+                    self._signal(worker, signal.SIGHUP)
+                else:  # one starting reloads once it serves
+                    worker.reload_pending = True
         return False
 
     def _supervise(self) -> int:
@@ -328,9 +339,13 @@ class Parent:
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
-            if worker.proc is not None and worker.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(signum)
+            self._signal(worker, signum)
+
+    @staticmethod
+    def _signal(worker: _Worker, signum: int) -> None:
+        if worker.proc is not None and worker.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(signum)
 
     def _stop(self) -> None:
         """Every worker drained and gone (killed after the grace and a margin), then the
