@@ -556,7 +556,7 @@ def test_sighups_while_a_worker_restarts_do_not_kill_it(tmp_path: Path, plugin: 
         def reloaded() -> bool:
             report = _status(server)
             worker = report["workers"]["1"]
-            return worker.get("pid") == restarted and worker.get("state") == "serving"
+            return bool(worker.get("pid") == restarted and worker.get("state") == "serving")
 
         assert wait_until(reloaded, timeout=60, interval=0.2)
         channel = _channel(server)
