@@ -100,8 +100,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     undo = configure(server.config.log, verbosity, str(args.config))
     try:
         if role is not None:
-            from ._workers import die_with_parent  # noqa: PLC0415
+            from ._workers import die_with_parent, tag_log  # noqa: PLC0415
 
+            tag_log(role.index)
             die_with_parent(role.parent)
         server.run()
     finally:

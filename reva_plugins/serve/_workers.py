@@ -448,3 +448,25 @@ def die_with_parent(parent: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:
         raise RevaPluginError("the parent serve process is gone; this worker stops")
+
+
+class _WorkerTag(logging.Filter):
+    """Starts each line of a worker's log with ``worker N:`` (they share one output)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.tag = f"worker {index}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag ``record`` once (a record may pass more than one handler)."""
+        if not getattr(record, "worker_tagged", False):
+            record.msg = f"{self.tag}{record.msg}"
+            record.worker_tagged = True
+        return True
+
+
+def tag_log(index: int) -> None:
+    """Make every line this worker logs say which worker it is."""
+    tag = _WorkerTag(index)
+    for handler in logging.getLogger("reva_plugins").handlers:
+        handler.addFilter(tag)
