@@ -156,6 +156,8 @@ def test_two_workers_serve_and_every_one_is_reported(tmp_path: Path, plugin: Pat
     try:
         workers = _workers(server)
         assert len(set(workers.values())) == 2
+        for index in workers:  # they share one output: each line says which worker wrote it
+            assert re.search(rf"reva-plugins: worker {index}: serving userprovider", server.text())
         # each channel is a connection of its own; the kernel spreads them over both workers
         seen: set[int] = set()
         for _ in range(64):
