@@ -570,3 +570,50 @@ def test_sighups_while_a_worker_restarts_do_not_kill_it(tmp_path: Path, plugin: 
         assert pid_alive(restarted)
     finally:
         assert server.stop() == 0
+
+
+def _running_with(text: str) -> list[int]:
+    """The processes whose command line names ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in argv and pid_alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_while_the_workers_start_leaves_nothing(tmp_path: Path, plugin: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    config = _config_file(tmp_path, plugin)
+    pidfile = tmp_path / "serve.pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(config), "--pidfile", str(pidfile)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:  # the parent's first line: the workers start next
+        lines.append(line)
+        if "metrics on http://" in line:
+            break
+    assert wait_until(pidfile.exists, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "Traceback" not in rest
+    assert wait_until(lambda: _running_with(str(config)) == []), _running_with(str(config))
+    for pid in _started_plugins(tmp_path / "state"):
+        assert wait_until(lambda pid=pid: not pid_alive(pid)), pid
+    assert not pidfile.exists()
