@@ -62,8 +62,12 @@ from ._reload import (
 )
 from ._siblings import ControlServer, Op, WorkerRole, ask_all
 
+__all__ = ["ADMIN_API", "METRICS_CONNECTIONS", "Server"]
+
 log = logging.getLogger("reva_plugins.serve")
 access = logging.getLogger("reva_plugins.serve.access")
+#: the metrics endpoint moved to ``_metrics``; the names tests and embedders used stay
+_MetricsHTTPServer = MetricsHTTPServer
 
 #: The largest request accepted, in bytes: CS3 identity requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 1 << 20
@@ -74,9 +78,6 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 #: The server's own API (Status, Reload), on the gRPC port, answered to loopback peers only.
 ADMIN_API = "reva_plugins.admin.v1.AdminAPI"
 _OK = code_pb2.CODE_OK
-#: (moved to ``_metrics``; the names tests and embedders used stay)
-_MetricsHTTPServer = MetricsHTTPServer
-__all__ = ["ADMIN_API", "METRICS_CONNECTIONS", "Server"]
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
 
 
