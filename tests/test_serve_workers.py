@@ -617,3 +617,16 @@ def test_sigterm_while_the_workers_start_leaves_nothing(tmp_path: Path, plugin: 
     for pid in _started_plugins(tmp_path / "state"):
         assert wait_until(lambda pid=pid: not pid_alive(pid)), pid
     assert not pidfile.exists()
+
+
+def test_a_temp_dir_too_long_for_a_unix_socket_is_worked_around(
+    tmp_path: Path, plugin: Path
+) -> None:
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    server = Served(_config_file(tmp_path, plugin), env={"TMPDIR": str(deep)})
+    try:
+        server.wait_for(r"2 worker processes serving on ")
+        assert set(_status(server)["workers"]) == {"0", "1"}
+    finally:
+        assert server.stop() == 0

@@ -56,6 +56,8 @@ POLL = 0.05
 #: the parent gives up.
 TAIL = 5
 _PR_SET_PDEATHSIG = 1
+#: The longest temp dir path the sockets' folder goes in (a Unix socket path is 108 bytes).
+MAX_SOCKET_BASE = 60
 
 
 class _Worker:
@@ -167,7 +169,7 @@ class Parent:
             plan_backend(config, self.options, name, 0, lambda host, service: None).close()
         if self._stopping():  # SIGTERM while the envs were built: start nothing
             return ExitCode.OK
-        self.folder = Path(tempfile.mkdtemp(prefix="reva-plugins-serve-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="reva-plugins-serve-", dir=_socket_base()))
         for worker in self.workers:
             self._spawn(worker)
         while not all(w.ready for w in self.workers):
@@ -386,6 +388,13 @@ class Parent:
             return []
         answers = ask_all(self.folder, self.count, "metrics")
         return [str(a["metrics"]) for a in answers.values() if "metrics" in a]
+
+
+def _socket_base() -> str:
+    """Where the sockets' folder goes: the temp dir, unless its path is too long for a Unix
+    socket's (108 bytes with the folder's and the socket's names)."""
+    base = tempfile.gettempdir()
+    return base if len(base) <= MAX_SOCKET_BASE else "/tmp"  # noqa: S108 (a private mkdtemp)
 
 
 def _how(code: int) -> str:
