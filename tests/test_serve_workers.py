@@ -630,3 +630,21 @@ def test_a_temp_dir_too_long_for_a_unix_socket_is_worked_around(
         assert set(_status(server)["workers"]) == {"0", "1"}
     finally:
         assert server.stop() == 0
+
+
+def test_the_parent_killed_takes_every_worker_and_plugin_with_it(
+    tmp_path: Path, plugin: Path
+) -> None:
+    server = _start(_config_file(tmp_path, plugin))
+    workers = _workers(server)
+    plugins = _started_plugins(tmp_path / "state")
+    assert len(plugins) == 2
+    server.kill()  # SIGKILL: no signal forwarded; the workers get their parent-death signal
+    for pid in [*workers.values(), *plugins]:
+        assert wait_until(lambda pid=pid: not pid_alive(pid), timeout=60), pid
+    # the pid file is stale now: the next server takes it over
+    again = _start(_config_file(tmp_path, plugin))
+    try:
+        assert again.pidfile.read_text(encoding="ascii").strip() == str(again.proc.pid)
+    finally:
+        assert again.stop() == 0
