@@ -29,7 +29,8 @@ from .test_serve import Served, _sample, _samples  # noqa: E402
 OK = code_pb2.CODE_OK
 
 #: Answers with the pid of the worker process that runs it (its parent) and the config's marker;
-#: ``nap<seconds>`` sleeps first; a ``fail`` file in its folder makes its start fail.
+#: ``nap<seconds>`` sleeps first, ``slow<n>`` leaves a file and sleeps a second; a ``fail`` file
+#: in its folder makes its start fail.
 WORKER_PLUGIN = """
 import os, time
 
@@ -50,6 +51,9 @@ class Provider:
         opaque = user_id.get("opaque_id")
         if opaque.startswith("nap"):
             time.sleep(float(opaque[3:]))
+        if opaque.startswith("slow"):  # in flight for a second, its arrival in a file
+            open(os.path.join(self.dir, opaque), "w").close()
+            time.sleep(1.0)
         return {
             "id": {"idp": "test", "opaque_id": opaque, "type": 1},
             "username": opaque,
@@ -648,3 +652,35 @@ def test_the_parent_killed_takes_every_worker_and_plugin_with_it(
         assert again.pidfile.read_text(encoding="ascii").strip() == str(again.proc.pid)
     finally:
         assert again.stop() == 0
+
+
+def test_sigterm_lets_every_workers_calls_in_flight_finish(tmp_path: Path, plugin: Path) -> None:
+    server = _start(_config_file(tmp_path, plugin))
+    workers = _workers(server)
+    state = tmp_path / "state"
+    results: list[Any] = []
+
+    def slow(n: int) -> None:
+        channel = _channel(server)
+        try:
+            reply = _get(user_grpc.UserAPIStub(channel), f"slow{n}")
+            results.append((reply.status.code, _answering_pid(reply)))
+        except grpc.RpcError as exc:
+            results.append((exc.code(), 0))
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=slow, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: len(list(state.glob("slow*"))) == 10, timeout=60)
+    server.proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [code for code, _ in results] == [OK] * 10
+    assert {pid for _, pid in results} <= set(workers.values())
+    assert server.proc.wait(timeout=60) == 0
+    server.stop()
+    for pid in [*workers.values(), *_started_plugins(state)]:
+        assert wait_until(lambda pid=pid: not pid_alive(pid)), pid
+    assert not server.pidfile.exists()
