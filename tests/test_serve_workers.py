@@ -277,8 +277,10 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
     for number, workers_reached in reached.items():
         if workers_reached == {survivor}:
             assert failures[number] == [], number  # the other worker's calls never failed
-        else:  # only what was in flight on the killed worker: at most one call per client
-            assert len(failures[number]) <= 1, (failures[number], reached)
+        else:  # what was in flight on the killed worker, and (a kernel race) a connection
+            # made as it died, accepted into its queue and reset: UNAVAILABLE, never an answer
+            # with an error in it; the count depends on timing
+            assert set(failures[number]) <= {"StatusCode.UNAVAILABLE"}, (failures, reached)
     assert any(victim in workers_reached for workers_reached in reached.values()), reached
     assert not pid_alive(victim)
     report = _status(server)
@@ -334,7 +336,7 @@ def test_a_sighup_storm_with_two_workers_fails_no_call(tmp_path: Path, plugin: P
                 and answers[-12:] == ["m8"] * 12
             )
 
-        assert wait_until(settled, timeout=120, interval=0.5)
+        assert wait_until(settled, timeout=120, interval=0.5), "\n".join(server.lines[-40:])
     finally:
         stop.set()
         for thread in clients:
