@@ -285,6 +285,7 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
     assert not pid_alive(victim)
     report = _status(server)
     assert {int(w["pid"]) for w in report["workers"].values()} == {int(back.group(1)), survivor}
+    assert [w["restarts"] for _, w in sorted(report["workers"].items())] == [1, 0]
     assert server.stop() == 0
 
 
@@ -372,7 +373,7 @@ def _folder_of(server: Served) -> Path:
     with open(f"/proc/{pid}/environ", "rb") as f:
         items = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
     raw = dict(items)[b"REVA_PLUGINS_SERVE_WORKER"]
-    folder = Path(raw.decode().split(":", 4)[4])
+    folder = Path(raw.decode().split(":", 5)[5])
     assert folder.is_dir()
     return folder
 
@@ -423,7 +424,9 @@ def test_processes_auto_is_the_cpus_this_process_may_use(tmp_path: Path) -> None
         assert _config.load_file(config).serve.process_count() == expected
 
 
-@pytest.mark.parametrize("value", ["", "x", "0:2:1", "5:2:1::/tmp", "0:2:1::relative", "a:b:c:d:e"])
+@pytest.mark.parametrize(
+    "value", ["", "x", "0:2:1", "5:2:1:0::/tmp", "0:2:1:0::relative", "a:b:c:d:e:f", "0:2:1::/tmp"]
+)
 def test_a_bogus_worker_role_in_the_environment_is_one_line(tmp_path: Path, value: str) -> None:
     config = tmp_path / "revad.toml"
     config.write_text('[grpc.services.userprovider]\ndriver = "json"\n', encoding="utf-8")

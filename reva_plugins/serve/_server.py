@@ -500,9 +500,11 @@ class Server:
                 "pid": server.get("pid"),
                 "generation": server.get("generation"),
                 "uptime_s": server.get("uptime_s"),
+                "restarts": server.get("restarts", 0),
                 "services": answer.get("services", {}),
             }
         pages = [str(a.get("metrics", "")) for a in answers.values() if "error" not in a]
+        local["server"].pop("restarts", None)
         local["server"].update(pid=role.parent, worker_pid=os.getpid(), processes=role.count)
         local["workers"] = workers
         local["metrics"] = merged(pages).decode("utf-8")
@@ -525,14 +527,17 @@ class Server:
                 "uptime_s": None if info.uptime is None else round(info.uptime, 3),
                 "generation": backend.number,
             }
+        server = {
+            "version": _version(),
+            "pid": os.getpid(),
+            "address": f"{self.address.rpartition(':')[0]}:{self.port}",
+            "generation": gen.number if gen is not None else 0,
+            "uptime_s": round(time.time() - self._started_at, 3),
+        }
+        if self.worker is not None:  # how often the parent restarted this worker's slot
+            server["restarts"] = self.worker.restarts
         return {
-            "server": {
-                "version": _version(),
-                "pid": os.getpid(),
-                "address": f"{self.address.rpartition(':')[0]}:{self.port}",
-                "generation": gen.number if gen is not None else 0,
-                "uptime_s": round(time.time() - self._started_at, 3),
-            },
+            "server": server,
             "services": services,
             "metrics": generate_latest(self.metrics.registry).decode("utf-8"),
         }

@@ -28,7 +28,8 @@ from .._errors import UsageError
 log = logging.getLogger("reva_plugins.serve")
 
 #: How the parent tells a process it started that it is a worker:
-#: ``INDEX:COUNT:PARENT:STDERR:FOLDER`` (``STDERR``: the fd of the parent's stderr, or empty).
+#: ``INDEX:COUNT:PARENT:RESTARTS:STDERR:FOLDER`` (``STDERR``: the fd of the parent's stderr, or
+#: empty).
 #: Taken out of the environment as soon as it is read, so no plugin inherits it.
 ENV_VAR = "REVA_PLUGINS_SERVE_WORKER"
 #: The largest request a worker reads, and the largest answer read (a status with its metrics).
@@ -42,18 +43,20 @@ OPS: tuple[Op, ...] = ("status", "reload", "metrics")
 class WorkerRole:
     """This process is worker ``index`` of ``count``, started by ``parent``; the sockets of
     all of them are in ``folder``; ``stderr`` is the parent's stderr, passed down as this fd
-    (the worker's log lines go there straight, not through the parent)."""
+    (the worker's log lines go there straight, not through the parent); ``restarts`` is how
+    often the parent restarted this worker's slot before."""
 
     index: int
     count: int
     parent: int
     folder: Path
     stderr: int | None = None
+    restarts: int = 0
 
     def encode(self) -> str:
         """The value of :data:`ENV_VAR` that makes a process this worker."""
         stderr = "" if self.stderr is None else str(self.stderr)
-        return f"{self.index}:{self.count}:{self.parent}:{stderr}:{self.folder}"
+        return f"{self.index}:{self.count}:{self.parent}:{self.restarts}:{stderr}:{self.folder}"
 
     @classmethod
     def from_environ(cls) -> WorkerRole | None:
@@ -62,9 +65,14 @@ class WorkerRole:
         if raw is None:
             return None
         try:
-            index, count, parent, stderr, folder = raw.split(":", 4)
+            index, count, parent, restarts, stderr, folder = raw.split(":", 5)
             role = cls(
-                int(index), int(count), int(parent), Path(folder), int(stderr) if stderr else None
+                int(index),
+                int(count),
+                int(parent),
+                Path(folder),
+                int(stderr) if stderr else None,
+                int(restarts),
             )
         except ValueError:
             role = None

@@ -71,6 +71,8 @@ class _Worker:
         #: exits in a row (for the backoff), and of those before serving (to give up)
         self.exits = 0
         self.early_exits = 0
+        #: restarts of this slot so far (its worker's ``status`` shows them)
+        self.restarts = 0
         self.restart_at: float | None = None
         #: a SIGHUP came while it started (before it handles one, SIGHUP would kill it)
         self.reload_pending = False
@@ -224,7 +226,9 @@ class Parent:
         if self._stderr is None:
             with contextlib.suppress(OSError):
                 self._stderr = os.dup(2)
-        role = WorkerRole(worker.index, self.count, os.getpid(), self.folder, self._stderr)
+        role = WorkerRole(
+            worker.index, self.count, os.getpid(), self.folder, self._stderr, worker.restarts
+        )
         argv = [*self.argv, "--address", self.address]
         worker.tail.clear()
         worker.proc = _subprocess.spawn(
@@ -331,6 +335,7 @@ class Parent:
             delay,
         )
         self.restarts.labels(str(worker.index)).inc()
+        worker.restarts += 1
         worker.restart_at = now + delay
         return None
 
