@@ -7,7 +7,9 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +113,26 @@ marker = "{marker}"
     return config
 
 
-def _start(config: Path) -> Served:
-    server = Served(config)
+_STARTED: list[Served] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left() -> Iterator[None]:
+    """A test that fails half-way leaves no server (nor its workers and plugins) running."""
+    yield
+    while _STARTED:
+        server = _STARTED.pop()
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                server.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _start(config: Path, env: dict[str, str] | None = None) -> Served:
+    server = Served(config, env=env)
+    _STARTED.append(server)
     server.wait_for(r"\d+ worker processes serving on ")
     return server
 
@@ -473,7 +493,6 @@ def test_hostile_requests_on_a_workers_control_socket(tmp_path: Path) -> None:
 
 def test_tls_with_two_workers_and_the_admin_api_over_it(tmp_path: Path, plugin: Path) -> None:
     import shutil
-    import subprocess
 
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -596,7 +615,6 @@ def _running_with(text: str) -> list[int]:
 
 
 def test_sigterm_while_the_workers_start_leaves_nothing(tmp_path: Path, plugin: Path) -> None:
-    import subprocess
     import sys
 
     from .conftest import ROOT
@@ -633,9 +651,8 @@ def test_a_temp_dir_too_long_for_a_unix_socket_is_worked_around(
 ) -> None:
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
-    server = Served(_config_file(tmp_path, plugin), env={"TMPDIR": str(deep)})
+    server = _start(_config_file(tmp_path, plugin), env={"TMPDIR": str(deep)})
     try:
-        server.wait_for(r"2 worker processes serving on ")
         assert set(_status(server)["workers"]) == {"0", "1"}
     finally:
         assert server.stop() == 0
