@@ -665,13 +665,17 @@ def test_the_parent_killed_takes_every_worker_and_plugin_with_it(
     workers = _workers(server)
     plugins = _started_plugins(tmp_path / "state")
     assert len(plugins) == 2
+    folder = _folder_of(server)
     server.kill()  # SIGKILL: no signal forwarded; the workers get their parent-death signal
     for pid in [*workers.values(), *plugins]:
         assert wait_until(lambda pid=pid: not pid_alive(pid), timeout=60), pid
-    # the pid file is stale now: the next server takes it over
+    assert folder.exists()  # nobody left to remove it
+    # the pid file is stale now: the next server takes it over, and removes the folder
     again = _start(_config_file(tmp_path, plugin))
     try:
         assert again.pidfile.read_text(encoding="ascii").strip() == str(again.proc.pid)
+        assert not folder.exists()
+        assert _folder_of(again).exists()
     finally:
         assert again.stop() == 0
 

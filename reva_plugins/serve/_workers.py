@@ -56,6 +56,8 @@ POLL = 0.05
 #: the parent gives up.
 TAIL = 5
 _PR_SET_PDEATHSIG = 1
+#: The sockets' folder's name: this prefix, the parent's pid, a dash and mkdtemp's letters.
+FOLDER_PREFIX = "reva-plugins-serve-"
 #: The longest temp dir path the sockets' folder goes in (a Unix socket path is 108 bytes).
 MAX_SOCKET_BASE = 60
 
@@ -171,7 +173,9 @@ class Parent:
             plan_backend(config, self.options, name, 0, lambda host, service: None).close()
         if self._stopping():  # SIGTERM while the envs were built: start nothing
             return ExitCode.OK
-        self.folder = Path(tempfile.mkdtemp(prefix="reva-plugins-serve-", dir=_socket_base()))
+        base = _socket_base()
+        _remove_stale_folders(Path(base))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=base))
         for worker in self.workers:
             self._spawn(worker)
         while not all(w.ready for w in self.workers):
@@ -400,6 +404,24 @@ def _socket_base() -> str:
     socket's (108 bytes with the folder's and the socket's names)."""
     base = tempfile.gettempdir()
     return base if len(base) <= MAX_SOCKET_BASE else "/tmp"  # noqa: S108 (a private mkdtemp)
+
+
+def _remove_stale_folders(base: Path) -> None:
+    """Remove the sockets' folders of parents that are gone (killed with ``-9``: their workers
+    removed their sockets, nobody the folder); never another user's or a live server's."""
+    try:
+        found = list(base.glob(f"{FOLDER_PREFIX}*-*"))
+    except OSError:
+        return
+    for folder in found:
+        pid = folder.name[len(FOLDER_PREFIX) :].partition("-")[0]
+        try:
+            mine = folder.lstat().st_uid == os.getuid() and folder.is_dir()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not is_server_pid(int(pid)):
+            with contextlib.suppress(OSError, RevaPluginError):
+                _fs.remove_tree(folder, within=base)
 
 
 def _how(code: int) -> str:
