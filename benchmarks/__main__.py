@@ -465,6 +465,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
             results["memory"] = memory(host, spec)
             results["scale"] = scale(spec, sizes.plugins)
             results["serve"] = _serve.measure(sizes.serve)
+            results["serve_processes"] = _serve.measure_processes(sizes.serve)
         results["ablation"] = ablation(sizes)
         results["provisioning"] = provisioning(sizes.builds, wheel)
         results["bundle_import"] = _fleets.bundle_import(sizes.builds)
@@ -613,6 +614,7 @@ def table(results: dict[str, Any]) -> str:
         (f"{sc['plugins']} plugins warm start (s)", sc["warm_start_all_s"], None, None),
         (f"{sc['plugins']} plugins: host threads", sc["host_threads"], None, None),
         *_serve_rows(results["serve"]),
+        *_processes_rows(results.get("serve_processes")),
         _fleets.row(results["bundle_import"]),
     ]
     return _render(rows)
@@ -694,6 +696,34 @@ def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
             (f"  {name}", value, bare_us if name == "total_serve_and_plugin" else None, None)
         )
     return rows
+
+
+def _processes_rows(found: dict[str, Any] | None) -> list[tuple[str, Any, Any, Any]]:
+    """``[grpc] processes = 2`` (ours) against ``= 1`` (the baseline), same run."""
+    if not found:
+        return []
+    one, two = found["1_processes"], found["2_processes"]
+    clients = found["clients"]
+    return [
+        (
+            f"serve 2 procs vs 1: CPU/RPC, {clients} clients (us)",
+            two["cpu_us_per_call"],
+            one["cpu_us_per_call"],
+            found["ratio_cpu_per_call"],
+        ),
+        (
+            f"serve 2 procs vs 1: {clients} clients (calls/s)",
+            two["calls_per_s"],
+            one["calls_per_s"],
+            found["ratio_throughput"],
+        ),
+        (
+            "serve 2 procs vs 1: RSS + plugins (MiB)",
+            two["rss_mb"],
+            one["rss_mb"],
+            found["ratio_rss"],
+        ),
+    ]
 
 
 def _fmt(value: Any) -> str:

@@ -482,6 +482,200 @@ def measure(calls: int) -> dict[str, Any]:
     return results
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (a parent's workers and their plugins)."""
+    found, todo = [], [pid]
+    while todo:
+        each = todo.pop()
+        found.append(each)
+        try:
+            for task in Path(f"/proc/{each}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and everything below it, from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for each in _tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and everything below it, MiB."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for each in _tree(pid):
+        try:
+            total += int(Path(f"/proc/{each}/statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return round(total / (1 << 20), 1)
+
+
+def _load_spread(address: str, clients: int, calls: int) -> dict[str, float]:
+    """``calls`` GetUser from ``clients`` threads, each on a channel (a connection) of its own:
+    ``SO_REUSEPORT`` spreads connections over the worker processes, not calls."""
+    import grpc
+    from cs3.identity.user.v1beta1 import resources_pb2 as res
+    from cs3.identity.user.v1beta1 import user_api_pb2 as api
+    from cs3.identity.user.v1beta1 import user_api_pb2_grpc as stubs
+
+    request = api.GetUserRequest(user_id=res.UserId(idp=IDP, opaque_id="einstein"))
+    channels = [
+        grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(clients)
+    ]
+    try:
+        stubs_ = [stubs.UserAPIStub(channel) for channel in channels]
+        for stub in stubs_:  # warm up: every connection made, every worker's plugin started
+            for _ in range(10):
+                assert stub.GetUser(request, timeout=30).status.code == 1
+        per_thread = max(1, calls // clients)
+        samples: list[list[float]] = [[] for _ in range(clients)]
+
+        def client(index: int) -> None:
+            clock = time.perf_counter
+            out, stub = samples[index], stubs_[index]
+            for _ in range(per_thread):
+                began = clock()
+                reply = stub.GetUser(request, timeout=30)
+                out.append(clock() - began)
+                assert reply.status.code == 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - began
+    finally:
+        for channel in channels:
+            channel.close()
+    flat = sorted(s for batch in samples for s in batch)
+    return {
+        "calls_per_s": round(len(flat) / elapsed, 1),
+        "p50_ms": round(flat[len(flat) // 2] * 1000, 3),
+        "calls": len(flat),
+    }
+
+
+def _start_processes(tmpdir: Path, processes: int) -> tuple[Any, Any]:
+    """``serve`` as a user runs it (access log on, ``[metrics]`` on) with ``[grpc] processes``;
+    returns it and its port finder (the port once every worker serves)."""
+    config = tmpdir / f"processes-{processes}.toml"
+    config.write_text(
+        f"""
+[grpc]
+address = "127.0.0.1:0"
+workers = {WORKERS}
+processes = {processes}
+
+[metrics]
+address = "127.0.0.1:0"
+
+[grpc.services.userprovider]
+driver = "{SAMPLE}"
+[grpc.services.userprovider.plugin]
+max_concurrency = 16
+[grpc.services.userprovider.drivers.json]
+users = "{USERS}"
+""",
+        encoding="utf-8",
+    )
+    lines: list[str] = []
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    reader = threading.Thread(target=lambda: lines.extend(serve.stderr or []), daemon=True)
+    reader.start()
+    ready = (
+        r"serving .* on 127\.0\.0\.1:(\d+) "
+        if processes == 1
+        else r"worker processes serving on 127\.0\.0\.1:(\d+) "
+    )
+
+    def port() -> str | None:
+        found = [re.search(ready, line) for line in lines]
+        return next((m.group(1) for m in found if m), None)
+
+    return serve, port
+
+
+#: Rounds of each server for the processes comparison: paired (1 then 2, 2 then 1 …), so the
+#: ratio of each pair is measured under the same load from elsewhere on the machine.
+PROCESS_ROUNDS = 5
+
+
+def measure_processes(calls: int, clients: int = 16) -> dict[str, Any]:
+    """``[grpc] processes = 1`` against ``= 2``, in the same run, rounds alternating: CPU per
+    RPC of the whole tree (parent, workers, plugins), throughput at ``clients`` clients (each
+    on its own connection), and the resident memory of the tree once warm. The ratios are the
+    medians of each pair's ratio."""
+    counts = (1, 2)
+    rounds = PROCESS_ROUNDS
+    results: dict[str, Any] = {"clients": clients, "calls_per_round": calls // rounds}
+    with tempfile.TemporaryDirectory() as tmp:
+        started = {n: _start_processes(Path(tmp), n) for n in counts}
+        try:
+            servers = {
+                n: (proc.pid, f"127.0.0.1:{_wait_port(proc, port)}")
+                for n, (proc, port) in started.items()
+            }
+            runs: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
+            for number in range(rounds):
+                for n in counts if number % 2 == 0 else tuple(reversed(counts)):
+                    pid, address = servers[n]
+                    cpu = _tree_cpu_seconds(pid)
+                    out = _load_spread(address, clients, calls // rounds)
+                    warmup = clients * 10
+                    spent = _tree_cpu_seconds(pid) - cpu
+                    out["cpu_us_per_call"] = round(spent / (out["calls"] + warmup) * 1e6, 1)
+                    runs[n].append(out)
+            for n in counts:
+                pid, _ = servers[n]
+                by_rate = sorted(runs[n], key=lambda r: r["calls_per_s"])
+                results[f"{n}_processes"] = {
+                    "calls_per_s": by_rate[rounds // 2]["calls_per_s"],
+                    "p50_ms": by_rate[rounds // 2]["p50_ms"],
+                    "cpu_us_per_call_rounds": [r["cpu_us_per_call"] for r in runs[n]],
+                    "cpu_us_per_call": statistics.median(r["cpu_us_per_call"] for r in runs[n]),
+                    "rss_mb": _tree_rss_mb(pid),
+                    "processes_in_tree": len(_tree(pid)),
+                }
+        finally:
+            for proc, _ in started.values():
+                proc.send_signal(signal.SIGTERM)
+            for proc, _ in started.values():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    one, two = results["1_processes"], results["2_processes"]
+    pairs = list(zip(runs[1], runs[2], strict=True))
+    results["ratio_cpu_per_call"] = round(
+        statistics.median(b["cpu_us_per_call"] / a["cpu_us_per_call"] for a, b in pairs), 2
+    )
+    results["ratio_throughput"] = round(
+        statistics.median(b["calls_per_s"] / a["calls_per_s"] for a, b in pairs), 2
+    )
+    results["ratio_rss"] = round(two["rss_mb"] / one["rss_mb"], 2)
+    return results
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "bare":
         os.environ.pop("GRPC_VERBOSITY", None)
@@ -489,4 +683,9 @@ if __name__ == "__main__":
     else:
         import json
 
-        print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000), indent=2))
+        if sys.argv[1:2] == ["processes"]:
+            calls = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
+            print(json.dumps(measure_processes(calls), indent=2))
+        else:
+            calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+            print(json.dumps(measure(calls), indent=2))

@@ -145,8 +145,22 @@ class ServeSettings:
     tls_key: Path | None = None
     shutdown_grace: float = _defaults.SERVE_SHUTDOWN_GRACE
     workers: int = _defaults.SERVE_WORKERS
+    #: worker processes sharing the port, or ``"auto"`` (see :meth:`process_count`)
+    processes: int | Literal["auto"] = _defaults.SERVE_PROCESSES
     access_log: str = _defaults.ACCESS_LOG
     metrics_address: str | None = None
+
+    def process_count(self) -> int:
+        """How many worker processes serve: ``processes``, ``"auto"`` being the CPUs this
+        process may use (its affinity, not the host's count)."""
+        if self.processes != _defaults.SERVE_PROCESSES_AUTO:
+            return int(self.processes)
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # no affinity API on this platform
+            cpus = os.cpu_count() or _defaults.SERVE_PROCESSES
+        low, high = _defaults.SERVE_PROCESSES_BOUNDS
+        return max(low, min(cpus, high))
 
 
 # -- revad's [log] table (read by serve only) ---------------------------------------------------
@@ -570,10 +584,24 @@ class _Reader:
             shutdown_grace=defaults.shutdown_grace if grace is None else float(grace),
             workers=self.bounded_int(grpc, "grpc", "workers", _defaults.SERVE_WORKERS_BOUNDS)
             or defaults.workers,
+            processes=self.processes(grpc),
             access_log=self.choice(grpc, "grpc", "access_log", _defaults.ACCESS_LOG_LEVELS)
             or defaults.access_log,
             metrics_address=addresses["metrics"],
         )
+
+    def processes(self, grpc: Mapping[str, Any]) -> int | Literal["auto"]:
+        value = grpc.get("processes")
+        if value is None:
+            return _defaults.SERVE_PROCESSES
+        if value == _defaults.SERVE_PROCESSES_AUTO:
+            return "auto"
+        low, high = _defaults.SERVE_PROCESSES_BOUNDS
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            problem = f'must be a whole number from {low} to {high} or "auto", not {shown[:40]}'
+            raise self.error("grpc.processes", _printable(problem))
+        return value
 
     def log_settings(self, raw: Any) -> LogSettings:
         table = self.table(raw, "log")

@@ -63,6 +63,21 @@ SERVE_SHUTDOWN_GRACE: Final = 30.0
 #: ``[grpc] workers``: RPCs served at once (each holds one plugin call in flight), and the
 #: serving loop's worker threads (in-process drivers, plugin starts, reloads).
 SERVE_WORKERS: Final = 16
+#: ``[grpc] processes``: serve worker processes sharing the port (``SO_REUSEPORT``); ``"auto"``
+#: is the CPUs this process may use. 1 is today's single process (no parent).
+SERVE_PROCESSES: Final = 1
+SERVE_PROCESSES_AUTO: Final = "auto"
+#: A worker process that exits unasked is restarted after this many seconds, doubled for each
+#: exit in a row up to the maximum; one that served this long resets the count.
+WORKER_RESTART_DELAY: Final = 0.5
+WORKER_RESTART_MAX_DELAY: Final = 30.0
+WORKER_HEALTHY_AFTER: Final = 60.0
+#: A worker that exits before serving this many times in a row: the parent gives up (exit 1).
+WORKER_START_FAILURES: Final = 5
+#: Seconds the parent gives its workers beyond ``shutdown_grace`` to stop before it kills them.
+WORKER_STOP_MARGIN: Final = 10.0
+#: Seconds a worker waits for a sibling's answer (status, reload excepted, metrics).
+WORKER_ASK_TIMEOUT: Final = 5.0
 #: The largest answer ``serve`` sends: what a gRPC client takes by default (4 MiB); a larger one
 #: is answered CODE_RESOURCE_EXHAUSTED (and counted so), as the client would refuse it.
 SERVE_MAX_RESPONSE_BYTES: Final = 4 << 20
@@ -109,6 +124,8 @@ OPEN_FILES_BOUNDS: Final[tuple[int, int]] = (1, 1 << 20)
 SERVE_SHUTDOWN_GRACE_BOUNDS: Final[tuple[float, float]] = (0.0, 3_600.0)
 #: ``[grpc] workers``.
 SERVE_WORKERS_BOUNDS: Final[tuple[int, int]] = (1, 1024)
+#: ``[grpc] processes``: more worker processes than this is no host's core count.
+SERVE_PROCESSES_BOUNDS: Final[tuple[int, int]] = (1, 256)
 #: The port of an ``address`` (``[grpc]``, ``[metrics]``, ``serve --address``); 0 picks a free one.
 PORT_BOUNDS: Final[tuple[int, int]] = (0, 65535)
 #: ``env prune --unused-days``: 0 prunes every env not in use; 100 years is as good as "never".

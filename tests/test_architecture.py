@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(["serve", "serve._commands", "serve._cs3", "serve._metrics"], 5),
     **dict.fromkeys(["serve._reload", "serve._server", "serve._loop", "serve._files"], 5),
     "serve._log": 5,
+    **dict.fromkeys(["serve._workers", "serve._siblings"], 5),
     # 6 - the faces: command line, its presentation, the authors' kit, the public API
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),
     **dict.fromkeys(["_completion", "_cli_options", "_cli_env"], 6),

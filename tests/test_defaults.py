@@ -53,6 +53,7 @@ def _as_toml(value: object) -> str:
         ("[grpc] address", _defaults.SERVE_ADDRESS),
         ("[grpc] shutdown_grace", _defaults.SERVE_SHUTDOWN_GRACE),
         ("[grpc] workers", _defaults.SERVE_WORKERS),
+        ("[grpc] processes", _defaults.SERVE_PROCESSES),
         ("[grpc] access_log", _defaults.ACCESS_LOG),
     ],
 )

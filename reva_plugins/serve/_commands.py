@@ -6,6 +6,7 @@ import argparse
 import errno
 import http.client
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -27,8 +28,10 @@ MAX_PID = 1 << 22
 MAX_METRICS_BYTES = 8 << 20
 
 
-def require_extra() -> None:
-    """A :class:`UsageError` saying what to install when the ``serve`` extra is missing.
+def require_extra(*, load: bool = True) -> None:
+    """A :class:`UsageError` saying what to install when the ``serve`` extra is missing
+    (``load=False``: only look for its modules, loading none; the parent of worker processes
+    never loads grpc, ~20 MiB it would hold for nothing).
 
     Before grpc loads: its core's own log goes to stderr at ERROR and above only (unless the
     operator set ``GRPC_VERBOSITY``), so a refused connection is our one line, not grpc's
@@ -36,7 +39,10 @@ def require_extra() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for name in EXTRA_MODULES:
         try:
-            importlib.import_module(name)
+            if load:
+                importlib.import_module(name)
+            elif importlib.util.find_spec(name) is None:
+                raise ImportError(name)
         except ImportError:
             raise UsageError(
                 f"serving needs the serve extra (module {name!r} is missing): {INSTALL_HINT}"
@@ -51,25 +57,70 @@ def _address(text: str, what: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT."""
-    require_extra()
-    from ._reload import HostOptions  # noqa: PLC0415 (after the extra is checked)
-    from ._server import Server  # noqa: PLC0415
+    """Serve until SIGTERM/SIGINT: one process, or (``[grpc] processes``) a parent of worker
+    processes; a process the parent started is one of those workers."""
+    from ._siblings import WorkerRole  # noqa: PLC0415 (stdlib only)
+
+    role = WorkerRole.from_environ()
+    if role is not None:
+        role.take_stderr()
+    config = _config.load_file(args.config)
+    count = 1 if role is not None else config.serve.process_count()
+    require_extra(load=count == 1)
+    from ._log import configure  # noqa: PLC0415 (after the extra is checked)
+    from ._reload import HostOptions  # noqa: PLC0415
 
     address = None if args.address is None else _address(args.address, "--address")
     options = HostOptions(
         cache_dir=args.cache_dir, installer=args.installer, offline=args.offline or None
     )
-    server = Server(args.config, address=address, options=options, pidfile=args.pidfile)
-    from ._log import configure  # noqa: PLC0415
-
     verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    if count > 1:
+        from ._workers import Parent  # noqa: PLC0415
+
+        parent = Parent(
+            config,
+            Path(args.config),
+            count,
+            address=address,
+            options=options,
+            pidfile=args.pidfile,
+            argv=_worker_argv(args, verbosity),
+        )
+        undo = configure(config.log, verbosity, str(args.config))
+        try:
+            return parent.run()
+        finally:
+            undo()
+    from ._server import Server  # noqa: PLC0415
+
+    server = Server(
+        args.config, address=address, options=options, pidfile=args.pidfile, worker=role
+    )
     undo = configure(server.config.log, verbosity, str(args.config))
     try:
+        if role is not None:
+            from ._workers import die_with_parent, tag_log  # noqa: PLC0415
+
+            tag_log(role.index)
+            die_with_parent(role.parent)
         server.run()
     finally:
         undo()
     return ExitCode.OK
+
+
+def _worker_argv(args: argparse.Namespace, verbosity: int) -> list[str]:
+    """The command line of a worker process (``--address`` is added by the parent)."""
+    argv = [sys.executable, "-m", "reva_plugins", "serve", str(Path(args.config).resolve())]
+    if args.cache_dir is not None:
+        argv += ["--cache-dir", str(Path(args.cache_dir).resolve())]
+    if args.installer is not None:
+        argv += ["--installer", str(args.installer)]
+    if args.offline:
+        argv.append("--offline")
+    argv += ["-v"] * max(verbosity, 0) + ["-q"] * max(-verbosity, 0)
+    return argv
 
 
 def _client_address(text: str, what: str) -> str:
@@ -210,10 +261,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         server = status.get("server", {})
         services = status.get("services", {})
         report["server"] = {key: server[key] for key in sorted(server)}
-        report["services"] = {
-            name: {key: services[name][key] for key in sorted(services[name])}
-            for name in sorted(services)
-        }
+        report["services"] = _sorted_services(services)
+        workers = status.get("workers")
+        if isinstance(workers, dict):  # [grpc] processes > 1: each worker process
+            report["workers"] = {
+                index: {
+                    key: _sorted_services(info[key]) if key == "services" else info[key]
+                    for key in sorted(info)
+                }
+                for index, info in sorted(workers.items(), key=lambda item: int(item[0]))
+            }
     try:
         rows = sorted(_metric_rows(text))
     except ValueError as exc:
@@ -231,12 +288,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, info in report["services"].items():
             fields = " ".join(f"{k}={_show(v)}" for k, v in info.items())
             lines.append(f"service {name:<{width}}  {fields}")
+        for index, info in report.get("workers", {}).items():
+            fields = " ".join(f"{k}={_show(v)}" for k, v in info.items() if k != "services")
+            lines.append(f"worker  {index}  {fields}")
+            for name, svc in info.get("services", {}).items():
+                fields = " ".join(f"{k}={_show(v)}" for k, v in svc.items())
+                lines.append(f"worker  {index}  service {name:<{width}}  {fields}")
     width = max((len(name) for name, _ in rows), default=0)
     for line in lines:
         print(line)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return ExitCode.OK
+
+
+def _sorted_services(services: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: {key: services[name][key] for key in sorted(services[name])}
+        for name in sorted(services)
+    }
 
 
 #: Python's options that take a value (``python -X dev -m reva_plugins serve``).

@@ -11,17 +11,23 @@ counted by the server itself, in :attr:`Metrics.rpcs`.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import MetricsHandler
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .._errors import RevaPluginError
 from .._hooks import hookimpl
+from ._files import listen_error
 
 #: Latency buckets in seconds: a plugin call is ~0.1 ms to a few seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -29,6 +35,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: The ``outcome`` of a plugin call that returned.
 OK = "ok"
+#: Connections to the metrics endpoint served at once, and the seconds one may stay idle.
+METRICS_CONNECTIONS = 16
+METRICS_IDLE = 10.0
 
 
 class Metrics:
@@ -253,3 +262,107 @@ class _RssCollector(Collector):
         yield GaugeMetricFamily(
             "reva_plugins_plugin_rss_bytes", "resident memory", labels=["service", "pid"]
         )
+
+
+def merged(pages: Iterable[str]) -> bytes:
+    """One Prometheus page for every worker process (see :func:`merged_families`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(merged_families(pages)))
+    return generate_latest(registry)
+
+
+def merged_families(pages: Iterable[str]) -> list[Metric]:
+    """The samples of ``pages`` (each worker's) with the same name and labels added up (a
+    ``_created`` time is the earliest). Counters, histograms and the in-flight gauge add up
+    across workers; a plugin's RSS is labelled by its pid, so each stays its own."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for page in pages:
+        for family in text_string_to_metric_families(page):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            kept = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                old = kept.get(key)
+                if old is None:
+                    kept[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    kept[key] = min(old, sample.value)
+                else:
+                    kept[key] = old + sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    return list(families.values())
+
+
+class WorkersCollector(Collector):
+    """The metrics of every worker process, asked for when scraped (the parent's endpoint)."""
+
+    def __init__(self, pages: Callable[[], list[str]]) -> None:
+        self.pages = pages
+
+    def collect(self) -> Iterator[Metric]:
+        yield from merged_families(self.pages())
+
+
+class _Fixed(Collector):
+    """Families already made (the merged pages)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def serve_metrics(address: str, registry: CollectorRegistry) -> MetricsHTTPServer:
+    """``registry`` on ``http://ADDRESS/metrics``, served by a thread of its own from now on;
+    the one-line error of ``metrics.address`` if it cannot listen."""
+    host, _, port = address.rpartition(":")
+    bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 (as the operator wrote it)
+    handler = type("Handler", (MetricsHandler.factory(registry),), {"timeout": METRICS_IDLE})
+    try:
+        server = (MetricsHTTPServer6 if ":" in bind else MetricsHTTPServer)(
+            (bind, int(port)), handler
+        )
+    except OSError as exc:
+        raise listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+class MetricsHTTPServer(ThreadingHTTPServer):
+    """The metrics endpoint: a thread per connection, but at most ``METRICS_CONNECTIONS`` at
+    once (one more is closed unanswered), each closed after ``METRICS_IDLE`` seconds without
+    a request, so idle connections cannot pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own if a slot is free, else close it."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread; its slot is free again when it ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsHTTPServer6(MetricsHTTPServer):
+    address_family = socket.AF_INET6

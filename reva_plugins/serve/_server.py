@@ -17,12 +17,10 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import generate_latest
-from prometheus_client.exposition import MetricsHandler
 
 from .. import _config, _defaults
 from .._errors import CallCancelled, CallTimeout, RevaPluginError
@@ -54,7 +51,7 @@ from ._files import (
 )
 from ._log import log_fields
 from ._loop import EventLoopThread
-from ._metrics import Metrics
+from ._metrics import METRICS_CONNECTIONS, Metrics, MetricsHTTPServer, merged, serve_metrics
 from ._reload import (
     Backend,
     Generation,
@@ -64,15 +61,17 @@ from ._reload import (
     require_served,
     unserved_tables,
 )
+from ._siblings import ControlServer, Op, WorkerRole, ask_all
+
+__all__ = ["ADMIN_API", "METRICS_CONNECTIONS", "Server"]
 
 log = logging.getLogger("reva_plugins.serve")
 access = logging.getLogger("reva_plugins.serve.access")
+#: the metrics endpoint moved to ``_metrics``; the names tests and embedders used stay
+_MetricsHTTPServer = MetricsHTTPServer
 
 #: The largest request accepted, in bytes: CS3 identity requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 1 << 20
-#: Connections to the metrics endpoint served at once, and the seconds one may stay idle.
-METRICS_CONNECTIONS = 16
-METRICS_IDLE = 10.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -172,7 +171,10 @@ class Server:
     already taken fails in a second. ``address`` overrides ``[grpc] address`` (the command
     line's ``--address``). ``hooks`` are host hook objects (``service_call`` wrappers,
     lifecycle hooks; see ``reva_plugins._hooks``) registered on every host the server makes,
-    at start and on each reload, before any of its plugins starts.
+    at start and on each reload, before any of its plugins starts. ``worker`` makes it one of
+    the worker processes of ``[grpc] processes`` (see ``_workers``): it shares the port the
+    parent reserved, leaves the pid file and the metrics endpoint to the parent, and answers
+    the admin API for its siblings too.
     """
 
     def __init__(
@@ -183,9 +185,12 @@ class Server:
         options: HostOptions | None = None,
         pidfile: Path | None = None,
         hooks: Sequence[object] = (),
+        worker: WorkerRole | None = None,
     ) -> None:
         self.path = Path(path)
-        self.pidfile = pidfile
+        self.pidfile = None if worker is not None else pidfile
+        self.worker = worker
+        self._control: ControlServer | None = None
         self.metrics = Metrics()
         self.user_hooks = tuple(hooks)
         self.config = _config.load_file(self.path)
@@ -234,7 +239,7 @@ class Server:
             elif name in fresh:  # started and pinged; a kept backend's health stays as it is
                 self._health(api, SERVING)
         now, was = new.config.serve, self.settings
-        fixed = ("address", "workers", "tls_cert", "tls_key", "metrics_address")
+        fixed = ("address", "workers", "processes", "tls_cert", "tls_key", "metrics_address")
         for name in fixed:
             if getattr(now, name) != getattr(was, name):
                 key = "metrics.address" if name == "metrics_address" else f"grpc.{name}"
@@ -424,6 +429,8 @@ class Server:
     async def _admin_status(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if not self._admin_allowed(context, "Status"):
             return struct_pb2.Struct()
+        if self.worker is not None:  # its siblings are asked: in a thread of its own
+            return _struct(await _in_thread(self.status))
         # on the loop: it reads what runs and renders the counters, nothing that waits, and so
         # answers while the worker threads are all busy (a reload draining, slow starts)
         return _struct(self.status())
@@ -432,11 +439,74 @@ class Server:
         if not self._admin_allowed(context, "Reload"):
             return struct_pb2.Struct()
         log.info("admin: reload requested by %s", context.peer())
+        if self.worker is not None:
+            return _struct(await _in_thread(self._reload_all))
         outcome = await self.loop.in_admin_thread(self.reload)
         return _struct(dataclasses.asdict(outcome))
 
+    def _reload_all(self) -> dict[str, Any]:
+        """Reload every worker process (this one and its siblings, at once); one outcome
+        naming each: ``failed`` if one failed, else ``swapped`` if one swapped."""
+        role = self.worker
+        assert role is not None
+        answers = ask_all(
+            role.folder,
+            role.count,
+            "reload",
+            timeout=_defaults.RELOAD_TIMEOUT,
+            local=(role.index, lambda: dataclasses.asdict(self.reload())),
+        )
+        results = {a.get("result", "failed") for a in answers.values()}
+        result = next((r for r in ("failed", "swapped") if r in results), "unchanged")
+        lines = [
+            f"worker {index}: {a.get('message') or a.get('error', '')}"
+            for index, a in answers.items()
+        ]
+        return {
+            "result": result,
+            "message": "\n".join(lines),
+            "generation": answers[role.index].get("generation", 0),
+            "workers": {str(index): a for index, a in answers.items()},
+        }
+
+    def _answer(self, op: Op) -> dict[str, Any]:
+        """What this worker process tells a sibling or the parent (its control socket)."""
+        if op == "reload":
+            return dataclasses.asdict(self.reload())
+        if op == "metrics":
+            return {"metrics": generate_latest(self.metrics.registry).decode("utf-8")}
+        return self._local_status()
+
     def status(self) -> dict[str, Any]:
-        """What runs now: the server, each service's backend, and the metrics text."""
+        """What runs now: the server, each service's backend, and the metrics text; of every
+        worker process (``workers``, by index) when there are several."""
+        local = self._local_status()
+        role = self.worker
+        if role is None:
+            return local
+        answers = ask_all(role.folder, role.count, "status", local=(role.index, lambda: local))
+        workers: dict[str, Any] = {}
+        for index, answer in answers.items():
+            if "error" in answer:
+                workers[str(index)] = {"state": "down", "error": answer["error"]}
+                continue
+            server = answer.get("server", {})
+            workers[str(index)] = {
+                "state": "serving",
+                "pid": server.get("pid"),
+                "generation": server.get("generation"),
+                "uptime_s": server.get("uptime_s"),
+                "restarts": server.get("restarts", 0),
+                "services": answer.get("services", {}),
+            }
+        pages = [str(a.get("metrics", "")) for a in answers.values() if "error" not in a]
+        local["server"].pop("restarts", None)
+        local["server"].update(pid=role.parent, worker_pid=os.getpid(), processes=role.count)
+        local["workers"] = workers
+        local["metrics"] = merged(pages).decode("utf-8")
+        return local
+
+    def _local_status(self) -> dict[str, Any]:
         gen = self.reloader.current
         services: dict[str, Any] = {}
         for name, backend in (gen.backends if gen is not None else {}).items():
@@ -453,14 +523,17 @@ class Server:
                 "uptime_s": None if info.uptime is None else round(info.uptime, 3),
                 "generation": backend.number,
             }
+        server = {
+            "version": _version(),
+            "pid": os.getpid(),
+            "address": f"{self.address.rpartition(':')[0]}:{self.port}",
+            "generation": gen.number if gen is not None else 0,
+            "uptime_s": round(time.time() - self._started_at, 3),
+        }
+        if self.worker is not None:  # how often the parent restarted this worker's slot
+            server["restarts"] = self.worker.restarts
         return {
-            "server": {
-                "version": _version(),
-                "pid": os.getpid(),
-                "address": f"{self.address.rpartition(':')[0]}:{self.port}",
-                "generation": gen.number if gen is not None else 0,
-                "uptime_s": round(time.time() - self._started_at, 3),
-            },
+            "server": server,
             "services": services,
             "metrics": generate_latest(self.metrics.registry).decode("utf-8"),
         }
@@ -481,9 +554,10 @@ class Server:
         credentials = self._credentials()
         if self.pidfile is not None:  # before anything binds: refused in its one line
             check_pidfile(self.pidfile, is_server_pid)
-        check_free(self.address, self.address_source)
-        if settings.metrics_address:
-            check_free(settings.metrics_address, "metrics.address")
+        if self.worker is None:  # a worker's parent checked them and holds the port
+            check_free(self.address, self.address_source)
+            if settings.metrics_address:
+                check_free(settings.metrics_address, "metrics.address")
         self.loop.start(workers=settings.workers)
         try:
             server = self.loop.run(self._make_server(credentials))
@@ -491,7 +565,7 @@ class Server:
             self.loop.stop()
             raise
         try:
-            if settings.metrics_address:
+            if settings.metrics_address and self.worker is None:
                 self._start_metrics(settings.metrics_address)
             if self.pidfile is not None:
                 write_pidfile(self.pidfile, is_server_pid)
@@ -507,6 +581,9 @@ class Server:
         self._set_all_health(gen)
         self.loop.run(server.start())
         self.server = server
+        if self.worker is not None:  # last: its socket appearing tells the parent it serves
+            self._control = ControlServer(self.worker, self._answer)
+            self._control.start()
         served = ", ".join(f"{n} as {_cs3.APIS[n]}" for n in gen.backends)
         log.info(
             "serving %s on %s:%d (%s)",
@@ -523,7 +600,9 @@ class Server:
             handlers=self._generic_handlers(),
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.so_reuseport", 0),
+                # a worker process shares the port with its siblings; else a port in use
+                # must fail the bind, not be shared
+                ("grpc.so_reuseport", 0 if self.worker is None else 1),
             ],
         )
         try:
@@ -558,18 +637,8 @@ class Server:
         return grpc.ssl_server_credentials([(key, cert)])
 
     def _start_metrics(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 (as the operator wrote it)
-        handler = type(
-            "Handler", (MetricsHandler.factory(self.metrics.registry),), {"timeout": METRICS_IDLE}
-        )
-        try:
-            server = (_MetricsHTTPServer6 if ":" in bind else _MetricsHTTPServer)(
-                (bind, int(port)), handler
-            )
-        except OSError as exc:
-            raise listen_error(address, "metrics.address", exc.strerror or str(exc)) from None
-        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        host = address.rpartition(":")[0]
+        server = serve_metrics(address, self.metrics.registry)
         self._metrics_server = server
         self.metrics_port = int(server.server_address[1])
         log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
@@ -594,6 +663,9 @@ class Server:
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting RPCs, let those in flight end within the grace, close the plugins."""
         grace = self.settings.shutdown_grace if grace is None else grace
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self.server is not None:
             self.loop.run(self.health.enter_graceful_shutdown())
             log.info("shutting down: draining RPCs in flight (up to %g s)", grace)
@@ -634,6 +706,36 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+async def _in_thread(func: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``func()`` in a thread of its own, awaited: never one of the loop's worker threads, which
+    RPCs may all hold."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = func()
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting RPC)
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="admin-all", daemon=True).start()
+    return await done
+
+
+def _settle(
+    done: asyncio.Future[dict[str, Any]], result: dict[str, Any] | None, error: BaseException | None
+) -> None:
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        assert result is not None
+        done.set_result(result)
 
 
 def _version() -> str:
@@ -698,37 +800,3 @@ class _ServedApis(grpc.GenericRpcHandler):  # type: ignore[misc]
         if handler is None or method[1:].partition("/")[0] not in self._apis:
             return None
         return handler
-
-
-class _MetricsHTTPServer(ThreadingHTTPServer):
-    """The metrics endpoint: a thread per connection, but at most ``METRICS_CONNECTIONS`` at
-    once (one more is closed unanswered), each closed after ``METRICS_IDLE`` seconds without
-    a request, so idle connections cannot pile up threads."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], handler: Any) -> None:
-        super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in a thread of its own if a slot is free, else close it."""
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """The connection's thread; its slot is free again when it ends."""
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-class _MetricsHTTPServer6(_MetricsHTTPServer):
-    address_family = socket.AF_INET6
