@@ -219,7 +219,6 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
     process = users.driver.supervisor.process  # type: ignore[attr-defined]
     assert process is not None
     call = Call(spec.service, "get_user", {"user_id": UID})
-    bounded = call.bounded(spec.call_timeout, spec.label)
     client = process._client
     python = str(spec.python)
     every = all_cpus()
@@ -231,7 +230,7 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
                 {
                     "host": lambda: users.get_user(UID),
                     "process": lambda: process.invoke(call),
-                    "client": lambda: client.invoke(bounded),
+                    "client": lambda: client.invoke(call, spec.call_timeout),
                     "minimal": _peers.minimal_client(
                         client.sock,
                         lambda call_id: encode_request(call_id, "get_user", {"user_id": UID}),

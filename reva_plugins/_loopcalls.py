@@ -54,13 +54,14 @@ class LoopCalls(Connection):
         call = Call(self.label, method, params, timeout, meta or {}, cancellation)
         return await self.ainvoke(call)
 
-    async def ainvoke(self, call: Call) -> Any:
+    async def ainvoke(self, call: Call, limit: float | None = None) -> Any:
         """:meth:`invoke` for a coroutine: the running loop reads the replies (unless a thread is
         reading already) and nothing blocks it. A task cancelled while it awaits its reply
         cancels the call in the plugin (``$/cancel``)."""
-        method, timeout, cancellation = call.method, call.timeout, call.cancellation
+        method, cancellation = call.method, call.cancellation
         if cancellation is not None and cancellation.cancelled:
             raise call.cancelled(self.label)
+        timeout, meta = call.bound(limit, self.label)
         loop = asyncio.get_running_loop()
         slot = Slot()
         future = slot.future = loop.create_future()
@@ -69,7 +70,7 @@ class LoopCalls(Connection):
         lock = self.lock
         with lock:
             call_id = self._register(slot)
-            self.outbox.append(encode_request(call_id, method, call.params, call.meta))
+            self.outbox.append(encode_request(call_id, method, call.params, meta))
             write = not self.flushing
             if write:
                 self.flushing = True
@@ -85,7 +86,7 @@ class LoopCalls(Connection):
             ) from None
         timer = None
         if timeout is not None and timeout > 0:
-            timer = loop.call_later(timeout, self._expire, call_id, call)
+            timer = loop.call_later(timeout, self._expire, call_id, call, timeout)
         forget = None
         if cancellation is not None:
             forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
@@ -100,8 +101,8 @@ class LoopCalls(Connection):
             if forget is not None:
                 forget()
 
-    def _expire(self, call_id: int, call: Call) -> None:
-        if self._fill(call_id, error=call.timed_out(self.label)):
+    def _expire(self, call_id: int, call: Call, timeout: float) -> None:
+        if self._fill(call_id, error=call.timed_out(self.label, timeout)):
             self.notify(CANCEL, {"id": call_id})
 
     # -- an event loop reading ---------------------------------------------------------------

@@ -110,7 +110,11 @@ class ServiceProxy:
         proxy = self
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return proxy._invoke(Call(name, method, bind(args, kwargs)))
+            made = Call(name, method, bind(args, kwargs))
+            wrappers = proxy._wrappers  # as _invoke, inline: this is every call's path
+            if wrappers is None:
+                return proxy.driver.invoke(made)
+            return wrappers.run(made.hook_kwargs(proxy), lambda: proxy.driver.invoke(made))
 
         call.__name__ = method
         call.__doc__ = self.service.doc(method)
