@@ -228,6 +228,34 @@ def test_a_stalled_plugin_times_the_call_out_and_cancels_it(peer: Peer) -> None:
     assert peer.client.pending == {}
 
 
+def test_calls_on_one_loop_time_out_each_at_its_own_deadline(peer: Peer) -> None:
+    """A loop's calls share one timer: a later call with an earlier deadline still times out
+    at it, one after it at its own, and calls answered or not yet due are not timed out."""
+
+    async def main() -> None:
+        long = asyncio.ensure_future(peer.client.acall("m", {"v": "long"}, 60))
+        answered = asyncio.ensure_future(peer.client.acall("m", {"v": "answered"}, 20))
+        short = asyncio.ensure_future(peer.client.acall("slow", {"v": "short"}, 0.3))
+        later = asyncio.ensure_future(peer.client.acall("slow", {"v": "later"}, 1.2))
+        requests = await asyncio.to_thread(peer.requests, 4)
+        ids = {r["params"]["v"]: r["id"] for r in requests}
+        peer.reply(_result(ids["answered"], "ok"))
+        assert await answered == "ok"
+        with pytest.raises(CallTimeout, match=r"slow timed out after 0\.3 s"):
+            await short
+        assert not long.done()
+        with pytest.raises(CallTimeout, match=r"slow timed out after 1\.2 s"):
+            await later
+        assert not long.done()
+        cancels = await asyncio.to_thread(peer.requests, 2)
+        assert [c["params"]["id"] for c in cancels] == [ids["short"], ids["later"]]
+        peer.reply(_result(ids["long"], "long"))
+        assert await long == "long"
+
+    asyncio.run(main())
+    assert peer.client.pending == {}
+
+
 def test_a_reply_read_by_a_thread_after_the_loop_closed_is_no_crash(peer: Peer) -> None:
     async def main() -> None:
         task = asyncio.ensure_future(peer.client.acall("m", {"v": 1}, 30))
