@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ._call import Call, Cancellation
 from ._connection import EXIT_GRACE, Connection
@@ -74,20 +74,20 @@ class LoopCalls(Connection):
         lock = self.lock
         with lock:
             call_id = self._register(slot)
-            self.outbox.append(encode_request(call_id, method, call.params, meta))
+            try:
+                data = encode_request(call_id, method, call.params, meta)
+            except RevaPluginError:  # not JSON: the call is not made
+                del self.pending[call_id]
+                raise
             write = not self.flushing
-            if write:
+            if write:  # nothing is queued (a writer empties the queue): this goes first
                 self.flushing = True
+            else:
+                self.outbox.append(data)
         self._watch(loop)
-        broken = self._flush_nowait() if write else None
+        broken = self._flush_nowait(data) if write else None
         if broken is not None:
-            with lock:
-                self.pending.pop(call_id, None)
-            # as in _flush: the caller must learn how the process died, not errno
-            await loop.run_in_executor(None, self.gone.wait, EXIT_GRACE)
-            raise self.closed or ProtocolError(
-                f"cannot write to plugin: {broken}", plugin=self.label
-            ) from None
+            await self._unwritten(call_id, broken, loop)
         timer = watch = None
         if timeout is not None and timeout > 0:
             # the loop's one timer for every call it has on this wire, where there is one (a
@@ -112,6 +112,18 @@ class LoopCalls(Connection):
                 watch.deadlines.pop(call_id, None)
             if forget is not None:
                 forget()
+
+    async def _unwritten(
+        self, call_id: int, broken: OSError, loop: asyncio.AbstractEventLoop
+    ) -> NoReturn:
+        """The request could not be written: the call is dropped, and (as in ``_flush``) the
+        caller learns how the process died, not errno."""
+        with self.lock:
+            self.pending.pop(call_id, None)
+        await loop.run_in_executor(None, self.gone.wait, EXIT_GRACE)
+        raise self.closed or ProtocolError(
+            f"cannot write to plugin: {broken}", plugin=self.label
+        ) from None
 
     def _expire(self, call_id: int, call: Call, timeout: float) -> None:
         if self._fill(call_id, error=call.timed_out(self.label, timeout)):

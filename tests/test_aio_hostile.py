@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from reva_plugins._drivers import uninterruptible
-from reva_plugins._errors import CallTimeout, PluginCrashed
+from reva_plugins._errors import CallTimeout, PluginCrashed, UsageError
 
 from .test_client import Peer, _line, _result
 
@@ -253,6 +253,25 @@ def test_calls_on_one_loop_time_out_each_at_its_own_deadline(peer: Peer) -> None
         assert await long == "long"
 
     asyncio.run(main())
+    assert peer.client.pending == {}
+
+
+def test_params_that_are_not_json_fail_the_call_and_leave_nothing_pending(peer: Peer) -> None:
+    """An asyncio call (and a thread's) whose params cannot be sent fails with UsageError and
+    is not left in flight (a call left pending would keep every later caller from reading its
+    own reply); the next call on the wire is answered."""
+
+    async def main() -> None:
+        with pytest.raises(UsageError, match="not valid JSON"):
+            await peer.client.acall("m", {"v": float("nan")}, 30)
+        assert peer.client.pending == {}
+        server = peer.echo(1)
+        assert await peer.client.acall("m", {"v": "next"}, 30) == "next"
+        await asyncio.to_thread(server.join, 10)
+
+    asyncio.run(main())
+    with pytest.raises(UsageError, match="not valid JSON"):
+        peer.client.call("m", {"v": object()}, 30)
     assert peer.client.pending == {}
 
 
