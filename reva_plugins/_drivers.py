@@ -257,8 +257,8 @@ class IsolatedDriver:
 
     def invoke(self, call: Call) -> Any:
         """Send the call over the wire."""
-        process = self.supervisor.running()
-        if process is None:
+        process = self.supervisor.current  # running() inline: every call's path
+        if process is None or not process.alive:
             process = self._started()
         return process.invoke(call)
 

@@ -44,6 +44,8 @@ class _Binder:
         """``args`` and ``kwargs`` by parameter name, defaults filled in; UsageError if they do
         not fit the signature."""
         if not kwargs:
+            if len(args) == len(self.names):
+                return dict(zip(self.names, args, strict=False))
             if len(args) < len(self.tails) and (tail := self.tails[len(args)]) is not None:
                 out = dict(zip(self.names, args, strict=False))
                 out.update(tail)
