@@ -208,8 +208,8 @@ THREADS = (1, 4, 16, 64)
 
 def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
     """Sequential get_user through Host, and the same call one layer down (the plugin process,
-    without the proxy, its hooks and the driver), two (the wire's client, without the
-    process's bound on the call) and three (a minimal client of the loop's kind on the
+    without the proxy, its hooks and the driver), two (the wire's client, given the
+    process's ``call_timeout`` as the process gives it) and three (a minimal client of the loop's kind on the
     plugin's socket), against a featureless JSON-RPC loop: measured in interleaved rounds,
     both processes (every thread) pinned as ``cpus``. Then raw echoes and execnet."""
     users = host.service("userprovider")
