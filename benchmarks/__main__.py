@@ -208,8 +208,8 @@ THREADS = (1, 4, 16, 64)
 
 def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) -> dict[str, Any]:
     """Sequential get_user through Host, and the same call one layer down (the plugin process,
-    without the proxy, its hooks and the driver), two (the wire's client, without the
-    process's bound on the call) and three (a minimal client of the loop's kind on the
+    without the proxy, its hooks and the driver), two (the wire's client, given the
+    process's ``call_timeout`` as the process gives it) and three (a minimal client of the loop's kind on the
     plugin's socket), against a featureless JSON-RPC loop: measured in interleaved rounds,
     both processes (every thread) pinned as ``cpus``. Then raw echoes and execnet."""
     users = host.service("userprovider")
@@ -219,7 +219,6 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
     process = users.driver.supervisor.process  # type: ignore[attr-defined]
     assert process is not None
     call = Call(spec.service, "get_user", {"user_id": UID})
-    bounded = call.bounded(spec.call_timeout, spec.label)
     client = process._client
     python = str(spec.python)
     every = all_cpus()
@@ -231,7 +230,7 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
                 {
                     "host": lambda: users.get_user(UID),
                     "process": lambda: process.invoke(call),
-                    "client": lambda: client.invoke(bounded),
+                    "client": lambda: client.invoke(call, spec.call_timeout),
                     "minimal": _peers.minimal_client(
                         client.sock,
                         lambda call_id: encode_request(call_id, "get_user", {"user_id": UID}),

@@ -101,9 +101,9 @@ class Call:
         meta: dict[str, Any] | None = None,
         cancellation: Cancellation | None = None,
     ) -> None:
-        # Every call makes two of these (the proxy's, the process's bound one): each slot is set
-        # through its descriptor, at half the cost of the generated frozen __init__ (0.5 against
-        # 0.9 us), which looks object.__setattr__ up for every field
+        # Every call makes one of these: each slot is set through its descriptor, at half the
+        # cost of the generated frozen __init__ (0.5 against 0.9 us), which looks
+        # object.__setattr__ up for every field
         _set_service(self, service)
         _set_method(self, method)
         _set_params(self, params)
@@ -124,25 +124,31 @@ class Call:
             "cancellation": self.cancellation,
         }
 
-    def bounded(self, limit: float, plugin: str) -> Call:
-        """This call as a plugin process sends it: its timeout at most ``limit`` (the operator's
-        ``call_timeout`` holds whoever calls), and a meta sent tells the plugin the deadline.
-        :class:`CallTimeout` when no time is left."""
-        timeout = limit if self.timeout is None else min(self.timeout, limit)
+    def bound(self, limit: float | None, plugin: str) -> tuple[float | None, dict[str, Any]]:
+        """The timeout and meta this call is sent with: its timeout at most ``limit`` (the
+        operator's ``call_timeout`` holds whoever calls; None: no bound), and a meta sent tells
+        the plugin the deadline. :class:`CallTimeout` when no time is left. (A pair, not a
+        second Call: this is on every call's path.)"""
+        timeout = self.timeout
+        if limit is None:
+            return timeout, self.meta
+        if timeout is None or timeout > limit:
+            timeout = limit
         if timeout <= 0:  # a deadline already past (never "no deadline")
             raise CallTimeout(f"{self.method}: no time left for the call", plugin=plugin)
         meta = self.meta
-        if meta and timeout:
+        if meta:
             meta = {**meta, META_DEADLINE: time.time() + timeout}
-        return Call(self.service, self.method, self.params, timeout, meta, self.cancellation)
+        return timeout, meta
 
     def cancelled(self, plugin: str) -> CallCancelled:
         """The error of this call cancelled by its caller."""
         return CallCancelled(f"{self.method} was cancelled", plugin=plugin)
 
-    def timed_out(self, plugin: str) -> CallTimeout:
-        """The error of this call out of time."""
-        return CallTimeout(f"{self.method} timed out after {self.timeout:g} s", plugin=plugin)
+    def timed_out(self, plugin: str, timeout: float | None = None) -> CallTimeout:
+        """The error of this call out of time (after ``timeout``, by default its own)."""
+        after = self.timeout if timeout is None else timeout
+        return CallTimeout(f"{self.method} timed out after {after:g} s", plugin=plugin)
 
     def interrupted(self, plugin: str) -> CallCancelled | CallTimeout:
         """The error of this call's task cancelled: at its deadline (by whoever set it) the call

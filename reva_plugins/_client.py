@@ -51,11 +51,13 @@ class Client(LoopCalls):
         """:meth:`invoke` a call of ``method`` made of these parts."""
         return self.invoke(Call(self.label, method, params, timeout, meta or {}, cancellation))
 
-    def invoke(self, call: Call) -> Any:
-        """Send a request and wait for its reply, reading the wire ourselves if nobody is."""
-        method, timeout, cancellation = call.method, call.timeout, call.cancellation
+    def invoke(self, call: Call, limit: float | None = None) -> Any:
+        """Send a request and wait for its reply, reading the wire ourselves if nobody is;
+        ``limit`` bounds the call's timeout (see :meth:`Call.bound`)."""
+        method, cancellation = call.method, call.cancellation
         if cancellation is not None and cancellation.cancelled:
             raise call.cancelled(self.label)
+        timeout, meta = call.bound(limit, self.label)
         slot = Slot()
         lock = self.lock
         read_lock = self.read_lock
@@ -70,7 +72,7 @@ class Client(LoopCalls):
             pending[call_id] = slot
         deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
         try:
-            data = encode_request(call_id, method, call.params, call.meta)
+            data = encode_request(call_id, method, call.params, meta)
         except RevaPluginError:
             with lock:
                 self.pending.pop(call_id, None)
@@ -95,7 +97,8 @@ class Client(LoopCalls):
             if led:
                 read_lock.release()
         if not slot.done:
-            self._follow(call, call_id, slot, deadline, tick=LineReader.TICK if forget else None)
+            tick = LineReader.TICK if forget else None
+            self._follow(call, timeout, call_id, slot, deadline, tick)
         if forget is not None:
             forget()
         if slot.waker is not None:
@@ -119,7 +122,13 @@ class Client(LoopCalls):
         raise exc
 
     def _follow(
-        self, call: Call, call_id: int, slot: Slot, deadline: float | None, tick: float | None
+        self,
+        call: Call,
+        timeout: float | None,
+        call_id: int,
+        slot: Slot,
+        deadline: float | None,
+        tick: float | None,
     ) -> None:
         """Until the slot is filled: lead when nobody reads (``tick``: a cancellation is seen
         between reads), else wait to be woken; at the deadline the call times out."""
@@ -141,7 +150,7 @@ class Client(LoopCalls):
                     if cancel:
                         del self.pending[call_id]
                         slot.done = True
-                        slot.error = call.timed_out(self.label)
+                        slot.error = call.timed_out(self.label, timeout)
                 if cancel:
                     self.notify(CANCEL, {"id": call_id})
 

@@ -148,16 +148,17 @@ class Connection:
             self.flushing = True
         self._flush_nowait()
 
-    def _flush_nowait(self) -> OSError | None:
-        """Write the queue (``flushing`` set by the caller) as far as the socket takes it
-        without blocking; a thread writes the rest. Returns the error of a broken wire (the
-        queue is dropped then, as :meth:`_flush` drops it)."""
+    def _flush_nowait(self, data: bytes | None = None) -> OSError | None:
+        """Write ``data`` (not queued), then the queue (``flushing`` set by the caller) as far
+        as the socket takes it without blocking; a thread writes the rest. Returns the error of
+        a broken wire (the queue is dropped then, as :meth:`_flush` drops it)."""
         lock = self.lock
         send = self.sock.send
         while True:
-            data = self._take_queue()
             if data is None:
-                return None
+                data = self._take_queue()
+                if data is None:
+                    return None
             try:
                 sent = send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -174,6 +175,7 @@ class Connection:
                     target=self._flush_for_others, name=f"reva-{self.label}-writer", daemon=True
                 ).start()
                 return None
+            data = None
 
     def _register(self, slot: Slot) -> int:
         """A new call's id, its slot pending (call with ``self.lock`` held); raises the error

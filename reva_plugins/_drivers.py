@@ -257,7 +257,10 @@ class IsolatedDriver:
 
     def invoke(self, call: Call) -> Any:
         """Send the call over the wire."""
-        return self._started().invoke(call)
+        process = self.supervisor.current  # running() inline: every call's path
+        if process is None or not process.alive:
+            process = self._started()
+        return process.invoke(call)
 
     async def ainvoke(self, call: Call) -> Any:
         """Send the call over the wire from the event loop; a start (or restart, or rebuild)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ._call import Call, Cancellation
 from ._connection import EXIT_GRACE, Connection
@@ -23,6 +25,8 @@ from ._protocol import CANCEL, encode_request, loads_yielding
 
 #: lines an event loop reads per wake-up at most (a flood must not hold the loop)
 LOOP_READS = 256
+#: a timer runs this much before its time at most (asyncio's ``_clock_resolution``)
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 class LoopCalls(Connection):
@@ -54,13 +58,14 @@ class LoopCalls(Connection):
         call = Call(self.label, method, params, timeout, meta or {}, cancellation)
         return await self.ainvoke(call)
 
-    async def ainvoke(self, call: Call) -> Any:
+    async def ainvoke(self, call: Call, limit: float | None = None) -> Any:
         """:meth:`invoke` for a coroutine: the running loop reads the replies (unless a thread is
         reading already) and nothing blocks it. A task cancelled while it awaits its reply
         cancels the call in the plugin (``$/cancel``)."""
-        method, timeout, cancellation = call.method, call.timeout, call.cancellation
+        method, cancellation = call.method, call.cancellation
         if cancellation is not None and cancellation.cancelled:
             raise call.cancelled(self.label)
+        timeout, meta = call.bound(limit, self.label)
         loop = asyncio.get_running_loop()
         slot = Slot()
         future = slot.future = loop.create_future()
@@ -69,23 +74,29 @@ class LoopCalls(Connection):
         lock = self.lock
         with lock:
             call_id = self._register(slot)
-            self.outbox.append(encode_request(call_id, method, call.params, call.meta))
+            try:
+                data = encode_request(call_id, method, call.params, meta)
+            except RevaPluginError:  # not JSON: the call is not made
+                del self.pending[call_id]
+                raise
             write = not self.flushing
-            if write:
+            if write:  # nothing is queued (a writer empties the queue): this goes first
                 self.flushing = True
+            else:
+                self.outbox.append(data)
         self._watch(loop)
-        broken = self._flush_nowait() if write else None
+        broken = self._flush_nowait(data) if write else None
         if broken is not None:
-            with lock:
-                self.pending.pop(call_id, None)
-            # as in _flush: the caller must learn how the process died, not errno
-            await loop.run_in_executor(None, self.gone.wait, EXIT_GRACE)
-            raise self.closed or ProtocolError(
-                f"cannot write to plugin: {broken}", plugin=self.label
-            ) from None
-        timer = None
+            await self._unwritten(call_id, broken, loop)
+        timer = watch = None
         if timeout is not None and timeout > 0:
-            timer = loop.call_later(timeout, self._expire, call_id, call)
+            # the loop's one timer for every call it has on this wire, where there is one (a
+            # timer per call costs its handle, a heap push and a cancel: every call's path)
+            watch = self.watchers.get(loop)
+            if watch is None:
+                timer = loop.call_later(timeout, self._expire, call_id, call, timeout)
+            else:
+                watch.expire_at(call_id, loop.time() + timeout, call, timeout)
         forget = None
         if cancellation is not None:
             forget = cancellation.on_cancel(lambda: self._cancel(call_id, method))
@@ -97,11 +108,25 @@ class LoopCalls(Connection):
         finally:
             if timer is not None:
                 timer.cancel()
+            elif watch is not None:
+                watch.deadlines.pop(call_id, None)
             if forget is not None:
                 forget()
 
-    def _expire(self, call_id: int, call: Call) -> None:
-        if self._fill(call_id, error=call.timed_out(self.label)):
+    async def _unwritten(
+        self, call_id: int, broken: OSError, loop: asyncio.AbstractEventLoop
+    ) -> NoReturn:
+        """The request could not be written: the call is dropped, and (as in ``_flush``) the
+        caller learns how the process died, not errno."""
+        with self.lock:
+            self.pending.pop(call_id, None)
+        await loop.run_in_executor(None, self.gone.wait, EXIT_GRACE)
+        raise self.closed or ProtocolError(
+            f"cannot write to plugin: {broken}", plugin=self.label
+        ) from None
+
+    def _expire(self, call_id: int, call: Call, timeout: float) -> None:
+        if self._fill(call_id, error=call.timed_out(self.label, timeout)):
             self.notify(CANCEL, {"id": call_id})
 
     # -- an event loop reading ---------------------------------------------------------------
@@ -119,7 +144,7 @@ class LoopCalls(Connection):
                 del self.watchers[watch.loop]
             # a dup of the socket is what the loop watches: whoever closes the socket, the
             # number the loop's selector knows is never another file's until the loop lets go
-            ours = self.watchers[loop] = _LoopWatch(loop, os.dup(self.sock.fileno()))
+            ours = self.watchers[loop] = _LoopWatch(loop, os.dup(self.sock.fileno()), self._expire)
         for watch in gone:
             watch.release()
         ours.resume(self._loop_readable)
@@ -212,18 +237,55 @@ class LoopCalls(Connection):
 
 
 class _LoopWatch:
-    """An event loop's reader on a dup of the plugin's socket. The loop's thread adds, pauses
-    and removes it; :meth:`release_threadsafe` asks the loop to (or closes the dup itself when
-    the loop has closed and watches nothing any more)."""
+    """An event loop's reader on a dup of the plugin's socket, and the deadlines of the loop's
+    calls on it. The loop's thread adds, pauses and removes it; :meth:`release_threadsafe` asks
+    the loop to (or closes the dup itself when the loop has closed and watches nothing any
+    more)."""
 
     #: seconds a paused watch waits before the loop looks at the socket again
     PAUSE = 0.0005
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        expire: Callable[[int, Call, float], None],
+    ) -> None:
         self.loop = loop
         self.fd = fd
         self.released = False
         self.lock = threading.Lock()  # the dup is closed once (its number may be reused)
+        #: the loop's calls with a deadline (on the loop's thread only): id -> (when, call,
+        #: timeout); one timer, at or before the earliest, expires them (``expire``)
+        self.deadlines: dict[int, tuple[float, Call, float]] = {}
+        self.expire = expire
+        self.timer: asyncio.TimerHandle | None = None
+        self.at = math.inf  # when the timer fires (no deadline is earlier)
+
+    def expire_at(self, call_id: int, when: float, call: Call, timeout: float) -> None:
+        """Expire the call at ``when`` (loop time) unless it ends first (whoever ends it
+        drops it from ``deadlines``). Calls come with the same timeout, mostly: a later
+        deadline than the timer's needs no new timer."""
+        self.deadlines[call_id] = (when, call, timeout)
+        if when < self.at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.at = when
+            self.timer = self.loop.call_at(when, self._due)
+
+    def _due(self) -> None:
+        """The timer: expire the calls due (as the loop runs a timer: within its clock's
+        resolution), then wait for the earliest deadline left."""
+        self.timer = None
+        self.at = math.inf
+        deadlines = self.deadlines
+        now = self.loop.time() + _RESOLUTION
+        for call_id in [i for i, (when, _, _) in deadlines.items() if when <= now]:
+            _, call, timeout = deadlines.pop(call_id)
+            self.expire(call_id, call, timeout)
+        if deadlines:
+            self.at = min(when for when, _, _ in deadlines.values())
+            self.timer = self.loop.call_at(self.at, self._due)
 
     def resume(self, callback: Callable[[], None]) -> None:
         if not self.released:

@@ -411,13 +411,15 @@ class PluginProcess:
         operator's bound holds whoever calls (a gRPC client's deadline, a script's
         ``--timeout``).
         """
-        client = self._running_client()
-        return client.invoke(call.bounded(self.spec.call_timeout, self.spec.label))
+        client = self._client
+        if client is None:
+            raise self._crashed("plugin is not running")
+        return client.invoke(call, self.spec.call_timeout)
 
     async def ainvoke(self, call: Call) -> Any:
         """:meth:`invoke` for a coroutine, never blocking its event loop."""
         client = self._running_client()
-        return await client.ainvoke(call.bounded(self.spec.call_timeout, self.spec.label))
+        return await client.ainvoke(call, self.spec.call_timeout)
 
     def _running_client(self) -> Client:
         client = self._client

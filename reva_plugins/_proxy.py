@@ -44,9 +44,18 @@ class _Binder:
         """``args`` and ``kwargs`` by parameter name, defaults filled in; UsageError if they do
         not fit the signature."""
         if not kwargs:
-            if len(args) < len(self.tails) and (tail := self.tails[len(args)]) is not None:
-                out = dict(zip(self.names, args, strict=False))
-                out.update(tail)
+            count = len(args)
+            # one or no argument by position, the usual call, without zip: dict(zip(...)) costs
+            # 0.3-0.5 us, a display 0.04 (measured; this is on every call's path)
+            if count < len(self.tails) and (tail := self.tails[count]) is not None:
+                if count == 1:
+                    out = {self.names[0]: args[0]}
+                elif count:
+                    out = dict(zip(self.names, args, strict=False))
+                else:
+                    return tail.copy()
+                if tail:
+                    out.update(tail)
                 return out
         elif not args:
             out = {**self.defaults, **kwargs}
@@ -110,7 +119,11 @@ class ServiceProxy:
         proxy = self
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return proxy._invoke(Call(name, method, bind(args, kwargs)))
+            made = Call(name, method, bind(args, kwargs))
+            wrappers = proxy._wrappers  # as _invoke, inline: this is every call's path
+            if wrappers is None:
+                return proxy.driver.invoke(made)
+            return wrappers.run(made.hook_kwargs(proxy), lambda: proxy.driver.invoke(made))
 
         call.__name__ = method
         call.__doc__ = self.service.doc(method)

@@ -44,7 +44,8 @@ class Supervisor:
         self._on_exit = on_exit
         self._on_restart = on_restart
         self._lock = threading.Lock()
-        self._process: PluginProcess | None = None
+        #: the current process (it may have exited), None before the first start
+        self.current: PluginProcess | None = None
         self._crashes: collections.deque[float] = collections.deque(maxlen=self.MAX_CRASHES)
         self._failed: ProcessError | None = None
         self._closed = False
@@ -57,7 +58,7 @@ class Supervisor:
     def process(self) -> PluginProcess | None:
         """The current process (it may have exited), None before the first start; never
         starts one (:meth:`start` does)."""
-        return self._process
+        return self.current
 
     @property
     def failure(self) -> ProcessError | None:
@@ -72,7 +73,7 @@ class Supervisor:
             return "failed"
         if self._closed:
             return "stopped"
-        current = self._process
+        current = self.current
         if self._starting:
             return "starting" if current is None else "restarting"
         if current is None:
@@ -89,14 +90,14 @@ class Supervisor:
         ``restart = 'never'`` or the service is marked failed; after :meth:`close` it raises.
         Waits up to ``start_timeout`` for the handshake.
         """
-        current = self._process
+        current = self.current
         if current is not None and current.alive:
             return current
         with self._lock:
             return self._ensure()
 
     def _ensure(self) -> PluginProcess:
-        current = self._process
+        current = self.current
         if current is not None and current.alive:
             return current
         if self._closed:
@@ -125,7 +126,7 @@ class Supervisor:
             if self._closed:
                 process.close(grace=0)
                 raise PluginCrashed("the host is closed", plugin=self.spec.label)
-            self._process = process
+            self.current = process
         finally:
             self._starting = False
             self._starting_process = None
@@ -168,7 +169,7 @@ class Supervisor:
 
     def running(self) -> PluginProcess | None:
         """The process if it runs (no start, no wait): an event loop's fast path."""
-        current = self._process
+        current = self.current
         return current if current is not None and current.alive else None
 
     def close(self) -> None:
@@ -181,6 +182,6 @@ class Supervisor:
             starting.abort()
         with self._lock:
             self._closed = True
-            process, self._process = self._process, None
+            process, self.current = self.current, None
         if process is not None:
             process.close()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from reva_plugins._drivers import uninterruptible
-from reva_plugins._errors import CallTimeout, PluginCrashed
+from reva_plugins._errors import CallTimeout, PluginCrashed, UsageError
 
 from .test_client import Peer, _line, _result
 
@@ -225,6 +225,53 @@ def test_a_stalled_plugin_times_the_call_out_and_cancels_it(peer: Peer) -> None:
         assert ticker.ticks >= 3
 
     asyncio.run(main())
+    assert peer.client.pending == {}
+
+
+def test_calls_on_one_loop_time_out_each_at_its_own_deadline(peer: Peer) -> None:
+    """A loop's calls share one timer: a later call with an earlier deadline still times out
+    at it, one after it at its own, and calls answered or not yet due are not timed out."""
+
+    async def main() -> None:
+        long = asyncio.ensure_future(peer.client.acall("m", {"v": "long"}, 60))
+        answered = asyncio.ensure_future(peer.client.acall("m", {"v": "answered"}, 20))
+        short = asyncio.ensure_future(peer.client.acall("slow", {"v": "short"}, 0.3))
+        later = asyncio.ensure_future(peer.client.acall("slow", {"v": "later"}, 1.2))
+        requests = await asyncio.to_thread(peer.requests, 4)
+        ids = {r["params"]["v"]: r["id"] for r in requests}
+        peer.reply(_result(ids["answered"], "ok"))
+        assert await answered == "ok"
+        with pytest.raises(CallTimeout, match=r"slow timed out after 0\.3 s"):
+            await short
+        assert not long.done()
+        with pytest.raises(CallTimeout, match=r"slow timed out after 1\.2 s"):
+            await later
+        assert not long.done()
+        cancels = await asyncio.to_thread(peer.requests, 2)
+        assert [c["params"]["id"] for c in cancels] == [ids["short"], ids["later"]]
+        peer.reply(_result(ids["long"], "long"))
+        assert await long == "long"
+
+    asyncio.run(main())
+    assert peer.client.pending == {}
+
+
+def test_params_that_are_not_json_fail_the_call_and_leave_nothing_pending(peer: Peer) -> None:
+    """An asyncio call (and a thread's) whose params cannot be sent fails with UsageError and
+    is not left in flight (a call left pending would keep every later caller from reading its
+    own reply); the next call on the wire is answered."""
+
+    async def main() -> None:
+        with pytest.raises(UsageError, match="not valid JSON"):
+            await peer.client.acall("m", {"v": float("nan")}, 30)
+        assert peer.client.pending == {}
+        server = peer.echo(1)
+        assert await peer.client.acall("m", {"v": "next"}, 30) == "next"
+        await asyncio.to_thread(server.join, 10)
+
+    asyncio.run(main())
+    with pytest.raises(UsageError, match="not valid JSON"):
+        peer.client.call("m", {"v": object()}, 30)
     assert peer.client.pending == {}
 
 

@@ -290,7 +290,15 @@ def _all_required(a: Any, b: Any) -> None:
     """No defaults."""
 
 
-SIGNATURES = [inspect.signature(_sample), inspect.signature(_all_required)]
+def _all_defaulted(a: Any = 1, b: Any = "two") -> None:
+    """Every argument may be left out."""
+
+
+def _none() -> None:
+    """No parameters at all."""
+
+
+SIGNATURES = [inspect.signature(f) for f in (_sample, _all_required, _all_defaulted, _none)]
 VALUES = st.one_of(st.none(), st.integers(), st.text(max_size=3))
 NAMES = st.sampled_from(["user_id", "skip_fetching_groups", "mode", "a", "b", "other"])
 
@@ -313,6 +321,9 @@ def test_the_binder_agrees_with_signature_bind(
             binder.bind(args, kwargs)
         return
     expected.apply_defaults()
+    bound = binder.bind(args, kwargs)
+    assert bound == dict(expected.arguments)
+    bound["mutated"] = True  # each call's params are its own: the defaults stay as they are
     assert binder.bind(args, kwargs) == dict(expected.arguments)
 
 
