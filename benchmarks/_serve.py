@@ -330,6 +330,12 @@ def _start_serve(
     ``command``: what runs ``serve CONFIG`` instead of ``python -m reva_plugins``."""
     config = tmpdir / f"{name}.toml"
     config.write_text(config_text(access_log, metrics), encoding="utf-8")
+    return _launch(config, r"serving .* on 127\.0\.0\.1:(\d+) ", command)
+
+
+def _launch(config: Path, ready: str, command: list[str] | None = None) -> tuple[Any, Any]:
+    """``serve CONFIG`` started (by ``command``, else ``python -m reva_plugins serve``); returns
+    it and its port finder (group 1 of ``ready`` in a line of its stderr, once there)."""
     lines: list[str] = []
     serve = subprocess.Popen(
         [*(command or [sys.executable, "-m", "reva_plugins", "serve"]), str(config)],
@@ -342,7 +348,7 @@ def _start_serve(
     reader.start()
 
     def port() -> str | None:
-        found = [re.search(r"serving .* on 127\.0\.0\.1:(\d+) ", line) for line in lines]
+        found = [re.search(ready, line) for line in lines]
         return next((m.group(1) for m in found if m), None)
 
     return serve, port
@@ -562,27 +568,12 @@ users = "{USERS}"
 """,
         encoding="utf-8",
     )
-    lines: list[str] = []
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "reva_plugins", "serve", str(config)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    reader = threading.Thread(target=lambda: lines.extend(serve.stderr or []), daemon=True)
-    reader.start()
     ready = (
         r"serving .* on 127\.0\.0\.1:(\d+) "
         if processes == 1
         else r"worker processes serving on 127\.0\.0\.1:(\d+) "
     )
-
-    def port() -> str | None:
-        found = [re.search(ready, line) for line in lines]
-        return next((m.group(1) for m in found if m), None)
-
-    return serve, port
+    return _launch(config, ready)
 
 
 #: Rounds of each server for the processes comparison: paired (1 then 2, 2 then 1 …), so the
