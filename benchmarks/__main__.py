@@ -273,24 +273,14 @@ def call_latency(host: Host, spec: LaunchSpec, n: int, cpus: tuple[int, int]) ->
 def drive(users: Any, pid: int, threads: int, n: int) -> dict[str, Any]:
     """``threads`` threads calling get_user ``n`` times in all: calls/s, CPU and context
     switches per call of the core and of the plugin."""
-    per = max(1, n // threads)
-    start = threading.Barrier(threads + 1)
-
-    def work() -> None:
-        start.wait()
-        for _ in range(per):
-            users.get_user(UID)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    core0, plugin0 = core_usage(), process_usage(pid)
-    began = time.perf_counter()
-    start.wait()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - began
-    calls = per * threads
+    before: list[Any] = []
+    calls, elapsed = _ablate.in_threads(
+        lambda: users.get_user(UID),
+        threads,
+        n,
+        ready=lambda: before.extend((core_usage(), process_usage(pid))),
+    )
+    core0, plugin0 = before
     out: dict[str, Any] = {"calls_per_s": round(calls / elapsed)}
     out.update(per_call(core_usage() - core0, process_usage(pid) - plugin0, calls))
     return out
@@ -512,6 +502,20 @@ def wire_table(results: dict[str, Any]) -> str:
     return _render(rows)
 
 
+def _call_rows(lat1: dict[str, Any], lat2: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """A call's p50 on one CPU and on two, against the raw pipe echo, then against the loop."""
+    rows: list[tuple[str, Any, Any, Any]] = [
+        (
+            f"call p50, {cpus} (us)",
+            lat["ours"]["p50_us"],
+            lat["baseline_raw_pipe_echo"]["p50_us"],
+            lat["ratio_to_raw_echo"],
+        )
+        for cpus, lat in (("1 CPU", lat1), ("2 CPUs", lat2))
+    ]
+    return [*rows, _loop_row(lat1)]
+
+
 def _loop_row(lat1: dict[str, Any]) -> tuple[str, Any, Any, Any]:
     return (
         "  vs a JSON-RPC loop, 1 CPU (us)",
@@ -565,19 +569,7 @@ def table(results: dict[str, Any]) -> str:
             results["metrics_wrapper"]["baseline_no_hook_us"],
             None,
         ),
-        (
-            "call p50, 1 CPU (us)",
-            lat1["ours"]["p50_us"],
-            lat1["baseline_raw_pipe_echo"]["p50_us"],
-            lat1["ratio_to_raw_echo"],
-        ),
-        (
-            "call p50, 2 CPUs (us)",
-            lat2["ours"]["p50_us"],
-            lat2["baseline_raw_pipe_echo"]["p50_us"],
-            lat2["ratio_to_raw_echo"],
-        ),
-        _loop_row(lat1),
+        *_call_rows(lat1, lat2),
         *_throughput_rows(tp),
         *_ablate.rows(results["ablation"]),
         (

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -149,6 +148,15 @@ def _config() -> dict[str, Any]:
 
 def _threads(users: Any, threads: int, n: int) -> float:
     """calls/s of ``threads`` threads calling get_user ``n`` times in all."""
+    calls, elapsed = in_threads(lambda: users.get_user(UID), threads, n)
+    return calls / elapsed
+
+
+def in_threads(
+    call: Callable[[], object], threads: int, n: int, ready: Callable[[], object] = lambda: None
+) -> tuple[int, float]:
+    """``threads`` threads making ``call()`` ``n`` times in all, released at once after
+    ``ready()``: how many calls they made, and the seconds from the release to the last."""
     import time
 
     per = max(1, n // threads)
@@ -157,16 +165,17 @@ def _threads(users: Any, threads: int, n: int) -> float:
     def work() -> None:
         start.wait()
         for _ in range(per):
-            users.get_user(UID)
+            call()
 
     workers = [threading.Thread(target=work) for _ in range(threads)]
     for worker in workers:
         worker.start()
+    ready()
     start.wait()
     began = time.perf_counter()
     for worker in workers:
         worker.join()
-    return per * threads / (time.perf_counter() - began)
+    return per * threads, time.perf_counter() - began
 
 
 @contextlib.contextmanager
@@ -279,13 +288,7 @@ def measure(calls: int, serve_calls: int, rounds: int = 3) -> dict[str, Any]:
                         gains[piece][figure].append((before + after) / 2 / off)
                         before = after
         finally:
-            for proc, _ in servers.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc, _ in servers.values():
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            _serve.stop_all([proc for proc, _ in servers.values()])
     return summarise(samples, gains, rounds)
 
 

@@ -180,6 +180,17 @@ def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = Fals
     asyncio.run(main())
 
 
+def stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM to each of ``procs`` at once, then wait for each (a minute, then SIGKILL)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _wait_port(proc: subprocess.Popen[str], find: Any, timeout: float = 300) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -192,38 +203,51 @@ def _wait_port(proc: subprocess.Popen[str], find: Any, timeout: float = 300) -> 
     raise RuntimeError("server did not start")
 
 
-def _load(address: str, clients: int, calls: int) -> dict[str, float]:
-    """``calls`` GetUser in total from ``clients`` threads on one channel: calls/s, p50, p99."""
-    import grpc
+def _user_api() -> tuple[Any, Any]:
+    """A GetUser request for a user the sample knows, and the UserAPI stub class."""
     from cs3.identity.user.v1beta1 import resources_pb2 as res
     from cs3.identity.user.v1beta1 import user_api_pb2 as api
     from cs3.identity.user.v1beta1 import user_api_pb2_grpc as stubs
 
     request = api.GetUserRequest(user_id=res.UserId(idp=IDP, opaque_id="einstein"))
+    return request, stubs.UserAPIStub
+
+
+def _clients(stubs_: list[Any], request: Any, calls: int) -> tuple[list[float], float]:
+    """``calls`` GetUser in all, from a thread per stub: the latencies, sorted, and the
+    seconds they all took."""
+    per_thread = max(1, calls // len(stubs_))
+    samples: list[list[float]] = [[] for _ in stubs_]
+
+    def client(index: int) -> None:
+        clock = time.perf_counter
+        out, stub = samples[index], stubs_[index]
+        for _ in range(per_thread):
+            began = clock()
+            reply = stub.GetUser(request, timeout=30)
+            out.append(clock() - began)
+            assert reply.status.code == 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(stubs_))]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    return sorted(s for batch in samples for s in batch), elapsed
+
+
+def _load(address: str, clients: int, calls: int) -> dict[str, float]:
+    """``calls`` GetUser in total from ``clients`` threads on one channel: calls/s, p50, p99."""
+    import grpc
+
+    request, stub_class = _user_api()
     with grpc.insecure_channel(address) as channel:
-        stub = stubs.UserAPIStub(channel)
+        stub = stub_class(channel)
         for _ in range(50):  # warm up: connection, plugin, caches
             assert stub.GetUser(request, timeout=30).status.code == 1
-        per_thread = max(1, calls // clients)
-        samples: list[list[float]] = [[] for _ in range(clients)]
-
-        def client(index: int) -> None:
-            clock = time.perf_counter
-            out = samples[index]
-            for _ in range(per_thread):
-                began = clock()
-                reply = stub.GetUser(request, timeout=30)
-                out.append(clock() - began)
-                assert reply.status.code == 1
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - began
-    flat = sorted(s for batch in samples for s in batch)
+        flat, elapsed = _clients([stub] * clients, request, calls)
     return {
         "calls_per_s": round(len(flat) / elapsed, 1),
         "p50_ms": round(flat[len(flat) // 2] * 1000, 3),
@@ -233,21 +257,7 @@ def _load(address: str, clients: int, calls: int) -> dict[str, float]:
 
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and its children (the plugins), from ``/proc``."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    for each in pids:
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return _own_cpu_seconds([pid, *_children(pid)])
 
 
 def metrics_wrapper_cost(
@@ -320,6 +330,12 @@ def _start_serve(
     ``command``: what runs ``serve CONFIG`` instead of ``python -m reva_plugins``."""
     config = tmpdir / f"{name}.toml"
     config.write_text(config_text(access_log, metrics), encoding="utf-8")
+    return _launch(config, r"serving .* on 127\.0\.0\.1:(\d+) ", command)
+
+
+def _launch(config: Path, ready: str, command: list[str] | None = None) -> tuple[Any, Any]:
+    """``serve CONFIG`` started (by ``command``, else ``python -m reva_plugins serve``); returns
+    it and its port finder (group 1 of ``ready`` in a line of its stderr, once there)."""
     lines: list[str] = []
     serve = subprocess.Popen(
         [*(command or [sys.executable, "-m", "reva_plugins", "serve"]), str(config)],
@@ -332,13 +348,13 @@ def _start_serve(
     reader.start()
 
     def port() -> str | None:
-        found = [re.search(r"serving .* on 127\.0\.0\.1:(\d+) ", line) for line in lines]
+        found = [re.search(ready, line) for line in lines]
         return next((m.group(1) for m in found if m), None)
 
     return serve, port
 
 
-def _plugins(pid: int) -> list[int]:
+def _children(pid: int) -> list[int]:
     """The child processes of ``pid`` (serve's plugins)."""
     found: list[int] = []
     try:
@@ -363,7 +379,7 @@ def _own_cpu_seconds(pids: list[int]) -> float:
 
 
 def _measured(pid: int, address: str, clients: int, calls: int) -> dict[str, float]:
-    plugins = _plugins(pid)
+    plugins = _children(pid)
     cpu, plugin_cpu = _cpu_seconds(pid), _own_cpu_seconds(plugins)
     out = _load(address, clients, calls)
     served = calls + 50  # and the warm-up
@@ -472,13 +488,7 @@ def measure(calls: int) -> dict[str, Any]:
                     level["hop_cpu_us_per_call"],
                 )
         finally:
-            for proc in (bare, threads, hop, serve, lean):
-                proc.send_signal(signal.SIGTERM)
-            for proc in (bare, threads, hop, serve, lean):
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all([bare, threads, hop, serve, lean])
     return results
 
 
@@ -488,25 +498,13 @@ def _tree(pid: int) -> list[int]:
     while todo:
         each = todo.pop()
         found.append(each)
-        try:
-            for task in Path(f"/proc/{each}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
+        todo += _children(each)
     return found
 
 
 def _tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and everything below it, from ``/proc``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for each in _tree(pid):
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return _own_cpu_seconds(_tree(pid))
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -525,43 +523,21 @@ def _load_spread(address: str, clients: int, calls: int) -> dict[str, float]:
     """``calls`` GetUser from ``clients`` threads, each on a channel (a connection) of its own:
     ``SO_REUSEPORT`` spreads connections over the worker processes, not calls."""
     import grpc
-    from cs3.identity.user.v1beta1 import resources_pb2 as res
-    from cs3.identity.user.v1beta1 import user_api_pb2 as api
-    from cs3.identity.user.v1beta1 import user_api_pb2_grpc as stubs
 
-    request = api.GetUserRequest(user_id=res.UserId(idp=IDP, opaque_id="einstein"))
+    request, stub_class = _user_api()
     channels = [
         grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(clients)
     ]
     try:
-        stubs_ = [stubs.UserAPIStub(channel) for channel in channels]
+        stubs_ = [stub_class(channel) for channel in channels]
         for stub in stubs_:  # warm up: every connection made, every worker's plugin started
             for _ in range(10):
                 assert stub.GetUser(request, timeout=30).status.code == 1
-        per_thread = max(1, calls // clients)
-        samples: list[list[float]] = [[] for _ in range(clients)]
-
-        def client(index: int) -> None:
-            clock = time.perf_counter
-            out, stub = samples[index], stubs_[index]
-            for _ in range(per_thread):
-                began = clock()
-                reply = stub.GetUser(request, timeout=30)
-                out.append(clock() - began)
-                assert reply.status.code == 1
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - began
+        flat, elapsed = _clients(stubs_, request, calls)
     finally:
         for channel in channels:
             channel.close()
-    flat = sorted(s for batch in samples for s in batch)
     return {
         "calls_per_s": round(len(flat) / elapsed, 1),
         "p50_ms": round(flat[len(flat) // 2] * 1000, 3),
@@ -592,27 +568,12 @@ users = "{USERS}"
 """,
         encoding="utf-8",
     )
-    lines: list[str] = []
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "reva_plugins", "serve", str(config)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    reader = threading.Thread(target=lambda: lines.extend(serve.stderr or []), daemon=True)
-    reader.start()
     ready = (
         r"serving .* on 127\.0\.0\.1:(\d+) "
         if processes == 1
         else r"worker processes serving on 127\.0\.0\.1:(\d+) "
     )
-
-    def port() -> str | None:
-        found = [re.search(ready, line) for line in lines]
-        return next((m.group(1) for m in found if m), None)
-
-    return serve, port
+    return _launch(config, ready)
 
 
 #: Rounds of each server for the processes comparison: paired (1 then 2, 2 then 1 …), so the
@@ -657,13 +618,7 @@ def measure_processes(calls: int, clients: int = 16) -> dict[str, Any]:
                     "processes_in_tree": len(_tree(pid)),
                 }
         finally:
-            for proc, _ in started.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc, _ in started.values():
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all([proc for proc, _ in started.values()])
     one, two = results["1_processes"], results["2_processes"]
     pairs = list(zip(runs[1], runs[2], strict=True))
     results["ratio_cpu_per_call"] = round(

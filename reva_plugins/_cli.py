@@ -161,12 +161,7 @@ def _parser() -> opts.Parser:
     conf.add_argument(
         "--config", type=opts.path, metavar="FILE", help="TOML file with the driver's config table"
     )
-    conf.add_argument(
-        "--plugins-from",
-        type=opts.path,
-        metavar="CONFIG",
-        help=opts.PLUGINS_FROM_HELP.format(what="the spec"),
-    )
+    opts.plugins_from_argument(conf, "the spec")
     conf.add_argument(
         "--credentials",
         type=opts.credentials,

@@ -38,12 +38,7 @@ def add_env_commands(sub: Any, building: opts.Parents, cached: opts.Parents) -> 
     build.add_argument(
         "--python", type=opts.text, help="interpreter for specs given directly (a version or path)"
     )
-    build.add_argument(
-        "--plugins-from",
-        type=opts.path,
-        metavar="CONFIG",
-        help=opts.PLUGINS_FROM_HELP.format(what="specs given directly"),
-    )
+    opts.plugins_from_argument(build, "specs given directly")
     build.add_argument("--refresh", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=cmd_env_build)
 

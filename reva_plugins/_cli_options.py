@@ -22,10 +22,6 @@ SERVICE_HELP = (
     "(entry point group reva_plugins.services)"
 )
 
-PLUGINS_FROM_HELP = (
-    "a revad config whose [plugins] table applies to {what} (allowed_sources, index_url, "
-    "python …; its relative paths and patterns resolve against its own folder)"
-)
 
 #: the parent parsers whose options a command takes
 Parents = Sequence[argparse.ArgumentParser]
@@ -138,6 +134,16 @@ def global_options(*, defaults: bool) -> tuple[Parser, Parser, Parser]:
 def config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config", type=path, metavar="CONFIG", help="a revad TOML config ([grpc.services.X])"
+    )
+
+
+def plugins_from_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--plugins-from",
+        type=path,
+        metavar="CONFIG",
+        help=f"a revad config whose [plugins] table applies to {what} (allowed_sources, "
+        "index_url, python …; its relative paths and patterns resolve against its own folder)",
     )
 
 

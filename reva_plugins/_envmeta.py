@@ -60,52 +60,41 @@ def _strings(value: Any, where: str) -> dict[str, str]:
     return dict(table)
 
 
-def _strings_record(cls: type[_D], data: Any, where: str) -> _D:
-    """The dataclass ``cls``, every field a string, from a JSON object."""
-    table = _object(data, where.rstrip("."))
-    return cls(*(_field(table, f.name, str, where) for f in dataclasses.fields(cls)))
+class _Strings:
+    """A dataclass whose fields are all strings, read from a JSON object."""
+
+    @classmethod
+    def from_json(cls: type[_D], data: Any, where: str) -> _D:
+        """Validate and convert; raises :class:`MetadataError`."""
+        table = _object(data, where.rstrip("."))
+        return cls(*(_field(table, f.name, str, where) for f in dataclasses.fields(cls)))
 
 
 @dataclass(frozen=True)
-class PythonInfo:
+class PythonInfo(_Strings):
     """The interpreter an env was built for."""
 
     implementation: str
     version: str
     executable: str
 
-    @classmethod
-    def from_json(cls, data: Any, where: str = "python.") -> PythonInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        return _strings_record(cls, data, where)
-
 
 @dataclass(frozen=True)
-class InstallerInfo:
+class InstallerInfo(_Strings):
     """The installer that built an env."""
 
     name: str
     version: str
 
-    @classmethod
-    def from_json(cls, data: Any, where: str = "installer.") -> InstallerInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        return _strings_record(cls, data, where)
-
 
 @dataclass(frozen=True)
-class EntryPointInfo:
+class EntryPointInfo(_Strings):
     """One ``reva.*`` entry point an env's distributions declare."""
 
     name: str
     value: str
     distribution: str
     version: str
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> EntryPointInfo:
-        """Validate and convert; raises :class:`MetadataError`."""
-        return _strings_record(cls, data, where)
 
     def to_json(self) -> dict[str, str]:
         """The JSON object written to the metadata file."""

@@ -46,7 +46,7 @@ LAYERS: dict[str, int] = {
     # 5 - the CS3 gRPC server (imported only by the serve commands)
     **dict.fromkeys(["serve", "serve._commands", "serve._cs3", "serve._metrics"], 5),
     **dict.fromkeys(["serve._reload", "serve._server", "serve._loop", "serve._files"], 5),
-    "serve._log": 5,
+    **dict.fromkeys(["serve._log", "serve._admin"], 5),
     **dict.fromkeys(["serve._workers", "serve._siblings"], 5),
     # 6 - the faces: command line, its presentation, the authors' kit, the public API
     **dict.fromkeys(["_cli", "_present", "testing", "__main__", "reva_plugins"], 6),

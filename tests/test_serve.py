@@ -1359,7 +1359,7 @@ def test_the_admin_api_is_in_reflection_and_answers_loopback_only(tmp_path: Path
 
     from google.protobuf import empty_pb2, struct_pb2
 
-    from reva_plugins.serve._server import ADMIN_API, is_local_peer
+    from reva_plugins.serve._admin import ADMIN_API, is_local_peer
 
     assert is_local_peer("ipv4:127.0.0.1:5000")
     assert is_local_peer("ipv6:%5B::1%5D:5000")

@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
-import ipaddress
 import logging
-import os
 import signal
 import threading
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cs3.rpc.v1beta1 import code_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, json_format, struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from prometheus_client import generate_latest
 
 from .. import _config, _defaults
 from .._errors import CallCancelled, CallTimeout, RevaPluginError
@@ -39,6 +33,7 @@ from .._host import Host
 from .._plugin_stderr import escape
 from .._redact import redact
 from . import _cs3
+from ._admin import ADMIN_API, AdminAPI, describe_admin_api
 from ._commands import is_server_pid
 from ._files import (
     check_free,
@@ -51,7 +46,7 @@ from ._files import (
 )
 from ._log import log_fields
 from ._loop import EventLoopThread
-from ._metrics import METRICS_CONNECTIONS, Metrics, MetricsHTTPServer, merged, serve_metrics
+from ._metrics import METRICS_CONNECTIONS, Metrics, MetricsHTTPServer, serve_metrics
 from ._reload import (
     Backend,
     Generation,
@@ -61,7 +56,7 @@ from ._reload import (
     require_served,
     unserved_tables,
 )
-from ._siblings import ControlServer, Op, WorkerRole, ask_all
+from ._siblings import ControlServer, WorkerRole
 
 __all__ = ["ADMIN_API", "METRICS_CONNECTIONS", "Server"]
 
@@ -76,49 +71,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-#: The server's own API (Status, Reload), on the gRPC port, answered to loopback peers only.
-ADMIN_API = "reva_plugins.admin.v1.AdminAPI"
 _OK = code_pb2.CODE_OK
 _SERVER_FAULTS = (code_pb2.CODE_INTERNAL, code_pb2.CODE_UNAVAILABLE)
-
-
-def _admin_descriptors() -> None:
-    """Describe the admin API in the default pool, so reflection (``grpcurl``) knows it."""
-    pool = descriptor_pool.Default()
-    try:
-        pool.FindServiceByName(ADMIN_API)
-        return
-    except KeyError:
-        pass
-    file = descriptor_pb2.FileDescriptorProto(
-        name="reva_plugins/admin/v1/admin.proto",
-        package="reva_plugins.admin.v1",
-        syntax="proto3",
-        dependency=[empty_pb2.DESCRIPTOR.name, struct_pb2.DESCRIPTOR.name],
-    )
-    service = file.service.add(name="AdminAPI")
-    for name in ("Status", "Reload"):
-        service.method.add(
-            name=name, input_type=".google.protobuf.Empty", output_type=".google.protobuf.Struct"
-        )
-    pool.AddSerializedFile(file.SerializeToString())
-
-
-def is_local_peer(peer: str) -> bool:
-    """True if a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:%5B::1%5D:5000``,
-    ``unix:…``) is this host's loopback or a Unix socket."""
-    kind, _, rest = peer.partition(":")
-    if kind in ("unix", "unix-abstract"):
-        return True
-    if kind not in ("ipv4", "ipv6"):
-        return False
-    host = urllib.parse.unquote(rest).rpartition(":")[0].strip("[]")
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class _HealthHooks:
@@ -404,139 +358,15 @@ class Server:
             for rpc in _cs3.RPCS
         }
         handlers: list[grpc.GenericRpcHandler] = [_ServedApis(methods, self._apis)]
-        admin = {
-            name: grpc.unary_unary_rpc_method_handler(
-                method,
-                request_deserializer=empty_pb2.Empty.FromString,
-                response_serializer=struct_pb2.Struct.SerializeToString,
-            )
-            for name, method in (("Status", self._admin_status), ("Reload", self._admin_reload))
-        }
-        handlers.append(grpc.method_handlers_generic_handler(ADMIN_API, admin))
+        handlers.append(AdminAPI(self).handler())
         return handlers
 
     # -- the admin API -------------------------------------------------------------------------
 
-    def _admin_allowed(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> bool:
-        peer = context.peer()
-        if is_local_peer(peer):
-            return True
-        log.warning("admin %s refused to %s: answered on loopback only", method, redact(peer))
-        context.set_code(grpc.StatusCode.PERMISSION_DENIED)
-        context.set_details(f"{ADMIN_API} answers on this host's loopback only")
-        return False
-
-    async def _admin_status(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if not self._admin_allowed(context, "Status"):
-            return struct_pb2.Struct()
-        if self.worker is not None:  # its siblings are asked: in a thread of its own
-            return _struct(await _in_thread(self.status))
-        # on the loop: it reads what runs and renders the counters, nothing that waits, and so
-        # answers while the worker threads are all busy (a reload draining, slow starts)
-        return _struct(self.status())
-
-    async def _admin_reload(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if not self._admin_allowed(context, "Reload"):
-            return struct_pb2.Struct()
-        log.info("admin: reload requested by %s", context.peer())
-        if self.worker is not None:
-            return _struct(await _in_thread(self._reload_all))
-        outcome = await self.loop.in_admin_thread(self.reload)
-        return _struct(dataclasses.asdict(outcome))
-
-    def _reload_all(self) -> dict[str, Any]:
-        """Reload every worker process (this one and its siblings, at once); one outcome
-        naming each: ``failed`` if one failed, else ``swapped`` if one swapped."""
-        role = self.worker
-        assert role is not None
-        answers = ask_all(
-            role.folder,
-            role.count,
-            "reload",
-            timeout=_defaults.RELOAD_TIMEOUT,
-            local=(role.index, lambda: dataclasses.asdict(self.reload())),
-        )
-        results = {a.get("result", "failed") for a in answers.values()}
-        result = next((r for r in ("failed", "swapped") if r in results), "unchanged")
-        lines = [
-            f"worker {index}: {a.get('message') or a.get('error', '')}"
-            for index, a in answers.items()
-        ]
-        return {
-            "result": result,
-            "message": "\n".join(lines),
-            "generation": answers[role.index].get("generation", 0),
-            "workers": {str(index): a for index, a in answers.items()},
-        }
-
-    def _answer(self, op: Op) -> dict[str, Any]:
-        """What this worker process tells a sibling or the parent (its control socket)."""
-        if op == "reload":
-            return dataclasses.asdict(self.reload())
-        if op == "metrics":
-            return {"metrics": generate_latest(self.metrics.registry).decode("utf-8")}
-        return self._local_status()
-
     def status(self) -> dict[str, Any]:
         """What runs now: the server, each service's backend, and the metrics text; of every
         worker process (``workers``, by index) when there are several."""
-        local = self._local_status()
-        role = self.worker
-        if role is None:
-            return local
-        answers = ask_all(role.folder, role.count, "status", local=(role.index, lambda: local))
-        workers: dict[str, Any] = {}
-        for index, answer in answers.items():
-            if "error" in answer:
-                workers[str(index)] = {"state": "down", "error": answer["error"]}
-                continue
-            server = answer.get("server", {})
-            workers[str(index)] = {
-                "state": "serving",
-                "pid": server.get("pid"),
-                "generation": server.get("generation"),
-                "uptime_s": server.get("uptime_s"),
-                "restarts": server.get("restarts", 0),
-                "services": answer.get("services", {}),
-            }
-        pages = [str(a.get("metrics", "")) for a in answers.values() if "error" not in a]
-        local["server"].pop("restarts", None)
-        local["server"].update(pid=role.parent, worker_pid=os.getpid(), processes=role.count)
-        local["workers"] = workers
-        local["metrics"] = merged(pages).decode("utf-8")
-        return local
-
-    def _local_status(self) -> dict[str, Any]:
-        gen = self.reloader.current
-        services: dict[str, Any] = {}
-        for name, backend in (gen.backends if gen is not None else {}).items():
-            info = backend.proxy.info()
-            services[name] = {
-                "api": _cs3.APIS[name],
-                "kind": info.kind,
-                "state": info.state,
-                "pid": info.pid,
-                "version": info.version,
-                "env_key": info.env_key,
-                "restarts": info.restarts,
-                "calls_in_flight": backend.in_flight,
-                "uptime_s": None if info.uptime is None else round(info.uptime, 3),
-                "generation": backend.number,
-            }
-        server = {
-            "version": _version(),
-            "pid": os.getpid(),
-            "address": f"{self.address.rpartition(':')[0]}:{self.port}",
-            "generation": gen.number if gen is not None else 0,
-            "uptime_s": round(time.time() - self._started_at, 3),
-        }
-        if self.worker is not None:  # how often the parent restarted this worker's slot
-            server["restarts"] = self.worker.restarts
-        return {
-            "server": server,
-            "services": services,
-            "metrics": generate_latest(self.metrics.registry).decode("utf-8"),
-        }
+        return AdminAPI(self).status()
 
     # -- running -------------------------------------------------------------------------------
 
@@ -582,7 +412,7 @@ class Server:
         self.loop.run(server.start())
         self.server = server
         if self.worker is not None:  # last: its socket appearing tells the parent it serves
-            self._control = ControlServer(self.worker, self._answer)
+            self._control = ControlServer(self.worker, AdminAPI(self).answer)
             self._control.start()
         served = ", ".join(f"{n} as {_cs3.APIS[n]}" for n in gen.backends)
         log.info(
@@ -611,7 +441,7 @@ class Server:
             await server.stop(None)
             raise
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        _admin_descriptors()
+        describe_admin_api()
         self._reflection = reflection_aio.ReflectionServicer(self._reflected())
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(self._reflection, server)
         return server
@@ -708,43 +538,6 @@ class Server:
                 signal.signal(sig, handler)
 
 
-async def _in_thread(func: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``func()`` in a thread of its own, awaited: never one of the loop's worker threads, which
-    RPCs may all hold."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-    def run() -> None:
-        try:
-            result = func()
-        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting RPC)
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
-
-    threading.Thread(target=run, name="admin-all", daemon=True).start()
-    return await done
-
-
-def _settle(
-    done: asyncio.Future[dict[str, Any]], result: dict[str, Any] | None, error: BaseException | None
-) -> None:
-    if done.done():
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        assert result is not None
-        done.set_result(result)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("reva-plugins")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _too_large(rpc: _cs3.Rpc, size: int) -> tuple[int, Any]:
     """The answer for a response a gRPC client would refuse as too large."""
     limit = _defaults.SERVE_MAX_RESPONSE_BYTES
@@ -768,21 +561,6 @@ def _cancelled_code(rpc: _cs3.Rpc, context: grpc.aio.ServicerContext[Any, Any]) 
         else CallCancelled(f"{rpc.name} was cancelled", plugin=rpc.service)
     )
     return _cs3.error_status(rpc, error)[0]
-
-
-def _json_shaped(value: Any) -> Any:
-    """``value`` with tuples as lists: protobuf before 5 takes only lists for a ``ListValue``."""
-    if isinstance(value, dict):
-        return {key: _json_shaped(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_shaped(item) for item in value]
-    return value
-
-
-def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    json_format.ParseDict(_json_shaped(data), out)
-    return out
 
 
 class _ServedApis(grpc.GenericRpcHandler):  # type: ignore[misc]

@@ -10,11 +10,12 @@ import inspect
 import json
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._errors import REMOTE_ERRORS, RemoteError, RevaPluginError
+from .._errors import REMOTE_ERRORS, NotFound, RemoteError, RevaPluginError
 
 if TYPE_CHECKING:  # a cycle at run time: the host serves services
     from .._proxy import ServiceProxy
@@ -25,6 +26,9 @@ spelled; :attr:`ServiceType.group` adds the name)."""
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 """A service name: a TOML key, the suffix of the ``reva.<name>`` group and part of class names."""
+
+Problems = Callable[[Any, str], list[str]]
+"""What is wrong with a value, named in the messages by ``where``; empty if nothing."""
 
 Check = Callable[[], None]
 """One conformance check: returns if the plugin passes, raises :class:`CheckFailed` (or
@@ -98,12 +102,94 @@ def random_secret() -> str:
     return f"conformance-{secrets.token_urlsafe(12)}"
 
 
+def id_strings(ident: Mapping[str, object], where: str) -> list[str]:
+    """What is wrong with the ``idp`` and ``opaque_id`` of a user's or group's id (strings)."""
+    return [
+        f"{where}.{key} must be a string, got {ident.get(key)!r}"
+        for key in ("idp", "opaque_id")
+        if not isinstance(ident.get(key), str)
+    ]
+
+
+def record_problems(
+    record: object, where: str, kind: str, fields: Mapping[str, type], id_problems: Problems
+) -> list[str]:
+    """What is wrong with a User or Group (``kind``): an object with no secret, an ``id`` object
+    (``id_problems`` checks it) and each of ``fields`` of its type; empty if nothing."""
+    if not isinstance(record, dict):
+        return [f"{where}: a {kind} must be an object, got {type(record).__name__}"]
+    problems = secret_leaks(record, where)
+    if not isinstance(record.get("id"), dict):
+        problems.append(f"{where}: 'id' must be an object with idp and opaque_id")
+    else:
+        problems += id_problems(record["id"], f"{where}: id")
+    for key, expected in fields.items():
+        value = record.get(key)
+        if value is None:
+            problems.append(f"{where}: missing field {key!r}")
+        elif not isinstance(value, expected) or isinstance(value, bool):
+            problems.append(
+                f"{where}: {key} must be {expected.__name__}, got {type(value).__name__}"
+            )
+    return problems
+
+
+def list_problems(method: str, value: object, item_problems: Problems) -> list[str]:
+    """What is wrong with a result of ``method`` that must be a list of items."""
+    if not isinstance(value, list):
+        return [f"{method}() must return a list, got {type(value).__name__}"]
+    return [p for i, item in enumerate(value) for p in item_problems(item, f"{method}()[{i}]")]
+
+
 class CheckFailed(Exception):
     """Raised by a conformance check: the plugin breaks the contract (the message says how)."""
 
 
 class CheckSkipped(Exception):
     """Raised by a conformance check that cannot run (e.g. no data to check against)."""
+
+
+def expect_not_found(calls: Iterable[tuple[str, Callable[[], object]]], what: str) -> None:
+    """Each call must raise ``NotFound``; a :class:`CheckFailed` naming the first that does not."""
+    for label, call in calls:
+        try:
+            call()
+        except NotFound:
+            continue
+        except RevaPluginError as exc:
+            raise CheckFailed(
+                f"{label} of {what} raised {type(exc).__name__}, not NotFound"
+            ) from None
+        raise CheckFailed(f"{label} of {what} returned instead of raising NotFound")
+
+
+def fail_on(problems: list[str]) -> None:
+    """Raise :class:`CheckFailed` with the first few ``problems``, if any."""
+    if problems:
+        raise CheckFailed("; ".join(problems[:5]))
+
+
+def parallel_consistency(
+    call: Callable[[int], object], count: int, label: Callable[[int], str]
+) -> None:
+    """8 threads repeat ``call(k)`` for ``k`` in ``range(count)``; every answer must equal the
+    serial one (``label(k)`` names the call in the failure)."""
+    expected = [call(k) for k in range(count)]
+    errors: list[str] = []
+
+    def worker(offset: int) -> None:
+        for i in range(20):
+            k = (offset + i) % count
+            if call(k) != expected[k]:
+                errors.append(f"{label(k)} answered differently under 8 parallel callers")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise CheckFailed(errors[0])
 
 
 @dataclass(frozen=True)
@@ -127,6 +213,59 @@ class ConformanceContext:
 
 ConformanceChecks = Callable[[ConformanceContext], Iterable[tuple[str, Check]]]
 """Given a context, the service's checks as ``(name, check)`` pairs, run in order."""
+
+
+class RecordChecks:
+    """The checks a provider of records (``noun``: user, group) shares: ``find_<noun>s('')``
+    lists them (asked once), ``get_<noun>(id)`` returns each, in shape, under parallel callers.
+    ``problems`` says what is wrong with one record."""
+
+    def __init__(self, ctx: ConformanceContext, noun: str, problems: Problems) -> None:
+        self.proxy = ctx.proxy
+        self.noun = noun
+        self.problems = problems
+        self._found: list[dict[str, Any]] | None = None
+
+    def get(self, ident: object, **options: object) -> Any:
+        """``get_<noun>(ident, **options)`` of the plugin."""
+        return getattr(self.proxy, f"get_{self.noun}")(ident, **options)
+
+    def found(self) -> list[dict[str, Any]]:
+        """The records ``find_<noun>s('')`` returned with an id object; skips the check if none."""
+        find = f"find_{self.noun}s"
+        if self._found is None:
+            found = getattr(self.proxy, find)("")
+            if not isinstance(found, list):
+                raise CheckFailed(f"{find} must return a list, got {type(found).__name__}")
+            self._found = [
+                r for r in found if isinstance(r, dict) and isinstance(r.get("id"), dict)
+            ]
+        if not self._found:
+            raise CheckSkipped(f"{find}('') returned no {self.noun}s to check against")
+        return self._found
+
+    def find_shapes(self) -> None:
+        """Every record ``find_<noun>s('')`` returned is in shape."""
+        where = f"find_{self.noun}s('')"
+        fail_on([p for i, r in enumerate(self.found()) for p in self.problems(r, f"{where}[{i}]")])
+
+    def get_shapes(self) -> None:
+        """``get_<noun>`` returns each record found, in shape."""
+        get = f"get_{self.noun}"
+        for record in self.found():
+            got = self.get(record["id"])
+            fail_on(self.problems(got, f"{get}({record['id'].get('opaque_id')!r})"))
+            if opaque_id(got) != opaque_id(record):
+                raise CheckFailed(
+                    f"{get}({record['id']}) returned another {self.noun}: {got.get('id')}"
+                )
+
+    def parallel(self) -> None:
+        """``get_<noun>`` answers 8 parallel callers as it answers one."""
+        ids = [r["id"] for r in self.found()]
+        parallel_consistency(
+            lambda k: self.get(ids[k]), len(ids), lambda k: f"get_{self.noun}({ids[k]})"
+        )
 
 
 @dataclass(frozen=True)

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from ._base import (
     Check,
     CheckFailed,
-    CheckSkipped,
     ConformanceContext,
+    RecordChecks,
     ScaffoldTemplate,
     ServiceType,
-    opaque_id,
-    secret_leaks,
-)
-from .userprovider import (
-    UserId,
     expect_not_found,
     fail_on,
-    parallel_consistency,
-    user_id_problems,
+    id_strings,
+    list_problems,
+    opaque_id,
+    record_problems,
 )
+from .userprovider import UserId, user_id_problems
 
 NAME = "groupprovider"
 CLAIMS = ("group_name", "gid_number", "display_name")
@@ -77,25 +75,8 @@ class Spec:
 
 def group_problems(group: object, where: str) -> list[str]:
     """What is wrong with a Group value (SPEC §2 shapes); empty if nothing."""
-    if not isinstance(group, dict):
-        return [f"{where}: a Group must be an object, got {type(group).__name__}"]
-    problems = secret_leaks(group, where)
-    gid = group.get("id")
-    if not isinstance(gid, dict):
-        problems.append(f"{where}: 'id' must be an object with idp and opaque_id")
-    else:
-        problems += [
-            f"{where}: id.{key} must be a string, got {gid.get(key)!r}"
-            for key in ("idp", "opaque_id")
-            if not isinstance(gid.get(key), str)
-        ]
-    for key, kind in GROUP_FIELDS.items():
-        value = group.get(key)
-        if value is None:
-            problems.append(f"{where}: missing field {key!r}")
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            problems.append(f"{where}: {key} must be {kind.__name__}, got {type(value).__name__}")
-    members = group.get("members")
+    problems = record_problems(group, where, "Group", GROUP_FIELDS, id_strings)
+    members = group.get("members") if isinstance(group, dict) else None
     if isinstance(members, list):
         for i, member in enumerate(members):
             problems += user_id_problems(member, f"{where}: members[{i}]")
@@ -107,13 +88,9 @@ def validate_result(method: str, value: object) -> list[str]:
     if method in ("get_group", "get_group_by_claim"):
         return group_problems(value, f"{method}()")
     if method == "find_groups":
-        if not isinstance(value, list):
-            return [f"find_groups() must return a list, got {type(value).__name__}"]
-        return [p for i, g in enumerate(value) for p in group_problems(g, f"find_groups()[{i}]")]
+        return list_problems(method, value, group_problems)
     if method == "get_members":
-        if not isinstance(value, list):
-            return [f"get_members() must return a list, got {type(value).__name__}"]
-        return [p for i, m in enumerate(value) for p in user_id_problems(m, f"get_members()[{i}]")]
+        return list_problems(method, value, user_id_problems)
     if method == "has_member" and not isinstance(value, bool):
         return [f"has_member() must return a bool, got {type(value).__name__}"]
     return []
@@ -127,39 +104,11 @@ def _ids(members: object) -> list[tuple[str, str]]:
     )
 
 
-class _Checks:
+class _Checks(RecordChecks):
     """The group provider's checks, sharing one ``find_groups('')`` answer."""
 
     def __init__(self, ctx: ConformanceContext) -> None:
-        self.proxy = ctx.proxy
-        self._groups: list[dict[str, Any]] | None = None
-
-    def groups(self) -> list[dict[str, Any]]:
-        if self._groups is None:
-            found = self.proxy.find_groups("")
-            if not isinstance(found, list):
-                raise CheckFailed(f"find_groups must return a list, got {type(found).__name__}")
-            self._groups = [
-                g for g in found if isinstance(g, dict) and isinstance(g.get("id"), dict)
-            ]
-        if not self._groups:
-            raise CheckSkipped("find_groups('') returned no groups to check against")
-        return self._groups
-
-    def find_groups_shapes(self) -> None:
-        groups = self.groups()
-        fail_on(
-            [p for i, g in enumerate(groups) for p in group_problems(g, f"find_groups('')[{i}]")]
-        )
-
-    def get_group_shapes(self) -> None:
-        for group in self.groups():
-            got = self.proxy.get_group(group["id"])
-            fail_on(group_problems(got, f"get_group({group['id'].get('opaque_id')!r})"))
-            if opaque_id(got) != opaque_id(group):
-                raise CheckFailed(
-                    f"get_group({group['id']}) returned another group: {got.get('id')}"
-                )
+        super().__init__(ctx, "group", group_problems)
 
     def unknown_group(self) -> None:
         ghost = {"idp": "conformance.invalid", "opaque_id": f"nogroup-{secrets.token_hex(6)}"}
@@ -179,7 +128,7 @@ class _Checks:
         )
 
     def claims(self) -> None:
-        group = self.groups()[0]
+        group = self.found()[0]
         for claim in CLAIMS:
             value = str(group.get(claim))
             got = self.proxy.get_group_by_claim(claim, value)
@@ -191,7 +140,7 @@ class _Checks:
 
     def members_agree(self) -> None:
         stranger = {"idp": "conformance.invalid", "opaque_id": f"nobody-{secrets.token_hex(6)}"}
-        for group in self.groups():
+        for group in self.found():
             name = group.get("group_name")
             full = self.proxy.get_group(group["id"])
             members = self.proxy.get_members(group["id"])
@@ -207,7 +156,7 @@ class _Checks:
                 raise CheckFailed(f"has_member({name!r}, an unknown user) is not False")
 
     def skip_members(self) -> None:
-        got = self.proxy.get_group(self.groups()[0]["id"], skip_fetching_members=True)
+        got = self.proxy.get_group(self.found()[0]["id"], skip_fetching_members=True)
         fail_on(group_problems(got, "get_group(skip_fetching_members=True)"))
         if got.get("members"):
             raise CheckFailed("get_group(skip_fetching_members=True) still returns members")
@@ -215,18 +164,12 @@ class _Checks:
             if isinstance(found, dict) and found.get("members"):
                 raise CheckFailed("find_groups(skip_fetching_members=True) still returns members")
 
-    def parallel(self) -> None:
-        ids = [g["id"] for g in self.groups()]
-        parallel_consistency(
-            lambda k: self.proxy.get_group(ids[k]), len(ids), lambda k: f"get_group({ids[k]})"
-        )
-
 
 def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
     """Shapes, NotFound for unknown ids, claims, members agree, skip_fetching_members, parallel."""
     checks = _Checks(ctx)
-    yield "find_groups returns Groups", checks.find_groups_shapes
-    yield "get_group returns the Group asked for", checks.get_group_shapes
+    yield "find_groups returns Groups", checks.find_shapes
+    yield "get_group returns the Group asked for", checks.get_shapes
     yield "unknown ids raise NotFound", checks.unknown_group
     yield "claims group_name, gid_number, display_name", checks.claims
     yield "get_members and has_member agree with get_group", checks.members_agree

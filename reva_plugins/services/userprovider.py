@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import secrets
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypedDict
+from collections.abc import Iterator
+from typing import TypedDict
 
-from .._errors import NotFound, RevaPluginError
 from ._base import (
     Check,
     CheckFailed,
-    CheckSkipped,
     ConformanceContext,
+    RecordChecks,
     ScaffoldTemplate,
     ServiceType,
+    expect_not_found,
+    fail_on,
+    id_strings,
+    list_problems,
     opaque_id,
-    secret_leaks,
+    record_problems,
 )
 
 NAME = "userprovider"
@@ -77,11 +79,7 @@ def user_id_problems(uid: object, where: str) -> list[str]:
     """What is wrong with a UserId value; empty if nothing."""
     if not isinstance(uid, dict):
         return [f"{where}: a UserId must be an object with idp and opaque_id"]
-    problems = [
-        f"{where}.{key} must be a string, got {uid.get(key)!r}"
-        for key in ("idp", "opaque_id")
-        if not isinstance(uid.get(key), str)
-    ]
+    problems = id_strings(uid, where)
     if "type" in uid and (not isinstance(uid["type"], int) or isinstance(uid["type"], bool)):
         problems.append(f"{where}.type must be an integer")
     return problems
@@ -89,20 +87,8 @@ def user_id_problems(uid: object, where: str) -> list[str]:
 
 def user_problems(user: object, where: str) -> list[str]:
     """What is wrong with a User value (SPEC §2 shapes); empty if nothing."""
-    if not isinstance(user, dict):
-        return [f"{where}: a User must be an object, got {type(user).__name__}"]
-    problems = secret_leaks(user, where)
-    if not isinstance(user.get("id"), dict):
-        problems.append(f"{where}: 'id' must be an object with idp and opaque_id")
-    else:
-        problems += user_id_problems(user["id"], f"{where}: id")
-    for key, kind in USER_FIELDS.items():
-        value = user.get(key)
-        if value is None:
-            problems.append(f"{where}: missing field {key!r}")
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            problems.append(f"{where}: {key} must be {kind.__name__}, got {type(value).__name__}")
-    groups = user.get("groups")
+    problems = record_problems(user, where, "User", USER_FIELDS, user_id_problems)
+    groups = user.get("groups") if isinstance(user, dict) else None
     if isinstance(groups, list) and not all(isinstance(g, str) for g in groups):
         problems.append(f"{where}: groups must be strings")
     return problems
@@ -113,9 +99,7 @@ def validate_result(method: str, value: object) -> list[str]:
     if method in ("get_user", "get_user_by_claim"):
         return user_problems(value, f"{method}()")
     if method == "find_users":
-        if not isinstance(value, list):
-            return [f"find_users() must return a list, got {type(value).__name__}"]
-        return [p for i, u in enumerate(value) for p in user_problems(u, f"find_users()[{i}]")]
+        return list_problems(method, value, user_problems)
     if method == "get_user_groups" and (
         not isinstance(value, list) or not all(isinstance(g, str) for g in value)
     ):
@@ -123,80 +107,15 @@ def validate_result(method: str, value: object) -> list[str]:
     return []
 
 
-def expect_not_found(calls: Iterable[tuple[str, Callable[[], object]]], what: str) -> None:
-    """Each call must raise ``NotFound``; a :class:`CheckFailed` naming the first that does not."""
-    for label, call in calls:
-        try:
-            call()
-        except NotFound:
-            continue
-        except RevaPluginError as exc:
-            raise CheckFailed(
-                f"{label} of {what} raised {type(exc).__name__}, not NotFound"
-            ) from None
-        raise CheckFailed(f"{label} of {what} returned instead of raising NotFound")
+class _Checks(RecordChecks):
+    """The user provider's checks, sharing one ``find_users('')`` answer."""
 
+    def __init__(self, ctx: ConformanceContext) -> None:
+        super().__init__(ctx, "user", user_problems)
 
-def fail_on(problems: list[str]) -> None:
-    """Raise :class:`CheckFailed` with the first few ``problems``, if any."""
-    if problems:
-        raise CheckFailed("; ".join(problems[:5]))
-
-
-def parallel_consistency(
-    call: Callable[[int], object], count: int, label: Callable[[int], str]
-) -> None:
-    """8 threads repeat ``call(k)`` for ``k`` in ``range(count)``; every answer must equal the
-    serial one (``label(k)`` names the call in the failure)."""
-    expected = [call(k) for k in range(count)]
-    errors: list[str] = []
-
-    def worker(offset: int) -> None:
-        for i in range(20):
-            k = (offset + i) % count
-            if call(k) != expected[k]:
-                errors.append(f"{label(k)} answered differently under 8 parallel callers")
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise CheckFailed(errors[0])
-
-
-def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
-    """Shapes, NotFound for unknown ids, claims, groups agree, skip_fetching_groups, parallel."""
-    proxy = ctx.proxy
-    cache: list[list[dict[str, Any]]] = []
-
-    def users() -> list[dict[str, Any]]:
-        if not cache:
-            found = proxy.find_users("")
-            if not isinstance(found, list):
-                raise CheckFailed(f"find_users must return a list, got {type(found).__name__}")
-            cache.append(
-                [u for u in found if isinstance(u, dict) and isinstance(u.get("id"), dict)]
-            )
-        if not cache[0]:
-            raise CheckSkipped("find_users('') returned no users to check against")
-        return cache[0]
-
-    def find_users_shapes() -> None:
-        fail_on(
-            [p for i, u in enumerate(users()) for p in user_problems(u, f"find_users('')[{i}]")]
-        )
-
-    def get_user_shapes() -> None:
-        for user in users():
-            got = proxy.get_user(user["id"])
-            fail_on(user_problems(got, f"get_user({user['id'].get('opaque_id')!r})"))
-            if opaque_id(got) != opaque_id(user):
-                raise CheckFailed(f"get_user({user['id']}) returned another user: {got.get('id')}")
-
-    def unknown_user() -> None:
+    def unknown_user(self) -> None:
         ghost = {"idp": "conformance.invalid", "opaque_id": f"nobody-{secrets.token_hex(6)}"}
+        proxy = self.proxy
         expect_not_found(
             (
                 ("get_user", lambda: proxy.get_user(ghost)),
@@ -209,47 +128,45 @@ def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
             "an unknown user",
         )
 
-    def groups_agree() -> None:
-        for user in users():
-            full = proxy.get_user(user["id"])
-            groups = proxy.get_user_groups(user["id"])
+    def groups_agree(self) -> None:
+        for user in self.found():
+            full = self.proxy.get_user(user["id"])
+            groups = self.proxy.get_user_groups(user["id"])
             if sorted(groups) != sorted(full.get("groups", [])):
                 name = user.get("username")
                 raise CheckFailed(
                     f"get_user_groups({name!r}) = {groups} but get_user says {full.get('groups')}"
                 )
 
-    def claims() -> None:
-        user = users()[0]
+    def claims(self) -> None:
+        user = self.found()[0]
         for claim, field_name in (
             ("username", "username"),
             ("mail", "mail"),
             ("uid", "uid_number"),
         ):
             value = str(user.get(field_name))
-            got = proxy.get_user_by_claim(claim, value)
+            got = self.proxy.get_user_by_claim(claim, value)
             if opaque_id(got) != opaque_id(user):
                 raise CheckFailed(
                     f"get_user_by_claim({claim!r}, {value!r}) returned {got.get('username')!r}"
                 )
 
-    def skip_groups() -> None:
-        got = proxy.get_user(users()[0]["id"], skip_fetching_groups=True)
+    def skip_groups(self) -> None:
+        got = self.proxy.get_user(self.found()[0]["id"], skip_fetching_groups=True)
         fail_on(user_problems(got, "get_user(skip_fetching_groups=True)"))
 
-    def parallel() -> None:
-        ids = [u["id"] for u in users()]
-        parallel_consistency(
-            lambda k: proxy.get_user(ids[k]), len(ids), lambda k: f"get_user({ids[k]})"
-        )
 
-    yield "find_users returns Users", find_users_shapes
-    yield "get_user returns the User asked for", get_user_shapes
-    yield "unknown ids raise NotFound", unknown_user
-    yield "get_user_groups agrees with get_user", groups_agree
-    yield "claims username, mail, uid", claims
-    yield "skip_fetching_groups still returns a User", skip_groups
-    yield "parallel calls answer consistently", parallel
+def conformance_checks(ctx: ConformanceContext) -> Iterator[tuple[str, Check]]:
+    """Shapes, NotFound for unknown ids, claims, groups agree, skip_fetching_groups, parallel."""
+    checks = _Checks(ctx)
+    yield "find_users returns Users", checks.find_shapes
+    yield "get_user returns the User asked for", checks.get_shapes
+    yield "unknown ids raise NotFound", checks.unknown_user
+    yield "get_user_groups agrees with get_user", checks.groups_agree
+    yield "claims username, mail, uid", checks.claims
+    yield "skip_fetching_groups still returns a User", checks.skip_groups
+    yield "parallel calls answer consistently", checks.parallel
 
 
 SCAFFOLD = ScaffoldTemplate(
