@@ -145,12 +145,12 @@ def test_a_client_error_is_not_retried(serve: Any, tmp_path: Path, how: str) -> 
 def test_retries_stay_within_the_download_deadline(
     serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_download, "_BACKOFF", 5.0)
+    monkeypatch.setattr(_download, "_BACKOFF", 60.0)
     script = Script(fail=1000)
     started = time.monotonic()
     with pytest.raises(FetchError, match="HTTP 503"):
         _fetch(serve(script), tmp_path / "downloads", max_seconds=1.0)
-    assert time.monotonic() - started < 3.0  # no 5 s backoff past a 1 s deadline
+    assert time.monotonic() - started < 30  # no 60 s backoff past a 1 s deadline
     assert len(script.seen) == 1
 
 
