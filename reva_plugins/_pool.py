@@ -336,7 +336,9 @@ class Plugin:
         if method == wire.CANCEL:
             target = params.get("id") if isinstance(params, dict) else None
             context = self.contexts.get(target)
-            if context is None:  # not running yet; looked up again for one that just started
+            if context is None and target is not None:
+                # not running yet (handed on, backlogged): kept for when it starts, and looked
+                # up again in case it started meanwhile
                 with self.lock:
                     self.early_cancels[target] = True
                     if len(self.early_cancels) > EARLY_CANCELS:
