@@ -208,6 +208,13 @@ class Plugin:
             self.flush()
             with self.lock:
                 handed_on = self._hand_reading_on()
+                if not handed_on and self.threads > self.executing:
+                    # every thread is started and none waits, but one runs no call: it is on
+                    # its way back and takes this from the backlog. Run here, a call waiting
+                    # for its $/cancel would wait for good, as nobody would read it.
+                    self.executing -= 1
+                    self.backlog.append(request)
+                    continue
             if not handed_on:  # no thread to spare (a memory limit): run it here
                 self.out.append(self.run(request))
                 continue
