@@ -213,7 +213,7 @@ class Plugin:
                     # its way back and takes this from the backlog. Run here, a call waiting
                     # for its $/cancel would wait for good, as nobody would read it.
                     self.executing -= 1
-                    self.backlog.append(request)
+                    self.backlog.insert(0, request)  # the oldest read: it runs first
                     continue
             if not handed_on:  # no thread to spare (a memory limit): run it here
                 self.out.append(self.run(request))
