@@ -8,6 +8,7 @@ imports it as a module.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 import threading
@@ -48,6 +49,7 @@ INLINE_BELOW = 0.001  # seconds: calls quicker than this (on average) run on the
 RELIEVE_AFTER = 0.005
 #: ticks of RELIEVE_AFTER with no quick call running before the watch sleeps until the next one
 WATCH_IDLE_TICKS = 200
+EARLY_CANCELS = 1024  # $/cancel ids kept for calls not started yet
 _clock = time.perf_counter
 
 
@@ -107,6 +109,9 @@ class Plugin:
         if getattr(obj, "reva_single_threaded", False):
             self.max_concurrency = 1
         self.contexts: dict[object, CallContext] = {}
+        # ids whose $/cancel came before their call ran (read, handed on or backlogged); the
+        # cap drops cancels that came after their call ended, which no call will take
+        self.early_cancels: dict[object, bool] = {}
         self.methods: dict[str, tuple[object, bool]] = {}
         self.lock = threading.Lock()
         self.turn = threading.Condition(self.lock)
@@ -203,6 +208,13 @@ class Plugin:
             self.flush()
             with self.lock:
                 handed_on = self._hand_reading_on()
+                if not handed_on and self.threads > self.executing:
+                    # every thread is started and none waits, but one runs no call: it is on
+                    # its way back and takes this from the backlog. Run here, a call waiting
+                    # for its $/cancel would wait for good, as nobody would read it.
+                    self.executing -= 1
+                    self.backlog.insert(0, request)  # the oldest read: it runs first
+                    continue
             if not handed_on:  # no thread to spare (a memory limit): run it here
                 self.out.append(self.run(request))
                 continue
@@ -331,6 +343,14 @@ class Plugin:
         if method == wire.CANCEL:
             target = params.get("id") if isinstance(params, dict) else None
             context = self.contexts.get(target)
+            if context is None and target is not None:
+                # not running yet (handed on, backlogged): kept for when it starts, and looked
+                # up again in case it started meanwhile
+                with self.lock:
+                    self.early_cancels[target] = True
+                    if len(self.early_cancels) > EARLY_CANCELS:
+                        del self.early_cancels[next(iter(self.early_cancels))]
+                context = self.contexts.get(target)
             if context is not None:
                 context.cancelled.set()
         elif method == wire.PING:
@@ -385,6 +405,10 @@ class Plugin:
             context = CallContext(call_id, meta if isinstance(meta, dict) else {})
             params = dict(params, context=context)
             self.contexts[call_id] = context
+            if self.early_cancels:
+                with self.lock:
+                    if self.early_cancels.pop(call_id, False):
+                        context.cancelled.set()
         try:
             result = func(**params)  # type: ignore[operator]
         except TypeError as exc:
@@ -401,10 +425,15 @@ class Plugin:
 
 def _start_thread(target: Callable[[], None]) -> bool:
     """Start a daemon thread; False when the system has none to give (``memory_mb``, a thread
-    limit): the pool then makes do with the threads it has."""
+    limit): the pool then makes do with the threads it has.
+
+    Not ``threading.Thread.start``: it waits, under the pool's lock, for the thread to say it
+    runs, and one that dies of a ``MemoryError`` first (near ``memory_mb``) never says so: the
+    plugin hung for good. A thread lost that way costs nothing: the reading it was handed is
+    taken back by the next thread that finishes its call."""
     try:
-        threading.Thread(target=target, daemon=True).start()
-    except RuntimeError:
+        _thread.start_new_thread(target, ())
+    except (RuntimeError, MemoryError):
         return False
     return True
 

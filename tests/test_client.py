@@ -832,13 +832,12 @@ def test_at_most_max_concurrency_calls_run_and_ping_is_answered_while_all_are_bu
         pool.close()
 
 
-def test_a_backlogged_call_is_run_when_the_reader_had_to_run_one_itself() -> None:
+def test_a_reader_with_no_thread_to_hand_on_to_backlogs_while_one_comes_back() -> None:
     """``max_concurrency = 1``: call 2 waits in the backlog while call 1 runs; call 1's thread
-    is slow to come back for more, so the reader, with no thread to hand the reading to, runs
-    the next call itself; call 1's thread then finds the slot taken and waits. When the
-    reader's call ends, the backlog must still run: the reader blocks reading (nothing more
-    comes), so the waiting thread is woken (it used to wait for good, and call 2 with it).
-    Calls also start in the order they were read."""
+    is slow to come back for more, and none waits, so the reader has no thread to hand the
+    reading to. It does not run call 3 itself (a call waiting for its ``$/cancel`` would then
+    wait for good: nobody would read it): call 3 joins the backlog, and call 1's thread, once
+    back, runs the backlog. Calls start in the order they were read."""
     holds = {key: threading.Event() for key in ("first", "later")}
     started: list[object] = []
     back = threading.Event()  # call 1's thread may come back for more
@@ -865,10 +864,11 @@ def test_a_backlogged_call_is_run_when_the_reader_had_to_run_one_itself() -> Non
         assert wait_until(lambda: plugin.backlog)
         holds["first"].set()  # call 1 ends; its thread is slow to come back
         assert wait_until(lambda: plugin.executing == 0)
-        pool.send(("hold", {"v": 3, "key": "later"}))  # the reader runs one itself
+        pool.send(("hold", {"v": 3, "key": "later"}))  # backlogged too: the reader reads on
+        assert wait_until(lambda: len(plugin.backlog) == 2)
+        assert started == [1]
+        back.set()  # call 1's thread comes back and runs the backlog
         assert wait_until(lambda: len(started) == 2)
-        back.set()  # call 1's thread comes back: the slot is taken, it waits
-        assert wait_until(lambda: plugin.waiting == 1)
         holds["later"].set()
         replies = pool.replies(3)
         assert set(replies) == {first[0], first[0] + 1, first[0] + 2}

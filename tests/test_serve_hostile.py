@@ -362,6 +362,10 @@ def test_hundreds_of_cancelled_rpcs_leave_nothing_behind(
     state = tmp_path / "state"
     assert _get(server, "demo").status.code == OK
 
+    def unanswered() -> set[str]:  # calls that reached the plugin and saw no $/cancel yet
+        started = {p.name.removesuffix(".started") for p in state.glob("hang-*.started")}
+        return started - {p.name.removesuffix(".cancelled") for p in state.glob("hang-*.cancelled")}
+
     def round_of(tag: str, count: int) -> None:
         futures = [
             server.users.GetUser.future(
@@ -369,7 +373,14 @@ def test_hundreds_of_cancelled_rpcs_leave_nothing_behind(
             )
             for n in range(count)
         ]
-        assert wait_until(lambda: len(list(state.glob(f"hang-{tag}-*.started"))) >= 4, timeout=30)
+
+        def started() -> int:
+            return len(list(state.glob(f"hang-{tag}-*.started")))
+
+        assert wait_until(lambda: started() >= 4, timeout=30), (
+            f"{started()} of round {tag} started; {_in_flight(server)} in flight; "
+            f"in the plugin without a $/cancel: {sorted(unanswered())}"
+        )
         time.sleep(0.1)
         for future in futures:
             future.cancel()
@@ -379,10 +390,6 @@ def test_hundreds_of_cancelled_rpcs_leave_nothing_behind(
     fds, rss = _fds(pid), _rss_kib(pid)
     for number in range(4):
         round_of(f"r{number}", 100)
-
-    def unanswered() -> set[str]:  # calls that reached the plugin and saw no $/cancel yet
-        started = {p.name.removesuffix(".started") for p in state.glob("hang-*.started")}
-        return started - {p.name.removesuffix(".cancelled") for p in state.glob("hang-*.cancelled")}
 
     assert wait_until(lambda: not unanswered(), timeout=15), unanswered()
     assert _get(server, "demo").status.code == OK

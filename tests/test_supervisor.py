@@ -4,6 +4,7 @@ deadlines, crashes and restarts, shutdown and orphans, scrubbed environment, rob
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -390,9 +391,15 @@ def test_a_cancellation_ends_the_call_and_cancels_it_in_the_plugin(
     host: Host, tmp_path: Path
 ) -> None:
     users = host.service("userprovider")
+    users.start()  # a cancellation during the start ends the call before it is ever sent
     marker = tmp_path / "marker"
     cancel = Cancellation()
-    threading.Timer(0.3, cancel.cancel).start()
+
+    def cancel_once_sent() -> None:
+        wait_until(lambda: users.info().calls_in_flight == 1)
+        cancel.cancel()
+
+    threading.Thread(target=cancel_once_sent, daemon=True).start()
     with pytest.raises(CallCancelled):
         users.call("find_users", {"query": f"hang:{marker}"}, cancellation=cancel)
     assert wait_until(lambda: marker.exists() and marker.read_text() == "cancelled")
@@ -403,17 +410,56 @@ def test_an_asyncio_task_cancelled_while_it_awaits_cancels_the_plugin_call(
     host: Host, tmp_path: Path
 ) -> None:
     users = host.service("userprovider")
+    users.start()  # a task cancelled during the start never sends its call
     marker = tmp_path / "marker"
 
     async def main() -> None:
         task = asyncio.ensure_future(users.acall("find_users", {"query": f"hang:{marker}"}))
-        await asyncio.sleep(0.3)
+        while users.info().calls_in_flight == 0:  # until the call is sent
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
     assert wait_until(lambda: marker.exists() and marker.read_text() == "cancelled")
+
+
+def test_a_cancel_that_arrives_before_its_call_runs_is_not_lost(tmp_path: Path) -> None:
+    """``$/cancel`` for a call the plugin has read but not started (here backlogged behind
+    the only slot) reaches the call when it starts; it was dropped, and the call ran until
+    its own end (60 s in this plugin) with nobody waiting for it."""
+    config = fault_config(max_concurrency=1, write_paths=[str(tmp_path)])
+    with Host(config, base_dir=tmp_path) as host:
+        users = host.service("userprovider")
+        users.start()
+        first, second = Cancellation(), Cancellation()
+        calls = [
+            threading.Thread(
+                target=_suppressed,
+                args=(users.call, "find_users", {"query": f"hang:{tmp_path / name}"}),
+                kwargs={"cancellation": cancel},
+                daemon=True,
+            )
+            for name, cancel in (("first", first), ("second", second))
+        ]
+        calls[0].start()
+        assert wait_until(lambda: users.info().calls_in_flight == 1)
+        calls[1].start()
+        assert wait_until(lambda: users.info().calls_in_flight == 2)
+        second.cancel()  # the plugin has the second call backlogged: the first holds the slot
+        assert wait_until(lambda: users.info().calls_in_flight == 1)
+        first.cancel()
+        for thread in calls:
+            thread.join(timeout=30)
+        for name in ("first", "second"):
+            marker = tmp_path / name
+            assert wait_until(lambda: marker.exists() and marker.read_text() == "cancelled"), name
+
+
+def _suppressed(call: Any, *args: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(CallCancelled):
+        call(*args, **kwargs)
 
 
 # -- crashes and restarts ----------------------------------------------------------------------
