@@ -431,14 +431,15 @@ def test_a_flooding_plugin_never_blocks_the_loop(
         clients = [threading.Thread(target=client) for _ in range(4)]
         for thread in clients:
             thread.start()
-        time.sleep(4.5)
+        time.sleep(4.5)  # the flood's length: clients and checks run all through it
+        # then enough of both to judge by (a loaded machine may fit few in the flood itself)
+        enough = wait_until(lambda: probe.checks > 10 and answered[0] > 10, timeout=60)
         stop.set()
         for thread in clients:
             thread.join(timeout=30)
+    assert enough, (probe.checks, answered[0])
     assert probe.failures == []
-    assert probe.checks > 10
     assert probe.worst < 5
-    assert answered[0] > 10
     if behaviour in ("flood-err", "flood-out"):  # junk may split a reply the plugin writes
         assert failures == []
     assert server.proc.poll() is None
