@@ -843,7 +843,9 @@ def test_a_reader_with_no_thread_to_hand_on_to_backlogs_while_one_comes_back() -
     back = threading.Event()  # call 1's thread may come back for more
 
     class Held:
-        def hold(self, v: object, key: str) -> object:
+        # it sees its context, so it can be cancelled and never runs inline on the reader (a
+        # call 1 that ended within a millisecond would otherwise make call 2 look quick)
+        def hold(self, v: object, key: str, context: object = None) -> object:
             started.append(v)
             assert holds[key].wait(30)
             return v
