@@ -11,6 +11,7 @@ drivers) runs in the loop's worker threads; the rest of this class is plain thre
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import signal
@@ -67,6 +68,8 @@ _MetricsHTTPServer = MetricsHTTPServer
 
 #: The largest request accepted, in bytes: CS3 identity requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 1 << 20
+#: Seconds between the main thread's looks at the signals received (SIGHUP, SIGTERM, SIGINT).
+SIGNAL_POLL = 0.05
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -157,8 +160,6 @@ class Server:
         self._count_calls = bool(self.settings.metrics_address)
         self.health = health.aio.HealthServicer()
         self.loop = EventLoopThread()
-        self._stop = threading.Event()
-        self._reload_requested = threading.Event()
         self._started_at = time.time()
         self.reloader = Reloader(
             self.path, options or HostOptions(), self._register, self._swapped, self._grace
@@ -509,14 +510,14 @@ class Server:
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT; SIGHUP reloads. Call from the main thread."""
-        received: list[int] = []
+        # The handler only appends (a deque's append takes no lock): it runs on the main thread
+        # between two bytecodes, possibly while that thread holds the lock an Event's set()
+        # would take, and then the server's main thread hung for good (seen in a SIGHUP storm:
+        # reloads stopped, and SIGTERM went unheard).
+        received: collections.deque[int] = collections.deque()
 
         def on_signal(signum: int, frame: object) -> None:
-            if signum == signal.SIGHUP:
-                self._reload_requested.set()
-            else:
-                received.append(signum)
-                self._stop.set()
+            received.append(signum)
 
         previous = {
             sig: signal.signal(sig, on_signal)
@@ -525,12 +526,20 @@ class Server:
         try:
             self.start()  # cleans up after itself when it fails
             try:
-                while not self._stop.is_set():
-                    if self._reload_requested.wait(0.5):
-                        self._reload_requested.clear()
+                stopping = None
+                while stopping is None:
+                    time.sleep(SIGNAL_POLL)
+                    reload = False
+                    while received and stopping is None:
+                        signum = received.popleft()
+                        if signum == signal.SIGHUP:
+                            reload = True
+                        else:
+                            stopping = signum
+                    if reload and stopping is None:
                         log.info("SIGHUP: reloading %s", self.path)
                         self.request_reload()
-                log.info("%s received", signal.Signals(received[0]).name if received else "stop")
+                log.info("%s received", signal.Signals(stopping).name)
             finally:
                 self.stop()  # a second SIGTERM while draining changes nothing
         finally:
