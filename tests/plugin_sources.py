@@ -662,3 +662,50 @@ hostile = "reva_hostile_process:Hostile"
 [tool.hatch.build.targets.wheel]
 packages = ["reva_hostile_process"]
 """
+
+
+#: Answers with the pid of the worker process that runs it (its parent) and the config's marker;
+#: ``nap<seconds>`` sleeps first, ``slow<n>`` leaves a file and sleeps a second; a ``fail`` file
+#: in its folder makes its start fail.
+WORKER_PLUGIN = """
+import os, time
+
+
+class NotFound(Exception):
+    pass
+
+
+class Provider:
+    def configure(self, config):
+        self.dir = config["dir"]
+        self.marker = config.get("marker", "m0")
+        if os.path.exists(os.path.join(self.dir, "fail")):
+            raise RuntimeError("told to fail")
+        open(os.path.join(self.dir, f"started-{os.getpid()}"), "w").close()
+
+    def get_user(self, user_id, skip_fetching_groups=False, context=None):
+        opaque = user_id.get("opaque_id")
+        if opaque.startswith("nap"):
+            time.sleep(float(opaque[3:]))
+        if opaque.startswith("slow"):  # in flight for a second, its arrival in a file
+            open(os.path.join(self.dir, opaque), "w").close()
+            time.sleep(1.0)
+        return {
+            "id": {"idp": "test", "opaque_id": opaque, "type": 1},
+            "username": opaque,
+            "mail": "w@example.org",
+            "display_name": f"{os.getppid()}:{self.marker}",
+            "groups": [],
+            "uid_number": 1,
+            "gid_number": 1,
+        }
+
+    def get_user_by_claim(self, claim, value, skip_fetching_groups=False):
+        raise NotFound(claim)
+
+    def get_user_groups(self, user_id):
+        return []
+
+    def find_users(self, query, skip_fetching_groups=False):
+        return []
+"""
