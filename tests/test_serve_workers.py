@@ -199,6 +199,19 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
     server = _start(_config_file(tmp_path, plugin))
     workers = _workers(server)
     victim, survivor = workers[0], workers[1]
+    # SO_REUSEPORT hashes each connection to a worker (8 connections all land on one 1 time in
+    # 128): connections are opened until each worker holds four of them
+    held: dict[int, list[Any]] = {victim: [], survivor: []}
+    for _ in range(200):
+        if all(len(channels) == 4 for channels in held.values()):
+            break
+        channel = _channel(server)
+        pid = _answering_pid(_get(user_grpc.UserAPIStub(channel), wait=True))
+        if len(held[pid]) < 4:
+            held[pid].append(channel)
+        else:
+            channel.close()
+    assert all(len(channels) == 4 for channels in held.values()), held
     stop = threading.Event()
     killed = threading.Event()
     # per client: the worker its connection reached before the kill, and what failed
@@ -206,8 +219,7 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
     failures: dict[int, list[str]] = {}
     after: dict[int, int] = {}
 
-    def client(number: int) -> None:
-        channel = _channel(server)
+    def client(number: int, channel: Any) -> None:
         stub = user_grpc.UserAPIStub(channel)
         reached[number], failures[number], after[number] = set(), [], 0
         try:
@@ -232,7 +244,10 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
         finally:
             channel.close()
 
-    clients = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    clients = [
+        threading.Thread(target=client, args=(n, channel))
+        for n, channel in enumerate(held[victim] + held[survivor])
+    ]
     for thread in clients:
         thread.start()
     try:
