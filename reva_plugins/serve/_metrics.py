@@ -340,6 +340,9 @@ class MetricsHTTPServer(ThreadingHTTPServer):
     a request, so idle connections cannot pile up threads."""
 
     daemon_threads = True
+    #: socketserver's backlog of 5 drops the SYNs of a burst (each client then waits a second
+    #: to retry); a burst is accepted at once instead, and closed there if no slot is free.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: Any) -> None:
         super().__init__(address, handler)
