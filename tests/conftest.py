@@ -24,6 +24,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers per CPU this process may use. A third of a serial run is spent
+    waiting (on plugin processes, servers, installers), so a worker per CPU leaves CPUs idle:
+    on 2 CPUs, 4 workers run the suite in 4:20 against 6:06 for 2."""
+    return 2 * len(os.sched_getaffinity(0))
+
+
 _SHARES = re.compile(r'scope="(?:module|class|package)"|^pytestmark = .*xdist_group', re.M)
 
 
