@@ -115,7 +115,7 @@ def test_a_busy_loop_does_not_starve_another_loops_calls(peer: Peer) -> None:
 
         def block() -> None:
             busy.set()
-            time.sleep(4)
+            time.sleep(2.5)  # longer than the call's deadline
 
         other.call_soon_threadsafe(block)
         assert busy.wait(5)

@@ -266,6 +266,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow  # a download is retried before it fails
 @pytest.mark.parametrize(
     "driver",
     ["git+https://127.0.0.1:{port}/r.git@main", "https://127.0.0.1:{port}/p-1.0-py3-none-any.whl"],

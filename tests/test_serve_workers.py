@@ -130,6 +130,7 @@ def _started_plugins(state: Path) -> set[int]:
     return {int(path.name.split("-")[1]) for path in state.glob("started-*")}
 
 
+@pytest.mark.slow
 def test_two_workers_serve_and_every_one_is_reported(tmp_path: Path, plugin: Path) -> None:
     server = _start(_config_file(tmp_path, plugin))
     try:
@@ -193,6 +194,7 @@ def test_two_workers_serve_and_every_one_is_reported(tmp_path: Path, plugin: Pat
         assert wait_until(lambda pid=pid: not pid_alive(pid))
 
 
+@pytest.mark.slow
 def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
     tmp_path: Path, plugin: Path
 ) -> None:
@@ -279,6 +281,7 @@ def test_a_worker_killed_under_load_fails_only_its_calls_and_comes_back(
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_sighup_storm_with_two_workers_fails_no_call(tmp_path: Path, plugin: Path) -> None:
     config = _config_file(tmp_path, plugin, marker="m0")
     server = _start(config)
@@ -337,6 +340,7 @@ def test_a_sighup_storm_with_two_workers_fails_no_call(tmp_path: Path, plugin: P
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_reload_leaves_nothing(tmp_path: Path, plugin: Path) -> None:
     config = _config_file(tmp_path, plugin, marker="m0")
     server = _start(config)
@@ -368,6 +372,7 @@ def _folder_of(server: Served) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_worker_that_keeps_dying_at_start_makes_the_parent_give_up(
     tmp_path: Path, plugin: Path
 ) -> None:
@@ -461,6 +466,7 @@ def test_hostile_requests_on_a_workers_control_socket(tmp_path: Path) -> None:
     assert not role.socket_path().exists()
 
 
+@pytest.mark.slow
 def test_tls_with_two_workers_and_the_admin_api_over_it(tmp_path: Path, plugin: Path) -> None:
     import shutil
 
@@ -498,6 +504,7 @@ def test_tls_with_two_workers_and_the_admin_api_over_it(tmp_path: Path, plugin: 
         assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_busy_port_or_a_running_servers_pidfile_starts_no_worker(
     tmp_path: Path, plugin: Path
 ) -> None:
@@ -523,6 +530,7 @@ def test_a_busy_port_or_a_running_servers_pidfile_starts_no_worker(
         assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_sighups_while_a_worker_restarts_do_not_kill_it(tmp_path: Path, plugin: Path) -> None:
     """Before a starting worker handles SIGHUP, SIGHUP's default action would kill it: the
     parent holds the reload until the worker serves, then sends it."""
@@ -584,6 +592,7 @@ def _running_with(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_workers_start_leaves_nothing(tmp_path: Path, plugin: Path) -> None:
     import sys
 
@@ -616,6 +625,7 @@ def test_sigterm_while_the_workers_start_leaves_nothing(tmp_path: Path, plugin: 
     assert not pidfile.exists()
 
 
+@pytest.mark.slow
 def test_a_temp_dir_too_long_for_a_unix_socket_is_worked_around(
     tmp_path: Path, plugin: Path
 ) -> None:
@@ -628,6 +638,7 @@ def test_a_temp_dir_too_long_for_a_unix_socket_is_worked_around(
         assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_the_parent_killed_takes_every_worker_and_plugin_with_it(
     tmp_path: Path, plugin: Path
 ) -> None:
@@ -650,6 +661,7 @@ def test_the_parent_killed_takes_every_worker_and_plugin_with_it(
         assert again.stop() == 0
 
 
+@pytest.mark.slow
 def test_sigterm_lets_every_workers_calls_in_flight_finish(tmp_path: Path, plugin: Path) -> None:
     server = _start(_config_file(tmp_path, plugin))
     workers = _workers(server)
