@@ -671,6 +671,31 @@ def _serve_rows(serve: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
                 level["ratio_cpu_to_hop"],
             )
         )
+        floor = level["reference_bare_grpcio_minimal_python_plugin"]
+        rows.append(
+            (
+                "  floor: bare + a minimal Python JSON-RPC plugin, CPU per call (us)",
+                level["floor_cpu_us_per_call"],
+                level["baseline_cpu_us_per_call"],
+                level["ratio_floor_cpu_to_bare"],
+            )
+        )
+        rows.append(
+            (
+                "  floor: calls/s",
+                floor["calls_per_s"],
+                bare["calls_per_s"],
+                level["ratio_floor_throughput_to_bare"],
+            )
+        )
+        rows.append(
+            (
+                "  serve vs the floor: CPU per call (us)",
+                level["cpu_us_per_call"],
+                level["floor_cpu_us_per_call"],
+                level["ratio_cpu_to_floor"],
+            )
+        )
         rows.append(
             (
                 "  lean: no access log, no metrics (calls/s)",

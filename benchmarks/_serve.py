@@ -6,9 +6,13 @@ metrics ``service_call`` wrapper), in the same run. Where the deployed server's 
 goes is measured piece by piece (``_budget``) and set beside the totals. The baseline has
 serve's flavour: ``grpc.aio``, with as many RPCs served at once as
 serve's ``workers``. The bare server of the thread-pool flavour (``grpc.server``, as many
-threads) is measured beside them for reference. Each server runs in its own process; the
-clients run in the benchmark process, 1, 4 and 16 threads on one channel.
-``python -m benchmarks._serve bare PORT_FILE WORKERS aio|threads`` is a baseline server.
+threads) is measured beside them for reference, and so are two bare servers that ask another
+process on each RPC: an echo (the hop alone) and a minimal Python JSON-RPC plugin answering
+from a dict (the floor: what any server that asks a Python plugin process pays, with none of
+serve's features). Each server runs in its own process; the clients run in the benchmark
+process, 1, 4 and 16 threads on one channel.
+``python -m benchmarks._serve bare PORT_FILE WORKERS aio|threads|aio-hop|aio-plugin`` is a
+baseline server.
 """
 
 from __future__ import annotations
@@ -49,13 +53,30 @@ def _user_dict() -> dict[str, Any]:
 
 #: The other end of the bare server's process hop: echoes what it reads, as fast as it can.
 ECHO = "import os\nwhile data := os.read(0, 65536):\n    os.write(1, data)\n"
+#: The least a Python plugin does: a JSON-RPC request per line in, the user from a dict, a
+#: JSON-RPC reply per line out (no framework, no pool, no checks; a batch of lines at a time).
+MINIMAL_PLUGIN = """
+import json, os, sys
+users = {u["username"]: u for u in json.load(open(sys.argv[1], encoding="utf-8"))}
+rest = b""
+while data := os.read(0, 65536):
+    *lines, rest = (rest + data).split(b"\\n")
+    out = []
+    for line in lines:
+        request = json.loads(line)
+        user = users.get(request["params"]["user_id"])
+        out.append(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": user}))
+    os.write(1, ("\\n".join(out) + "\\n").encode())
+"""
 
 
 def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
     """The baseline: GetUser answered from an in-memory dict, nothing else; ``flavour`` is
-    ``aio`` (at most ``workers`` at once), ``threads`` (a pool of ``workers``) or ``aio-hop``
+    ``aio`` (at most ``workers`` at once), ``threads`` (a pool of ``workers``), ``aio-hop``
     (``aio``, each RPC first sending the user id to an echo process and awaiting it back on the
-    loop: the least any server pays that asks another process, as serve asks its plugin)."""
+    loop: the least any server pays that asks another process, as serve asks its plugin) or
+    ``aio-plugin`` (``aio``, each RPC a JSON-RPC call to a minimal Python plugin process that
+    answers from a dict: the least a server pays that asks a Python plugin, as serve does)."""
     import grpc
     from cs3.identity.user.v1beta1 import resources_pb2 as res
     from cs3.identity.user.v1beta1 import user_api_pb2 as api
@@ -64,7 +85,9 @@ def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
     users = _user_dict()
 
     def answer(key: str) -> Any:
-        user = users.get(key)
+        return build(users.get(key))
+
+    def build(user: dict[str, Any] | None) -> Any:
         if user is None:
             return api.GetUserResponse(status=status_pb2.Status(code=code_pb2.CODE_NOT_FOUND))
         pb = res.User(
@@ -85,7 +108,10 @@ def bare_server(port_file: Path, workers: int, flavour: str = "aio") -> None:
         aio_server(port_file, workers, get_user)
         return
     if flavour == "aio-hop":
-        aio_server(port_file, workers, answer, hop=True)
+        aio_server(port_file, workers, answer, hop="echo")
+        return
+    if flavour == "aio-plugin":
+        aio_server(port_file, workers, build, hop="plugin")
         return
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -118,11 +144,13 @@ def _get_user_handler(get_user: Any) -> Any:
     )
 
 
-def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = False) -> None:
+def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: str | None = None) -> None:
     """``get_user`` served by ``grpc.aio``, ``workers`` at once (as serve limits them); with
-    ``hop``, ``get_user`` is given the user id once an echo process has sent it back."""
+    ``hop="echo"``, ``get_user`` is given the user id once an echo process has sent it back;
+    with ``hop="plugin"``, the user's dict (or None) a minimal JSON-RPC plugin answered."""
     import asyncio
     import collections
+    import json
     import socket
 
     import grpc
@@ -131,9 +159,10 @@ def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = Fals
         slots = asyncio.Semaphore(workers)
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        echo = (
+        program = [ECHO] if hop == "echo" else [MINIMAL_PLUGIN, str(USERS)]
+        other = (
             subprocess.Popen(
-                [sys.executable, "-c", ECHO], stdin=theirs.fileno(), stdout=theirs.fileno()
+                [sys.executable, "-c", *program], stdin=theirs.fileno(), stdout=theirs.fileno()
             )
             if hop
             else None
@@ -141,6 +170,8 @@ def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = Fals
         theirs.close()
         os.set_blocking(ours.fileno(), False)
         waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        calls: dict[int, asyncio.Future[Any]] = {}
+        ids = iter(range(1 << 62))
         buffer = bytearray()
 
         def readable() -> None:
@@ -148,7 +179,11 @@ def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = Fals
             while (end := buffer.find(b"\n")) >= 0:
                 line = bytes(buffer[:end])
                 del buffer[: end + 1]
-                waiting.popleft().set_result(line)
+                if hop == "echo":
+                    waiting.popleft().set_result(line)
+                else:
+                    reply = json.loads(line)
+                    calls.pop(reply["id"]).set_result(reply["result"])
 
         loop.add_reader(ours.fileno(), readable)
 
@@ -156,10 +191,17 @@ def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = Fals
             async with slots:
                 if not hop:
                     return get_user(request, context)
-                back: asyncio.Future[bytes] = loop.create_future()
-                waiting.append(back)
-                ours.send(request.user_id.opaque_id.encode() + b"\n")
-                return get_user((await back).decode())
+                if hop == "echo":
+                    back: asyncio.Future[bytes] = loop.create_future()
+                    waiting.append(back)
+                    ours.send(request.user_id.opaque_id.encode() + b"\n")
+                    return get_user((await back).decode())
+                number = next(ids)
+                calls[number] = answered = loop.create_future()
+                params = {"user_id": request.user_id.opaque_id}
+                line = {"jsonrpc": "2.0", "id": number, "method": "get_user", "params": params}
+                ours.send(json.dumps(line).encode() + b"\n")
+                return get_user(await answered)
 
         server = grpc.aio.server(
             handlers=[_get_user_handler(handle)],
@@ -174,8 +216,8 @@ def aio_server(port_file: Path, workers: int, get_user: Any, *, hop: bool = Fals
         await server.stop(1)
         loop.remove_reader(ours.fileno())
         ours.close()
-        if echo is not None:
-            echo.wait()
+        if other is not None:
+            other.wait()
 
     asyncio.run(main())
 
@@ -402,8 +444,8 @@ def measure(calls: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         port_file, threads_port_file = tmpdir / "port", tmpdir / "threads-port"
-        hop_port_file = tmpdir / "hop-port"
-        bare, threads, hop = (
+        hop_port_file, floor_port_file = tmpdir / "hop-port", tmpdir / "floor-port"
+        bare, threads, hop, floor = (
             subprocess.Popen(
                 [sys.executable, "-m", "benchmarks._serve", "bare", str(f), str(WORKERS), flavour],
                 cwd=ROOT,
@@ -413,6 +455,7 @@ def measure(calls: int) -> dict[str, Any]:
                 (port_file, "aio"),
                 (threads_port_file, "threads"),
                 (hop_port_file, "aio-hop"),
+                (floor_port_file, "aio-plugin"),
             )
         )
         serve, serve_port = _start_serve(tmpdir, "deployed", ACCESS_LOG, metrics=True)
@@ -423,11 +466,15 @@ def measure(calls: int) -> dict[str, Any]:
                 threads, lambda: threads_port_file.exists() and threads_port_file.read_text()
             )
             hop_port = _wait_port(hop, lambda: hop_port_file.exists() and hop_port_file.read_text())
+            floor_port = _wait_port(
+                floor, lambda: floor_port_file.exists() and floor_port_file.read_text()
+            )
             ours_port = _wait_port(serve, serve_port)
             lean_at = _wait_port(lean, lean_port)
             servers = {
                 "bare": (bare.pid, f"127.0.0.1:{bare_port}"),
                 "hop": (hop.pid, f"127.0.0.1:{hop_port}"),
+                "floor": (floor.pid, f"127.0.0.1:{floor_port}"),
                 "ours": (serve.pid, f"127.0.0.1:{ours_port}"),
                 "lean": (lean.pid, f"127.0.0.1:{lean_at}"),
                 "threads": (threads.pid, f"127.0.0.1:{threads_port}"),
@@ -440,9 +487,9 @@ def measure(calls: int) -> dict[str, Any]:
                     order = list(servers) if number % 2 == 0 else list(reversed(servers))
                     for name in order:
                         runs[name].append(_measured(*servers[name], clients, calls // ROUNDS))
-                base, ours, no_extras, pool, hopping = (
+                base, ours, no_extras, pool, hopping, least = (
                     sorted(runs[name], key=lambda r: r["calls_per_s"])[ROUNDS // 2]
-                    for name in ("bare", "ours", "lean", "threads", "hop")
+                    for name in ("bare", "ours", "lean", "threads", "hop", "floor")
                 )
                 # CPU per call: the median over the rounds (each round's own, not the one with
                 # the median throughput: CPU is what the ratio is about)
@@ -457,6 +504,7 @@ def measure(calls: int) -> dict[str, Any]:
                     "baseline_bare_grpcio_dict": base,
                     "reference_bare_grpcio_thread_pool": pool,
                     "reference_bare_grpcio_process_hop": hopping,
+                    "reference_bare_grpcio_minimal_python_plugin": least,
                     "ratio_throughput_to_thread_pool": round(
                         ours["calls_per_s"] / pool["calls_per_s"], 2
                     ),
@@ -472,6 +520,13 @@ def measure(calls: int) -> dict[str, Any]:
                     "ratio_throughput_to_hop": round(
                         ours["calls_per_s"] / hopping["calls_per_s"], 2
                     ),
+                    "floor_cpu_us_per_call": round(cpu["floor"], 1),
+                    "ratio_floor_cpu_to_bare": round(cpu["floor"] / cpu["bare"], 2),
+                    "ratio_floor_throughput_to_bare": round(
+                        least["calls_per_s"] / base["calls_per_s"], 2
+                    ),
+                    "floor_p50_added_ms": round(least["p50_ms"] - base["p50_ms"], 3),
+                    "ratio_cpu_to_floor": round(cpu["ours"] / cpu["floor"], 2),
                     "ratio_lean_throughput": round(
                         no_extras["calls_per_s"] / ours["calls_per_s"], 2
                     ),
@@ -488,7 +543,7 @@ def measure(calls: int) -> dict[str, Any]:
                     level["hop_cpu_us_per_call"],
                 )
         finally:
-            stop_all([bare, threads, hop, serve, lean])
+            stop_all([bare, threads, hop, floor, serve, lean])
     return results
 
 
