@@ -342,7 +342,7 @@ def test_a_plugin_crashing_under_load_never_holds_an_rpc_past_its_deadline(
     for _ in range(20):
         code, took = _outcome(server, "demo", timeout=10)
         assert code == code_pb2.CODE_UNAVAILABLE
-        assert took < 2
+        assert took < 5  # at once, not at the call's 10 s deadline (margin for a loaded machine)
     health = health_pb2.HealthCheckRequest(service=USER_API)
     assert server.health.Check(health, timeout=10).status == NOT_SERVING
     assert server.stop() == 0
