@@ -26,7 +26,7 @@ from typing import Any, Literal, NoReturn
 
 from . import _defaults, _protocol
 from ._call import Call
-from ._client import Cancellation, Client
+from ._client import Client
 from ._contain import descendants
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, RevaPluginError
@@ -397,12 +397,9 @@ class PluginProcess:
         *,
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
-        cancellation: Cancellation | None = None,
     ) -> Any:
         """:meth:`invoke` a call of ``method`` made of these parts."""
-        return self.invoke(
-            Call(self.spec.service, method, params, timeout, meta or {}, cancellation)
-        )
+        return self.invoke(Call(self.spec.service, method, params, timeout, meta or {}))
 
     def invoke(self, call: Call) -> Any:
         """Send ``call``; raise the plugin's error, typed.
