@@ -79,13 +79,10 @@ class LaunchSpec:
         return f"reva_plugins.plugin.{self.service}"
 
 
-def plugin_environment(
-    spec: LaunchSpec, host_env: Mapping[str, str] | None = None, instance: str = ""
-) -> dict[str, str]:
+def plugin_environment(spec: LaunchSpec, instance: str = "") -> dict[str, str]:
     """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``
     (and the ``instance`` marker its descendants inherit)."""
-    host_env = os.environ if host_env is None else host_env
-    env = scrubbed(host_env)
+    env = scrubbed()
     venv_bin = str(spec.python.parent)
     env["PATH"] = os.pathsep.join(filter(None, [venv_bin, env.get("PATH", os.defpath)]))
     env["VIRTUAL_ENV"] = str(spec.python.parent.parent)
