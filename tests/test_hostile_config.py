@@ -248,6 +248,11 @@ def test_lock_python_must_be_a_version_exit_2(write_config: WriteConfig) -> None
     assert not Path(f"{path}.lock").exists()
 
 
+def test_check_of_a_config_without_services_is_one_line_exit_2(write_config: WriteConfig) -> None:
+    path = write_config("[plugins]\n")
+    _config_one_line(cli("check", str(path)), str(path), "no service uses a driver")
+
+
 def test_multi_line_env_values_stay_allowed(tmp_path: Path) -> None:
     pem = "-----BEGIN KEY-----\n\tabc\r\n-----END KEY-----\n"
     svc = _config_service({"driver": "json", "plugin": {"env": {"KEY": pem}}}, tmp_path)
