@@ -223,7 +223,7 @@ class IsolatedDriver:
         self,
         plan: IsolatedPlan,
         supervisor: Supervisor,
-        rebuild: Callable[[], tuple[IsolatedPlan, Supervisor]] | None = None,
+        rebuild: Callable[[], tuple[IsolatedPlan, Supervisor]],
     ) -> None:
         self.plan = plan
         self.kind = plan.kind
@@ -238,7 +238,7 @@ class IsolatedDriver:
             return supervisor.start()
         except HandshakeError:
             gone = self.plan.env_key is not None and not self.plan.launch.python.exists()
-            if self._rebuild is None or not gone:
+            if not gone:
                 raise
         with self._rebuild_lock:
             if self.supervisor is supervisor:  # not already rebuilt by another thread

@@ -26,7 +26,7 @@ from typing import Any, Literal, NoReturn
 
 from . import _defaults, _protocol
 from ._call import Call
-from ._client import Cancellation, Client
+from ._client import Client
 from ._contain import descendants
 from ._environ import scrubbed
 from ._errors import HandshakeError, PluginCrashed, RevaPluginError
@@ -79,13 +79,10 @@ class LaunchSpec:
         return f"reva_plugins.plugin.{self.service}"
 
 
-def plugin_environment(
-    spec: LaunchSpec, host_env: Mapping[str, str] | None = None, instance: str = ""
-) -> dict[str, str]:
+def plugin_environment(spec: LaunchSpec, instance: str = "") -> dict[str, str]:
     """The scrubbed environment a plugin runs with: a few host variables plus its own ``env``
     (and the ``instance`` marker its descendants inherit)."""
-    host_env = os.environ if host_env is None else host_env
-    env = scrubbed(host_env)
+    env = scrubbed()
     venv_bin = str(spec.python.parent)
     env["PATH"] = os.pathsep.join(filter(None, [venv_bin, env.get("PATH", os.defpath)]))
     env["VIRTUAL_ENV"] = str(spec.python.parent.parent)
@@ -397,12 +394,9 @@ class PluginProcess:
         *,
         timeout: float | None = None,
         meta: dict[str, Any] | None = None,
-        cancellation: Cancellation | None = None,
     ) -> Any:
         """:meth:`invoke` a call of ``method`` made of these parts."""
-        return self.invoke(
-            Call(self.spec.service, method, params, timeout, meta or {}, cancellation)
-        )
+        return self.invoke(Call(self.spec.service, method, params, timeout, meta or {}))
 
     def invoke(self, call: Call) -> Any:
         """Send ``call``; raise the plugin's error, typed.

@@ -34,9 +34,9 @@ class Supervisor:
         self,
         spec: LaunchSpec,
         *,
-        on_start: Callable[[PluginProcess], None] | None = None,
-        on_exit: Callable[[PluginProcess, int | None, bool], None] | None = None,
-        on_restart: Callable[[int, float], None] | None = None,
+        on_start: Callable[[PluginProcess], None],
+        on_exit: Callable[[PluginProcess, int | None, bool], None],
+        on_restart: Callable[[int, float], None],
     ) -> None:
         """``on_restart(restarts, delay)`` runs before a crashed plugin is started again."""
         self.spec = spec
@@ -110,10 +110,9 @@ class Supervisor:
         try:
             if current is not None:
                 self.restarts += 1
-                if self._on_restart is not None:
-                    self._on_restart(self.restarts, self._backoff_delay())
+                self._on_restart(self.restarts, self._backoff_delay())
             self._wait_backoff()
-            process = PluginProcess(self.spec, on_exit=self._exited, on_death=self._count_crash)
+            process = PluginProcess(self.spec, on_exit=self._on_exit, on_death=self._count_crash)
             self._starting_process = process  # before the check: close() sees it, or we see closed
             if self._closed:
                 raise PluginCrashed("the host is closed", plugin=self.spec.label)
@@ -130,8 +129,7 @@ class Supervisor:
         finally:
             self._starting = False
             self._starting_process = None
-        if self._on_start is not None:
-            self._on_start(process)
+        self._on_start(process)
         return process
 
     def _backoff_delay(self) -> float:
@@ -158,10 +156,6 @@ class Supervisor:
                     returncode=returncode,
                     stderr_tail=process.stderr_tail(),
                 )
-
-    def _exited(self, process: PluginProcess, returncode: int | None, expected: bool) -> None:
-        if self._on_exit is not None:
-            self._on_exit(process, returncode, expected)
 
     def call(self, method: str, params: dict[str, Any], *, timeout: float | None = None) -> Any:
         """Call ``method`` in the plugin, starting it first if need be."""

@@ -144,6 +144,25 @@ def test_a_manifest_entry_missing_from_the_tar_is_refused_before_writing(tmp_pat
     _assert_refused(result, "lock.toml is in the manifest but not in the bundle", cache)
 
 
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        (b"{not json", "manifest.json is not valid JSON"),
+        (b'{"format": 2, "files": {}}', "manifest.json is not a bundle manifest of format 1"),
+        (b'{"format": 1}', "manifest.json lists no files"),
+        (b'{"format": 1, "files": {"../x": "' + b"0" * 64 + b'"}}', "a bad entry '../x'"),
+        (b'{"format": 1, "files": {"/etc/x": "' + b"0" * 64 + b'"}}', "a bad entry '/etc/x'"),
+        (b'{"format": 1, "files": {"lock.toml": "abc"}}', "a bad entry 'lock.toml'"),
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_refused(
+    manifest: bytes, why: str, tmp_path: Path
+) -> None:
+    bundle = _tar(tmp_path / "b.tar", _file("manifest.json", manifest))
+    cache = tmp_path / "cache"
+    _assert_refused(cli("env", "import", str(bundle), "--cache-dir", str(cache)), why, cache)
+
+
 def test_a_member_whose_data_runs_past_the_end_of_the_tar_is_refused(tmp_path: Path) -> None:
     info = tarfile.TarInfo("wheels/cut-1.0-py3-none-any.whl")
     info.size = 1 << 20

@@ -244,6 +244,16 @@ def test_folder_drift_check_and_relock(tmp_path: Path) -> None:
     ok(cli("lock", "--check", str(config), "--cache-dir", str(cache)))
     reply = ok(cli("call", str(config), *CALL_DEMO, "--cache-dir", str(cache)))
     assert json.loads(reply)["display_name"] == "edited"
+    # the lock and the config name different services: each side's is named
+    other = host_config(
+        tmp_path / "other.toml",
+        f'[grpc.services.authprovider]\ndriver = "{SAMPLES / "hashed_auth"}"\n',
+    )
+    shutil.copy(tmp_path / "revad.toml.lock", tmp_path / "other.toml.lock")
+    stale = cli("lock", "--check", str(other), "--cache-dir", str(cache))
+    assert stale.returncode == 1, stale.stderr
+    assert "grpc.services.authprovider: the lock has no entry for this service" in stale.stderr
+    assert "services.userprovider is locked but no longer configured" in stale.stderr
 
 
 def test_a_locked_branch_stays_put_until_upgraded(tmp_path: Path) -> None:

@@ -215,6 +215,44 @@ def test_control_characters_and_unusable_paths_are_config_errors(
     assert "\x1b" not in line
 
 
+_PLUGIN_TABLE = (
+    '[grpc.services.userprovider]\ndriver = "json"\n[grpc.services.userprovider.plugin]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "needle"),
+    [
+        (_PLUGIN_TABLE + "env = { A = 1 }\n", "plugin.env.A", "must be a string"),
+        (_PLUGIN_TABLE + 'sha256 = "abc"\n', "plugin.sha256", "must be 64 hexadecimal digits"),
+        ('[plugins]\nallowed_sources = ["*", 1]\n', "plugins.allowed_sources", "list of strings"),
+        (
+            '[grpc]\naddress = "[::1:19000"\n' + _PLUGIN_TABLE,
+            "grpc.address",
+            "an IPv6 host in brackets",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_shape_names_its_key(
+    write_config: WriteConfig, toml: str, key: str, needle: str
+) -> None:
+    message = _config_load(write_config, toml)
+    assert isinstance(message, str), message
+    assert key in message
+    assert needle in message
+
+
+def test_lock_python_must_be_a_version_exit_2(write_config: WriteConfig) -> None:
+    path = write_config('[grpc.services.userprovider]\ndriver = "json"\n')
+    _config_one_line(cli("lock", "--python", "python3", str(path)), "--python 'python3'", "3.12")
+    assert not Path(f"{path}.lock").exists()
+
+
+def test_check_of_a_config_without_services_is_one_line_exit_2(write_config: WriteConfig) -> None:
+    path = write_config("[plugins]\n")
+    _config_one_line(cli("check", str(path)), str(path), "no service uses a driver")
+
+
 def test_multi_line_env_values_stay_allowed(tmp_path: Path) -> None:
     pem = "-----BEGIN KEY-----\n\tabc\r\n-----END KEY-----\n"
     svc = _config_service({"driver": "json", "plugin": {"env": {"KEY": pem}}}, tmp_path)

@@ -683,3 +683,24 @@ def test_url_and_git_parsers_raise_only_the_projects_errors(text: str) -> None:
     assert name == os.path.basename(name)
     assert name not in ("", ".", "..")
     assert "\x00" not in name
+
+
+@pytest.mark.parametrize(
+    ("driver", "why"),
+    [
+        ("https://[::1/x.whl", "invalid URL 'https://[::1/x.whl': Invalid IPv6 URL"),
+        ("git+https://[::1/repo", "invalid URL 'https://[::1/repo': Invalid IPv6 URL"),
+        ("./x-1.0-bad.whl", "Invalid wheel filename (wrong number of parts): 'x-1.0-bad'"),
+    ],
+)
+def test_an_unparsable_url_or_wheel_name_is_a_usage_error_naming_it(
+    driver: str, why: str, tmp_path: Path
+) -> None:
+    (tmp_path / "x-1.0-bad.whl").write_bytes(b"")
+    config = tmp_path / "revad.toml"
+    config.write_text(f'[grpc.services.userprovider]\ndriver = "{driver}"\n', encoding="utf-8")
+    result = cli("check", str(config), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("reva-plugins: error: userprovider: ")
+    assert line.endswith(why)

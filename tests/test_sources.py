@@ -495,3 +495,31 @@ def test_per_plugin_python(tmp_path: Path) -> None:
         host.service("userprovider").get_user(DEMO)
         handshake = host.service("userprovider").driver.start()
     assert handshake["python"].startswith("3.12.")
+
+
+@pytest.mark.slow
+def test_plugin_entry_point_chooses_among_several_and_each_mistake_is_named(
+    tmp_path: Path, fresh_cache: Path
+) -> None:
+    project = make_plugin(tmp_path / "plugin", marker="chosen")
+    pyproject = project / "pyproject.toml"
+    line = 'demo = "reva_test_plugin:Provider"\n'
+    assert line in pyproject.read_text()
+    pyproject.write_text(
+        pyproject.read_text().replace(line, line + 'other = "reva_test_plugin:Provider"\n', 1)
+    )
+    several = r"declares several entry points in reva\.userprovider \(demo, other\); choose one "
+    with pytest.raises(SourceError, match=several + r"with grpc\.services\.userprovider\.plugin"):
+        marker_of(config_for("./plugin"), tmp_path)
+    missing = r"plugin\.entry_point: 'nope' is not declared in reva\.userprovider by .*\(declared"
+    with pytest.raises(SourceError, match=missing + r": demo, other\)"):
+        marker_of(config_for("./plugin", plugin={"entry_point": "nope"}), tmp_path)
+    assert marker_of(config_for("./plugin", plugin={"entry_point": "other"}), tmp_path) == "chosen"
+    groups = {"grpc": {"services": {"groupprovider": {"driver": "./plugin"}}}}
+    with (
+        pytest.raises(
+            SourceError, match=r"declares no entry point in the group reva\.groupprovider"
+        ),
+        Host(groups, base_dir=tmp_path) as host,
+    ):
+        host.service("groupprovider")

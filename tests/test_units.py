@@ -45,6 +45,7 @@ from reva_plugins._sources import (
     Resolved,
     lock_entry_problem,
 )
+from reva_plugins._store import env_health
 from reva_plugins.testing import result_problems
 
 # -- spec classification ------------------------------------------------------------------------
@@ -520,3 +521,20 @@ def test_the_protocol_docs_name_every_wire_definition() -> None:
     assert missing == []
     for name in ("PARSE_ERROR", "INVALID_REQUEST", "APPLICATION_ERROR", "DEFAULT_MAX_LINE"):
         assert str(getattr(_wire, name)) in table
+
+
+# -- the env health check -------------------------------------------------------------------------
+
+
+def test_env_health_names_what_is_broken(tmp_path: Path) -> None:
+    """What a health check on load finds wrong in an env, each in words (the env is rebuilt)."""
+    env = tmp_path / "env"
+    assert env_health(env, "3.12") == f"interpreter {env / 'bin' / 'python'} is missing"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_bytes(b"")
+    assert env_health(env, "3.12") == "pyvenv.cfg is missing"
+    (env / "pyvenv.cfg").write_text(f"home = {tmp_path}\nversion_info = 3.11.9\n")
+    assert env_health(env, "3.12") == ("pyvenv.cfg says Python 3.11.9, the env was built for 3.12")
+    assert env_health(env, "3.11") is None
+    (env / "pyvenv.cfg").write_text(f"home = {tmp_path / 'gone'}\nversion_info = 3.11.9\n")
+    assert env_health(env, "3.11") == f"the base interpreter folder {tmp_path / 'gone'} is gone"

@@ -94,11 +94,6 @@ class Rpc:
     handle: Callable[[Invoke, Any], Awaitable[Message]]
     errors: Errors
 
-    @property
-    def path(self) -> str:
-        """The gRPC method path, ``/package.Service/Method``."""
-        return f"/{self.api}/{self.name}"
-
 
 def status(code: int, message: str = "") -> status_pb2.Status:
     """A CS3 status."""
