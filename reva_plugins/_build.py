@@ -54,8 +54,9 @@ class Install(Protocol):
         """What the env's metadata records."""
         ...
 
-    def key_material(self, options: InstallOptions) -> Mapping[str, Any]:
-        """What decides the env's content, besides the interpreter, installer and protocol."""
+    def key_material(self, options: InstallOptions, installer: str) -> Mapping[str, Any]:
+        """What decides the env's content (``installer`` installs it), besides the interpreter
+        and the protocol."""
         ...
 
     def install(self, installer: Installer, venv: Path, options: InstallOptions) -> None:
@@ -130,9 +131,8 @@ class Builder:
         label = what.label
         key = make_key(
             {
-                **what.key_material(options),
+                **what.key_material(options, installer.name),
                 "python": interpreter.identity,
-                "installer": installer.name,
                 "protocol": list(PROTOCOL_VERSIONS),
             }
         )

@@ -50,9 +50,14 @@ class UnlockedInstall:
     label: str
     resolved: Resolved
 
-    def key_material(self, options: InstallOptions) -> Mapping[str, Any]:
-        """The identity and the package sources."""
-        return {"identity": self.resolved.identity, "options": options.key_material()}
+    def key_material(self, options: InstallOptions, installer: str) -> Mapping[str, Any]:
+        """The identity, the package sources and the installer (which resolves the
+        dependencies)."""
+        return {
+            "identity": self.resolved.identity,
+            "options": options.key_material(),
+            "installer": installer,
+        }
 
     def install(self, installer: Installer, venv: Path, options: InstallOptions) -> None:
         """Install the resolved source with its dependencies."""
@@ -173,9 +178,10 @@ def _install_pinned(
 class _LockedKey:
     entry: LockEntry
 
-    def key_material(self, options: InstallOptions) -> Mapping[str, Any]:
+    def key_material(self, options: InstallOptions, installer: str) -> Mapping[str, Any]:
         """The identity and everything the lock installs: the same wherever its wheels come
-        from (index, cache or bundle), since the hashes fix what gets installed."""
+        from (index, cache or bundle) and whichever installer installs them, since the hashes
+        fix what gets installed (so ``env import`` with uv serves a config that says pip)."""
         return {"identity": self.entry.identity, "lock": self.entry.digest()}
 
 

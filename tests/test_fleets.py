@@ -136,11 +136,23 @@ def installed_files(cache: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["folder", "sdist", "wheel", "git", "sdist-url"])
-def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "installer"),
+    [
+        ("folder", "auto"),
+        ("sdist", "auto"),
+        ("wheel", "auto"),
+        ("git", "auto"),
+        ("sdist-url", "auto"),
+        # pip resolves and pins in its own way (its --report): locked, exported and imported too
+        ("folder", "pip"),
+        ("git", "pip"),
+    ],
+)
+def test_lock_export_import_offline(kind: str, installer: str, tmp_path: Path) -> None:
     spec, take_server_away = driver_for(kind, tmp_path)
     services = f'[grpc.services.userprovider]\ndriver = "{spec}"\n'
-    config = host_config(tmp_path / "revad.toml", services, allow_http=True)
+    config = host_config(tmp_path / "revad.toml", services, allow_http=True, installer=installer)
     cache_a = tmp_path / "cache-a"
     ok(cli("lock", str(config), "--cache-dir", str(cache_a)))
     lock = (tmp_path / "revad.toml.lock").read_text()
@@ -163,7 +175,12 @@ def test_lock_export_import_offline(kind: str, tmp_path: Path) -> None:
     shutil.copy(tmp_path / "revad.toml.lock", host / "revad.toml.lock")
     dead = f"http://127.0.0.1:{closed_port()}/simple/"
     config_b = host_config(
-        host / "revad.toml", services, index_url=dead, offline=True, allow_http=True
+        host / "revad.toml",
+        services,
+        index_url=dead,
+        offline=True,
+        allow_http=True,
+        installer=installer,
     )
     cache_b = tmp_path / "cache-b"
     if kind == "sdist-url":  # offline, not imported yet: an error, never an unlocked env
