@@ -690,7 +690,8 @@ def test_url_and_git_parsers_raise_only_the_projects_errors(text: str) -> None:
     [
         ("https://[::1/x.whl", "invalid URL 'https://[::1/x.whl': Invalid IPv6 URL"),
         ("git+https://[::1/repo", "invalid URL 'https://[::1/repo': Invalid IPv6 URL"),
-        ("./x-1.0-bad.whl", "Invalid wheel filename (wrong number of parts): 'x-1.0-bad'"),
+        # packaging's own words after the name (they differ between its versions)
+        ("./x-1.0-bad.whl", "x-1.0-bad.whl: Invalid wheel filename"),
     ],
 )
 def test_an_unparsable_url_or_wheel_name_is_a_usage_error_naming_it(
@@ -703,4 +704,4 @@ def test_an_unparsable_url_or_wheel_name_is_a_usage_error_naming_it(
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("reva-plugins: error: userprovider: ")
-    assert line.endswith(why)
+    assert why in line, line
