@@ -522,6 +522,13 @@ if MODE == "deep_handshake":
     os.write(_wire(), b"[" * 100000 + b"\\n")
 if MODE == "nan_handshake":
     os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":{"pid":NaN}}\\n')
+if MODE == "long_handshake":  # one line past the core's limit (64 MiB): never a newline
+    os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":{"x":"' + b"x" * (65 << 20))
+    time.sleep(60)
+if MODE == "other_method":
+    os.write(_wire(), b'{"jsonrpc":"2.0","method":"hello","params":{}}\\n')
+if MODE == "list_params":
+    os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":[1,2]}\\n')
 
 
 class Hostile:
