@@ -529,6 +529,10 @@ if MODE == "other_method":
     os.write(_wire(), b'{"jsonrpc":"2.0","method":"hello","params":{}}\\n')
 if MODE == "list_params":
     os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":[1,2]}\\n')
+if MODE == "sleep_import":  # says so in HOSTILE_MARKER, then never hands the handshake
+    with open(os.environ["HOSTILE_MARKER"], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
 
 
 class Hostile:
@@ -552,6 +556,10 @@ class Hostile:
             return getattr(self, kind)()
         if kind == "raw":
             return self.raw(user_id["data"], context)
+        if kind == "sleep":  # says so in ``marker``, then answers never (within a test)
+            with open(user_id["marker"], "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(120)
         return user_id
 
     def nan(self):

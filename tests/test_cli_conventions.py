@@ -7,8 +7,11 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,12 @@ import reva_plugins
 from reva_plugins._cli import _parser
 from reva_plugins._cli_env import short_identity
 from reva_plugins._completion import SHELLS
-from reva_plugins._errors import installer_reason
+from reva_plugins._errors import ExitCode, installer_reason
 
-from .conftest import SAMPLES, cli
+from .conftest import SAMPLES, cli, pid_alive, wait_until
 from .factory import commit_marker, make_repo
+from .test_hostile_wire import _wire_make_plugin
+from .test_wire_hardening import _tagged_processes
 
 CALL_DEMO = ("userprovider", "get_user", '{"user_id": {"opaque_id": "demo"}}')
 
@@ -303,3 +308,53 @@ def test_check_says_why_a_build_failed_once_per_line(installer: str, tmp_path: P
     assert len(row) < 200, row
     listed = json.loads(cli("check", str(config), "--json", *args).stdout)
     assert "reva-plugin-ldap==9.9" in listed[0]["status"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("during", ["call", "check"])
+def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) while ``call`` waits for a plugin that
+    sleeps, or while ``check`` waits for the handshake of one that sleeps as it is imported:
+    "interrupted" on one line, exit 130 as shells report SIGINT, no traceback, and the plugin
+    process is gone."""
+    project = _wire_make_plugin(tmp_path / "hostile")
+    marker = tmp_path / "sleeping"
+    tag = str(tmp_path)
+    config = tmp_path / "revad.toml"
+    mode = "sleep_import" if during == "check" else ""
+    config.write_text(
+        f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+        "[grpc.services.userprovider.plugin]\nstart_timeout = 120\n"
+        f'write_paths = ["{tmp_path}"]\n'
+        f'env = {{ REVA_TEST_TAG = "{tag}", HOSTILE_MODE = "{mode}", HOSTILE_MARKER = "{marker}" }}\n',
+        encoding="utf-8",
+    )
+    built = cli("env", "build", str(config))
+    assert built.returncode == 0, built.stderr
+    params = json.dumps({"user_id": {"opaque_id": "sleep", "marker": str(marker)}})
+    if during == "call":
+        argv = ["call", str(config), "userprovider", "get_user", params]
+    else:
+        argv = ["check", str(config)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
+        assert got_it, "the plugin never got that far"
+        assert pid_alive(int(marker.read_text()))
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr  # 130, as shells report SIGINT
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == ["interrupted"], stderr
+    assert stdout == ""
+    assert wait_until(lambda: not _tagged_processes(tag)), "a plugin process was left behind"
