@@ -521,3 +521,73 @@ def test_log_settings_read_revads_log_table(tmp_path: Path) -> None:
     ):
         config.write_text(table + SAMPLES_CONFIG, encoding="utf-8")
         assert _config.load_file(config).log == expected, table
+
+
+# -- status and reload pointed at a gRPC server that is no reva-plugins serve -----------------
+
+
+class _Fake:  # a grpc.GenericRpcHandler (grpc asks only for service())
+    """Answers every method as ``kind`` says: ``plain`` knows none (UNIMPLEMENTED), ``denied``
+    aborts with PERMISSION_DENIED, ``silent`` never answers (until the test ends)."""
+
+    def __init__(self, kind: str, done: threading.Event) -> None:
+        self.kind = kind
+        self.done = done
+        self.asked: list[str] = []
+
+    def service(self, details: Any) -> Any:
+        self.asked.append(details.method)
+        if self.kind == "plain":
+            return None
+        return grpc.unary_unary_rpc_method_handler(self.answer)
+
+    def answer(self, request: bytes, context: Any) -> bytes:
+        if self.kind == "denied":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin calls only from 10.0.0.1")
+        self.done.wait(60)
+        return b""
+
+
+@pytest.fixture(params=["plain", "denied", "silent"])
+def fake_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, _Fake]]:
+    """A real gRPC server on 127.0.0.1 that is no reva-plugins serve: its kind, its address."""
+    from concurrent import futures
+
+    done = threading.Event()
+    handler = _Fake(request.param, done)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield request.param, f"127.0.0.1:{port}", handler
+    finally:
+        done.set()
+        server.stop(None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["status", "reload"])
+def test_status_and_reload_at_a_server_that_is_no_serve_say_what_is_wrong(
+    fake_server: tuple[str, str, _Fake], command: str
+) -> None:
+    """``status``/``reload`` at a gRPC server without the admin API, one that refuses the
+    call, and one that never answers: one line naming the address and what is wrong, exit 1,
+    no traceback."""
+    kind, address, handler = fake_server
+    result = cli(command, address, "--timeout", "3")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert address in lines[0]
+    assert handler.asked, "the admin API was asked"
+    why = {
+        "plain": f"{address} is a gRPC server without the reva-plugins admin API",
+        "denied": f"{address}: admin calls only from 10.0.0.1",
+        "silent": f"{address}: no answer within 3 s",
+    }[kind]
+    assert why in lines[0]
+    assert lines[0].isprintable(), "what the server sent is not echoed raw"
+    if command == "status":  # it looks for a [metrics] page first
+        assert "the answer is not HTTP/1" in lines[0]
+    assert result.stdout == ""

@@ -168,6 +168,8 @@ def _read_metrics(address: str, timeout: float) -> tuple[str | None, str]:
             raise RevaPluginError(
                 f"cannot read status from {address}: nothing listens there (connection refused)"
             ) from None
+        if isinstance(reason, http.client.BadStatusLine):  # its text: the bytes that came
+            return None, f"no metrics at {url}: the answer is not HTTP/1 (a gRPC port?)"
         return None, f"no metrics at {url}: {type(reason).__name__}: {reason}"
     if len(body) > MAX_METRICS_BYTES:
         return None, f"{url} sent more than {MAX_METRICS_BYTES >> 20} MiB: not metrics"
