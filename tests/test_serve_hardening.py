@@ -28,7 +28,7 @@ from reva_plugins import Host, RevaPluginError  # noqa: E402
 from reva_plugins.serve import _commands, _server  # noqa: E402
 
 from . import test_host_api  # noqa: E402
-from .conftest import ROOT, cli  # noqa: E402
+from .conftest import ROOT, cli, pid_alive, wait_until  # noqa: E402
 from .factory import make_plugin  # noqa: E402
 from .plugin_sources import CHAOS_PLUGIN  # noqa: E402
 from .test_serve import (  # noqa: E402
@@ -591,3 +591,41 @@ def test_status_and_reload_at_a_server_that_is_no_serve_say_what_is_wrong(
     if command == "status":  # it looks for a [metrics] page first
         assert "the answer is not HTTP/1" in lines[0]
     assert result.stdout == ""
+
+
+# -- reload through a pid file -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_reload_through_the_pid_file_reloads_and_a_zombie_is_refused(
+    evil: Served, tmp_path: Path
+) -> None:
+    """``reload PIDFILE`` of a running serve: it reloads (its log says so) and keeps serving.
+    A pid file naming a serve that has exited but is not yet reaped (a zombie: its pid still
+    taken): refused in one line, exit 1, nothing signalled."""
+    assert evil.pidfile.read_text(encoding="ascii").strip() == str(evil.proc.pid)
+    start = len(evil.lines)
+    result = cli("reload", str(evil.pidfile))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"reload requested from process {evil.proc.pid} (SIGHUP; its log says what it did)"
+    )
+    evil.wait_for(r"reload: configuration and drivers unchanged", start=start)
+    assert _get(evil, "demo").status.code == OK
+    gone = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(tmp_path / "missing.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: not pid_alive(gone.pid), timeout=60)  # exited, not reaped
+        stale = tmp_path / "serve.pid"
+        stale.write_text(f"{gone.pid}\n", encoding="ascii")
+        refused = cli("reload", str(stale))
+        assert refused.returncode == 1, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert f"process {gone.pid} is not a reva-plugins server" in lines[0]
+        assert "nothing was signalled" in lines[0]
+    finally:
+        gone.wait(timeout=60)
