@@ -5,6 +5,7 @@ fit, a FIFO named as a pid file, caller timeouts that are no number, idle metric
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -526,6 +527,10 @@ def test_log_settings_read_revads_log_table(tmp_path: Path) -> None:
 # -- status and reload pointed at a gRPC server that is no reva-plugins serve -----------------
 
 
+#: what a foreign server says, made to drive a terminal
+_EVIL_DETAILS = "admin calls only from 10.0.0.1\x1b[2J\x1b[31m\x07\u202e"
+
+
 class _Fake:  # a grpc.GenericRpcHandler (grpc asks only for service())
     """Answers every method as ``kind`` says: ``plain`` knows none (UNIMPLEMENTED), ``denied``
     aborts with PERMISSION_DENIED, ``silent`` never answers (until the test ends)."""
@@ -543,7 +548,7 @@ class _Fake:  # a grpc.GenericRpcHandler (grpc asks only for service())
 
     def answer(self, request: bytes, context: Any) -> bytes:
         if self.kind == "denied":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin calls only from 10.0.0.1")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, _EVIL_DETAILS)
         self.done.wait(60)
         return b""
 
@@ -583,7 +588,7 @@ def test_status_and_reload_at_a_server_that_is_no_serve_say_what_is_wrong(
     assert handler.asked, "the admin API was asked"
     why = {
         "plain": f"{address} is a gRPC server without the reva-plugins admin API",
-        "denied": f"{address}: admin calls only from 10.0.0.1",
+        "denied": f"{address}: admin calls only from 10.0.0.1\\x1b[2J\\x1b[31m\\x07\\u202e",
         "silent": f"{address}: no answer within 3 s",
     }[kind]
     assert why in lines[0]
@@ -629,3 +634,39 @@ def test_reload_through_the_pid_file_reloads_and_a_zombie_is_refused(
         assert "nothing was signalled" in lines[0]
     finally:
         gone.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_status_at_an_http_server_that_is_no_metrics_page_escapes_what_it_says() -> None:
+    """An HTTP server whose status line's reason would drive the terminal: ``status`` names
+    the address and shows that reason escaped, on one line, exit 1."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def answer() -> None:
+        # the metrics read, then (from the same command) the gRPC channel's connections
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.0 500 gone\x1b[2J\x1b]0;owned\x07\x9b\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        result = cli("status", address, "--timeout", "3")
+    finally:
+        done.set()
+        thread.join(60)
+        listener.close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"http://{address}/metrics" in lines[0]
+    assert "gone\\x1b[2J\\x1b]0;owned\\x07\\x9b" in lines[0]
+    assert lines[0].isprintable()

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import _config, _fs
 from .._errors import ExitCode, RevaPluginError, UsageError
+from .._plugin_stderr import escape
 
 #: What the ``serve`` extra installs, by the module each command imports.
 EXTRA_MODULES = ("grpc", "cs3", "grpc_health", "grpc_reflection", "prometheus_client")
@@ -169,8 +170,9 @@ def _read_metrics(address: str, timeout: float) -> tuple[str | None, str]:
                 f"cannot read status from {address}: nothing listens there (connection refused)"
             ) from None
         if isinstance(reason, http.client.BadStatusLine):  # its text: the bytes that came
-            return None, f"no metrics at {url}: the answer is not HTTP/1 (a gRPC port?)"
-        return None, f"no metrics at {url}: {type(reason).__name__}: {reason}"
+            return None, f"no metrics at {url}: the answer is not HTTP/1"
+        # the server's own words (an HTTP reason phrase): escaped, they reach a terminal
+        return None, f"no metrics at {url}: {type(reason).__name__}: {escape(str(reason))}"
     if len(body) > MAX_METRICS_BYTES:
         return None, f"{url} sent more than {MAX_METRICS_BYTES >> 20} MiB: not metrics"
     try:
@@ -220,7 +222,8 @@ def admin_call(
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-            first = details.splitlines()[0][:200] if details else str(code)
+            # the server's own words: escaped, they reach a terminal
+            first = escape(details.splitlines()[0][:200]) if details else str(code)
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 problem = f"{address} is a gRPC server without the reva-plugins admin API"
             elif code == grpc.StatusCode.PERMISSION_DENIED:
