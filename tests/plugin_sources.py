@@ -529,6 +529,13 @@ if MODE == "other_method":
     os.write(_wire(), b'{"jsonrpc":"2.0","method":"hello","params":{}}\\n')
 if MODE == "list_params":
     os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":[1,2]}\\n')
+if MODE == "forged_handshake":  # a handshake of its own, before the bootstrap's: its words
+    os.write(
+        _wire(),
+        b'{"jsonrpc":"2.0","method":"$/handshake","params":{"core_protocol":1,'
+        b'"sandbox":"landlock ABI 7\\u001b[2J\\u001b]0;owned\\u0007","version":"9\\u001b[31m",'
+        b'"entry_point":"x\\u001b[1m","distribution":"d\\u009b"}}\\n',
+    )
 if MODE == "sleep_import":  # says so in HOSTILE_MARKER, then never hands the handshake
     with open(os.environ["HOSTILE_MARKER"], "w") as f:
         f.write(str(os.getpid()))

@@ -591,3 +591,22 @@ def test_a_line_past_the_limit_read_by_the_reader_thread_fails_only_its_call() -
     finally:
         peer.close()
         peer.client.sock.close()
+
+
+@pytest.mark.slow
+def test_what_a_forged_handshake_says_is_shown_escaped(
+    hostile_first_line: Path, tmp_path: Path
+) -> None:
+    """Plugin code runs before the bootstrap's handshake and may write a handshake of its own:
+    what it claims (its sandbox state) reaches ``check``'s table escaped, never as terminal
+    control sequences."""
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f'[grpc.services.userprovider]\ndriver = "{hostile_first_line}"\n'
+        '[grpc.services.userprovider.plugin]\nenv = { HOSTILE_MODE = "forged_handshake" }\n',
+        encoding="utf-8",
+    )
+    result = cli("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "landlock ABI 7\\x1b[2J\\x1b]0;owned\\x07" in result.stdout
+    assert all(line.isprintable() for line in result.stdout.splitlines())
