@@ -358,3 +358,96 @@ def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: P
     assert stderr.strip().splitlines() == ["interrupted"], stderr
     assert stdout == ""
     assert wait_until(lambda: not _tagged_processes(tag)), "a plugin process was left behind"
+
+
+# A build backend that stalls (ignoring SIGINT, as a stubborn one may), saying so in MARKER (a
+# path written in: the installer's environment is the core's to choose).
+_STALLING_BACKEND = """\
+import os, signal, time
+
+MARKER = {marker!r}
+
+def _stall(*args, **kwargs):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(MARKER, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+build_wheel = build_sdist = prepare_metadata_for_build_wheel = _stall
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_build_leaves_no_build_process_and_no_env(
+    tmp_path: Path, fresh_cache: Path
+) -> None:
+    """Ctrl-C while ``env build`` waits for a build backend that ignores SIGINT: "interrupted"
+    on one line, exit 130; the backend does not outlive the command, the half-built env is not
+    kept (``env list`` is empty) and its temporary folder is gone."""
+    project = tmp_path / "slow"
+    (project / "reva_slow").mkdir(parents=True)
+    (project / "reva_slow" / "__init__.py").write_text("class Slow:\n    pass\n", encoding="utf-8")
+    marker = tmp_path / "building"
+    backend_source = _STALLING_BACKEND.format(marker=str(marker))
+    (project / "slowbackend.py").write_text(backend_source, encoding="utf-8")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "slowbackend"\nbackend-path = ["."]\n\n'
+        '[project]\nname = "reva-slow"\nversion = "0.1"\n\n'
+        '[project.entry-points."reva.userprovider"]\nslow = "reva_slow:Slow"\n',
+        encoding="utf-8",
+    )
+    config = tmp_path / "revad.toml"
+    config.write_text(f'[grpc.services.userprovider]\ndriver = "{project}"\n', encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "env", "build", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
+        assert got_it, "the build backend never ran"
+        backend = int(marker.read_text())
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert stdout == ""
+    assert wait_until(lambda: not pid_alive(backend)), "the build backend outlived the command"
+    listed = cli("env", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+    assert not any((fresh_cache / "tmp").glob("*")), "the half-built env's folder was left"
+
+
+@pytest.mark.slow
+def test_a_command_that_times_out_takes_what_it_started_with_it(tmp_path: Path) -> None:
+    """A command (an installer) that times out is killed with what it started (a build backend
+    that ignores SIGTERM and SIGINT), which would otherwise run on as an orphan."""
+    from reva_plugins._subprocess import CommandFailed, run
+
+    marker = tmp_path / "child"
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with pytest.raises(CommandFailed) as failed:
+        run([sys.executable, "-c", code], timeout=3)
+    assert "started" in failed.value.output
+    assert "timed out after 3 s" in failed.value.output
+    child = int(marker.read_text())
+    assert wait_until(lambda: not pid_alive(child)), "what the command started outlived it"
