@@ -670,3 +670,55 @@ def test_status_at_an_http_server_that_is_no_metrics_page_escapes_what_it_says()
     assert f"http://{address}/metrics" in lines[0]
     assert "gone\\x1b[2J\\x1b]0;owned\\x07\\x9b" in lines[0]
     assert lines[0].isprintable()
+
+
+@pytest.mark.slow
+def test_status_of_a_metrics_page_with_odd_samples_is_shown_safely() -> None:
+    """A metrics page (another program's, or a hostile one) whose label values hold terminal
+    escapes and whose samples are +Inf and NaN (valid Prometheus): ``status`` shows them
+    escaped and as ``inf``/``nan`` (``--json``: strict JSON, the values as text), never an
+    internal error."""
+    import http.server
+
+    page = (
+        b'reva_plugins_calls_total{service="users\x1b[2J\x1b]0;owned\x07"} 3\n'
+        b"reva_plugins_far +Inf\n"
+        b"reva_plugins_unknown NaN\n"
+    )
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        table = cli("status", address, "--timeout", "10")
+        as_json = cli("status", address, "--json", "--timeout", "10")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert table.returncode == 0, table.stderr
+    assert "internal error" not in table.stderr
+    assert all(line.isprintable() for line in table.stdout.splitlines())
+    assert "users\\x1b[2J\\x1b]0;owned\\x07" in table.stdout
+    rows = dict(line.split() for line in table.stdout.splitlines())
+    assert rows["reva_plugins_far"] == "inf"
+    assert rows["reva_plugins_unknown"] == "nan"
+    assert as_json.returncode == 0, as_json.stderr
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is no JSON")
+
+    metrics = json.loads(as_json.stdout, parse_constant=refuse)["metrics"]
+    assert metrics["reva_plugins_far"] == "inf"
+    assert metrics["reva_plugins_unknown"] == "nan"
+    assert metrics["reva_plugins_calls_total{service=users\\x1b[2J\\x1b]0;owned\\x07}"] == 3

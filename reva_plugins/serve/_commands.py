@@ -8,6 +8,7 @@ import http.client
 import importlib
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -149,10 +150,11 @@ def _metric_rows(text: str) -> list[tuple[str, str]]:
         for sample in family.samples:
             if sample.name.endswith(("_bucket", "_created")):
                 continue
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            value = (
-                f"{sample.value:g}" if sample.value != int(sample.value) else str(int(sample.value))
-            )
+            # label values are the server's words (any text): escaped, they reach a terminal
+            labels = ",".join(f"{k}={escape(v)}" for k, v in sorted(sample.labels.items()))
+            number = sample.value  # NaN and ±Inf are valid samples: shown as nan and inf
+            integral = math.isfinite(number) and number == int(number)
+            value = str(int(number)) if integral else f"{number:g}"
             rows.append((f"{sample.name}{{{labels}}}" if labels else sample.name, value))
     return rows
 
@@ -243,8 +245,10 @@ def _show(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _metric_value(text: str) -> int | float:
+def _metric_value(text: str) -> int | float | str:
     number = float(text)
+    if not math.isfinite(number):  # JSON has no NaN nor Infinity: the sample as text
+        return text
     return int(number) if number.is_integer() else number
 
 
