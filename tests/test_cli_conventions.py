@@ -4,6 +4,7 @@ mean something, shell completion, verdict lines, ``lock --upgrade CONFIG`` and `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -311,7 +313,7 @@ def test_check_says_why_a_build_failed_once_per_line(installer: str, tmp_path: P
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("during", ["call", "check"])
+@pytest.mark.parametrize("during", ["call", "check", "call-twice"])
 def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) while ``call`` waits for a plugin that
     sleeps, or while ``check`` waits for the handshake of one that sleeps as it is imported:
@@ -332,7 +334,7 @@ def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: P
     built = cli("env", "build", str(config))
     assert built.returncode == 0, built.stderr
     params = json.dumps({"user_id": {"opaque_id": "sleep", "marker": str(marker)}})
-    if during == "call":
+    if during.startswith("call"):
         argv = ["call", str(config), "userprovider", "get_user", params]
     else:
         argv = ["check", str(config)]
@@ -348,6 +350,10 @@ def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: P
         assert got_it, "the plugin never got that far"
         assert pid_alive(int(marker.read_text()))
         os.killpg(process.pid, signal.SIGINT)
+        if during == "call-twice":  # impatient: again while the first one's cleanup runs
+            time.sleep(0.3)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
