@@ -20,6 +20,7 @@ from . import _protocol
 from ._call import Call
 from ._errors import HandshakeError, RemoteError, RevaPluginError, remote_error
 from ._plan import InProcessPlan, IsolatedPlan
+from ._plugin_stderr import escape
 from ._process import PluginProcess
 from ._redact import redact
 from ._supervisor import ServiceState, Supervisor
@@ -294,8 +295,9 @@ class IsolatedDriver:
             uptime=time.time() - process.started_at if running and process is not None else None,
             restarts=supervisor.restarts,
             calls_in_flight=process.calls_in_flight if running and process is not None else 0,
-            # before a start: what is planned ("landlock": its ABI is known once it runs)
-            sandbox=str(handshake.get("sandbox") or "landlock")
+            # before a start: what is planned ("landlock": its ABI is known once it runs); the
+            # handshake's words are the plugin's (its code may write the first line): escaped
+            sandbox=escape(str(handshake.get("sandbox") or "landlock"))
             if launch.sandbox
             else launch.sandbox_state,
         )

@@ -146,6 +146,7 @@ class PluginProcess:
         self._exited = threading.Event()
         self._stderr_done = threading.Event()
         self._closing = False
+        self._refused = False  # killed for a bad start: the start's error says why, not the exit
         self.exit_reason = ""
         # unique beyond this pid namespace too: a core that sees other namespaces' processes
         # must never take another core's plugin for one of its own
@@ -296,6 +297,7 @@ class PluginProcess:
             )
 
     def _fail_start(self, reason: str, instead: str = "") -> NoReturn:
+        self._refused = True
         self._kill_group(signal.SIGKILL)
         self._exited.wait(2)
         self._join_stderr()
@@ -457,7 +459,7 @@ class PluginProcess:
             self._client.sock.shutdown(socket.SHUT_RD)
         self._client.close(self._crashed(self.exit_reason))
         self._exited.set()
-        if not expected:
+        if not expected and not self._refused:
             log.warning("%s: %s", self.spec.label, self.exit_reason)
         if self._on_exit is not None:
             self._on_exit(self, self.returncode, expected)

@@ -6,6 +6,7 @@ import logging
 import os
 import pwd
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -55,28 +56,46 @@ def run(
     log.debug("run: %s", [redact(a) for a in args])
     started = time.perf_counter()
     try:
-        proc = subprocess.run(
+        # A session of its own: what it starts (a build backend under uv) is killed with it
+        # when the command is interrupted (Ctrl-C) or times out, not left running as an orphan.
+        proc = subprocess.Popen(
             args,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError as exc:
         raise CommandFailed(args, None, f"command not found: {exc.filename}") from None
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        _kill_session(proc)
         out = (exc.output or b"").decode("utf-8", "replace")
         raise CommandFailed(args, None, f"{out}\ntimed out after {timeout} s") from None
-    output = proc.stdout.decode("utf-8", "replace")
+    except BaseException:
+        _kill_session(proc)
+        raise
+    output = stdout.decode("utf-8", "replace")
     log.debug(
         "run: %s exited %s in %.3f s", args[0], proc.returncode, time.perf_counter() - started
     )
     if proc.returncode != 0:
         raise CommandFailed(args, proc.returncode, output)
     return output
+
+
+def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` and every process of its session (its group: the session's leader's)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:  # gone already: its group with it, or nothing left of it to kill
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def spawn(

@@ -522,6 +522,24 @@ if MODE == "deep_handshake":
     os.write(_wire(), b"[" * 100000 + b"\\n")
 if MODE == "nan_handshake":
     os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":{"pid":NaN}}\\n')
+if MODE == "long_handshake":  # one line past the core's limit (64 MiB): never a newline
+    os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":{"x":"' + b"x" * (65 << 20))
+    time.sleep(60)
+if MODE == "other_method":
+    os.write(_wire(), b'{"jsonrpc":"2.0","method":"hello","params":{}}\\n')
+if MODE == "list_params":
+    os.write(_wire(), b'{"jsonrpc":"2.0","method":"$/handshake","params":[1,2]}\\n')
+if MODE == "forged_handshake":  # a handshake of its own, before the bootstrap's: its words
+    os.write(
+        _wire(),
+        b'{"jsonrpc":"2.0","method":"$/handshake","params":{"core_protocol":1,'
+        b'"sandbox":"landlock ABI 7\\u001b[2J\\u001b]0;owned\\u0007","version":"9\\u001b[31m",'
+        b'"entry_point":"x\\u001b[1m","distribution":"d\\u009b"}}\\n',
+    )
+if MODE == "sleep_import":  # says so in HOSTILE_MARKER, then never hands the handshake
+    with open(os.environ["HOSTILE_MARKER"], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
 
 
 class Hostile:
@@ -545,6 +563,10 @@ class Hostile:
             return getattr(self, kind)()
         if kind == "raw":
             return self.raw(user_id["data"], context)
+        if kind == "sleep":  # says so in ``marker``, then answers never (within a test)
+            with open(user_id["marker"], "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(120)
         return user_id
 
     def nan(self):

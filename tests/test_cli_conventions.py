@@ -4,11 +4,16 @@ mean something, shell completion, verdict lines, ``lock --upgrade CONFIG`` and `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +22,12 @@ import reva_plugins
 from reva_plugins._cli import _parser
 from reva_plugins._cli_env import short_identity
 from reva_plugins._completion import SHELLS
-from reva_plugins._errors import installer_reason
+from reva_plugins._errors import ExitCode, installer_reason
 
-from .conftest import SAMPLES, cli
+from .conftest import SAMPLES, cli, pid_alive, wait_until
 from .factory import commit_marker, make_repo
+from .test_hostile_wire import _wire_make_plugin
+from .test_wire_hardening import _tagged_processes
 
 CALL_DEMO = ("userprovider", "get_user", '{"user_id": {"opaque_id": "demo"}}')
 
@@ -303,3 +310,150 @@ def test_check_says_why_a_build_failed_once_per_line(installer: str, tmp_path: P
     assert len(row) < 200, row
     listed = json.loads(cli("check", str(config), "--json", *args).stdout)
     assert "reva-plugin-ldap==9.9" in listed[0]["status"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("during", ["call", "check", "call-twice"])
+def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) while ``call`` waits for a plugin that
+    sleeps, or while ``check`` waits for the handshake of one that sleeps as it is imported:
+    "interrupted" on one line, exit 130 as shells report SIGINT, no traceback, and the plugin
+    process is gone."""
+    project = _wire_make_plugin(tmp_path / "hostile")
+    marker = tmp_path / "sleeping"
+    tag = str(tmp_path)
+    config = tmp_path / "revad.toml"
+    mode = "sleep_import" if during == "check" else ""
+    config.write_text(
+        f'[grpc.services.userprovider]\ndriver = "{project}"\n'
+        "[grpc.services.userprovider.plugin]\nstart_timeout = 120\n"
+        f'write_paths = ["{tmp_path}"]\n'
+        f'env = {{ REVA_TEST_TAG = "{tag}", HOSTILE_MODE = "{mode}", HOSTILE_MARKER = "{marker}" }}\n',
+        encoding="utf-8",
+    )
+    built = cli("env", "build", str(config))
+    assert built.returncode == 0, built.stderr
+    params = json.dumps({"user_id": {"opaque_id": "sleep", "marker": str(marker)}})
+    if during.startswith("call"):
+        argv = ["call", str(config), "userprovider", "get_user", params]
+    else:
+        argv = ["check", str(config)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
+        assert got_it, "the plugin never got that far"
+        assert pid_alive(int(marker.read_text()))
+        os.killpg(process.pid, signal.SIGINT)
+        if during == "call-twice":  # impatient: again while the first one's cleanup runs
+            time.sleep(0.3)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr  # 130, as shells report SIGINT
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == ["interrupted"], stderr
+    assert stdout == ""
+    assert wait_until(lambda: not _tagged_processes(tag)), "a plugin process was left behind"
+
+
+# A build backend that stalls (ignoring SIGINT, as a stubborn one may), saying so in MARKER (a
+# path written in: the installer's environment is the core's to choose).
+_STALLING_BACKEND = """\
+import os, signal, time
+
+MARKER = {marker!r}
+
+def _stall(*args, **kwargs):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with open(MARKER, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+build_wheel = build_sdist = prepare_metadata_for_build_wheel = _stall
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_build_leaves_no_build_process_and_no_env(
+    tmp_path: Path, fresh_cache: Path
+) -> None:
+    """Ctrl-C while ``env build`` waits for a build backend that ignores SIGINT: "interrupted"
+    on one line, exit 130; the backend does not outlive the command, the half-built env is not
+    kept (``env list`` is empty) and its temporary folder is gone."""
+    project = tmp_path / "slow"
+    (project / "reva_slow").mkdir(parents=True)
+    (project / "reva_slow" / "__init__.py").write_text("class Slow:\n    pass\n", encoding="utf-8")
+    marker = tmp_path / "building"
+    backend_source = _STALLING_BACKEND.format(marker=str(marker))
+    (project / "slowbackend.py").write_text(backend_source, encoding="utf-8")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "slowbackend"\nbackend-path = ["."]\n\n'
+        '[project]\nname = "reva-slow"\nversion = "0.1"\n\n'
+        '[project.entry-points."reva.userprovider"]\nslow = "reva_slow:Slow"\n',
+        encoding="utf-8",
+    )
+    config = tmp_path / "revad.toml"
+    config.write_text(f'[grpc.services.userprovider]\ndriver = "{project}"\n', encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "env", "build", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
+        assert got_it, "the build backend never ran"
+        backend = int(marker.read_text())
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert stdout == ""
+    assert wait_until(lambda: not pid_alive(backend)), "the build backend outlived the command"
+    listed = cli("env", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+    assert not any((fresh_cache / "tmp").glob("*")), "the half-built env's folder was left"
+
+
+@pytest.mark.slow
+def test_a_command_that_times_out_takes_what_it_started_with_it(tmp_path: Path) -> None:
+    """A command (an installer) that times out is killed with what it started (a build backend
+    that ignores SIGTERM and SIGINT), which would otherwise run on as an orphan."""
+    from reva_plugins._subprocess import CommandFailed, run
+
+    marker = tmp_path / "child"
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with pytest.raises(CommandFailed) as failed:
+        run([sys.executable, "-c", code], timeout=3)
+    assert "started" in failed.value.output
+    assert "timed out after 3 s" in failed.value.output
+    child = int(marker.read_text())
+    assert wait_until(lambda: not pid_alive(child)), "what the command started outlived it"

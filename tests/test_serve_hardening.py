@@ -5,6 +5,7 @@ fit, a FIFO named as a pid file, caller timeouts that are no number, idle metric
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from reva_plugins import Host, RevaPluginError  # noqa: E402
 from reva_plugins.serve import _commands, _server  # noqa: E402
 
 from . import test_host_api  # noqa: E402
-from .conftest import ROOT, cli  # noqa: E402
+from .conftest import ROOT, cli, pid_alive, wait_until  # noqa: E402
 from .factory import make_plugin  # noqa: E402
 from .plugin_sources import CHAOS_PLUGIN  # noqa: E402
 from .test_serve import (  # noqa: E402
@@ -521,3 +522,203 @@ def test_log_settings_read_revads_log_table(tmp_path: Path) -> None:
     ):
         config.write_text(table + SAMPLES_CONFIG, encoding="utf-8")
         assert _config.load_file(config).log == expected, table
+
+
+# -- status and reload pointed at a gRPC server that is no reva-plugins serve -----------------
+
+
+#: what a foreign server says, made to drive a terminal
+_EVIL_DETAILS = "admin calls only from 10.0.0.1\x1b[2J\x1b[31m\x07\u202e"
+
+
+class _Fake:  # a grpc.GenericRpcHandler (grpc asks only for service())
+    """Answers every method as ``kind`` says: ``plain`` knows none (UNIMPLEMENTED), ``denied``
+    aborts with PERMISSION_DENIED, ``silent`` never answers (until the test ends)."""
+
+    def __init__(self, kind: str, done: threading.Event) -> None:
+        self.kind = kind
+        self.done = done
+        self.asked: list[str] = []
+
+    def service(self, details: Any) -> Any:
+        self.asked.append(details.method)
+        if self.kind == "plain":
+            return None
+        return grpc.unary_unary_rpc_method_handler(self.answer)
+
+    def answer(self, request: bytes, context: Any) -> bytes:
+        if self.kind == "denied":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, _EVIL_DETAILS)
+        self.done.wait(60)
+        return b""
+
+
+@pytest.fixture(params=["plain", "denied", "silent"])
+def fake_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, _Fake]]:
+    """A real gRPC server on 127.0.0.1 that is no reva-plugins serve: its kind, its address."""
+    from concurrent import futures
+
+    done = threading.Event()
+    handler = _Fake(request.param, done)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield request.param, f"127.0.0.1:{port}", handler
+    finally:
+        done.set()
+        server.stop(None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["status", "reload"])
+def test_status_and_reload_at_a_server_that_is_no_serve_say_what_is_wrong(
+    fake_server: tuple[str, str, _Fake], command: str
+) -> None:
+    """``status``/``reload`` at a gRPC server without the admin API, one that refuses the
+    call, and one that never answers: one line naming the address and what is wrong, exit 1,
+    no traceback."""
+    kind, address, handler = fake_server
+    result = cli(command, address, "--timeout", "3")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert address in lines[0]
+    assert handler.asked, "the admin API was asked"
+    why = {
+        "plain": f"{address} is a gRPC server without the reva-plugins admin API",
+        "denied": f"{address}: admin calls only from 10.0.0.1\\x1b[2J\\x1b[31m\\x07\\u202e",
+        "silent": f"{address}: no answer within 3 s",
+    }[kind]
+    assert why in lines[0]
+    assert lines[0].isprintable(), "what the server sent is not echoed raw"
+    if command == "status":  # it looks for a [metrics] page first
+        assert "the answer is not HTTP/1" in lines[0]
+    assert result.stdout == ""
+
+
+# -- reload through a pid file -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_reload_through_the_pid_file_reloads_and_a_zombie_is_refused(
+    evil: Served, tmp_path: Path
+) -> None:
+    """``reload PIDFILE`` of a running serve: it reloads (its log says so) and keeps serving.
+    A pid file naming a serve that has exited but is not yet reaped (a zombie: its pid still
+    taken): refused in one line, exit 1, nothing signalled."""
+    assert evil.pidfile.read_text(encoding="ascii").strip() == str(evil.proc.pid)
+    start = len(evil.lines)
+    result = cli("reload", str(evil.pidfile))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"reload requested from process {evil.proc.pid} (SIGHUP; its log says what it did)"
+    )
+    evil.wait_for(r"reload: configuration and drivers unchanged", start=start)
+    assert _get(evil, "demo").status.code == OK
+    gone = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", "serve", str(tmp_path / "missing.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: not pid_alive(gone.pid), timeout=60)  # exited, not reaped
+        stale = tmp_path / "serve.pid"
+        stale.write_text(f"{gone.pid}\n", encoding="ascii")
+        refused = cli("reload", str(stale))
+        assert refused.returncode == 1, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert f"process {gone.pid} is not a reva-plugins server" in lines[0]
+        assert "nothing was signalled" in lines[0]
+    finally:
+        gone.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_status_at_an_http_server_that_is_no_metrics_page_escapes_what_it_says() -> None:
+    """An HTTP server whose status line's reason would drive the terminal: ``status`` names
+    the address and shows that reason escaped, on one line, exit 1."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def answer() -> None:
+        # the metrics read, then (from the same command) the gRPC channel's connections
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.0 500 gone\x1b[2J\x1b]0;owned\x07\x9b\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        result = cli("status", address, "--timeout", "3")
+    finally:
+        done.set()
+        thread.join(60)
+        listener.close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"http://{address}/metrics" in lines[0]
+    assert "gone\\x1b[2J\\x1b]0;owned\\x07\\x9b" in lines[0]
+    assert lines[0].isprintable()
+
+
+@pytest.mark.slow
+def test_status_of_a_metrics_page_with_odd_samples_is_shown_safely() -> None:
+    """A metrics page (another program's, or a hostile one) whose label values hold terminal
+    escapes and whose samples are +Inf and NaN (valid Prometheus): ``status`` shows them
+    escaped and as ``inf``/``nan`` (``--json``: strict JSON, the values as text), never an
+    internal error."""
+    import http.server
+
+    page = (
+        b'reva_plugins_calls_total{service="users\x1b[2J\x1b]0;owned\x07"} 3\n'
+        b"reva_plugins_far +Inf\n"
+        b"reva_plugins_unknown NaN\n"
+    )
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        table = cli("status", address, "--timeout", "10")
+        as_json = cli("status", address, "--json", "--timeout", "10")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert table.returncode == 0, table.stderr
+    assert "internal error" not in table.stderr
+    assert all(line.isprintable() for line in table.stdout.splitlines())
+    assert "users\\x1b[2J\\x1b]0;owned\\x07" in table.stdout
+    rows = dict(line.split() for line in table.stdout.splitlines())
+    assert rows["reva_plugins_far"] == "inf"
+    assert rows["reva_plugins_unknown"] == "nan"
+    assert as_json.returncode == 0, as_json.stderr
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is no JSON")
+
+    metrics = json.loads(as_json.stdout, parse_constant=refuse)["metrics"]
+    assert metrics["reva_plugins_far"] == "inf"
+    assert metrics["reva_plugins_unknown"] == "nan"
+    assert metrics["reva_plugins_calls_total{service=users\\x1b[2J\\x1b]0;owned\\x07}"] == 3

@@ -20,10 +20,11 @@ import pytest
 
 from reva_plugins import _connection, _loopcalls
 from reva_plugins._errors import CallTimeout, ProtocolError
-from reva_plugins._protocol import APPLICATION_ERROR, loads, loads_yielding
+from reva_plugins._protocol import APPLICATION_ERROR, DEFAULT_MAX_LINE, loads, loads_yielding
 
-from .conftest import cli
+from .conftest import cli, pid_alive, wait_until
 from .test_client import Peer, Pool, _line, _result
+from .test_hostile_wire import _wire_make_plugin
 
 # -- a caller's timeout while bytes keep coming -----------------------------------------------
 
@@ -482,3 +483,130 @@ def test_call_timeout_holds_while_the_plugin_keeps_sending(tmp_path: Path) -> No
     assert result.returncode != 0
     assert "timed out after 2 s" in result.stderr
     assert took < 15, f"call --timeout 2 returned after {took:.1f} s"
+
+
+# -- a first line that is no handshake, through the CLI ----------------------------------------
+
+
+def _tagged_processes(tag: str) -> list[int]:
+    """The live processes whose environment holds ``REVA_TEST_TAG=tag`` (a plugin's)."""
+    found = []
+    needle = f"REVA_TEST_TAG={tag}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def hostile_first_line(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wire-hostile plugin project, its env built once for the module's tests."""
+    root = tmp_path_factory.mktemp("first-line")
+    project = _wire_make_plugin(root / "hostile")
+    config = root / "built.toml"
+    config.write_text(f'[grpc.services.userprovider]\ndriver = "{project}"\n', encoding="utf-8")
+    built = cli("env", "build", str(config))
+    assert built.returncode == 0, built.stderr
+    return project
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "problem"),
+    [
+        ("long_handshake", f"message longer than {DEFAULT_MAX_LINE} bytes"),
+        ("other_method", "not a $/handshake notification"),
+        ("list_params", "its params are not an object"),
+    ],
+)
+def test_check_refuses_a_first_line_that_is_no_handshake_naming_the_plugin(
+    hostile_first_line: Path, tmp_path: Path, mode: str, problem: str
+) -> None:
+    """``check`` on a plugin whose first line is past the limit, another message, or a
+    handshake whose params are no object: the plugin's row fails saying why (exit 1, no
+    traceback), and its process is gone."""
+    tag = str(tmp_path)
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f'[grpc.services.userprovider]\ndriver = "{hostile_first_line}"\n'
+        "[grpc.services.userprovider.plugin]\nstart_timeout = 60\n"
+        f'env = {{ HOSTILE_MODE = "{mode}", REVA_TEST_TAG = "{tag}" }}\n',
+        encoding="utf-8",
+    )
+    result = cli("check", str(config))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert f"the plugin's first message is not a handshake: {problem}" in output
+    assert "userprovider" in output
+    assert len(output) < 8000, "what the plugin wrote instead is shown, within a limit"
+    assert "exited with signal SIGKILL" not in output, "the core's own kill is no crash"
+    assert not _tagged_processes(tag)
+
+
+def test_a_line_past_the_limit_read_by_the_reader_thread_fails_only_its_call() -> None:
+    """Three calls in flight, a reader thread reading for two of them: a reply longer than the
+    wire's limit fails its own call (a protocol error naming the limit), the other still gets
+    its reply, and the wire keeps working."""
+    peer = Peer(max_line=4096)
+    results: dict[str, Any] = {}
+
+    def call(name: str, value: int) -> None:
+        try:
+            results[name] = peer.client.call("m", {"v": value}, timeout=30)
+        except ProtocolError as exc:
+            results[name] = exc
+
+    try:
+        first = threading.Thread(target=call, args=("first", 1))
+        first.start()
+        ids = {1: peer.request()["id"]}
+        others = [threading.Thread(target=call, args=(n, v)) for n, v in (("long", 2), ("ok", 3))]
+        for thread in others:
+            thread.start()
+        for request in peer.requests(2):
+            ids[request["params"]["v"]] = request["id"]
+        assert wait_until(lambda: peer.readers >= 1), "the waiting calls start a reader"
+        peer.reply(_result(ids[1], 1))
+        first.join(30)
+        # past the limit by more than one read (64 KiB): a line that ends within the read that
+        # crosses the limit is taken whole (the limit bounds memory, to within a read)
+        long_reply = _line(_result(ids[2], "x" * 200_000))
+        peer.sock.sendall(long_reply + _line(_result(ids[3], 3)))
+        for thread in others:
+            thread.join(30)
+        assert results["first"] == 1
+        assert results["ok"] == 3
+        assert isinstance(results["long"], ProtocolError)
+        assert "message longer than 4096 bytes" in str(results["long"])
+        echo = peer.echo(1)
+        assert peer.client.call("m", {"v": 4}, timeout=30) == 4
+        echo.join(30)
+    finally:
+        peer.close()
+        peer.client.sock.close()
+
+
+@pytest.mark.slow
+def test_what_a_forged_handshake_says_is_shown_escaped(
+    hostile_first_line: Path, tmp_path: Path
+) -> None:
+    """Plugin code runs before the bootstrap's handshake and may write a handshake of its own:
+    what it claims (its sandbox state) reaches ``check``'s table escaped, never as terminal
+    control sequences."""
+    config = tmp_path / "revad.toml"
+    config.write_text(
+        f'[grpc.services.userprovider]\ndriver = "{hostile_first_line}"\n'
+        '[grpc.services.userprovider.plugin]\nenv = { HOSTILE_MODE = "forged_handshake" }\n',
+        encoding="utf-8",
+    )
+    result = cli("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "landlock ABI 7\\x1b[2J\\x1b]0;owned\\x07" in result.stdout
+    assert all(line.isprintable() for line in result.stdout.splitlines())

@@ -8,6 +8,7 @@ import http.client
 import importlib
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 from .. import _config, _fs
 from .._errors import ExitCode, RevaPluginError, UsageError
+from .._plugin_stderr import escape
 
 #: What the ``serve`` extra installs, by the module each command imports.
 EXTRA_MODULES = ("grpc", "cs3", "grpc_health", "grpc_reflection", "prometheus_client")
@@ -148,10 +150,11 @@ def _metric_rows(text: str) -> list[tuple[str, str]]:
         for sample in family.samples:
             if sample.name.endswith(("_bucket", "_created")):
                 continue
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            value = (
-                f"{sample.value:g}" if sample.value != int(sample.value) else str(int(sample.value))
-            )
+            # label values are the server's words (any text): escaped, they reach a terminal
+            labels = ",".join(f"{k}={escape(v)}" for k, v in sorted(sample.labels.items()))
+            number = sample.value  # NaN and ±Inf are valid samples: shown as nan and inf
+            integral = math.isfinite(number) and number == int(number)
+            value = str(int(number)) if integral else f"{number:g}"
             rows.append((f"{sample.name}{{{labels}}}" if labels else sample.name, value))
     return rows
 
@@ -168,7 +171,10 @@ def _read_metrics(address: str, timeout: float) -> tuple[str | None, str]:
             raise RevaPluginError(
                 f"cannot read status from {address}: nothing listens there (connection refused)"
             ) from None
-        return None, f"no metrics at {url}: {type(reason).__name__}: {reason}"
+        if isinstance(reason, http.client.BadStatusLine):  # its text: the bytes that came
+            return None, f"no metrics at {url}: the answer is not HTTP/1"
+        # the server's own words (an HTTP reason phrase): escaped, they reach a terminal
+        return None, f"no metrics at {url}: {type(reason).__name__}: {escape(str(reason))}"
     if len(body) > MAX_METRICS_BYTES:
         return None, f"{url} sent more than {MAX_METRICS_BYTES >> 20} MiB: not metrics"
     try:
@@ -218,7 +224,8 @@ def admin_call(
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-            first = details.splitlines()[0][:200] if details else str(code)
+            # the server's own words: escaped, they reach a terminal
+            first = escape(details.splitlines()[0][:200]) if details else str(code)
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 problem = f"{address} is a gRPC server without the reva-plugins admin API"
             elif code == grpc.StatusCode.PERMISSION_DENIED:
@@ -238,8 +245,10 @@ def _show(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _metric_value(text: str) -> int | float:
+def _metric_value(text: str) -> int | float | str:
     number = float(text)
+    if not math.isfinite(number):  # JSON has no NaN nor Infinity: the sample as text
+        return text
     return int(number) if number.is_integer() else number
 
 
