@@ -312,6 +312,38 @@ def test_check_says_why_a_build_failed_once_per_line(installer: str, tmp_path: P
     assert "reva-plugin-ldap==9.9" in listed[0]["status"]
 
 
+def _interrupted(
+    argv: list[str], marker: Path, *, twice: bool = False
+) -> tuple[int, str, str, int]:
+    """``reva-plugins ARGV`` in a process group of its own (a terminal's foreground job), given
+    Ctrl-C (SIGINT to the group; with ``twice``, again while the first one's cleanup runs) once
+    what it runs has written its pid to ``marker`` (and is alive): exit code, stdout, stderr and
+    that pid."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reva_plugins", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
+        assert got_it, f"{argv[0]} never got that far"
+        pid = int(marker.read_text())
+        assert pid_alive(pid)
+        os.killpg(process.pid, signal.SIGINT)
+        if twice:
+            time.sleep(0.3)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, stdout, stderr, pid
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("during", ["call", "check", "call-twice"])
 def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: Path) -> None:
@@ -338,28 +370,8 @@ def test_ctrl_c_is_one_line_exit_130_and_no_plugin_left(during: str, tmp_path: P
         argv = ["call", str(config), "userprovider", "get_user", params]
     else:
         argv = ["check", str(config)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reva_plugins", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-    )
-    try:
-        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
-        assert got_it, "the plugin never got that far"
-        assert pid_alive(int(marker.read_text()))
-        os.killpg(process.pid, signal.SIGINT)
-        if during == "call-twice":  # impatient: again while the first one's cleanup runs
-            time.sleep(0.3)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == ExitCode.INTERRUPTED, stderr  # 130, as shells report SIGINT
+    returncode, stdout, stderr, _ = _interrupted(argv, marker, twice=during == "call-twice")
+    assert returncode == ExitCode.INTERRUPTED, stderr  # 130, as shells report SIGINT
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines() == ["interrupted"], stderr
     assert stdout == ""
@@ -407,24 +419,8 @@ def test_ctrl_c_during_a_build_leaves_no_build_process_and_no_env(
     )
     config = tmp_path / "revad.toml"
     config.write_text(f'[grpc.services.userprovider]\ndriver = "{project}"\n', encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reva_plugins", "env", "build", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-    )
-    try:
-        got_it = wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=120)
-        assert got_it, "the build backend never ran"
-        backend = int(marker.read_text())
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    returncode, stdout, stderr, backend = _interrupted(["env", "build", str(config)], marker)
+    assert returncode == ExitCode.INTERRUPTED, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted", stderr
     assert stdout == ""
